@@ -1,0 +1,1 @@
+"""Sample data shipped with napari-vnet (installed as ``napari_vnet.sample_data``)."""

@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Set up napari-vnet on a fresh Debian/Ubuntu machine: system libraries for a real
+# napari window (Xvfb + Mesa + Qt xcb), a virtual environment in .venv, the CPU build of
+# torch first (bring your own CUDA build if you have a GPU), then the package with its
+# testing extra. Safe to run again.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+APT_PACKAGES="xvfb xauth libgl1-mesa-dri libegl1 libxkbcommon-x11-0 libxcb-icccm4 libxcb-image0
+libxcb-keysyms1 libxcb-randr0 libxcb-render-util0 libxcb-xinerama0 libxcb-xfixes0
+libxcb-shape0 libxcb-cursor0 libdbus-1-3 libfontconfig1 libglib2.0-0"
+
+if command -v apt-get >/dev/null 2>&1; then
+    if [ "$(id -u)" = "0" ]; then
+        missing=$(dpkg-query -W -f='${Status} ${Package}\n' $APT_PACKAGES 2>/dev/null \
+                  | grep -vc "install ok installed" || true)
+        if ! dpkg-query -W $APT_PACKAGES >/dev/null 2>&1 || [ "$missing" != "0" ]; then
+            echo "== apt-get: Xvfb, Mesa and Qt xcb libraries"
+            export DEBIAN_FRONTEND=noninteractive
+            apt-get update -qq
+            apt-get install -y -qq --no-install-recommends $APT_PACKAGES >/dev/null
+        fi
+    else
+        echo "== not root: make sure these Debian packages are installed: $APT_PACKAGES"
+    fi
+fi
+
+PYTHON=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+    echo "== creating .venv with $($PYTHON --version)"
+    "$PYTHON" -m venv .venv
+fi
+echo "== installing torch (CPU build unless a torch is already there)"
+if ! .venv/bin/python -c "import torch" >/dev/null 2>&1; then
+    .venv/bin/python -m pip install -q "torch==2.13.0"
+fi
+echo "== installing napari-vnet[testing]"
+.venv/bin/python -m pip install -q -e ".[testing]"
+.venv/bin/python -c "import napari_vnet, torch, napari; print('napari-vnet', napari_vnet.__version__, '| torch', torch.__version__, '| napari', napari.__version__)"

@@ -1,0 +1,16 @@
+"""Sub-commands of the ``napari-vnet`` CLI.
+
+Each module defines ``HELP`` (one line), ``add_arguments(parser)`` and ``run(args) -> int``.
+Modules are imported only when their command runs (or for ``--help``), so
+``napari-vnet info`` never imports Qt and ``predict`` never imports napari.
+"""
+
+#: command name -> module name inside this package, in the order ``--help`` lists them
+COMMANDS = {
+    "info": "info",
+    "predict": "predict",
+    "evaluate": "evaluate",
+    "train": "train",
+    "export-dataset": "export_dataset",
+    "demo": "demo",
+}

@@ -1,0 +1,1 @@
+"""Sliding-window inference engine (placeholder until the inference issue lands)."""

@@ -1,0 +1,122 @@
+"""The model card: everything a checkpoint needs to rebuild and use its network.
+
+A card is saved inside every checkpoint (as plain JSON-compatible data, so that loading
+never unpickles code). Conventions shared by the whole package:
+
+* spatial tuples (``spacing``, ``patch_size``) are in numpy / napari order ``(z, y, x)``;
+* ``classes`` lists the output channels in order; channel 0 is background (label value 0).
+  Each class maps an output channel to the label value written in label maps (so a model
+  trained on TotalSegmentator labels can keep ``5 = liver``) and a display name/colour;
+* ``normalization`` says how raw intensities become network input, e.g.
+  ``{"kind": "window", "low": -200.0, "high": 300.0}`` (clip then scale to [0, 1]),
+  ``{"kind": "zscore"}`` (per-volume mean/std over finite voxels), or
+  ``{"kind": "percentile", "low": 0.5, "high": 99.5}`` (clip to per-volume percentiles,
+  scale to [0, 1]).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+CARD_FORMAT_VERSION = 1
+
+
+@dataclass
+class ClassInfo:
+    """One output channel of a segmentation network."""
+
+    value: int  # label value written into label maps for this channel
+    name: str
+    color: tuple[float, float, float, float] | None = None  # RGBA in [0, 1]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "value": int(self.value),
+            "name": str(self.name),
+            "color": None if self.color is None else [float(c) for c in self.color],
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ClassInfo:
+        color = d.get("color")
+        return cls(
+            value=int(d["value"]),
+            name=str(d["name"]),
+            color=None if color is None else tuple(float(c) for c in color),
+        )
+
+
+@dataclass
+class ModelCard:
+    """Typed description of a trained (or untrained) network, stored in its checkpoint."""
+
+    arch: str  # registry name: "vnet", "unet3d" or "vox2vox"
+    arch_kwargs: dict[str, Any] = field(default_factory=dict)  # constructor kwargs
+    classes: list[ClassInfo] = field(
+        default_factory=lambda: [ClassInfo(0, "background"), ClassInfo(1, "foreground")]
+    )
+    in_channels: int = 1
+    normalization: dict[str, Any] = field(default_factory=lambda: {"kind": "zscore"})
+    spacing: tuple[float, float, float] | None = None  # training voxel spacing (z, y, x) mm
+    patch_size: tuple[int, int, int] = (64, 64, 64)  # recommended sliding-window patch (z, y, x)
+    history: dict[str, Any] = field(default_factory=dict)  # iterations, data, final metrics...
+    description: str = ""
+    format_version: int = CARD_FORMAT_VERSION
+
+    @property
+    def out_channels(self) -> int:
+        return len(self.classes)
+
+    @property
+    def label_values(self) -> list[int]:
+        """Label value of each output channel, in channel order."""
+        return [c.value for c in self.classes]
+
+    @property
+    def class_names(self) -> dict[int, str]:
+        """Label value -> class name."""
+        return {c.value: c.name for c in self.classes}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "format_version": int(self.format_version),
+            "arch": self.arch,
+            "arch_kwargs": dict(self.arch_kwargs),
+            "classes": [c.to_dict() for c in self.classes],
+            "in_channels": int(self.in_channels),
+            "normalization": dict(self.normalization),
+            "spacing": None if self.spacing is None else [float(s) for s in self.spacing],
+            "patch_size": [int(p) for p in self.patch_size],
+            "history": dict(self.history),
+            "description": self.description,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ModelCard:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"model card has unknown fields {sorted(unknown)}")
+        if "arch" not in d:
+            raise ValueError("model card has no 'arch' field")
+        version = int(d.get("format_version", CARD_FORMAT_VERSION))
+        if version > CARD_FORMAT_VERSION:
+            raise ValueError(
+                f"model card format version {version} is newer than this napari-vnet "
+                f"understands ({CARD_FORMAT_VERSION}); upgrade napari-vnet"
+            )
+        spacing = d.get("spacing")
+        return cls(
+            arch=str(d["arch"]),
+            arch_kwargs=dict(d.get("arch_kwargs", {})),
+            classes=[ClassInfo.from_dict(c) for c in d.get("classes", [])],
+            in_channels=int(d.get("in_channels", 1)),
+            normalization=dict(d.get("normalization", {"kind": "zscore"})),
+            spacing=None if spacing is None else tuple(float(s) for s in spacing),
+            patch_size=tuple(int(p) for p in d.get("patch_size", (64, 64, 64))),
+            history=dict(d.get("history", {})),
+            description=str(d.get("description", "")),
+            format_version=version,
+        )

@@ -1,0 +1,1 @@
+"""Deterministic synthetic torso CT phantoms (placeholder until the sample-data issue lands)."""

@@ -1,0 +1,1 @@
+"""Fine-tuning engine (placeholder until the fine-tuning issue lands)."""

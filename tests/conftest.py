@@ -1,0 +1,34 @@
+"""Shared fixtures. ``shared_data`` points at ../shared/data beside the project."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("NAPARI_VNET_SHARED_DATA", ROOT.parent / "shared" / "data"))
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """The real CT/MR volumes in ../shared/data; tests using them skip when absent."""
+    if not (SHARED_DATA / "ct-dicom-patient-a" / "dicom").is_dir():
+        pytest.skip(f"real data not found at {SHARED_DATA} (../shared/data beside the project)")
+    return SHARED_DATA
+
+
+@pytest.fixture(autouse=True)
+def _few_torch_threads():
+    """Keep tests polite on 2-core machines (and deterministic)."""
+    try:
+        import torch
+    except ImportError:  # pragma: no cover
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(min(2, before))
+    torch.manual_seed(0)
+    yield
+    torch.set_num_threads(before)
