@@ -1,5 +1,59 @@
-"""Networks (V-Net, 3D U-Net, Vox2Vox), their registry and self-describing checkpoints."""
+"""Networks (V-Net, 3D U-Net, Vox2Vox), their registry and self-describing checkpoints.
 
-from napari_vnet.models.card import ClassInfo, ModelCard
+``ModelCard``, ``ClassInfo`` and ``CheckpointError`` import without torch; everything
+else is imported (with torch) on first use, so ``napari-vnet --help`` and the napari
+reader stay fast.
 
-__all__ = ["ClassInfo", "ModelCard"]
+All networks return LOGITS (B, C, D, H, W); apply ``softmax(dim=1)`` for probabilities.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from napari_vnet.models.card import CARD_FORMAT_VERSION, ClassInfo, ModelCard
+from napari_vnet.models.errors import CheckpointError, WeightsNotFoundError
+
+_LAZY = {
+    "ARCHITECTURES": "registry",
+    "DISPLAY_NAMES": "registry",
+    "UnknownArchitectureError": "registry",
+    "architecture_class": "registry",
+    "arch_from_display_name": "registry",
+    "build_discriminator": "registry",
+    "build_model": "registry",
+    "count_parameters": "registry",
+    "display_name": "registry",
+    "load_checkpoint": "checkpoint",
+    "load_checkpoint_state": "checkpoint",
+    "load_discriminator": "checkpoint",
+    "read_card": "checkpoint",
+    "save_checkpoint": "checkpoint",
+    "VNet": "vnet",
+    "UNet3D": "unet3d",
+    "Vox2VoxGenerator": "vox2vox",
+    "Vox2VoxDiscriminator": "vox2vox",
+}
+
+__all__ = [
+    "CARD_FORMAT_VERSION",
+    "CheckpointError",
+    "ClassInfo",
+    "ModelCard",
+    "WeightsNotFoundError",
+    *_LAZY,
+]
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'napari_vnet.models' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"napari_vnet.models.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

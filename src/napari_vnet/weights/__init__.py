@@ -1,1 +1,56 @@
-"""Weights shipped inside the package (made by the project's own `napari-vnet train`)."""
+"""Weights shipped inside the package (made by the project's own `napari-vnet train`).
+
+``shipped_weights()`` lists the ``*.pt`` files beside this module by name (file stem),
+e.g. ``{"vnet-phantom": Path(...), "unet3d-phantom": ..., "vox2vox-phantom": ...}``.
+``resolve_weights(name_or_path)`` turns what a user typed (a path, or a shipped name)
+into a path, with an error listing the available names otherwise. No torch import here.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from napari_vnet.models.errors import WeightsNotFoundError
+
+WEIGHTS_DIR = Path(__file__).resolve().parent
+
+#: the weights the project ships, with what each was trained for
+SHIPPED_NAMES: dict[str, str] = {
+    "vnet-phantom": "V-Net trained on the synthetic abdominal phantoms",
+    "unet3d-phantom": "3D U-Net trained on the synthetic abdominal phantoms",
+    "vox2vox-phantom": "Vox2Vox (GAN) generator trained on the synthetic abdominal phantoms",
+}
+
+__all__ = ["SHIPPED_NAMES", "WEIGHTS_DIR", "resolve_weights", "shipped_weights"]
+
+
+def shipped_weights() -> dict[str, Path]:
+    """Name -> path of every weights file installed with the package (sorted by name)."""
+    return {p.stem: p for p in sorted(WEIGHTS_DIR.glob("*.pt")) if p.is_file()}
+
+
+def resolve_weights(name_or_path: str | os.PathLike) -> Path:
+    """The weights file meant by ``name_or_path``: an existing path, or a shipped name
+    (with or without ``.pt``). Raises WeightsNotFoundError (a CheckpointError and a
+    FileNotFoundError) naming the available shipped weights otherwise."""
+    text = os.fspath(name_or_path)
+    path = Path(text).expanduser()
+    if path.is_file():
+        return path
+    shipped = shipped_weights()
+    name = text[:-3] if text.endswith(".pt") else text
+    if name in shipped:
+        return shipped[name]
+    available = ", ".join(shipped) or "none installed"
+    if name in SHIPPED_NAMES:
+        raise WeightsNotFoundError(
+            f"shipped weights {name!r} are not installed (expected {WEIGHTS_DIR / (name + '.pt')}); "
+            f"available: {available}"
+        )
+    if path.is_dir():
+        raise WeightsNotFoundError(f"{path}: is a folder, not a weights file")
+    raise WeightsNotFoundError(
+        f"{text}: no such weights file, and not the name of shipped weights "
+        f"(available: {available})"
+    )

@@ -1,0 +1,352 @@
+"""Self-describing checkpoints: weights + model card in one file, loaded without pickle code.
+
+File layout (``torch.save`` of a dict holding only tensors and plain data)::
+
+    {
+      "napari_vnet_checkpoint": 1,          # format marker / version
+      "card": {...},                        # ModelCard.to_dict(), JSON-compatible
+      "state_dict": {name: tensor},         # the network (generator for Vox2Vox)
+      "discriminator": None | {"kwargs": {...}, "state_dict": {...}},
+      "extra": None | {...},                # e.g. optimizer state, iteration (for resume)
+      "saved_with": {"napari_vnet": "0.1.0", "torch": "2.x"},
+    }
+
+Loading uses ``torch.load(weights_only=True)``: PyTorch's restricted unpickler that
+refuses every Python object other than tensors and plain containers, so a weights file
+never runs code. Every problem is raised as :class:`CheckpointError` naming the file.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import pickle
+import re
+import tempfile
+import zipfile
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from napari_vnet.models.card import ModelCard
+from napari_vnet.models.errors import CheckpointError
+from napari_vnet.models.registry import (
+    ARCHITECTURES,
+    UnknownArchitectureError,
+    build_discriminator,
+    build_model,
+)
+
+logger = logging.getLogger(__name__)
+
+CHECKPOINT_FORMAT = 1
+MARKER = "napari_vnet_checkpoint"
+
+_WRAP_HINT = (
+    "to wrap a bare state_dict, rebuild the network and save it with its card: "
+    "`from napari_vnet.models import ModelCard, build_model, save_checkpoint; "
+    "card = ModelCard(arch='vnet', arch_kwargs={...}, classes=[...]); "
+    "model = build_model(card); model.load_state_dict(torch.load(old, weights_only=True)); "
+    "save_checkpoint(model, card, new)`"
+)
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    """The bare network inside DistributedDataParallel / DataParallel / torch.compile."""
+    for _ in range(4):
+        if hasattr(model, "_orig_mod"):
+            model = model._orig_mod
+        elif isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
+            model = model.module
+        else:
+            break
+    return model
+
+
+def _plain_state(module: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
+
+
+def _json_card(card: ModelCard) -> dict[str, Any]:
+    try:
+        return json.loads(json.dumps(card.to_dict()))
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"model card is not JSON-compatible: {exc}") from None
+
+
+_PLAIN_SCALARS = (str, int, float, bool, type(None), torch.dtype, torch.Size, torch.device)
+
+
+def _check_plain(obj: Any, where: str) -> None:
+    """Raise ValueError when ``obj`` holds anything ``torch.load(weights_only=True)``
+    would refuse (so a checkpoint is never written that cannot be read back)."""
+    if type(obj) in (dict, OrderedDict):
+        for key, value in obj.items():
+            if not isinstance(key, (str, int, float, bool, type(None))):
+                raise ValueError(f"{where} has a key of type {type(key).__name__}: {key!r}")
+            _check_plain(value, f"{where}[{key!r}]")
+    elif type(obj) in (list, tuple):
+        for i, value in enumerate(obj):
+            _check_plain(value, f"{where}[{i}]")
+    elif type(obj) not in _PLAIN_SCALARS and not isinstance(obj, torch.Tensor):
+        raise ValueError(
+            f"{where} is a {type(obj).__module__}.{type(obj).__name__}; checkpoints hold "
+            "only tensors and plain Python data (dict, list, tuple, str, int, float, bool, "
+            "None) - convert it (e.g. float(x), x.tolist())"
+        )
+
+
+def save_checkpoint(
+    model: nn.Module,
+    card: ModelCard,
+    path: str | os.PathLike,
+    discriminator: nn.Module | None = None,
+    extra: dict[str, Any] | None = None,
+) -> Path:
+    """Write ``model`` (+ optional Vox2Vox discriminator and ``extra`` plain data, e.g.
+    optimizer state) with its ``card`` to ``path`` atomically (temp file in the same
+    folder, then rename). Creates the folder. Returns the path.
+
+    Raises ValueError when the card does not describe the model (architecture, channels).
+    ``extra`` must hold only tensors and plain Python data (dict/list/str/number/None).
+    """
+    path = Path(path)
+    net = _unwrap(model)
+    expected = ARCHITECTURES.get(card.arch)
+    if expected is None:
+        raise ValueError(f"model card arch {card.arch!r} is unknown; known: {list(ARCHITECTURES)}")
+    if type(net) is not expected:
+        raise ValueError(
+            f"model card says {card.arch!r} ({expected.__name__}) but the model is a "
+            f"{type(net).__name__}"
+        )
+    for attr, want in (("in_channels", card.in_channels), ("out_channels", card.out_channels)):
+        got = getattr(net, attr, want)
+        if got != want:
+            raise ValueError(
+                f"model has {attr}={got} but the card says {want}"
+                + (" (one class per output channel)" if attr == "out_channels" else "")
+            )
+    if extra is not None:
+        if not isinstance(extra, dict):
+            raise ValueError(f"extra must be a dict, got {type(extra).__name__}")
+        _check_plain(extra, "extra")
+    state: dict[str, Any] = {
+        MARKER: CHECKPOINT_FORMAT,
+        "card": _json_card(card),
+        "state_dict": _plain_state(net),
+        "discriminator": None,
+        "extra": extra,
+        "saved_with": {"napari_vnet": _version(), "torch": str(torch.__version__)},
+    }
+    if discriminator is not None:
+        disc = _unwrap(discriminator)
+        state["discriminator"] = {
+            "kwargs": dict(getattr(disc, "arch_kwargs", {})),
+            "state_dict": _plain_state(disc),
+        }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            torch.save(state, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; use the usual mode
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    logger.info("saved %s checkpoint to %s", card.arch, path)
+    return path
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _version() -> str:
+    from napari_vnet import __version__
+
+    return __version__
+
+
+def _read(path: Path, map_location: Any) -> Any:
+    """torch.load(weights_only=True) with every failure turned into a CheckpointError."""
+    if not path.exists():
+        raise CheckpointError(f"{path}: no such file")
+    if path.is_dir():
+        raise CheckpointError(f"{path}: is a folder, not a weights file")
+    with open(path, "rb") as fh:
+        head = fh.read(4)
+    if not head:
+        raise CheckpointError(f"{path}: the file is empty")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        text = str(exc)
+        if "weights_only" in text.lower() or "unsupported global" in text.lower():
+            culprit = _unsupported_global(text)
+            raise CheckpointError(
+                f"{path}: refused to load: the file contains pickled Python objects"
+                f"{f' ({culprit})' if culprit else ''} rather than plain tensors, and "
+                "loading them could run code. napari-vnet only loads weights saved with "
+                "save_checkpoint (or `napari-vnet train`); if you trust the file, load it "
+                "yourself and re-save the network's state_dict with save_checkpoint"
+            ) from None
+        raise CheckpointError(f"{path}: not a PyTorch checkpoint ({_short(text)})") from None
+    except (RuntimeError, zipfile.BadZipFile, EOFError, OSError, ValueError) as exc:
+        if head == b"PK\x03\x04":
+            raise CheckpointError(
+                f"{path}: truncated or corrupted PyTorch checkpoint ({_short(str(exc))}); "
+                "was it copied or downloaded completely?"
+            ) from None
+        raise CheckpointError(f"{path}: not a PyTorch checkpoint ({_short(str(exc))})") from None
+
+
+def _short(text: str) -> str:
+    line = text.strip().splitlines()[0] if text.strip() else "unreadable"
+    return line if len(line) <= 160 else line[:157] + "..."
+
+
+def _unsupported_global(text: str) -> str:
+    """'GLOBAL builtins.exec' from PyTorch's message, or ''."""
+    match = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
+    return f"GLOBAL {match.group(1)}" if match else ""
+
+
+def _looks_like_state_dict(obj: Any) -> bool:
+    return (
+        isinstance(obj, dict)
+        and bool(obj)
+        and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items())
+    )
+
+
+def load_checkpoint_state(path: str | os.PathLike, map_location: Any = None) -> dict[str, Any]:
+    """The raw checkpoint dict (card as a plain dict, state dicts, discriminator, extra),
+    checked to be a napari-vnet checkpoint. Never runs code from the file."""
+    path = Path(path)
+    obj = _read(path, map_location)
+    if isinstance(obj, dict) and MARKER in obj and "card" in obj:
+        version = obj[MARKER]
+        if not isinstance(version, int) or version > CHECKPOINT_FORMAT:
+            raise CheckpointError(
+                f"{path}: checkpoint format {version!r} is newer than this napari-vnet "
+                f"understands ({CHECKPOINT_FORMAT}); upgrade napari-vnet"
+            )
+        if not _looks_like_state_dict(obj.get("state_dict")):
+            raise CheckpointError(f"{path}: napari-vnet checkpoint without network weights")
+        return obj
+    if _looks_like_state_dict(obj):
+        raise CheckpointError(
+            f"{path}: a bare state_dict ({len(obj)} tensors) without a model card, so "
+            f"napari-vnet cannot tell which network it belongs to; {_WRAP_HINT}"
+        )
+    if isinstance(obj, dict):
+        inner = next(
+            (k for k in ("state_dict", "model_state_dict", "model", "net") if k in obj), None
+        )
+        if inner is not None and _looks_like_state_dict(obj[inner]):
+            raise CheckpointError(
+                f"{path}: a checkpoint of another program (weights under {inner!r}, keys "
+                f"{sorted(map(str, obj))[:6]}) without a napari-vnet model card; {_WRAP_HINT}"
+            )
+        raise CheckpointError(
+            f"{path}: not a napari-vnet checkpoint (a dict with keys {sorted(map(str, obj))[:8]})"
+        )
+    raise CheckpointError(
+        f"{path}: not a napari-vnet checkpoint (holds a {type(obj).__name__}, expected a dict)"
+    )
+
+
+def read_card(path: str | os.PathLike) -> ModelCard:
+    """Only the model card of a checkpoint (weights are read but no network is built)."""
+    return _card_from(Path(path), load_checkpoint_state(path, map_location="cpu"))
+
+
+def _card_from(path: Path, state: dict[str, Any]) -> ModelCard:
+    try:
+        return ModelCard.from_dict(state["card"])
+    except (ValueError, TypeError, KeyError) as exc:
+        raise CheckpointError(f"{path}: invalid model card: {exc}") from None
+
+
+def _fit(path: Path, what: str, module: nn.Module, weights: dict[str, torch.Tensor]) -> None:
+    """Load ``weights`` into ``module``; one-line CheckpointError when they do not fit."""
+    own = module.state_dict()
+    missing = [k for k in own if k not in weights]
+    unexpected = [k for k in weights if k not in own]
+    shapes = [
+        (k, tuple(weights[k].shape), tuple(own[k].shape))
+        for k in own
+        if k in weights and weights[k].shape != own[k].shape
+    ]
+    if missing or unexpected or shapes:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing (first {missing[0]!r})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected (first {unexpected[0]!r})")
+        if shapes:
+            k, got, want = shapes[0]
+            parts.append(f"{len(shapes)} of another shape (first {k!r}: file {got} vs card {want})")
+        raise CheckpointError(
+            f"{path}: the weights do not fit the {what} described by the model card: "
+            + "; ".join(parts)
+        )
+    module.load_state_dict(weights)
+
+
+def load_checkpoint(
+    path: str | os.PathLike, map_location: Any = None
+) -> tuple[nn.Module, ModelCard]:
+    """Rebuild the network from the card in ``path`` and load its weights.
+
+    Returns ``(model, card)`` with the model in eval mode on ``map_location`` (CPU by
+    default). Raises CheckpointError naming the file and the problem.
+    """
+    path = Path(path)
+    state = load_checkpoint_state(path, map_location="cpu")
+    card = _card_from(path, state)
+    weights = state["state_dict"]
+    head = weights.get("head.bias")
+    if head is not None and head.ndim == 1 and head.shape[0] != card.out_channels:
+        raise CheckpointError(
+            f"{path}: the model card lists {card.out_channels} classes "
+            f"({', '.join(c.name for c in card.classes)}) but the network's output layer has "
+            f"{head.shape[0]} channels"
+        )
+    try:
+        model = build_model(card)
+    except UnknownArchitectureError as exc:
+        raise CheckpointError(f"{path}: {exc}; is napari-vnet up to date?") from None
+    except ValueError as exc:
+        raise CheckpointError(f"{path}: the model card cannot be built: {exc}") from None
+    _fit(path, f"{card.arch} network", model, weights)
+    if map_location is not None:
+        model = model.to(map_location)
+    model.eval()
+    return model, card
+
+
+def load_discriminator(path: str | os.PathLike, map_location: Any = None) -> nn.Module | None:
+    """The Vox2Vox discriminator saved in ``path`` (train mode), or None if there is none."""
+    path = Path(path)
+    state = load_checkpoint_state(path, map_location="cpu")
+    disc = state.get("discriminator")
+    if not disc:
+        return None
+    card = _card_from(path, state)
+    try:
+        net = build_discriminator(card, **dict(disc.get("kwargs", {})))
+    except ValueError as exc:
+        raise CheckpointError(f"{path}: the discriminator cannot be built: {exc}") from None
+    _fit(path, "discriminator", net, disc.get("state_dict", {}))
+    return net if map_location is None else net.to(map_location)

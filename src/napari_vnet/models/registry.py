@@ -1,0 +1,103 @@
+"""Architecture registry: name -> class, display names, building a network from a card."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import nn
+
+from napari_vnet.models.card import ModelCard
+from napari_vnet.models.unet3d import UNet3D
+from napari_vnet.models.vnet import VNet
+from napari_vnet.models.vox2vox import Vox2VoxDiscriminator, Vox2VoxGenerator
+
+#: registry name (stored in ModelCard.arch) -> network class
+ARCHITECTURES: dict[str, type[nn.Module]] = {
+    "vnet": VNet,
+    "unet3d": UNet3D,
+    "vox2vox": Vox2VoxGenerator,
+}
+
+#: registry name -> human name for menus and reports
+DISPLAY_NAMES: dict[str, str] = {"vnet": "V-Net", "unet3d": "3D U-Net", "vox2vox": "Vox2Vox"}
+
+
+class UnknownArchitectureError(ValueError):
+    """The card names an architecture this version does not know."""
+
+
+def display_name(arch: str) -> str:
+    """Human name of a registry name ("vnet" -> "V-Net"); unknown names are returned as is."""
+    return DISPLAY_NAMES.get(arch, arch)
+
+
+def arch_from_display_name(name: str) -> str:
+    """Registry name of a display or registry name ("3D U-Net" or "unet3d" -> "unet3d")."""
+    for key, shown in DISPLAY_NAMES.items():
+        if name in (key, shown):
+            return key
+    raise UnknownArchitectureError(
+        f"unknown architecture {name!r}; known: "
+        + ", ".join(f"{k} ({v})" for k, v in DISPLAY_NAMES.items())
+    )
+
+
+def architecture_class(arch: str) -> type[nn.Module]:
+    try:
+        return ARCHITECTURES[arch]
+    except KeyError:
+        raise UnknownArchitectureError(
+            f"unknown architecture {arch!r}; known: {', '.join(ARCHITECTURES)}"
+        ) from None
+
+
+def _clean_kwargs(card: ModelCard, reserved: dict[str, int]) -> dict[str, Any]:
+    kwargs = dict(card.arch_kwargs)
+    for key, value in reserved.items():
+        if key in kwargs:
+            if int(kwargs[key]) != value:
+                raise ValueError(
+                    f"model card arch_kwargs[{key!r}] = {kwargs[key]!r} contradicts the card "
+                    f"({value}, from its in_channels / classes)"
+                )
+            del kwargs[key]
+    return kwargs
+
+
+def build_model(card: ModelCard) -> nn.Module:
+    """A fresh (randomly initialised) network as described by ``card``.
+
+    ``card.arch_kwargs`` are the constructor keywords; ``in_channels`` comes from the card
+    and ``out_channels`` from ``len(card.classes)``. Raises UnknownArchitectureError or
+    ValueError (quoting the offending keyword) when the card cannot be built.
+    """
+    cls = architecture_class(card.arch)
+    if card.out_channels < 1:
+        raise ValueError(f"model card for {card.arch!r} lists no classes")
+    reserved = {"in_channels": card.in_channels, "out_channels": card.out_channels}
+    kwargs = _clean_kwargs(card, reserved)
+    try:
+        return cls(**reserved, **kwargs)
+    except TypeError as exc:  # unexpected keyword
+        raise ValueError(
+            f"model card arch_kwargs {kwargs} do not fit {cls.__name__}: {exc}"
+        ) from None
+
+
+def build_discriminator(card: ModelCard, **kwargs: Any) -> Vox2VoxDiscriminator:
+    """The Vox2Vox PatchGAN discriminator matching ``card`` (image channels = card
+    in_channels, segmentation channels = number of classes); ``kwargs`` go to
+    :class:`Vox2VoxDiscriminator` (``channels``, ``norm``...)."""
+    for key in ("image_channels", "seg_channels"):
+        kwargs.pop(key, None)
+    try:
+        return Vox2VoxDiscriminator(
+            image_channels=card.in_channels, seg_channels=card.out_channels, **kwargs
+        )
+    except TypeError as exc:
+        raise ValueError(f"discriminator keywords {kwargs} do not fit: {exc}") from None
+
+
+def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
+    """Number of parameters (all, or only those with requires_grad)."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
