@@ -1,5 +1,147 @@
-"""npe2 reader entry point (placeholder until the IO issue lands)."""
+"""npe2 reader: medical volumes (NIfTI, MHA/MHD, NRRD, Analyze, GIPL) and DICOM series.
+
+``napari_get_reader`` only looks at the name (and, for extension-less files, the 132
+bytes of a DICOM preamble); it never raises. The reader it returns raises
+:class:`napari_vnet.io.VolumeReadError` with the file and the problem for broken input.
+Geometry: world coordinates are LPS millimetres (z, y, x), see ``napari_vnet.io.layers``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from napari_vnet.io import (
+    Volume,
+    VolumeReadError,
+    as_label_array,
+    display_range,
+    find_series_of_file,
+    is_dicom_file,
+    list_dicom_series,
+    looks_like_labels,
+    read_dicom_series,
+    read_volume,
+    split_extension,
+    volume_to_layer_kwargs,
+)
+from napari_vnet.io.reading import has_volume_extension
+
+log = logging.getLogger(__name__)
+
+_MAX_ENTRIES_PROBED = 400  # how many directory entries napari_get_reader may look at
+_MAX_CHANNEL_LAYERS = 8  # more components than this become an extra axis, not layers
+
+
+def _folder_has_dicom(folder: Path, depth: int = 2) -> bool:
+    budget = [_MAX_ENTRIES_PROBED]
+
+    def probe(d: Path, level: int) -> bool:
+        subdirs = []
+        with os.scandir(d) as it:
+            for entry in it:
+                budget[0] -= 1
+                if budget[0] < 0:
+                    return False
+                if entry.name.startswith("."):
+                    continue
+                if entry.is_file() and is_dicom_file(entry.path):
+                    return True
+                if entry.is_dir():
+                    subdirs.append(Path(entry.path))
+        return level < depth and any(probe(s, level + 1) for s in sorted(subdirs))
+
+    return probe(folder, 0)
 
 
 def napari_get_reader(path):
+    """Return :func:`read_medical` if ``path`` looks like something we read, else None."""
+    try:
+        if isinstance(path, (list, tuple)):
+            if len(path) != 1:
+                return None
+            path = path[0]
+        p = Path(path)
+        if p.is_dir():
+            return read_medical if _folder_has_dicom(p) else None
+        if has_volume_extension(p) or (p.is_file() and is_dicom_file(p)):
+            return read_medical
+    except Exception:  # never raise from here (napari tries every reader)
+        log.debug("napari_get_reader(%r) failed", path, exc_info=True)
     return None
+
+
+def _unique(name: str, used: set[str]) -> str:
+    out, n = name, 2
+    while out in used:
+        out = f"{name} ({n})"
+        n += 1
+    used.add(out)
+    return out
+
+
+def volume_layer_data(vol: Volume, name: str) -> list[tuple[Any, dict, str]]:
+    """napari LayerDataTuples for one volume: Labels for label maps, else Image(s)."""
+    n = len(vol.spacing)
+    array = vol.array
+    is_label = looks_like_labels(vol, name)
+    kw = volume_to_layer_kwargs(vol, is_label=is_label)
+    kw["name"] = name
+    if is_label:
+        if array.dtype.kind not in "iu":
+            array = as_label_array(array, vol.path or name)
+        return [(array, kw, "labels")]
+    ncomp = array.ndim - n
+    if ncomp == 1:
+        channels = array.shape[-1]
+        if n == 2 and array.dtype == np.uint8 and channels in (3, 4):
+            kw["rgb"] = True
+            return [(array, kw, "image")]
+        if channels <= _MAX_CHANNEL_LAYERS:
+            kw["channel_axis"] = -1
+            kw["contrast_limits"] = [
+                display_range(vol.with_array(array[..., c], metadata={})) for c in range(channels)
+            ]
+            kw["colormap"] = "gray"
+            return [(array, kw, "image")]
+        # many components (e.g. a diffusion or displacement series): an extra leading axis
+        array = np.moveaxis(array, -1, 0)
+        kw["scale"] = (1.0,) + tuple(kw["scale"])
+        kw["translate"] = (0.0,) + tuple(kw["translate"])
+        if "affine" in kw:
+            aff = np.eye(n + 2)
+            aff[1:, 1:] = kw["affine"]
+            kw["affine"] = aff
+        kw["contrast_limits"] = display_range(vol.with_array(array, metadata={}))
+        return [(array, kw, "image")]
+    if ncomp != 0:
+        raise VolumeReadError(vol.path or name, f"unexpected array shape {array.shape}")
+    kw["contrast_limits"] = display_range(vol)
+    kw["colormap"] = "gray"
+    return [(array, kw, "image")]
+
+
+def read_medical(path) -> list[tuple[Any, dict, str]]:
+    """Read a file, one DICOM file (its whole series) or a folder (one layer per series)."""
+    if isinstance(path, (list, tuple)):
+        return [layer for p in path for layer in read_medical(p)]
+    p = Path(path)
+    if p.is_dir():
+        series = list_dicom_series(p) or list_dicom_series(p, recursive=True)
+        if not series:
+            raise VolumeReadError(p, "no DICOM image series found in this folder")
+        used: set[str] = set()
+        layers = []
+        for s in series:
+            layers += volume_layer_data(read_dicom_series(s), _unique(s.name, used))
+        return layers
+    if not has_volume_extension(p) and is_dicom_file(p):
+        s = find_series_of_file(p)
+        if s is None:
+            raise VolumeReadError(p, "not a readable DICOM image file")
+        return volume_layer_data(read_dicom_series(s), s.name)
+    return volume_layer_data(read_volume(p), split_extension(p)[0])

@@ -1,0 +1,387 @@
+"""DICOM series discovery from headers only (no pixel data is read).
+
+:func:`list_dicom_series` groups the DICOM files of a folder into series (by
+SeriesInstanceUID, split further by orientation and matrix size, the way a scanner
+console shows them), orders each series' files by slice position along the slice
+normal, and reports patient / study / series descriptions and the geometry the series
+will have once read, in the package's (z, y, x) convention.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from napari_vnet.io.errors import VolumeReadError
+
+log = logging.getLogger(__name__)
+
+#: Extensions treated as DICOM even when the 128-byte preamble + "DICM" is missing.
+DICOM_EXTENSIONS = (".dcm", ".dicom", ".ima")
+
+# tag -> attribute name, read from every file header
+_TAGS = {
+    "0020|000e": "series_uid",
+    "0020|000d": "study_uid",
+    "0008|103e": "description",
+    "0008|1030": "study_description",
+    "0010|0010": "patient_name",
+    "0010|0020": "patient_id",
+    "0008|0060": "modality",
+    "0008|0020": "study_date",
+    "0020|0011": "series_number",
+    "0020|0013": "instance_number",
+    "0020|0032": "position",
+    "0020|0037": "orientation",
+    "0028|0010": "rows",
+    "0028|0011": "columns",
+    "0028|0030": "pixel_spacing",
+    "0028|0008": "frames",
+    "0028|1050": "window_center",
+    "0028|1051": "window_width",
+    "0018|0050": "slice_thickness",
+}
+
+
+def is_dicom_file(path: str | os.PathLike) -> bool:
+    """Cheap check: the DICOM preamble magic ("DICM" at byte 128) or a DICOM extension."""
+    p = Path(path)
+    if p.name.upper() == "DICOMDIR":  # an index, not an image
+        return False
+    try:
+        with open(p, "rb") as fh:
+            head = fh.read(132)
+    except OSError:
+        return False
+    if len(head) == 132 and head[128:132] == b"DICM":
+        return True
+    return p.suffix.lower() in DICOM_EXTENSIONS and len(head) > 0
+
+
+def _floats(text: str) -> list[float]:
+    out = []
+    for part in text.replace(",", ".").split("\\"):
+        part = part.strip()
+        if part:
+            try:
+                out.append(float(part))
+            except ValueError:
+                return []
+    return out
+
+
+def _int(text: str, default: int | None = None) -> int | None:
+    try:
+        return int(float(text.strip()))
+    except (ValueError, AttributeError):
+        return default
+
+
+@dataclass
+class _FileInfo:
+    path: str
+    tags: dict[str, str]
+    size: tuple[int, ...]  # ITK (x, y, z) order
+    spacing: tuple[float, ...]
+    origin: tuple[float, ...]
+    direction: tuple[float, ...]
+
+    @property
+    def orientation(self) -> tuple[float, ...] | None:
+        v = _floats(self.tags.get("orientation", ""))
+        return tuple(v) if len(v) == 6 else None
+
+    @property
+    def position(self) -> tuple[float, ...] | None:
+        v = _floats(self.tags.get("position", ""))
+        return tuple(v) if len(v) == 3 else None
+
+
+def _read_file_info(path: str) -> _FileInfo | None:
+    import SimpleITK as sitk
+
+    reader = sitk.ImageFileReader()
+    reader.SetImageIO("GDCMImageIO")
+    reader.SetFileName(path)
+    reader.LoadPrivateTagsOff()
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError as exc:  # not an image DICOM (SR, RT struct...) or broken
+        log.debug("skipping %s: %s", path, exc)
+        return None
+    keys = set(reader.GetMetaDataKeys())
+    tags = {name: reader.GetMetaData(tag).strip() for tag, name in _TAGS.items() if tag in keys}
+    if "rows" not in tags:
+        return None
+    return _FileInfo(
+        path=path,
+        tags=tags,
+        size=tuple(reader.GetSize()),
+        spacing=tuple(reader.GetSpacing()),
+        origin=tuple(reader.GetOrigin()),
+        direction=tuple(reader.GetDirection()),
+    )
+
+
+@dataclass
+class DicomSeries:
+    """One DICOM series found on disk (header information only).
+
+    ``files`` are ordered by slice position along the slice normal (ascending), i.e. the
+    order in which they become ``array[0], array[1], ...`` of :func:`read_volume`.
+    ``shape``, ``spacing``, ``origin`` and ``direction`` follow the package's (z, y, x)
+    geometry contract and predict what :func:`napari_vnet.io.read_volume` returns.
+    """
+
+    uid: str  # SeriesInstanceUID ("" when the files carry none)
+    key: str  # unique id within one listing (uid, or uid#n / a hash when needed)
+    description: str
+    patient_name: str
+    patient_id: str
+    study_uid: str
+    study_description: str
+    study_date: str
+    modality: str
+    series_number: int | None
+    files: tuple[str, ...]
+    shape: tuple[int, ...]
+    spacing: tuple[float, ...]
+    origin: tuple[float, ...]
+    direction: list[list[float]]
+    window: tuple[float, float] | None = None  # first (centre, width) pair, if any
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def folder(self) -> str:
+        return os.path.dirname(self.files[0])
+
+    @property
+    def name(self) -> str:
+        """A human name for the series (description, else modality + number, else folder)."""
+        if self.description:
+            return self.description
+        if self.modality and self.series_number is not None:
+            return f"{self.modality} series {self.series_number}"
+        return os.path.basename(self.folder) or "DICOM series"
+
+    def header(self) -> dict[str, Any]:
+        """The :func:`napari_vnet.io.read_header` dict of this series."""
+        return {
+            "path": self.folder,
+            "format": "DICOM",
+            "shape": tuple(self.shape),
+            "spacing": tuple(self.spacing),
+            "origin": tuple(self.origin),
+            "direction": [list(r) for r in self.direction],
+            "pixel_type": "",  # known only once SimpleITK applies rescale slope/intercept
+            "n_components": 1,
+            "description": self.name,
+            "modality": self.modality,
+            "patient_name": self.patient_name,
+            "patient_id": self.patient_id,
+            "study_date": self.study_date,
+            "series_uid": self.uid,
+            "series_key": self.key,
+            "n_files": len(self.files),
+            "window": self.window,
+        }
+
+
+def _candidate_files(folder: Path, recursive: bool) -> list[str]:
+    out: list[str] = []
+    if recursive:
+        for root, dirs, files in os.walk(folder):
+            dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+            out.extend(os.path.join(root, f) for f in sorted(files) if not f.startswith("."))
+    else:
+        with os.scandir(folder) as it:
+            out = sorted(e.path for e in it if e.is_file() and not e.name.startswith("."))
+    return [f for f in out if is_dicom_file(f)]
+
+
+def _normal(orientation: tuple[float, ...]) -> np.ndarray:
+    r = np.asarray(orientation[:3], float)
+    c = np.asarray(orientation[3:], float)
+    return np.cross(r, c)
+
+
+def _group_key(info: _FileInfo) -> tuple:
+    t = info.tags
+    o = info.orientation
+    o_key = tuple(round(v, 3) for v in o) if o else None
+    uid = t.get("series_uid", "")
+    if uid:
+        return (uid, o_key, t.get("rows"), t.get("columns"))
+    # anonymised files without a SeriesInstanceUID: fall back on what a console shows
+    return (
+        "",
+        t.get("study_uid", ""),
+        t.get("series_number", ""),
+        t.get("description", ""),
+        o_key,
+        t.get("rows"),
+        t.get("columns"),
+    )
+
+
+def _series_geometry(infos: list[_FileInfo]):
+    """(ordered infos, shape zyx, spacing zyx, origin zyx, direction zyx)."""
+    first = infos[0]
+    if len(infos) == 1:  # one file, maybe multi-frame: trust ITK's own header reading
+        size = first.size
+        dim = len(size)
+        d = np.asarray(first.direction, float).reshape(dim, dim)
+        return (
+            infos,
+            tuple(int(s) for s in reversed(size)),
+            tuple(reversed(first.spacing)),
+            tuple(reversed(first.origin)),
+            d[::-1, ::-1],
+        )
+    o = first.orientation
+    if o is not None and all(i.position is not None for i in infos):
+        n = _normal(o)
+        proj = {id(i): float(np.dot(i.position, n)) for i in infos}
+        infos = sorted(
+            infos, key=lambda i: (proj[id(i)], _int(i.tags.get("instance_number", ""), 0))
+        )
+        steps = np.diff([proj[id(i)] for i in infos])
+        dz = float(np.median(steps)) if len(steps) else 0.0
+        r = np.asarray(o[:3], float)
+        c = np.asarray(o[3:], float)
+        d_itk = np.stack([r, c, n], axis=1)
+        origin_itk = infos[0].position
+    else:  # no positions: order by instance number, identity geometry along the stack
+        infos = sorted(infos, key=lambda i: _int(i.tags.get("instance_number", ""), 0))
+        dz = 0.0
+        d_itk = np.asarray(first.direction, float).reshape(3, 3)
+        origin_itk = first.origin
+    if dz <= 1e-6:
+        dz = (_floats(first.tags.get("slice_thickness", "")) or [1.0])[0]
+    ps = _floats(first.tags.get("pixel_spacing", ""))  # (row spacing = dy, column spacing = dx)
+    dy, dx = (ps[0], ps[1]) if len(ps) == 2 else (first.spacing[1], first.spacing[0])
+    rows = _int(first.tags.get("rows", ""), first.size[1])
+    cols = _int(first.tags.get("columns", ""), first.size[0])
+    return (
+        infos,
+        (len(infos), rows, cols),
+        (dz, dy, dx),
+        tuple(reversed(tuple(float(v) for v in origin_itk))),
+        d_itk[::-1, ::-1],
+    )
+
+
+def _window(tags: dict[str, str]) -> tuple[float, float] | None:
+    c = _floats(tags.get("window_center", ""))
+    w = _floats(tags.get("window_width", ""))
+    if c and w and w[0] > 0:
+        return (c[0], w[0])
+    return None
+
+
+def list_dicom_series(folder: str | os.PathLike, *, recursive: bool = False) -> list[DicomSeries]:
+    """All image series under ``folder`` (headers only), by patient, study and series number.
+
+    Files that are not DICOM images (DICOMDIR, structured reports, other files) are
+    skipped. Raises :class:`VolumeReadError` if ``folder`` is not a readable folder;
+    returns ``[]`` for a folder without DICOM images.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise VolumeReadError(folder, "not a folder")
+    try:
+        candidates = _candidate_files(folder, recursive)
+    except OSError as exc:
+        raise VolumeReadError(folder, f"cannot list the folder ({exc})") from exc
+    groups: dict[tuple, list[_FileInfo]] = {}
+    for path in candidates:
+        info = _read_file_info(path)
+        if info is not None:
+            groups.setdefault(_group_key(info), []).append(info)
+
+    series: list[DicomSeries] = []
+    uid_count: dict[str, int] = {}
+    for infos in groups.values():
+        infos, shape, spacing, origin, direction = _series_geometry(infos)
+        t = infos[0].tags
+        uid = t.get("series_uid", "")
+        if uid:
+            uid_count[uid] = uid_count.get(uid, 0) + 1
+            key = uid if uid_count[uid] == 1 else f"{uid}#{uid_count[uid]}"
+        else:
+            digest = hashlib.sha1("\n".join(i.path for i in infos).encode()).hexdigest()
+            key = f"nouid-{digest[:12]}"
+        series.append(
+            DicomSeries(
+                uid=uid,
+                key=key,
+                description=t.get("description", ""),
+                patient_name=t.get("patient_name", "").replace("^", " ").strip(),
+                patient_id=t.get("patient_id", ""),
+                study_uid=t.get("study_uid", ""),
+                study_description=t.get("study_description", ""),
+                study_date=t.get("study_date", ""),
+                modality=t.get("modality", ""),
+                series_number=_int(t.get("series_number", "")),
+                files=tuple(i.path for i in infos),
+                shape=shape,
+                spacing=tuple(float(v) for v in spacing),
+                origin=tuple(float(v) for v in origin),
+                direction=np.asarray(direction, float).tolist(),
+                window=_window(t),
+            )
+        )
+    series.sort(
+        key=lambda s: (
+            s.patient_id,
+            s.study_date,
+            s.study_uid,
+            s.series_number if s.series_number is not None else 1 << 30,
+            s.key,
+        )
+    )
+    return series
+
+
+def find_series_of_file(path: str | os.PathLike) -> DicomSeries | None:
+    """The series (within the file's own folder) that holds ``path``, or None."""
+    path = os.path.abspath(path)
+    for s in list_dicom_series(os.path.dirname(path)):
+        if any(os.path.abspath(f) == path for f in s.files):
+            return s
+    return None
+
+
+def select_series(
+    series: list[DicomSeries], which: int | str | DicomSeries | None, folder
+) -> DicomSeries:
+    """Pick one series by index, uid/key or object; ``None`` is fine only if there is one."""
+    if not series:
+        raise VolumeReadError(folder, "no DICOM image series found in this folder")
+    if isinstance(which, DicomSeries):
+        return which
+    if which is None:
+        if len(series) == 1:
+            return series[0]
+        names = "; ".join(
+            f"[{n}] {s.name} ({s.shape[0]} slices, key {s.key})" for n, s in enumerate(series)
+        )
+        raise VolumeReadError(
+            folder, f"the folder holds {len(series)} DICOM series, choose one with series=: {names}"
+        )
+    if isinstance(which, int):
+        if not -len(series) <= which < len(series):
+            raise VolumeReadError(
+                folder, f"series index {which} out of range (0..{len(series) - 1})"
+            )
+        return series[which]
+    for s in series:
+        if which in (s.key, s.uid) and which:
+            return s
+    raise VolumeReadError(folder, f"no series with uid/key {which!r}")

@@ -1,0 +1,244 @@
+"""Reading medical volumes with SimpleITK into :class:`~napari_vnet.io.volume.Volume`.
+
+The array shares the SimpleITK image's pixel buffer (no second copy of the volume):
+it is a writeable numpy view whose ``base`` keeps the image alive.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from napari_vnet.io.dicom import (
+    DicomSeries,
+    find_series_of_file,
+    is_dicom_file,
+    list_dicom_series,
+    select_series,
+)
+from napari_vnet.io.errors import VolumeReadError
+from napari_vnet.io.volume import Volume
+
+log = logging.getLogger(__name__)
+
+#: File name endings read by SimpleITK (besides DICOM), longest first.
+READ_EXTENSIONS = (
+    ".nii.gz",
+    ".gipl.gz",
+    ".nii",
+    ".mha",
+    ".mhd",
+    ".nrrd",
+    ".nhdr",
+    ".hdr",
+    ".img",
+    ".gipl",
+)
+
+
+def split_extension(path: str | os.PathLike) -> tuple[str, str]:
+    """``("name", ".nii.gz")`` for ``dir/name.nii.gz``; double extensions stay whole."""
+    name = Path(path).name
+    low = name.lower()
+    for ext in READ_EXTENSIONS + (".dcm", ".ima", ".dicom"):
+        if low.endswith(ext) and len(name) > len(ext):
+            return name[: -len(ext)], name[-len(ext) :]
+    stem, ext = os.path.splitext(name)
+    return stem, ext
+
+
+def has_volume_extension(path: str | os.PathLike) -> bool:
+    return str(path).lower().endswith(READ_EXTENSIONS)
+
+
+class _ImageBuffer:
+    """Exposes a SimpleITK image's pixel buffer to numpy and keeps the image alive."""
+
+    def __init__(self, image):
+        import SimpleITK as sitk
+
+        self.image = image
+        view = sitk.GetArrayViewFromImage(image)
+        interface = dict(view.__array_interface__)
+        interface["data"] = (interface["data"][0], False)  # writeable: we own the image
+        self.__array_interface__ = interface
+
+
+def image_array(image) -> np.ndarray:
+    """The (z, y, x[, c]) numpy array of a SimpleITK image, sharing its memory."""
+    return np.asarray(_ImageBuffer(image))
+
+
+def image_to_volume(image, *, path=None, metadata: dict | None = None) -> Volume:
+    """Wrap a SimpleITK image as a Volume (shares memory; geometry in z, y, x order)."""
+    dim = image.GetDimension()
+    direction = np.asarray(image.GetDirection(), float).reshape(dim, dim)[::-1, ::-1].copy()
+    meta = {"n_components": int(image.GetNumberOfComponentsPerPixel())}
+    meta.update(metadata or {})
+    return Volume(
+        array=image_array(image),
+        spacing=tuple(float(v) for v in reversed(image.GetSpacing())),
+        origin=tuple(float(v) for v in reversed(image.GetOrigin())),
+        direction=direction,
+        pixel_type=image.GetPixelIDTypeAsString(),
+        metadata=meta,
+        path=None if path is None else str(path),
+    )
+
+
+def _clean_itk_message(exc: Exception) -> str:
+    """The useful last line of an ITK exception text."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    for ln in reversed(lines):
+        if ln.lower().startswith(("description:", "itk::error")) or "error" in ln.lower():
+            return ln.split("Description:", 1)[-1].strip()
+    return lines[-1] if lines else type(exc).__name__
+
+
+def _check_file(path: Path) -> None:
+    if not path.exists():
+        raise VolumeReadError(path, "no such file or folder")
+    if path.is_file() and path.stat().st_size == 0:
+        raise VolumeReadError(path, "the file is empty")
+
+
+def _dicom_metadata(series: DicomSeries) -> dict[str, Any]:
+    meta: dict[str, Any] = {
+        "format": "DICOM",
+        "modality": series.modality,
+        "series_description": series.description,
+        "series_uid": series.uid,
+        "series_key": series.key,
+        "series_number": series.series_number,
+        "patient_name": series.patient_name,
+        "patient_id": series.patient_id,
+        "study_uid": series.study_uid,
+        "study_description": series.study_description,
+        "study_date": series.study_date,
+        "source_files": list(series.files),
+        "name": series.name,
+    }
+    if series.window is not None:
+        meta["window_center"], meta["window_width"] = series.window
+    return meta
+
+
+def read_dicom_series(series: DicomSeries) -> Volume:
+    """Read one discovered DICOM series (all its slices, ordered by position)."""
+    import SimpleITK as sitk
+
+    folder = series.folder
+    try:
+        if len(series.files) == 1:
+            image = sitk.ReadImage(series.files[0])
+        else:
+            reader = sitk.ImageSeriesReader()
+            reader.SetFileNames(list(series.files))
+            image = reader.Execute()
+    except RuntimeError as exc:
+        raise VolumeReadError(
+            folder, f"DICOM series {series.name!r}: {_clean_itk_message(exc)}"
+        ) from exc
+    return image_to_volume(image, path=folder, metadata=_dicom_metadata(series))
+
+
+def _read_dicom_path(path: Path, series) -> Volume:
+    if path.is_dir():
+        found = list_dicom_series(path)
+        if not found:
+            found = list_dicom_series(path, recursive=True)
+        return read_dicom_series(select_series(found, series, path))
+    chosen = find_series_of_file(path)
+    if chosen is None:
+        raise VolumeReadError(path, "not a readable DICOM image file")
+    vol = read_dicom_series(chosen)
+    return vol
+
+
+def read_volume(
+    path: str | os.PathLike, *, series: int | str | DicomSeries | None = None
+) -> Volume:
+    """Read a medical volume: a file (NIfTI, MHA/MHD, NRRD, Analyze, GIPL, DICOM) or a
+    DICOM folder. One DICOM file reads its whole series (slices ordered by position).
+
+    ``series`` picks one series (index, SeriesInstanceUID or :class:`DicomSeries` key)
+    when a folder holds several; without it such a folder raises an error listing them.
+    The returned array shares SimpleITK's buffer (no extra copy) and is writeable.
+
+    Raises :class:`VolumeReadError` naming the file and the problem.
+    """
+    import SimpleITK as sitk
+
+    path = Path(path)
+    _check_file(path)
+    if path.is_dir():
+        return _read_dicom_path(path, series)
+    if not has_volume_extension(path):
+        if is_dicom_file(path):
+            return _read_dicom_path(path, series)
+        raise VolumeReadError(
+            path,
+            f"unsupported file type {split_extension(path)[1]!r} (supported: "
+            + ", ".join(READ_EXTENSIONS)
+            + ", DICOM files and folders)",
+        )
+    try:
+        image = sitk.ReadImage(str(path))
+    except RuntimeError as exc:
+        raise VolumeReadError(path, _clean_itk_message(exc)) from exc
+    name, ext = split_extension(path)
+    return image_to_volume(image, path=path, metadata={"format": ext.lower(), "name": name})
+
+
+def read_header(path: str | os.PathLike, *, series=None) -> dict[str, Any]:
+    """Header facts without reading pixel data.
+
+    Keys: path, format, shape (numpy order, z y x [c]), spacing, origin, direction
+    (z, y, x convention), pixel_type, n_components, description, modality, and for DICOM
+    patient/study/series fields and window.
+    """
+    import SimpleITK as sitk
+
+    path = Path(path)
+    _check_file(path)
+    if path.is_dir() or (not has_volume_extension(path) and is_dicom_file(path)):
+        if path.is_dir():
+            found = list_dicom_series(path) or list_dicom_series(path, recursive=True)
+            chosen = select_series(found, series, path)
+        else:
+            chosen = find_series_of_file(path)
+            if chosen is None:
+                raise VolumeReadError(path, "not a readable DICOM image file")
+        return chosen.header()
+    if not has_volume_extension(path):
+        raise VolumeReadError(path, f"unsupported file type {split_extension(path)[1]!r}")
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError as exc:
+        raise VolumeReadError(path, _clean_itk_message(exc)) from exc
+    dim = reader.GetDimension()
+    ncomp = int(reader.GetNumberOfComponents())
+    shape = tuple(int(s) for s in reversed(reader.GetSize()))
+    if ncomp > 1:
+        shape = shape + (ncomp,)
+    d = np.asarray(reader.GetDirection(), float).reshape(dim, dim)[::-1, ::-1]
+    name, ext = split_extension(path)
+    return {
+        "path": str(path),
+        "format": ext.lower(),
+        "shape": shape,
+        "spacing": tuple(float(v) for v in reversed(reader.GetSpacing())),
+        "origin": tuple(float(v) for v in reversed(reader.GetOrigin())),
+        "direction": d.tolist(),
+        "pixel_type": sitk.GetPixelIDValueAsString(reader.GetPixelID()),
+        "n_components": ncomp,
+        "description": name,
+        "modality": "",
+        "window": None,
+    }

@@ -1,0 +1,249 @@
+"""Writing volumes with SimpleITK, atomically, with the geometry they came from."""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from napari_vnet.io.errors import VolumeWriteError
+from napari_vnet.io.volume import Volume
+
+log = logging.getLogger(__name__)
+
+#: Writable file name endings and whether SimpleITK compresses them.
+WRITE_EXTENSIONS = {".nii.gz": True, ".nii": False, ".nrrd": True, ".mha": True, ".mhd": False}
+
+_LABEL_HINT = re.compile(r"(seg|label|mask)", re.IGNORECASE)
+
+
+def write_extension(path: str | os.PathLike) -> str | None:
+    low = Path(path).name.lower()
+    for ext in WRITE_EXTENSIONS:
+        if low.endswith(ext) and len(low) > len(ext):
+            return ext
+    return None
+
+
+def smallest_unsigned_dtype(max_value: int) -> np.dtype:
+    """uint8, uint16, uint32 or uint64: the smallest that holds ``max_value``."""
+    for dt in (np.uint8, np.uint16, np.uint32, np.uint64):
+        if max_value <= np.iinfo(dt).max:
+            return np.dtype(dt)
+    raise ValueError(f"label value {max_value} does not fit in 64 bits")
+
+
+def as_label_array(array: np.ndarray, path="<array>") -> np.ndarray:
+    """The label map as the smallest unsigned integer type (values unchanged)."""
+    a = np.asarray(array)
+    if a.dtype == bool:
+        return a.astype(np.uint8)
+    if a.size == 0:
+        return a.astype(np.uint8)
+    if a.dtype.kind == "f":
+        if not np.all(np.isfinite(a)) or not np.array_equal(a, np.round(a)):
+            raise VolumeWriteError(path, "a label map must hold whole numbers (got fractions/NaN)")
+    elif a.dtype.kind not in "iu":
+        raise VolumeWriteError(path, f"a label map must be integer, got {a.dtype}")
+    lo, hi = a.min(), a.max()
+    if lo < 0:
+        raise VolumeWriteError(path, f"a label map must be non-negative (minimum is {lo})")
+    dt = smallest_unsigned_dtype(int(hi))
+    return a if a.dtype == dt else a.astype(dt)
+
+
+def _narrow_wide_integers(a: np.ndarray) -> np.ndarray:
+    """64-bit integers (e.g. from argmax) become the smallest type holding their values."""
+    if a.dtype.kind not in "iu" or a.dtype.itemsize < 8 or a.size == 0:
+        return a
+    lo, hi = int(a.min()), int(a.max())
+    kinds = (np.uint8, np.uint16, np.uint32) if lo >= 0 else (np.int8, np.int16, np.int32)
+    for dt in kinds:
+        if np.iinfo(dt).min <= lo and hi <= np.iinfo(dt).max:
+            return a.astype(dt)
+    return a
+
+
+def volume_to_image(vol: Volume, *, path="<volume>"):
+    """A SimpleITK image with the volume's pixels and geometry (copies the pixels)."""
+    import SimpleITK as sitk
+
+    a = np.asarray(vol.array)
+    n = len(vol.spacing)
+    if a.ndim not in (n, n + 1):
+        raise VolumeWriteError(
+            path, f"array shape {a.shape} does not match a {n}-D geometry (spacing {vol.spacing})"
+        )
+    is_vector = a.ndim == n + 1
+    if a.dtype == bool:
+        a = a.astype(np.uint8)
+    elif a.dtype == np.float16:
+        a = a.astype(np.float32)
+    direction = np.asarray(vol.direction, float)
+    if direction.shape != (n, n):
+        raise VolumeWriteError(path, f"direction must be {n}x{n}, got {direction.shape}")
+    if not np.allclose(direction.T @ direction, np.eye(n), atol=1e-4):
+        raise VolumeWriteError(
+            path,
+            "direction cosines are not orthonormal (the layer is sheared or scaled inside its "
+            "affine); medical formats cannot store that",
+        )
+    if np.any(np.asarray(vol.spacing, float) <= 0):
+        raise VolumeWriteError(path, f"spacing must be positive, got {tuple(vol.spacing)}")
+    image = sitk.GetImageFromArray(np.ascontiguousarray(a), isVector=is_vector)
+    image.SetSpacing([float(v) for v in reversed(vol.spacing)])
+    image.SetOrigin([float(v) for v in reversed(vol.origin)])
+    image.SetDirection([float(v) for v in direction[::-1, ::-1].ravel()])
+    return image
+
+
+def _mhd_data_files(header: Path) -> list[Path]:
+    try:
+        with open(header, encoding="latin-1") as fh:
+            for line in fh:
+                key, _, value = line.partition("=")
+                if key.strip() == "ElementDataFile":
+                    value = value.strip()
+                    if value and value.upper() not in ("LOCAL", "LIST"):
+                        return [header.parent / value]
+    except OSError:
+        pass
+    return []
+
+
+def source_files(vol: Volume | None) -> list[Path]:
+    """The files a volume was read from (header + data files, or all DICOM slices)."""
+    if vol is None:
+        return []
+    out: list[Path] = [Path(f) for f in vol.metadata.get("source_files", []) or []]
+    src = vol.path or vol.metadata.get("source_path")
+    if src:
+        p = Path(src)
+        out.append(p)
+        low = p.name.lower()
+        if low.endswith(".mhd"):
+            out += _mhd_data_files(p)
+        elif low.endswith(".nhdr"):
+            out += [p.with_suffix(".raw"), p.with_suffix(".raw.gz")]
+        elif low.endswith(".hdr"):
+            out.append(p.with_suffix(".img"))
+        elif low.endswith(".img"):
+            out.append(p.with_suffix(".hdr"))
+    return out
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        if a.exists() and b.exists():
+            return os.path.samefile(a, b)
+    except OSError:
+        pass
+    return os.path.realpath(a) == os.path.realpath(b)
+
+
+def _files_written(path: Path, ext: str) -> list[Path]:
+    out = [path]
+    if ext == ".mhd":
+        out.append(path.parent / (path.name[: -len(ext)] + ".raw"))
+    return out
+
+
+def _atomic_write(image, path: Path, compress: bool) -> None:
+    """Write into a temporary folder beside ``path``, then move the files into place."""
+    import SimpleITK as sitk
+
+    tmpdir = Path(tempfile.mkdtemp(prefix=".napari-vnet-write-", dir=path.parent))
+    try:
+        target = tmpdir / path.name  # same name, so .mhd headers name the right .raw
+        sitk.WriteImage(image, str(target), useCompression=compress)
+        for produced in sorted(tmpdir.iterdir()):
+            if produced.name != path.name:  # data files (e.g. .raw) first ...
+                os.replace(produced, path.parent / produced.name)
+        os.replace(target, path)  # ... then the header, so a reader never sees half a pair
+    except RuntimeError as exc:
+        raise VolumeWriteError(path, str(exc).strip().splitlines()[-1]) from exc
+    finally:
+        shutil.rmtree(tmpdir, ignore_errors=True)
+
+
+def write_volume(
+    array_or_volume: np.ndarray | Volume,
+    path: str | os.PathLike,
+    like: Volume | None = None,
+    *,
+    overwrite_source: bool = False,
+    is_label: bool | None = None,
+) -> Path:
+    """Write an array or Volume to ``.nii.gz``, ``.nii``, ``.nrrd``, ``.mha`` or ``.mhd``.
+
+    Geometry comes from ``like`` if given (its grid must match the array's shape), else
+    from the Volume itself, else identity (1 mm, origin 0). Label maps (``is_label``
+    True, or None with a bool array / a file name saying seg/label/mask / a Volume whose
+    metadata says ``is_label``) are stored as the smallest unsigned integer type;
+    64-bit integer images are narrowed losslessly. The write is atomic (temporary file
+    in the same folder + ``os.replace``). Writing onto the file(s) the volume or
+    ``like`` was read from raises :class:`VolumeWriteError` unless ``overwrite_source``.
+    """
+    path = Path(path)
+    ext = write_extension(path)
+    if ext is None:
+        raise VolumeWriteError(
+            path, "unsupported extension (use one of " + ", ".join(WRITE_EXTENSIONS) + ")"
+        )
+    if not path.parent.is_dir():
+        raise VolumeWriteError(path, f"the folder {path.parent} does not exist")
+    if path.is_dir():
+        raise VolumeWriteError(path, "a folder has this name")
+
+    if isinstance(array_or_volume, Volume):
+        vol = array_or_volume
+        array = np.asarray(vol.array)
+        geometry = like if like is not None else vol
+    else:
+        vol = None
+        array = np.asarray(array_or_volume)
+        geometry = like
+    if geometry is None:
+        n = array.ndim
+        geometry = Volume(array, spacing=(1.0,) * n, origin=(0.0,) * n, direction=np.eye(n))
+    n = len(geometry.spacing)
+    spatial = array.shape[:n]
+    if like is not None and tuple(spatial) != tuple(like.array.shape[:n]):
+        raise VolumeWriteError(
+            path,
+            f"array shape {array.shape} does not match the reference grid {like.array.shape[:n]}",
+        )
+
+    if is_label is None:
+        is_label = (
+            array.dtype == bool
+            or bool(vol is not None and vol.metadata.get("is_label"))
+            or (array.dtype.kind in "iub" and bool(_LABEL_HINT.search(path.name)))
+        )
+    array = as_label_array(array, path) if is_label else _narrow_wide_integers(array)
+
+    if not overwrite_source:
+        targets = _files_written(path, ext)
+        for src in source_files(vol) + source_files(like):
+            if any(_same_file(t, src) for t in targets):
+                raise VolumeWriteError(
+                    path,
+                    f"this would overwrite the source image {src}; choose another file name "
+                    "(or pass overwrite_source=True)",
+                )
+
+    out = Volume(
+        array=array,
+        spacing=tuple(geometry.spacing),
+        origin=tuple(geometry.origin),
+        direction=np.asarray(geometry.direction, float),
+    )
+    image = volume_to_image(out, path=path)
+    _atomic_write(image, path, WRITE_EXTENSIONS[ext])
+    log.info("wrote %s (%s, %s)", path, array.dtype, array.shape)
+    return path
