@@ -1,1 +1,606 @@
-"""Sliding-window inference engine (placeholder until the inference issue lands)."""
+"""Sliding-window inference: fast, memory-bounded, cancellable (no Qt).
+
+``predict(image, model, card, spacing=...)`` turns a raw volume into a label map on the
+input's own grid:
+
+1. non-finite voxels are replaced by the smallest finite value (with a warning), and the
+   intensities are normalised as the model card says (:func:`normalize_intensity`);
+2. when the input spacing differs from the card's training spacing, the image is resampled
+   to the card spacing (linear) and the result back to the input grid (labels nearest,
+   probabilities linear);
+3. the volume is covered by overlapping patches (``card.patch_size``; an image smaller
+   than a patch is padded); each window's softmax is weighted by a Gaussian importance
+   map (sigma = patch / 8, as in nnU-Net and MONAI) and windows are run in batches;
+4. memory stays bounded: windows are visited in z order and their weighted scores are
+   summed into a *rolling z-slab* of one patch depth (plus what one batch spans); slices
+   that no later window can touch are finalised (argmax -> label values) and the slab
+   moves on. Nothing of size ``C x D x H x W`` is ever allocated (unless probabilities
+   are asked for, and then only in float16). The Gaussian weights of a window grid are
+   separable, so the normaliser is the outer product of three 1-D sums and is never
+   stored either;
+5. optional flip test-time augmentation (8 flips, softmax averaged) and post-processing
+   (:mod:`napari_vnet.postprocess`).
+
+Device ``"auto"`` picks cuda > mps > cpu. Mixed precision ``amp="auto"``: bf16 (or fp16)
+autocast on CUDA, fp16 on MPS, bf16 on a CPU only when it has native bf16 instructions
+(``avx512_bf16``/``amx_bf16``; emulated bf16 is hundreds of times slower), else fp32.
+On an out-of-memory error the batch is halved and retried, then the stitching buffer is
+moved to the CPU, and only then :class:`InferenceMemoryError` is raised.
+
+The engine never changes torch's thread count (the caller or the widget decides), runs
+under ``torch.inference_mode`` and restores the model's train/eval mode afterwards; the
+model is moved to the chosen device (in place, as ``Module.to`` does).
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import logging
+import math
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from napari_vnet.io.volume import Volume
+from napari_vnet.models.card import ModelCard
+from napari_vnet.transforms import normalize_intensity, resample_to_spacing
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "InferenceMemoryError",
+    "Prediction",
+    "PredictionCancelled",
+    "cpu_has_native_bf16",
+    "predict",
+    "resolve_amp",
+    "resolve_device",
+    "sliding_window_starts",
+]
+
+GAUSSIAN_SIGMA_SCALE = 0.125  # sigma = patch size * 1/8 (nnU-Net, MONAI)
+GAUSSIAN_MIN = 1e-3  # floor of each 1-D profile so that no voxel gets zero weight
+SPACING_RTOL = 1e-3  # spacings closer than this (relative) count as equal
+
+
+class PredictionCancelled(Exception):
+    """Raised by :func:`predict` when ``should_stop()`` returned True."""
+
+
+class InferenceMemoryError(MemoryError):
+    """Out of memory even with batch size 1 and stitching on the CPU."""
+
+
+@dataclass
+class Prediction:
+    """The result of :func:`predict`.
+
+    ``labels`` holds the card's label *values* (not channel indices) on the input grid,
+    as uint8 (or uint16 when a value exceeds 255). ``probabilities`` (only when asked
+    for) is ``(C, *input_shape)`` float16 in channel order of ``card.classes``.
+    """
+
+    labels: np.ndarray
+    probabilities: np.ndarray | None = None
+    seconds: float = 0.0
+    device: str = "cpu"
+    amp: str | None = None  # "bf16", "fp16" or None (fp32)
+    windows: int = 0
+    batch_size: int = 1
+    stats: dict[str, Any] = field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------- devices
+
+
+def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
+    """``"auto"``/None -> cuda if available, else mps, else cpu; otherwise validated."""
+    if device is None or (isinstance(device, str) and device.lower() == "auto"):
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        mps = getattr(torch.backends, "mps", None)
+        if mps is not None and mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise ValueError(f"unknown device {device!r}: use auto, cpu, cuda, cuda:N or mps") from exc
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} requested but CUDA is not available here")
+    if dev.type == "mps":
+        mps = getattr(torch.backends, "mps", None)
+        if mps is None or not mps.is_available():
+            raise ValueError(f"device {device!r} requested but MPS is not available here")
+    return dev
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_has_native_bf16() -> bool:
+    """True when the CPU executes bf16 natively (AVX512-BF16, AMX or Arm BF16)."""
+    flags: set[str] = set()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as fh:
+            for line in fh:
+                key = line.split(":", 1)[0].strip().lower()
+                if key in ("flags", "features"):
+                    flags.update(line.split(":", 1)[1].split())
+                    break
+    except OSError:
+        return False
+    return bool(flags & {"avx512_bf16", "amx_bf16", "bf16"})
+
+
+_AMP_NAMES = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16}
+_AMP_NAMES["float16"] = torch.float16
+
+
+def resolve_amp(amp: Any, device: torch.device) -> torch.dtype | None:
+    """Autocast dtype for ``amp`` on ``device``, or None for plain fp32.
+
+    ``amp``: "auto" (fast where safe), True (on, the device's preferred dtype), False/None
+    (off), "bf16"/"fp16" or a torch dtype (that one).
+    """
+    if amp is None or amp is False or (isinstance(amp, str) and amp.lower() in ("off", "fp32")):
+        return None
+    if isinstance(amp, torch.dtype):
+        return amp
+    if isinstance(amp, str) and amp.lower() in _AMP_NAMES:
+        return _AMP_NAMES[amp.lower()]
+    auto = isinstance(amp, str) and amp.lower() == "auto"
+    if not auto and amp is not True:
+        raise ValueError(f"amp={amp!r}: use 'auto', True, False, 'bf16' or 'fp16'")
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if device.type == "mps":
+        return torch.float16
+    if auto and not cpu_has_native_bf16():
+        return None  # emulated bf16 autocast on CPU is far slower than fp32
+    return torch.bfloat16
+
+
+def _amp_name(dtype: torch.dtype | None) -> str | None:
+    return {torch.bfloat16: "bf16", torch.float16: "fp16", None: None}.get(dtype, str(dtype))
+
+
+def _default_batch_size(device: torch.device, patch: Sequence[int]) -> int:
+    if device.type == "cuda":
+        try:
+            free, _ = torch.cuda.mem_get_info(device)
+        except RuntimeError:  # pragma: no cover - no GPU here
+            return 2
+        # ~2 KB of activations per patch voxel for a 16-base V-Net in half precision
+        per_window = 2048 * int(np.prod(patch))
+        return int(max(1, min(8, free // (2 * per_window))))
+    return 1  # on CPU, batching only adds memory (measured: no speed gain)
+
+
+# --------------------------------------------------------------------------- windows
+
+
+def sliding_window_starts(length: int, patch: int, overlap: float) -> list[int]:
+    """Start indices of windows of size ``patch`` covering ``length`` with ``overlap``.
+
+    The windows are spread evenly from 0 to ``length - patch`` with a step of at most
+    ``patch * (1 - overlap)``, so the count equals MONAI's for the same settings.
+    """
+    if length <= patch:
+        return [0]
+    step = max(1, int(patch * (1.0 - overlap)))
+    n = math.ceil((length - patch) / step) + 1
+    return [int(round(s)) for s in np.linspace(0, length - patch, n)]
+
+
+def _gaussian_1d(size: int) -> np.ndarray:
+    sigma = max(size * GAUSSIAN_SIGMA_SCALE, 1e-6)
+    x = np.arange(size, dtype=np.float64) - (size - 1) / 2.0
+    g = np.exp(-0.5 * (x / sigma) ** 2)
+    return np.maximum(g / g.max(), GAUSSIAN_MIN)
+
+
+def _coverage_1d(length: int, starts: Sequence[int], g: np.ndarray) -> np.ndarray:
+    """Sum of the 1-D Gaussian profiles of all windows along one axis."""
+    cover = np.zeros(length, dtype=np.float64)
+    for s in starts:
+        cover[s : s + len(g)] += g
+    return cover
+
+
+# --------------------------------------------------------------------------- stitching
+
+
+class _ZStitcher:
+    """Sums weighted window scores in a rolling slab along z; finalises slices behind it."""
+
+    def __init__(
+        self,
+        n_classes: int,
+        shape: tuple[int, int, int],
+        depth: int,
+        device: torch.device,
+        lut: np.ndarray,
+        label_dtype: np.dtype,
+        coverage: tuple[np.ndarray, np.ndarray, np.ndarray] | None,
+    ) -> None:
+        self.shape = shape
+        self.depth = depth
+        self.lut = lut
+        self.labels = np.zeros(shape, dtype=label_dtype)
+        self.coverage = coverage  # set when probabilities are wanted
+        self.probabilities = (
+            None if coverage is None else np.zeros((n_classes, *shape), dtype=np.float16)
+        )
+        self.base = 0  # global z of acc[:, 0]
+        self.acc = torch.zeros((n_classes, depth, shape[1], shape[2]), device=device)
+
+    @property
+    def device(self) -> torch.device:
+        return self.acc.device
+
+    def to(self, device: torch.device) -> None:
+        self.acc = self.acc.to(device)
+
+    def add(self, scores: torch.Tensor, starts: Sequence[tuple[int, int, int]]) -> None:
+        scores = scores.to(self.acc.device)
+        pz, py, px = scores.shape[2:]
+        for s, (z, y, x) in zip(scores, starts, strict=True):
+            z0 = z - self.base
+            self.acc[:, z0 : z0 + pz, y : y + py, x : x + px] += s
+
+    def finalize(self, until: int) -> None:
+        """All slices ``< until`` are complete: write them out and advance the slab."""
+        n = until - self.base
+        if n <= 0:
+            return
+        slab = self.acc[:, :n]
+        idx = torch.argmax(slab, dim=0).to("cpu", torch.int64).numpy()
+        self.labels[self.base : until] = self.lut[idx]
+        if self.probabilities is not None:
+            cz, cy, cx = self.coverage
+            norm = np.multiply.outer(cz[self.base : until], np.multiply.outer(cy, cx))
+            probs = slab.to("cpu", torch.float32).numpy() / norm[None].astype(np.float32)
+            self.probabilities[:, self.base : until] = probs
+        keep = self.depth - n
+        if keep > 0:
+            self.acc[:, :keep] = self.acc[:, n:].clone()
+        self.acc[:, max(keep, 0) :] = 0
+        self.base = until
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _is_oom(exc: BaseException) -> bool:
+    if isinstance(exc, torch.OutOfMemoryError | MemoryError):
+        return True
+    text = str(exc).lower()
+    return isinstance(exc, RuntimeError) and (
+        "out of memory" in text or "can't allocate memory" in text
+    )
+
+
+def _free_device_memory(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    elif device.type == "mps":  # pragma: no cover - no Apple GPU here
+        torch.mps.empty_cache()
+
+
+def _count_nonfinite(array: np.ndarray) -> int:
+    if array.dtype.kind not in "fc":
+        return 0
+    return int(array.size - np.count_nonzero(np.isfinite(array)))
+
+
+def _spacing_tuple(spacing: Any, name: str) -> tuple[float, float, float]:
+    sp = tuple(float(s) for s in spacing)
+    if len(sp) != 3 or not all(math.isfinite(s) and s > 0 for s in sp):
+        raise ValueError(f"{name} must be three positive numbers (z, y, x) in mm, got {spacing!r}")
+    return sp  # type: ignore[return-value]
+
+
+def _flip_sets(tta: bool | Sequence[Sequence[int]]) -> list[tuple[int, ...]]:
+    """Spatial axes (0..2) to flip for each TTA pass; () is the identity."""
+    if tta is True:
+        return [c for r in range(4) for c in itertools.combinations((0, 1, 2), r)]
+    if not tta:
+        return [()]
+    return [tuple(int(a) for a in f) for f in tta]
+
+
+def _cpu_channels_last() -> bool:
+    """Whether to run 3-D convolutions channels-last on the CPU (env NAPARI_VNET_CHANNELS_LAST)."""
+    value = os.environ.get("NAPARI_VNET_CHANNELS_LAST", "")
+    return value.lower() in ("1", "true", "yes")
+
+
+# --------------------------------------------------------------------------- predict
+
+
+def predict(
+    image: np.ndarray | Volume,
+    model: torch.nn.Module,
+    card: ModelCard,
+    *,
+    spacing: Sequence[float] | None = None,
+    device: str | torch.device | None = "auto",
+    overlap: float = 0.5,
+    batch_size: int | None = None,
+    amp: Any = "auto",
+    tta: bool | Sequence[Sequence[int]] = False,
+    postprocess: Any = None,
+    progress: Callable[[int, int], Any] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+    return_probabilities: bool = False,
+) -> Prediction:
+    """Segment ``image`` with ``model``; returns labels (card label values) on its grid.
+
+    Args:
+        image: ``(z, y, x)`` array (or ``(C, z, y, x)`` for multi-channel cards), or a
+            :class:`~napari_vnet.io.Volume` (whose spacing is used when ``spacing`` is None).
+        model: network returning logits ``(B, C, D, H, W)`` for any spatial size.
+        card: the model card (classes, normalisation, training spacing, patch size).
+        spacing: the image's voxel spacing ``(z, y, x)`` in mm; None = the card's spacing.
+        device: "auto" (cuda > mps > cpu), "cpu", "cuda", "cuda:1", "mps".
+        overlap: fraction of a patch shared by neighbouring windows, in [0, 1).
+        batch_size: windows per forward pass (None: 1 on CPU, from free memory on GPU).
+        amp: "auto", True, False, "bf16" or "fp16" (see :func:`resolve_amp`).
+        tta: True for the 8 axis-flip combinations, or a list of axis tuples to flip.
+        postprocess: None/False, True (largest component + fill holes) or a list of
+            operation names from :data:`napari_vnet.postprocess.OPERATIONS`.
+        progress: called as ``progress(done, total)`` windows after every batch.
+        should_stop: polled before every batch; True raises :class:`PredictionCancelled`.
+        return_probabilities: also return float16 probabilities ``(C, *shape)``.
+    """
+    t0 = time.perf_counter()
+    if isinstance(image, Volume):
+        if spacing is None:
+            spacing = image.spacing
+        image = image.array
+    image = np.asarray(image)
+    n_in = int(card.in_channels)
+    if n_in == 1 and image.ndim == 4 and image.shape[0] == 1:
+        image = image[0]
+    if not (image.ndim == 3 and n_in == 1) and not (image.ndim == 4 and image.shape[0] == n_in):
+        want = "(z, y, x)" if n_in == 1 else f"({n_in}, z, y, x)"
+        raise ValueError(
+            f"image of shape {image.shape} does not fit model {card.arch!r} "
+            f"with {n_in} input channel(s): expected {want}"
+        )
+    if not 0.0 <= float(overlap) < 1.0:
+        raise ValueError(f"overlap must be in [0, 1), got {overlap!r}")
+    if batch_size is not None and int(batch_size) < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size!r}")
+    if len(card.classes) < 1:
+        raise ValueError("model card lists no classes")
+    stop = should_stop or (lambda: False)
+    in_shape = tuple(int(s) for s in image.shape[-3:])
+    if min(in_shape) < 1:
+        raise ValueError(f"image of shape {image.shape} is empty")
+
+    dev = resolve_device(device)
+    amp_dtype = resolve_amp(amp, dev)
+    stats: dict[str, Any] = {"input_shape": list(in_shape)}
+
+    # ---- preprocessing: finite values, normalisation, resampling to the card spacing
+    channels = image[None] if image.ndim == 3 else image
+    prepared = []
+    n_bad_total = 0
+    for ch in channels:
+        # normalize_intensity replaces NaN/-inf by the smallest finite value, +inf by the
+        # largest, and logs a warning; a constant image gives zeros.
+        n_bad_total += _count_nonfinite(ch)
+        norm = np.asarray(normalize_intensity(ch, card.normalization), dtype=np.float32)
+        if not np.isfinite(norm).all():  # belt and braces: never feed NaN to the network
+            norm = np.nan_to_num(norm, nan=0.0, posinf=0.0, neginf=0.0)
+        prepared.append(norm)
+    stats["nonfinite_replaced"] = n_bad_total
+
+    in_spacing = None if spacing is None else _spacing_tuple(spacing, "spacing")
+    model_spacing = None if card.spacing is None else _spacing_tuple(card.spacing, "card.spacing")
+    resample = (
+        in_spacing is not None
+        and model_spacing is not None
+        and not np.allclose(in_spacing, model_spacing, rtol=SPACING_RTOL, atol=0)
+    )
+    if resample:
+        prepared = [
+            np.asarray(
+                resample_to_spacing(p, in_spacing, model_spacing, is_label=False), np.float32
+            )
+            for p in prepared
+        ]
+        log.info(
+            "resampled %s @ %s mm -> %s @ %s mm",
+            in_shape,
+            in_spacing,
+            prepared[0].shape,
+            model_spacing,
+        )
+    vol = prepared[0][None] if len(prepared) == 1 else np.stack(prepared)
+    del prepared
+    work_shape = tuple(int(s) for s in vol.shape[1:])
+    stats["resampled"] = bool(resample)
+    stats["model_grid_shape"] = list(work_shape)
+    if stop():
+        raise PredictionCancelled("prediction cancelled before it started")
+
+    # ---- pad to at least one patch
+    patch = tuple(int(p) for p in card.patch_size)
+    if len(patch) != 3 or min(patch) < 1:
+        raise ValueError(f"card.patch_size must be three positive ints, got {card.patch_size!r}")
+    pad = [max(0, p - s) for p, s in zip(patch, work_shape, strict=True)]
+    if any(pad):
+        fill = [float(c.min()) for c in vol]
+        padded = np.empty(
+            (vol.shape[0], *(s + q for s, q in zip(work_shape, pad, strict=True))), np.float32
+        )
+        for c in range(vol.shape[0]):
+            padded[c] = fill[c]
+        padded[:, : work_shape[0], : work_shape[1], : work_shape[2]] = vol
+        vol = padded
+    grid_shape = tuple(int(s) for s in vol.shape[1:])
+
+    # ---- windows, weights, stitcher
+    starts_axes = [
+        sliding_window_starts(s, p, overlap) for s, p in zip(grid_shape, patch, strict=True)
+    ]
+    windows = list(itertools.product(*starts_axes))  # z-major order: the slab rolls along z
+    n_win = len(windows)
+    g1 = [_gaussian_1d(p) for p in patch]
+    gauss = torch.from_numpy(np.multiply.outer(g1[0], np.multiply.outer(g1[1], g1[2]))).float()
+    bs = int(batch_size) if batch_size else _default_batch_size(dev, patch)
+    bs = max(1, min(bs, n_win))
+    z_of = [w[0] for w in windows]
+    depth = patch[0] + max(z_of[min(i + bs, n_win) - 1] - z_of[i] for i in range(n_win))
+    values = card.label_values
+    label_dtype = np.uint8 if max(values) <= 255 else np.uint16
+    if min(values) < 0 or max(values) > 65535:
+        raise ValueError(f"label values must be in [0, 65535], card has {values}")
+    lut = np.asarray(values, dtype=label_dtype)
+    coverage = None
+    if return_probabilities:
+        coverage = tuple(
+            _coverage_1d(s, st, g) for s, st, g in zip(grid_shape, starts_axes, g1, strict=True)
+        )
+    n_classes = len(values)
+    try:
+        stitcher = _ZStitcher(n_classes, grid_shape, depth, dev, lut, label_dtype, coverage)
+    except Exception as exc:  # noqa: BLE001 - only OOM is handled
+        if not _is_oom(exc) or dev.type == "cpu":
+            raise
+        log.warning("no room for the stitching slab on %s; stitching on the CPU", dev)
+        stitcher = _ZStitcher(
+            n_classes, grid_shape, depth, torch.device("cpu"), lut, label_dtype, coverage
+        )
+    flips = _flip_sets(tta)
+    channels_last = dev.type == "cpu" and _cpu_channels_last()
+    mem_format = torch.channels_last_3d if channels_last else torch.contiguous_format
+
+    was_training = model.training
+    model.eval()
+    model.to(dev)
+    if channels_last:
+        model.to(memory_format=torch.channels_last_3d)
+    gauss_dev = gauss.to(dev)
+
+    def run_batch(batch: list[tuple[int, int, int]]) -> torch.Tensor:
+        x = np.stack(
+            [vol[:, z : z + patch[0], y : y + patch[1], q : q + patch[2]] for z, y, q in batch]
+        )
+        xt = torch.from_numpy(x).to(dev).contiguous(memory_format=mem_format)
+        total = None
+        for axes in flips:
+            dims = [a + 2 for a in axes]
+            inp = xt.flip(dims) if dims else xt
+            with torch.autocast(dev.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                logits = model(inp)
+            if logits.ndim != 5 or logits.shape[1] != n_classes:
+                raise ValueError(
+                    f"model returned shape {tuple(logits.shape)} for input {tuple(inp.shape)}; "
+                    f"the card lists {n_classes} classes: expected (B, {n_classes}, D, H, W)"
+                )
+            if tuple(logits.shape[2:]) != patch:
+                raise ValueError(
+                    f"model returned spatial size {tuple(logits.shape[2:])} for a patch {patch}"
+                )
+            prob = torch.softmax(logits.float(), dim=1)
+            if dims:
+                prob = prob.flip(dims)
+            total = prob if total is None else total.add_(prob)
+        if len(flips) > 1:
+            total.div_(len(flips))
+        return total.mul_(gauss_dev)
+
+    oom_retries = 0
+    done = 0
+    try:
+        with torch.inference_mode():
+            while done < n_win:
+                if stop():
+                    raise PredictionCancelled(f"prediction cancelled after {done}/{n_win} windows")
+                batch = windows[done : done + bs]
+                try:
+                    scores = run_batch(batch)
+                except Exception as exc:  # noqa: BLE001 - only OOM is handled
+                    if not _is_oom(exc):
+                        raise
+                    oom_retries += 1
+                    _free_device_memory(dev)
+                    if bs > 1:
+                        bs = max(1, bs // 2)
+                        log.warning("out of memory on %s; retrying with batch size %d", dev, bs)
+                        continue
+                    if stitcher.device.type != "cpu":
+                        log.warning("out of memory on %s; stitching on the CPU instead", dev)
+                        stitcher.to(torch.device("cpu"))
+                        _free_device_memory(dev)
+                        continue
+                    raise InferenceMemoryError(
+                        f"out of memory on {dev} running model {card.arch!r} on one "
+                        f"{patch} patch (batch size 1, stitching on the CPU); use "
+                        "device='cpu' or a smaller patch size"
+                    ) from exc
+                stitcher.add(scores, batch)
+                del scores
+                done += len(batch)
+                stitcher.finalize(windows[done][0] if done < n_win else grid_shape[0])
+                if progress is not None:
+                    progress(done, n_win)
+    finally:
+        model.train(was_training)
+        if channels_last:
+            model.to(memory_format=torch.contiguous_format)
+
+    # ---- crop padding, resample back, post-process
+    labels = stitcher.labels[: work_shape[0], : work_shape[1], : work_shape[2]]
+    probs = stitcher.probabilities
+    del stitcher
+    if probs is not None:
+        probs = probs[:, : work_shape[0], : work_shape[1], : work_shape[2]]
+    if resample:
+        labels = np.asarray(
+            resample_to_spacing(labels, model_spacing, in_spacing, is_label=True, shape=in_shape)
+        ).astype(label_dtype, copy=False)
+        if probs is not None:
+            probs = np.stack(
+                [
+                    np.asarray(
+                        resample_to_spacing(
+                            p.astype(np.float32),
+                            model_spacing,
+                            in_spacing,
+                            is_label=False,
+                            shape=in_shape,
+                        ),
+                        dtype=np.float16,
+                    )
+                    for p in probs
+                ]
+            )
+    labels = np.ascontiguousarray(labels)
+    if postprocess:
+        from napari_vnet.postprocess import apply_postprocess
+
+        labels = apply_postprocess(labels, postprocess, spacing=in_spacing)
+    if labels.shape != in_shape:  # pragma: no cover - guarded by resample_to_spacing(shape=)
+        raise RuntimeError(f"internal error: labels {labels.shape} != input {in_shape}")
+
+    stats.update(oom_retries=oom_retries, tta_passes=len(flips), channels_last=channels_last)
+    seconds = time.perf_counter() - t0
+    return Prediction(
+        labels=labels,
+        probabilities=None if probs is None else np.ascontiguousarray(probs),
+        seconds=seconds,
+        device=str(dev),
+        amp=_amp_name(amp_dtype),
+        windows=n_win,
+        batch_size=bs,
+        stats=stats,
+    )
