@@ -1,17 +1,143 @@
-"""`napari-vnet info` (placeholder until its issue lands)."""
+"""`napari-vnet info WEIGHTS [--json]`: print the model card of a weights file.
+
+WEIGHTS is a path or the name of shipped weights (``vnet-phantom``...). The weights are
+loaded (safely, never running code from the file) and checked against the card, so a
+broken file is reported here rather than at prediction time.
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+from pathlib import Path
+from typing import Any
 
 HELP = "print the model card of a weights file (--json for machines)"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    pass
+    parser.add_argument(
+        "weights",
+        metavar="WEIGHTS",
+        help="a checkpoint file (.pt) or the name of shipped weights, e.g. vnet-phantom",
+    )
+    parser.add_argument("--json", action="store_true", help="print the card as JSON")
+
+
+def describe_normalization(norm: dict[str, Any]) -> str:
+    """One line saying how raw intensities become network input."""
+    kind = norm.get("kind")
+    if kind == "window":
+        return (
+            f"window [{norm.get('low')}, {norm.get('high')}] "
+            "(clip, then scale to [0, 1]; CT values in HU)"
+        )
+    if kind == "zscore":
+        return "z-score (subtract the volume's mean, divide by its standard deviation)"
+    if kind == "percentile":
+        return (
+            f"percentiles [{norm.get('low')}, {norm.get('high')}] of the volume "
+            "(clip, then scale to [0, 1])"
+        )
+    return json.dumps(norm)
+
+
+def _color(color: Any) -> str:
+    if not color:
+        return ""
+    r, g, b = (round(float(c) * 255) for c in color[:3])
+    return f" #{r:02x}{g:02x}{b:02x}"
+
+
+def _value(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    if isinstance(v, (dict, list)):
+        return json.dumps(v)
+    return str(v)
+
+
+def gather(weights: str) -> dict[str, Any]:
+    """Everything `info` reports, as JSON-compatible data (raises CheckpointError)."""
+    from napari_vnet.models import (
+        count_parameters,
+        display_name,
+        load_checkpoint,
+        load_checkpoint_state,
+        load_discriminator,
+    )
+    from napari_vnet.weights import resolve_weights
+
+    path = resolve_weights(weights)
+    state = load_checkpoint_state(path, map_location="cpu")
+    model, card = load_checkpoint(path, map_location="cpu")
+    disc = load_discriminator(path) if state.get("discriminator") else None
+    extra = state.get("extra")
+    return {
+        "path": str(Path(path).resolve()),
+        "file_bytes": Path(path).stat().st_size,
+        "architecture": display_name(card.arch),
+        "parameters": count_parameters(model),
+        "discriminator_parameters": None if disc is None else count_parameters(disc),
+        "extra_keys": sorted(map(str, extra)) if isinstance(extra, dict) else [],
+        "saved_with": state.get("saved_with", {}),
+        "card": card.to_dict(),
+    }
+
+
+def format_text(info: dict[str, Any]) -> str:
+    card = info["card"]
+    kwargs = ", ".join(f"{k}={_value(v)}" for k, v in card["arch_kwargs"].items())
+    lines = [
+        f"weights:       {info['path']} ({info['file_bytes'] / 1e6:.1f} MB)",
+        f"architecture:  {info['architecture']} ({card['arch']}){f'  {kwargs}' if kwargs else ''}",
+        f"parameters:    {info['parameters']:,}",
+    ]
+    if info["discriminator_parameters"] is not None:
+        lines.append(
+            f"discriminator: {info['discriminator_parameters']:,} parameters (for training)"
+        )
+    lines.append(f"input:         {card['in_channels']} channel(s)")
+    lines.append(f"normalization: {describe_normalization(card['normalization'])}")
+    spacing = card["spacing"]
+    lines.append(
+        "spacing:       "
+        + (
+            "not recorded"
+            if spacing is None
+            else " x ".join(f"{s:g}" for s in spacing) + " mm (z, y, x)"
+        )
+    )
+    lines.append("patch size:    " + " x ".join(str(p) for p in card["patch_size"]) + " (z, y, x)")
+    lines.append(f"classes:       {len(card['classes'])} (output channel: label value name)")
+    for i, c in enumerate(card["classes"]):
+        lines.append(f"  {i}: {c['value']:>3} {c['name']}{_color(c['color'])}")
+    history = card["history"]
+    lines.append("history:       " + ("none recorded" if not history else ""))
+    for key, value in history.items():
+        lines.append(f"  {key}: {_value(value)}")
+    if card["description"]:
+        lines.append(f"description:   {card['description']}")
+    if info["extra_keys"]:
+        lines.append(f"resume state:  {', '.join(info['extra_keys'])}")
+    saved = info["saved_with"]
+    if saved:
+        lines.append("saved with:    " + ", ".join(f"{k} {v}" for k, v in saved.items()))
+    lines.append(f"card format:   {card['format_version']}")
+    return "\n".join(line.rstrip() for line in lines)
 
 
 def run(args: argparse.Namespace) -> int:
-    print("napari-vnet info: not implemented yet", file=sys.stderr)
-    return 2
+    from napari_vnet.models import CheckpointError
+
+    try:
+        info = gather(args.weights)
+    except CheckpointError as exc:
+        print(f"napari-vnet info: error: {exc}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(info, indent=2))
+    else:
+        print(format_text(info))
+    return 0
