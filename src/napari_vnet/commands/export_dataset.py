@@ -1,17 +1,118 @@
-"""`napari-vnet export-dataset` (placeholder until its issue lands)."""
+"""`napari-vnet export-dataset`: (image, labels) pairs -> an nnU-Net / MSD style folder.
+
+Layout (nnU-Net v2 raw dataset, which is also the Medical Segmentation Decathlon layout)::
+
+    DIR/imagesTr/case_000_0000.nii.gz   image of case 0, channel 0, the image's geometry
+    DIR/labelsTr/case_000.nii.gz        its labels on the same grid, values 0..K
+    DIR/dataset.json                    channel_names, labels (name -> value), numTraining,
+                                        file_ending; plus the MSD "training" list and the
+                                        original label values (napari_vnet_label_values)
+
+nnU-Net needs consecutive label values, so selected values are renumbered 1..K in the
+order given (``--classes 5=liver,1=spleen`` -> liver 1, spleen 2); the original values
+are recorded in dataset.json. Values not selected become background. Voxels equal to
+``--ignore-index`` become nnU-Net's "ignore" label (the highest value).
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+from pathlib import Path
 
 HELP = "write (image, labels) pairs as an nnU-Net/MSD style dataset folder"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    pass
+    parser.add_argument("--image", action="append", required=True, metavar="PATH",
+                        help="image file or DICOM folder; repeat for several cases")  # fmt: skip
+    parser.add_argument("--labels", action="append", required=True, metavar="PATH",
+                        help="label map of the preceding --image (resampled onto its grid if needed)")  # fmt: skip
+    parser.add_argument("--out", required=True, metavar="DIR", help="dataset folder to create")
+    parser.add_argument("--classes", metavar="V=NAME,...",
+                        help="label values to export and their names (default: every value found)")  # fmt: skip
+    parser.add_argument("--ignore-index", type=int, metavar="K",
+                        help="label value meaning 'not annotated' (exported as nnU-Net's ignore label)")  # fmt: skip
+    parser.add_argument("--name", default="napari-vnet", help="dataset name in dataset.json")
+    parser.add_argument("--channel-name", default=None,
+                        help="name of the image channel (default: the image modality, else 'image')")  # fmt: skip
+    parser.add_argument(
+        "--overwrite", action="store_true", help="write into an existing non-empty DIR"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
-    print("napari-vnet export-dataset: not implemented yet", file=sys.stderr)
-    return 2
+    import numpy as np
+
+    from napari_vnet.io import VolumeReadError, read_volume, write_volume
+    from napari_vnet.training import TrainingError, labels_on_image_grid, parse_classes
+
+    if len(args.image) != len(args.labels):
+        print(f"error: {len(args.image)} --image but {len(args.labels)} --labels", file=sys.stderr)
+        return 2
+    out = Path(args.out)
+    if out.exists() and any(out.iterdir()) and not args.overwrite:
+        print(f"error: {out} exists and is not empty (use --overwrite)", file=sys.stderr)
+        return 2
+    try:
+        classes = parse_classes(args.classes)
+        cases = []
+        for img_path, lab_path in zip(args.image, args.labels, strict=True):
+            img = read_volume(img_path)
+            lab = read_volume(lab_path)
+            labels = labels_on_image_grid(img, lab)  # e.g. rows stored flipped in the file
+            cases.append((img_path, img, labels))
+    except (VolumeReadError, TrainingError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    if classes is None:
+        values = sorted(
+            {int(v) for _, _, lab in cases for v in np.unique(lab)} - {0, args.ignore_index}
+        )
+        from napari_vnet.models import ClassInfo
+
+        classes = [ClassInfo(0, "background")] + [ClassInfo(v, f"class_{v}") for v in values]
+    ignore_value = len(classes) if args.ignore_index is not None else None
+
+    (out / "imagesTr").mkdir(parents=True, exist_ok=True)
+    (out / "labelsTr").mkdir(parents=True, exist_ok=True)
+    training = []
+    for i, (src, img, lab) in enumerate(cases):
+        new = np.zeros(lab.shape, np.uint8)
+        for k, cls in enumerate(classes):
+            if k:
+                new[lab == cls.value] = k
+        if ignore_value is not None:
+            new[lab == args.ignore_index] = ignore_value
+        image_path = out / "imagesTr" / f"case_{i:03d}_0000.nii.gz"
+        label_path = out / "labelsTr" / f"case_{i:03d}.nii.gz"
+        write_volume(img, image_path)
+        write_volume(new, label_path, like=img, is_label=True)
+        training.append(
+            {
+                "image": f"./imagesTr/case_{i:03d}.nii.gz",
+                "label": f"./labelsTr/case_{i:03d}.nii.gz",
+                "source_image": str(src),
+            }
+        )
+        print(f"case_{i:03d}: {src} -> {image_path.name}, {label_path.name}", file=sys.stderr)
+    channel = args.channel_name or str(cases[0][1].metadata.get("modality") or "image")
+    labels = {cls.name: k for k, cls in enumerate(classes)}
+    if ignore_value is not None:
+        labels["ignore"] = ignore_value
+    dataset = {
+        "name": args.name,
+        "channel_names": {"0": channel},
+        "labels": labels,
+        "numTraining": len(cases),
+        "file_ending": ".nii.gz",
+        # Medical Segmentation Decathlon (nnU-Net v1) keys
+        "modality": {"0": channel},
+        "training": training,
+        "test": [],
+        "napari_vnet_label_values": {cls.name: cls.value for cls in classes},
+    }
+    (out / "dataset.json").write_text(json.dumps(dataset, indent=2))
+    print(f"wrote {len(cases)} case(s) to {out}")
+    return 0

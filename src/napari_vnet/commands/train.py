@@ -1,17 +1,231 @@
-"""`napari-vnet train` (placeholder until its issue lands)."""
+"""`napari-vnet train`: train or fine-tune a network on (image, labels) pairs.
+
+Runs unchanged under ``torchrun --nproc_per_node N -m napari_vnet.cli train ...``
+(DistributedDataParallel; only rank 0 prints and writes checkpoints).
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import sys
 
 HELP = "train or fine-tune a model on (image, labels) pairs; runs under torchrun for DDP"
 
+ARCHES = ("vnet", "unet3d", "vox2vox")
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    pass
+    data = parser.add_argument_group("data")
+    data.add_argument(
+        "--image", action="append", required=True, metavar="PATH",
+        help="image file or DICOM folder; repeat for several cases (pairs with --labels in order)",
+    )  # fmt: skip
+    data.add_argument(
+        "--labels", action="append", required=True, metavar="PATH",
+        help="label map for the preceding --image (resampled onto the image grid if needed)",
+    )  # fmt: skip
+    data.add_argument(
+        "--annotated-slices", action="append", metavar="Z,Z,...",
+        help="sparse annotation: only these z slices of the pair (one option per pair, in "
+        "order; 'all' for a fully labelled pair) count; others contribute nothing",
+    )  # fmt: skip
+    data.add_argument(
+        "--classes", metavar="V=NAME,...",
+        help="label values to learn and their names, e.g. 5=liver,1=spleen (other values "
+        "become background); default: every value found (fine-tuning: the base classes)",
+    )  # fmt: skip
+    data.add_argument(
+        "--ignore-index", type=int, metavar="K",
+        help="label value meaning 'not annotated' (contributes nothing to the loss)",
+    )  # fmt: skip
+    data.add_argument(
+        "--spacing", type=float, nargs=3, metavar=("Z", "Y", "X"),
+        help="training voxel spacing in mm (default: the base model's, else the first image's)",
+    )  # fmt: skip
+    data.add_argument(
+        "--normalization", metavar="KIND[:LOW:HIGH]",
+        help="intensity normalisation: zscore, window:-200:300 (CT HU), percentile:0.5:99.5, "
+        "none, or a JSON object (default: the base model's, else zscore)",
+    )  # fmt: skip
+    data.add_argument(
+        "--val-fraction", type=float, default=0.0, metavar="F",
+        help="hold out this fraction for validation Dice (whole cases, or the last z slab "
+        "of a single case); the best validation checkpoint is kept",
+    )  # fmt: skip
+
+    model = parser.add_argument_group("model (one of --arch / --weights)")
+    src = model.add_mutually_exclusive_group(required=True)
+    src.add_argument("--arch", choices=ARCHES, help="train this architecture from scratch")
+    src.add_argument(
+        "--weights", metavar="BASE",
+        help="fine-tune these weights (a .pt file or a shipped name, e.g. unet3d-phantom)",
+    )  # fmt: skip
+    model.add_argument("--width", type=int, metavar="W", help="base width (channels W,2W,4W,...)")
+    model.add_argument("--arch-kwargs", metavar="JSON", help="e.g. '{\"channels\": [8,16,32,64]}'")
+    model.add_argument(
+        "--out", required=True, metavar="NEW.pt", help="best checkpoint written here"
+    )
+
+    run_ = parser.add_argument_group("optimisation")
+    run_.add_argument(
+        "--iterations", type=int, metavar="N", help="iterations (default 200 unless --minutes)"
+    )
+    run_.add_argument(
+        "--minutes", type=float, metavar="M", help="time budget; stops at the first of N / M"
+    )
+    run_.add_argument("--patch-size", type=int, nargs=3, metavar=("Z", "Y", "X"))
+    run_.add_argument(
+        "--batch-size", type=int, default=2, metavar="N", help="per process (default 2)"
+    )
+    run_.add_argument(
+        "--lr",
+        type=float,
+        metavar="F",
+        help="peak learning rate (default 1e-3 scratch, 3e-4 fine-tune)",
+    )
+    run_.add_argument("--schedule", choices=("poly", "cosine", "constant"), default="poly")
+    run_.add_argument(
+        "--no-augment", action="store_true", help="no flips/rotations/intensity changes"
+    )
+    run_.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
+    run_.add_argument("--amp", choices=("auto", "on", "off"), default="auto")
+    run_.add_argument("--seed", type=int, default=0)
+    run_.add_argument(
+        "--resume", action="store_true", help="continue an interrupted run writing --out"
+    )
+    parser.add_argument("--json", action="store_true", help="print one JSON summary object last")
+
+
+def _normalization(text: str | None):
+    if text is None:
+        return None
+    text = text.strip()
+    if text.startswith("{"):
+        return json.loads(text)
+    kind, *vals = text.split(":")
+    norm: dict = {"kind": kind}
+    if vals:
+        if len(vals) != 2:
+            raise ValueError(f"--normalization {text!r}: expected KIND:LOW:HIGH")
+        norm["low"], norm["high"] = float(vals[0]), float(vals[1])
+    return norm
+
+
+def _slices(text: str | None):
+    if text is None or text.strip().lower() in ("", "all"):
+        return None
+    return [int(v) for v in text.replace(" ", "").split(",") if v]
 
 
 def run(args: argparse.Namespace) -> int:
-    print("napari-vnet train: not implemented yet", file=sys.stderr)
-    return 2
+    from napari_vnet.training import (
+        TrainConfig,
+        TrainingError,
+        TrainingPair,
+        finetune,
+        width_kwargs,
+    )
+
+    rank = int(os.environ.get("RANK", "0"))
+
+    def say(msg: str) -> None:
+        if rank == 0:
+            print(msg, file=sys.stderr, flush=True)
+
+    if len(args.image) != len(args.labels):
+        say(f"error: {len(args.image)} --image but {len(args.labels)} --labels; give them in pairs")
+        return 2
+    slices = args.annotated_slices or []
+    if slices and len(slices) != len(args.image):
+        say("error: give one --annotated-slices per pair (use 'all' for fully labelled pairs)")
+        return 2
+    try:
+        arch_kwargs = json.loads(args.arch_kwargs) if args.arch_kwargs else {}
+        if args.width:
+            if not args.arch:
+                raise ValueError("--width only applies with --arch (the base fixes the width)")
+            arch_kwargs = {**width_kwargs(args.arch, args.width), **arch_kwargs}
+        normalization = _normalization(args.normalization)
+        pairs = [
+            TrainingPair(img, lab, annotated=_slices(slices[i]) if slices else None, name=str(img))
+            for i, (img, lab) in enumerate(zip(args.image, args.labels, strict=True))
+        ]
+    except ValueError as exc:
+        say(f"error: {exc}")
+        return 2
+    iterations = args.iterations if args.iterations is not None else (None if args.minutes else 200)
+    config = TrainConfig(
+        arch=args.arch,
+        arch_kwargs=arch_kwargs,
+        classes=args.classes,
+        iterations=iterations,
+        minutes=args.minutes,
+        patch_size=tuple(args.patch_size) if args.patch_size else None,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        schedule=args.schedule,
+        spacing=tuple(args.spacing) if args.spacing else None,
+        normalization=normalization,
+        ignore_index=args.ignore_index,
+        augment=not args.no_augment,
+        val_fraction=args.val_fraction,
+        seed=args.seed,
+        device=args.device,
+        amp={"auto": "auto", "on": True, "off": False}[args.amp],
+        resume=args.resume,
+    )
+    gen = finetune(pairs, config, base=args.weights, out=args.out)
+    summary = None
+    try:
+        while True:
+            event = next(gen)
+            it, total = event["iteration"], event["total"]
+            if rank == 0 and (it == 1 or it % 10 == 0 or it == total or "val_dice" in event):
+                parts = " ".join(f"{k} {v:.4f}" for k, v in event["losses"].items())
+                val = f" val_dice {event['val_dice']:.4f}" if "val_dice" in event else ""
+                say(
+                    f"[{it}/{total}] loss {event['loss']:.4f} ({parts}){val} "
+                    f"lr {event['lr']:.2e} {event['seconds']:.1f}s"
+                )
+    except StopIteration as stop:
+        summary = stop.value
+    except KeyboardInterrupt:
+        gen.close()  # writes the best checkpoint so far and the resume file
+        say(f"interrupted; continue with --resume (state in {args.out})")
+        return 130
+    except (TrainingError, FileNotFoundError) as exc:
+        say(f"error: {exc}")
+        return 1
+    except Exception as exc:
+        from napari_vnet.io import VolumeReadError
+        from napari_vnet.models import CheckpointError
+
+        if isinstance(exc, (VolumeReadError, CheckpointError)):
+            say(f"error: {exc}")
+            return 1
+        raise
+    if rank == 0:
+        result = {
+            "iterations": summary["iterations"],
+            "final_loss": summary["final_loss"],
+            "val_dice": summary["val_dice"],
+            "seconds": round(summary["seconds"], 2),
+            "out": summary["out"],
+            "best_iteration": summary["best_iteration"],
+            "world_size": summary["world_size"],
+            "device": summary["device"],
+            "classes": {c["value"]: c["name"] for c in summary["classes"]},
+            "spacing": summary["spacing"],
+            "patch_size": summary["patch_size"],
+        }
+        if args.json:
+            print(json.dumps(result))
+        else:
+            val = "" if result["val_dice"] is None else f", best val Dice {result['val_dice']:.3f}"
+            print(
+                f"trained {result['iterations']} iterations in {result['seconds']:.1f}s "
+                f"(loss {result['final_loss']:.4f}{val}); wrote {result['out']}"
+            )
+    return 0
