@@ -1,18 +1,528 @@
-"""The "Segment volume" dock widget (placeholder until its issue lands)."""
+"""The "Segment volume" dock: pick an image and a model, run inference, get a Labels layer.
+
+Layout (top to bottom): image layer picker; the model section (architecture, weights
+chooser with a file dialog, the model card; :mod:`._weights_panel`); run settings
+(device, overlap, batch size, mixed precision, test-time augmentation, post-processing);
+Run/Cancel; progress with elapsed and remaining time.
+
+Run starts a napari generator ``thread_worker`` over :class:`._segment_job.SegmentJob`
+(which calls :func:`napari_vnet.inference.predict` off the GUI thread with fewer torch
+threads than cores). Only the GUI thread touches the viewer: the result is added as a new
+Labels layer (:mod:`._result_layer`) by the ``returned`` handler, so a cancelled or failed
+run leaves every layer as it was.
+"""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import logging
+import os
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from qtpy.QtWidgets import QLabel, QVBoxLayout, QWidget
+import numpy as np
+from magicgui.widgets import CheckBox, ComboBox, Container, FloatSpinBox, ProgressBar, SpinBox
+from qtpy.QtCore import QTimer, Signal
+from qtpy.QtWidgets import QGroupBox, QLabel, QPushButton, QVBoxLayout, QWidget
+
+from napari_vnet._widgets import _result_layer
+from napari_vnet._widgets._segment_job import (
+    JobCancelled,
+    JobDone,
+    JobFailed,
+    Message,
+    Progress,
+    RunRequest,
+    SegmentJob,
+)
+from napari_vnet._widgets._weights_panel import WeightsPanel, arch_name
 
 if TYPE_CHECKING:
     import napari
 
+log = logging.getLogger(__name__)
+
+AMP_CHOICES = [
+    ("auto (fast where exact enough)", "auto"),
+    ("off (float32)", False),
+    ("bfloat16", "bf16"),
+    ("float16", "fp16"),
+]
+POSTPROCESS = {
+    "largest_component": "Keep the largest component of each class",
+    "fill_holes": "Fill holes",
+}
+
+
+def available_devices() -> list[tuple[str, str]]:
+    """(label, value) of the devices this machine has; "auto" first."""
+    import torch
+
+    found = ["cpu"]
+    if torch.cuda.is_available():
+        found.append("cuda")
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        found.append("mps")
+    auto = "cuda" if "cuda" in found else ("mps" if "mps" in found else "cpu")
+    return [(f"auto ({auto})", "auto")] + [(d, d) for d in found]
+
+
+def _is_volume(layer) -> bool:
+    from napari.layers import Image
+
+    return isinstance(layer, Image) and layer.ndim == 3 and not layer.rgb
+
+
+def _fmt_seconds(seconds: float) -> str:
+    seconds = max(0, int(round(seconds)))
+    h, rest = divmod(seconds, 3600)
+    m, s = divmod(rest, 60)
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
+
 
 class SegmentWidget(QWidget):
-    def __init__(self, napari_viewer: napari.Viewer, parent=None):
+    """Dock widget "Segment volume" (see the module docstring).
+
+    Public API (used by the other docks and the tests): :meth:`select_weights`,
+    :meth:`refresh_weights`, :attr:`current_weights`, :meth:`set_image_layer`,
+    :meth:`run`, :meth:`cancel`, and the Qt signal ``prediction_added(layer)``.
+    """
+
+    prediction_added = Signal(object)
+
+    def __init__(self, napari_viewer: napari.Viewer, parent: QWidget | None = None):
         super().__init__(parent)
         self.viewer = napari_viewer
+        self.worker = None
+        self._job: SegmentJob | None = None
+        self._run_ctx: dict[str, Any] = {}
+        self._pbar = None  # napari.utils.progress while running
+        self._progress = (0, 0)
+        self._t0 = 0.0
+        self._last_status = ""
+
+        # ---- image picker
+        self.image = ComboBox(
+            label="Image",
+            choices=self._image_choices,
+            nullable=True,
+            tooltip="3D image layer to segment",
+        )
+        self.image_note = QLabel()
+        self.image_note.setWordWrap(True)
+        self.image_note.setStyleSheet("color: #e0a03d")
+        self.image_note.hide()
+
+        # ---- model
+        self.model = WeightsPanel(self)
+
+        # ---- settings
+        self.device = ComboBox(label="Device", choices=available_devices())
+        self.overlap = FloatSpinBox(
+            label="Overlap",
+            value=0.5,
+            min=0.0,
+            max=0.9,
+            step=0.05,
+            tooltip="Fraction of a patch shared by neighbouring windows (more = smoother, slower)",
+        )
+        self.batch_size = SpinBox(
+            label="Batch size",
+            value=0,
+            min=0,
+            max=64,
+            tooltip="Windows per forward pass; 0 = automatic (1 on CPU, from free GPU memory)",
+        )
+        self.batch_size.native.setSpecialValueText("auto")
+        self.amp = ComboBox(
+            label="Mixed precision",
+            choices=AMP_CHOICES,
+            tooltip="auto: bf16/fp16 on GPUs, bf16 on CPUs with native bf16, else float32",
+        )
+        self.tta = CheckBox(text="Test-time augmentation (8 flips, 8× slower)", value=False)
+        self.post = {op: CheckBox(text=text, value=False) for op, text in POSTPROCESS.items()}
+        self._settings = Container(
+            widgets=[
+                self.device,
+                self.overlap,
+                self.batch_size,
+                self.amp,
+                self.tta,
+                *self.post.values(),
+            ]
+        )
+
+        # ---- run + progress
+        self.run_button = QPushButton("Run")
+        self.run_button.setObjectName("napari_vnet_run")
+        self.run_button.clicked.connect(self._on_run_clicked)
+        self.progress_bar = ProgressBar(value=0, min=0, max=1, visible=False)
+        self.status = QLabel()
+        self.status.setWordWrap(True)
+        self._clock = QTimer(self)
+        self._clock.setInterval(500)
+        self._clock.timeout.connect(self._update_times)
+
         layout = QVBoxLayout(self)
-        layout.addWidget(QLabel("Segment volume: coming soon"))
+        top = Container(widgets=[self.image])
+        top.margins = (0, 0, 0, 0)
+        layout.addWidget(top.native)
+        layout.addWidget(self.image_note)
+        layout.addWidget(self._group("Model", self.model))
+        layout.addWidget(self._group("Settings", self._settings.native))
+        layout.addWidget(self.run_button)
+        layout.addWidget(self.progress_bar.native)
+        layout.addWidget(self.status)
+        layout.addStretch(1)
+
+        self.image.changed.connect(self._update_state)
+        self.model.changed.connect(self._on_model_changed)
+        events = self.viewer.layers.events
+        events.inserted.connect(self._on_layers_changed)
+        events.removed.connect(self._on_layers_changed)
+        events.reordered.connect(self._on_layers_changed)
+        for layer in self.viewer.layers:
+            layer.events.name.connect(self._on_layers_changed)
+        self._on_model_changed()
+        self._on_layers_changed()
+
+    @staticmethod
+    def _group(title: str, widget: QWidget) -> QGroupBox:
+        box = QGroupBox(title)
+        inner = QVBoxLayout(box)
+        inner.setContentsMargins(4, 4, 4, 4)
+        inner.addWidget(widget)
+        return box
+
+    # ================================================================ public API
+    @property
+    def current_weights(self) -> Path | None:
+        return self.model.current_weights
+
+    @property
+    def image_layer(self):
+        return self.image.value
+
+    @property
+    def is_running(self) -> bool:
+        return self._job is not None
+
+    def select_weights(self, path_or_name: str | os.PathLike) -> bool:
+        """Choose weights (shipped name or file) and show their card; False if refused
+        (an error notification says why)."""
+        try:
+            self.model.select(path_or_name)
+        except Exception as exc:
+            self.model._refuse_file(Path(str(path_or_name)), exc)
+            return False
+        return True
+
+    def refresh_weights(self) -> None:
+        """Re-list the shipped and recently used weights."""
+        self.model.refresh()
+
+    def set_image_layer(self, layer) -> bool:
+        """Choose the image to segment; a non-3D layer is refused with a warning."""
+        from napari.utils.notifications import show_warning
+
+        if not _is_volume(layer):
+            show_warning(self._refusal(layer))
+            return False
+        self.image.reset_choices()
+        self.image.value = layer
+        return True
+
+    def run(self):
+        """Start segmenting in a generator thread worker and return it (None if refused).
+
+        While running, the Run button is Cancel. The new Labels layer is added (and
+        ``prediction_added`` emitted) when the worker returns.
+        """
+        from napari.qt.threading import thread_worker
+        from napari.utils.notifications import show_error
+
+        if self.worker is not None:
+            return self.worker
+        problem = self._problem()
+        if problem is not None:
+            show_error(problem)
+            return None
+        layer = self.image.value
+        request = RunRequest(
+            image=layer.data[0] if layer.multiscale else layer.data,
+            image_name=layer.name,
+            spacing=self._spacing(layer),
+            weights=self.model.current_weights,
+            arch=self.model.current_arch,
+            settings=self.settings(),
+        )
+        self._job = job = SegmentJob(request)
+        self._run_ctx = {
+            "layer": layer,
+            "geometry": _result_layer.geometry_kwargs(layer),
+            "weights": request.weights,
+            "arch": request.arch,
+            "settings": dict(request.settings),
+            "spacing": request.spacing,
+        }
+        worker = thread_worker(job.events, start_thread=False)()
+        job.also_stop_when(lambda: worker.abort_requested)
+        worker.yielded.connect(self._on_event)
+        worker.returned.connect(self._on_outcome)
+        worker.finished.connect(self._on_finished)
+        self.worker = worker
+        self._set_running(True)
+        worker.start()
+        return worker
+
+    def cancel(self) -> None:
+        """Stop the running segmentation at its next batch; no layer is added."""
+        if self._job is None:
+            return
+        self._job.stop()
+        self.run_button.setText("Cancelling…")
+        self.run_button.setEnabled(False)
+        self.status.setText("Cancelling after the current batch…")
+
+    def settings(self) -> dict[str, Any]:
+        """The run settings as :func:`napari_vnet.inference.predict` keyword arguments."""
+        return {
+            "device": self.device.value,
+            "overlap": float(self.overlap.value),
+            "batch_size": int(self.batch_size.value) or None,
+            "amp": self.amp.value,
+            "tta": bool(self.tta.value),
+            "postprocess": [op for op, box in self.post.items() if box.value] or None,
+        }
+
+    # ================================================================ state
+    def _image_choices(self, _widget=None) -> list[tuple[str, Any]]:
+        return [(layer.name, layer) for layer in self.viewer.layers if _is_volume(layer)]
+
+    def _on_layers_changed(self, event=None) -> None:
+        if event is not None and getattr(event, "type", "") == "inserted":
+            event.value.events.name.connect(self._on_layers_changed)
+        self.image.reset_choices()
+        if self.image.value is None:
+            volumes = self._image_choices()
+            if volumes:  # the top-most volume
+                self.image.value = volumes[-1][1]
+        self._update_state()
+
+    def _refusal(self, layer) -> str:
+        from napari.layers import Image
+
+        if not isinstance(layer, Image):
+            kind = type(layer).__name__
+            return f"'{getattr(layer, 'name', layer)}' is a {kind} layer; choose a 3D image layer."
+        if layer.rgb:
+            return f"'{layer.name}' is an RGB image; Segment volume needs a 3D grey-value volume."
+        shape = "×".join(str(s) for s in layer.data.shape) if not layer.multiscale else "?"
+        return (
+            f"'{layer.name}' is a {layer.ndim}D image ({shape}); Segment volume needs a 3D "
+            "volume (z, y, x). Open a CT/MR volume or a 3D sample (File ▸ Open Sample)."
+        )
+
+    def _on_model_changed(self) -> None:
+        card = self.model.card
+        if card is not None:
+            self._apply_card_defaults(card)
+        self._update_state()
+
+    def _apply_card_defaults(self, card) -> None:
+        """Settings a card may recommend under ``history["inference"]``; else the defaults."""
+        rec = card.history.get("inference", {}) if isinstance(card.history, dict) else {}
+        rec = rec if isinstance(rec, dict) else {}
+        self.overlap.value = float(rec.get("overlap", 0.5))
+        self.tta.value = bool(rec.get("tta", False))
+        ops = rec.get("postprocess") or []
+        for op, box in self.post.items():
+            box.value = op in ops or ops is True
+
+    def _problem(self) -> str | None:
+        if self.image.value is None:
+            others = [lyr for lyr in self.viewer.layers if _is_image(lyr)]
+            if others:
+                return self._refusal(others[0])
+            return "Open a 3D image first (File ▸ Open, or File ▸ Open Sample ▸ napari-vnet)."
+        if self.image.value not in self.viewer.layers:
+            return f"The image layer '{self.image.value.name}' was removed; choose another."
+        return self.model.problem
+
+    def _update_state(self, _=None) -> None:
+        if self.is_running:
+            return
+        problem = self._problem()
+        self.run_button.setEnabled(problem is None)
+        self.run_button.setToolTip(problem or "Segment the chosen image with these weights")
+        if self.image.value is None and problem is not None:
+            self.image_note.setText(problem)
+            self.image_note.show()
+        else:
+            self.image_note.hide()
+
+    @staticmethod
+    def _spacing(layer) -> tuple[float, float, float]:
+        """The image's voxel spacing (z, y, x) in mm, via the IO geometry contract."""
+        try:
+            from napari_vnet.io import layer_to_volume
+        except ImportError:
+            layer_to_volume = None
+        if layer_to_volume is not None:
+            try:
+                vol = layer_to_volume(
+                    layer.data[0] if layer.multiscale else layer.data,
+                    scale=layer.scale,
+                    translate=layer.translate,
+                    affine=layer.affine.affine_matrix,
+                    metadata=layer.metadata,
+                )
+                return tuple(float(s) for s in vol.spacing)
+            except Exception as exc:  # fall back to the layer scale
+                log.warning("layer_to_volume failed for %r: %s", layer.name, exc)
+        scale = np.abs(np.asarray(layer.scale, dtype=float))
+        lin = np.asarray(layer.affine.linear_matrix, dtype=float)
+        scale = scale * np.linalg.norm(lin, axis=0)  # column norms: the affine's own scaling
+        return tuple(float(s) for s in scale)
+
+    # ================================================================ running
+    def _on_run_clicked(self) -> None:
+        if self.is_running:
+            self.cancel()
+        else:
+            self.run()
+
+    def _set_running(self, running: bool) -> None:
+        self.image.enabled = not running
+        self.model.setEnabled(not running)
+        self._settings.enabled = not running
+        if running:
+            self._t0 = time.perf_counter()
+            self._progress = (0, 0)
+            self.run_button.setText("Cancel")
+            self.run_button.setEnabled(True)
+            self.run_button.setToolTip("Stop after the current batch; no layer is added")
+            self.progress_bar.max = 0  # busy indicator until the first progress report
+            self.progress_bar.value = 0
+            self.progress_bar.visible = True
+            self.status.setText("Starting…")
+            self._clock.start()
+        else:
+            self._clock.stop()
+            self.run_button.setText("Run")
+            self.progress_bar.visible = False
+            if self._pbar is not None:
+                self._pbar.close()
+                self._pbar = None
+            self._update_state()
+
+    def _on_event(self, item) -> None:
+        if isinstance(item, Progress):
+            self._progress = (item.done, item.total)
+            self.progress_bar.max = max(1, item.total)
+            self.progress_bar.value = min(item.done, item.total)
+            self._update_napari_progress(item)
+            self._update_times()
+        elif isinstance(item, Message):
+            if item.level == "warning":
+                from napari.utils.notifications import show_warning
+
+                show_warning(item.text)
+            else:
+                self.status.setText(item.text)
+
+    def _update_napari_progress(self, item: Progress) -> None:
+        try:
+            from napari.utils import progress
+
+            if self._pbar is None:
+                name = self._run_ctx["layer"].name
+                self._pbar = progress(total=item.total, desc=f"Segmenting {name}")
+            self._pbar.update(item.done - self._pbar.n)
+        except Exception as exc:  # the activity dock is a nicety, never a failure
+            log.debug("napari progress unavailable: %s", exc)
+
+    def _update_times(self) -> None:
+        if not self.is_running or self._job is None or self._job.should_stop():
+            return
+        elapsed = time.perf_counter() - self._t0
+        done, total = self._progress
+        text = f"Elapsed {_fmt_seconds(elapsed)}"
+        if total:
+            text += f" · window {done}/{total}"
+            if done:
+                text += f" · ≈ {_fmt_seconds(elapsed * (total - done) / done)} left"
+        self.status.setText(text)
+
+    def _on_outcome(self, outcome) -> None:
+        from napari.utils.notifications import show_error, show_info
+
+        if isinstance(outcome, JobDone):
+            layer = self._add_result(outcome)
+            show_info(
+                f"Segmented '{self._run_ctx['layer'].name}' in {outcome.seconds:.1f} s "
+                f"on {outcome.device}: new layer '{layer.name}'."
+            )
+        elif isinstance(outcome, JobCancelled):
+            show_info("Segmentation cancelled; no layer was added or changed.")
+            self._last_status = "Cancelled."
+        elif isinstance(outcome, JobFailed):
+            show_error(outcome.message)
+            self._last_status = "Failed: see the notification."
+
+    def _add_result(self, outcome: JobDone):
+        ctx = self._run_ctx
+        image_layer = ctx["layer"]
+        card = outcome.card
+        info = {
+            "model": card.arch,
+            "model_name": arch_name(card.arch),
+            "weights": str(ctx["weights"]),
+            "description": card.description,
+            "settings": {
+                **{
+                    k: (v if not isinstance(v, list) else list(v))
+                    for k, v in ctx["settings"].items()
+                },
+                "spacing": list(ctx["spacing"]) if ctx["spacing"] else None,
+            },
+            "run": {
+                "seconds": round(outcome.seconds, 3),
+                "device": outcome.device,
+                "amp": outcome.amp,
+                "batch_size": outcome.batch_size,
+                "windows": outcome.windows,
+            },
+        }
+        layer = _result_layer.make_labels_layer(
+            self.viewer,
+            image_layer,
+            outcome.labels,
+            card,
+            info,
+            model_name=arch_name(card.arch),
+            geometry=ctx["geometry"],
+        )
+        self.viewer.add_layer(layer)
+        self._last_status = f"Done in {outcome.seconds:.1f} s: '{layer.name}'."
+        self.prediction_added.emit(layer)
+        return layer
+
+    def _on_finished(self) -> None:
+        job = self._job
+        if job is not None and job.alive:
+            # aborted via worker.quit(): wait for predict's thread to see the flag
+            QTimer.singleShot(100, self._on_finished)
+            return
+        self._job = None
+        self.worker = None
+        self._set_running(False)
+        self.status.setText(getattr(self, "_last_status", ""))
+        self._last_status = ""
+
+
+def _is_image(layer) -> bool:
+    from napari.layers import Image
+
+    return isinstance(layer, Image)

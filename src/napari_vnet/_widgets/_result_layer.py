@@ -1,0 +1,126 @@
+"""Turning a finished prediction into a napari Labels layer on the image's grid.
+
+The Labels layer copies every part of the image layer's data-to-world transform (scale,
+translate, rotate, shear and affine, plus units and axis labels), so it overlays the image
+exactly, also when the image is flipped or oblique. Class names go into the layer's
+``features`` table (column ``index`` holds the label value), which napari shows in the
+status bar and the tooltip under the cursor; class colours become a
+``DirectLabelColormap``.
+"""
+
+from __future__ import annotations
+
+import colorsys
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:
+    import napari
+
+    from napari_vnet.models import ModelCard
+
+_GOLDEN = 0.618033988749895
+
+
+def unique_layer_name(viewer: napari.Viewer, base: str) -> str:
+    """``base`` if no layer has that name, else ``base (2)``, ``base (3)``..."""
+    names = {layer.name for layer in viewer.layers}
+    if base not in names:
+        return base
+    n = 2
+    while f"{base} ({n})" in names:
+        n += 1
+    return f"{base} ({n})"
+
+
+def class_colors(card: ModelCard) -> dict[int, tuple[float, float, float, float]]:
+    """Label value -> RGBA; card colours where given, distinct hues otherwise."""
+    colors: dict[int, tuple[float, float, float, float]] = {}
+    hue = 0.08
+    for cls in card.classes:
+        if cls.value == 0:
+            colors[0] = (0.0, 0.0, 0.0, 0.0)
+            continue
+        if cls.color is not None:
+            rgba = tuple(float(c) for c in cls.color)
+            colors[int(cls.value)] = rgba if len(rgba) == 4 else (*rgba[:3], 1.0)
+        else:
+            r, g, b = colorsys.hsv_to_rgb(hue % 1.0, 0.75, 0.95)
+            colors[int(cls.value)] = (r, g, b, 1.0)
+            hue += _GOLDEN
+    return colors
+
+
+def labels_colormap(card: ModelCard):
+    from napari.utils.colormaps import DirectLabelColormap
+
+    color_dict: dict[Any, Any] = {None: (0.6, 0.6, 0.6, 1.0)}  # values outside the card
+    color_dict.update(class_colors(card))
+    color_dict.setdefault(0, (0.0, 0.0, 0.0, 0.0))
+    return DirectLabelColormap(color_dict=color_dict, background_value=0)
+
+
+def class_features(card: ModelCard) -> dict[str, list]:
+    """The features table: one row per class, ``index`` = label value."""
+    return {
+        "index": [int(c.value) for c in card.classes],
+        "class": [str(c.name) for c in card.classes],
+    }
+
+
+def geometry_kwargs(image_layer) -> dict[str, Any]:
+    """The image layer's full data-to-world transform as Labels keyword arguments."""
+    kw: dict[str, Any] = {
+        "scale": np.asarray(image_layer.scale, dtype=float).copy(),
+        "translate": np.asarray(image_layer.translate, dtype=float).copy(),
+        "rotate": np.asarray(image_layer.rotate, dtype=float).copy(),
+        "shear": np.asarray(image_layer.shear, dtype=float).copy(),
+        "affine": np.asarray(image_layer.affine.affine_matrix, dtype=float).copy(),
+    }
+    for attr in ("units", "axis_labels"):
+        value = getattr(image_layer, attr, None)
+        if value is not None:
+            kw[attr] = tuple(value)
+    return kw
+
+
+def result_metadata(image_layer, card: ModelCard, info: dict[str, Any]) -> dict[str, Any]:
+    """``metadata`` of the result layer: the image's source geometry and the run record."""
+    source = image_layer.metadata.get("napari_vnet", {}) if image_layer.metadata else {}
+    record: dict[str, Any] = {
+        k: v for k, v in dict(source).items() if k not in ("path", "annotated_slices")
+    }
+    if "path" in source:
+        record["source_path"] = source["path"]
+    record.update(info)
+    record["classes"] = [c.to_dict() for c in card.classes]
+    record["source_layer"] = image_layer.name
+    return {"napari_vnet": record}
+
+
+def make_labels_layer(
+    viewer: napari.Viewer,
+    image_layer,
+    labels: np.ndarray,
+    card: ModelCard,
+    info: dict[str, Any],
+    model_name: str,
+    geometry: dict[str, Any] | None = None,
+):
+    """A new Labels layer (not yet added) named ``<image> [<model>]``, unique in ``viewer``.
+
+    ``geometry``: the image's transform captured when the run started (default: now).
+    """
+    from napari.layers import Labels
+
+    layer = Labels(
+        labels,
+        name=unique_layer_name(viewer, f"{image_layer.name} [{model_name}]"),
+        colormap=labels_colormap(card),
+        features=class_features(card),
+        metadata=result_metadata(image_layer, card, info),
+        opacity=0.5,
+        **(geometry if geometry is not None else geometry_kwargs(image_layer)),
+    )
+    return layer

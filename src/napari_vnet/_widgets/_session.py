@@ -1,0 +1,142 @@
+"""GUI state shared by the docks: recently used weights and finding a sibling dock.
+
+Recent weights are kept as a small JSON file in the config folder
+``$NAPARI_VNET_CONFIG_DIR`` (default ``~/.config/napari-vnet/``), newest first. A broken
+or unreadable file is treated as empty (and rewritten on the next change): the list is a
+convenience, never a reason for a widget to fail.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import napari
+
+log = logging.getLogger(__name__)
+
+CONFIG_ENV = "NAPARI_VNET_CONFIG_DIR"
+RECENT_FILE = "recent_weights.json"
+MAX_RECENT = 10
+
+
+def config_dir() -> Path:
+    """The folder holding napari-vnet's GUI settings (created on demand by writers)."""
+    env = os.environ.get(CONFIG_ENV)
+    if env:
+        return Path(env).expanduser()
+    return Path.home() / ".config" / "napari-vnet"
+
+
+def _recent_path() -> Path:
+    return config_dir() / RECENT_FILE
+
+
+def _read_recent() -> list[str]:
+    path = _recent_path()
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return []
+    except (OSError, ValueError) as exc:
+        log.warning("ignoring unreadable recent-weights list %s: %s", path, exc)
+        return []
+    items = data.get("recent") if isinstance(data, dict) else data
+    if not isinstance(items, list):
+        return []
+    return [str(p) for p in items if isinstance(p, str)]
+
+
+def _write_recent(items: list[str]) -> None:
+    path = _recent_path()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".recent-", suffix=".json", dir=path.parent)
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            json.dump({"recent": items}, fh, indent=1)
+        os.replace(tmp, path)
+    except OSError as exc:
+        log.warning("could not save the recent-weights list to %s: %s", path, exc)
+
+
+def recent_weights() -> list[Path]:
+    """Recently used weights files that still exist, newest first."""
+    out: list[Path] = []
+    for item in _read_recent():
+        p = Path(item)
+        if p.is_file() and p not in out:
+            out.append(p)
+    return out[:MAX_RECENT]
+
+
+def add_recent_weights(path: str | os.PathLike) -> None:
+    """Put ``path`` first in the recent-weights list (kept to ``MAX_RECENT`` entries)."""
+    p = str(Path(path).expanduser().resolve())
+    items = [p] + [i for i in _read_recent() if i != p]
+    _write_recent(items[:MAX_RECENT])
+
+
+def forget_recent_weights(path: str | os.PathLike) -> None:
+    """Drop ``path`` from the recent-weights list (e.g. after it failed to load)."""
+    p = str(Path(path).expanduser().resolve())
+    items = _read_recent()
+    if p in items:
+        _write_recent([i for i in items if i != p])
+
+
+def find_dock_widget(viewer: napari.Viewer, cls: type) -> Any | None:
+    """The docked instance of widget class ``cls`` in ``viewer``'s window, or None.
+
+    Looks through the window's dock widgets (napari >= 0.6 ``window.dock_widgets``
+    mapping, else the Qt dock widgets) and also one level inside magicgui containers.
+    """
+    window = getattr(viewer, "window", None)
+    if window is None:
+        return None
+    candidates: list[Any] = []
+    docks = getattr(window, "dock_widgets", None)
+    if docks is not None:
+        try:
+            candidates.extend(docks.values())
+        except AttributeError:
+            candidates.extend(docks)
+    qt_window = getattr(window, "_qt_window", None)
+    if qt_window is not None:
+        try:
+            from qtpy.QtWidgets import QDockWidget
+
+            for dock in qt_window.findChildren(QDockWidget):
+                inner = dock.widget()
+                if inner is not None:
+                    candidates.append(inner)
+        except (ImportError, RuntimeError):  # pragma: no cover - window closing
+            pass
+    for cand in candidates:
+        for obj in _unwrap(cand):
+            if isinstance(obj, cls):
+                return obj
+    return None
+
+
+def _unwrap(widget: Any) -> list[Any]:
+    """The widget itself, its magicgui wrapper/native and its direct Qt children."""
+    out = [widget]
+    native = getattr(widget, "native", None)
+    if native is not None:
+        out.append(native)
+    magic = getattr(widget, "_magic_widget", None)
+    if magic is not None:
+        out.append(magic)
+    try:
+        from qtpy.QtWidgets import QWidget
+
+        if isinstance(widget, QWidget):
+            out.extend(widget.findChildren(QWidget))
+    except ImportError:  # pragma: no cover
+        pass
+    return out

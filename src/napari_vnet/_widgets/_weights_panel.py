@@ -1,0 +1,299 @@
+"""Model section of the "Segment volume" dock: architecture, weights chooser, model card.
+
+Choosing weights reads the checkpoint's model card (no network is built), shows it and
+sets the architecture from it. Choosing an architecture that does not match the chosen
+weights is refused: the panel says so and :attr:`WeightsPanel.problem` is set, which the
+dock uses to disable Run.
+"""
+
+from __future__ import annotations
+
+import html
+import logging
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from magicgui.widgets import ComboBox, Container, PushButton
+from qtpy.QtCore import Qt, Signal
+from qtpy.QtWidgets import QFileDialog, QLabel, QVBoxLayout, QWidget
+
+from napari_vnet._widgets import _session
+
+if TYPE_CHECKING:
+    from napari_vnet.models import ModelCard
+
+log = logging.getLogger(__name__)
+
+#: registry name -> menu name (same as napari_vnet.models.DISPLAY_NAMES, which needs torch)
+ARCH_NAMES = {"vnet": "V-Net", "unet3d": "3D U-Net", "vox2vox": "Vox2Vox"}
+WEIGHTS_FILTER = "PyTorch checkpoints (*.pt *.pth *.ckpt);;All files (*)"
+_NO_WEIGHTS = "(no weights chosen)"
+
+
+def arch_name(arch: str) -> str:
+    return ARCH_NAMES.get(arch, arch)
+
+
+def shipped() -> dict[str, Path]:
+    """Shipped weights by name ({} if the weights package offers none yet)."""
+    try:
+        from napari_vnet.weights import shipped_weights
+    except ImportError:
+        return {}
+    try:
+        return dict(shipped_weights())
+    except Exception as exc:  # a broken install must not break the dock
+        log.warning("could not list the shipped weights: %s", exc)
+        return {}
+
+
+def resolve(name_or_path: str | os.PathLike) -> Path:
+    """A shipped weights name or a file path -> the file (CheckpointError if neither)."""
+    try:
+        from napari_vnet.weights import resolve_weights
+    except ImportError:
+        resolve_weights = None
+    if resolve_weights is not None:
+        return Path(resolve_weights(name_or_path))
+    path = Path(name_or_path).expanduser()
+    if not path.is_file():
+        from napari_vnet.models import CheckpointError
+
+        raise CheckpointError(f"{path}: no such weights file")
+    return path
+
+
+_CARD_CACHE: dict[tuple[str, int, int], ModelCard] = {}
+
+
+def read_card_cached(path: Path) -> ModelCard:
+    """The model card of ``path`` (cached by path, size and modification time)."""
+    st = path.stat()
+    key = (str(path.resolve()), st.st_mtime_ns, st.st_size)
+    card = _CARD_CACHE.get(key)
+    if card is None:
+        from napari_vnet.models import read_card
+
+        card = read_card(path)
+        if len(_CARD_CACHE) > 32:
+            _CARD_CACHE.clear()
+        _CARD_CACHE[key] = card
+    return card
+
+
+def _fmt_triplet(values) -> str:
+    return " × ".join(f"{float(v):g}" for v in values)
+
+
+def _fmt_normalization(norm: dict) -> str:
+    kind = norm.get("kind", "?")
+    if kind == "window":
+        return f"window {norm.get('low', '?'):g} … {norm.get('high', '?'):g}, scaled to [0, 1]"
+    if kind == "percentile":
+        return f"percentiles {norm.get('low', '?'):g} … {norm.get('high', '?'):g}, scaled to [0, 1]"
+    if kind == "zscore":
+        return "z-score (per-volume mean / std)"
+    rest = ", ".join(f"{k}={v}" for k, v in norm.items() if k != "kind")
+    return f"{kind} ({rest})" if rest else str(kind)
+
+
+def _swatch(color) -> str:
+    if color is None:
+        return ""
+    r, g, b = (int(round(255 * float(c))) for c in color[:3])
+    return f'<span style="color: rgb({r},{g},{b})">■</span> '
+
+
+def card_html(card: ModelCard, path: Path | None) -> str:
+    """The model card as short rich text for the dock."""
+    esc = html.escape
+    lines = []
+    title = esc(path.name) if path is not None else "model"
+    lines.append(f"<b>{title}</b> — {esc(arch_name(card.arch))}")
+    if card.description:
+        lines.append(f"<i>{esc(card.description)}</i>")
+    classes = ", ".join(f"{_swatch(c.color)}{esc(c.name)} ({c.value})" for c in card.classes)
+    lines.append(f"<b>Classes:</b> {classes}")
+    spacing = f"{_fmt_triplet(card.spacing)} mm (z × y × x)" if card.spacing else "image's own"
+    lines.append(f"<b>Spacing:</b> {spacing}; <b>patch:</b> {_fmt_triplet(card.patch_size)}")
+    lines.append(f"<b>Normalisation:</b> {esc(_fmt_normalization(card.normalization))}")
+    hist = card.history or {}
+    trained = []
+    for key in ("iterations", "epochs"):
+        if key in hist:
+            trained.append(f"{hist[key]} {key}")
+    dice = hist.get("val_dice", hist.get("dice"))
+    if isinstance(dice, int | float):
+        trained.append(f"val. Dice {dice:.3f}")
+    if trained:
+        lines.append(f"<b>Training:</b> {esc(', '.join(trained))}")
+    return "<br>".join(lines)
+
+
+class WeightsPanel(QWidget):
+    """Architecture combo, weights combo (shipped + recent) with a file dialog, card view.
+
+    Signal ``changed`` fires whenever the chosen weights, their card, or the architecture
+    change (also when the combination becomes invalid).
+    """
+
+    changed = Signal()
+
+    def __init__(self, parent: QWidget | None = None):
+        super().__init__(parent)
+        self.card: ModelCard | None = None
+        self.problem: str | None = "Choose model weights."
+        self._weights: Path | None = None
+        self._updating = False
+
+        self.arch = ComboBox(
+            label="Architecture",
+            choices=[(v, k) for k, v in ARCH_NAMES.items()],
+            tooltip="Network type. Choosing weights sets it from their model card.",
+        )
+        self.weights = ComboBox(
+            label="Weights",
+            choices=self._choices,
+            tooltip="Shipped models first, then recently used files.",
+        )
+        self.browse = PushButton(text="Browse…", tooltip="Open a checkpoint file (.pt)")
+        row = Container(widgets=[self.weights, self.browse], layout="horizontal", labels=False)
+        row.margins = (0, 0, 0, 0)
+        self._form = Container(widgets=[self.arch, row])
+        self._form.margins = (0, 0, 0, 0)
+        self.info = QLabel()
+        self.info.setWordWrap(True)
+        self.info.setTextFormat(Qt.TextFormat.RichText)
+        self.info.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.info.setObjectName("napari_vnet_card")
+
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.addWidget(self._form.native)
+        layout.addWidget(self.info)
+
+        self.weights.changed.connect(self._on_weights_combo)
+        self.arch.changed.connect(self._on_arch)
+        self.browse.changed.connect(self._on_browse)
+        self._on_weights_combo(self.weights.value)
+
+    # ------------------------------------------------------------------ choices
+    def _choices(self, _widget=None) -> list[tuple[str, object]]:
+        items: list[tuple[str, object]] = [(_NO_WEIGHTS, None)]
+        seen: set[str] = set()
+        for name, path in shipped().items():
+            items.append((f"{name} (shipped)", str(Path(path))))
+            seen.add(str(Path(path).resolve()))
+        for path in _session.recent_weights():
+            key = str(path.resolve())
+            if key in seen:
+                continue
+            seen.add(key)
+            items.append((f"{path.name} — {path.parent}", str(path)))
+        current = self._weights
+        if current is not None and str(current.resolve()) not in seen:
+            items.append((current.name, str(current)))
+        return items
+
+    def refresh(self) -> None:
+        """Re-list shipped and recent weights, keeping the current choice."""
+        self._updating = True
+        try:
+            self.weights.reset_choices()
+            self.weights.value = None if self._weights is None else str(self._weights)
+        finally:
+            self._updating = False
+
+    # ------------------------------------------------------------------ selection
+    @property
+    def current_weights(self) -> Path | None:
+        return self._weights
+
+    @property
+    def current_arch(self) -> str:
+        return self.arch.value
+
+    def select(self, name_or_path: str | os.PathLike | None) -> ModelCard | None:
+        """Choose weights (a shipped name or a file). Raises CheckpointError when the
+        file is not usable; the previous choice then stays."""
+        if name_or_path is None or name_or_path == "":
+            self._set(None, None)
+            return None
+        path = resolve(name_or_path)
+        card = read_card_cached(path)
+        if str(path.resolve()) not in {str(Path(p).resolve()) for p in shipped().values()}:
+            _session.add_recent_weights(path)
+        self._set(path, card)
+        return card
+
+    def _set(self, path: Path | None, card: ModelCard | None) -> None:
+        self._weights = path
+        self.card = card
+        self._updating = True
+        try:
+            self.weights.reset_choices()
+            self.weights.value = None if path is None else str(path)
+            if card is not None and card.arch in ARCH_NAMES:
+                self.arch.value = card.arch
+        finally:
+            self._updating = False
+        self._validate()
+
+    def _on_weights_combo(self, value) -> None:
+        if self._updating:
+            return
+        if value is None:
+            self._set(None, None)
+            return
+        try:
+            self.select(value)
+        except Exception as exc:
+            self._refuse_file(Path(value), exc)
+
+    def _on_browse(self, _=None) -> None:
+        start = str(self._weights.parent) if self._weights is not None else str(Path.home())
+        filename, _ = QFileDialog.getOpenFileName(self, "Open model weights", start, WEIGHTS_FILTER)
+        if not filename:
+            return
+        try:
+            self.select(filename)
+        except Exception as exc:
+            self._refuse_file(Path(filename), exc)
+
+    def _refuse_file(self, path: Path, exc: BaseException) -> None:
+        from napari.utils.notifications import show_error
+
+        log.info("refused weights %s: %s", path, exc)
+        _session.forget_recent_weights(path)
+        show_error(
+            f"Cannot use weights {path.name}: {exc}\n"
+            "Choose a napari-vnet checkpoint (the shipped models are listed first, "
+            "or one saved by 'Fine-tune model' / 'napari-vnet train')."
+        )
+        self.refresh()  # back to the previous, valid choice
+        self._validate()
+
+    def _on_arch(self, _=None) -> None:
+        if not self._updating:
+            self._validate()
+
+    # ------------------------------------------------------------------ state
+    def _validate(self) -> None:
+        card = self.card
+        if self._weights is None or card is None:
+            self.problem = "Choose model weights (a shipped model or a checkpoint file)."
+            self.info.setText(f"<i>{html.escape(self.problem)}</i>")
+        elif card.arch != self.arch.value:
+            self.problem = (
+                f"{self._weights.name} holds a {arch_name(card.arch)} model, not a "
+                f"{arch_name(self.arch.value)}: choose {arch_name(card.arch)} or other weights."
+            )
+            self.info.setText(
+                f'<span style="color: #e0533d"><b>Refused:</b> {html.escape(self.problem)}'
+                f"</span><br>{card_html(card, self._weights)}"
+            )
+        else:
+            self.problem = None
+            self.info.setText(card_html(card, self._weights))
+        self.changed.emit()
