@@ -1,0 +1,581 @@
+"""A worklist of scans: folder discovery (headers only) and a per-project status store.
+
+Qt-free core behind the "Scans" dock (:mod:`napari_vnet._widgets.scans`).
+
+* :func:`discover_scans` walks a folder and *yields* one :class:`ScanEntry` per volume
+  file (every format the reader supports) and per DICOM series found in sub-folders.
+  Only headers are read (SimpleITK ``ReadImageInformation``, GDCM's header scanner),
+  never pixel data, so hundreds of files list in seconds. A file that cannot be read is
+  yielded as a *broken* entry (``entry.error``) and the walk goes on.
+* :class:`ScanProject` keeps, in a work folder of the user's choice (the scans folder
+  may be read-only), a small JSON project file (written atomically) with each scan's
+  status (``not opened`` -> ``opened`` -> ``predicted`` -> ``corrected`` ->
+  ``reviewed``), the weights used, time stamps, the autosaved label volumes and their
+  edited-slice records.
+
+Geometry follows :mod:`napari_vnet.io.volume`: shapes and spacings are ``(z, y, x)``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+import tempfile
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "BROKEN",
+    "PROJECT_FILENAME",
+    "STATUSES",
+    "VOLUME_SUFFIXES",
+    "ProjectError",
+    "ScanEntry",
+    "ScanProject",
+    "discover_scans",
+    "read_scan",
+]
+
+#: Every status a scan can have, in the order of the workflow.
+STATUSES = ("not opened", "opened", "predicted", "corrected", "reviewed")
+#: Pseudo-status of entries whose header could not be read.
+BROKEN = "broken"
+PROJECT_FILENAME = "napari-vnet-scans.json"
+PROJECT_VERSION = 1
+
+#: Single-file volume formats listed as one scan each (lower-case suffixes).
+VOLUME_SUFFIXES = (
+    ".nii.gz",
+    ".nii",
+    ".mha",
+    ".mhd",
+    ".nrrd",
+    ".nhdr",
+    ".hdr",  # Analyze 7.5 / NIfTI pair header; its .img is the pixel data
+    ".gipl.gz",
+    ".gipl",
+)
+#: Pixel-data companions of header files: never listed on their own.
+_DATA_SUFFIXES = (".raw", ".img", ".zraw", ".raw.gz", ".img.gz")
+#: Suffixes that say "DICOM" outright.
+_DICOM_SUFFIXES = (".dcm", ".ima", ".dicom")
+#: Suffixes that are certainly not volumes (skipped without opening).
+_IGNORED_SUFFIXES = (
+    ".json",
+    ".txt",
+    ".md",
+    ".csv",
+    ".py",
+    ".png",
+    ".jpg",
+    ".jpeg",
+    ".pdf",
+    ".zip",
+    ".pt",
+    ".pth",
+    ".xml",
+    ".yaml",
+    ".yml",
+    ".log",
+    ".tmp",
+)
+
+
+class ProjectError(RuntimeError):
+    """The project file of a work folder cannot be read or written."""
+
+
+@dataclass
+class ScanEntry:
+    """One scan of the worklist: a volume file or a DICOM series.
+
+    ``key`` is stable across sessions (the path relative to the scans folder, plus the
+    series UID for DICOM) and indexes the project's records. ``path`` is what
+    :func:`napari_vnet.io.read_volume` opens: a file, or for DICOM the series' folder
+    when it holds only that series, else the series' first file (which reads the
+    whole series).
+    """
+
+    key: str
+    path: str
+    name: str
+    kind: str = "file"  # "file" | "dicom"
+    shape: tuple[int, ...] | None = None  # (z, y, x)
+    spacing: tuple[float, ...] | None = None  # (z, y, x) mm
+    pixel_type: str = ""
+    components: int = 1
+    size_bytes: int = 0
+    n_files: int = 1
+    modality: str = ""
+    series_uid: str = ""
+    error: str | None = None
+
+    @property
+    def broken(self) -> bool:
+        return self.error is not None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def read_scan(entry: ScanEntry):
+    """Read the pixel data of a worklist entry as a :class:`~napari_vnet.io.Volume`."""
+    from napari_vnet.io import read_volume
+
+    if entry.broken:
+        raise ValueError(entry.error)
+    return read_volume(entry.path)
+
+
+# --------------------------------------------------------------------------- headers
+
+
+def _suffix(name: str) -> str:
+    low = name.lower()
+    for suf in (*VOLUME_SUFFIXES, *_DATA_SUFFIXES):
+        if low.endswith(suf):
+            return suf
+    return os.path.splitext(low)[1]
+
+
+def _has_dicom_magic(path: str) -> bool:
+    """Part-10 DICOM files carry 'DICM' at byte 128 (reads 132 bytes, no pixels)."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(132)
+    except OSError:
+        return False
+    return len(head) == 132 and head[128:132] == b"DICM"
+
+
+def _series_name(info: dict[str, Any], folder_rel: str) -> str:
+    parts = Path(folder_rel).parts
+    patient = info["patient"] or info["patient_id"] or (parts[0] if parts else "DICOM")
+    desc = info["description"] or info["study"]
+    if not desc:
+        bits = [info["modality"] or "DICOM"]
+        if info["series_number"]:
+            bits.append(f"series {info['series_number']}")
+        desc = " ".join(bits)
+    return f"{patient} / {desc}"
+
+
+# ------------------------------------------------------------------------- discovery
+
+
+def _file_entry(path: str, rel: str) -> ScanEntry:
+    try:
+        size_bytes = os.path.getsize(path)
+    except OSError:
+        size_bytes = 0
+    entry = ScanEntry(key=rel, path=path, name=rel, size_bytes=size_bytes)
+    from napari_vnet.io import read_header
+
+    try:
+        head = read_header(path)
+    except Exception as exc:  # noqa: BLE001 - any unreadable header is a broken entry
+        entry.error = str(exc) if str(path) in str(exc) else f"{path}: {exc}"
+        logger.info("broken scan %s: %s", path, exc)
+        return entry
+    entry.shape = tuple(int(v) for v in head["shape"])
+    entry.spacing = tuple(float(v) for v in head["spacing"])
+    entry.pixel_type = head.get("pixel_type", "")
+    entry.components = int(head.get("components", head.get("n_components", 1)))
+    entry.modality = head.get("modality", "") or ""
+    return entry
+
+
+def _series_infos(folder: str) -> list[dict[str, Any]]:
+    """The series of one folder as dicts (io's lister when present, GDCM fallback)."""
+    from napari_vnet.io import list_dicom_series
+
+    out = []
+    for s in list_dicom_series(folder):
+        out.append(
+            {
+                "uid": s.key,
+                "files": list(s.files),
+                "shape": tuple(s.shape),
+                "spacing": tuple(s.spacing),
+                "pixel_type": "",
+                "components": 1,
+                "patient": s.patient_name,
+                "patient_id": s.patient_id,
+                "description": s.description,
+                "study": s.study_description,
+                "modality": s.modality,
+                "series_number": "" if s.series_number is None else str(s.series_number),
+            }
+        )
+    if not out:
+        raise ValueError(f"{folder}: no readable DICOM series found")
+    return out
+
+
+def _dicom_entries(folder: str, rel_dir: str, candidates: list[str]) -> Iterator[ScanEntry]:
+    try:
+        series = _series_infos(folder)
+    except Exception as exc:  # noqa: BLE001 - a broken folder must not stop the walk
+        for path in candidates:
+            rel = (
+                os.path.basename(path) if rel_dir == "." else f"{rel_dir}/{os.path.basename(path)}"
+            )
+            yield ScanEntry(
+                key=rel,
+                path=path,
+                name=rel,
+                kind="dicom",
+                error=f"{path}: not a readable DICOM series ({exc})",
+            )
+        return
+    used: set[str] = set()
+    for info in series:
+        files = info["files"]
+        used.update(os.path.normpath(f) for f in files)
+        size_bytes = 0
+        for f in files:
+            try:
+                size_bytes += os.path.getsize(f)
+            except OSError:
+                pass
+        yield ScanEntry(
+            key=f"{rel_dir}#{info['uid']}",
+            path=folder if len(series) == 1 else files[0],
+            name=_series_name(info, rel_dir),
+            kind="dicom",
+            shape=tuple(info["shape"]),
+            spacing=tuple(info["spacing"]),
+            pixel_type=info["pixel_type"],
+            components=info["components"],
+            size_bytes=size_bytes,
+            n_files=len(files),
+            modality=info["modality"],
+            series_uid=info["uid"],
+        )
+    for path in candidates:
+        if os.path.normpath(path) not in used:
+            rel = (
+                os.path.basename(path) if rel_dir == "." else f"{rel_dir}/{os.path.basename(path)}"
+            )
+            yield ScanEntry(
+                key=rel,
+                path=path,
+                name=rel,
+                kind="dicom",
+                error=f"{path}: DICOM file not part of any readable image series",
+            )
+
+
+def discover_scans(
+    root: str | os.PathLike,
+    *,
+    recursive: bool = True,
+    exclude: Iterable[str | os.PathLike] = (),
+    should_stop=None,
+) -> Iterator[ScanEntry]:
+    """Yield the scans under ``root`` one by one, reading headers only.
+
+    Volume files (see :data:`VOLUME_SUFFIXES`) give one entry each; folders holding
+    DICOM files (``.dcm``/``.ima`` or extension-less files with the ``DICM`` marker)
+    give one entry per series, named "patient / series description". Files whose
+    header cannot be read are yielded with ``error`` set. Hidden entries and the
+    folders in ``exclude`` (e.g. a work folder inside the scans folder) are skipped.
+    ``should_stop()`` is polled between files so a worker can be cancelled.
+    """
+    root_path = Path(root).expanduser().resolve()
+    if not root_path.is_dir():
+        raise NotADirectoryError(f"{root_path}: scans folder does not exist")
+    excluded = {os.path.normpath(str(Path(p).expanduser().resolve())) for p in exclude}
+
+    def walk(folder: str) -> Iterator[ScanEntry]:
+        try:
+            with os.scandir(folder) as it:
+                items = sorted(it, key=lambda e: e.name.lower())
+        except OSError as exc:
+            rel = os.path.relpath(folder, root_path)
+            yield ScanEntry(key=rel, path=folder, name=rel, error=f"{folder}: {exc}")
+            return
+        rel_dir = os.path.relpath(folder, root_path).replace(os.sep, "/")
+        names = {e.name.lower() for e in items}
+        dicom_candidates: list[str] = []
+        subdirs: list[str] = []
+        for item in items:
+            if should_stop is not None and should_stop():
+                return
+            if item.name.startswith("."):
+                continue
+            try:
+                is_dir = item.is_dir()
+            except OSError:
+                is_dir = False
+            if is_dir:
+                if os.path.normpath(item.path) not in excluded:
+                    subdirs.append(item.path)
+                continue
+            suf = _suffix(item.name)
+            rel = item.name if rel_dir == "." else f"{rel_dir}/{item.name}"
+            if suf in VOLUME_SUFFIXES:
+                yield _file_entry(item.path, rel)
+            elif suf in _DATA_SUFFIXES:
+                stem = item.name[: -len(suf)].lower()
+                if suf in (".img", ".img.gz") and f"{stem}.hdr" not in names:
+                    yield ScanEntry(
+                        key=rel,
+                        path=item.path,
+                        name=rel,
+                        error=f"{item.path}: image data without its .hdr header",
+                    )
+                # .raw / .img companions of a header are read through the header
+            elif suf in _DICOM_SUFFIXES or (
+                suf not in _IGNORED_SUFFIXES and _has_dicom_magic(item.path)
+            ):
+                dicom_candidates.append(item.path)
+        if dicom_candidates:
+            yield from _dicom_entries(folder, rel_dir, dicom_candidates)
+        if recursive:
+            for sub in subdirs:
+                yield from walk(sub)
+
+    yield from walk(str(root_path))
+
+
+# --------------------------------------------------------------------------- project
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def _slug(text: str, limit: int = 60) -> str:
+    s = re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("._")
+    return s[:limit] or "scan"
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+@dataclass
+class _Record:
+    status: str = "not opened"
+    name: str = ""
+    source: str = ""
+    weights: str | None = None
+    times: dict[str, str] = field(default_factory=dict)
+    labels: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+class ScanProject:
+    """The status store of one work folder (``<work>/napari-vnet-scans.json``).
+
+    Every change is written at once, atomically (temporary file + ``os.replace``), so
+    the file is always complete. Autosaved labels live in ``<work>/labels/<scan>/``.
+    Statuses only move forward (``mark``) unless ``force=True``.
+    """
+
+    def __init__(self, work_dir: str | os.PathLike, scans_root: str | os.PathLike | None = None):
+        self.work_dir = Path(work_dir).expanduser().resolve()
+        self.path = self.work_dir / PROJECT_FILENAME
+        self.scans_root = str(Path(scans_root).expanduser().resolve()) if scans_root else None
+        self.records: dict[str, dict[str, Any]] = {}
+        self.load()
+
+    # -- file
+    def load(self) -> None:
+        if not self.path.exists():
+            self.records = {}
+            return
+        try:
+            data = json.loads(self.path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as exc:
+            raise ProjectError(f"{self.path}: cannot read the scans project ({exc})") from exc
+        if not isinstance(data, dict) or not isinstance(data.get("scans"), dict):
+            raise ProjectError(f"{self.path}: not a napari-vnet scans project (no 'scans')")
+        self.records = data["scans"]
+        if self.scans_root is None:
+            self.scans_root = data.get("scans_root")
+
+    def save(self, keys: Iterable[str] | None = None) -> None:
+        """Write the project atomically.
+
+        With ``keys``, only those records are taken from memory and the others are
+        re-read from disk first, so two docks (e.g. an old and a new viewer) sharing a
+        work folder do not undo each other's changes.
+        """
+        if keys is not None and self.path.exists():
+            mine = {k: self.records[k] for k in keys if k in self.records}
+            try:
+                self.load()
+            except ProjectError as exc:  # a damaged file is replaced by what we know
+                logger.warning("%s", exc)
+            self.records.update(mine)
+        data = {
+            "format": "napari-vnet-scans",
+            "version": PROJECT_VERSION,
+            "scans_root": self.scans_root,
+            "saved_at": _now(),
+            "scans": self.records,
+        }
+        try:
+            self.work_dir.mkdir(parents=True, exist_ok=True)
+            _atomic_write_text(self.path, json.dumps(data, indent=1, sort_keys=True))
+        except OSError as exc:
+            raise ProjectError(f"{self.path}: cannot write the scans project ({exc})") from exc
+
+    # -- records
+    def record(self, key: str) -> dict[str, Any]:
+        """The record of a scan (a copy; defaults when the scan was never opened)."""
+        rec = self.records.get(key)
+        if rec is None:
+            return asdict(_Record())
+        return json.loads(json.dumps(rec))
+
+    def _rec(self, key: str, entry: ScanEntry | None = None) -> dict[str, Any]:
+        rec = self.records.setdefault(key, asdict(_Record()))
+        if entry is not None:
+            rec["name"] = entry.name
+            rec["source"] = entry.path
+        return rec
+
+    def status(self, key: str) -> str:
+        rec = self.records.get(key)
+        return rec["status"] if rec else "not opened"
+
+    def mark(
+        self,
+        key: str,
+        status: str,
+        *,
+        entry: ScanEntry | None = None,
+        weights: str | os.PathLike | None = None,
+        force: bool = False,
+    ) -> bool:
+        """Move a scan to ``status`` (forward only unless ``force``); returns True if changed.
+
+        The time stamp of the status is recorded (``times[status]``) even when the status
+        does not move (e.g. a second prediction updates ``times["predicted"]`` and weights).
+        """
+        if status not in STATUSES:
+            raise ValueError(f"unknown scan status {status!r}; expected one of {STATUSES}")
+        rec = self._rec(key, entry)
+        now = _now()
+        rec["times"][status] = now
+        rec["times"]["updated"] = now
+        if weights is not None:
+            rec["weights"] = str(weights)
+        changed = force or STATUSES.index(status) > STATUSES.index(rec["status"])
+        if changed:
+            rec["status"] = status
+        self.save([key])
+        return changed
+
+    # -- labels
+    def labels_dir(self, key: str) -> Path:
+        digest = hashlib.sha1(key.encode("utf-8")).hexdigest()[:8]
+        return self.work_dir / "labels" / f"{_slug(key)}-{digest}"
+
+    def labels_path(self, key: str, layer_name: str) -> Path:
+        return self.labels_dir(key) / f"{_slug(layer_name, 80)}.nii.gz"
+
+    def save_labels(
+        self,
+        key: str,
+        layer_name: str,
+        volume,
+        *,
+        annotated_slices: dict[str, Any] | None = None,
+        weights: str | None = None,
+        entry: ScanEntry | None = None,
+    ) -> Path:
+        """Write a labels :class:`~napari_vnet.io.Volume` (with its geometry) atomically.
+
+        The newest save of each layer name replaces the previous one; the record keeps
+        its path (relative to the work folder), time and edited-slice record.
+        """
+        path = self.labels_path(key, layer_name)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _write_labels(volume, path)
+        rec = self._rec(key, entry)
+        rec["labels"][layer_name] = {
+            "path": path.relative_to(self.work_dir).as_posix(),
+            "saved_at": _now(),
+            "annotated_slices": annotated_slices,
+            "weights": weights,
+        }
+        self.save([key])
+        return path
+
+    def forget_labels(self, key: str, layer_name: str) -> None:
+        rec = self.records.get(key)
+        if rec and rec["labels"].pop(layer_name, None) is not None:
+            self.save([key])
+
+    def saved_labels(self, key: str) -> list[dict[str, Any]]:
+        """The autosaved label layers of a scan that still exist on disk, oldest first."""
+        rec = self.records.get(key)
+        if not rec:
+            return []
+        out = []
+        for name, info in rec["labels"].items():
+            path = self.work_dir / info["path"]
+            if path.exists():
+                out.append({"name": name, **info, "path": path})
+        out.sort(key=lambda d: d.get("saved_at") or "")
+        return out
+
+    def scans_with_status(self, statuses: Iterable[str]) -> list[tuple[str, dict[str, Any]]]:
+        wanted = set(statuses)
+        return [(k, self.record(k)) for k, r in self.records.items() if r["status"] in wanted]
+
+    def training_pairs(self) -> list[dict[str, Any]]:
+        """Corrected/reviewed scans with their newest saved labels, for fine-tuning.
+
+        Each item: ``key, name, image (source path), labels (Path), annotated_slices,
+        status``. Scans without saved labels are left out.
+        """
+        pairs = []
+        for key, rec in self.scans_with_status(("corrected", "reviewed")):
+            saved = self.saved_labels(key)
+            if not saved or not rec.get("source"):
+                continue
+            edited = [s for s in saved if s.get("annotated_slices")]
+            best = (edited or saved)[-1]
+            pairs.append(
+                {
+                    "key": key,
+                    "name": rec.get("name") or key,
+                    "image": rec["source"],
+                    "labels": best["path"],
+                    "annotated_slices": best.get("annotated_slices"),
+                    "status": rec["status"],
+                }
+            )
+        return pairs
+
+
+def _write_labels(volume, path: Path) -> None:
+    """Atomic label write with the volume's geometry (smallest unsigned integer type)."""
+    from napari_vnet.io import write_volume
+
+    write_volume(volume, path, is_label=True, overwrite_source=True)
