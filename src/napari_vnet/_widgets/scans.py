@@ -564,10 +564,7 @@ class ScansWidget(QWidget):
     def _predict_on_open(self, entry: ScanEntry) -> None:
         if STATUSES.index(self.project.status(entry.key)) >= STATUSES.index("predicted"):
             return
-        from napari_vnet._widgets._session import find_dock_widget
-        from napari_vnet._widgets.segment import SegmentWidget
-
-        seg = find_dock_widget(self.viewer, SegmentWidget)
+        seg = self._segment_widget()
         if seg is None:
             self._notify("warning", "Predict on open: open the 'Segment volume' dock first.")
             return
@@ -585,6 +582,7 @@ class ScansWidget(QWidget):
         self._requested = None
         if self.current is None and not self._scan_layers:
             return
+        self._cancel_prediction()
         self.autosave()
         self._closing = True
         try:
@@ -604,6 +602,21 @@ class ScansWidget(QWidget):
         self._geometry = None
         if key:
             self._refresh_key(key)
+
+    def _segment_widget(self):
+        from napari_vnet._widgets._session import find_dock_widget
+        from napari_vnet._widgets.segment import SegmentWidget
+
+        return find_dock_widget(self.viewer, SegmentWidget)
+
+    def _cancel_prediction(self) -> None:
+        """A prediction still running on this scan's image would land on the next scan."""
+        seg = self._segment_widget()
+        try:
+            if seg is not None and seg.is_running and seg.image_layer in self._scan_layers:
+                seg.cancel()
+        except (AttributeError, RuntimeError):  # placeholder or closing widget
+            pass
 
     def next_scan(self):
         """Load the next listed (visible, not broken) scan; returns the worker or None."""
@@ -646,7 +659,12 @@ class ScansWidget(QWidget):
         if self._restoring:
             return
         self._dirty.add(id(layer))  # a new layer (e.g. a prediction) is not saved yet
-        weights = (layer.metadata.get("napari_vnet") or {}).get("weights")
+        record = layer.metadata.get("napari_vnet") or {}
+        weights = record.get("weights")
+        source = record.get("source_layer")
+        image = self._image_layer
+        if source and image is not None and source != image.name:
+            weights = None  # a prediction of some other image: not this scan's
         if weights and self.current is not None and self.project is not None:
             if self.project.mark(
                 self.current.key, "predicted", entry=self.current, weights=weights

@@ -1,0 +1,125 @@
+"""The Scans dock with its siblings: predict on open (Segment volume) and
+"Fine-tune on corrected scans" (Fine-tune model), with a tiny real checkpoint."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+torch = pytest.importorskip("torch")
+
+pytestmark = pytest.mark.gui
+
+WAIT_MS = 60_000
+
+
+@pytest.fixture(autouse=True)
+def _config_dir(tmp_path, monkeypatch):
+    monkeypatch.setenv("NAPARI_VNET_CONFIG_DIR", str(tmp_path / "config"))
+
+
+@pytest.fixture
+def ckpt(tmp_path):
+    from napari_vnet.models import ClassInfo, ModelCard, build_model, save_checkpoint
+
+    card = ModelCard(
+        arch="vnet",
+        arch_kwargs={"channels": [4, 8], "kernel_size": 3},
+        classes=[ClassInfo(0, "background"), ClassInfo(1, "organ", (0.8, 0.3, 0.2, 1.0))],
+        normalization={"kind": "zscore"},
+        spacing=(2.0, 1.0, 1.0),
+        patch_size=(16, 16, 16),
+        description="tiny test network",
+    )
+    torch.manual_seed(0)
+    path = tmp_path / "tiny.pt"
+    save_checkpoint(build_model(card), card, path)
+    return path
+
+
+@pytest.fixture
+def scans(tmp_path):
+    root = tmp_path / "scans"
+    root.mkdir()
+    rng = np.random.default_rng(0)
+    for name in ("p1.nii.gz", "p2.mha"):
+        img = sitk.GetImageFromArray(rng.normal(0, 100, (8, 16, 16)).astype(np.int16))
+        img.SetSpacing((1.0, 1.0, 2.0))
+        sitk.WriteImage(img, str(root / name))
+    return root
+
+
+def test_predict_on_open_then_finetune_on_corrected(
+    make_napari_viewer, qtbot, scans, ckpt, tmp_path
+):
+    from napari_vnet._widgets.finetune import FinetuneWidget
+    from napari_vnet._widgets.scans import ScansWidget
+    from napari_vnet._widgets.segment import SegmentWidget
+
+    viewer = make_napari_viewer()
+    seg = SegmentWidget(viewer)
+    viewer.window.add_dock_widget(seg, name="Segment volume")
+    fine = FinetuneWidget(viewer)
+    viewer.window.add_dock_widget(fine, name="Fine-tune model")
+    widget = ScansWidget(viewer)
+    viewer.window.add_dock_widget(widget, name="Scans")
+    assert seg.select_weights(ckpt)
+    widget.predict_check.setChecked(True)
+    widget.set_work_folder(tmp_path / "work")
+    with qtbot.waitSignal(widget.discovery_finished, timeout=WAIT_MS):
+        widget.set_scans_folder(scans)
+
+    with qtbot.waitSignal(seg.prediction_added, timeout=WAIT_MS) as got:
+        with qtbot.waitSignal(widget.scan_loaded, timeout=WAIT_MS):
+            widget.load_scan("p1.nii.gz")
+    prediction = got.args[0]
+    qtbot.waitUntil(lambda: seg.worker is None, timeout=WAIT_MS)
+    key = "p1.nii.gz"
+    record = widget.project.record(key)
+    assert record["status"] == "predicted"
+    assert record["weights"] == str(ckpt)
+
+    # the user corrects two slices of the prediction
+    prediction.data_setitem((np.array([3, 4]), np.array([5, 5]), np.array([6, 6])), 1)
+    assert widget.project.status(key) == "corrected"
+
+    with qtbot.waitSignal(widget.scan_loaded, timeout=WAIT_MS):
+        widget.next_scan()
+    qtbot.waitUntil(lambda: seg.worker is None, timeout=WAIT_MS)  # p2 predicted on open
+    assert widget.project.status("p2.mha") == "predicted"
+    widget.mark_reviewed()  # p2: reviewed as predicted (saved labels: the prediction)
+
+    assert widget.finetune_on_corrected() == 2
+    pairs = {p.image_path.name: p for p in fine.pairs}
+    assert set(pairs) == {"p1.nii.gz", "p2.mha"}
+    assert pairs["p1.nii.gz"].annotated == {"axis": 0, "slices": [3, 4]}
+    saved = sitk.GetArrayFromImage(sitk.ReadImage(str(pairs["p1.nii.gz"].labels_path)))
+    assert saved[3, 5, 6] == 1 and saved.shape == (8, 16, 16)
+
+
+def test_timer_autosave_and_window_close(make_napari_viewer, qtbot, scans, tmp_path):
+    from napari_vnet._widgets.scans import ScansWidget
+
+    viewer = make_napari_viewer()
+    widget = ScansWidget(viewer)
+    viewer.window.add_dock_widget(widget, name="Scans")
+    widget.set_work_folder(tmp_path / "work")
+    with qtbot.waitSignal(widget.discovery_finished, timeout=WAIT_MS):
+        widget.set_scans_folder(scans)
+    with qtbot.waitSignal(widget.scan_loaded, timeout=WAIT_MS):
+        widget.load_scan("p2.mha")
+    image = viewer.layers[0]
+    labels = viewer.add_labels(np.zeros(image.data.shape, np.uint8), name="edit", scale=image.scale)
+    labels.paint((2, 2, 2), 4)
+    assert widget._timer.isActive()  # the N-minute autosave is armed by the edit
+    with qtbot.waitSignal(widget.autosaved, timeout=WAIT_MS) as got:
+        widget._timer.setInterval(10)
+        widget._timer.start()
+    assert got.args[0][0].exists()
+
+    labels.paint((3, 3, 3), 6)
+    with qtbot.waitSignal(widget.autosaved, timeout=WAIT_MS) as got:
+        viewer.window._qt_window.close()  # the window's close event (user closing napari)
+    back = sitk.GetArrayFromImage(sitk.ReadImage(str(got.args[0][0])))
+    assert back[3, 3, 3] == 6 and back[2, 2, 2] == 4
