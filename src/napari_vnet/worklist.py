@@ -41,6 +41,7 @@ __all__ = [
     "ScanEntry",
     "ScanProject",
     "discover_scans",
+    "read_file_header",
     "read_scan",
 ]
 
@@ -171,16 +172,60 @@ def _series_name(info: dict[str, Any], folder_rel: str) -> str:
 # ------------------------------------------------------------------------- discovery
 
 
+#: SimpleITK ImageIO per suffix: naming it skips the probing of every registered ImageIO
+#: (which reads tens of kB of each file, pixel data included, before the header).
+_IMAGE_IO = {
+    ".nii": "NiftiImageIO",
+    ".nii.gz": "NiftiImageIO",
+    ".hdr": "NiftiImageIO",
+    ".mha": "MetaImageIO",
+    ".mhd": "MetaImageIO",
+    ".nrrd": "NrrdImageIO",
+    ".nhdr": "NrrdImageIO",
+    ".gipl": "GiplImageIO",
+    ".gipl.gz": "GiplImageIO",
+}
+
+
+def read_file_header(path: str | os.PathLike) -> dict[str, Any]:
+    """Shape and spacing ``(z, y, x)`` and pixel type of a volume file, from its header.
+
+    Uses the ImageIO that the suffix names (no probing, so only the header is read);
+    falls back to :func:`napari_vnet.io.read_header` when that ImageIO refuses the file.
+    Raises :class:`napari_vnet.io.VolumeReadError` naming the file when neither can.
+    """
+    import SimpleITK as sitk
+
+    path = str(path)
+    io_name = _IMAGE_IO.get(_suffix(os.path.basename(path)))
+    if io_name is not None:
+        reader = sitk.ImageFileReader()
+        reader.SetImageIO(io_name)
+        reader.SetFileName(path)
+        try:
+            reader.ReadImageInformation()
+        except RuntimeError:
+            pass  # let io.read_header try every ImageIO and word the error
+        else:
+            return {
+                "shape": tuple(int(s) for s in reader.GetSize())[::-1],
+                "spacing": tuple(float(s) for s in reader.GetSpacing())[::-1],
+                "pixel_type": sitk.GetPixelIDValueAsString(reader.GetPixelID()),
+                "components": int(reader.GetNumberOfComponents()),
+            }
+    from napari_vnet.io import read_header
+
+    return read_header(path)
+
+
 def _file_entry(path: str, rel: str) -> ScanEntry:
     try:
         size_bytes = os.path.getsize(path)
     except OSError:
         size_bytes = 0
     entry = ScanEntry(key=rel, path=path, name=rel, size_bytes=size_bytes)
-    from napari_vnet.io import read_header
-
     try:
-        head = read_header(path)
+        head = read_file_header(path)
     except Exception as exc:  # noqa: BLE001 - any unreadable header is a broken entry
         entry.error = str(exc) if str(path) in str(exc) else f"{path}: {exc}"
         logger.info("broken scan %s: %s", path, exc)
