@@ -127,3 +127,13 @@ def test_metadata_event_fires_so_other_docks_can_follow(labels):
     layer.events.metadata.connect(lambda e: events.append(e))
     layer.paint((2, 3, 3), 1)
     assert events, "the record must be set by assignment so napari emits metadata"
+
+
+def test_edits_made_before_tracking_are_recovered_from_undo_history(qapp):
+    layer = Labels(np.zeros((6, 8, 8), np.uint8))
+    layer.paint((1, 3, 3), 1)
+    layer.paint((4, 3, 3), 2)
+    layer.undo()  # an undone edit is not a correction
+    tracker = _edits.EditTracker(layer)
+    assert slices(layer) == (0, [1])
+    tracker.disconnect_layer()

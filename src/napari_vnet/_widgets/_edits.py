@@ -13,7 +13,8 @@ union of all of them.
 :class:`EditTracker` keeps the record up to date by listening to the layer's ``paint``
 event, which napari emits once per brush stroke, fill or polygon (and for
 ``data_setitem``) with the undo-history atoms of the edit; each atom says which voxels
-changed, so the slices are exact, not guessed from the viewer position.
+changed, so the slices are exact, not guessed from the viewer position. Edits made
+before the tracker was attached are recovered from the layer's undo history.
 """
 
 from __future__ import annotations
@@ -180,6 +181,17 @@ class EditTracker(QObject):
         super().__init__(parent)
         self.layer = layer
         layer.events.paint.connect(self._on_paint)
+        self._record(_past_atoms(layer))
+
+    def _record(self, atoms) -> None:
+        layer = self.layer
+        axis = viewing_axis(layer)
+        shape = tuple(layer.data.shape)
+        touched: set[int] = set()
+        for atom in atoms:
+            touched |= touched_slices(atom, axis, shape)
+        if touched and add_slices(layer, axis, touched):
+            self.changed.emit(layer)
 
     def disconnect_layer(self) -> None:
         try:
@@ -188,11 +200,14 @@ class EditTracker(QObject):
             pass
 
     def _on_paint(self, event) -> None:
-        layer = self.layer
-        axis = viewing_axis(layer)
-        shape = tuple(layer.data.shape)
-        touched: set[int] = set()
-        for atom in event.value or []:
-            touched |= touched_slices(atom, axis, shape)
-        if touched and add_slices(layer, axis, touched):
-            self.changed.emit(layer)
+        self._record(event.value or [])
+
+
+def _past_atoms(layer) -> list:
+    """Edits made before tracking started, from the layer's undo history (napari keeps
+    one; undone edits are not in it). Best effort: empty if napari's internals differ."""
+    history = getattr(layer, "_undo_history", None)
+    try:
+        return [atom for item in history or [] for atom in item]
+    except TypeError:  # pragma: no cover - napari internals moved
+        return []
