@@ -6,8 +6,12 @@ it is a writeable numpy view whose ``base`` keeps the image alive.
 
 from __future__ import annotations
 
+import gzip
 import logging
 import os
+import re
+import struct
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -91,12 +95,121 @@ def image_to_volume(image, *, path=None, metadata: dict | None = None) -> Volume
 
 
 def _clean_itk_message(exc: Exception) -> str:
-    """The useful last line of an ITK exception text."""
-    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
-    for ln in reversed(lines):
-        if ln.lower().startswith(("description:", "itk::error")) or "error" in ln.lower():
-            return ln.split("Description:", 1)[-1].strip()
-    return lines[-1] if lines else type(exc).__name__
+    """A short, human reason from an ITK/SimpleITK exception text."""
+    text = str(exc)
+    if "Unable to determine ImageIO reader" in text:
+        return "SimpleITK recognises no image format in this file (wrong extension or not an image)"
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    if lines and lines[0].startswith("Exception thrown in SimpleITK"):
+        lines = lines[1:]
+    cleaned = []
+    for ln in lines:
+        ln = re.sub(r"^(ITK ERROR|sitk::ERROR):\s*(\w+\(0x[0-9a-fA-F]+\):\s*)?", "", ln)
+        if ln.startswith("Reason:") and cleaned and "cannot be read" in cleaned[-1]:
+            continue  # a stale errno, not the reason
+        cleaned.append(ln)
+    nrrd = [ln for ln in cleaned if ln.startswith("[nrrd]")]
+    if nrrd:
+        cleaned = [ln for ln in cleaned if not ln.startswith("[nrrd]")][:1] + nrrd[-1:]
+    reason = " / ".join(cleaned) or type(exc).__name__
+    if "cannot be read" in reason or "not read completely" in reason or "expected" in reason:
+        reason = f"the file is truncated or corrupt ({reason})"
+    return reason
+
+
+# ------------------------------------------------- completeness of raw / gzip data
+# ITK fills missing NIfTI/GIPL data with zeros or garbage instead of failing, so the
+# sizes are checked here from the headers (cheap: a few hundred bytes and a stat).
+
+
+def _nifti_sizes(head: bytes) -> tuple[int, int] | None:
+    """(data offset, data bytes) from a NIfTI-1/-2 or Analyze header, or None."""
+    for endian in "<>":
+        if len(head) >= 348 and struct.unpack(endian + "i", head[:4])[0] == 348:
+            dim = struct.unpack(endian + "8h", head[40:56])
+            bitpix = struct.unpack(endian + "h", head[72:74])[0]
+            offset = int(struct.unpack(endian + "f", head[108:112])[0])
+            n = dim[0]
+            break
+        if len(head) >= 540 and struct.unpack(endian + "i", head[:4])[0] == 540:
+            dim = struct.unpack(endian + "8q", head[16:80])
+            bitpix = struct.unpack(endian + "h", head[14:16])[0]
+            offset = struct.unpack(endian + "q", head[168:176])[0]
+            n = dim[0]
+            break
+    else:
+        return None
+    if not 1 <= n <= 7 or bitpix <= 0:
+        return None
+    nbytes = int(np.prod([max(int(d), 1) for d in dim[1 : n + 1]])) * bitpix // 8
+    return offset, nbytes
+
+
+def _gzip_holds(path: Path, expected: int) -> int | None:
+    """None if the gzip stream of ``path`` decompresses to >= expected bytes, else its length."""
+    with open(path, "rb") as fh:
+        fh.seek(-4, os.SEEK_END)
+        isize = struct.unpack("<I", fh.read(4))[0]
+    if isize == expected % (1 << 32):
+        return None  # the trailer agrees: complete (fast path)
+    total = 0
+    try:  # unusual trailer (multi-member gzip?) or truncated: stream through it once
+        with gzip.open(path, "rb") as gz:
+            while chunk := gz.read(1 << 22):
+                total += len(chunk)
+    except (EOFError, OSError, zlib.error):
+        return total
+    return None if total >= expected else total
+
+
+def _check_complete(path: Path, reader) -> None:
+    low = path.name.lower()
+    gz = low.endswith(".gz")
+    expected = None
+    if low.endswith((".nii", ".nii.gz", ".hdr", ".img")):
+        header = path if not low.endswith(".img") else path.with_suffix(".hdr")
+        if not header.exists():
+            header = path.with_suffix(".HDR") if low.endswith(".img") else header
+        opener = gzip.open if gz else open
+        try:
+            with opener(header, "rb") as fh:
+                head = fh.read(544)
+        except (OSError, EOFError, zlib.error) as exc:
+            raise VolumeReadError(header, f"the file is truncated or corrupt ({exc})") from exc
+        sizes = _nifti_sizes(head)
+        if sizes is None:
+            return
+        offset, nbytes = sizes
+        if low.endswith((".hdr", ".img")):
+            data_file = path.with_suffix(".img") if low.endswith(".hdr") else path
+            if data_file.exists() and data_file.stat().st_size < nbytes:
+                raise VolumeReadError(
+                    data_file,
+                    f"the file is truncated: {data_file.stat().st_size} bytes of {nbytes} expected",
+                )
+            return
+        expected = offset + nbytes
+    elif low.endswith((".gipl", ".gipl.gz")):
+        import SimpleITK as sitk
+
+        probe = sitk.Image(
+            [1] * reader.GetDimension(), reader.GetPixelID(), reader.GetNumberOfComponents()
+        )
+        n = int(np.prod(reader.GetSize())) * reader.GetNumberOfComponents()
+        expected = 256 + n * probe.GetSizeOfPixelComponent()
+    if expected is None:
+        return
+    if gz:
+        got = _gzip_holds(path, expected)
+        if got is not None:
+            raise VolumeReadError(
+                path,
+                f"the file is truncated: it decompresses to {got} bytes of {expected} expected",
+            )
+    elif path.stat().st_size < expected:
+        raise VolumeReadError(
+            path, f"the file is truncated: {path.stat().st_size} bytes of {expected} expected"
+        )
 
 
 def _check_file(path: Path) -> None:
@@ -186,8 +299,12 @@ def read_volume(
             + ", ".join(READ_EXTENSIONS)
             + ", DICOM files and folders)",
         )
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
     try:
-        image = sitk.ReadImage(str(path))
+        reader.ReadImageInformation()
+        _check_complete(path, reader)
+        image = reader.Execute()
     except RuntimeError as exc:
         raise VolumeReadError(path, _clean_itk_message(exc)) from exc
     name, ext = split_extension(path)
