@@ -282,6 +282,13 @@ def test_export_dataset_writes_nnunet_layout(make_napari_viewer, qtbot, tmp_path
     ft.add_pair(image, labels)
     ft.add_file_pair(img_path, lab_path, annotated={"axis": 0, "slices": [7, 9]})
     assert len(ft.pairs) == 2 and "2 annotated" in ft.pair_list.item(1).text()
+    ft.add_file_pair(img_path, lab_path, annotated={"axis": 0, "slices": [7, 9]})  # again
+    assert len(ft.pairs) == 2  # handed over twice: still one pair
+    moved = write_volume(
+        Volume(truth, spacing=SCALE, origin=(0.0, 5.0, 0.0)), tmp_path / "moved_seg.nii.gz"
+    )
+    with pytest.raises(GeometryMismatch, match="origin"):
+        ft.add_file_pair(img_path, moved)
     ft.class_names_edit.setText("1=blob, 2=blob2")
     with qtbot.waitSignal(ft.export_dataset(tmp_path / "ds").returned, timeout=60_000) as done:
         pass

@@ -57,6 +57,37 @@ def check_same_geometry(image_layer, labels_layer) -> None:
             )
 
 
+def check_same_grid(a, b, a_name, b_name) -> None:
+    """Raise :class:`GeometryMismatch` unless two headers / Volumes share one voxel grid.
+
+    ``a``/``b``: :func:`napari_vnet.io.read_header` dicts or Volumes (shape, spacing,
+    origin, direction in z, y, x order).
+    """
+
+    def get(obj, key):
+        return obj.get(key) if isinstance(obj, dict) else getattr(obj, key)
+
+    checks = (
+        ("shape", 0.0, 0.0),
+        ("spacing", 1e-4, 1e-6),
+        ("origin", 0.0, 1e-3),
+        ("direction", 0.0, 1e-4),
+    )
+    for key, rtol, atol in checks:
+        x, y = get(a, key), get(b, key)
+        if x is None or y is None:
+            continue
+        x, y = np.asarray(x, float), np.asarray(y, float)
+        if key == "shape":
+            x, y = x[:3], y[:3]
+        if x.shape != y.shape or not np.allclose(x, y, rtol=rtol, atol=atol):
+            raise GeometryMismatch(
+                f"{b_name} is not on the voxel grid of {a_name}: {key} "
+                f"{np.array2string(y, precision=4)} vs {np.array2string(x, precision=4)}. "
+                "Training needs the labels on the image's voxel grid."
+            )
+
+
 def layer_volume(layer, array):
     """A core Volume for ``array`` on ``layer``'s grid (via io.layer_to_volume)."""
     from napari_vnet.io import layer_to_volume
@@ -182,18 +213,7 @@ def spec_to_pair(spec: dict, TrainingPair):
     from napari_vnet.io import read_volume
 
     img, lab = read_volume(spec["image_path"]), read_volume(spec["labels_path"])
-    same = (
-        img.shape == lab.shape
-        and np.allclose(img.spacing, lab.spacing, rtol=1e-4)
-        and np.allclose(img.origin, lab.origin, atol=1e-3)
-        and np.allclose(img.direction, lab.direction, atol=1e-4)
-    )
-    if not same:
-        raise GeometryMismatch(
-            f"{spec['labels_path']} (shape {lab.shape}, spacing {lab.spacing}, origin "
-            f"{lab.origin}) is not on the voxel grid of {spec['image_path']} (shape "
-            f"{img.shape}, spacing {img.spacing}, origin {img.origin})"
-        )
+    check_same_grid(img, lab, spec["image_path"], spec["labels_path"])
     annotated = annotated_to_mask(spec["annotated"], img.shape) if spec["only_edited"] else None
     return TrainingPair(
         img.array, lab.array, tuple(img.spacing), annotated=annotated,

@@ -46,6 +46,7 @@ from napari_vnet._widgets import _edits
 from napari_vnet._widgets._finetune_job import (
     GeometryMismatch,
     check_same_geometry,
+    check_same_grid,
     default_output_path,
     export_job,
     format_seconds,
@@ -193,7 +194,17 @@ class FinetuneWidget(QWidget):
         form.addRow(self.from_base_radio, row)
         self.arch_combo = QComboBox()
         self.arch_combo.addItems(_architectures())
-        form.addRow(self.new_model_radio, self.arch_combo)
+        self.width_spin = QSpinBox()
+        self.width_spin.setRange(2, 64)
+        self.width_spin.setValue(8)
+        self.width_spin.setPrefix("width ")
+        self.width_spin.setToolTip(
+            "Channels of the first level (then 2x per level); 8 trains in CPU minutes"
+        )
+        row = QHBoxLayout()
+        row.addWidget(self.arch_combo, 1)
+        row.addWidget(self.width_spin)
+        form.addRow(self.new_model_radio, row)
         self.class_names_edit = QLineEdit()
         self.class_names_edit.setPlaceholderText("new classes, e.g. 3=kidney, 4=spleen")
         self.class_names_edit.setToolTip(
@@ -373,17 +384,11 @@ class FinetuneWidget(QWidget):
         for p in (image_path, labels_path):
             if not p.exists():
                 raise FileNotFoundError(f"training file not found: {p}")
-        try:
-            from napari_vnet.io import read_header
-        except ImportError:  # pragma: no cover - io not there yet
-            read_header = None
-        if read_header is not None:
-            hi, hl = read_header(image_path), read_header(labels_path)
-            if tuple(hi.get("shape", ())) != tuple(hl.get("shape", ())):
-                raise GeometryMismatch(
-                    f"{labels_path} has shape {hl.get('shape')} but {image_path} has shape "
-                    f"{hi.get('shape')}; the labels must be on the image's voxel grid"
-                )
+        from napari_vnet.io import read_header
+
+        check_same_grid(read_header(image_path), read_header(labels_path), image_path, labels_path)
+        # the same labels file again (e.g. handed over twice): update its record
+        self._pairs = [p for p in self._pairs if p.labels_path != labels_path]
         self._pairs.append(
             _Pair(image_path=image_path, labels_path=labels_path, annotated=annotated)
         )
@@ -518,15 +523,18 @@ class FinetuneWidget(QWidget):
 
     def training_config(self, n_annotated: int | None = None):
         """A TrainConfig from the dock's settings (classes are settled in the worker)."""
-        from napari_vnet.training import TrainConfig
+        from napari_vnet.training import TrainConfig, width_kwargs
 
         by_minutes = self.stop_combo.currentText() == "minutes"
         val = self.val_spin.value() / 100.0
         if n_annotated is not None and n_annotated < 5:
             val = 0.0  # too few slices to hold any out
         text = self.patch_edit.text().strip()
+        new = not self.from_base_radio.isChecked()
+        arch = self.arch_combo.currentText()
         return TrainConfig(
-            arch=None if self.from_base_radio.isChecked() else self.arch_combo.currentText(),
+            arch=arch if new else None,
+            arch_kwargs=width_kwargs(arch, self.width_spin.value()) if new else {},
             iterations=None if by_minutes else self.iterations_spin.value(),
             minutes=self.minutes_spin.value() if by_minutes else None,
             lr=self.lr_spin.value() or None,
