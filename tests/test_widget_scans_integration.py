@@ -119,6 +119,7 @@ def test_timer_autosave_and_window_close(make_napari_viewer, qtbot, scans, tmp_p
     assert got.args[0][0].exists()
 
     labels.paint((3, 3, 3), 6)
+    assert widget._hooked_window() is viewer.window._qt_window
     with qtbot.waitSignal(widget.autosaved, timeout=WAIT_MS) as got:
         viewer.window._qt_window.close()  # the window's close event (user closing napari)
     back = sitk.GetArrayFromImage(sitk.ReadImage(str(got.args[0][0])))

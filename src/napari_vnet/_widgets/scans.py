@@ -16,6 +16,7 @@ import hashlib
 import json
 import logging
 import time
+import weakref
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -50,7 +51,8 @@ log = logging.getLogger(__name__)
 SETTINGS_FILE = "scans.json"
 NEXT_KEY = "PageDown"
 PREVIOUS_KEY = "PageUp"
-COLUMNS = ("Status", "Scan", "Shape (z, y, x)", "Spacing (mm)", "Size")
+COLUMNS = ("Scan", "Status", "Shape (z, y, x)", "Spacing (mm)", "Size")
+COL_SCAN, COL_STATUS = 0, 1
 STATUS_COLORS = {
     "not opened": None,
     "opened": "#8fb3ff",
@@ -193,7 +195,10 @@ class ScansWidget(QWidget):
         self.table.verticalHeader().setVisible(False)
         header = self.table.horizontalHeader()
         header.setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
-        header.setSectionResizeMode(1, QHeaderView.ResizeMode.Stretch)
+        header.setSectionResizeMode(COL_SCAN, QHeaderView.ResizeMode.Interactive)
+        header.setStretchLastSection(True)
+        self.table.setColumnWidth(COL_SCAN, 190)
+        self.setMinimumWidth(460)
         self.table.itemSelectionChanged.connect(self._on_selection)
         layout.addWidget(self.table, 1)
 
@@ -243,13 +248,27 @@ class ScansWidget(QWidget):
         self.viewer.layers.events.removing.connect(self._on_removing)
         self.viewer.bind_key(NEXT_KEY, lambda _v: self.next_scan(), overwrite=True)
         self.viewer.bind_key(PREVIOUS_KEY, lambda _v: self.previous_scan(), overwrite=True)
-        qt_window = getattr(getattr(self.viewer, "window", None), "_qt_window", None)
-        if qt_window is not None:
-            self._close_filter = _CloseFilter(self)
-            qt_window.installEventFilter(self._close_filter)
+        self._close_filter = _CloseFilter(self)
+        self._hooked_window = None
         app = QApplication.instance()
         if app is not None:
             app.aboutToQuit.connect(self._on_about_to_quit)
+
+    def _hook_window(self) -> None:
+        """Watch the close event of the main window this dock sits in (once docked)."""
+        win = self.window()
+        hooked = self._hooked_window() if self._hooked_window is not None else None
+        if win is self or win is hooked:
+            return
+        if hooked is not None:
+            hooked.removeEventFilter(self._close_filter)
+        win.installEventFilter(self._close_filter)
+        self._hooked_window = weakref.ref(win)  # never keep napari's window alive
+
+    def event(self, event) -> bool:
+        if event.type() in (QEvent.Type.ParentChange, QEvent.Type.Show):
+            self._hook_window()
+        return super().event(event)
 
     # ------------------------------------------------------------ settings
     def _settings_path(self) -> Path:
@@ -382,12 +401,12 @@ class ScansWidget(QWidget):
         size = _human_size(entry.size_bytes)
         if entry.n_files > 1:
             size += f" ({entry.n_files} files)"
-        texts = ("", entry.name, shape, spacing, size)
+        texts = (entry.name, "", shape, spacing, size)
         for col, text in enumerate(texts):
             item = QTableWidgetItem(text)
             tip = entry.error or f"{entry.path}\n{entry.pixel_type} {entry.modality}".strip()
             item.setToolTip(tip)
-            if col == 1:
+            if col == COL_SCAN:
                 item.setData(Qt.ItemDataRole.UserRole, entry.key)
             self.table.setItem(row, col, item)
         self._refresh_row(row)
@@ -402,7 +421,7 @@ class ScansWidget(QWidget):
             return
         entry = self.entries[row]
         status = self.status_of(entry)
-        item = self.table.item(row, 0)
+        item = self.table.item(row, COL_STATUS)
         if item is None:
             return
         item.setText(status)
@@ -411,8 +430,10 @@ class ScansWidget(QWidget):
             cell = self.table.item(row, col)
             if cell is None:
                 continue
-            if col == 0 or status == BROKEN:
-                cell.setForeground(QColor(color) if color else QColor())
+            if color and (col == COL_STATUS or status == BROKEN):
+                cell.setForeground(QColor(color))
+            else:  # the theme's text colour
+                cell.setData(Qt.ItemDataRole.ForegroundRole, None)
             font = cell.font()
             font.setBold(self.current is not None and entry.key == self.current.key)
             cell.setFont(font)
@@ -486,7 +507,7 @@ class ScansWidget(QWidget):
         self._syncing = True
         try:
             self.table.selectRow(row)
-            self.table.scrollToItem(self.table.item(row, 1))
+            self.table.scrollToItem(self.table.item(row, COL_SCAN))
         finally:
             self._syncing = False
 
@@ -534,6 +555,7 @@ class ScansWidget(QWidget):
         entry, volume, labels, problems = result
         if self._requested is None or entry.key != self._requested.key:
             return  # the user moved on while this scan was loading
+        self._hook_window()  # docked by now: autosave when its main window closes
         self._requested = None
         self.current = entry
         self._geometry = volume.with_array(np.empty((0,) * volume.ndim, np.uint8))
