@@ -50,6 +50,11 @@ def _check(logits: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None
         )
 
 
+def _upcast(x: torch.Tensor) -> torch.Tensor:
+    """Half-precision (AMP) logits are computed on in float32; float64 stays float64."""
+    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+
+
 def one_hot(target: torch.Tensor, num_classes: int, dtype=torch.float32) -> torch.Tensor:
     """``(B, *spatial)`` channel indices -> ``(B, C, *spatial)`` one-hot."""
     t = target.long().clamp(0, num_classes - 1)
@@ -68,7 +73,7 @@ def _weights(target: torch.Tensor, mask: torch.Tensor | None, dtype) -> torch.Te
 
 def _probs_and_onehot(logits, target, mask):
     """Softmax probabilities and one-hot targets, both zeroed outside the mask."""
-    probs = torch.softmax(logits.float(), dim=1)
+    probs = torch.softmax(_upcast(logits), dim=1)
     w = _weights(target, mask, probs.dtype)
     # The one-hot of an unannotated voxel is multiplied by 0, so its label value
     # (whatever it is) never reaches the loss.
@@ -105,7 +110,7 @@ def cross_entropy_loss(
 ) -> torch.Tensor:
     """Mean cross entropy over annotated voxels (0 when nothing is annotated)."""
     _check(logits, target, mask)
-    ce = F.cross_entropy(logits.float(), target.long(), reduction="none")
+    ce = F.cross_entropy(_upcast(logits), target.long(), reduction="none")
     if mask is None:
         return ce.mean()
     w = mask.to(ce.dtype)
@@ -146,7 +151,7 @@ def generalized_dice_loss(
 def least_squares_gan_loss(prediction: torch.Tensor, real: bool) -> torch.Tensor:
     """LSGAN loss: mean squared distance of the discriminator output to 1 (real) or 0 (fake)."""
     target = torch.ones_like(prediction) if real else torch.zeros_like(prediction)
-    return F.mse_loss(prediction.float(), target.float())
+    return F.mse_loss(_upcast(prediction), target.to(_upcast(prediction).dtype))
 
 
 class DiceCELoss(torch.nn.Module):

@@ -192,10 +192,11 @@ def parse_classes(spec: Any) -> list[ClassInfo] | None:
     return [ClassInfo(0, background)] + [ClassInfo(v, n) for v, n in items if v != 0]
 
 
-def _classes_from_labels(label_arrays: Sequence[np.ndarray], ignore_index) -> list[ClassInfo]:
+def _classes_from_labels(labels_and_masks, ignore_index) -> list[ClassInfo]:
+    """Every label value present in an annotated voxel (unannotated voxels do not count)."""
     values: set[int] = set()
-    for lab in label_arrays:
-        values.update(int(v) for v in np.unique(lab))
+    for lab, mask in labels_and_masks:
+        values.update(int(v) for v in np.unique(lab if mask is None else lab[mask]))
     values.discard(0)
     if ignore_index is not None:
         values.discard(int(ignore_index))
@@ -369,7 +370,7 @@ def prepare_cases(
         raw.append((name, img, lab, sp, mask))
 
     if classes is None:
-        classes = _classes_from_labels([r[2] for r in raw], ignore_index)
+        classes = _classes_from_labels([(r[2], r[4]) for r in raw], ignore_index)
     target_spacing = tuple(float(s) for s in (spacing or raw[0][3]))
     lut_values = [c.value for c in classes]
     cases = []
@@ -958,25 +959,16 @@ def _run(pairs, config: TrainConfig, base, out: Path, progress, should_stop, dis
 
     model.to(device).train()
     params = [p for p in model.parameters() if p.requires_grad]
-    base_lr = (
-        config.lr
-        if config.lr is not None
-        else (
-            1e-3
-            if base_info is None and resume_state is None and notes.get("started_from") == "scratch"
-            else 3e-4
-        )
-    )
-    optimizer = torch.optim.AdamW(params, lr=base_lr, weight_decay=config.weight_decay)
+    from_scratch = notes.get("started_from") == "scratch"
+    base_lr = config.lr if config.lr is not None else (1e-3 if from_scratch else 3e-4)
+    # pix2pix / Vox2Vox train both networks with Adam(beta1 = 0.5)
+    betas = (0.9, 0.999) if disc is None else (0.5, 0.999)
+    optimizer = torch.optim.AdamW(params, lr=base_lr, betas=betas, weight_decay=config.weight_decay)
     d_optimizer = None
     if disc is not None:
         disc.to(device).train()
-        # pix2pix / Vox2Vox use Adam with beta1 = 0.5 for both networks
         d_optimizer = torch.optim.AdamW(
-            disc.parameters(), lr=base_lr, betas=(0.5, 0.999), weight_decay=config.weight_decay
-        )
-        optimizer = torch.optim.AdamW(
-            params, lr=base_lr, betas=(0.5, 0.999), weight_decay=config.weight_decay
+            disc.parameters(), lr=base_lr, betas=betas, weight_decay=config.weight_decay
         )
     amp_dtype = _amp_dtype(device, config.amp)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
@@ -1023,7 +1015,10 @@ def _run(pairs, config: TrainConfig, base, out: Path, progress, should_stop, dis
             "device": str(device),
         }
     )
-    state = {"best_written": out.exists() and resume_state is not None and best["iteration"] > 0}
+    state = {
+        "last_eval_it": -1,
+        "best_written": out.exists() and resume_state is not None and best["iteration"] > 0,
+    }
     log.info(
         "training %s on %d case(s), patch %s, batch %d x %d rank(s), device %s, amp %s, setup %.1fs",
         card.arch, len(train_cases), patch, config.batch_size, dist.world, device, amp_dtype,
@@ -1152,6 +1147,7 @@ def _run(pairs, config: TrainConfig, base, out: Path, progress, should_stop, dis
             if dist.any(due or is_last) if dist.enabled else (due or is_last):
                 val, improved = checkpoint(it, seconds, ema)
                 last_eval = time.perf_counter()
+                state["last_eval_it"] = it
                 if val is not None:
                     event["val_dice"] = val
                 if improved and dist.is_main:
@@ -1175,12 +1171,8 @@ def _run(pairs, config: TrainConfig, base, out: Path, progress, should_stop, dis
                 except Exception:  # noqa: BLE001 - never mask the original error
                     log.exception("could not write checkpoints while stopping")
     # normal end (all iterations, time budget, or should_stop)
-    if it > start_it and (last_eval is None or True):
-        needs_final = not state["best_written"] or (
-            it != best["iteration"] and (it % eval_every != 0)
-        )
-        if needs_final:
-            checkpoint(it, seconds, ema)
+    if it > start_it and (state["last_eval_it"] != it or not state["best_written"]):
+        checkpoint(it, seconds, ema)  # the run ended between evaluation points
     if dist.is_main and not cancelled and not config.keep_resume and rpath.exists():
         rpath.unlink()
     return {

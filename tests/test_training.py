@@ -1,0 +1,369 @@
+"""Fine-tuning engine: learning, sparse labels, cancel/resume, atomic checkpoints, data prep.
+
+Tiny networks and volumes (16-24 voxels a side) keep this file cheap on 2 shared cores.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+
+from napari_vnet.io import Volume
+from napari_vnet.models import ModelCard, build_model, load_checkpoint, save_checkpoint
+from napari_vnet.training import (
+    PatchSampler,
+    TrainConfig,
+    TrainingError,
+    TrainingPair,
+    _transfer_weights,
+    finetune,
+    parse_classes,
+    prepare_cases,
+    resume_path,
+    run_training,
+)
+
+TINY = {
+    "unet3d": {"channels": [4, 8, 16]},
+    "vnet": {"channels": [4, 8, 16], "kernel_size": 3},
+    "vox2vox": {"channels": [4, 8], "bottleneck_blocks": 1},
+}
+
+
+def sphere_pair(shape=(16, 24, 24), value=1, seed=0):
+    rng = np.random.default_rng(seed)
+    z, y, x = np.indices(shape)
+    c = [s // 2 for s in shape]
+    labels = (((z - c[0]) ** 2 + (y - c[1]) ** 2 + (x - c[2] + 1) ** 2) < 30).astype(np.uint8)
+    image = rng.normal(0, 0.2, shape).astype(np.float32) + labels
+    return image, labels * value
+
+
+def config(arch="unet3d", **kw):
+    base = dict(
+        arch=arch,
+        arch_kwargs=TINY[arch],
+        iterations=4,
+        patch_size=(16, 16, 16),
+        batch_size=2,
+        lr=3e-3,
+        warmup=0.0,
+        eval_every=2,
+    )
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def drain(gen):
+    events = []
+    while True:
+        try:
+            events.append(next(gen))
+        except StopIteration as stop:
+            return events, stop.value
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("arch", ["unet3d", "vnet", "vox2vox"])
+def test_loss_decreases_for_each_architecture(arch, tmp_path):
+    image, labels = sphere_pair()
+    cfg = config(arch, iterations=10, augment=False, eval_every=10)
+    events, summary = drain(finetune([TrainingPair(image, labels)], cfg, out=tmp_path / "m.pt"))
+    key = "gdl" if arch == "vox2vox" else None
+    losses = [e["losses"][key] if key else e["loss"] for e in events]
+    assert len(losses) == 10 and all(np.isfinite(losses))
+    assert np.mean(losses[-3:]) < np.mean(losses[:3]) - 0.02, losses
+    model, card = load_checkpoint(summary["out"])
+    assert card.arch == arch and card.label_values == [0, 1]
+    assert card.history["iterations"] == 10 and card.history["run"]["started_from"] == "scratch"
+    assert not resume_path(tmp_path / "m.pt").exists()  # removed after a finished run
+    if arch == "vox2vox":
+        from napari_vnet.models import load_discriminator
+
+        assert load_discriminator(summary["out"]) is not None
+    # event contract
+    e = events[-1]
+    assert {"iteration", "total", "loss", "losses", "lr", "seconds"} <= set(e)
+    assert e["iteration"] == e["total"] == 10
+
+
+@pytest.mark.slow
+def test_sparse_labels_train_and_unannotated_voxels_are_invisible(tmp_path):
+    image, labels = sphere_pair()
+    annotated = [5, 8, 11]  # three annotated z slices
+    garbage = labels.copy()
+    rng = np.random.default_rng(1)
+    outside = np.ones(labels.shape, bool)
+    outside[annotated] = False
+    garbage[outside] = rng.integers(0, 2, outside.sum())  # every unannotated label scrambled
+    assert (garbage != labels).any()
+    runs = []
+    for i, lab in enumerate((labels, garbage)):
+        torch.manual_seed(0)
+        cfg = config(iterations=8, classes="1=organ", eval_every=100)
+        events, summary = drain(
+            finetune(
+                [TrainingPair(image, lab, annotated=annotated)], cfg, out=tmp_path / f"m{i}.pt"
+            )
+        )
+        runs.append(([e["loss"] for e in events], summary))
+    (loss_a, sum_a), (loss_b, sum_b) = runs
+    assert loss_a == loss_b  # bit-identical losses at every iteration
+    state_a = load_checkpoint(sum_a["out"])[0].state_dict()
+    state_b = load_checkpoint(sum_b["out"])[0].state_dict()
+    assert all(torch.equal(state_a[k], state_b[k]) for k in state_a)
+    assert np.mean(loss_a[-3:]) < np.mean(loss_a[:3])  # and it still learns
+
+
+def test_ignore_index_is_unannotated():
+    image, labels = sphere_pair()
+    labels = labels.astype(np.int16)
+    labels[:4] = -1
+    cases, classes, _ = prepare_cases(
+        [TrainingPair(image, labels)], None, spacing=None, normalization={"kind": "zscore"},
+        ignore_index=-1,
+    )  # fmt: skip
+    assert [c.value for c in classes] == [0, 1]  # -1 is not a class
+    assert not cases[0].mask[:4].any() and cases[0].mask[4:].all()
+
+
+def test_cancel_keeps_best_checkpoint_and_resume_continues(tmp_path):
+    image, labels = sphere_pair()
+    out = tmp_path / "m.pt"
+    seen = []
+    gen = finetune(
+        [TrainingPair(image, labels)],
+        config(iterations=10, eval_every=3),
+        out=out,
+        should_stop=lambda: len(seen) >= 5,
+    )
+    events, summary = [], None
+    while True:
+        try:
+            e = next(gen)
+        except StopIteration as stop:
+            summary = stop.value
+            break
+        seen.append(e)
+        events.append(e)
+    assert summary["cancelled"] and summary["iterations"] == 5
+    model, card = load_checkpoint(out)  # the best checkpoint is on disk and loadable
+    assert card.history["iterations"] in (3, 5)
+    assert resume_path(out).exists() and summary["resume_file"] == str(resume_path(out))
+    # resume: continues at iteration 6 and ends at 10
+    events2, summary2 = drain(
+        finetune(
+            [TrainingPair(image, labels)], config(iterations=10, eval_every=3, resume=True), out=out
+        )
+    )
+    assert [e["iteration"] for e in events2] == list(range(6, 11))
+    assert summary2["iterations"] == 10 and not summary2["cancelled"]
+    assert not resume_path(out).exists()
+    assert load_checkpoint(out)[1].history["iterations"] >= 3
+
+
+def test_closing_the_generator_writes_checkpoint_and_resume_file(tmp_path):
+    image, labels = sphere_pair()
+    out = tmp_path / "m.pt"
+    gen = finetune([TrainingPair(image, labels)], config(iterations=50, eval_every=100), out=out)
+    next(gen)
+    next(gen)
+    gen.close()  # what a napari GeneratorWorker.quit() does
+    model, card = load_checkpoint(out)
+    assert card.history["iterations"] == 2
+    assert resume_path(out).exists()
+
+
+def test_failed_checkpoint_write_keeps_old_file_and_leaves_no_temp(tmp_path, monkeypatch):
+    image, labels = sphere_pair()
+    out = tmp_path / "m.pt"
+    run_training([TrainingPair(image, labels)], config(iterations=2), out=out)
+    before = out.read_bytes()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.pt"]
+
+    def killed_save(obj, f, *args, **kwargs):  # dies half-way through writing
+        f.write(b"PK\x03\x04 half a checkpoint")
+        raise OSError("No space left on device (simulated)")
+
+    monkeypatch.setattr(torch, "save", killed_save)
+    with pytest.raises(OSError, match="simulated"):
+        run_training([TrainingPair(image, labels)], config(iterations=2, seed=3), out=out)
+    monkeypatch.undo()
+    assert out.read_bytes() == before
+    load_checkpoint(out)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.pt"]
+
+
+def test_time_budget_stops_the_run(tmp_path):
+    image, labels = sphere_pair()
+    events, summary = drain(
+        finetune(
+            [TrainingPair(image, labels)],
+            config(iterations=None, minutes=0.03, eval_every=1000),
+            out=tmp_path / "m.pt",
+        )
+    )
+    assert summary["iterations"] == len(events) >= 1
+    assert 1.8 <= summary["seconds"] < 60
+    assert (tmp_path / "m.pt").exists()
+
+
+def test_validation_split_reports_dice(tmp_path):
+    image, labels = sphere_pair()
+    events, summary = drain(
+        finetune(
+            [TrainingPair(image, labels)],
+            config(iterations=4, val_fraction=0.3),
+            out=tmp_path / "m.pt",
+        )
+    )
+    vals = [e["val_dice"] for e in events if "val_dice" in e]
+    assert len(vals) == 2 and all(0.0 <= v <= 1.0 for v in vals)
+    assert summary["val_dice"] == max(vals)
+    card = load_checkpoint(tmp_path / "m.pt")[1]
+    assert card.history["val_dice"] == summary["val_dice"]
+    assert card.history["run"]["validation_cases"] == ["pair 0 (validation slab)"]
+
+
+def test_finetune_with_new_classes_reinitialises_the_output_layer(tmp_path):
+    base_card = ModelCard(arch="unet3d", arch_kwargs=TINY["unet3d"], spacing=(1.0, 1.0, 1.0))
+    base_card.classes = parse_classes("1=organ")
+    base_model = build_model(base_card)
+    save_checkpoint(base_model, base_card, tmp_path / "base.pt")
+    image, labels = sphere_pair()
+    labels = labels.copy()
+    labels[:3] = 7  # a new class
+    events, summary = drain(
+        finetune(
+            [TrainingPair(image, labels)],
+            TrainConfig(iterations=2, classes="1=organ,7=slab", patch_size=(16, 16, 16)),
+            base=tmp_path / "base.pt",
+            out=tmp_path / "new.pt",
+        )
+    )
+    model, card = load_checkpoint(tmp_path / "new.pt")
+    assert card.label_values == [0, 1, 7] and model.out_channels == 3
+    run = card.history["run"]
+    assert run["reinitialised_output_layer"] and run["started_from"] == "base.pt"
+    assert "head.weight" in run["reinitialised_tensors"]
+    assert [c["value"] for c in run["previous_classes"]] == [0, 1]
+    # the rows of classes kept from the base are copied, not re-initialised
+    fresh = build_model(card)
+    _transfer_weights(fresh, base_model.state_dict(), base_card.classes, card.classes)
+    old = base_model.state_dict()["head.weight"]
+    assert torch.equal(fresh.state_dict()["head.weight"][:2], old)
+    body = [k for k in fresh.state_dict() if not k.startswith("head.")]
+    assert body and all(
+        torch.equal(fresh.state_dict()[k], base_model.state_dict()[k]) for k in body
+    )
+
+
+def test_classes_select_values_and_others_become_background():
+    image, _ = sphere_pair()
+    labels = np.zeros(image.shape, np.uint8)
+    labels[2:5] = 5
+    labels[6:9] = 1
+    labels[10:12] = 6
+    cases, classes, _ = prepare_cases(
+        [TrainingPair(image, labels)], parse_classes("5=liver,1=spleen"), spacing=None,
+        normalization={"kind": "zscore"},
+    )  # fmt: skip
+    assert [(c.value, c.name) for c in classes] == [(0, "background"), (5, "liver"), (1, "spleen")]
+    t = cases[0].target
+    assert (t[2:5] == 1).all() and (t[6:9] == 2).all() and (t[10:12] == 0).all()
+    with pytest.raises(TrainingError, match="VALUE=NAME"):
+        parse_classes("liver")
+
+
+def test_files_with_flipped_label_geometry_are_aligned_and_resampled(tmp_path):
+    image, labels = sphere_pair()
+    labels[:, :5, :] = 2  # asymmetric in y so a flip would show
+    img = sitk.GetImageFromArray(image)
+    img.SetSpacing((1.0, 1.0, 2.0))
+    sitk.WriteImage(img, str(tmp_path / "img.nii.gz"))
+    # labels stored with rows flipped: direction diag(1, -1, 1), origin at the last row
+    lab = sitk.GetImageFromArray(labels[:, ::-1, :].copy())
+    lab.SetSpacing((1.0, 1.0, 2.0))
+    lab.SetDirection((1, 0, 0, 0, -1, 0, 0, 0, 1))
+    lab.SetOrigin((0.0, float(labels.shape[1] - 1), 0.0))
+    sitk.WriteImage(lab, str(tmp_path / "lab.nii.gz"))
+    pair = TrainingPair(str(tmp_path / "img.nii.gz"), str(tmp_path / "lab.nii.gz"))
+    cases, classes, spacing = prepare_cases(
+        [pair], None, spacing=None, normalization={"kind": "none"}
+    )
+    assert spacing == (2.0, 1.0, 1.0)
+    lut = {c.value: i for i, c in enumerate(classes)}
+    np.testing.assert_array_equal(cases[0].target, np.vectorize(lut.get)(labels))
+    # resampled to 2 mm: half the rows and columns, labels still on the anatomy
+    cases2, _, _ = prepare_cases(
+        [pair], classes, spacing=(2.0, 2.0, 2.0), normalization={"kind": "none"}
+    )
+    assert cases2[0].shape == (16, 12, 12)
+    assert (cases2[0].target[:, :2] == lut[2]).all() and (cases2[0].target[:, 3:] != lut[2]).all()
+
+
+def test_patch_sampler_oversamples_foreground_and_augments_consistently():
+    image, labels = sphere_pair(shape=(24, 32, 32))
+    cases, _, _ = prepare_cases(
+        [TrainingPair(labels.astype(np.float32), labels)], None, spacing=None,
+        normalization={"kind": "none"},
+    )  # fmt: skip
+    sampler = PatchSampler(cases, (8, 8, 8), foreground_fraction=1.0, augment=True, seed=0)
+    img, tgt, msk = sampler.sample(16)
+    assert img.shape == (16, 1, 8, 8, 8) and tgt.shape == (16, 8, 8, 8) and msk is None
+    assert all((t > 0).any() for t in tgt)  # every patch holds foreground
+    # flips/rotations move image and labels together; intensity changes stay small
+    np.testing.assert_array_equal(img[:, 0] > 0.5, tgt > 0)
+    plain = PatchSampler(cases, (8, 8, 8), foreground_fraction=0.0, augment=False, seed=0)
+    frac = np.mean([(plain.sample(1)[1] > 0).any() for _ in range(40)])
+    assert frac < 0.9  # without oversampling many patches miss the small sphere
+
+
+def test_sparse_sampler_patches_always_hold_annotated_voxels():
+    image, labels = sphere_pair(shape=(32, 16, 16))
+    cases, _, _ = prepare_cases(
+        [TrainingPair(image, labels, annotated=[3])], parse_classes("1=organ"), spacing=None,
+        normalization={"kind": "zscore"},
+    )  # fmt: skip
+    sampler = PatchSampler(cases, (8, 8, 8), foreground_fraction=0.3, seed=0)
+    _, _, msk = sampler.sample(12)
+    assert msk is not None and all(m.any() for m in msk)
+
+
+def test_small_volume_is_padded_to_the_patch(tmp_path):
+    image, labels = sphere_pair(shape=(6, 20, 20))
+    events, summary = drain(
+        finetune(
+            [TrainingPair(image, labels)],
+            config(iterations=2, patch_size=(16, 16, 16)),
+            out=tmp_path / "m.pt",
+        )
+    )
+    assert summary["patch_size"] == [6, 16, 16]  # clipped to the data along z
+    assert np.isfinite(events[-1]["loss"])
+
+
+def test_bad_inputs_raise_specific_errors(tmp_path):
+    image, labels = sphere_pair()
+    with pytest.raises(TrainingError, match="pair 0: labels shape"):
+        prepare_cases([TrainingPair(image, labels[:-1])], None, spacing=None, normalization={})
+    with pytest.raises(TrainingError, match="no foreground"):
+        prepare_cases([TrainingPair(image, labels * 0)], None, spacing=None, normalization={})
+    with pytest.raises(TrainingError, match="slice indices"):
+        prepare_cases(
+            [TrainingPair(image, labels, annotated=[99])], None, spacing=None, normalization={}
+        )
+    with pytest.raises(TrainingError, match="architecture"):
+        drain(finetune([TrainingPair(image, labels)], TrainConfig(), out=tmp_path / "m.pt"))
+
+
+def test_volume_inputs_keep_their_spacing():
+    image, labels = sphere_pair()
+    vol = Volume(image, spacing=(2.0, 0.5, 0.5))
+    cases, _, spacing = prepare_cases(
+        [TrainingPair(vol, Volume(labels, spacing=(2.0, 0.5, 0.5)))], None, spacing=(2.0, 1.0, 1.0),
+        normalization={"kind": "zscore"},
+    )  # fmt: skip
+    assert spacing == (2.0, 1.0, 1.0) and cases[0].shape == (16, 12, 12)
