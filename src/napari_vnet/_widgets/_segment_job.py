@@ -14,6 +14,7 @@ GUI) and restored afterwards.
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 import queue
@@ -134,6 +135,7 @@ class SegmentJob:
 
         self.thread = threading.Thread(target=target, name="napari-vnet-predict", daemon=True)
         self.thread.start()
+        _warm_up_imports()
         while True:
             item = q.get()
             if item is _DONE:
@@ -209,6 +211,17 @@ class SegmentJob:
             batch_size=int(pred.batch_size),
             windows=int(pred.windows),
         )
+
+
+def _warm_up_imports() -> None:
+    """Import now, off the GUI thread, what napari needs to show a Labels layer with a
+    features table for the first time (pandas alone takes ~0.5-1 s), so that adding the
+    result does not freeze the viewer for that long."""
+    for name in ("pandas", "napari._vispy.overlays.labels_polygon", "napari._vispy.layers.labels"):
+        try:
+            importlib.import_module(name)
+        except Exception as exc:  # an optimisation only
+            log.debug("warm-up import of %s failed: %s", name, exc)
 
 
 def _check_image(image: np.ndarray, name: str, emit) -> JobFailed | None:
