@@ -88,11 +88,15 @@ def geometry_kwargs(image_layer) -> dict[str, Any]:
 def result_metadata(image_layer, card: ModelCard, info: dict[str, Any]) -> dict[str, Any]:
     """``metadata`` of the result layer: the image's source geometry and the run record."""
     source = image_layer.metadata.get("napari_vnet", {}) if image_layer.metadata else {}
-    record: dict[str, Any] = {
-        k: v for k, v in dict(source).items() if k not in ("path", "annotated_slices")
-    }
-    if "path" in source:
-        record["source_path"] = source["path"]
+    # the IO geometry record (spacing/origin/direction/shape/metadata) stays valid: the
+    # labels share the image's grid; they are not the image's file, though
+    record: dict[str, Any] = {k: v for k, v in dict(source).items() if k != "annotated_slices"}
+    if record.get("path"):
+        record["source_path"] = record["path"]
+    record["path"] = None
+    if "shape" in record or "spacing" in record:
+        record["is_label"] = True
+        record["pixel_type"] = ""
     record.update(info)
     record["classes"] = [c.to_dict() for c in card.classes]
     record["source_layer"] = image_layer.name
