@@ -1074,8 +1074,9 @@ def _run(pairs, config: TrainConfig, base, out: Path, progress, should_stop, dis
         if dist.is_main:
             if improved or not state["best_written"]:
                 _save(model, card_with_history(it, seconds), out, disc, {"best": dict(best)})
-                state["best_written"] = True
             write_resume(it, seconds)
+        state["best_written"] = True  # on every rank, so all take the same branches
+        state["last_eval_it"] = it
         dist.barrier()
         return val, improved
 
@@ -1147,7 +1148,6 @@ def _run(pairs, config: TrainConfig, base, out: Path, progress, should_stop, dis
             if dist.any(due or is_last) if dist.enabled else (due or is_last):
                 val, improved = checkpoint(it, seconds, ema)
                 last_eval = time.perf_counter()
-                state["last_eval_it"] = it
                 if val is not None:
                     event["val_dice"] = val
                 if improved and dist.is_main:
