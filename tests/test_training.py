@@ -367,3 +367,24 @@ def test_volume_inputs_keep_their_spacing():
         normalization={"kind": "zscore"},
     )  # fmt: skip
     assert spacing == (2.0, 1.0, 1.0) and cases[0].shape == (16, 12, 12)
+
+
+def test_output_channels_follow_class_names_then_values():
+    from napari_vnet.training import _matching_channels
+
+    phantom = parse_classes("1=liver,2=spleen,3=kidneys")
+    ct = parse_classes("5=liver,1=spleen,6=stomach")
+    assert _matching_channels(phantom, ct) == [(0, 0), (1, 1), (2, 2)]
+    # same number of classes in another order: the head rows are permuted, not kept
+    old_card = ModelCard(
+        arch="unet3d", arch_kwargs=TINY["unet3d"], classes=parse_classes("1=a,2=b")
+    )
+    old = build_model(old_card)
+    new_card = ModelCard(
+        arch="unet3d", arch_kwargs=TINY["unet3d"], classes=parse_classes("2=b,1=a")
+    )
+    new = build_model(new_card)
+    reinit = _transfer_weights(new, old.state_dict(), old_card.classes, new_card.classes)
+    assert set(reinit) == {"head.weight", "head.bias"}
+    w_old, w_new = old.state_dict()["head.weight"], new.state_dict()["head.weight"]
+    assert torch.equal(w_new[1], w_old[2]) and torch.equal(w_new[2], w_old[1])

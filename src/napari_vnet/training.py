@@ -544,36 +544,61 @@ def _default_discriminator_kwargs(model: torch.nn.Module) -> dict[str, Any]:
     return {"channels": list(widths)[:4]} if widths else {}
 
 
-def _transfer_weights(new: torch.nn.Module, old_state: dict, old_classes, new_classes) -> list[str]:
-    """Copy every matching tensor of ``old_state`` into ``new``.
+def _matching_channels(old_classes, new_classes) -> list[tuple[int, int]]:
+    """(new channel, old channel) pairs for classes known to both cards: background to
+    background, then by name (case-insensitive; liver stays liver even when the new labels
+    number it 5 instead of 1), then by label value for classes whose names do not match."""
+    old_by_name = {c.name.strip().lower(): i for i, c in enumerate(old_classes) if i}
+    old_by_value = {c.value: i for i, c in enumerate(old_classes) if i}
+    pairs, used = [(0, 0)], {0}
+    for j, c in enumerate(new_classes):
+        i = old_by_name.get(c.name.strip().lower()) if j else None
+        if i is not None and i not in used:
+            pairs.append((j, i))
+            used.add(i)
+    done = {j for j, _ in pairs}
+    for j, c in enumerate(new_classes):
+        i = old_by_value.get(c.value)
+        if j and j not in done and i is not None and i not in used:
+            pairs.append((j, i))
+            used.add(i)
+    return pairs
 
-    Tensors whose shape changed because the number of classes changed (the output layer)
-    are re-initialised, except the rows of classes whose label value exists in both cards,
-    which are copied. Returns the names of the re-initialised tensors.
+
+def _transfer_weights(new: torch.nn.Module, old_state: dict, old_classes, new_classes) -> list[str]:
+    """Copy the base network's weights into ``new`` (built for ``new_classes``).
+
+    The output layer (``head.*``, or any tensor whose first dimension is the class count
+    and changed with it) is re-initialised, except the rows of classes both cards know
+    (see :func:`_matching_channels`), which are copied into their new channel. Every
+    other tensor is copied. Returns the names of the re-initialised tensors.
     """
-    old_pos = {c.value: i for i, c in enumerate(old_classes)}
-    pairs = [(j, old_pos[c.value]) for j, c in enumerate(new_classes) if c.value in old_pos]
+    pairs = _matching_channels(old_classes, new_classes)
+    n_old, n_new = len(old_classes), len(new_classes)
     state = new.state_dict()
     reinit = []
     for key, value in state.items():
-        if key not in old_state:
+        old = old_state.get(key)
+        if old is None:
             reinit.append(key)
             continue
-        old = old_state[key]
-        if old.shape == value.shape:
-            state[key] = old.to(value.dtype)
-            continue
-        reinit.append(key)
-        if (
+        is_output = (
             old.ndim == value.ndim
             and old.shape[1:] == value.shape[1:]
-            and old.shape[0] == len(old_classes)
-            and value.shape[0] == len(new_classes)
-        ):
+            and old.shape[0] == n_old
+            and value.shape[0] == n_new
+            and (key.startswith("head.") or old.shape != value.shape)
+        )
+        if is_output:
+            reinit.append(key)
             fresh = value.clone()
             for j, i in pairs:
                 fresh[j] = old[i]
             state[key] = fresh
+        elif old.shape == value.shape:
+            state[key] = old.to(value.dtype)
+        else:
+            reinit.append(key)
     new.load_state_dict(state)
     return reinit
 
@@ -628,6 +653,10 @@ def _build(card: ModelCard, base_info, classes, notes, config: TrainConfig):
             notes["reinitialised_output_layer"] = True
             notes["reinitialised_tensors"] = reinit
             notes["previous_classes"] = [c.to_dict() for c in base_card.classes]
+            notes["kept_classes"] = [
+                f"{base_card.classes[i].name} (channel {i}) -> {classes[j].name} (channel {j})"
+                for j, i in _matching_channels(base_card.classes, classes)
+            ]
             disc_state = None  # its segmentation channels changed
         else:
             if classes is not None:  # same values, maybe new names
