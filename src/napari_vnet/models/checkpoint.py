@@ -18,13 +18,13 @@ never runs code. Every problem is raised as :class:`CheckpointError` naming the 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
 import pickle
 import re
 import tempfile
-import zipfile
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any
@@ -100,6 +100,23 @@ def _check_plain(obj: Any, where: str) -> None:
         )
 
 
+def _complete_card(card: ModelCard, net: nn.Module) -> ModelCard:
+    """The card with every constructor keyword of ``net`` written out, so the checkpoint
+    rebuilds the same network even if a default changes in a later version."""
+    built = getattr(net, "arch_kwargs", None)
+    if not isinstance(built, dict):
+        return card
+    given = json.loads(json.dumps(card.arch_kwargs, default=list))
+    built = json.loads(json.dumps(built))
+    for key, value in given.items():
+        if key in built and built[key] != value:
+            raise ValueError(
+                f"model card arch_kwargs {key}={value!r} but the model was built with "
+                f"{key}={built[key]!r}"
+            )
+    return dataclasses.replace(card, arch_kwargs={**given, **built})
+
+
 def save_checkpoint(
     model: nn.Module,
     card: ModelCard,
@@ -131,6 +148,7 @@ def save_checkpoint(
                 f"model has {attr}={got} but the card says {want}"
                 + (" (one class per output channel)" if attr == "out_channels" else "")
             )
+    card = _complete_card(card, net)
     if extra is not None:
         if not isinstance(extra, dict):
             raise ValueError(f"extra must be a dict, got {type(extra).__name__}")
@@ -191,23 +209,29 @@ def _read(path: Path, map_location: Any) -> Any:
         return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
         text = str(exc)
-        if "weights_only" in text.lower() or "unsupported global" in text.lower():
-            culprit = _unsupported_global(text)
+        culprit = _unsupported_global(text)
+        if culprit:
             raise CheckpointError(
-                f"{path}: refused to load: the file contains pickled Python objects"
-                f"{f' ({culprit})' if culprit else ''} rather than plain tensors, and "
-                "loading them could run code. napari-vnet only loads weights saved with "
-                "save_checkpoint (or `napari-vnet train`); if you trust the file, load it "
-                "yourself and re-save the network's state_dict with save_checkpoint"
+                f"{path}: refused to load: the file contains pickled Python objects "
+                f"({culprit}) rather than plain tensors, and loading them could run code. "
+                "napari-vnet only loads weights saved with save_checkpoint (or `napari-vnet "
+                "train`); if you trust the file, load it yourself and re-save the network's "
+                "state_dict with save_checkpoint"
             ) from None
-        raise CheckpointError(f"{path}: not a PyTorch checkpoint ({_short(text)})") from None
-    except (RuntimeError, zipfile.BadZipFile, EOFError, OSError, ValueError) as exc:
+        if head == b"PK\x03\x04":
+            raise CheckpointError(
+                f"{path}: corrupted PyTorch checkpoint (its pickled data cannot be read)"
+            ) from None
+        raise CheckpointError(f"{path}: not a PyTorch checkpoint (unreadable data)") from None
+    except Exception as exc:  # untrusted bytes can fail anywhere inside the unpickler
         if head == b"PK\x03\x04":
             raise CheckpointError(
                 f"{path}: truncated or corrupted PyTorch checkpoint ({_short(str(exc))}); "
                 "was it copied or downloaded completely?"
             ) from None
-        raise CheckpointError(f"{path}: not a PyTorch checkpoint ({_short(str(exc))})") from None
+        raise CheckpointError(
+            f"{path}: not a PyTorch checkpoint ({type(exc).__name__}: {_short(str(exc))})"
+        ) from None
 
 
 def _short(text: str) -> str:

@@ -7,7 +7,7 @@ works: the input is padded to a multiple of ``2 ** (len(channels) - 1)`` (8 with
 default widths) and cropped back.
 
 Architecture: at each level two 3x3x3 convolutions, each followed by normalisation
-(batch norm as in the paper, or instance norm) and ReLU; 2x2x2 max-pooling down;
+(instance norm by default; batch norm as in the paper is an option) and ReLU; 2x2x2 max-pooling down;
 2x2x2 stride-2 transposed convolutions up, concatenation with the encoder level of the
 same resolution, two more conv-norm-ReLU; a 1x1x1 convolution per class. Unlike the
 paper, convolutions are padded ("same"), so the output has the input's size.
@@ -67,7 +67,8 @@ class UpConcat(nn.Module):
 
 class UNet3D(SegmentationNet):
     """3D U-Net. Keywords: ``channels`` (one width per level, default 32-64-128-256;
-    depth = len - 1), ``norm`` ("batch" default, "instance", "group" or None),
+    depth = len - 1), ``norm`` ("instance" default; "batch" as in the paper, which needs
+    batches of several patches to give good running statistics; "group" or None),
     ``dropout`` (Dropout3d after each decoder level and the bottom), ``pad_mode``."""
 
     def __init__(
@@ -75,7 +76,7 @@ class UNet3D(SegmentationNet):
         in_channels: int = 1,
         out_channels: int = 2,
         channels: Sequence[int] = DEFAULT_CHANNELS,
-        norm: str | None = "batch",
+        norm: str | None = "instance",
         dropout: float = 0.0,
         pad_mode: str = "replicate",
     ):

@@ -22,7 +22,13 @@ SHIPPED_NAMES: dict[str, str] = {
     "vox2vox-phantom": "Vox2Vox (GAN) generator trained on the synthetic abdominal phantoms",
 }
 
-__all__ = ["SHIPPED_NAMES", "WEIGHTS_DIR", "resolve_weights", "shipped_weights"]
+__all__ = [
+    "SHIPPED_NAMES",
+    "WEIGHTS_DIR",
+    "WeightsNotFoundError",
+    "resolve_weights",
+    "shipped_weights",
+]
 
 
 def shipped_weights() -> dict[str, Path]:
