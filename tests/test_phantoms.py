@@ -84,11 +84,11 @@ def test_hounsfield_ranges(default_phantom):
     for v in (LIVER, SPLEEN, KIDNEYS, SPINE):
         core = ndimage.binary_erosion(lab == v, iterations=1)
         inner[v] = float(np.median(hu[core]))
-    assert 45 <= inner[LIVER] <= 80
-    assert 30 <= inner[SPLEEN] <= 60
-    assert 15 <= inner[KIDNEYS] <= 45
-    assert 350 <= inner[SPINE] <= 800
-    assert inner[LIVER] > inner[SPLEEN] > inner[KIDNEYS]
+    assert 90 <= inner[LIVER] <= 115
+    assert 115 <= inner[SPLEEN] <= 140
+    assert 160 <= inner[KIDNEYS] <= 195
+    assert 400 <= inner[SPINE] <= 850
+    assert inner[LIVER] < inner[SPLEEN] < inner[KIDNEYS] < inner[SPINE]
     body = hu > -500
     fat = body & (hu < -50) & (lab == 0)
     assert fat.sum() > 1000 and -140 < np.median(hu[fat]) < -60

@@ -1,16 +1,20 @@
 """Deterministic synthetic torso CT phantoms with ground-truth label maps.
 
 ``make_phantom(seed)`` draws an abdominal CT-like volume: air outside the body (-1000 HU),
-an elliptical body outline with subcutaneous fat, an abdominal muscle wall, visceral fat,
-bowel loops with gas, the aorta, paraspinal muscles, and four labelled structures with
-CT-like attenuation (non-contrast values, roughly as tabulated in radiology texts):
+an elliptical body outline with subcutaneous fat (-110..-90 HU), an abdominal muscle wall
+(45-58 HU), visceral fat, bowel loops (5-30 HU) with gas, the enhanced aorta, paraspinal
+muscles, and four labelled structures with the attenuation of a contrast-enhanced
+(portal-venous / nephrographic phase) abdominal CT:
 
 ====  ========  ===========================================
- 1    liver     ~55-70 HU, patient right, upper abdomen
- 2    spleen    ~42-52 HU, patient left, posterior
- 3    kidneys   ~28-38 HU, both kidneys (one class), posterior
- 4    spine     vertebral bodies and arches, ~350-650 HU
+ 1    liver     95-110 HU, patient right, upper abdomen
+ 2    spleen    120-135 HU, patient left, posterior
+ 3    kidneys   165-190 HU, both kidneys (one class), posterior
+ 4    spine     vertebral bodies and arches, 500-750 HU
 ====  ========  ===========================================
+
+Per-organ values are drawn per seed, plus smooth texture, partial-volume blur and
+Gaussian noise (sd 6-12 HU).
 
 Every seed varies body size, position and in-plane rotation, organ sizes, positions,
 orientations and boundary shapes, intensities, texture, noise and voxel spacing.
@@ -308,14 +312,14 @@ def make_phantom(
     hu = {
         "fat": u(-110, -90),
         "visceral": u(-100, -80),
-        "muscle": u(42, 55),
-        "bowel": u(8, 25),
-        "liver": u(55, 70),
-        "spleen": u(42, 52),
-        "kidneys": u(28, 38),
-        "disc": u(70, 100),
+        "muscle": u(45, 58),
+        "bowel": u(5, 30),
+        "liver": u(95, 110),
+        "spleen": u(120, 135),
+        "kidneys": u(165, 190),
+        "disc": u(60, 85),
         "bone": u(500, 750),
-        "aorta": u(38, 48),
+        "aorta": u(200, 230),
     }
     img = np.full(shape, -1000.0, np.float32)
     img[body] = hu["fat"]
@@ -338,7 +342,7 @@ def make_phantom(
     img += amp * tex
     # partial-volume blur (about half a voxel), then scanner noise
     img = ndimage.gaussian_filter(img, sigma=(0.5, 0.6, 0.6))
-    noise_sd = u(8.0, 14.0)
+    noise_sd = u(6.0, 12.0)
     img += rng.standard_normal(shape).astype(np.float32) * np.float32(noise_sd)
     image = np.clip(np.rint(img), -1024, 3071).astype(np.int16)
 
