@@ -130,6 +130,7 @@ def test_train_on_painted_slices_then_resegment(make_napari_viewer, qtbot, base_
     listed = [Path(str(c)).resolve() for c in seg.model.weights.choices if c]
     assert out.resolve() in listed
 
+    assert Path(ft.out_edit.text()) == base_weights.parent / "tiny-ft2.pt"  # next version
     n_layers = len(viewer.layers)
     with qtbot.waitSignal(seg.prediction_added, timeout=TIMEOUT_MS) as added:
         assert ft.segment_with_new_weights() is not None
@@ -320,3 +321,41 @@ def test_default_output_path_versions_and_never_the_base(tmp_path, monkeypatch):
 
     shipped = Path(napari_vnet.__file__).parent / "weights" / "vnet-phantom.pt"
     assert default_output_path(shipped) == user_weights_dir() / "vnet-phantom-ft1.pt"
+
+
+@pytest.mark.gui
+def test_engine_error_is_shown_and_the_dock_recovers(make_napari_viewer, qtbot):
+    viewer = make_napari_viewer()
+    image_data, truth = blob_volume()
+    image = viewer.add_image(image_data, scale=SCALE)
+    labels = viewer.add_labels(np.zeros_like(truth), scale=SCALE)  # nothing to learn
+    ft = FinetuneWidget(viewer)
+    ft.add_pair(image, labels)
+    ft.voxels_combo.setCurrentText(WHOLE)
+    ft.new_model_radio.setChecked(True)
+    ft.width_spin.setValue(2)
+    small_settings(ft, iterations=2)
+    with qtbot.waitSignal(ft.train().errored, timeout=60_000):
+        pass
+    qtbot.waitUntil(lambda: ft._worker is None, timeout=10_000)
+    assert "Training failed" in ft.status_label.text()
+    assert "foreground" in ft.status_label.text()  # the engine's own explanation
+    assert ft.train_btn.isEnabled() and not ft.cancel_btn.isEnabled()
+
+
+def test_loss_curve_skips_missing_values_and_fits_the_data(qapp):
+    from napari_vnet._widgets._losscurve import LossCurve
+
+    curve = LossCurve()
+    curve.add_point(1, 2.0)
+    curve.add_point(2, float("nan"))
+    curve.add_point(3, 1.5, val_dice=0.25)
+    curve.add_point(4, None, val_dice=0.5)
+    curve.redraw()
+    assert curve.iterations == [1, 3] and curve.losses == [2.0, 1.5]
+    assert curve.val_iterations == [3, 4] and curve.val_dice == [0.25, 0.5]
+    lo, hi = curve.ax_loss.get_ylim()
+    assert 1.3 < lo < 1.5 and 2.0 < hi < 2.2  # the data's range, not 0..max
+    assert list(curve._dice_line.get_ydata()) == [0.25, 0.5]
+    curve.clear()
+    assert curve.losses == [] and len(curve._raw_line.get_xdata()) == 0

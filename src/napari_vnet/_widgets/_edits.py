@@ -191,7 +191,10 @@ class EditTracker(QObject):
         for atom in atoms:
             touched |= touched_slices(atom, axis, shape)
         if touched and add_slices(layer, axis, touched):
-            self.changed.emit(layer)
+            try:
+                self.changed.emit(layer)
+            except RuntimeError:  # the dock that owned this tracker was deleted
+                self.disconnect_layer()
 
     def disconnect_layer(self) -> None:
         try:

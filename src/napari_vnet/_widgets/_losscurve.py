@@ -35,7 +35,7 @@ class LossCurve(QWidget):
         self.figure = Figure(figsize=(3.2, 2.2), dpi=100, facecolor=BG, layout="tight")
         self.canvas = FigureCanvasQTAgg(self.figure)
         self.canvas.setSizePolicy(QSizePolicy.Expanding, QSizePolicy.Expanding)
-        self.canvas.setMinimumHeight(170)
+        self.canvas.setMinimumHeight(210)
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
         layout.addWidget(self.canvas)
@@ -58,7 +58,15 @@ class LossCurve(QWidget):
             [], [], color=DICE_COLOR, lw=1.4, marker="o", ms=3, label="val Dice"
         )
         handles = [self._raw_line, self._smooth_line, self._dice_line]
-        leg = ax.legend(handles=handles, loc="upper center", fontsize=7, frameon=False, ncol=3)
+        leg = ax.legend(
+            handles=handles,
+            loc="lower center",
+            bbox_to_anchor=(0.5, 1.0),
+            fontsize=7,
+            frameon=False,
+            ncol=3,
+            borderaxespad=0.2,
+        )
         for text in leg.get_texts():
             text.set_color(FG)
 
@@ -102,8 +110,8 @@ class LossCurve(QWidget):
         if xs:
             lo, hi = min(xs), max(xs)
             self.ax_loss.set_xlim(lo, hi if hi > lo else lo + 1)
-        if self.losses:
-            top = max(self.losses)
-            bottom = min(0.0, min(self.losses))
-            self.ax_loss.set_ylim(bottom, top * 1.05 if top > 0 else 1.0)
+        if self.losses:  # the data's range, so a slow decline is still visible
+            lo, hi = min(self.losses), max(self.losses)
+            pad = 0.08 * (hi - lo) if hi > lo else 0.1 * max(abs(hi), 1e-3)
+            self.ax_loss.set_ylim(max(0.0, lo - pad) if lo >= 0 else lo - pad, hi + pad)
         self.canvas.draw_idle()

@@ -116,6 +116,7 @@ class FinetuneWidget(QWidget):
         self.viewer = napari_viewer
         self._pairs: list[_Pair] = []
         self._trackers: dict[int, _edits.EditTracker] = {}
+        self._named: set[int] = set()
         self._worker = None
         self._stop = threading.Event()
         self._base_weights: Path | None = None  # set explicitly; else follow Segment dock
@@ -152,7 +153,7 @@ class FinetuneWidget(QWidget):
         row.addWidget(self.remove_pair_btn)
         form.addRow(row)
         self.pair_list = QListWidget()
-        self.pair_list.setMaximumHeight(70)
+        self.pair_list.setMaximumHeight(48)
         self.pair_list.setToolTip("Pairs to train on (empty: the pair selected above)")
         form.addRow(self.pair_list)
         self.voxels_combo = QComboBox()
@@ -239,18 +240,23 @@ class FinetuneWidget(QWidget):
         self.lr_spin.setDecimals(5)
         self.lr_spin.setRange(0.0, 1.0)
         self.lr_spin.setSingleStep(1e-4)
-        self.lr_spin.setSpecialValueText("auto (3e-4 fine-tune, 1e-3 new)")
+        self.lr_spin.setSpecialValueText("auto")
+        self.lr_spin.setToolTip("auto: 3e-4 when fine-tuning, 1e-3 for a new model")
         self.lr_spin.setValue(float(d.get("lr") or 0.0))
-        form.addRow("Learning rate", self.lr_spin)
         patch = d.get("patch_size")
         self.patch_edit = QLineEdit("" if patch is None else ",".join(str(p) for p in patch))
-        self.patch_edit.setPlaceholderText("auto (the weights' patch, else 48)")
-        self.patch_edit.setToolTip("z, y, x voxels, or one number for a cube; empty: auto")
-        form.addRow("Patch size", self.patch_edit)
+        self.patch_edit.setPlaceholderText("auto")
+        self.patch_edit.setToolTip(
+            "z, y, x voxels, or one number for a cube; empty: the weights' patch, else 48"
+        )
         self.batch_spin = QSpinBox()
         self.batch_spin.setRange(1, 64)
         self.batch_spin.setValue(int(d.get("batch_size", 2)))
-        form.addRow("Batch size", self.batch_spin)
+        self.batch_spin.setPrefix("batch ")
+        row = QHBoxLayout()
+        row.addWidget(self.lr_spin, 1)
+        row.addWidget(self.batch_spin)
+        form.addRow("Learning rate", row)
         self.val_spin = QSpinBox()
         self.val_spin.setRange(0, 50)
         self.val_spin.setSuffix(" %")
@@ -260,7 +266,11 @@ class FinetuneWidget(QWidget):
             "Annotated slices held out to measure validation Dice (the last slab of them "
             "with one pair; whole pairs with several). Off when fewer than 5 slices count."
         )
-        form.addRow("Validation", self.val_spin)
+        self.val_spin.setPrefix("validation ")
+        row = QHBoxLayout()
+        row.addWidget(self.patch_edit, 1)
+        row.addWidget(self.val_spin)
+        form.addRow("Patch size", row)
         self.device_combo = QComboBox()
         self.device_combo.addItems(["auto", "cpu", "cuda", "mps"])
         form.addRow("Device", self.device_combo)
@@ -321,6 +331,9 @@ class FinetuneWidget(QWidget):
             combo.blockSignals(False)
         present = {id(layer) for layer in self.viewer.layers}
         for layer in self.viewer.layers:
+            if id(layer) not in self._named:  # keep the combos' names current
+                layer.events.name.connect(self._on_layers_changed)
+                self._named.add(id(layer))
             if isinstance(layer, Labels) and id(layer) not in self._trackers:
                 tracker = _edits.EditTracker(layer, self)
                 tracker.changed.connect(self._on_labels_edited)
@@ -332,8 +345,10 @@ class FinetuneWidget(QWidget):
             for p in self._pairs
             if p.is_file or id(p.labels_layer) in present and id(p.image_layer) in present
         ]
+        self._named &= present
         self._refresh_pair_list()
         self._update_count()
+        self.refresh_base_weights()  # e.g. a new prediction: the Segment dock's weights
 
     def _on_labels_edited(self, layer) -> None:
         self._refresh_pair_list()
@@ -578,9 +593,8 @@ class FinetuneWidget(QWidget):
         self.train_btn.setEnabled(False)
         self.cancel_btn.setEnabled(True)
         self._t0 = time.perf_counter()
-        self._out = out
         self._budget = 60.0 * config.minutes if config.minutes else None
-        worker = thread_worker(training_job, start_thread=False)(
+        worker = thread_worker(training_job, start_thread=False, ignore_errors=True)(
             specs, config, base, out, self._stop, names
         )
         worker.yielded.connect(self._on_event)
@@ -650,10 +664,12 @@ class FinetuneWidget(QWidget):
             seg.refresh_weights()
             seg.select_weights(out)
         self.segment_btn.setEnabled(True)
+        self.refresh_base_weights()  # next default output: the next -ftN
         self.weights_saved.emit(str(out))
         _notify("info", f"Fine-tuned weights saved: {out}")
 
     def _on_error(self, exc: Exception) -> None:
+        logger.error("fine-tuning failed", exc_info=exc)
         self.status_label.setText(f"Training failed: {exc}")
         _notify("error", f"Training failed: {exc}")
 
@@ -709,7 +725,9 @@ class FinetuneWidget(QWidget):
         except (ValueError, OSError) as exc:
             _notify("error", f"Export refused: {exc}")
             return None
-        worker = thread_worker(export_job, start_thread=False)(items, Path(folder), names)
+        worker = thread_worker(export_job, start_thread=False, ignore_errors=True)(
+            items, Path(folder), names
+        )
         worker.returned.connect(lambda out: _notify("info", f"Training pairs exported to {out}"))
         worker.errored.connect(lambda exc: _notify("error", f"Export failed: {exc}"))
         worker.start()
