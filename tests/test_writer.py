@@ -148,3 +148,13 @@ def test_image_writer_rgb_and_2d(tmp_path):
     assert img.GetNumberOfComponentsPerPixel() == 3 and img.GetSize() == (7, 6)
     assert img.GetSpacing() == (0.25, 0.5) and img.GetOrigin() == (4.0, 3.0)
     assert np.array_equal(sitk.GetArrayFromImage(img), rgb)
+
+
+def test_mask_derived_with_with_array_is_protected_too(tmp_path):
+    src = write_volume(_vol(), tmp_path / "ct.nii.gz")
+    ct = read_volume(src)
+    mask = ct.with_array(ct.array > 0)  # path=None, but the metadata remembers the source
+    with pytest.raises(VolumeWriteError, match="source image"):
+        write_volume(mask, src)
+    out = write_volume(mask, tmp_path / "ct_mask.nii.gz")
+    assert sitk.ReadImage(str(out)).GetPixelID() == sitk.sitkUInt8

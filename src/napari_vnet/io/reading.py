@@ -442,7 +442,7 @@ def read_volume(
             + ", DICOM files and folders)",
         )
     name, ext = split_extension(path)
-    meta = {"format": ext.lower(), "name": name}
+    meta = {"format": ext.lower(), "name": name, "source_path": str(path)}
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
     try:

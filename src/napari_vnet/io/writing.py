@@ -121,8 +121,7 @@ def source_files(vol: Volume | None) -> list[Path]:
     if vol is None:
         return []
     out: list[Path] = [Path(f) for f in vol.metadata.get("source_files", []) or []]
-    src = vol.path or vol.metadata.get("source_path")
-    if src:
+    for src in {vol.path, vol.metadata.get("source_path")} - {None, ""}:
         p = Path(src)
         out.append(p)
         low = p.name.lower()
@@ -134,7 +133,7 @@ def source_files(vol: Volume | None) -> list[Path]:
             out.append(p.with_suffix(".img"))
         elif low.endswith(".img"):
             out.append(p.with_suffix(".hdr"))
-    return out
+    return [p for p in out if not p.is_dir()]
 
 
 def _same_file(a: Path, b: Path) -> bool:
