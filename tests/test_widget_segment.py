@@ -169,3 +169,18 @@ def test_nan_image_gives_an_error_and_no_layer(qtbot, dock, ckpt, notes):
     wait_done(qtbot, w)
     assert len(viewer.layers) == 1
     assert any("NaN" in m for m in errors(notes))
+
+
+def test_run_during_cancel_starts_when_the_cancelled_run_stopped(qtbot, dock, ckpt):
+    viewer, w = dock
+    viewer.add_image(volume((64, 48, 48)), name="big")
+    assert w.select_weights(ckpt)
+    w.overlap.value = 0.75
+    first = w.run()
+    qtbot.waitUntil(lambda: w._progress[0] >= 1, timeout=RUN_TIMEOUT_MS)
+    w.cancel()
+    assert w.run() is None  # queued behind the cancelling run (e.g. the Scans dock)
+    qtbot.waitUntil(lambda: w.worker is not None and w.worker is not first, timeout=RUN_TIMEOUT_MS)
+    w.cancel()  # and this one can be cancelled too
+    wait_done(qtbot, w)
+    assert len(viewer.layers) == 1

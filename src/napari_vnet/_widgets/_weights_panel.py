@@ -83,7 +83,7 @@ def read_card_cached(path: Path) -> ModelCard:
 
 
 def _fmt_triplet(values) -> str:
-    return " × ".join(f"{float(v):g}" for v in values)
+    return " × ".join(f"{float(v):.3g}" for v in values)
 
 
 def _fmt_normalization(norm: dict) -> str:
@@ -158,7 +158,9 @@ class WeightsPanel(QWidget):
             tooltip="Shipped models first, then recently used files.",
         )
         self.browse = PushButton(text="Browse…", tooltip="Open a checkpoint file (.pt)")
-        row = Container(widgets=[self.weights, self.browse], layout="horizontal", labels=False)
+        row = Container(
+            widgets=[self.weights, self.browse], layout="horizontal", labels=False, label="Weights"
+        )
         row.margins = (0, 0, 0, 0)
         self._form = Container(widgets=[self.arch, row])
         self._form.margins = (0, 0, 0, 0)

@@ -14,6 +14,7 @@ run leaves every layer as it was.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import time
@@ -21,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from magicgui.widgets import CheckBox, ComboBox, Container, FloatSpinBox, ProgressBar, SpinBox
+from magicgui.widgets import CheckBox, ComboBox, Container, FloatSpinBox, ProgressBar
 from qtpy.QtCore import QTimer, Signal
 from qtpy.QtWidgets import QGroupBox, QLabel, QPushButton, QVBoxLayout, QWidget
 
@@ -48,6 +49,7 @@ AMP_CHOICES = [
     ("bfloat16", "bf16"),
     ("float16", "fp16"),
 ]
+BATCH_CHOICES = [("auto", None)] + [(str(n), n) for n in (1, 2, 4, 8, 16)]
 POSTPROCESS = {
     "largest_component": "Keep the largest component of each class",
     "fill_holes": "Fill holes",
@@ -108,6 +110,11 @@ class SegmentWidget(QWidget):
         self._progress = (0, 0)
         self._t0 = 0.0
         self._last_status = ""
+        self._pending_run = False
+        # the running job, reachable without ``self`` so that it can be stopped when the
+        # dock (or the whole window) is destroyed mid-run
+        self._jobs: list[SegmentJob] = []
+        self.destroyed.connect(functools.partial(_stop_jobs, self._jobs))
 
         # ---- image picker
         self.image = ComboBox(
@@ -134,14 +141,11 @@ class SegmentWidget(QWidget):
             step=0.05,
             tooltip="Fraction of a patch shared by neighbouring windows (more = smoother, slower)",
         )
-        self.batch_size = SpinBox(
+        self.batch_size = ComboBox(
             label="Batch size",
-            value=0,
-            min=0,
-            max=64,
-            tooltip="Windows per forward pass; 0 = automatic (1 on CPU, from free GPU memory)",
+            choices=BATCH_CHOICES,
+            tooltip="Windows per forward pass; auto = 1 on CPU, from free memory on a GPU",
         )
-        self.batch_size.native.setSpecialValueText("auto")
         self.amp = ComboBox(
             label="Mixed precision",
             choices=AMP_CHOICES,
@@ -242,7 +246,11 @@ class SegmentWidget(QWidget):
         return True
 
     def run(self):
-        """Start segmenting in a generator thread worker and return it (None if refused).
+        """Start segmenting in a generator thread worker and return it.
+
+        Returns None when refused (an error notification says why), or when a cancelled
+        run is still stopping (this run then starts as soon as it has stopped). While a
+        run is going on, returns that run's worker.
 
         While running, the Run button is Cancel. The new Labels layer is added (and
         ``prediction_added`` emitted) when the worker returns.
@@ -251,6 +259,11 @@ class SegmentWidget(QWidget):
         from napari.utils.notifications import show_error
 
         if self.worker is not None:
+            if self._job is not None and self._job.should_stop():
+                # the previous run is cancelling: start this one as soon as it has ended
+                self._pending_run = True
+                self.status.setText("Will run again when the cancelled run has stopped…")
+                return None
             return self.worker
         problem = self._problem()
         if problem is not None:
@@ -266,6 +279,7 @@ class SegmentWidget(QWidget):
             settings=self.settings(),
         )
         self._job = job = SegmentJob(request)
+        self._jobs.append(job)
         self._run_ctx = {
             "layer": layer,
             "geometry": _result_layer.geometry_kwargs(layer),
@@ -298,7 +312,7 @@ class SegmentWidget(QWidget):
         return {
             "device": self.device.value,
             "overlap": float(self.overlap.value),
-            "batch_size": int(self.batch_size.value) or None,
+            "batch_size": self.batch_size.value,
             "amp": self.amp.value,
             "tta": bool(self.tta.value),
             "postprocess": [op for op, box in self.post.items() if box.value] or None,
@@ -526,10 +540,19 @@ class SegmentWidget(QWidget):
             QTimer.singleShot(100, self._on_finished)
             return
         self._job = None
+        self._jobs.clear()
         self.worker = None
         self._set_running(False)
-        self.status.setText(getattr(self, "_last_status", ""))
+        self.status.setText(self._last_status)
         self._last_status = ""
+        if self._pending_run:
+            self._pending_run = False
+            self.run()
+
+
+def _stop_jobs(jobs: list[SegmentJob], *_args) -> None:
+    for job in jobs:
+        job.stop()
 
 
 def _is_image(layer) -> bool:
