@@ -12,6 +12,7 @@ also saved when napari closes and every N minutes while the user edits.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -106,6 +107,17 @@ def _load_scan(entry: ScanEntry, saved: list[dict[str, Any]]):
         except Exception as exc:  # noqa: BLE001 - one bad autosave must not block the scan
             problems.append(f"{info['path']}: {exc}")
     return entry, volume, labels, problems
+
+
+def _about_to_quit(ref) -> None:
+    widget = ref()
+    if widget is None:
+        return
+    try:
+        widget.objectName()
+    except RuntimeError:  # its Qt side is gone (the viewer was closed before)
+        return
+    widget._autosave_quietly("quit")
 
 
 class _CloseFilter(QObject):
@@ -251,8 +263,8 @@ class ScansWidget(QWidget):
         self._close_filter = _CloseFilter(self)
         self._hooked_window = None
         app = QApplication.instance()
-        if app is not None:
-            app.aboutToQuit.connect(self._on_about_to_quit)
+        if app is not None:  # a weak hook: a closed dock must not be kept alive by the app
+            app.aboutToQuit.connect(functools.partial(_about_to_quit, weakref.ref(self)))
 
     def _hook_window(self) -> None:
         """Watch the close event of the main window this dock sits in (once docked)."""
@@ -815,12 +827,6 @@ class ScansWidget(QWidget):
             log.exception("autosave (%s) failed", why)
             self._notify("error", f"Autosave failed: {exc}")
 
-    def _on_about_to_quit(self) -> None:
-        try:
-            self._autosave_quietly("quit")
-        except RuntimeError:  # the Qt object is already gone
-            pass
-
     # -------------------------------------------------------------- status
     def mark_reviewed(self) -> None:
         """Mark the current scan reviewed (after saving its labels)."""
@@ -850,12 +856,18 @@ class ScansWidget(QWidget):
             _dock, widget = self.viewer.window.add_plugin_dock_widget(
                 "napari-vnet", "Fine-tune model"
             )
+        added = 0
         for pair in pairs:
-            widget.add_file_pair(
-                pair["image"], str(pair["labels"]), annotated=pair["annotated_slices"]
-            )
-        self._notify("info", f"Added {len(pairs)} corrected scan(s) to 'Fine-tune model'.")
-        return len(pairs)
+            try:
+                widget.add_file_pair(
+                    pair["image"], str(pair["labels"]), annotated=pair["annotated_slices"]
+                )
+            except Exception as exc:  # noqa: BLE001 - one bad pair must not stop the rest
+                self._notify("warning", f"{pair['name']} not added for fine-tuning: {exc}")
+            else:
+                added += 1
+        self._notify("info", f"Added {added} corrected scan(s) to 'Fine-tune model'.")
+        return added
 
     # ---------------------------------------------------------------- misc
     def _notify(self, level: str, message: str) -> None:
