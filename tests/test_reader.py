@@ -157,3 +157,23 @@ def test_viewer_opens_shared_dicom_and_labels(make_napari_viewer, shared_data, t
     with pytest.raises(Exception, match="source image"):
         from_copy.save(str(copy), plugin="napari-vnet")
     viewer.screenshot(str(tmp_path / "shot.png"), canvas_only=True)  # renders without error
+
+
+@pytest.mark.gui
+def test_viewer_opens_2d_4d_rgb_and_vector_files(make_napari_viewer, tmp_path):
+    import napari
+
+    viewer = make_napari_viewer()
+    paths = {
+        "slice": _write(tmp_path / "slice.nii.gz", np.ones((6, 7), np.float32)),
+        "dyn": _write(tmp_path / "dyn.nii.gz", np.arange(120, dtype=np.int16).reshape(2, 3, 4, 5)),
+        "photo": _write(tmp_path / "photo.mha", np.zeros((6, 7, 3), np.uint8), is_vector=True),
+        "field": _write(tmp_path / "field.nrrd", np.ones((3, 4, 5, 3), np.float32), is_vector=True),
+        "organs_seg": _write(tmp_path / "organs_seg.nii.gz", np.eye(5, dtype=np.uint8)[None]),
+    }
+    counts = {name: len(viewer.open(p, plugin="napari-vnet")) for name, p in paths.items()}
+    assert counts == {"slice": 1, "dyn": 1, "photo": 1, "field": 3, "organs_seg": 1}
+    assert viewer.layers["dyn"].ndim == 4 and viewer.layers["photo"].rgb
+    assert isinstance(viewer.layers["organs_seg"], napari.layers.Labels)
+    viewer.dims.ndisplay = 3  # and they render in 3D too
+    viewer.screenshot(str(tmp_path / "shot.png"), canvas_only=True)
