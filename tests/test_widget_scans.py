@@ -78,6 +78,18 @@ def test_lists_formats_dicom_by_description_and_broken(make_napari_viewer, qtbot
     widget.set_filter("broken")
     assert [e.name for e in widget.visible_entries()] == ["d_corrupt.nii.gz"]
     assert widget.load_scan("d_corrupt.nii.gz") is None  # broken: not opened
+    assert len(viewer.layers) == 0
+
+    # a click on a row loads that scan
+    from qtpy.QtCore import Qt
+
+    widget.set_filter("all")
+    rect = widget.table.visualItemRect(widget.table.item(widget._row_of["c_pet.nrrd"], 0))
+    with qtbot.waitSignal(widget.scan_loaded, timeout=WAIT_MS) as got:
+        qtbot.mouseClick(widget.table.viewport(), Qt.MouseButton.LeftButton, pos=rect.center())
+    assert got.args[0].key == "c_pet.nrrd"
+    assert [lay.name for lay in viewer.layers] == ["c_pet.nrrd"]
+    assert _rows(widget)["c_pet.nrrd"] == "opened"
 
 
 @pytest.mark.slow  # ~25 s on 2 busy cores: reads the 20 x 512 x 512 DICOM series
@@ -112,12 +124,10 @@ def test_next_previous_autosave_restore_and_status(make_napari_viewer, qtbot, sc
     assert on_disk.GetOrigin() == pytest.approx((-3.0, 4.0, 5.0))
     assert sitk.GetArrayFromImage(on_disk)[2, 4, 1] == 3
 
-    # the keyboard shortcut is bound on the viewer
+    # PageUp (bound on the viewer) goes back to the first scan
     from napari.utils.key_bindings import KeyBinding
 
-    assert KeyBinding.from_str("PageUp") in viewer.keymap
-
-    back = _load(qtbot, widget, widget.previous_scan)
+    back = _load(qtbot, widget, lambda: viewer.keymap[KeyBinding.from_str("PageUp")](viewer))
     assert back.key == first.key
     restored = viewer.layers["liver"]
     assert isinstance(restored, Labels)

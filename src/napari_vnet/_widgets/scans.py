@@ -130,6 +130,8 @@ class _CloseFilter(QObject):
     def eventFilter(self, obj, event):  # noqa: N802 - Qt API
         if event.type() == QEvent.Type.Close:
             self._owner._autosave_quietly("window closing")
+            if self._owner._discovery is not None:
+                self._owner._discovery.quit()
         return False
 
 
@@ -536,6 +538,8 @@ class ScansWidget(QWidget):
             return None
         if self.project is None:
             self.set_work_folder(self.default_work_folder(self.scans_folder or Path.cwd()))
+        if self._requested is not None and entry.key == self._requested.key:
+            return self._loader  # already on its way
         if (
             self.current is not None
             and entry.key == self.current.key
