@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from napari_vnet.models import (
     ARCHITECTURES,
@@ -240,7 +242,8 @@ def test_card_types_import_without_torch():
     """ModelCard/CheckpointError/weights stay light (napari-vnet --help, the reader)."""
     code = (
         "import sys\n"
-        "from napari_vnet.models import ModelCard, ClassInfo, CheckpointError\n"
+        "from napari_vnet.models import ModelCard, ClassInfo, CheckpointError, display_name\n"
+        "assert display_name('unet3d') == '3D U-Net'\n"
         "from napari_vnet.weights import shipped_weights, resolve_weights\n"
         "import napari_vnet.commands.info\n"
         "assert 'torch' not in sys.modules, 'torch imported'\n"
@@ -248,3 +251,19 @@ def test_card_types_import_without_torch():
         "assert 'torch' in sys.modules\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    shape=st.tuples(*[st.integers(1, 200)] * 3),
+    multiple=st.sampled_from([1, 2, 4, 8, 16, 32]),
+)
+def test_padded_shape_properties(shape, multiple):
+    padded = padded_shape(shape, multiple)
+    for s, p in zip(shape, padded, strict=True):
+        assert p >= s and p % multiple == 0
+    # minimal: one multiple of padding at most, except the one-voxel-bottleneck rule
+    small = all(s <= multiple for s in shape) and multiple > 1
+    for i, (s, p) in enumerate(zip(shape, padded, strict=True)):
+        assert p - s < (2 * multiple if small and i == 2 else multiple)
+    assert multiple == 1 or any(p > multiple for p in padded)

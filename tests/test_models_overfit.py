@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 from napari_vnet.models import ClassInfo, ModelCard, build_model, count_parameters
 
-LR = 2e-2
+LR = {"vnet": 2e-2, "unet3d": 1e-2, "vox2vox": 2e-2}
 SMALL = {
     "vnet": {"channels": [4, 8, 16], "convs": [1, 2, 2], "norm": "instance"},
     "unet3d": {"channels": [4, 8, 16], "norm": "instance"},
@@ -50,7 +50,7 @@ def test_overfits_one_volume(arch):
         classes=[ClassInfo(0, "background"), ClassInfo(1, "ball"), ClassInfo(2, "box")],
     )
     model = build_model(card)
-    opt = torch.optim.Adam(model.parameters(), lr=LR)
+    opt = torch.optim.Adam(model.parameters(), lr=LR[arch])
     onehot = F.one_hot(labels, 3).permute(0, 4, 1, 2, 3).float()
     start, dices, step = time.perf_counter(), [0.0, 0.0], 0
     for step in range(1, 151):

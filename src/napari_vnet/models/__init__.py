@@ -1,6 +1,7 @@
 """Networks (V-Net, 3D U-Net, Vox2Vox), their registry and self-describing checkpoints.
 
-``ModelCard``, ``ClassInfo`` and ``CheckpointError`` import without torch; everything
+``ModelCard``, ``ClassInfo``, ``CheckpointError``, ``DISPLAY_NAMES`` and
+``display_name`` import without torch; everything
 else is imported (with torch) on first use, so ``napari-vnet --help`` and the napari
 reader stay fast.
 
@@ -14,17 +15,19 @@ from typing import Any
 
 from napari_vnet.models.card import CARD_FORMAT_VERSION, ClassInfo, ModelCard
 from napari_vnet.models.errors import CheckpointError, WeightsNotFoundError
+from napari_vnet.models.names import (
+    DISPLAY_NAMES,
+    UnknownArchitectureError,
+    arch_from_display_name,
+    display_name,
+)
 
 _LAZY = {
     "ARCHITECTURES": "registry",
-    "DISPLAY_NAMES": "registry",
-    "UnknownArchitectureError": "registry",
     "architecture_class": "registry",
-    "arch_from_display_name": "registry",
     "build_discriminator": "registry",
     "build_model": "registry",
     "count_parameters": "registry",
-    "display_name": "registry",
     "load_checkpoint": "checkpoint",
     "load_checkpoint_state": "checkpoint",
     "load_discriminator": "checkpoint",
@@ -40,8 +43,12 @@ __all__ = [
     "CARD_FORMAT_VERSION",
     "CheckpointError",
     "ClassInfo",
+    "DISPLAY_NAMES",
     "ModelCard",
+    "UnknownArchitectureError",
     "WeightsNotFoundError",
+    "arch_from_display_name",
+    "display_name",
     *_LAZY,
 ]
 

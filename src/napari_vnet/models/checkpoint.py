@@ -195,7 +195,7 @@ def _version() -> str:
     return __version__
 
 
-def _read(path: Path, map_location: Any) -> Any:
+def _read(path: Path, map_location: Any, mmap: bool = False) -> Any:
     """torch.load(weights_only=True) with every failure turned into a CheckpointError."""
     if not path.exists():
         raise CheckpointError(f"{path}: no such file")
@@ -206,7 +206,8 @@ def _read(path: Path, map_location: Any) -> Any:
     if not head:
         raise CheckpointError(f"{path}: the file is empty")
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        zipped = head == b"PK\x03\x04"  # mmap needs torch's zip format
+        return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap and zipped)
     except pickle.UnpicklingError as exc:
         text = str(exc)
         culprit = _unsupported_global(text)
@@ -253,11 +254,14 @@ def _looks_like_state_dict(obj: Any) -> bool:
     )
 
 
-def load_checkpoint_state(path: str | os.PathLike, map_location: Any = None) -> dict[str, Any]:
+def load_checkpoint_state(
+    path: str | os.PathLike, map_location: Any = None, *, mmap: bool = False
+) -> dict[str, Any]:
     """The raw checkpoint dict (card as a plain dict, state dicts, discriminator, extra),
-    checked to be a napari-vnet checkpoint. Never runs code from the file."""
+    checked to be a napari-vnet checkpoint. Never runs code from the file. ``mmap``
+    maps tensor data instead of reading it (fast when only the card is needed)."""
     path = Path(path)
-    obj = _read(path, map_location)
+    obj = _read(path, map_location, mmap)
     if isinstance(obj, dict) and MARKER in obj and "card" in obj:
         version = obj[MARKER]
         if not isinstance(version, int) or version > CHECKPOINT_FORMAT:
@@ -291,8 +295,9 @@ def load_checkpoint_state(path: str | os.PathLike, map_location: Any = None) -> 
 
 
 def read_card(path: str | os.PathLike) -> ModelCard:
-    """Only the model card of a checkpoint (weights are read but no network is built)."""
-    return _card_from(Path(path), load_checkpoint_state(path, map_location="cpu"))
+    """Only the model card of a checkpoint (no network is built; the tensor data is
+    memory-mapped, not read, so this is fast even for large files)."""
+    return _card_from(Path(path), load_checkpoint_state(path, map_location="cpu", mmap=True))
 
 
 def _card_from(path: Path, state: dict[str, Any]) -> ModelCard:

@@ -7,6 +7,12 @@ from typing import Any
 from torch import nn
 
 from napari_vnet.models.card import ModelCard
+from napari_vnet.models.names import (  # noqa: F401 (re-exported)
+    DISPLAY_NAMES,
+    UnknownArchitectureError,
+    arch_from_display_name,
+    display_name,
+)
 from napari_vnet.models.unet3d import UNet3D
 from napari_vnet.models.vnet import VNet
 from napari_vnet.models.vox2vox import Vox2VoxDiscriminator, Vox2VoxGenerator
@@ -17,29 +23,6 @@ ARCHITECTURES: dict[str, type[nn.Module]] = {
     "unet3d": UNet3D,
     "vox2vox": Vox2VoxGenerator,
 }
-
-#: registry name -> human name for menus and reports
-DISPLAY_NAMES: dict[str, str] = {"vnet": "V-Net", "unet3d": "3D U-Net", "vox2vox": "Vox2Vox"}
-
-
-class UnknownArchitectureError(ValueError):
-    """The card names an architecture this version does not know."""
-
-
-def display_name(arch: str) -> str:
-    """Human name of a registry name ("vnet" -> "V-Net"); unknown names are returned as is."""
-    return DISPLAY_NAMES.get(arch, arch)
-
-
-def arch_from_display_name(name: str) -> str:
-    """Registry name of a display or registry name ("3D U-Net" or "unet3d" -> "unet3d")."""
-    for key, shown in DISPLAY_NAMES.items():
-        if name in (key, shown):
-            return key
-    raise UnknownArchitectureError(
-        f"unknown architecture {name!r}; known: "
-        + ", ".join(f"{k} ({v})" for k, v in DISPLAY_NAMES.items())
-    )
 
 
 def architecture_class(arch: str) -> type[nn.Module]:
