@@ -267,3 +267,13 @@ def test_padded_shape_properties(shape, multiple):
     for i, (s, p) in enumerate(zip(shape, padded, strict=True)):
         assert p - s < (2 * multiple if small and i == 2 else multiple)
     assert multiple == 1 or any(p > multiple for p in padded)
+
+
+def test_vnet_input_residual_replicates_or_projects_channels():
+    """The paper replicates its one input channel to the first stage's width; when the
+    input channels do not divide the width, a 1x1x1 convolution projects them."""
+    replicate = VNet(in_channels=2, channels=[4, 8])
+    assert replicate.input_stage.repeat == 2 and replicate.input_stage.project is None
+    project = VNet(in_channels=3, channels=[4, 8])
+    assert project.input_stage.repeat == 0 and project.input_stage.project is not None
+    assert project(torch.randn(1, 3, 5, 6, 7)).shape == (1, 2, 5, 6, 7)
