@@ -126,6 +126,7 @@ class FinetuneWidget(QWidget):
         self._budget: float | None = None
         self._config_defaults = _train_config_defaults()
         self._build_ui()
+        self.destroyed.connect(self._stop.set)  # dock closed: stop training (checkpoint kept)
 
         layers = self.viewer.layers
         layers.events.inserted.connect(self._on_layers_changed)
@@ -589,7 +590,7 @@ class FinetuneWidget(QWidget):
         self._stop.clear()
         self.curve.clear()
         self.progress.setValue(0)
-        self.status_label.setText("Starting...")
+        self.status_label.setText("Preparing the data (normalising, resampling)...")
         self.train_btn.setEnabled(False)
         self.cancel_btn.setEnabled(True)
         self._t0 = time.perf_counter()
@@ -626,7 +627,7 @@ class FinetuneWidget(QWidget):
         if budget:
             left = min(left, budget - elapsed) if left is not None else budget - elapsed
             self.progress.setValue(int(100 * min(1.0, elapsed / budget)))
-        text = f"iteration {it}" + (f"/{total}" if total else "")
+        text = f"iteration {it}" + (f"/{total}" if total and not budget else "")
         if ev.get("loss") is not None:
             text += f" · loss {float(ev['loss']):.4f}"
         if self.curve.val_dice:
