@@ -29,6 +29,8 @@ def test_import_linter_contracts_hold():
 def test_ruff_lint_is_clean():
     result = subprocess.run(
         [_tool("ruff"), "check", "src", "tests", "benchmarks", "sample_data"],
-        cwd=ROOT, capture_output=True, text=True,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
     )
     assert result.returncode == 0, result.stdout + result.stderr
