@@ -12,18 +12,21 @@ Generates N (default 500) small volumes in mixed formats (.nii, .nii.gz, .mha, .
 3. deletes the pixel data (removes every ``.raw``, truncates ``.nii``/``.mha``/``.nrrd`` to
    their headers, cuts ``.nii.gz`` to its first 4 kB) and lists again: every entry must
    still be listed, unbroken, with the same shape - which only a header-only reader can;
-4. for comparison, reads every small volume's pixels with SimpleITK.
+4. for comparison, reads every small volume's pixels with SimpleITK;
+5. with ``--gui``, times the Scans dock itself (a real napari viewer) listing the folder.
 
 Prints a table and writes ``benchmarks/results/worklist_scan.json``.
 
     python benchmarks/worklist_scan.py            # 500 volumes (~1 min incl. generating)
     python benchmarks/worklist_scan.py -n 100
+    xvfb-run -a python benchmarks/worklist_scan.py --gui   # also time the dock itself
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import shutil
 import tempfile
@@ -132,6 +135,32 @@ def per_format(read: dict[str, int], sizes: dict[str, int]) -> dict[str, dict[st
     return out
 
 
+def list_in_dock(folder: Path, work: Path) -> tuple[float, int]:
+    """Seconds until the Scans dock (real napari viewer, worker thread) has listed folder."""
+    os.environ.setdefault("NAPARI_VNET_CONFIG_DIR", str(work / "config"))
+    import napari
+    from qtpy.QtWidgets import QApplication
+
+    from napari_vnet._widgets.scans import ScansWidget
+
+    viewer = napari.Viewer(show=False)
+    app = QApplication.instance()
+    widget = ScansWidget(viewer)
+    viewer.window.add_dock_widget(widget, name="Scans")
+    widget.set_work_folder(work)
+    done: list[int] = []
+    widget.discovery_finished.connect(done.append)
+    t0 = time.perf_counter()
+    widget.set_scans_folder(folder)
+    while not done and time.perf_counter() - t0 < 120:
+        app.processEvents()
+        time.sleep(0.005)
+    seconds = time.perf_counter() - t0
+    rows = widget.table.rowCount()
+    viewer.close()
+    return seconds, rows
+
+
 def read_all_pixels(entries) -> float:
     import SimpleITK as sitk
 
@@ -144,6 +173,9 @@ def read_all_pixels(entries) -> float:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("-n", type=int, default=500, help="number of small volumes (default 500)")
+    ap.add_argument(
+        "--gui", action="store_true", help="also time the Scans dock (needs a display/Xvfb)"
+    )
     args = ap.parse_args(argv)
 
     tmp = Path(tempfile.mkdtemp(prefix="worklist-bench-"))
@@ -167,6 +199,7 @@ def main(argv=None) -> int:
         big_entries, big_seconds, _, big_read = list_folder(big)
         big_ok = all(e.shape == BIG_SHAPE for e in big_entries)
         pixels_s = read_all_pixels(entries)
+        dock_s, dock_rows = list_in_dock(folder, tmp / "work") if args.gui else (None, None)
 
         stripped = strip_pixel_data(folder) + strip_pixel_data(big)
         entries2, seconds2, _, _ = list_folder(folder)
@@ -199,6 +232,8 @@ def main(argv=None) -> int:
         "broken": len(broken),
         "shapes_correct": shapes_ok and big_ok,
         "read_all_pixels_seconds": round(pixels_s, 3),
+        "dock_list_seconds": None if dock_s is None else round(dock_s, 3),
+        "dock_rows": dock_rows,
         "pixel_data_removed_from": stripped,
         "list_after_removing_pixels_seconds": round(seconds2, 3),
         "all_listed_without_pixel_data": still_ok,
@@ -217,6 +252,8 @@ def main(argv=None) -> int:
         f"pixel data removed from {stripped} volumes: all still listed with their shape: "
         f"{still_ok} ({seconds2:.2f} s)"
     )
+    if dock_s is not None:
+        print(f"Scans dock (napari viewer, worker thread): {dock_rows} rows in {dock_s:.2f} s")
     print()
     print(f"{'format':<8} {'small file kB':>13} {'read kB':>8} {'big file kB':>12} {'read kB':>8}")
     small_f, big_f = result["small_files_by_format"], result["big_files_by_format"]

@@ -136,3 +136,33 @@ def test_project_merges_per_key_and_rejects_garbage(tmp_path):
     (tmp_path / PROJECT_FILENAME).write_text("{not json")
     with pytest.raises(ProjectError, match=PROJECT_FILENAME):
         ScanProject(tmp_path)
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.int16, np.uint16, np.int32, np.float32, np.float64])
+@pytest.mark.parametrize("suffix", [".nii", ".nii.gz"])
+def test_fast_nifti_header_matches_simpleitk(tmp_path, dtype, suffix):
+    from napari_vnet.worklist import read_file_header
+
+    path = tmp_path / f"v{suffix}"
+    img = sitk.GetImageFromArray(np.zeros((5, 7, 9), dtype))
+    img.SetSpacing((0.3, 0.45, 1.7))
+    sitk.WriteImage(img, str(path))
+    head = read_file_header(path)
+    assert head["shape"] == (5, 7, 9)
+    assert head["spacing"] == pytest.approx((1.7, 0.45, 0.3))
+    assert head["pixel_type"] == sitk.GetPixelIDValueAsString(img.GetPixelID())
+
+
+def test_fast_nifti_header_on_real_files(shared_data):
+    from napari_vnet.worklist import read_file_header
+
+    for path in (
+        shared_data / "mr" / "mr_small.nii.gz",
+        shared_data / "ct-dicom-patient-a" / "labels.nii.gz",
+    ):
+        reader = sitk.ImageFileReader()
+        reader.SetFileName(str(path))
+        reader.ReadImageInformation()
+        head = read_file_header(path)
+        assert head["shape"] == tuple(reader.GetSize())[::-1]
+        assert head["spacing"] == pytest.approx(tuple(reader.GetSpacing())[::-1])
