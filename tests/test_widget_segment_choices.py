@@ -83,3 +83,30 @@ def test_weights_list_devices_and_find_dock(qtbot, dock, ckpt, tmp_path):
     assert _session.find_dock_widget(viewer, SegmentWidget) is w
     other.unlink()
     assert other.resolve() not in _session.recent_weights()
+
+
+def test_card_shown_and_its_recommended_settings_applied(qtbot, dock, ckpt, tmp_path):
+    from napari_vnet.models import build_model, save_checkpoint
+    from test_widget_segment_support import tiny_card
+
+    viewer, w = dock
+    card = tiny_card()
+    card.history = {
+        "iterations": 120,
+        "inference": {"overlap": 0.25, "postprocess": ["fill_holes"]},
+    }
+    tuned = save_checkpoint(build_model(card), card, tmp_path / "tuned.pt")
+    assert w.select_weights(tuned)
+    assert w.overlap.value == pytest.approx(0.25)
+    assert w.post["fill_holes"].value and not w.post["largest_component"].value
+    text = w.model.info.text()
+    for part in ("tuned.pt", "V-Net", "liver (1)", "spleen (5)", "2 × 1 × 1", "z-score", "120"):
+        assert part in text, part
+    # the user's changes stay while the same weights are chosen
+    w.overlap.value = 0.6
+    w.model.arch.value = "unet3d"
+    w.model.arch.value = "vnet"
+    assert w.overlap.value == pytest.approx(0.6)
+    # other weights bring their own defaults
+    assert w.select_weights(ckpt)
+    assert w.overlap.value == pytest.approx(0.5) and not w.post["fill_holes"].value

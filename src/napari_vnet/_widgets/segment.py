@@ -111,6 +111,7 @@ class SegmentWidget(QWidget):
         self._t0 = 0.0
         self._last_status = ""
         self._pending_run = False
+        self._defaults_from: Path | None = None
         # the running job, reachable without ``self`` so that it can be stopped when the
         # dock (or the whole window) is destroyed mid-run
         self._jobs: list[SegmentJob] = []
@@ -348,8 +349,10 @@ class SegmentWidget(QWidget):
 
     def _on_model_changed(self) -> None:
         card = self.model.card
-        if card is not None:
-            self._apply_card_defaults(card)
+        weights = self.model.current_weights
+        if card is not None and weights != self._defaults_from:
+            self._apply_card_defaults(card)  # only when other weights are chosen
+        self._defaults_from = weights
         self._update_state()
 
     def _apply_card_defaults(self, card) -> None:
@@ -358,9 +361,9 @@ class SegmentWidget(QWidget):
         rec = rec if isinstance(rec, dict) else {}
         self.overlap.value = float(rec.get("overlap", 0.5))
         self.tta.value = bool(rec.get("tta", False))
-        ops = rec.get("postprocess") or []
+        ops = rec.get("postprocess")
         for op, box in self.post.items():
-            box.value = op in ops or ops is True
+            box.value = ops is True or (isinstance(ops, list | tuple) and op in ops)
 
     def _problem(self) -> str | None:
         if self.image.value is None:
@@ -393,8 +396,11 @@ class SegmentWidget(QWidget):
             layer_to_volume = None
         if layer_to_volume is not None:
             try:
+                data = layer.data[0] if layer.multiscale else layer.data
+                # a zero-byte stand-in of the right shape: never compute a dask array here
+                stand_in = np.broadcast_to(np.zeros((), dtype=data.dtype), data.shape)
                 vol = layer_to_volume(
-                    layer.data[0] if layer.multiscale else layer.data,
+                    stand_in,
                     scale=layer.scale,
                     translate=layer.translate,
                     affine=layer.affine.affine_matrix,
