@@ -32,11 +32,15 @@ def test_bad_weights_file_is_refused_with_a_notification(qtbot, dock, tmp_path, 
     viewer.add_image(volume(), name="ct")
     bad = tmp_path / "random.pt"
     bad.write_bytes(np.random.default_rng(1).bytes(4096))
+    before = w.current_weights  # shipped weights are chosen by default when installed
     assert not w.select_weights(bad)
-    assert w.current_weights is None
+    assert w.current_weights == before  # the previous choice stays
     assert any("random.pt" in m for m in errors(notes))
+    assert bad.resolve() not in _session.recent_weights()
+    w.model.select(None)
     assert not w.run_button.isEnabled()
     assert w.run() is None  # refused, with a notification
+    assert "weights" in errors(notes)[-1]
     assert len(viewer.layers) == 1
 
 
@@ -81,6 +85,11 @@ def test_weights_list_devices_and_find_dock(qtbot, dock, ckpt, tmp_path):
     assert devices[0] == "auto" and "cpu" in devices
     assert ("cuda" in devices) == torch.cuda.is_available()
     assert _session.find_dock_widget(viewer, SegmentWidget) is w
+    # a new dock starts with the most recently used weights
+    fresh = SegmentWidget(viewer)
+    assert fresh.current_weights == other.resolve()
+    assert fresh.model.problem is None and "tiny test network" in fresh.model.info.text()
+    fresh.deleteLater()
     other.unlink()
     assert other.resolve() not in _session.recent_weights()
 

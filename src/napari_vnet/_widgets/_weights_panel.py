@@ -178,7 +178,26 @@ class WeightsPanel(QWidget):
         self.weights.changed.connect(self._on_weights_combo)
         self.arch.changed.connect(self._on_arch)
         self.browse.changed.connect(self._on_browse)
-        self._on_weights_combo(self.weights.value)
+        self._set(None, None)
+        self.select_default()
+
+    def select_default(self) -> bool:
+        """Choose the most recently used weights, else the shipped V-Net (quietly: a
+        file that cannot be read is just not chosen). True if something was chosen."""
+        ships = shipped()
+        candidates = [*_session.recent_weights()[:1]]
+        if "vnet-phantom" in ships:
+            candidates.append(ships["vnet-phantom"])
+        candidates.extend(ships.values())
+        for path in candidates:
+            try:
+                card = read_card_cached(Path(path))
+            except Exception as exc:
+                log.info("not choosing %s by default: %s", path, exc)
+                continue
+            self._set(Path(path), card)
+            return True
+        return False
 
     # ------------------------------------------------------------------ choices
     def _choices(self, _widget=None) -> list[tuple[str, object]]:
