@@ -109,7 +109,9 @@ def main(argv=None) -> int:
     else:
         labels = viewer.add_labels(np.zeros_like(truth), name="annotation", **geometry)
         before = None
-    z_with_organs = np.flatnonzero(truth.reshape(truth.shape[0], -1).any(1))
+    soft = [c.value for c in classes if c.value and c.name != "spine"]  # the organs
+    organs = np.isin(truth, soft)
+    z_with_organs = np.flatnonzero(organs.reshape(truth.shape[0], -1).any(1))
     picks = np.linspace(z_with_organs[0], z_with_organs[-1], args.slices).round().astype(int)
     for z in picks:  # "hand corrections": the true labels painted into these slices
         yy, xx = np.nonzero(truth[z] != np.asarray(labels.data[z]))
