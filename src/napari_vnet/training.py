@@ -373,6 +373,7 @@ def prepare_cases(
         classes = _classes_from_labels([(r[2], r[4]) for r in raw], ignore_index)
     target_spacing = tuple(float(s) for s in (spacing or raw[0][3]))
     lut_values = [c.value for c in classes]
+    _check_label_values(raw, classes, ignore_index)
     cases = []
     for name, img, lab, sp, mask in raw:
         if not np.allclose(sp, target_spacing, rtol=1e-3):
@@ -393,6 +394,76 @@ def prepare_cases(
             raise TrainingError(f"{name}: no annotated voxel (after resampling/ignore value)")
         cases.append(_Case(name, np.ascontiguousarray(image, np.float32), target, mask))
     return cases, classes, target_spacing  # type: ignore[return-value]
+
+
+def _check_label_values(raw, classes: list[ClassInfo], ignore_index: int | None) -> None:
+    """Warn about label values the classes do not list (they are learnt as background);
+    refuse when no annotated voxel of any pair holds a listed foreground value."""
+    known = {c.value for c in classes}
+    found_fg = False
+    for name, _img, lab, _sp, mask in raw:
+        values = {int(v) for v in np.unique(lab if mask is None else lab[mask])}
+        values.discard(0)
+        if ignore_index is not None:
+            values.discard(int(ignore_index))
+        unknown = sorted(values - known)
+        if unknown:
+            log.warning(
+                "%s: label value(s) %s are not classes of the model (%s); they are trained "
+                "as background - add them as classes to learn them",
+                name,
+                unknown,
+                ", ".join(f"{c.value}={c.name}" for c in classes),
+            )
+        found_fg |= bool(values & known)
+    if not found_fg:
+        raise TrainingError(
+            "the label maps hold no annotated voxel of any class ("
+            + ", ".join(f"{c.value}={c.name}" for c in classes if c.value != 0)
+            + "): they are empty or only background; paint some labels first"
+        )
+
+
+def _check_output(out: Path) -> None:
+    """Fail before training, not at the first checkpoint, when ``out`` cannot be written."""
+    import tempfile
+
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out.parent):
+            pass
+    except OSError as exc:
+        parent = next((p for p in out.parents if p.exists()), None)
+        reason = exc.strerror or str(exc)
+        if parent is not None and not parent.is_dir():
+            reason = f"{parent} is a file, not a folder"
+        raise TrainingError(f"{out}: cannot save the weights there ({reason})") from exc
+    if out.is_dir():
+        raise TrainingError(f"{out}: is a folder; give a file name for the weights (.pt)")
+
+
+def _check_batch_memory(card: ModelCard, patch, batch_size: int, n_classes: int, device) -> None:
+    """Refuse a batch whose input, targets and first feature maps alone exceed the free
+    main memory (an absurd batch size would otherwise fill the machine)."""
+    if device.type != "cpu":
+        return
+    from napari_vnet.inference import available_memory
+
+    free = available_memory()
+    if free is None:
+        return
+    widths = card.arch_kwargs.get("channels") if isinstance(card.arch_kwargs, dict) else None
+    first = int(widths[0]) if isinstance(widths, (list, tuple)) and widths else 16
+    # input + int64 target + mask, logits/softmax/grad, first feature map + its gradient
+    per_voxel = 4 + 8 + 1 + 4 * 3 * n_classes + 4 * 2 * first
+    need = int(batch_size) * int(np.prod(patch)) * per_voxel
+    if need > free:
+        gb = 1024**3
+        raise TrainingError(
+            f"not enough memory: batch size {batch_size} with patch {tuple(patch)} needs at "
+            f"least {need / gb:.1f} GB, but only {free / gb:.1f} GB is free; use a batch "
+            "size of 2-4 and a smaller patch size"
+        )
 
 
 def _split_validation(
@@ -908,6 +979,8 @@ def finetune(
 def _run(pairs, config: TrainConfig, base, out: Path, progress, should_stop, dist: _Dist):
     t_setup = time.perf_counter()
     device = dist.device
+    if dist.is_main:
+        _check_output(out)
     rpath = resume_path(out)
     resume_state = None
     resumed_model = resumed_disc_state = None
@@ -953,6 +1026,7 @@ def _run(pairs, config: TrainConfig, base, out: Path, progress, should_stop, dis
     max_shape = np.max([c.shape for c in cases], axis=0)
     patch = tuple(int(min(p, s)) for p, s in zip(patch, max_shape, strict=False))
 
+    _check_batch_memory(card, patch, config.batch_size, n_classes, device)
     card.spacing = tuple(spacing)
     card.normalization = dict(normalization)
     card.patch_size = patch
@@ -1113,7 +1187,6 @@ def _run(pairs, config: TrainConfig, base, out: Path, progress, should_stop, dis
     it = start_it
     last_loss = None
     cancelled = False
-    finished = False
     last_eval = time.perf_counter()
     try:
         while True:
@@ -1184,21 +1257,22 @@ def _run(pairs, config: TrainConfig, base, out: Path, progress, should_stop, dis
             if progress is not None:
                 progress(it, int(total))
             yield event
-        finished = True
-    finally:
+    except (GeneratorExit, KeyboardInterrupt):
+        # the consumer closed the generator (a napari worker's quit()) or Ctrl-C:
+        # keep what we have - the best checkpoint (the current weights if none was
+        # written yet) and the resume state. No collective calls: other ranks may be gone.
         seconds = time.perf_counter() - t0
-        if not finished:  # GeneratorExit (worker quit) or an error: keep what we have
-            cancelled = True
-            if dist.is_main and it > start_it:
-                try:
-                    if not state["best_written"]:
-                        _save(
-                            model, card_with_history(it, seconds), out, disc, {"best": dict(best)}
-                        )
-                        state["best_written"] = True
-                    write_resume(it, seconds)
-                except Exception:  # noqa: BLE001 - never mask the original error
-                    log.exception("could not write checkpoints while stopping")
+        if dist.is_main and it > start_it:
+            try:
+                if not state["best_written"]:
+                    _save(model, card_with_history(it, seconds), out, disc, {"best": dict(best)})
+                write_resume(it, seconds)
+            except Exception:  # noqa: BLE001 - closing must not raise
+                log.exception("could not write checkpoints while stopping")
+        raise
+    # (any other exception propagates and leaves the files on disk as they were: a
+    # non-finite loss must not overwrite the best checkpoint with broken weights)
+    seconds = time.perf_counter() - t0
     # normal end (all iterations, time budget, or should_stop)
     if it > start_it and (state["last_eval_it"] != it or not state["best_written"]):
         checkpoint(it, seconds, ema)  # the run ended between evaluation points

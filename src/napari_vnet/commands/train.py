@@ -191,8 +191,8 @@ def run(args: argparse.Namespace) -> int:
                 )
     except StopIteration as stop:
         summary = stop.value
-    except KeyboardInterrupt:
-        gen.close()  # writes the best checkpoint so far and the resume file
+    except KeyboardInterrupt:  # the engine wrote the best checkpoint and the resume file
+        gen.close()
         say(f"interrupted; continue with --resume (state in {args.out})")
         return 130
     except (TrainingError, FileNotFoundError) as exc:
