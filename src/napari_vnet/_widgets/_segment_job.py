@@ -197,6 +197,7 @@ class SegmentJob:
                 return JobFailed(_oom_message(req, exc), exc)
             raise
         except ValueError as exc:
+            log.info("predict refused %r", req.image_name, exc_info=True)
             return JobFailed(
                 f"Cannot segment '{req.image_name}' with {req.weights.name}: {exc}", exc
             )
