@@ -218,6 +218,8 @@ def test_geometry_mismatch_message_names_layers_and_property(labels_kw, what):
         check_same_geometry(image, labels)
     assert "resample" in str(err.value)
     check_same_geometry(image, Labels(truth, scale=SCALE))  # same grid: accepted
+    with pytest.raises(GeometryMismatch, match="3D volume"):
+        check_same_geometry(Image(image_data[0]), Labels(truth[0]))
 
 
 @pytest.mark.gui

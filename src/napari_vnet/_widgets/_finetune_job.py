@@ -35,6 +35,10 @@ def check_same_geometry(image_layer, labels_layer) -> None:
         raise GeometryMismatch(f"'{a.name}' or '{b.name}' is multiscale; use a single scale.")
     if getattr(a, "rgb", False):
         raise GeometryMismatch(f"image layer '{a.name}' is RGB; a grey-value volume is needed.")
+    if a.ndim != 3:
+        raise GeometryMismatch(
+            f"image layer '{a.name}' has {a.ndim} dimensions; fine-tuning needs a 3D volume."
+        )
     if a.data.shape != b.data.shape:
         raise GeometryMismatch(
             f"image layer '{a.name}' has shape {tuple(a.data.shape)} but labels layer "

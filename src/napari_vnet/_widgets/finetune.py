@@ -421,7 +421,7 @@ class FinetuneWidget(QWidget):
             return
         try:
             self.add_pair(img, lab)
-        except GeometryMismatch as exc:
+        except ValueError as exc:  # GeometryMismatch and other refusals
             _notify("error", str(exc))
 
     def _on_remove_pair(self) -> None:
