@@ -9,6 +9,7 @@ will have once read, in the package's (z, y, x) convention.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import os
@@ -104,6 +105,16 @@ class _FileInfo:
 
 
 def _read_file_info(path: str) -> _FileInfo | None:
+    """Header of one file; cached on (path, size, mtime) so rescanning a folder is cheap."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return _read_file_info_cached(path, st.st_size, st.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _read_file_info_cached(path: str, size: int, mtime_ns: int) -> _FileInfo | None:
     import SimpleITK as sitk
 
     reader = sitk.ImageFileReader()
@@ -277,6 +288,26 @@ def _series_geometry(infos: list[_FileInfo]):
     )
 
 
+def _irregular_spacing(infos: list[_FileInfo]) -> str | None:
+    """Why the slice distances of a position-ordered series are not uniform (a missing
+    slice, a duplicated one), or None when they are."""
+    o = infos[0].orientation
+    if len(infos) < 3 or o is None or any(i.position is None for i in infos):
+        return None
+    n = _normal(o)
+    steps = np.diff([float(np.dot(i.position, n)) for i in infos])
+    dz = float(np.median(steps))
+    bad = np.flatnonzero(np.abs(steps - dz) > max(0.1 * abs(dz), 1e-3))
+    if not len(bad):
+        return None
+    k = int(bad[0])
+    return (
+        f"irregular slice spacing: {len(bad)} of {len(steps)} slice distances differ from "
+        f"{dz:g} mm (first between slices {k} and {k + 1}: {steps[k]:g} mm); a slice may "
+        "be missing, so distances along the slice axis are wrong there"
+    )
+
+
 def _window(tags: dict[str, str]) -> tuple[float, float] | None:
     c = _floats(tags.get("window_center", ""))
     w = _floats(tags.get("window_width", ""))
@@ -335,6 +366,7 @@ def list_dicom_series(folder: str | os.PathLike, *, recursive: bool = False) -> 
                 origin=tuple(float(v) for v in origin),
                 direction=np.asarray(direction, float).tolist(),
                 window=_window(t),
+                extra={"irregular_spacing": _irregular_spacing(infos)},
             )
         )
     series.sort(

@@ -11,6 +11,7 @@ import logging
 import os
 import re
 import struct
+import warnings
 import zlib
 from pathlib import Path
 from typing import Any
@@ -256,7 +257,14 @@ def read_dicom_series(series: DicomSeries) -> Volume:
         raise VolumeReadError(
             folder, f"DICOM series {series.name!r}: {_clean_itk_message(exc)}"
         ) from exc
-    return image_to_volume(image, path=folder, metadata=_dicom_metadata(series))
+    meta = _dicom_metadata(series)
+    irregular = series.extra.get("irregular_spacing")
+    if irregular:
+        meta["irregular_spacing"] = irregular
+        message = f"{folder}: DICOM series {series.name!r}: {irregular}"
+        log.warning(message)
+        warnings.warn(message, UserWarning, stacklevel=2)
+    return image_to_volume(image, path=folder, metadata=meta)
 
 
 def _read_dicom_path(path: Path, series) -> Volume:
@@ -392,6 +400,23 @@ def _read_nifti_voxels(path: Path, reader) -> np.ndarray | None:
     return array
 
 
+def _available_memory() -> int | None:
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def _use_direct_nifti(ext: str, reader, forced: bool | None) -> bool:
+    if forced is not None:
+        return forced
+    if ext == ".nii":
+        return True  # plain file reads: faster than ITK and no second copy
+    nbytes = int(np.prod(reader.GetSize())) * reader.GetNumberOfComponents() * 8  # upper bound
+    free = _available_memory()
+    return free is not None and nbytes > free // 4
+
+
 def _volume_from_reader(reader, array: np.ndarray, path: Path, metadata: dict) -> Volume:
     dim = reader.GetDimension()
     import SimpleITK as sitk
@@ -413,16 +438,19 @@ def read_volume(
     path: str | os.PathLike,
     *,
     series: int | str | DicomSeries | None = None,
-    fast_nifti: bool = True,
+    fast_nifti: bool | None = None,
 ) -> Volume:
     """Read a medical volume: a file (NIfTI, MHA/MHD, NRRD, Analyze, GIPL, DICOM) or a
     DICOM folder. One DICOM file reads its whole series (slices ordered by position).
 
     ``series`` picks one series (index, SeriesInstanceUID or :class:`DicomSeries` key)
     when a folder holds several; without it such a folder raises an error listing them.
-    The returned array shares SimpleITK's buffer (no extra copy) and is writeable;
-    plain NIfTI voxels are read straight into the array (``fast_nifti``; same values as
-    SimpleITK, which the tests check), since ITK's NIfTI IO would hold two copies.
+    The returned array shares SimpleITK's buffer (no extra copy) and is writeable.
+    ITK's NIfTI IO holds two copies at its peak, so plain NIfTI voxels are read straight
+    into the array instead (same values as SimpleITK; the tests check it): always for
+    ``.nii``; for ``.nii.gz`` only when the volume is large for the free memory
+    (> 1/4 of it), since ITK's own inflate is faster than Python's zlib.
+    ``fast_nifti=True``/``False`` forces the direct/ITK path.
 
     Raises :class:`VolumeReadError` naming the file and the problem.
     """
@@ -448,7 +476,9 @@ def read_volume(
     try:
         reader.ReadImageInformation()
         _check_complete(path, reader)
-        if ext.lower() in (".nii", ".nii.gz") and fast_nifti:
+        if ext.lower() in (".nii", ".nii.gz") and _use_direct_nifti(
+            ext.lower(), reader, fast_nifti
+        ):
             array = _read_nifti_voxels(path, reader)
             if array is not None:
                 return _volume_from_reader(reader, array, path, meta)

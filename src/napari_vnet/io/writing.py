@@ -156,7 +156,12 @@ def _atomic_write(image, path: Path, compress: bool) -> None:
     """Write into a temporary folder beside ``path``, then move the files into place."""
     import SimpleITK as sitk
 
-    tmpdir = Path(tempfile.mkdtemp(prefix=".napari-vnet-write-", dir=path.parent))
+    try:
+        tmpdir = Path(tempfile.mkdtemp(prefix=".napari-vnet-write-", dir=path.parent))
+    except OSError as exc:
+        raise VolumeWriteError(
+            path, f"the folder {path.parent} is not writable ({exc.strerror or exc})"
+        ) from exc
     try:
         target = tmpdir / path.name  # same name, so .mhd headers name the right .raw
         sitk.WriteImage(image, str(target), useCompression=compress)
@@ -166,6 +171,8 @@ def _atomic_write(image, path: Path, compress: bool) -> None:
         os.replace(target, path)  # ... then the header, so a reader never sees half a pair
     except RuntimeError as exc:
         raise VolumeWriteError(path, str(exc).strip().splitlines()[-1]) from exc
+    except OSError as exc:  # e.g. the disk filled up, or the file is read-only
+        raise VolumeWriteError(path, exc.strerror or str(exc)) from exc
     finally:
         shutil.rmtree(tmpdir, ignore_errors=True)
 
@@ -195,6 +202,9 @@ def write_volume(
             path, "unsupported extension (use one of " + ", ".join(WRITE_EXTENSIONS) + ")"
         )
     if not path.parent.is_dir():
+        parent = next((p for p in path.parents if p.exists()), None)
+        if parent is not None and not parent.is_dir():
+            raise VolumeWriteError(path, f"{parent} is a file, not a folder")
         raise VolumeWriteError(path, f"the folder {path.parent} does not exist")
     if path.is_dir():
         raise VolumeWriteError(path, "a folder has this name")
