@@ -367,3 +367,16 @@ def test_uniform_windows_run_once_and_give_the_same_result():
     np.testing.assert_allclose(
         fast.probabilities.astype(np.float32), slow.probabilities.astype(np.float32), atol=1e-3
     )
+
+
+def test_available_memory_reports_bytes():
+    from napari_vnet.inference import available_memory
+
+    free = available_memory()
+    assert free is None or free > 10 * 1024**2
+
+
+def test_absurd_patch_is_refused_before_allocating():
+    card = make_card(patch=(2000, 2000, 2000))
+    with pytest.raises(InferenceMemoryError, match="not enough memory"):
+        predict(np.zeros((8, 8, 8), np.float32), TinyNet(), card, spacing=(1, 1, 1))

@@ -55,6 +55,7 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "InferenceMemoryError",
+    "available_memory",
     "Prediction",
     "PredictionCancelled",
     "cpu_has_native_bf16",
@@ -314,6 +315,60 @@ def _flip_sets(tta: bool | Sequence[Sequence[int]]) -> list[tuple[int, ...]]:
     return [tuple(int(a) for a in f) for f in tta]
 
 
+def available_memory() -> int | None:
+    """Bytes of main memory available to new allocations (Linux ``MemAvailable``, else
+    free physical pages), or None when unknown."""
+    try:
+        with open("/proc/meminfo", encoding="ascii", errors="replace") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return int(os.sysconf("SC_AVPHYS_PAGES")) * int(os.sysconf("SC_PAGE_SIZE"))
+    except (AttributeError, OSError, ValueError):
+        return None
+
+
+def _check_memory(
+    card: ModelCard,
+    grid_shape: Sequence[int],
+    patch: Sequence[int],
+    batch: int,
+    dev: torch.device,
+    probabilities: bool,
+    padded: bool = True,
+) -> None:
+    """Refuse *before allocating* a run whose certain allocations alone exceed the free
+    main memory (an absurd patch or batch size would otherwise fill the machine)."""
+    free = available_memory()
+    if free is None:
+        return
+    n_in, n_cls = int(card.in_channels), len(card.classes)
+    voxels, patch_voxels = int(np.prod(grid_shape)), int(np.prod(patch))
+    slab = n_cls * int(patch[0]) * int(grid_shape[1]) * int(grid_shape[2])
+    need = voxels + 4 * slab  # labels, stitching slab
+    if padded:  # a padded copy of the input
+        need += 4 * n_in * voxels
+    if probabilities:
+        need += 2 * n_cls * voxels
+    if dev.type == "cpu":  # the batch itself: input, logits, softmax, first feature map
+        widths = card.arch_kwargs.get("channels") if isinstance(card.arch_kwargs, dict) else None
+        first = int(widths[0]) if isinstance(widths, (list, tuple)) and widths else 16
+        need += 4 * batch * patch_voxels * (n_in + 3 * n_cls + first)
+    if need <= free:
+        return
+    gb = 1024**3
+    raise InferenceMemoryError(
+        f"not enough memory: model {card.arch!r} with patch {tuple(int(p) for p in patch)} "
+        f"and batch size {batch} on a {tuple(int(s) for s in grid_shape)} grid needs at "
+        f"least {need / gb:.1f} GB, but only {free / gb:.1f} GB is free. Use a smaller "
+        "patch size (e.g. 96 x 96 x 96 or the model card's) and batch size 1, or crop "
+        "the image"
+    )
+
+
 def _cpu_channels_last() -> bool:
     """Run 3-D convolutions channels-last on the CPU? Measured 10-15% faster for V-Nets
     with oneDNN on AVX2 (benchmarks/inference.py); env NAPARI_VNET_CHANNELS_LAST=0 turns
@@ -442,6 +497,20 @@ def predict(
     if len(patch) != 3 or min(patch) < 1:
         raise ValueError(f"card.patch_size must be three positive ints, got {card.patch_size!r}")
     pad = [max(0, p - s) for p, s in zip(patch, work_shape, strict=True)]
+    n_win_est = math.prod(
+        len(sliding_window_starts(s + q, p, overlap))
+        for s, q, p in zip(work_shape, pad, patch, strict=True)
+    )
+    bs_est = int(batch_size) if batch_size else _default_batch_size(dev, patch)
+    _check_memory(
+        card,
+        [s + q for s, q in zip(work_shape, pad, strict=True)],
+        patch,
+        max(1, min(bs_est, n_win_est)),
+        dev,
+        return_probabilities,
+        padded=any(pad),
+    )
     if any(pad):
         fill = [float(c.min()) for c in vol]
         padded = np.empty(
