@@ -110,6 +110,7 @@ class FinetuneWidget(QWidget):
     """Dock widget: fine-tune a segmentation network on the user's corrections."""
 
     weights_saved = Signal(str)
+    dataset_exported = Signal(str)
 
     def __init__(self, napari_viewer: napari.Viewer, parent: QWidget | None = None):
         super().__init__(parent)
@@ -714,8 +715,8 @@ class FinetuneWidget(QWidget):
 
         ``imagesTr/case_NNN_0000.nii.gz``, ``labelsTr/case_NNN.nii.gz`` and a
         ``dataset.json``. With "edited / reviewed slices only", voxels outside the
-        annotated slices get nnU-Net's "ignore" label. Returns the worker (its
-        ``returned`` signal carries the folder), or None when refused.
+        annotated slices get nnU-Net's "ignore" label. Returns the worker, or None when
+        refused; ``dataset_exported(folder)`` is emitted when it is written.
         """
         from napari.qt.threading import thread_worker
 
@@ -729,10 +730,14 @@ class FinetuneWidget(QWidget):
         worker = thread_worker(export_job, start_thread=False, ignore_errors=True)(
             items, Path(folder), names
         )
-        worker.returned.connect(lambda out: _notify("info", f"Training pairs exported to {out}"))
+        worker.returned.connect(self._on_exported)
         worker.errored.connect(lambda exc: _notify("error", f"Export failed: {exc}"))
         worker.start()
         return worker
+
+    def _on_exported(self, folder) -> None:
+        _notify("info", f"Training pairs exported to {folder}")
+        self.dataset_exported.emit(str(folder))
 
     def _export_items(self, only_edited: bool) -> list[dict]:
         pairs = self._pairs
