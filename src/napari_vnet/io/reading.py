@@ -1,7 +1,10 @@
 """Reading medical volumes with SimpleITK into :class:`~napari_vnet.io.volume.Volume`.
 
 The array shares the SimpleITK image's pixel buffer (no second copy of the volume):
-it is a writeable numpy view whose ``base`` keeps the image alive.
+it is a writeable numpy view whose ``base`` keeps the image alive. Plain NIfTI voxels
+can also be read straight into the array (ITK's NIfTI IO would hold two copies), see
+:func:`read_volume`. Truncated NIfTI/GIPL/Analyze files, which ITK silently pads, are
+detected from their headers and sizes.
 """
 
 from __future__ import annotations
@@ -276,8 +279,7 @@ def _read_dicom_path(path: Path, series) -> Volume:
     chosen = find_series_of_file(path)
     if chosen is None:
         raise VolumeReadError(path, "not a readable DICOM image file")
-    vol = read_dicom_series(chosen)
-    return vol
+    return read_dicom_series(chosen)
 
 
 # ------------------------------------------------------- NIfTI without a second copy
