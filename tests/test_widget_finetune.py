@@ -154,6 +154,9 @@ def test_cancel_keeps_a_loadable_best_checkpoint(make_napari_viewer, qtbot, base
     ft.add_pair(image, labels)
     ft.voxels_combo.setCurrentText(WHOLE)
     small_settings(ft, iterations=100_000)
+    config = ft.training_config()
+    assert (config.device, config.iterations, config.minutes) == ("cpu", 100_000, None)
+    assert config.lr is None and config.patch_size == (16, 16, 16)  # auto lr: the engine's
     out = base_weights.parent / "cancelled.pt"
     ft.set_output_path(out)
 

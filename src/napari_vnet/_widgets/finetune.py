@@ -274,7 +274,10 @@ class FinetuneWidget(QWidget):
         row.addWidget(self.val_spin)
         form.addRow("Patch size", row)
         self.device_combo = QComboBox()
-        self.device_combo.addItems(["auto", "cpu", "cuda", "mps"])
+        from napari_vnet._widgets.segment import available_devices
+
+        for label, value in available_devices():  # the same list as Segment volume
+            self.device_combo.addItem(label, value)
         form.addRow("Device", self.device_combo)
         row = QHBoxLayout()
         self.out_edit = QLineEdit()
@@ -557,7 +560,7 @@ class FinetuneWidget(QWidget):
             lr=self.lr_spin.value() or None,
             patch_size=parse_patch(text) if text else None,
             batch_size=self.batch_spin.value(),
-            device=self.device_combo.currentText(),
+            device=self.device_combo.currentData() or "auto",
             val_fraction=val,
         )
 
