@@ -120,7 +120,13 @@ def main() -> int:
             "spacing": list(image.spacing),
         },
         "classes": CLASSES,
-        "training_spacing": args.spacing,
+        "settings": {
+            "spacing": args.spacing,
+            "patch": args.patch,
+            "batch": args.batch,
+            "width": args.width,
+            "lr": args.lr,
+        },  # fmt: skip
         "torch_threads": torch.get_num_threads(),
         "loadavg_start": os.getloadavg(),
     }
@@ -241,8 +247,9 @@ def _write(result: dict, out: str) -> int:
     for key in ("scratch", "finetune"):
         if key in result:
             merged[key] = result[key]
+            merged[key]["settings"] = result["settings"]
             merged[key]["loadavg_start_end"] = [result["loadavg_start"], result["loadavg_end"]]
-    merged.update({k: v for k, v in result.items() if k not in ("scratch", "finetune")})
+    merged.update({k: v for k, v in result.items() if k not in ("scratch", "finetune", "settings")})
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(merged, indent=2))
     print(f"wrote {path}")
