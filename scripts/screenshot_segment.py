@@ -60,11 +60,11 @@ def _weights(tmp: Path, minutes: float) -> str | Path:
         pairs.append(TrainingPair(image.array, labels.array, image.spacing))
     config = TrainConfig(
         arch="vnet",
-        arch_kwargs={"channels": [8, 16, 32, 64]},
+        arch_kwargs={"channels": [8, 16, 32]},
         classes=classes,
         iterations=None,
         minutes=minutes,
-        patch_size=(32, 64, 64),
+        patch_size=(32, 48, 48),
         normalization={"kind": "window", "low": -200.0, "high": 300.0},
     )
     gen = finetune(pairs, config, out=tmp / "vnet-phantom-quick.pt")

@@ -218,7 +218,14 @@ def _warm_up_imports() -> None:
     """Import now, off the GUI thread, what napari needs to show a Labels layer with a
     features table for the first time (pandas alone takes ~0.5-1 s), so that adding the
     result does not freeze the viewer for that long."""
-    for name in ("pandas", "napari._vispy.overlays.labels_polygon", "napari._vispy.layers.labels"):
+    for name in (
+        "pandas",
+        "scipy.linalg",
+        "skimage.color",
+        "skimage.exposure",
+        "napari._vispy.overlays.labels_polygon",
+        "napari._vispy.layers.labels",
+    ):
         try:
             importlib.import_module(name)
         except Exception as exc:  # an optimisation only
