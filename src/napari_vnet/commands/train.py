@@ -87,6 +87,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     run_.add_argument("--schedule", choices=("poly", "cosine", "constant"), default="poly")
     run_.add_argument(
+        "--gan-lambda", type=float, metavar="L",
+        help="Vox2Vox: weight of the generalized Dice term against the adversarial loss "
+        "(default 5, as in the paper)",
+    )  # fmt: skip
+    run_.add_argument(
         "--no-augment", action="store_true", help="no flips/rotations/intensity changes"
     )
     run_.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
@@ -173,6 +178,7 @@ def run(args: argparse.Namespace) -> int:
         val_fraction=args.val_fraction,
         seed=args.seed,
         device=args.device,
+        **({"gan_lambda": args.gan_lambda} if args.gan_lambda is not None else {}),
         amp={"auto": "auto", "on": True, "off": False}[args.amp],
         resume=args.resume,
     )
