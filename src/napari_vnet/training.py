@@ -398,11 +398,14 @@ def prepare_cases(
 
 def _check_label_values(raw, classes: list[ClassInfo], ignore_index: int | None) -> None:
     """Warn about label values the classes do not list (they are learnt as background);
-    refuse when no annotated voxel of any pair holds a listed foreground value."""
+    see also :func:`_check_foreground`."""
     known = {c.value for c in classes}
-    found_fg = False
     for name, _img, lab, _sp, mask in raw:
-        values = {int(v) for v in np.unique(lab if mask is None else lab[mask])}
+        arr = (lab if mask is None else lab[mask]).ravel()
+        if arr.dtype.kind in "ub" and arr.dtype.itemsize <= 2:  # fast for big uint8 maps
+            values = {int(v) for v in np.flatnonzero(np.bincount(arr.astype(np.intp)))}
+        else:
+            values = {int(v) for v in np.unique(arr)}
         values.discard(0)
         if ignore_index is not None:
             values.discard(int(ignore_index))
@@ -415,13 +418,19 @@ def _check_label_values(raw, classes: list[ClassInfo], ignore_index: int | None)
                 unknown,
                 ", ".join(f"{c.value}={c.name}" for c in classes),
             )
-        found_fg |= bool(values & known)
-    if not found_fg:
-        raise TrainingError(
-            "the label maps hold no annotated voxel of any class ("
-            + ", ".join(f"{c.value}={c.name}" for c in classes if c.value != 0)
-            + "): they are empty or only background; paint some labels first"
-        )
+
+
+def _check_foreground(cases: list[_Case], classes: list[ClassInfo]) -> None:
+    """Refuse a run in which no annotated voxel of any case holds a foreground class."""
+    for c in cases:
+        fg = c.target != 0
+        if fg.any() if c.mask is None else (fg & c.mask).any():
+            return
+    raise TrainingError(
+        "the label maps hold no annotated voxel of any class ("
+        + ", ".join(f"{c.value}={c.name}" for c in classes if c.value != 0)
+        + "): they are empty or only background; paint some labels first"
+    )
 
 
 def _check_output(out: Path) -> None:
@@ -1009,6 +1018,7 @@ def _run(pairs, config: TrainConfig, base, out: Path, progress, should_stop, dis
         ignore_index=config.ignore_index,
     )
     n_classes = len(classes)
+    _check_foreground(cases, classes)
     if n_classes < 2:
         raise TrainingError("need at least one foreground class besides background")
     if config.batch_size < 1:
