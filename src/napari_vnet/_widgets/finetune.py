@@ -552,6 +552,9 @@ class FinetuneWidget(QWidget):
         text = self.patch_edit.text().strip()
         new = not self.from_base_radio.isChecked()
         arch = self.arch_combo.currentText()
+        eval_pace = {}
+        if by_minutes:  # about 8 validation points on the curve, 15-60 s apart
+            eval_pace["eval_seconds"] = min(60.0, max(15.0, 60.0 * self.minutes_spin.value() / 8))
         return TrainConfig(
             arch=arch if new else None,
             arch_kwargs=width_kwargs(arch, self.width_spin.value()) if new else {},
@@ -562,6 +565,7 @@ class FinetuneWidget(QWidget):
             batch_size=self.batch_spin.value(),
             device=self.device_combo.currentData() or "auto",
             val_fraction=val,
+            **eval_pace,
         )
 
     def train(self):
