@@ -60,11 +60,14 @@ def _weights(tmp: Path, minutes: float) -> str | Path:
         pairs.append(TrainingPair(image.array, labels.array, image.spacing))
     config = TrainConfig(
         arch="vnet",
-        arch_kwargs={"channels": [8, 16, 32]},
+        arch_kwargs={"channels": [8, 16, 32], "kernel_size": 3},
         classes=classes,
         iterations=None,
         minutes=minutes,
         patch_size=(32, 48, 48),
+        lr=3e-3,
+        augment=False,
+        foreground_fraction=0.8,
         normalization={"kind": "window", "low": -200.0, "high": 300.0},
     )
     gen = finetune(pairs, config, out=tmp / "vnet-phantom-quick.pt")
