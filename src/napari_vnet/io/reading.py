@@ -477,6 +477,9 @@ def read_volume(
     reader.SetFileName(str(path))
     try:
         reader.ReadImageInformation()
+        if 0 in reader.GetSize():
+            size = " x ".join(str(int(n)) for n in reversed(reader.GetSize()))
+            raise VolumeReadError(path, f"the header describes an empty image ({size} voxels)")
         _check_complete(path, reader)
         if ext.lower() in (".nii", ".nii.gz") and _use_direct_nifti(
             ext.lower(), reader, fast_nifti

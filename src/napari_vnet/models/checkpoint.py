@@ -167,8 +167,11 @@ def save_checkpoint(
             "kwargs": dict(getattr(disc, "arch_kwargs", {})),
             "state_dict": _plain_state(disc),
         }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as exc:
+        raise _save_error(exc, path) from exc
     try:
         with os.fdopen(fd, "wb") as fh:
             torch.save(state, fh)
@@ -176,11 +179,30 @@ def save_checkpoint(
             os.fsync(fh.fileno())
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; use the usual mode
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
+        # disk full, read-only...: say which file (torch's zip writer may have replaced
+        # the OSError by a RuntimeError about stream positions; the OSError is its context)
+        cause: BaseException | None = exc
+        while cause is not None and not isinstance(cause, OSError):
+            cause = cause.__cause__ or cause.__context__
+        if isinstance(cause, OSError):
+            raise _save_error(cause, path) from exc
         raise
     logger.info("saved %s checkpoint to %s", card.arch, path)
     return path
+
+
+def _save_error(exc: OSError, path: Path) -> OSError:
+    """The same kind of OSError (errno kept), naming the checkpoint that was not saved;
+    any previous file at ``path`` is untouched."""
+    reason = exc.strerror or str(exc)
+    parent = next((p for p in path.parents if p.exists()), None)
+    if parent is not None and not parent.is_dir():
+        reason = f"{parent} is a file, not a folder"
+    return OSError(
+        exc.errno, f"cannot save the checkpoint ({reason}); nothing was changed", str(path)
+    )
 
 
 def _umask() -> int:
@@ -242,7 +264,8 @@ def _short(text: str) -> str:
 
 def _unsupported_global(text: str) -> str:
     """'GLOBAL builtins.exec' from PyTorch's message, or ''."""
-    match = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
+    # torch < 2.9: "Unsupported global: GLOBAL x.y"; later: "unsupported GLOBAL x.y whose module"
+    match = re.search(r"unsupported (?:global: )?GLOBAL ([\w.]+)", text, re.IGNORECASE)
     return f"GLOBAL {match.group(1)}" if match else ""
 
 
