@@ -188,14 +188,15 @@ def _default_batch_size(device: torch.device, patch: Sequence[int]) -> int:
 def sliding_window_starts(length: int, patch: int, overlap: float) -> list[int]:
     """Start indices of windows of size ``patch`` covering ``length`` with ``overlap``.
 
-    The windows are spread evenly from 0 to ``length - patch`` with a step of at most
-    ``patch * (1 - overlap)``, so the count equals MONAI's for the same settings.
+    Windows step by ``int(patch * (1 - overlap))`` and the last one is moved back to end
+    at ``length`` - the same positions as MONAI's ``sliding_window_inference``, so the two
+    engines can be compared window for window.
     """
     if length <= patch:
         return [0]
     step = max(1, int(patch * (1.0 - overlap)))
     n = math.ceil((length - patch) / step) + 1
-    return [int(round(s)) for s in np.linspace(0, length - patch, n)]
+    return [min(i * step, length - patch) for i in range(n)]
 
 
 def _gaussian_1d(size: int) -> np.ndarray:
