@@ -367,3 +367,20 @@ def test_loss_curve_skips_missing_values_and_fits_the_data(qapp):
     assert list(curve._dice_line.get_ydata()) == [0.25, 0.5]
     curve.clear()
     assert curve.losses == [] and len(curve._raw_line.get_xdata()) == 0
+
+
+def test_auto_patch_is_the_patch_the_weights_were_trained_with(tmp_path):
+    from napari_vnet._widgets._finetune_job import trained_patch
+    from napari_vnet.models import ClassInfo, ModelCard, build_model, save_checkpoint
+
+    plain = save_tiny_weights(tmp_path / "plain.pt")
+    assert trained_patch(plain) is None  # no training history: the engine uses the card's
+    card = ModelCard(
+        arch="unet3d",
+        arch_kwargs={"channels": [4, 8]},
+        classes=[ClassInfo(0, "background"), ClassInfo(1, "blob")],
+        patch_size=(48, 96, 96),  # the recommended inference window
+        history={"run": {"config": {"patch_size": [8, 16, 16]}}},
+    )
+    path = save_checkpoint(build_model(card), card, tmp_path / "trained.pt")
+    assert trained_patch(path) == (8, 16, 16)

@@ -201,10 +201,29 @@ def training_job(specs, config, base, out, stop: threading.Event, class_names=No
         classes = resolve_classes(base, pairs, class_names or {})
         if classes is not None:
             config = dataclasses.replace(config, classes=classes)
+        if config.patch_size is None and base is not None:
+            patch = trained_patch(base)
+            if patch is not None:
+                config = dataclasses.replace(config, patch_size=patch)
         summary = yield from finetune(pairs, config, base=base, out=out, should_stop=stop.is_set)
         return dict(summary or {})
     finally:
         torch.set_num_threads(before)
+
+
+def trained_patch(base) -> tuple[int, int, int] | None:
+    """The patch the base weights were trained with (their card's run history).
+
+    A card's ``patch_size`` is its recommended inference window, often much larger
+    (a whole phantom); fine-tuning with the training patch keeps CPU steps short.
+    """
+    from napari_vnet.models import read_card
+
+    run = read_card(base).history.get("run") or {}
+    patch = (run.get("config") or {}).get("patch_size")
+    if isinstance(patch, list | tuple) and len(patch) == 3:
+        return tuple(int(p) for p in patch)
+    return None
 
 
 def spec_to_pair(spec: dict, TrainingPair):

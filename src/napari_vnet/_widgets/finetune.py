@@ -249,7 +249,8 @@ class FinetuneWidget(QWidget):
         self.patch_edit = QLineEdit("" if patch is None else ",".join(str(p) for p in patch))
         self.patch_edit.setPlaceholderText("auto")
         self.patch_edit.setToolTip(
-            "z, y, x voxels, or one number for a cube; empty: the weights' patch, else 48"
+            "z, y, x voxels, or one number for a cube; empty: the patch the weights were "
+            "trained with, else 48"
         )
         self.batch_spin = QSpinBox()
         self.batch_spin.setRange(1, 64)
