@@ -388,3 +388,25 @@ def test_output_channels_follow_class_names_then_values():
     assert set(reinit) == {"head.weight", "head.bias"}
     w_old, w_new = old.state_dict()["head.weight"], new.state_dict()["head.weight"]
     assert torch.equal(w_new[1], w_old[2]) and torch.equal(w_new[2], w_old[1])
+
+
+@pytest.mark.slow
+def test_vox2vox_adversarial_loss_ignores_unannotated_voxels(tmp_path):
+    """The discriminator sees segmentations masked to the annotated voxels, so the
+    adversarial terms (generator and discriminator) are invariant too."""
+    image, labels = sphere_pair()
+    annotated = [6, 9]
+    garbage = labels.copy()
+    outside = np.ones(labels.shape, bool)
+    outside[annotated] = False
+    garbage[outside] = 1 - garbage[outside]
+    runs = []
+    for i, lab in enumerate((labels, garbage)):
+        torch.manual_seed(0)
+        cfg = config("vox2vox", iterations=3, classes="1=organ", eval_every=100)
+        events, _ = drain(
+            finetune([TrainingPair(image, lab, annotated=annotated)], cfg, out=tmp_path / f"{i}.pt")
+        )
+        runs.append([e["losses"] for e in events])
+    assert runs[0] == runs[1]
+    assert all(set(r) == {"gdl", "adversarial", "discriminator"} for r in runs[0])
