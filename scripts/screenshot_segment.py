@@ -23,6 +23,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -103,8 +105,7 @@ def main(argv=None) -> int:
     if not widget.select_weights(weights):
         raise SystemExit(f"the dock refused the weights {weights}")
     widget.set_image_layer(image)
-    widget.post["largest_component"].value = True
-    widget.post["fill_holes"].value = True
+    widget.post["fill_holes"].value = True  # (largest component would drop a kidney)
     added = []
     widget.prediction_added.connect(added.append)
     widget.run()
@@ -114,11 +115,13 @@ def main(argv=None) -> int:
     viewer.layers.selection.active = labels
 
     # a slice through the liver, and the class name under the cursor in the status bar
+    # (the slice showing the most classes, then the most liver)
     values = labels.data
-    z = int(values.shape[0] // 2)
-    counts = [(int((values[k] == 1).sum()), k) for k in range(values.shape[0])]
-    if max(counts)[0] > 0:
-        z = max(counts)[1]
+    scores = [
+        (len(set(np.unique(values[k])) - {0}), int((values[k] == 1).sum()), k)
+        for k in range(values.shape[0])
+    ]
+    z = max(scores)[2]
     viewer.dims.set_current_step(0, z)
     viewer.reset_view()
     ys, xs = (values[z] == 1).nonzero()

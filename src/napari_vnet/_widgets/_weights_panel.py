@@ -19,6 +19,7 @@ from qtpy.QtCore import Qt, Signal
 from qtpy.QtWidgets import QFileDialog, QLabel, QVBoxLayout, QWidget
 
 from napari_vnet._widgets import _session
+from napari_vnet._widgets._result_layer import class_colors
 
 if TYPE_CHECKING:
     from napari_vnet.models import ModelCard
@@ -105,6 +106,17 @@ def _swatch(color) -> str:
     return f'<span style="color: rgb({r},{g},{b})">■</span> '
 
 
+def _first_sentence(text: str, limit: int = 140) -> str:
+    """The description's first sentence (the full text is in the tooltip)."""
+    text = " ".join(text.split())
+    cut = text.find(". ")
+    if 0 < cut < limit:
+        return text[: cut + 1] + " …"
+    if len(text) <= limit:
+        return text
+    return text[:limit].rsplit(" ", 1)[0].rstrip(",;:(") + " …"
+
+
 def card_html(card: ModelCard, path: Path | None) -> str:
     """The model card as short rich text for the dock."""
     esc = html.escape
@@ -112,8 +124,12 @@ def card_html(card: ModelCard, path: Path | None) -> str:
     title = esc(path.name) if path is not None else "model"
     lines.append(f"<b>{title}</b> — {esc(arch_name(card.arch))}")
     if card.description:
-        lines.append(f"<i>{esc(card.description)}</i>")
-    classes = ", ".join(f"{_swatch(c.color)}{esc(c.name)} ({c.value})" for c in card.classes)
+        lines.append(f"<i>{esc(_first_sentence(card.description))}</i>")
+    colors = class_colors(card)  # the colours the result layer will use
+    classes = ", ".join(
+        f"{_swatch(colors.get(c.value) if c.value else None)}{esc(c.name)} ({c.value})"
+        for c in card.classes
+    )
     lines.append(f"<b>Classes:</b> {classes}")
     spacing = f"{_fmt_triplet(card.spacing)} mm (z × y × x)" if card.spacing else "image's own"
     lines.append(f"<b>Spacing:</b> {spacing}; <b>patch:</b> {_fmt_triplet(card.patch_size)}")
@@ -126,6 +142,13 @@ def card_html(card: ModelCard, path: Path | None) -> str:
     dice = hist.get("val_dice", hist.get("dice"))
     if isinstance(dice, int | float):
         trained.append(f"val. Dice {dice:.3f}")
+    evaluation = hist.get("evaluation")
+    if isinstance(evaluation, dict) and isinstance(
+        evaluation.get("mean_foreground_dice"), int | float
+    ):
+        cases = evaluation.get("cases")
+        on = f" on {cases} unseen cases" if cases else " on unseen data"
+        trained.append(f"mean Dice {evaluation['mean_foreground_dice']:.3f}{on}")
     if trained:
         lines.append(f"<b>Training:</b> {esc(', '.join(trained))}")
     return "<br>".join(lines)
@@ -317,4 +340,7 @@ class WeightsPanel(QWidget):
         else:
             self.problem = None
             self.info.setText(card_html(card, self._weights))
+        self.info.setToolTip(
+            f"{self._weights}\n\n{card.description}" if card is not None and self._weights else ""
+        )
         self.changed.emit()

@@ -49,6 +49,11 @@ AMP_CHOICES = [
     ("bfloat16", "bf16"),
     ("float16", "fp16"),
 ]
+POSTPROCESS_TIPS = {
+    "largest_component": "Removes every piece of a class but the largest: right for single "
+    "organs (liver, spleen), wrong for paired or repeated ones (kidneys, vertebrae).",
+    "fill_holes": "Fills background cavities fully enclosed by one class with that class.",
+}
 BATCH_CHOICES = [("auto", None)] + [(str(n), n) for n in (1, 2, 4, 8, 16)]
 POSTPROCESS = {
     "largest_component": "Keep the largest component of each class",
@@ -153,7 +158,10 @@ class SegmentWidget(QWidget):
             tooltip="auto: bf16/fp16 on GPUs, bf16 on CPUs with native bf16, else float32",
         )
         self.tta = CheckBox(text="Test-time augmentation (8 flips, 8× slower)", value=False)
-        self.post = {op: CheckBox(text=text, value=False) for op, text in POSTPROCESS.items()}
+        self.post = {
+            op: CheckBox(text=text, value=False, tooltip=POSTPROCESS_TIPS[op])
+            for op, text in POSTPROCESS.items()
+        }
         self._settings = Container(
             widgets=[
                 self.device,
