@@ -410,3 +410,34 @@ def test_vox2vox_adversarial_loss_ignores_unannotated_voxels(tmp_path):
         runs.append([e["losses"] for e in events])
     assert runs[0] == runs[1]
     assert all(set(r) == {"gdl", "adversarial", "discriminator"} for r in runs[0])
+
+
+def test_finetuned_card_keeps_the_base_inference_window(tmp_path):
+    """Fine-tuning trains on small patches but must not shrink the base's inference window."""
+    from napari_vnet.models import ClassInfo
+    from napari_vnet.training import run_training
+
+    card = ModelCard(
+        arch="unet3d",
+        arch_kwargs={"channels": [4, 8], "norm": "instance"},
+        classes=[ClassInfo(0, "background"), ClassInfo(1, "organ")],
+        normalization={"kind": "zscore"},
+        spacing=(1.0, 1.0, 1.0),
+        patch_size=(24, 32, 32),
+    )
+    base = tmp_path / "base.pt"
+    save_checkpoint(build_model(card), card, base)
+    rng = np.random.default_rng(0)
+    image = rng.normal(size=(24, 32, 32)).astype(np.float32)
+    labels = np.zeros(image.shape, np.uint8)
+    labels[8:16, 10:20, 10:20] = 1
+    image[labels == 1] += 3
+    out = tmp_path / "ft.pt"
+    run_training(
+        [TrainingPair(image, labels, spacing=(1.0, 1.0, 1.0))],
+        TrainConfig(iterations=2, patch_size=(8, 16, 16), batch_size=1, device="cpu"),
+        base=base,
+        out=out,
+    )
+    _, new_card = load_checkpoint(out)
+    assert tuple(new_card.patch_size) == (24, 32, 32)

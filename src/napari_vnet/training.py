@@ -1039,7 +1039,10 @@ def _run(pairs, config: TrainConfig, base, out: Path, progress, should_stop, dis
     _check_batch_memory(card, patch, config.batch_size, n_classes, device)
     card.spacing = tuple(spacing)
     card.normalization = dict(normalization)
-    card.patch_size = patch
+    if base_info is None and resumed_model is None:
+        # A new model's recommended inference window is its training patch; a fine-tuned
+        # model keeps its base's (larger) inference window, which inference uses whole.
+        card.patch_size = patch
     if resumed_model is not None:
         model = resumed_model
         disc = None
