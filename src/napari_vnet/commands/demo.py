@@ -136,6 +136,8 @@ def run(args: argparse.Namespace) -> int:
             QTimer.singleShot(500, take_screenshot)  # let the canvas redraw first
 
     demo = launch_demo(viewer, auto=args.auto, weights=args.weights)
+    if args.screenshot:
+        viewer.window.resize(1500, 1000)  # a reproducible layout for the README figure
     demo.segment.prediction_added.connect(on_prediction)
     if args.auto and demo.worker is None:
         state["status"] = 1
