@@ -32,3 +32,16 @@ def _few_torch_threads():
     torch.manual_seed(0)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture()
+def one_torch_thread():
+    """One intra-op thread: on an oversubscribed 2-core machine OpenMP barriers with two
+    threads make these tiny networks ~20x slower (measured). Opt in per module with
+    ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

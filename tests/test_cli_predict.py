@@ -17,16 +17,7 @@ ORIGIN = (-40.0, 12.5, -7.25)
 DIRECTION = np.array([[1.0, 0, 0], [0, 0, -1.0], [0, 1.0, 0]])  # oblique-free but not identity
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """One intra-op thread: on an oversubscribed 2-core machine OpenMP barriers with two
-    threads make these tiny networks ~20x slower (measured)."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # fixture in conftest.py
 
 
 def last_json(text: str) -> dict:

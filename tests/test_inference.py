@@ -26,16 +26,7 @@ from napari_vnet.models.card import ClassInfo, ModelCard
 CLASSES = [ClassInfo(0, "background"), ClassInfo(5, "liver"), ClassInfo(7, "tumour")]
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """One intra-op thread: on an oversubscribed 2-core machine OpenMP barriers with two
-    threads make these tiny networks ~20x slower (measured)."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # fixture in conftest.py
 
 
 def make_card(patch=(16, 16, 16), spacing=(1.0, 1.0, 1.0), classes=CLASSES, norm=None):

@@ -14,17 +14,7 @@ import torch
 from napari_vnet.inference import predict
 from napari_vnet.models import ClassInfo, ModelCard, build_model
 
-
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """One intra-op thread: on an oversubscribed 2-core machine OpenMP barriers with two
-    threads make these tiny networks ~20x slower (measured)."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # fixture in conftest.py
 
 
 def make_case(seed, shape=(24, 32, 28)):

@@ -103,6 +103,16 @@ def _count_file_annotated(annotated) -> int:
     return len(arr.ravel())
 
 
+def _file_item(p: _Pair, only_edited: bool) -> dict:
+    """The worker/export record for a file-backed pair (paths only; read off the GUI thread)."""
+    return {
+        "image_path": p.image_path,
+        "labels_path": p.labels_path,
+        "annotated": p.annotated if only_edited else None,
+        "only_edited": only_edited,
+    }
+
+
 # ------------------------------------------------------------------------------ widget
 
 
@@ -510,14 +520,7 @@ class FinetuneWidget(QWidget):
         specs = []
         for p in pairs:
             if p.is_file:
-                specs.append(
-                    {
-                        "image_path": p.image_path,
-                        "labels_path": p.labels_path,
-                        "annotated": p.annotated if only_edited else None,
-                        "only_edited": only_edited,
-                    }
-                )
+                specs.append(_file_item(p, only_edited))
                 continue
             check_same_geometry(p.image_layer, p.labels_layer)
             labels = np.array(p.labels_layer.data, copy=True)
@@ -757,14 +760,7 @@ class FinetuneWidget(QWidget):
         items = []
         for p in pairs:
             if p.is_file:
-                items.append(
-                    {
-                        "image_path": p.image_path,
-                        "labels_path": p.labels_path,
-                        "annotated": p.annotated if only_edited else None,
-                        "only_edited": only_edited,
-                    }
-                )
+                items.append(_file_item(p, only_edited))
                 continue
             check_same_geometry(p.image_layer, p.labels_layer)
             labels = np.array(p.labels_layer.data, copy=True)
