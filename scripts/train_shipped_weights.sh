@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Re-make the shipped weights src/napari_vnet/weights/{vnet,unet3d,vox2vox}-phantom.pt
 # with napari-vnet's own CLI, on CPU:
-#   1. synthetic training phantoms (seeds 0-15) and unseen test phantoms (seeds 100-103)
+#   1. synthetic training phantoms (seeds 0-15) and unseen test phantoms (seeds 100-107)
 #      written by sample_data/make_sample.py (napari_vnet.phantoms.make_phantom);
 #   2. `napari-vnet train` for V-Net, 3D U-Net and Vox2Vox (small widths, batch norm so
 #      that inference may use whole-volume windows), MINUTES each, PARALLEL at once;
@@ -25,7 +25,7 @@ PARALLEL=${PARALLEL:-1}
 MODELS=${MODELS:-"vnet unet3d vox2vox"}
 STAGES=${STAGES:-"data train finish install"}
 TRAIN_SEEDS=0-15
-TEST_SEEDS=100-103
+TEST_SEEDS=100-107
 DEST=src/napari_vnet/weights
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}  # several runs share the CPU politely
 
