@@ -34,8 +34,8 @@ def build_parser() -> argparse.ArgumentParser:
         except ImportError as exc:  # a command whose optional dependency is missing
             sub.add_parser(name, help=f"(unavailable: {exc})")
             continue
-        text = module.HELP.replace("%", "%%")  # argparse formats help strings with %
-        p = sub.add_parser(name, help=text, description=text)
+        # argparse %-formats a command's help line, but not its description
+        p = sub.add_parser(name, help=module.HELP.replace("%", "%%"), description=module.HELP)
         module.add_arguments(p)
         p.set_defaults(_run=module.run)
     return parser
