@@ -341,21 +341,19 @@ def _series_infos(folder: str) -> list[dict[str, Any]]:
     return out
 
 
+def _broken_dicom(path: str, rel_dir: str, problem: str) -> ScanEntry:
+    """A list entry for a DICOM file that belongs to no readable series."""
+    name = os.path.basename(path)
+    rel = name if rel_dir == "." else f"{rel_dir}/{name}"
+    return ScanEntry(key=rel, path=path, name=rel, kind="dicom", error=f"{path}: {problem}")
+
+
 def _dicom_entries(folder: str, rel_dir: str, candidates: list[str]) -> Iterator[ScanEntry]:
     try:
         series = _series_infos(folder)
     except Exception as exc:  # noqa: BLE001 - a broken folder must not stop the walk
         for path in candidates:
-            rel = (
-                os.path.basename(path) if rel_dir == "." else f"{rel_dir}/{os.path.basename(path)}"
-            )
-            yield ScanEntry(
-                key=rel,
-                path=path,
-                name=rel,
-                kind="dicom",
-                error=f"{path}: not a readable DICOM series ({exc})",
-            )
+            yield _broken_dicom(path, rel_dir, f"not a readable DICOM series ({exc})")
         return
     used: set[str] = set()
     for info in series:
@@ -383,16 +381,7 @@ def _dicom_entries(folder: str, rel_dir: str, candidates: list[str]) -> Iterator
         )
     for path in candidates:
         if os.path.normpath(path) not in used:
-            rel = (
-                os.path.basename(path) if rel_dir == "." else f"{rel_dir}/{os.path.basename(path)}"
-            )
-            yield ScanEntry(
-                key=rel,
-                path=path,
-                name=rel,
-                kind="dicom",
-                error=f"{path}: DICOM file not part of any readable image series",
-            )
+            yield _broken_dicom(path, rel_dir, "DICOM file not part of any readable image series")
 
 
 def discover_scans(
