@@ -7,7 +7,11 @@ that peak RSS (``VmHWM``) is the engine's own:
 * ``napari-vnet``: :func:`napari_vnet.inference.predict` with its defaults (amp "auto",
   batch size auto, rolling-slab stitching), normalisation included in its time;
 * ``monai``: ``monai.inferers.sliding_window_inference`` with MONAI's defaults
-  (fp32, ``sw_batch_size=1``) and ``mode="gaussian"``, under ``torch.no_grad``;
+  (fp32, ``sw_batch_size=1``) and ``mode="gaussian"``, under ``torch.no_grad``; its
+  predictor is the network followed by a softmax, so that MONAI blends the windows'
+  class probabilities as napari-vnet and the naive loop do (given the bare network it
+  blends logits, which moves ~0.5-2% of the voxels in window overlaps where the classes
+  are close: the label maps then differ by the blending rule, not by the engine);
 * ``naive``: a plain loop over the same windows, fp32, full-size float32 probability and
   count maps, uniform averaging.
 
@@ -246,7 +250,12 @@ def run_engine(args, raw, model, card, values, patch):
 
             with torch.no_grad():
                 out = sliding_window_inference(
-                    x, card.patch_size, 1, model, overlap=args.overlap, mode="gaussian"
+                    x,
+                    card.patch_size,
+                    1,
+                    lambda t: torch.softmax(model(t), dim=1),
+                    overlap=args.overlap,
+                    mode="gaussian",
                 )
             labels = values[torch.argmax(out[0], 0).numpy()]
             del out

@@ -15,6 +15,7 @@ from napari_vnet.inference import (
     InferenceMemoryError,
     Prediction,
     PredictionCancelled,
+    importance_map,
     predict,
     resolve_amp,
     resolve_device,
@@ -76,9 +77,9 @@ def reference_predict(image, model, patch, overlap):
     for p in patch:
         sigma = p / 8
         x = np.arange(p) - (p - 1) / 2
-        g = np.exp(-0.5 * (x / sigma) ** 2)
-        axes.append(np.maximum(g / g.max(), 1e-3))
-    w = torch.from_numpy(np.einsum("i,j,k->ijk", *axes)).float()
+        axes.append(np.exp(-0.5 * (x / sigma) ** 2))
+    w3 = np.einsum("i,j,k->ijk", *axes)
+    w = torch.from_numpy(np.maximum(w3, max(w3.min(), 1e-3))).float()
     num = torch.zeros((3, *shape))
     den = torch.zeros(shape)
     with torch.no_grad():
@@ -90,6 +91,27 @@ def reference_predict(image, model, patch, overlap):
                     num[(slice(None), *sl)] += prob * w
                     den[sl] += w
     return (num / den).numpy()
+
+
+@pytest.mark.parametrize("patch", [(64, 64, 64), (32, 48, 48), (5, 7, 2), (1, 16, 16)])
+def test_importance_map_is_a_floored_gaussian(patch):
+    w = importance_map(patch).numpy()
+    assert w.shape == patch and w.dtype == np.float32
+    assert w.min() >= 1e-3 - 1e-9  # no voxel without weight
+    centre = tuple(p // 2 for p in patch)
+    assert w[centre] == w.max()
+    np.testing.assert_allclose(w, w[::-1, ::-1, ::-1], rtol=1e-6)  # symmetric
+    if min(patch) >= 32:  # sigma = patch / 8: the corners are clipped to the floor
+        assert w[0, 0, 0] == pytest.approx(1e-3)
+
+
+@pytest.mark.parametrize("patch", [(64, 64, 64), (32, 48, 40)])
+def test_importance_map_equals_monai(patch):
+    """Same blending as MONAI's sliding_window_inference(mode="gaussian") (oracle; skips
+    where MONAI is not installed)."""
+    monai_utils = pytest.importorskip("monai.data.utils")
+    ref = monai_utils.compute_importance_map(patch, mode="gaussian", sigma_scale=0.125)
+    np.testing.assert_allclose(importance_map(patch).numpy(), ref.numpy(), rtol=1e-5)
 
 
 @pytest.mark.parametrize("shape", [(21, 37, 19), (16, 16, 16), (33, 17, 40)])

@@ -10,14 +10,15 @@ input's own grid:
    probabilities linear);
 3. the volume is covered by overlapping patches (``card.patch_size``; an image smaller
    than a patch is padded); each window's softmax is weighted by a Gaussian importance
-   map (sigma = patch / 8, as in nnU-Net and MONAI) and windows are run in batches;
+   map (sigma = patch / 8, floored at 1e-3: the map of MONAI's ``sliding_window_inference``
+   with ``mode="gaussian"``, so both engines blend windows alike) and windows are run in
+   batches;
 4. memory stays bounded: windows are visited in z order and their weighted scores are
    summed into a *rolling z-slab* of one patch depth (plus what one batch spans); slices
    that no later window can touch are finalised (argmax -> label values) and the slab
    moves on. Nothing of size ``C x D x H x W`` is ever allocated (unless probabilities
-   are asked for, and then only in float16). The Gaussian weights of a window grid are
-   separable, so the normaliser is the outer product of three 1-D sums and is never
-   stored either;
+   are asked for, and then only in float16; their normaliser, the sum of the window
+   weights, is one more channel of the slab);
 5. optional flip test-time augmentation (8 flips, softmax averaged) and post-processing
    (:mod:`napari_vnet.postprocess`).
 
@@ -66,7 +67,7 @@ __all__ = [
 ]
 
 GAUSSIAN_SIGMA_SCALE = 0.125  # sigma = patch size * 1/8 (nnU-Net, MONAI)
-GAUSSIAN_MIN = 1e-3  # floor of each 1-D profile so that no voxel gets zero weight
+GAUSSIAN_MIN = 1e-3  # floor of the 3-D weight map so that no voxel gets zero weight
 SPACING_RTOL = 1e-3  # spacings closer than this (relative) count as equal
 
 
@@ -199,22 +200,21 @@ def sliding_window_starts(length: int, patch: int, overlap: float) -> list[int]:
     return [min(i * step, length - patch) for i in range(n)]
 
 
-def _gaussian_1d(size: int) -> np.ndarray:
-    sigma = max(size * GAUSSIAN_SIGMA_SCALE, 1e-6)
-    x = np.arange(size, dtype=np.float64) - (size - 1) / 2.0
-    g = np.exp(-0.5 * (x / sigma) ** 2)
-    return np.maximum(g / g.max(), GAUSSIAN_MIN)
+def importance_map(patch: Sequence[int]) -> torch.Tensor:
+    """Gaussian importance weights of one window (float32, shape ``patch``).
 
-
-def _coverage_1d(length: int, starts: Sequence[int], g: np.ndarray) -> np.ndarray:
-    """Sum of the 1-D Gaussian profiles of all windows along one axis."""
-    cover = np.zeros(length, dtype=np.float64)
-    for s in starts:
-        cover[s : s + len(g)] += g
-    return cover
-
-
-# --------------------------------------------------------------------------- stitching
+    The product of 1-D Gaussians with sigma = patch / 8 centred on the window, floored at
+    ``GAUSSIAN_MIN`` so that no voxel gets zero weight: the same map as MONAI's
+    ``compute_importance_map(mode="gaussian", sigma_scale=0.125)`` (and nnU-Net's
+    sigma), so that both engines blend overlapping windows identically."""
+    profiles = []
+    for size in patch:
+        sigma = max(size * GAUSSIAN_SIGMA_SCALE, 1e-6)
+        x = np.arange(size, dtype=np.float64) - (size - 1) / 2.0
+        profiles.append(np.exp(-0.5 * (x / sigma) ** 2))
+    weights = np.multiply.outer(profiles[0], np.multiply.outer(profiles[1], profiles[2]))
+    floor = max(float(weights.min()), GAUSSIAN_MIN)
+    return torch.from_numpy(np.maximum(weights, floor).astype(np.float32))
 
 
 class _ZStitcher:
@@ -228,18 +228,22 @@ class _ZStitcher:
         device: torch.device,
         lut: np.ndarray,
         label_dtype: np.dtype,
-        coverage: tuple[np.ndarray, np.ndarray, np.ndarray] | None,
+        weights: torch.Tensor | None,
     ) -> None:
         self.shape = shape
         self.depth = depth
         self.lut = lut
         self.labels = np.zeros(shape, dtype=label_dtype)
-        self.coverage = coverage  # set when probabilities are wanted
+        # probabilities wanted: the window weight map, summed in one more slab channel,
+        # normalises the weighted scores exactly
+        self.weights = weights
         self.probabilities = (
-            None if coverage is None else np.zeros((n_classes, *shape), dtype=np.float16)
+            None if weights is None else np.zeros((n_classes, *shape), dtype=np.float16)
         )
         self.base = 0  # global z of acc[:, 0]
-        self.acc = torch.zeros((n_classes, depth, shape[1], shape[2]), device=device)
+        extra = 0 if weights is None else 1
+        self.acc = torch.zeros((n_classes + extra, depth, shape[1], shape[2]), device=device)
+        self.n_classes = n_classes
 
     @property
     def device(self) -> torch.device:
@@ -247,27 +251,30 @@ class _ZStitcher:
 
     def to(self, device: torch.device) -> None:
         self.acc = self.acc.to(device)
+        if self.weights is not None:
+            self.weights = self.weights.to(device)
 
     def add(self, scores: torch.Tensor, starts: Sequence[tuple[int, int, int]]) -> None:
         scores = scores.to(self.acc.device)
         pz, py, px = scores.shape[2:]
+        c = self.n_classes
         for s, (z, y, x) in zip(scores, starts, strict=True):
             z0 = z - self.base
-            self.acc[:, z0 : z0 + pz, y : y + py, x : x + px] += s
+            self.acc[:c, z0 : z0 + pz, y : y + py, x : x + px] += s
+            if self.weights is not None:
+                self.acc[c, z0 : z0 + pz, y : y + py, x : x + px] += self.weights
 
     def finalize(self, until: int) -> None:
         """All slices ``< until`` are complete: write them out and advance the slab."""
         n = until - self.base
         if n <= 0:
             return
-        slab = self.acc[:, :n]
+        slab = self.acc[: self.n_classes, :n]
         idx = torch.argmax(slab, dim=0).to("cpu", torch.int64).numpy()
         self.labels[self.base : until] = self.lut[idx]
         if self.probabilities is not None:
-            cz, cy, cx = self.coverage
-            norm = np.multiply.outer(cz[self.base : until], np.multiply.outer(cy, cx))
-            probs = slab.to("cpu", torch.float32).numpy() / norm[None].astype(np.float32)
-            self.probabilities[:, self.base : until] = probs
+            probs = slab / self.acc[self.n_classes, :n].clamp_min(1e-12)
+            self.probabilities[:, self.base : until] = probs.to("cpu", torch.float32).numpy()
         keep = self.depth - n
         if keep > 0:
             self.acc[:, :keep] = self.acc[:, n:].clone()
@@ -529,8 +536,7 @@ def predict(
     ]
     windows = list(itertools.product(*starts_axes))  # z-major order: the slab rolls along z
     n_win = len(windows)
-    g1 = [_gaussian_1d(p) for p in patch]
-    gauss = torch.from_numpy(np.multiply.outer(g1[0], np.multiply.outer(g1[1], g1[2]))).float()
+    gauss = importance_map(patch)
     bs = int(batch_size) if batch_size else _default_batch_size(dev, patch)
     bs = max(1, min(bs, n_win))
     z_of = [w[0] for w in windows]
@@ -540,20 +546,27 @@ def predict(
     if min(values) < 0 or max(values) > 65535:
         raise ValueError(f"label values must be in [0, 65535], card has {values}")
     lut = np.asarray(values, dtype=label_dtype)
-    coverage = None
-    if return_probabilities:
-        coverage = tuple(
-            _coverage_1d(s, st, g) for s, st, g in zip(grid_shape, starts_axes, g1, strict=True)
-        )
     n_classes = len(values)
+
+    def weights_for_probs(device: torch.device) -> torch.Tensor | None:
+        return gauss.to(device) if return_probabilities else None
+
     try:
-        stitcher = _ZStitcher(n_classes, grid_shape, depth, dev, lut, label_dtype, coverage)
+        stitcher = _ZStitcher(
+            n_classes, grid_shape, depth, dev, lut, label_dtype, weights_for_probs(dev)
+        )
     except Exception as exc:  # noqa: BLE001 - only OOM is handled
         if not _is_oom(exc) or dev.type == "cpu":
             raise
         log.warning("no room for the stitching slab on %s; stitching on the CPU", dev)
         stitcher = _ZStitcher(
-            n_classes, grid_shape, depth, torch.device("cpu"), lut, label_dtype, coverage
+            n_classes,
+            grid_shape,
+            depth,
+            torch.device("cpu"),
+            lut,
+            label_dtype,
+            weights_for_probs(torch.device("cpu")),
         )
     flips = _flip_sets(tta)
     channels_last = dev.type == "cpu" and _cpu_channels_last()
