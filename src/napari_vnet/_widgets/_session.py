@@ -92,8 +92,9 @@ def forget_recent_weights(path: str | os.PathLike) -> None:
 def find_dock_widget(viewer: napari.Viewer, cls: type) -> Any | None:
     """The docked instance of widget class ``cls`` in ``viewer``'s window, or None.
 
-    Looks through the window's dock widgets (napari >= 0.6 ``window.dock_widgets``
-    mapping, else the Qt dock widgets) and also one level inside magicgui containers.
+    Looks through the window's dock widgets (the public ``window.dock_widgets`` mapping
+    of napari >= 0.6, else the Qt dock widgets of the private Qt window) and also one level
+    inside magicgui containers.
     """
     window = getattr(viewer, "window", None)
     if window is None:
@@ -105,7 +106,8 @@ def find_dock_widget(viewer: napari.Viewer, cls: type) -> Any | None:
             candidates.extend(docks.values())
         except AttributeError:
             candidates.extend(docks)
-    qt_window = getattr(window, "_qt_window", None)
+    # napari < 0.6 has no public mapping: fall back to the Qt window's dock widgets
+    qt_window = getattr(window, "_qt_window", None) if docks is None else None
     if qt_window is not None:
         try:
             from qtpy.QtWidgets import QDockWidget
