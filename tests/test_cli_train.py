@@ -112,6 +112,22 @@ def test_train_argument_errors(tmp_path, capsys):
         main(["train", "--image", image, "--labels", labels, "--out", str(tmp_path / "x.pt")])
 
 
+def test_train_vox2vox_loss_weights_reach_the_card(tmp_path, capsys):
+    image, labels = write_pair(tmp_path)
+    out = tmp_path / "v2v.pt"
+    rc = main(
+        ["train", "--image", image, "--labels", labels, "--arch", "vox2vox",
+         "--arch-kwargs", '{"channels": [4, 8], "bottleneck_blocks": 1}', "--iterations", "1",
+         "--patch-size", "8", "16", "16", "--gan-lambda", "7", "--gan-ce-weight", "0",
+         "--out", str(out), "--json"]
+    )  # fmt: skip
+    captured = capsys.readouterr()
+    assert rc == 0, captured.err
+    assert "ce " not in captured.err.split("[1/1]")[1].splitlines()[0]  # the paper's loss
+    run = load_checkpoint(out)[1].history["run"]["config"]
+    assert run["gan_lambda"] == 7.0 and run["gan_ce_weight"] == 0.0
+
+
 def test_export_dataset_writes_nnunet_layout(tmp_path, capsys):
     image, labels = write_pair(tmp_path)
     out = tmp_path / "Dataset001_test"

@@ -92,6 +92,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "(default 5, as in the paper)",
     )  # fmt: skip
     run_.add_argument(
+        "--gan-ce-weight", type=float, metavar="W",
+        help="Vox2Vox: weight of a cross-entropy term beside the generalized Dice term "
+        "(default 1; 0 gives the paper's loss, which can lose whole classes)",
+    )  # fmt: skip
+    run_.add_argument(
         "--no-augment", action="store_true", help="no flips/rotations/intensity changes"
     )
     run_.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
@@ -179,6 +184,7 @@ def run(args: argparse.Namespace) -> int:
         seed=args.seed,
         device=args.device,
         **({"gan_lambda": args.gan_lambda} if args.gan_lambda is not None else {}),
+        **({"gan_ce_weight": args.gan_ce_weight} if args.gan_ce_weight is not None else {}),
         amp={"auto": "auto", "on": True, "off": False}[args.amp],
         resume=args.resume,
     )
