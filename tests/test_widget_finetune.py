@@ -117,7 +117,7 @@ def test_train_on_painted_slices_then_resegment(make_napari_viewer, qtbot, base_
     assert out == base_weights.parent / "tiny-ft1.pt" and out.is_file()
     assert sha(base_weights) == base_hash  # the base is never overwritten
     assert ft.curve.iterations == list(range(1, 7))
-    assert len(ft.curve._raw_line.get_xdata()) == 6  # drawn, not only stored
+    assert len(ft.curve.plotted["loss"]) == 6  # laid out for painting, not only stored
     assert all(np.isfinite(ft.curve.losses))
     assert ft.progress.value() == 100
     np.testing.assert_array_equal(labels.data, labels_before)  # user labels untouched
@@ -142,8 +142,15 @@ def test_train_on_painted_slices_then_resegment(make_napari_viewer, qtbot, base_
 
 
 @pytest.mark.gui
-def test_cancel_keeps_a_loadable_best_checkpoint(make_napari_viewer, qtbot, base_weights):
+def test_cancel_keeps_a_loadable_best_checkpoint(
+    make_napari_viewer, qtbot, base_weights, monkeypatch
+):
     from napari_vnet.models import load_checkpoint
+
+    def not_here(*args, **kwargs):
+        raise AssertionError("training ran in the napari process, not in its child process")
+
+    monkeypatch.setattr("napari_vnet.training.finetune", not_here)
 
     viewer = make_napari_viewer()
     image_data, truth = blob_volume(1)
@@ -362,11 +369,12 @@ def test_loss_curve_skips_missing_values_and_fits_the_data(qapp):
     curve.redraw()
     assert curve.iterations == [1, 3] and curve.losses == [2.0, 1.5]
     assert curve.val_iterations == [3, 4] and curve.val_dice == [0.25, 0.5]
-    lo, hi = curve.ax_loss.get_ylim()
+    lo, hi = curve.ylim
     assert 1.3 < lo < 1.5 and 2.0 < hi < 2.2  # the data's range, not 0..max
-    assert list(curve._dice_line.get_ydata()) == [0.25, 0.5]
+    assert curve.xlim == (1.0, 4.0)
+    assert [y for _, y in curve.plotted["dice"]] == [0.25, 0.5]
     curve.clear()
-    assert curve.losses == [] and len(curve._raw_line.get_xdata()) == 0
+    assert curve.losses == [] and curve.plotted["loss"] == []
 
 
 def test_auto_patch_is_the_patch_the_weights_were_trained_with(tmp_path):

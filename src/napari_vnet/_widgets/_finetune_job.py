@@ -1,7 +1,8 @@
 """The fine-tune dock's non-GUI half: geometry checks, output paths and worker jobs.
 
-Everything here runs without Qt (the jobs run in napari thread workers); the dock in
-:mod:`.finetune` collects values on the GUI thread and hands copies to these jobs.
+Everything here runs without Qt (the jobs run in napari thread workers, the training
+itself in a child process that imports this module); the dock in :mod:`.finetune`
+collects values on the GUI thread and hands copies to these jobs.
 """
 
 from __future__ import annotations
@@ -14,8 +15,6 @@ import threading
 from pathlib import Path
 
 import numpy as np
-
-from napari_vnet._widgets import _edits
 
 logger = logging.getLogger(__name__)
 
@@ -112,6 +111,8 @@ def annotated_to_mask(annotated, shape) -> np.ndarray | None:
     """Normalise a file pair's ``annotated`` argument to a boolean mask."""
     if annotated is None:
         return None
+    from napari_vnet._widgets import _edits  # here: the training process needs no Qt
+
     if isinstance(annotated, dict):
         return _edits.annotated_mask(shape, {_edits.KEY: annotated})
     arr = np.asarray(annotated)
@@ -188,14 +189,44 @@ def format_seconds(s: float) -> str:
 def training_job(specs, config, base, out, stop: threading.Event, class_names=None):
     """Generator run in a thread worker: yields training events, returns the summary.
 
-    Torch gets one core fewer than the machine has, so the GUI thread keeps one.
+    The training itself runs in a child process (:func:`napari_vnet.child_process.run_in_child`)
+    so that none of its work (reading files, imports, numpy, checkpoint pickling) can hold
+    the GIL of the napari process and freeze the viewer; this thread only relays the
+    events. ``stop`` (the dock's Cancel) ends the run at the next step; the best
+    checkpoint so far is kept. Engine errors are raised here with their own message.
+    Set ``NAPARI_VNET_TRAIN_IN_THREAD=1`` to train in this thread instead (debugging),
+    which is also the fallback when no child process can be started.
+    """
+    if os.environ.get("NAPARI_VNET_TRAIN_IN_THREAD", "") not in ("", "0"):
+        return (
+            yield from finetune_job(specs, config, base, out, class_names, should_stop=stop.is_set)
+        )
+    from napari_vnet.child_process import run_in_child
+
+    try:
+        gen = run_in_child(
+            f"{__name__}:finetune_job", specs, config, base, out, class_names, stop=stop
+        )
+    except OSError as exc:  # e.g. a frozen app without a Python to start
+        logger.warning("cannot start a training process (%s); training in a thread", exc)
+        return (
+            yield from finetune_job(specs, config, base, out, class_names, should_stop=stop.is_set)
+        )
+    return (yield from gen)
+
+
+def finetune_job(specs, config, base, out, class_names=None, *, should_stop):
+    """The training proper (in the child process): pairs from specs, classes, finetune.
+
+    Torch gets one core fewer than this process may use, so the GUI keeps one.
     """
     import torch
 
+    from napari_vnet.child_process import child_threads
     from napari_vnet.training import TrainingPair, finetune
 
     before = torch.get_num_threads()
-    torch.set_num_threads(max(1, min(before, (os.cpu_count() or 2) - 1)))
+    torch.set_num_threads(min(before, child_threads()))
     try:
         pairs = [spec_to_pair(s, TrainingPair) for s in specs]
         classes = resolve_classes(base, pairs, class_names or {})
@@ -205,7 +236,7 @@ def training_job(specs, config, base, out, stop: threading.Event, class_names=No
             patch = trained_patch(base)
             if patch is not None:
                 config = dataclasses.replace(config, patch_size=patch)
-        summary = yield from finetune(pairs, config, base=base, out=out, should_stop=stop.is_set)
+        summary = yield from finetune(pairs, config, base=base, out=out, should_stop=should_stop)
         return dict(summary or {})
     finally:
         torch.set_num_threads(before)

@@ -1,9 +1,11 @@
 """The "Fine-tune model" dock: correct by hand, train on the corrections, use the result.
 
 The dock collects (image, labels) pairs, tracks which slices the user painted or marked
-reviewed (:mod:`._edits`), and runs :func:`napari_vnet.training.finetune` in a napari
-generator thread worker. Each yielded training event updates the live loss / val-Dice
-curve, the progress bar and the time-left estimate on the GUI thread. When training
+reviewed (:mod:`._edits`), and runs :func:`napari_vnet.training.finetune` in a child
+process (:mod:`napari_vnet.child_process`, so no training work can hold the viewer's
+GIL) whose events a napari generator thread worker relays. Each training event updates
+the live loss / val-Dice curve, the progress bar and the time-left estimate on the GUI
+thread. When training
 ends the new weights are added to the recent-weights list and selected in the
 "Segment volume" dock, so one click re-runs inference.
 
@@ -22,7 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from qtpy.QtCore import Signal
+from qtpy.QtCore import Qt, QTimer, Signal
 from qtpy.QtWidgets import (
     QButtonGroup,
     QComboBox,
@@ -37,6 +39,7 @@ from qtpy.QtWidgets import (
     QProgressBar,
     QPushButton,
     QRadioButton,
+    QSizePolicy,
     QSpinBox,
     QVBoxLayout,
     QWidget,
@@ -63,6 +66,9 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 WHOLE, EDITED = "whole volume", "edited / reviewed slices only"
+# Progress (text, bar, curve) is shown at most this often, all in one repaint: under a
+# software OpenGL stack every repaint of the window costs tens of ms of the GUI thread
+PROGRESS_REFRESH_MS = 1000
 ARCH_FALLBACK = ("vnet", "unet3d", "vox2vox")
 
 __all__ = ["FinetuneWidget", "GeometryMismatch", "check_same_geometry"]
@@ -317,8 +323,16 @@ class FinetuneWidget(QWidget):
         root.addWidget(self.progress)
         self.status_label = QLabel("")
         self.status_label.setWordWrap(True)
+        # a fixed box: a new progress text repaints the label, not the window's layout
+        self.status_label.setSizePolicy(QSizePolicy.Ignored, QSizePolicy.Fixed)
+        self.status_label.setFixedHeight(3 * self.status_label.fontMetrics().lineSpacing() + 4)
+        self.status_label.setAlignment(Qt.AlignmentFlag.AlignLeft | Qt.AlignmentFlag.AlignTop)
         root.addWidget(self.status_label)
-        self.curve = LossCurve(self)
+        self.curve = LossCurve(self, redraw_ms=0)  # redrawn with the progress (below)
+        self._pending_event: dict | None = None
+        self._progress_timer = QTimer(self)
+        self._progress_timer.setInterval(PROGRESS_REFRESH_MS)
+        self._progress_timer.timeout.connect(self._show_pending_progress)
         root.addWidget(self.curve, 1)
         row = QHBoxLayout()
         self.segment_btn = QPushButton("Segment with new weights")
@@ -602,7 +616,7 @@ class FinetuneWidget(QWidget):
         self._stop.clear()
         self.curve.clear()
         self.progress.setValue(0)
-        self.status_label.setText("Preparing the data (normalising, resampling)...")
+        self.status_label.setText("Starting the training process, preparing the data...")
         self.train_btn.setEnabled(False)
         self.cancel_btn.setEnabled(True)
         self._t0 = time.perf_counter()
@@ -628,8 +642,20 @@ class FinetuneWidget(QWidget):
             self.status_label.setText("Cancelling (keeping the best checkpoint)...")
 
     def _on_event(self, ev: dict) -> None:
+        """A training event: stored now, shown at most every PROGRESS_REFRESH_MS."""
+        self.curve.add_point(int(ev.get("iteration", 0)), ev.get("loss"), ev.get("val_dice"))
+        self._pending_event = ev
+        if not self._progress_timer.isActive():  # the first event at once, then paced
+            self._show_pending_progress()
+            self._progress_timer.start()
+
+    def _show_pending_progress(self) -> None:
+        ev, self._pending_event = self._pending_event, None
+        if ev is None:
+            self._progress_timer.stop()
+            return
+        self.curve.redraw()
         it, total = int(ev.get("iteration", 0)), ev.get("total")
-        self.curve.add_point(it, ev.get("loss"), ev.get("val_dice"))
         elapsed = float(ev.get("seconds", time.perf_counter() - self._t0))
         left = None
         if total and 0 < it <= int(total):
@@ -646,9 +672,11 @@ class FinetuneWidget(QWidget):
             text += f" · val Dice {self.curve.val_dice[-1]:.3f}"
         if left is not None:
             text += f" · {format_seconds(left)} left"
-        self.status_label.setText(text)
+        if not self._stop.is_set():  # else keep "Cancelling..."
+            self.status_label.setText(text)
 
     def _on_done(self, summary: dict) -> None:
+        self._show_pending_progress()
         out = summary.get("out")
         cancelled = bool(summary.get("cancelled"))
         if out is None or not Path(out).exists():
@@ -682,11 +710,15 @@ class FinetuneWidget(QWidget):
         _notify("info", f"Fine-tuned weights saved: {out}")
 
     def _on_error(self, exc: Exception) -> None:
+        self._show_pending_progress()
         logger.error("fine-tuning failed", exc_info=exc)
         self.status_label.setText(f"Training failed: {exc}")
+        self.status_label.setToolTip(str(exc))
         _notify("error", f"Training failed: {exc}")
 
     def _on_finished(self) -> None:
+        self._progress_timer.stop()
+        self._pending_event = None
         self._worker = None
         self.train_btn.setEnabled(True)
         self.cancel_btn.setEnabled(False)
