@@ -195,7 +195,9 @@ def training_job(specs, config, base, out, stop: threading.Event, class_names=No
     events. ``stop`` (the dock's Cancel) ends the run at the next step; the best
     checkpoint so far is kept. Engine errors are raised here with their own message.
     Set ``NAPARI_VNET_TRAIN_IN_THREAD=1`` to train in this thread instead (debugging),
-    which is also the fallback when no child process can be started.
+    which is also the fallback when no child process can be started;
+    ``NAPARI_VNET_TRAIN_NICE`` (0-19, default 10) sets how far the training process
+    lowers its CPU priority below the viewer's.
     """
     if os.environ.get("NAPARI_VNET_TRAIN_IN_THREAD", "") not in ("", "0"):
         return (
@@ -205,14 +207,27 @@ def training_job(specs, config, base, out, stop: threading.Event, class_names=No
 
     try:
         gen = run_in_child(
-            f"{__name__}:finetune_job", specs, config, base, out, class_names, stop=stop
-        )
+            f"{__name__}:finetune_job", specs, config, base, out, class_names, stop=stop,
+            nice=_training_nice(),
+        )  # fmt: skip
     except OSError as exc:  # e.g. a frozen app without a Python to start
         logger.warning("cannot start a training process (%s); training in a thread", exc)
         return (
             yield from finetune_job(specs, config, base, out, class_names, should_stop=stop.is_set)
         )
     return (yield from gen)
+
+
+def _training_nice() -> int:
+    """How much lower the training process's CPU priority is (``NAPARI_VNET_TRAIN_NICE``)."""
+    from napari_vnet.child_process import DEFAULT_NICE
+
+    text = os.environ.get("NAPARI_VNET_TRAIN_NICE", "").strip()
+    try:
+        return max(0, min(19, int(text))) if text else DEFAULT_NICE
+    except ValueError:
+        logger.warning("NAPARI_VNET_TRAIN_NICE=%r is not an integer; using %d", text, DEFAULT_NICE)
+        return DEFAULT_NICE
 
 
 def finetune_job(specs, config, base, out, class_names=None, *, should_stop):

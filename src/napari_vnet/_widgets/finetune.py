@@ -319,7 +319,7 @@ class FinetuneWidget(QWidget):
         root.addLayout(row)
         self.progress = QProgressBar()
         self.progress.setRange(0, 100)
-        self.progress.setValue(0)
+        self.progress.setValue(0)  # (not shown yet)
         root.addWidget(self.progress)
         self.status_label = QLabel("")
         self.status_label.setWordWrap(True)
@@ -615,7 +615,7 @@ class FinetuneWidget(QWidget):
 
         self._stop.clear()
         self.curve.clear()
-        self.progress.setValue(0)
+        self._set_progress(0)
         self.status_label.setText("Starting the training process, preparing the data...")
         self.train_btn.setEnabled(False)
         self.cancel_btn.setEnabled(True)
@@ -649,6 +649,21 @@ class FinetuneWidget(QWidget):
             self._show_pending_progress()
             self._progress_timer.start()
 
+    def _set_progress(self, value: int) -> None:
+        """Set the bar without QProgressBar's immediate repaint().
+
+        setValue() paints and flushes the window at once; under a software OpenGL stack
+        that is a whole-window composition of its own. With updates off it is a plain
+        update(), painted in the same pass as the status text and the curve.
+        """
+        if value == self.progress.value():
+            return
+        self.progress.setUpdatesEnabled(False)
+        try:
+            self.progress.setValue(value)
+        finally:
+            self.progress.setUpdatesEnabled(True)
+
     def _show_pending_progress(self) -> None:
         ev, self._pending_event = self._pending_event, None
         if ev is None:
@@ -659,12 +674,12 @@ class FinetuneWidget(QWidget):
         elapsed = float(ev.get("seconds", time.perf_counter() - self._t0))
         left = None
         if total and 0 < it <= int(total):
-            self.progress.setValue(int(100 * it / int(total)))
+            self._set_progress(int(100 * it / int(total)))
             left = elapsed / it * (int(total) - it)
         budget = self._budget
         if budget:
             left = min(left, budget - elapsed) if left is not None else budget - elapsed
-            self.progress.setValue(int(100 * min(1.0, elapsed / budget)))
+            self._set_progress(int(100 * min(1.0, elapsed / budget)))
         text = f"iteration {it}" + (f"/{total}" if total and not budget else "")
         if ev.get("loss") is not None:
             text += f" · loss {float(ev['loss']):.4f}"
@@ -685,7 +700,7 @@ class FinetuneWidget(QWidget):
         out = Path(out)
         self._last_weights = out
         if not cancelled:
-            self.progress.setValue(100)
+            self._set_progress(100)
         best = summary.get("val_dice")
         extra = f" (best val Dice {best:.3f})" if isinstance(best, float) else ""
         verb = "Cancelled; kept best checkpoint" if cancelled else "Saved"
