@@ -490,3 +490,111 @@ def test_finetuned_card_keeps_the_base_inference_window(tmp_path):
     )
     _, new_card = load_checkpoint(out)
     assert tuple(new_card.patch_size) == (24, 32, 32)
+
+
+def test_finetune_keeps_matched_class_channels_bit_identical_at_iteration_0(tmp_path):
+    """Classes the base knows under other label values and in another order (phantom
+    liver=1, spleen=2 -> CT liver=5, spleen=1) keep their output channel's weights exactly;
+    only the new class (stomach) starts fresh, and every other tensor is the base's."""
+    base_card = ModelCard(
+        arch="unet3d",
+        arch_kwargs=TINY["unet3d"],
+        classes=parse_classes("1=liver,2=spleen,3=kidneys"),
+        spacing=(1.0, 1.0, 1.0),
+        normalization={"kind": "zscore"},
+        patch_size=(16, 16, 16),
+    )
+    torch.manual_seed(0)
+    base_model = build_model(base_card)
+    save_checkpoint(base_model, base_card, tmp_path / "base.pt")
+    image, labels = sphere_pair()
+    labels = labels * 5  # the organ is "liver" under the CT's value 5
+    labels[:3] = 1  # spleen (value 1, the base's *liver* value)
+    labels[-3:] = 6  # stomach: new
+    # lr 0: one full training iteration (sampling, loss, backward, AdamW step) that must
+    # leave every weight as the channel mapping put it.
+    summary = run_training(
+        [TrainingPair(image, labels)],
+        TrainConfig(iterations=1, lr=0.0, classes="5=liver,1=spleen,6=stomach", batch_size=1),
+        base=tmp_path / "base.pt",
+        out=tmp_path / "ft.pt",
+    )
+    assert summary["iterations"] == 1
+    model, card = load_checkpoint(tmp_path / "ft.pt")
+    assert [(c.value, c.name) for c in card.classes] == [
+        (0, "background"), (5, "liver"), (1, "spleen"), (6, "stomach"),
+    ]  # fmt: skip
+    old, new = base_model.state_dict(), model.state_dict()
+    for key in ("head.weight", "head.bias"):
+        assert torch.equal(new[key][0], old[key][0])  # background
+        assert torch.equal(new[key][1], old[key][1])  # liver: by name, not by value 5
+        assert torch.equal(new[key][2], old[key][2])  # spleen: by name, not value 1 (liver)
+        assert not any(torch.equal(new[key][3], old[key][i]) for i in range(4))  # fresh
+    body = [k for k in new if not k.startswith("head.")]
+    assert body and all(torch.equal(new[k], old[k]) for k in body)
+    assert card.history["run"]["kept_classes"] == [
+        "background (channel 0) -> background (channel 0)",
+        "liver (channel 1) -> liver (channel 1)",
+        "spleen (channel 2) -> spleen (channel 2)",
+    ]
+
+
+def test_finetune_on_a_thin_volume_trains_on_the_inference_window(tmp_path):
+    """A fine-tuned model keeps its base's inference window, and inference pads a thin
+    volume up to it (data first, then the image minimum). Training must see the same
+    windows: the patch is not clipped to the data and the padding matches inference."""
+    from napari_vnet.inference import predict
+    from napari_vnet.training import _predict_case
+
+    base_card = ModelCard(
+        arch="unet3d",
+        arch_kwargs={"channels": [4, 8], "norm": "instance"},
+        classes=parse_classes("1=organ"),
+        spacing=(1.0, 1.0, 1.0),
+        normalization={"kind": "zscore"},
+        patch_size=(16, 16, 16),
+    )
+    torch.manual_seed(0)
+    save_checkpoint(build_model(base_card), base_card, tmp_path / "base.pt")
+    image, labels = sphere_pair(shape=(6, 24, 24))
+    events, summary = drain(
+        finetune(
+            [TrainingPair(image, labels)],
+            TrainConfig(iterations=2, batch_size=1, lr=1e-3),
+            base=tmp_path / "base.pt",
+            out=tmp_path / "ft.pt",
+        )
+    )
+    assert summary["patch_size"] == [16, 16, 16]  # not clipped to the 6 slices
+    assert np.isfinite(events[-1]["loss"])
+    # a larger training patch becomes the window the fine-tuned model segments with
+    run_training(
+        [TrainingPair(image, labels)],
+        TrainConfig(iterations=1, batch_size=1, patch_size=(8, 24, 24)),
+        base=tmp_path / "base.pt",
+        out=tmp_path / "ft_big.pt",
+    )
+    assert tuple(load_checkpoint(tmp_path / "ft_big.pt")[1].patch_size) == (8, 24, 24)
+    # the sampler pads as inference does: data at the low end, the minimum after it
+    cases, _, _ = prepare_cases(
+        [TrainingPair(image, labels)], parse_classes("1=organ"), spacing=None,
+        normalization={"kind": "zscore"},
+    )  # fmt: skip
+    sampler = PatchSampler(cases, (16, 16, 16), augment=False, seed=0)
+    img, _, msk = sampler.sample(3)
+    for i in range(3):
+        assert (img[i, 0, 6:] == cases[0].image.min()).all() and not msk[i, 6:].any()
+        assert msk[i, :6].all()
+        assert any(np.array_equal(img[i, 0, :6], cases[0].image[:, y : y + 16, x : x + 16])
+                   for y in range(9) for x in range(9))  # fmt: skip
+    # validation predicts in the same padded windows as inference
+    model, card = load_checkpoint(tmp_path / "ft.pt")
+    model.eval()
+    from napari_vnet.transforms import normalize_intensity
+
+    crop = image[:, :16, :16]
+    net_input = normalize_intensity(crop, card.normalization)
+    val = _predict_case(model, net_input, (16, 16, 16), torch.device("cpu"), None)
+    ref = predict(crop, model, card, spacing=(1.0, 1.0, 1.0), amp=False)
+    assert val.shape == crop.shape
+    np.testing.assert_array_equal(val, ref.labels)

@@ -534,7 +534,9 @@ class PatchSampler:
     About ``foreground_fraction`` of the patches are centred on a voxel of a labelled
     class (class chosen uniformly among those present); the others are uniform random
     (or, with sparse annotations, centred on a random annotated voxel so that they carry
-    some loss). Cases smaller than the patch are padded (padding is unannotated).
+    some loss). Cases smaller than the patch are padded as inference pads an image
+    smaller than its window (:func:`napari_vnet.inference.predict`): at the high end of
+    each axis, with the image's minimum; the padding is unannotated.
     """
 
     def __init__(
@@ -558,7 +560,7 @@ class PatchSampler:
         need = [max(0, p - s) for p, s in zip(self.patch, case.shape, strict=False)]
         if not any(need):
             return case
-        pads = [(n // 2, n - n // 2) for n in need]
+        pads = [(0, n) for n in need]  # data first, padding after: inference's layout
         fill = float(case.image.min())
         image = np.pad(case.image, pads, constant_values=fill)
         target = np.pad(case.target, pads)
@@ -830,7 +832,15 @@ def resume_path(out: str | os.PathLike) -> Path:
 
 @torch.no_grad()
 def _predict_case(model, image: np.ndarray, patch, device, amp_dtype) -> np.ndarray:
-    """Argmax channel map of a whole (z, y, x) array, tile by tile (no overlap)."""
+    """Argmax channel map of a whole (z, y, x) array, tile by tile (no overlap).
+
+    An image smaller than the patch is padded as inference pads it (high end, minimum),
+    so validation sees the windows the model will see.
+    """
+    shape = image.shape
+    need = [max(0, p - s) for p, s in zip(patch, shape, strict=False)]
+    if any(need):
+        image = np.pad(image, [(0, n) for n in need], constant_values=float(image.min()))
     out = np.zeros(image.shape, np.uint8)
     starts = []
     for s, p in zip(image.shape, patch, strict=False):
@@ -853,7 +863,7 @@ def _predict_case(model, image: np.ndarray, patch, device, amp_dtype) -> np.ndar
                 ):
                     logits = model(t)
                 out[sl] = logits.argmax(1)[0].to("cpu", torch.uint8).numpy()
-    return out
+    return out[: shape[0], : shape[1], : shape[2]]
 
 
 def _validation_dice(
@@ -1040,20 +1050,49 @@ def _run(pairs, config: TrainConfig, base, out: Path, progress, should_stop, dis
     patch = tuple(
         int(p)
         for p in (
-            config.patch_size or (card.patch_size if base_info is not None else DEFAULT_PATCH)
+            config.patch_size
+            or (
+                card.patch_size
+                if base_info is not None or resumed_model is not None
+                else DEFAULT_PATCH
+            )
         )
     )
     if len(patch) != 3 or min(patch) < 1:
         raise TrainingError(f"patch_size must be 3 positive sizes (z, y, x), got {patch}")
-    max_shape = np.max([c.shape for c in cases], axis=0)
-    patch = tuple(int(min(p, s)) for p, s in zip(patch, max_shape, strict=False))
+    from_scratch = notes.get("started_from") == "scratch"
+    if from_scratch:
+        # A new model's inference window will be this patch: no need to train on more
+        # than the data holds (a smaller volume would be padded at inference anyway).
+        max_shape = np.max([c.shape for c in cases], axis=0)
+        patch = tuple(int(min(p, s)) for p, s in zip(patch, max_shape, strict=False))
+    else:
+        # A fine-tuned model segments in its card's inference window, and inference pads
+        # an image smaller than the window up to it. Training must see the same windows:
+        # a patch clipped to a thin volume (10 slices of a 32-slice window) or of another
+        # size taught the network on inputs it never met at inference - with instance
+        # normalisation the statistics of a window depend on its size and padding, and
+        # fine-tuning the shipped U-Net on 5 slices of a real CT made it worse. So the
+        # patch is not clipped (the sampler pads as inference does) and becomes the
+        # window - unless it holds fewer voxels than the base's window, which is then kept
+        # so that re-segmentation does not get slower (with a warning).
+        window = tuple(int(p) for p in card.patch_size) if card.patch_size else None
+        if window is None or np.prod(patch) >= np.prod(window):
+            card.patch_size = patch
+        elif window != patch:
+            log.warning(
+                "training patch %s is smaller than the inference window %s, which the "
+                "fine-tuned model keeps; it will segment in windows it was not trained on "
+                "(leave the patch size empty to train on the window)",
+                patch,
+                window,
+            )
 
     _check_batch_memory(card, patch, config.batch_size, n_classes, device)
     card.spacing = tuple(spacing)
     card.normalization = dict(normalization)
-    if base_info is None and resumed_model is None:
-        # A new model's recommended inference window is its training patch; a fine-tuned
-        # model keeps its base's (larger) inference window, which inference uses whole.
+    if from_scratch and resumed_model is None:
+        # A new model's inference window is its training patch (see above for fine-tuning).
         card.patch_size = patch
     if resumed_model is not None:
         model = resumed_model
@@ -1087,7 +1126,6 @@ def _run(pairs, config: TrainConfig, base, out: Path, progress, should_stop, dis
 
     model.to(device).train()
     params = [p for p in model.parameters() if p.requires_grad]
-    from_scratch = notes.get("started_from") == "scratch"
     base_lr = config.lr if config.lr is not None else (1e-3 if from_scratch else 3e-4)
     # pix2pix / Vox2Vox train both networks with Adam(beta1 = 0.5)
     betas = (0.9, 0.999) if disc is None else (0.5, 0.999)
