@@ -41,27 +41,13 @@ def test_card_states_training_data_classes_and_dice(name):
     assert f"{ev['mean_foreground_dice']:.3f}" in card.description
 
 
-#: shipped models whose recorded Dice is below the 0.9 target (see docs/readme/sample_data.md)
-BELOW_TARGET = {
-    "vox2vox-phantom": "Vox2Vox GAN training collapsed on liver and spleen in the CPU budget",
-}
-
-
 def _card(name):
     from napari_vnet.models import read_card
 
     return read_card(resolve_weights(name))
 
 
-@pytest.mark.parametrize(
-    "name",
-    [
-        pytest.param(n, marks=pytest.mark.xfail(reason=BELOW_TARGET[n], strict=True))
-        if n in BELOW_TARGET
-        else n
-        for n in NAMES
-    ],
-)
+@pytest.mark.parametrize("name", NAMES)
 def test_recorded_dice_on_unseen_phantoms_meets_the_target(name):
     assert _card(name).history["evaluation"]["mean_foreground_dice"] >= 0.9
 
@@ -88,9 +74,6 @@ def test_shipped_model_segments_an_unseen_phantom(name, unseen_phantom):
     # as good as the card says (within the spread between phantoms), every class found
     recorded = card.history["evaluation"]["dice_per_class"]
     names = card.class_names
-    if name in BELOW_TARGET:
-        assert np.mean(list(dice.values())) >= recorded_mean(card) - 0.1, dice
-        return
     assert np.mean(list(dice.values())) >= min(0.9, recorded_mean(card)) - 0.05, dice
     for value, d in dice.items():
         assert d >= recorded[names[value]] - 0.2, (names[value], d, recorded)
