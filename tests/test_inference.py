@@ -393,24 +393,3 @@ def test_absurd_patch_is_refused_before_allocating():
     card = make_card(patch=(2000, 2000, 2000))
     with pytest.raises(InferenceMemoryError, match="not enough memory"):
         predict(np.zeros((8, 8, 8), np.float32), TinyNet(), card, spacing=(1, 1, 1))
-
-
-@pytest.mark.parametrize("threads", ["2", "3"])
-def test_concurrent_cpu_windows_match_reference(monkeypatch, threads):
-    """Windows run concurrently (one torch thread each) stitch exactly as one by one; the
-    caller's torch thread count is restored."""
-    monkeypatch.setenv("NAPARI_VNET_WINDOW_THREADS", threads)
-    before = torch.get_num_threads()
-    image = np.random.default_rng(3).normal(size=(30, 21, 37)).astype(np.float32)
-    model = TinyNet()
-    pred = predict(
-        image, model, make_card(), spacing=(1, 1, 1), overlap=0.5, return_probabilities=True
-    )
-    assert torch.get_num_threads() == before
-    assert pred.stats["window_threads"] == int(threads)
-    assert pred.batch_size == int(threads)
-    assert set(model.batch_sizes) == {1}  # one window per forward pass
-    ref = reference_predict(image, model, (16, 16, 16), 0.5)
-    np.testing.assert_allclose(pred.probabilities.astype(np.float32), ref, atol=2e-3)
-    expected = np.asarray([0, 5, 7], np.uint8)[np.argmax(ref, axis=0)]
-    assert np.mean(pred.labels == expected) > 0.999

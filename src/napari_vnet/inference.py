@@ -385,24 +385,6 @@ def _cpu_channels_last() -> bool:
     return value.lower() not in ("0", "false", "no", "off")
 
 
-def _cpu_window_threads() -> int:
-    """How many windows run at once on the CPU, each on one torch thread.
-
-    Small 3-D networks scale poorly over torch's intra-op threads (every layer ends in a
-    barrier; measured here: two threads on one window 0.22-0.31 s, one thread per window
-    on two windows at once 0.19 s per window). So with ``n`` torch threads the engine
-    runs ``n`` windows concurrently (capped at 8), one thread each, and restores the
-    thread count afterwards. ``NAPARI_VNET_WINDOW_THREADS=N`` overrides (1 turns it
-    off)."""
-    value = os.environ.get("NAPARI_VNET_WINDOW_THREADS", "").strip()
-    if value:
-        try:
-            return max(1, int(value))
-        except ValueError:
-            log.warning("ignoring NAPARI_VNET_WINDOW_THREADS=%r (not an integer)", value)
-    return max(1, min(8, torch.get_num_threads()))
-
-
 # --------------------------------------------------------------------------- predict
 
 
@@ -433,9 +415,7 @@ def predict(
         spacing: the image's voxel spacing ``(z, y, x)`` in mm; None = the card's spacing.
         device: "auto" (cuda > mps > cpu), "cpu", "cuda", "cuda:1", "mps".
         overlap: fraction of a patch shared by neighbouring windows, in [0, 1).
-        batch_size: windows per step (None: on the CPU one per window thread - see
-            ``_cpu_window_threads`` - each window its own forward pass on one torch
-            thread; on a GPU one batched forward pass, sized from free memory).
+        batch_size: windows per forward pass (None: 1 on CPU, from free memory on GPU).
         amp: "auto", True, False, "bf16" or "fp16" (see :func:`resolve_amp`).
         tta: True for the 8 axis-flip combinations, or a list of axis tuples to flip.
         postprocess: None/False, True (largest component + fill holes) or a list of
@@ -529,10 +509,7 @@ def predict(
         len(sliding_window_starts(s + q, p, overlap))
         for s, q, p in zip(work_shape, pad, patch, strict=True)
     )
-    window_threads = _cpu_window_threads() if dev.type == "cpu" else 1
     bs_est = int(batch_size) if batch_size else _default_batch_size(dev, patch)
-    if dev.type == "cpu" and not batch_size:
-        bs_est = window_threads
     _check_memory(
         card,
         [s + q for s, q in zip(work_shape, pad, strict=True)],
@@ -561,10 +538,7 @@ def predict(
     n_win = len(windows)
     gauss = importance_map(patch)
     bs = int(batch_size) if batch_size else _default_batch_size(dev, patch)
-    if dev.type == "cpu" and not batch_size:
-        bs = window_threads
     bs = max(1, min(bs, n_win))
-    window_threads = min(window_threads, bs)
     z_of = [w[0] for w in windows]
     depth = patch[0] + max(z_of[min(i + bs, n_win) - 1] - z_of[i] for i in range(n_win))
     values = card.label_values
@@ -606,26 +580,8 @@ def predict(
     gauss_dev = gauss.to(dev)
     computed_shape = (n_classes, *patch)
 
-    pool = None
-    saved_threads = torch.get_num_threads()
-    if window_threads > 1:
-        from concurrent.futures import ThreadPoolExecutor
-
-        pool = ThreadPoolExecutor(window_threads, thread_name_prefix="napari-vnet-window")
-
     def forward(x: np.ndarray) -> torch.Tensor:
-        """Gaussian-weighted (TTA-averaged) softmax of a stack of windows; on the CPU
-        with window threads, each window in its own thread."""
-        if pool is None or len(x) == 1:
-            return forward_one(x)
-
-        def job(i: int) -> torch.Tensor:
-            with torch.inference_mode():
-                return forward_one(x[i : i + 1])
-
-        return torch.cat(list(pool.map(job, range(len(x)))))
-
-    def forward_one(x: np.ndarray) -> torch.Tensor:
+        """Gaussian-weighted (TTA-averaged) softmax of a stack of windows."""
         xt = torch.from_numpy(x).to(dev).contiguous(memory_format=mem_format)
         total = None
         for axes in flips:
@@ -694,8 +650,6 @@ def predict(
 
     oom_retries = 0
     done = 0
-    if pool is not None:
-        torch.set_num_threads(1)
     try:
         with torch.inference_mode():
             while done < n_win:
@@ -730,9 +684,6 @@ def predict(
                 if progress is not None:
                     progress(done, n_win)
     finally:
-        if pool is not None:
-            pool.shutdown(wait=True)
-            torch.set_num_threads(saved_threads)
         model.train(was_training)
         if channels_last:
             model.to(memory_format=torch.contiguous_format)
@@ -773,7 +724,6 @@ def predict(
 
     stats.update(uniform_windows_reused=counters["uniform_reused"])
     stats.update(oom_retries=oom_retries, tta_passes=len(flips), channels_last=channels_last)
-    stats.update(window_threads=window_threads)
     seconds = time.perf_counter() - t0
     return Prediction(
         labels=labels,

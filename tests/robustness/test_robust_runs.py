@@ -141,8 +141,7 @@ def test_cancel_inference_midway(model_card):
     with pytest.raises(PredictionCancelled, match="after 3/"):
         predict(
             image, model, card, spacing=(1, 1, 1), device="cpu", skip_uniform=False,
-            batch_size=1, progress=lambda done, total: seen.append((done, total)),
-            should_stop=stop,
+            progress=lambda done, total: seen.append((done, total)), should_stop=stop,
         )  # fmt: skip
     assert len(seen) == 3 and seen[-1][0] < seen[-1][1]
 
