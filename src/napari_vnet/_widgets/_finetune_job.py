@@ -341,13 +341,10 @@ def export_job(items: list[dict], folder: Path, class_names: dict[int, str]) -> 
     voxels outside the annotated slices get nnU-Net's "ignore" label (K + 1), and the
     records are kept in ``napari_vnet_annotated_slices``.
     """
-    import json
-
-    from napari_vnet.io import read_volume, write_volume
+    from napari_vnet.dataset_export import write_nnunet_dataset
+    from napari_vnet.io import read_volume
 
     folder = Path(folder)
-    (folder / "imagesTr").mkdir(parents=True, exist_ok=True)
-    (folder / "labelsTr").mkdir(parents=True, exist_ok=True)
     cases = []
     values: set[int] = set()
     for i, it in enumerate(items):
@@ -368,34 +365,22 @@ def export_job(items: list[dict], folder: Path, class_names: dict[int, str]) -> 
     lut = np.zeros(max(values | {0}) + 1, np.uint8)
     for k, v in enumerate(fg, start=1):
         lut[v] = k
-    training, records = [], {}
+    written, records = [], {}
     for case, img, arr, mask, record in cases:
         new = lut[arr]
         if mask is not None:
             new[~mask] = ignore
             records[case] = record if isinstance(record, dict) else None
-        write_volume(img, folder / "imagesTr" / f"{case}_0000.nii.gz")
-        write_volume(new, folder / "labelsTr" / f"{case}.nii.gz", like=img, is_label=True)
-        training.append(
-            {"image": f"./imagesTr/{case}.nii.gz", "label": f"./labelsTr/{case}.nii.gz"}
-        )
+        written.append((case, img, new))
     names = {0: "background"} | {v: class_names.get(v, f"class_{v}") for v in fg}
-    labels = {names[v]: k for k, v in enumerate([0, *fg])}
-    if ignore is not None:
-        labels["ignore"] = ignore
-    channel = str(cases[0][1].metadata.get("modality") or "image") if cases else "image"
-    dataset = {
-        "name": folder.name,
-        "description": "training pairs exported from the napari-vnet Fine-tune dock",
-        "channel_names": {"0": channel},
-        "labels": labels,
-        "numTraining": len(cases),
-        "file_ending": ".nii.gz",
-        "modality": {"0": channel},
-        "training": training,
-        "test": [],
-        "napari_vnet_label_values": {names[v]: v for v in [0, *fg]},
-        "napari_vnet_annotated_slices": records,
-    }
-    (folder / "dataset.json").write_text(json.dumps(dataset, indent=2))
+    write_nnunet_dataset(
+        folder,
+        written,
+        [(names[v], v) for v in [0, *fg]],
+        ignore_index=ignore,
+        extra={
+            "description": "training pairs exported from the napari-vnet Fine-tune dock",
+            "napari_vnet_annotated_slices": records,
+        },
+    )
     return folder

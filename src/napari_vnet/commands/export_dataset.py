@@ -17,7 +17,6 @@ are recorded in dataset.json. Values not selected become background. Voxels equa
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -45,7 +44,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from napari_vnet.io import VolumeReadError, read_volume, write_volume
+    from napari_vnet.io import VolumeReadError, read_volume
     from napari_vnet.training import TrainingError, labels_on_image_grid, parse_classes
 
     if len(args.image) != len(args.labels):
@@ -75,9 +74,9 @@ def run(args: argparse.Namespace) -> int:
         classes = [ClassInfo(0, "background")] + [ClassInfo(v, f"class_{v}") for v in values]
     ignore_value = len(classes) if args.ignore_index is not None else None
 
-    (out / "imagesTr").mkdir(parents=True, exist_ok=True)
-    (out / "labelsTr").mkdir(parents=True, exist_ok=True)
-    training = []
+    from napari_vnet.dataset_export import write_nnunet_dataset
+
+    written = []
     for i, (src, img, lab) in enumerate(cases):
         new = np.zeros(lab.shape, np.uint8)
         for k, cls in enumerate(classes):
@@ -85,34 +84,16 @@ def run(args: argparse.Namespace) -> int:
                 new[lab == cls.value] = k
         if ignore_value is not None:
             new[lab == args.ignore_index] = ignore_value
-        image_path = out / "imagesTr" / f"case_{i:03d}_0000.nii.gz"
-        label_path = out / "labelsTr" / f"case_{i:03d}.nii.gz"
-        write_volume(img, image_path)
-        write_volume(new, label_path, like=img, is_label=True)
-        training.append(
-            {
-                "image": f"./imagesTr/case_{i:03d}.nii.gz",
-                "label": f"./labelsTr/case_{i:03d}.nii.gz",
-                "source_image": str(src),
-            }
-        )
-        print(f"case_{i:03d}: {src} -> {image_path.name}, {label_path.name}", file=sys.stderr)
-    channel = args.channel_name or str(cases[0][1].metadata.get("modality") or "image")
-    labels = {cls.name: k for k, cls in enumerate(classes)}
-    if ignore_value is not None:
-        labels["ignore"] = ignore_value
-    dataset = {
-        "name": args.name,
-        "channel_names": {"0": channel},
-        "labels": labels,
-        "numTraining": len(cases),
-        "file_ending": ".nii.gz",
-        # Medical Segmentation Decathlon (nnU-Net v1) keys
-        "modality": {"0": channel},
-        "training": training,
-        "test": [],
-        "napari_vnet_label_values": {cls.name: cls.value for cls in classes},
-    }
-    (out / "dataset.json").write_text(json.dumps(dataset, indent=2))
+        written.append((f"case_{i:03d}", img, new))
+        print(f"case_{i:03d}: {src}", file=sys.stderr)
+    write_nnunet_dataset(
+        out,
+        written,
+        [(cls.name, cls.value) for cls in classes],
+        ignore_index=ignore_value,
+        name=args.name,
+        channel=args.channel_name or None,
+        sources=[str(src) for src, _, _ in cases],
+    )
     print(f"wrote {len(cases)} case(s) to {out}")
     return 0
