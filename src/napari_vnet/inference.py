@@ -200,6 +200,17 @@ def sliding_window_starts(length: int, patch: int, overlap: float) -> list[int]:
     return [min(i * step, length - patch) for i in range(n)]
 
 
+def pad_to_window(image: np.ndarray, patch: Sequence[int]) -> np.ndarray:
+    """``image`` (z, y, x) padded to at least ``patch`` along each axis, at the high end,
+    with the image's minimum: how :func:`predict` fills a window larger than the image.
+    Training pads alike, so that a model learns on the windows it will segment. Returns
+    ``image`` itself when no axis is short."""
+    need = [max(0, p - s) for p, s in zip(patch, image.shape, strict=True)]
+    if not any(need):
+        return image
+    return np.pad(image, [(0, n) for n in need], constant_values=float(image.min()))
+
+
 def importance_map(patch: Sequence[int]) -> torch.Tensor:
     """Gaussian importance weights of one window (float32, shape ``patch``).
 
@@ -236,7 +247,7 @@ class _ZStitcher:
         self.labels = np.zeros(shape, dtype=label_dtype)
         # probabilities wanted: the window weight map, summed in one more slab channel,
         # normalises the weighted scores exactly
-        self.weights = weights
+        self.weights = None if weights is None else weights.to(device)
         self.probabilities = (
             None if weights is None else np.zeros((n_classes, *shape), dtype=np.float16)
         )
@@ -520,14 +531,9 @@ def predict(
         padded=any(pad),
     )
     if any(pad):
-        fill = [float(c.min()) for c in vol]
-        padded = np.empty(
-            (vol.shape[0], *(s + q for s, q in zip(work_shape, pad, strict=True))), np.float32
-        )
-        for c in range(vol.shape[0]):
-            padded[c] = fill[c]
-        padded[:, : work_shape[0], : work_shape[1], : work_shape[2]] = vol
-        vol = padded
+        padded = [pad_to_window(c, patch) for c in vol]
+        vol = padded[0][None] if len(padded) == 1 else np.stack(padded)
+        del padded
     grid_shape = tuple(int(s) for s in vol.shape[1:])
 
     # ---- windows, weights, stitcher
@@ -547,26 +553,15 @@ def predict(
         raise ValueError(f"label values must be in [0, 65535], card has {values}")
     lut = np.asarray(values, dtype=label_dtype)
     n_classes = len(values)
-
-    def weights_for_probs(device: torch.device) -> torch.Tensor | None:
-        return gauss.to(device) if return_probabilities else None
-
+    weights = gauss if return_probabilities else None
     try:
-        stitcher = _ZStitcher(
-            n_classes, grid_shape, depth, dev, lut, label_dtype, weights_for_probs(dev)
-        )
+        stitcher = _ZStitcher(n_classes, grid_shape, depth, dev, lut, label_dtype, weights)
     except Exception as exc:  # noqa: BLE001 - only OOM is handled
         if not _is_oom(exc) or dev.type == "cpu":
             raise
         log.warning("no room for the stitching slab on %s; stitching on the CPU", dev)
         stitcher = _ZStitcher(
-            n_classes,
-            grid_shape,
-            depth,
-            torch.device("cpu"),
-            lut,
-            label_dtype,
-            weights_for_probs(torch.device("cpu")),
+            n_classes, grid_shape, depth, torch.device("cpu"), lut, label_dtype, weights
         )
     flips = _flip_sets(tta)
     channels_last = dev.type == "cpu" and _cpu_channels_last()

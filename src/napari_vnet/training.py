@@ -48,6 +48,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from napari_vnet.inference import pad_to_window
 from napari_vnet.io.volume import Volume
 from napari_vnet.losses import (
     DiceCELoss,
@@ -557,12 +558,10 @@ class PatchSampler:
             _index_case(c, self.rng)
 
     def _pad(self, case: _Case) -> _Case:
-        need = [max(0, p - s) for p, s in zip(self.patch, case.shape, strict=False)]
-        if not any(need):
+        image = pad_to_window(case.image, self.patch)  # inference's layout and fill
+        if image is case.image:
             return case
-        pads = [(0, n) for n in need]  # data first, padding after: inference's layout
-        fill = float(case.image.min())
-        image = np.pad(case.image, pads, constant_values=fill)
+        pads = [(0, n - s) for n, s in zip(image.shape, case.shape, strict=True)]
         target = np.pad(case.target, pads)
         mask = np.ones(case.shape, bool) if case.mask is None else case.mask
         mask = np.pad(mask, pads)
@@ -838,9 +837,7 @@ def _predict_case(model, image: np.ndarray, patch, device, amp_dtype) -> np.ndar
     so validation sees the windows the model will see.
     """
     shape = image.shape
-    need = [max(0, p - s) for p, s in zip(patch, shape, strict=False)]
-    if any(need):
-        image = np.pad(image, [(0, n) for n in need], constant_values=float(image.min()))
+    image = pad_to_window(image, patch)
     out = np.zeros(image.shape, np.uint8)
     starts = []
     for s, p in zip(image.shape, patch, strict=False):
