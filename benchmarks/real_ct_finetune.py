@@ -61,23 +61,18 @@ def dice_on(pred: np.ndarray, gt: np.ndarray, slices, values=(5, 1, 6)) -> dict:
 
 
 def train(pairs, config, *, base=None, out, label: str) -> dict:
-    from napari_vnet.training import finetune
+    from napari_vnet.training import run_training
 
     t = time.time()
-    gen = finetune(pairs, config, base=base, out=out)
-    last = None
-    while True:
-        try:
-            e = next(gen)
-        except StopIteration as stop:
-            summary = stop.value
-            break
-        if last is None or e["iteration"] % 20 == 0:
+
+    def show(e: dict) -> None:
+        if e["iteration"] == 1 or e["iteration"] % 20 == 0:
             print(
                 f"  [{label}] it {e['iteration']} loss {e['loss']:.4f} {e['seconds']:.0f}s",
                 flush=True,
             )
-        last = e
+
+    summary = run_training(pairs, config, base=base, out=out, on_event=show)
     print(f"  [{label}] {summary['iterations']} iterations in {time.time() - t:.0f}s", flush=True)
     return summary
 

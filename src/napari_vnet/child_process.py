@@ -185,11 +185,10 @@ def _drain(proc: subprocess.Popen, timeout_s: float) -> None:
 
 
 def _close(proc: subprocess.Popen) -> None:
-    for stream in (proc.stdin,):
-        try:
-            stream.close()  # end of stdin: a child still running stops
-        except OSError:
-            pass
+    try:
+        proc.stdin.close()  # end of stdin: a child still running stops
+    except OSError:
+        pass
     try:
         proc.wait(timeout=30)
     except subprocess.TimeoutExpired:

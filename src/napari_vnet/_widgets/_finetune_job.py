@@ -199,22 +199,19 @@ def training_job(specs, config, base, out, stop: threading.Event, class_names=No
     ``NAPARI_VNET_TRAIN_NICE`` (0-19, default 10) sets how far the training process
     lowers its CPU priority below the viewer's.
     """
-    if os.environ.get("NAPARI_VNET_TRAIN_IN_THREAD", "") not in ("", "0"):
-        return (
-            yield from finetune_job(specs, config, base, out, class_names, should_stop=stop.is_set)
-        )
-    from napari_vnet.child_process import run_in_child
+    gen = None
+    if os.environ.get("NAPARI_VNET_TRAIN_IN_THREAD", "") in ("", "0"):
+        from napari_vnet.child_process import run_in_child
 
-    try:
-        gen = run_in_child(
-            f"{__name__}:finetune_job", specs, config, base, out, class_names, stop=stop,
-            nice=_training_nice(),
-        )  # fmt: skip
-    except OSError as exc:  # e.g. a frozen app without a Python to start
-        logger.warning("cannot start a training process (%s); training in a thread", exc)
-        return (
-            yield from finetune_job(specs, config, base, out, class_names, should_stop=stop.is_set)
-        )
+        try:
+            gen = run_in_child(
+                f"{__name__}:finetune_job", specs, config, base, out, class_names, stop=stop,
+                nice=_training_nice(),
+            )  # fmt: skip
+        except OSError as exc:  # e.g. a frozen app without a Python to start
+            logger.warning("cannot start a training process (%s); training in a thread", exc)
+    if gen is None:
+        gen = finetune_job(specs, config, base, out, class_names, should_stop=stop.is_set)
     return (yield from gen)
 
 

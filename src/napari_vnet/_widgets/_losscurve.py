@@ -84,16 +84,15 @@ class LossCurve(QWidget):
         for lst in (self.iterations, self.losses, self.val_iterations, self.val_dice):
             lst.clear()
         self._smooth.clear()
-        self._dirty = True
         self.redraw()
 
     def add_point(self, iteration: int, loss: float | None, val_dice: float | None = None) -> None:
         """Add one training step; ``val_dice`` when a validation ran at this step."""
         if loss is not None and math.isfinite(float(loss)):
+            value = float(loss)
             self.iterations.append(int(iteration))
-            self.losses.append(float(loss))
-            prev = self._smooth[-1] if self._smooth else float(loss)
-            self._smooth.append(0.9 * prev + 0.1 * float(loss) if self._smooth else prev)
+            self.losses.append(value)
+            self._smooth.append(0.9 * self._smooth[-1] + 0.1 * value if self._smooth else value)
         if val_dice is not None and math.isfinite(float(val_dice)):
             self.val_iterations.append(int(iteration))
             self.val_dice.append(float(val_dice))
