@@ -46,6 +46,7 @@ __all__ = [
     "discover_scans",
     "read_file_header",
     "read_scan",
+    "write_labels_file",
 ]
 
 #: Every status a scan can have, in the order of the workflow.
@@ -624,8 +625,28 @@ class ScanProject:
         its path (relative to the work folder), time and edited-slice record.
         """
         path = self.labels_path(key, layer_name)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        _write_labels(volume, path)
+        write_labels_file(volume, path)
+        self.record_labels(
+            key, layer_name, path, annotated_slices=annotated_slices, weights=weights, entry=entry
+        )
+        return path
+
+    def record_labels(
+        self,
+        key: str,
+        layer_name: str,
+        path: str | os.PathLike,
+        *,
+        annotated_slices: dict[str, Any] | None = None,
+        weights: str | None = None,
+        entry: ScanEntry | None = None,
+    ) -> None:
+        """Record labels already written to ``path`` (see :func:`write_labels_file`).
+
+        The second half of :meth:`save_labels`, for a caller that writes the file in
+        another thread and updates the project (not thread-safe) afterwards.
+        """
+        path = Path(path)
         rec = self._rec(key, entry)
         rec["labels"][layer_name] = {
             "path": path.relative_to(self.work_dir).as_posix(),
@@ -634,7 +655,6 @@ class ScanProject:
             "weights": weights,
         }
         self.save([key])
-        return path
 
     def forget_labels(self, key: str, layer_name: str) -> None:
         rec = self.records.get(key)
@@ -684,8 +704,16 @@ class ScanProject:
         return pairs
 
 
-def _write_labels(volume, path: Path) -> None:
-    """Atomic label write with the volume's geometry (smallest unsigned integer type)."""
+def write_labels_file(volume, path: str | os.PathLike) -> Path:
+    """Atomic label write with the volume's geometry (smallest unsigned integer type).
+
+    Touches no project state, so it may run in a worker thread; record the file with
+    :meth:`ScanProject.record_labels` afterwards.
+    """
     from napari_vnet.io import write_volume
 
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     write_volume(volume, path, is_label=True, overwrite_source=True)
+    return path
+
