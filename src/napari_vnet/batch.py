@@ -1,0 +1,794 @@
+"""Batch prediction over a folder of scans: cases, prefetch, background writing, statistics.
+
+Qt-free core behind ``napari-vnet predict INPUT_DIR --out OUT_DIR``.
+
+* :func:`discover_cases` lists every volume file and DICOM series under a folder (the
+  worklist's header-only walk, :func:`napari_vnet.worklist.discover_scans`) and names
+  each case's outputs after its input (see :func:`output_stem`).
+* :func:`shard` gives one process its share of the cases: nnU-Net's
+  ``--num-parts N --part-id K`` convention (``cases[K::N]``), then the same split again
+  over the ranks of a ``torch.distributed`` job (:func:`distributed_context`).
+* :func:`predict_cases` runs one model over the cases. The next cases are read in a
+  small thread pool while the current one is segmented (as nnU-Net's preprocessing
+  workers do), and the outputs are written by a background thread, each file atomically
+  (a temporary file in the same folder, then ``os.replace``), the label map last - so a
+  case whose label map exists is complete, and a rerun skips it.
+* :func:`label_statistics` gives per-class voxel count, volume (ml) and mean/std of
+  the image intensity; :func:`write_dicom_seg` writes a DICOM Segmentation object
+  referencing the source series (highdicom, optional extra ``napari-vnet[dicom-seg]``).
+
+Output naming (:func:`output_stem`, :func:`plan_outputs`): an input file
+``INPUT_DIR/a/b/ct.nii.gz`` gives ``OUT_DIR/a/b/ct`` + extension; a DICOM series gives
+its folder's relative path (``OUT_DIR/a/series``; the input folder's own name when the
+series lies directly in INPUT_DIR; ``<folder>/<series description>`` when one folder
+holds several series). The extension is the input's own when it is a writable format
+(.nii.gz, .nii, .nrrd, .mha, .mhd), else .nii.gz (DICOM, .nhdr, .hdr, .gipl), unless
+``fmt`` names one; ``fmt="dicom-seg"`` writes ``<stem>.dcm`` for DICOM inputs (others
+as with "same"). Beside each label map: ``<stem>_statistics.json`` and
+``<stem>_probabilities.npz`` when asked for.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime
+import fnmatch
+import io
+import json
+import logging
+import math
+import os
+import re
+import tempfile
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "FORMATS",
+    "Case",
+    "CaseResult",
+    "DicomSegUnavailableError",
+    "DistributedContext",
+    "OutputPlan",
+    "discover_cases",
+    "distributed_context",
+    "label_statistics",
+    "output_stem",
+    "plan_outputs",
+    "predict_cases",
+    "shard",
+    "statistics_rows",
+    "write_dicom_seg",
+    "write_run_summary",
+]
+
+#: ``--format`` choices: "same" (the input's own format when writable, else .nii.gz),
+#: a writable extension, or "dicom-seg" (DICOM inputs only).
+FORMATS = ("same", ".nii.gz", ".nii", ".nrrd", ".mha", ".mhd", "dicom-seg")
+
+STATISTICS_SUFFIX = "_statistics.json"
+PROBABILITIES_SUFFIX = "_probabilities.npz"
+STATISTICS_CSV_FIELDS = (
+    "case",
+    "input",
+    "label",
+    "name",
+    "voxels",
+    "volume_ml",
+    "intensity_mean",
+    "intensity_std",
+)
+
+
+class DicomSegUnavailableError(ImportError):
+    """highdicom (the ``dicom-seg`` extra) is not installed."""
+
+
+# ----------------------------------------------------------------------------- cases
+
+
+@dataclass
+class Case:
+    """One input of a batch run: a volume file or a DICOM series."""
+
+    key: str  # stable id (relative path; folder#SeriesInstanceUID for DICOM)
+    path: str  # what napari_vnet.io.read_volume opens
+    kind: str  # "file" | "dicom"
+    stem: str  # output name relative to the output folder, without extension ("a/b/ct")
+    source_ext: str = ""  # the input's extension (".nii.gz"...), "" for DICOM
+    error: str | None = None  # header unreadable: reported, never predicted
+
+
+def _volume_ext(name: str) -> str:
+    from napari_vnet.worklist import VOLUME_SUFFIXES
+
+    low = name.lower()
+    for suf in VOLUME_SUFFIXES:
+        if low.endswith(suf):
+            return suf
+    return os.path.splitext(low)[1]
+
+
+def _slug(text: str) -> str:
+    s = re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("._")
+    return s[:60] or "series"
+
+
+def output_stem(entry, root: Path, n_series_in_folder: int = 1) -> str:
+    """The output name (relative, posix, no extension) of a worklist entry."""
+    if entry.kind == "dicom":
+        rel_dir = entry.key.split("#", 1)[0]
+        base = root.name if rel_dir in ("", ".") else rel_dir
+        if n_series_in_folder > 1:
+            desc = entry.name.split(" / ", 1)[-1]
+            return f"{base}/{_slug(desc)}"
+        return base
+    ext = _volume_ext(entry.key)
+    return entry.key[: len(entry.key) - len(ext)] if ext else entry.key
+
+
+def discover_cases(
+    root: str | os.PathLike,
+    *,
+    pattern: str | None = None,
+    exclude: Iterable[str | os.PathLike] = (),
+) -> list[Case]:
+    """Every volume file and DICOM series under ``root`` (recursively), sorted by key.
+
+    ``pattern`` (shell wildcards, e.g. ``"*.nii.gz"`` or ``"patient*/*"``) keeps the
+    cases whose relative path - or file name - matches; for a DICOM series the relative
+    folder is matched. Only headers are read. Output names that would collide get the
+    input's extension (files) or the series UID's last digits (DICOM) appended.
+    """
+    from napari_vnet.worklist import discover_scans
+
+    root_path = Path(root).expanduser().resolve()
+    entries = list(discover_scans(root_path, exclude=exclude))
+    per_folder: dict[str, int] = {}
+    for e in entries:
+        if e.kind == "dicom" and not e.broken:
+            folder = e.key.split("#", 1)[0]
+            per_folder[folder] = per_folder.get(folder, 0) + 1
+    cases: list[Case] = []
+    used: set[str] = set()
+    for e in sorted(entries, key=lambda e: e.key):
+        rel = e.key.split("#", 1)[0] if e.kind == "dicom" else e.key
+        if pattern and not (
+            fnmatch.fnmatch(rel, pattern) or fnmatch.fnmatch(os.path.basename(rel), pattern)
+        ):
+            continue
+        if e.broken:
+            stem = e.key
+        else:
+            stem = output_stem(e, root_path, per_folder.get(rel, 1))
+        if stem.lower() in used:
+            tail = (
+                e.series_uid.replace(".", "")[-8:]
+                if e.kind == "dicom"
+                else _volume_ext(e.key).strip(".").replace(".", "_")
+            )
+            stem = f"{stem}_{tail}"
+        used.add(stem.lower())
+        cases.append(
+            Case(
+                key=e.key,
+                path=e.path,
+                kind=e.kind,
+                stem=stem,
+                source_ext="" if e.kind == "dicom" else _volume_ext(e.key),
+                error=e.error,
+            )
+        )
+    return cases
+
+
+# ----------------------------------------------------------------------- partitioning
+
+
+@dataclass
+class DistributedContext:
+    """This process's place in a ``torchrun`` job (world 1 outside one)."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    backend: str | None = None
+
+    @property
+    def active(self) -> bool:
+        return self.world_size > 1
+
+    def gather(self, obj: Any) -> list[Any]:
+        """Every rank's ``obj`` on every rank (rank order); ``[obj]`` outside a job."""
+        if not self.active:
+            return [obj]
+        import torch.distributed as dist
+
+        out: list[Any] = [None] * self.world_size
+        dist.all_gather_object(out, obj)
+        return out
+
+    def close(self) -> None:
+        if self.active:
+            import torch.distributed as dist
+
+            if dist.is_initialized():
+                dist.destroy_process_group()
+
+
+def distributed_context(device: str = "auto", timeout_hours: float = 48.0) -> DistributedContext:
+    """Join the ``torch.distributed`` job started by ``torchrun`` (``WORLD_SIZE > 1``).
+
+    NCCL when this rank will run on CUDA, else gloo. The collective timeout is long
+    (``timeout_hours``) because ranks meet only once, at the end, to gather results: a
+    rank that finishes early waits there for the slowest.
+    """
+    world = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    if world <= 1:
+        return DistributedContext()
+    import torch
+    import torch.distributed as dist
+
+    local_rank = int(os.environ.get("LOCAL_RANK", "0") or 0)
+    use_cuda = torch.cuda.is_available() and not str(device).startswith(("cpu", "mps"))
+    backend = "nccl" if use_cuda else "gloo"
+    if use_cuda:
+        torch.cuda.set_device(local_rank)
+    if not dist.is_initialized():
+        dist.init_process_group(
+            backend=backend, timeout=datetime.timedelta(hours=float(timeout_hours))
+        )
+    return DistributedContext(
+        rank=dist.get_rank(),
+        world_size=dist.get_world_size(),
+        local_rank=local_rank,
+        backend=backend,
+    )
+
+
+def shard(items: Sequence[Any], num_parts: int = 1, part_id: int = 0) -> list[Any]:
+    """Part ``part_id`` of ``num_parts`` (round robin: ``items[part_id::num_parts]``)."""
+    if num_parts < 1:
+        raise ValueError(f"num_parts must be >= 1, got {num_parts}")
+    if not 0 <= part_id < num_parts:
+        raise ValueError(f"part_id must be in [0, {num_parts - 1}], got {part_id}")
+    return list(items)[part_id::num_parts]
+
+
+# --------------------------------------------------------------------------- outputs
+
+
+@dataclass
+class OutputPlan:
+    """The files one case produces (the label map is written last)."""
+
+    labels: Path
+    fmt: str  # extension or "dicom-seg"
+    statistics: Path | None = None
+    probabilities: Path | None = None
+
+    def files(self) -> list[Path]:
+        return [p for p in (self.statistics, self.probabilities, self.labels) if p is not None]
+
+    def complete(self) -> bool:
+        return all(p.is_file() for p in self.files())
+
+
+def plan_outputs(
+    case: Case,
+    out_dir: str | os.PathLike,
+    fmt: str = "same",
+    *,
+    statistics: bool = False,
+    probabilities: bool = False,
+) -> OutputPlan:
+    """Where ``case``'s outputs go (see the module docstring for the naming rule)."""
+    from napari_vnet.io import WRITE_EXTENSIONS
+
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown output format {fmt!r}; choose from {', '.join(FORMATS)}")
+    if fmt == "dicom-seg" and case.kind == "dicom":
+        ext = ".dcm"
+        kind = "dicom-seg"
+    else:
+        if fmt in ("same", "dicom-seg"):
+            ext = case.source_ext if case.source_ext in WRITE_EXTENSIONS else ".nii.gz"
+        else:
+            ext = fmt
+        kind = ext
+    base = Path(out_dir) / case.stem
+    return OutputPlan(
+        labels=base.parent / (base.name + ext),
+        fmt=kind,
+        statistics=base.parent / (base.name + STATISTICS_SUFFIX) if statistics else None,
+        probabilities=base.parent / (base.name + PROBABILITIES_SUFFIX) if probabilities else None,
+    )
+
+
+def _atomic_write(path: Path, write: Callable[[Any], None], *, binary: bool) -> None:
+    """``write(file object)`` into a temporary file beside ``path``, then os.replace."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb" if binary else "w", **({} if binary else {"encoding": "utf-8"})) as fh:
+            write(fh)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def _write_json(path: Path, data: Any) -> None:
+    _atomic_write(path, lambda fh: json.dump(data, fh, indent=1), binary=False)
+
+
+# ------------------------------------------------------------------------ statistics
+
+
+def _finite_or_none(x: float) -> float | None:
+    return round(float(x), 6) if math.isfinite(x) else None
+
+
+def label_statistics(labels: np.ndarray, volume, classes) -> list[dict[str, Any]]:
+    """Per foreground class: voxel count, volume (ml) and mean/std of the image intensity.
+
+    ``volume`` is the input :class:`~napari_vnet.io.Volume` (its spacing gives the voxel
+    volume, its array the intensities - channel 0 of a multi-channel image);
+    ``classes`` the card's :class:`~napari_vnet.models.ClassInfo` list. Every non-zero
+    class of the card is listed, also when absent (0 voxels, mean/std None).
+    """
+    labels = np.asarray(labels)
+    image = np.asarray(volume.array)
+    if image.ndim == labels.ndim + 1:
+        image = image[0]
+    if image.shape != labels.shape:
+        raise ValueError(f"image {image.shape} and labels {labels.shape} differ in shape")
+    voxel_ml = float(np.prod([float(s) for s in volume.spacing[-3:]])) / 1000.0
+    flat = labels.ravel().astype(np.intp, copy=False)
+    n = int(flat.max(initial=0)) + 1
+    counts = np.bincount(flat, minlength=n)
+    values = image.ravel().astype(np.float64, copy=False)
+    finite = np.isfinite(values)
+    if not finite.all():
+        values = np.where(finite, values, 0.0)
+        counts_finite = np.bincount(flat, weights=finite.astype(np.float64), minlength=n)
+    else:
+        counts_finite = counts.astype(np.float64)
+    sums = np.bincount(flat, weights=values, minlength=n)
+    squares = np.bincount(flat, weights=values * values, minlength=n)
+    rows = []
+    for c in classes:
+        v = int(c.value)
+        if v == 0:
+            continue
+        count = int(counts[v]) if v < n else 0
+        m = float(counts_finite[v]) if v < n else 0.0
+        if m > 0:
+            mean = float(sums[v]) / m
+            var = max(float(squares[v]) / m - mean * mean, 0.0)
+            mean_out, std_out = _finite_or_none(mean), _finite_or_none(math.sqrt(var))
+        else:
+            mean_out = std_out = None
+        rows.append(
+            {
+                "label": v,
+                "name": str(c.name),
+                "voxels": count,
+                "volume_ml": round(count * voxel_ml, 6),
+                "intensity_mean": mean_out,
+                "intensity_std": std_out,
+            }
+        )
+    return rows
+
+
+def statistics_rows(results: Iterable[CaseResult]) -> list[dict[str, Any]]:
+    """One CSV row per case and class (cases without statistics are left out)."""
+    rows = []
+    for r in results:
+        for s in r.statistics or []:
+            rows.append({"case": r.stem, "input": r.input, **s})
+    return rows
+
+
+# ------------------------------------------------------------------------- DICOM-SEG
+
+
+def _require_highdicom():
+    try:
+        import highdicom
+        import pydicom
+    except ImportError as exc:
+        raise DicomSegUnavailableError(
+            "--format dicom-seg needs highdicom: pip install 'napari-vnet[dicom-seg]' "
+            f"(or pip install highdicom) ({exc})"
+        ) from exc
+    return highdicom, pydicom
+
+
+def _lab_color(hd, rgba) -> Any:
+    if rgba is None:
+        return None
+    rgb = tuple(int(round(255 * min(max(float(c), 0.0), 1.0))) for c in rgba[:3])
+    return hd.color.CIELabColor.from_rgb(*rgb)
+
+
+def write_dicom_seg(labels: np.ndarray, volume, card, path: str | os.PathLike) -> Path:
+    """Write ``labels`` (on ``volume``'s grid, read from a DICOM series) as DICOM-SEG.
+
+    One segment per foreground class of the card (its name and colour), a BINARY
+    segmentation whose frames reference the source images (matched by their slice
+    position, so the order the files were listed in does not matter). Readable by
+    pydicom, highdicom, 3D Slicer (QuantitativeReporting) and OHIF.
+    """
+    hd, pydicom = _require_highdicom()
+    from pydicom.sr.codedict import codes
+
+    path = Path(path)
+    files = list(volume.metadata.get("source_files") or [])
+    if not files:
+        raise ValueError(f"{volume.path}: not read from a DICOM series; DICOM-SEG needs one")
+    sources = [pydicom.dcmread(f, stop_before_pixels=True) for f in files]
+    labels = np.asarray(labels)
+    if labels.ndim != 3 or labels.shape[0] != len(sources):
+        raise ValueError(
+            f"{volume.path}: labels {labels.shape} do not match the {len(sources)} source slices"
+        )
+    # which slice of the volume each source image is
+    origin = np.asarray(volume.origin, float)
+    inv = np.linalg.inv(np.asarray(volume.direction, float))
+    spacing = np.asarray(volume.spacing, float)
+    index_of: dict[int, int] = {}
+    for i, ds in enumerate(sources):
+        ipp = np.asarray([float(v) for v in ds.ImagePositionPatient])[::-1]  # (z, y, x)
+        k, j, q = (inv @ (ipp - origin)) / spacing
+        kk = int(round(k))
+        if abs(k - kk) > 0.1 or abs(j) > 0.1 or abs(q) > 0.1 or not 0 <= kk < labels.shape[0]:
+            raise ValueError(f"{files[i]}: slice position {tuple(ipp)} is not on the volume's grid")
+        index_of[i] = kk
+    if len(set(index_of.values())) != len(sources):
+        raise ValueError(f"{volume.path}: two source images share a slice position")
+    fg = [c for c in card.classes if int(c.value) != 0]
+    if not fg:
+        raise ValueError("the model card lists no foreground class")
+    if len(fg) > 65535:
+        raise ValueError("too many classes for one DICOM-SEG")
+    # label value -> segment number 1..n, in the card's class order
+    lut = np.zeros(int(max(labels.max(initial=0), max(c.value for c in fg))) + 1, np.uint16)
+    for n, c in enumerate(fg, start=1):
+        lut[int(c.value)] = n
+    frames = lut[labels[[index_of[i] for i in range(len(sources))]]]
+    frames = frames.astype(np.uint8 if len(fg) < 256 else np.uint16)
+
+    from napari_vnet import __version__
+
+    algorithm = hd.AlgorithmIdentificationSequence(
+        name=f"napari-vnet {card.arch}",
+        family=codes.cid7162.ArtificialIntelligence,
+        version=__version__,
+    )
+    descriptions = [
+        hd.seg.SegmentDescription(
+            segment_number=n,
+            segment_label=str(c.name)[:64] or f"label {c.value}",
+            segmented_property_category=codes.SCT.Tissue,
+            segmented_property_type=codes.SCT.Tissue,
+            algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+            algorithm_identification=algorithm,
+            tracking_id=f"label {int(c.value)}",
+            tracking_uid=hd.UID(),
+            display_color=_lab_color(hd, c.color),
+        )
+        for n, c in enumerate(fg, start=1)
+    ]
+    first = sources[0]
+    series_number = int(getattr(first, "SeriesNumber", 0) or 0) + 1000
+    seg = hd.seg.Segmentation(
+        source_images=sources,
+        pixel_array=frames,
+        segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+        segment_descriptions=descriptions,
+        series_instance_uid=hd.UID(),
+        series_number=series_number,
+        sop_instance_uid=hd.UID(),
+        instance_number=1,
+        manufacturer="napari-vnet",
+        manufacturer_model_name=f"napari-vnet {card.arch}",
+        software_versions=__version__,
+        device_serial_number="0",
+        series_description=f"napari-vnet {card.arch} segmentation"[:64],
+        omit_empty_frames=True,
+    )
+
+    def save(fh) -> None:
+        buf = io.BytesIO()
+        seg.save_as(buf)
+        fh.write(buf.getvalue())
+
+    _atomic_write(path, save, binary=True)
+    return path
+
+
+# ----------------------------------------------------------------------------- running
+
+
+@dataclass
+class CaseResult:
+    """What happened to one case."""
+
+    key: str
+    stem: str
+    input: str
+    status: str  # "written" | "skipped" | "failed"
+    outputs: list[str] = field(default_factory=list)
+    error: str | None = None
+    seconds: float = 0.0  # inference (incl. pre/post-processing)
+    total_seconds: float = 0.0  # read to written
+    shape: list[int] | None = None
+    spacing: list[float] | None = None
+    statistics: list[dict[str, Any]] | None = None
+    rank: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _read_case(case: Case):
+    from napari_vnet.io import read_volume
+
+    t0 = time.perf_counter()
+    vol = read_volume(case.path)
+    if vol.array.ndim < 3:
+        raise ValueError(f"{case.path}: not a 3-D volume (shape {vol.shape})")
+    return vol, time.perf_counter() - t0
+
+
+def _write_outputs(case: Case, plan: OutputPlan, vol, pred, card, t_read: float, rank: int):
+    """Write one case's outputs (label map last); runs on the writer thread."""
+    from napari_vnet.io import write_volume
+
+    stats = None
+    if plan.statistics is not None:
+        stats = label_statistics(pred.labels, vol, card.classes)
+        record = {
+            "case": case.stem,
+            "input": case.path,
+            "shape": list(vol.shape[-3:]),
+            "spacing_mm": [float(s) for s in vol.spacing[-3:]],
+            "voxel_volume_ml": float(np.prod(vol.spacing[-3:])) / 1000.0,
+            "classes": stats,
+        }
+        _write_json(plan.statistics, record)
+    if plan.probabilities is not None and pred.probabilities is not None:
+        probs = np.asarray(pred.probabilities, dtype=np.float16)
+
+        def save(fh) -> None:
+            np.savez(
+                fh,
+                probabilities=probs,
+                label_values=np.asarray(card.label_values, np.int32),
+                class_names=np.asarray([c.name for c in card.classes]),
+                spacing=np.asarray(vol.spacing[-3:], float),
+                origin=np.asarray(vol.origin[-3:], float),
+                direction=np.asarray(vol.direction, float),
+            )
+
+        _atomic_write(plan.probabilities, save, binary=True)
+    plan.labels.parent.mkdir(parents=True, exist_ok=True)
+    if plan.fmt == "dicom-seg":
+        write_dicom_seg(pred.labels, vol, card, plan.labels)
+    else:
+        write_volume(pred.labels, plan.labels, like=vol, is_label=True)
+    return CaseResult(
+        key=case.key,
+        stem=case.stem,
+        input=case.path,
+        status="written",
+        outputs=[str(p) for p in plan.files()],
+        seconds=round(float(pred.seconds), 3),
+        total_seconds=round(time.perf_counter() - t_read, 3),
+        shape=[int(s) for s in vol.shape],
+        spacing=[float(s) for s in vol.spacing],
+        statistics=stats,
+        rank=rank,
+    )
+
+
+def _skipped(case: Case, plan: OutputPlan, rank: int) -> CaseResult:
+    stats = None
+    if plan.statistics is not None:
+        try:
+            stats = json.loads(plan.statistics.read_text(encoding="utf-8")).get("classes")
+        except (OSError, ValueError, AttributeError) as exc:
+            log.warning("%s: unreadable statistics from an earlier run: %s", plan.statistics, exc)
+    return CaseResult(
+        key=case.key,
+        stem=case.stem,
+        input=case.path,
+        status="skipped",
+        outputs=[str(p) for p in plan.files()],
+        statistics=stats,
+        rank=rank,
+    )
+
+
+def _failed(case: Case, exc: BaseException | str, rank: int, t0: float | None = None) -> CaseResult:
+    text = str(exc) or type(exc).__name__
+    if case.path not in text:
+        text = f"{case.path}: {text}"
+    return CaseResult(
+        key=case.key,
+        stem=case.stem,
+        input=case.path,
+        status="failed",
+        error=text,
+        total_seconds=0.0 if t0 is None else round(time.perf_counter() - t0, 3),
+        rank=rank,
+    )
+
+
+def predict_cases(
+    cases: Sequence[Case],
+    model,
+    card,
+    out_dir: str | os.PathLike,
+    *,
+    fmt: str = "same",
+    overwrite: bool = False,
+    statistics: bool = False,
+    save_probabilities: bool = False,
+    workers: int = 2,
+    predict_kwargs: dict[str, Any] | None = None,
+    rank: int = 0,
+    should_stop: Callable[[], bool] | None = None,
+    on_start: Callable[[Case, int, int], Any] | None = None,
+) -> Iterator[CaseResult]:
+    """Segment ``cases`` with one model; yield a :class:`CaseResult` per case.
+
+    Cases whose outputs all exist are skipped (unless ``overwrite``); a case that cannot
+    be read, segmented or written is yielded as ``failed`` and the run goes on. Up to
+    ``workers`` cases are read ahead in a thread pool while the current one is segmented
+    (reading holds at most ``workers`` volumes in memory); a single background thread
+    writes the outputs (at most two cases wait for it). Results are yielded in the order
+    cases finish, skipped ones first. ``on_start(case, i, n)`` is called before each
+    case is segmented.
+    """
+    from napari_vnet.inference import predict
+
+    workers = max(1, int(workers))
+    kwargs = dict(predict_kwargs or {})
+    stop = should_stop or (lambda: False)
+    plans = [
+        plan_outputs(c, out_dir, fmt, statistics=statistics, probabilities=save_probabilities)
+        for c in cases
+    ]
+    todo: list[tuple[Case, OutputPlan]] = []
+    for case, plan in zip(cases, plans, strict=True):
+        if case.error:
+            yield _failed(case, case.error, rank)
+        elif not overwrite and plan.complete():
+            yield _skipped(case, plan, rank)
+        else:
+            todo.append((case, plan))
+    if not todo:
+        return
+
+    readers = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="napari-vnet-read")
+    writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="napari-vnet-write")
+    reads: deque[tuple[Case, OutputPlan, Future]] = deque()
+    writes: deque[tuple[Case, Future, float]] = deque()
+    upcoming = iter(todo)
+
+    def top_up() -> None:
+        while len(reads) < workers:
+            nxt = next(upcoming, None)
+            if nxt is None:
+                return
+            reads.append((nxt[0], nxt[1], readers.submit(_read_case, nxt[0])))
+
+    def finished_write(case: Case, fut: Future, t0: float) -> CaseResult:
+        try:
+            return fut.result()
+        except Exception as exc:  # noqa: BLE001 - one failed case never stops the run
+            log.debug("writing %s failed", case.path, exc_info=True)
+            return _failed(case, exc, rank, t0)
+
+    try:
+        top_up()
+        i = 0
+        while reads:
+            if stop():
+                break
+            case, plan, fut = reads.popleft()
+            top_up()
+            t0 = time.perf_counter()
+            i += 1
+            try:
+                vol, t_read = fut.result()
+            except Exception as exc:  # noqa: BLE001 - a broken file is reported, not fatal
+                yield _failed(case, exc, rank, t0)
+                continue
+            log.info("read %s (%s) in %.2f s", case.path, vol.shape, t_read)
+            if on_start is not None:
+                on_start(case, i, len(todo))
+            try:
+                pred = predict(
+                    vol,
+                    model,
+                    card,
+                    spacing=vol.spacing,
+                    return_probabilities=save_probabilities,
+                    **kwargs,
+                )
+            except Exception as exc:  # noqa: BLE001 - one failed case never stops the run
+                log.debug("segmenting %s failed", case.path, exc_info=True)
+                yield _failed(case, exc, rank, t0)
+                continue
+            while len(writes) >= 2:  # bound the memory held by pending writes
+                wcase, wfut, wt0 = writes.popleft()
+                yield finished_write(wcase, wfut, wt0)
+            writes.append(
+                (case, writer.submit(_write_outputs, case, plan, vol, pred, card, t0, rank), t0)
+            )
+            del vol, pred
+            while writes and writes[0][1].done():
+                wcase, wfut, wt0 = writes.popleft()
+                yield finished_write(wcase, wfut, wt0)
+        while writes:
+            wcase, wfut, wt0 = writes.popleft()
+            yield finished_write(wcase, wfut, wt0)
+    finally:
+        for _, _, fut in reads:
+            fut.cancel()
+        readers.shutdown(wait=True, cancel_futures=True)
+        writer.shutdown(wait=True)
+
+
+# --------------------------------------------------------------------------- summaries
+
+
+def write_run_summary(
+    results: Sequence[CaseResult],
+    out_dir: str | os.PathLike,
+    *,
+    suffix: str = "",
+    info: dict[str, Any] | None = None,
+    statistics: bool = False,
+) -> dict[str, Path]:
+    """``summary<suffix>.json`` (every case's result) and, with ``statistics``,
+    ``statistics<suffix>.csv`` (one row per case and class) in ``out_dir``."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    counts = {s: sum(r.status == s for r in results) for s in ("written", "skipped", "failed")}
+    summary = {
+        **(info or {}),
+        "cases": len(results),
+        **counts,
+        "results": [r.to_dict() for r in sorted(results, key=lambda r: r.key)],
+    }
+    written = {"summary": out / f"summary{suffix}.json"}
+    _write_json(written["summary"], summary)
+    if statistics:
+        rows = statistics_rows(sorted(results, key=lambda r: r.key))
+
+        def save(fh) -> None:
+            w = csv.DictWriter(fh, fieldnames=STATISTICS_CSV_FIELDS, lineterminator="\n")
+            w.writeheader()
+            for row in rows:
+                w.writerow({k: "" if row.get(k) is None else row.get(k) for k in w.fieldnames})
+
+        written["statistics"] = out / f"statistics{suffix}.csv"
+        _atomic_write(written["statistics"], save, binary=False)
+    return written
