@@ -24,6 +24,7 @@ import logging
 import math
 import os
 import re
+import stat
 import struct
 import tempfile
 import zlib
@@ -154,6 +155,8 @@ def _suffix(name: str) -> str:
 def _has_dicom_magic(path: str) -> bool:
     """Part-10 DICOM files carry 'DICM' at byte 128 (reads 132 bytes, no pixels)."""
     try:
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            return False  # a FIFO would block the walk
         with open(path, "rb") as fh:
             head = fh.read(132)
     except OSError:
@@ -274,13 +277,18 @@ def read_file_header(path: str | os.PathLike) -> dict[str, Any]:
         head = _nifti_header(path)
         if head is not None:
             return head
+    from napari_vnet.io.paths import itk_name
+    from napari_vnet.io.reading import _companions
+
+    companions = _companions(Path(path))  # data files checked before ITK opens them
     io_name = _IMAGE_IO.get(suffix)
     if io_name is not None:
         reader = sitk.ImageFileReader()
         reader.SetImageIO(io_name)
-        reader.SetFileName(path)
         try:
-            reader.ReadImageInformation()
+            with itk_name(path, companions) as itk_path:
+                reader.SetFileName(itk_path)
+                reader.ReadImageInformation()
         except RuntimeError:
             pass  # let io.read_header try every ImageIO and word the error
         else:
@@ -295,16 +303,26 @@ def read_file_header(path: str | os.PathLike) -> dict[str, Any]:
     return read_header(path)
 
 
+def _shown(path: str) -> str:
+    """Printable text of a path or name (bytes that are not UTF-8 become ``\\xNN``)."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
 def _file_entry(path: str, rel: str) -> ScanEntry:
     try:
-        size_bytes = os.path.getsize(path)
+        st = os.stat(path)
+        size_bytes = st.st_size
     except OSError:
-        size_bytes = 0
-    entry = ScanEntry(key=rel, path=path, name=rel, size_bytes=size_bytes)
+        st, size_bytes = None, 0
+    entry = ScanEntry(key=rel, path=path, name=_shown(rel), size_bytes=size_bytes)
+    if st is not None and not stat.S_ISREG(st.st_mode):
+        entry.error = f"{_shown(path)}: not a regular file (a device, FIFO or socket); skipped"
+        return entry
     try:
         head = read_file_header(path)
     except Exception as exc:  # noqa: BLE001 - any unreadable header is a broken entry
-        entry.error = str(exc) if str(path) in str(exc) else f"{path}: {exc}"
+        shown = _shown(path)
+        entry.error = str(exc) if shown in str(exc) else f"{shown}: {exc}"
         logger.info("broken scan %s: %s", path, exc)
         return entry
     entry.shape = tuple(int(v) for v in head["shape"])
@@ -346,7 +364,9 @@ def _broken_dicom(path: str, rel_dir: str, problem: str) -> ScanEntry:
     """A list entry for a DICOM file that belongs to no readable series."""
     name = os.path.basename(path)
     rel = name if rel_dir == "." else f"{rel_dir}/{name}"
-    return ScanEntry(key=rel, path=path, name=rel, kind="dicom", error=f"{path}: {problem}")
+    return ScanEntry(
+        key=rel, path=path, name=_shown(rel), kind="dicom", error=f"{_shown(path)}: {problem}"
+    )
 
 
 def _dicom_entries(folder: str, rel_dir: str, candidates: list[str]) -> Iterator[ScanEntry]:
@@ -369,7 +389,7 @@ def _dicom_entries(folder: str, rel_dir: str, candidates: list[str]) -> Iterator
         yield ScanEntry(
             key=f"{rel_dir}#{info['uid']}",
             path=folder if len(series) == 1 else files[0],
-            name=_series_name(info, rel_dir),
+            name=_shown(_series_name(info, rel_dir)),
             kind="dicom",
             shape=tuple(info["shape"]),
             spacing=tuple(info["spacing"]),
@@ -385,12 +405,19 @@ def _dicom_entries(folder: str, rel_dir: str, candidates: list[str]) -> Iterator
             yield _broken_dicom(path, rel_dir, "DICOM file not part of any readable image series")
 
 
+#: Bounds of one listing: folder depth below the scans folder, and directory entries seen.
+MAX_DEPTH = 40
+MAX_ENTRIES = 200_000
+
+
 def discover_scans(
     root: str | os.PathLike,
     *,
     recursive: bool = True,
     exclude: Iterable[str | os.PathLike] = (),
     should_stop=None,
+    max_depth: int = MAX_DEPTH,
+    max_entries: int = MAX_ENTRIES,
 ) -> Iterator[ScanEntry]:
     """Yield the scans under ``root`` one by one, reading headers only.
 
@@ -400,19 +427,58 @@ def discover_scans(
     header cannot be read are yielded with ``error`` set. Hidden entries and the
     folders in ``exclude`` (e.g. a work folder inside the scans folder) are skipped.
     ``should_stop()`` is polled between files so a worker can be cancelled.
+
+    Symbolic links are followed at most once per real path (a link back to a parent
+    folder, or two links to one file, list nothing twice); below ``max_depth`` folders
+    or after ``max_entries`` directory entries the walk stops with a broken entry
+    saying so (key ``"<listing stopped>"``).
     """
     root_path = Path(root).expanduser().resolve()
     if not root_path.is_dir():
-        raise NotADirectoryError(f"{root_path}: scans folder does not exist")
+        raise NotADirectoryError(f"{_shown(str(root_path))}: scans folder does not exist")
     excluded = {os.path.normpath(str(Path(p).expanduser().resolve())) for p in exclude}
+    seen_dirs: set[str] = set()
+    seen_files: set[str] = set()
+    counted = 0
 
-    def walk(folder: str) -> Iterator[ScanEntry]:
+    class _Stop(Exception):
+        pass
+
+    def stop_entry(why: str) -> ScanEntry:
+        return ScanEntry(
+            key="<listing stopped>",
+            path=str(root_path),
+            name="(listing stopped)",
+            error=f"{_shown(str(root_path))}: listing stopped: {why}",
+        )
+
+    def walk(folder: str, depth: int) -> Iterator[ScanEntry]:
+        nonlocal counted
+        real = os.path.realpath(folder)
+        if real in seen_dirs:
+            logger.warning(
+                "%s: already listed as %s (a symbolic link loop or a second link); skipped",
+                _shown(folder),
+                _shown(real),
+            )
+            return
+        seen_dirs.add(real)
         try:
             with os.scandir(folder) as it:
-                items = sorted(it, key=lambda e: e.name.lower())
+                items = []
+                for e in it:
+                    counted += 1
+                    if counted > max_entries:
+                        raise _Stop(
+                            f"more than {max_entries} files and folders; choose a smaller folder"
+                        )
+                    items.append(e)
+            items.sort(key=lambda e: e.name.lower())
         except OSError as exc:
             rel = os.path.relpath(folder, root_path)
-            yield ScanEntry(key=rel, path=folder, name=rel, error=f"{folder}: {exc}")
+            yield ScanEntry(
+                key=rel, path=folder, name=_shown(rel), error=f"{_shown(folder)}: {exc}"
+            )
             return
         rel_dir = os.path.relpath(folder, root_path).replace(os.sep, "/")
         names = {e.name.lower() for e in items}
@@ -431,6 +497,16 @@ def discover_scans(
                 if os.path.normpath(item.path) not in excluded:
                     subdirs.append(item.path)
                 continue
+            try:
+                if item.is_symlink():
+                    target = os.path.realpath(item.path)
+                    if target in seen_files:
+                        continue  # the same file through another link
+                    seen_files.add(target)
+                else:
+                    seen_files.add(os.path.normpath(item.path))
+            except OSError:
+                pass
             suf = _suffix(item.name)
             rel = item.name if rel_dir == "." else f"{rel_dir}/{item.name}"
             if suf in VOLUME_SUFFIXES:
@@ -441,8 +517,8 @@ def discover_scans(
                     yield ScanEntry(
                         key=rel,
                         path=item.path,
-                        name=rel,
-                        error=f"{item.path}: image data without its .hdr header",
+                        name=_shown(rel),
+                        error=f"{_shown(item.path)}: image data without its .hdr header",
                     )
                 # .raw / .img companions of a header are read through the header
             elif suf in _DICOM_SUFFIXES or (
@@ -453,9 +529,17 @@ def discover_scans(
             yield from _dicom_entries(folder, rel_dir, dicom_candidates)
         if recursive:
             for sub in subdirs:
-                yield from walk(sub)
+                if depth + 1 > max_depth:
+                    raise _Stop(
+                        f"folders nested deeper than {max_depth} levels ({_shown(sub)})"
+                    )
+                yield from walk(sub, depth + 1)
 
-    yield from walk(str(root_path))
+    try:
+        yield from walk(str(root_path), 0)
+    except _Stop as stop:
+        logger.warning("%s", stop)
+        yield stop_entry(str(stop))
 
 
 # --------------------------------------------------------------------------- project

@@ -13,6 +13,7 @@ import functools
 import hashlib
 import logging
 import os
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -56,6 +57,8 @@ def is_dicom_file(path: str | os.PathLike) -> bool:
     if p.name.upper() == "DICOMDIR":  # an index, not an image
         return False
     try:
+        if not stat.S_ISREG(os.stat(p).st_mode):
+            return False  # a FIFO or device would block or never end
         with open(p, "rb") as fh:
             head = fh.read(132)
     except OSError:
@@ -117,12 +120,15 @@ def _read_file_info(path: str) -> _FileInfo | None:
 def _read_file_info_cached(path: str, size: int, mtime_ns: int) -> _FileInfo | None:
     import SimpleITK as sitk
 
+    from napari_vnet.io.paths import itk_name
+
     reader = sitk.ImageFileReader()
     reader.SetImageIO("GDCMImageIO")
-    reader.SetFileName(path)
     reader.LoadPrivateTagsOff()
     try:
-        reader.ReadImageInformation()
+        with itk_name(path) as itk_path:
+            reader.SetFileName(itk_path)
+            reader.ReadImageInformation()
     except RuntimeError as exc:  # not an image DICOM (SR, RT struct...) or broken
         log.debug("skipping %s: %s", path, exc)
         return None

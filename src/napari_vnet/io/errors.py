@@ -5,6 +5,11 @@ from __future__ import annotations
 import os
 
 
+def _shown(path: str | os.PathLike) -> str:
+    """The path as printable text (bytes that are not UTF-8 shown as ``\\xNN``)."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
 class VolumeReadError(Exception):
     """A file or folder could not be read as a medical volume.
 
@@ -13,7 +18,7 @@ class VolumeReadError(Exception):
     """
 
     def __init__(self, path: str | os.PathLike, problem: str):
-        self.path = str(path)
+        self.path = _shown(path)
         self.problem = problem
         super().__init__(f"cannot read {self.path}: {problem}")
 
@@ -25,7 +30,7 @@ class VolumeWriteError(Exception):
     """A volume could not be written (bad extension, geometry, or it would overwrite its source)."""
 
     def __init__(self, path: str | os.PathLike, problem: str):
-        self.path = str(path)
+        self.path = _shown(path)
         self.problem = problem
         super().__init__(f"cannot write {self.path}: {problem}")
 

@@ -9,10 +9,12 @@ detected from their headers and sizes.
 
 from __future__ import annotations
 
+import errno
 import gzip
 import logging
 import os
 import re
+import stat
 import struct
 import warnings
 import zlib
@@ -29,6 +31,7 @@ from napari_vnet.io.dicom import (
     select_series,
 )
 from napari_vnet.io.errors import VolumeReadError
+from napari_vnet.io.paths import itk_name, itk_names
 from napari_vnet.io.volume import Volume
 
 log = logging.getLogger(__name__)
@@ -216,11 +219,193 @@ def _check_complete(path: Path, reader) -> None:
         )
 
 
+def _stat(path: Path, what: str = "file or folder") -> os.stat_result:
+    """``os.stat`` with the reason in words (missing, permission, name too long...)."""
+    try:
+        return os.stat(path)
+    except FileNotFoundError as exc:
+        raise VolumeReadError(path, f"no such {what}") from exc
+    except PermissionError as exc:
+        raise VolumeReadError(
+            path, f"permission denied (the {what} or one of its folders is not readable)"
+        ) from exc
+    except OSError as exc:
+        if exc.errno == errno.ENAMETOOLONG:
+            raise VolumeReadError(path, "the file name is too long for the file system") from exc
+        raise VolumeReadError(path, exc.strerror or str(exc)) from exc
+
+
 def _check_file(path: Path) -> None:
-    if not path.exists():
-        raise VolumeReadError(path, "no such file or folder")
-    if path.is_file() and path.stat().st_size == 0:
+    st = _stat(path)
+    if stat.S_ISDIR(st.st_mode):
+        if not os.access(path, os.R_OK | os.X_OK):
+            raise VolumeReadError(path, "permission denied (the folder is not readable)")
+        return
+    if not stat.S_ISREG(st.st_mode):
+        raise VolumeReadError(path, "not a regular file (a device, FIFO or socket); refused")
+    if st.st_size == 0:
         raise VolumeReadError(path, "the file is empty")
+    try:
+        with open(path, "rb"):
+            pass
+    except PermissionError as exc:
+        raise VolumeReadError(path, "permission denied (the file is not readable)") from exc
+
+
+# -------------------------------------------------- data files named by a header
+# MetaImage (.mhd/.mha) and NRRD (.nhdr/.nrrd) headers name their pixel data file(s);
+# ITK follows those names anywhere (absolute paths, ../, /dev/zero, FIFOs). An untrusted
+# dataset could so read other files into an image, or hang the reader. The names are
+# checked here, before SimpleITK opens the header: each must be a regular file inside
+# the header's folder (or a subfolder), after resolving symbolic links.
+
+_HEADER_LIMIT = 1 << 16
+
+
+def _expand_pattern(value: str) -> list[str] | None:
+    """``"slice%03d.raw 1 10 1"`` -> the file names; None when it is not a pattern."""
+    parts = value.split()
+    if "%" not in value or len(parts) < 4:
+        return None
+    try:
+        first, last, step = (int(v) for v in parts[1:4])
+    except ValueError:
+        return None
+    if step == 0 or abs(last - first) // abs(step) > 100_000:
+        return None
+    stop = last + (1 if step > 0 else -1)
+    try:
+        return [parts[0] % i for i in range(first, stop, step)]
+    except (TypeError, ValueError):
+        return None
+
+
+def header_data_files(path: str | os.PathLike) -> list[Path] | None:
+    """The data files a ``.mhd``/``.mha``/``.nhdr``/``.nrrd`` header names (None when the
+    data is inside the header file, or for other formats), as paths under the header's
+    folder. Raises :class:`VolumeReadError` for a name outside that folder or anything
+    but a regular file there, before any of them is opened."""
+    path = Path(path)
+    low = path.name.lower()
+    if not low.endswith((".mhd", ".mha", ".nhdr", ".nrrd")):
+        return None
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(_HEADER_LIMIT)
+    except OSError as exc:
+        raise VolumeReadError(path, exc.strerror or str(exc)) from exc
+    lines = head.decode("latin-1").splitlines()
+    names: list[str] = []
+    if low.endswith((".mhd", ".mha")):
+        for i, line in enumerate(lines):
+            key, sep, value = line.partition("=")
+            if not sep or key.strip() != "ElementDataFile":
+                continue
+            value = value.strip()
+            if value.upper() == "LOCAL" or not value:
+                return None
+            if value.upper().startswith("LIST"):
+                names = [ln.strip() for ln in lines[i + 1 :] if ln.strip()]
+            else:
+                names = _expand_pattern(value) or [value]
+            break
+        else:
+            return None
+    else:
+        if not lines or not lines[0].startswith("NRRD"):
+            return None
+        for i, line in enumerate(lines):
+            if not line.strip():
+                break  # end of the header: the data follows
+            key, sep, value = line.partition(":")
+            if not sep or value.startswith("=") or key.strip().lower() not in (
+                "data file",
+                "datafile",
+            ):
+                continue
+            value = value.strip()
+            if value.upper().startswith("LIST"):
+                names = [ln.strip() for ln in lines[i + 1 :] if ln.strip()]
+            else:
+                names = _expand_pattern(value) or [value]
+            break
+        else:
+            return None
+    base = os.path.realpath(path.parent)
+    out = []
+    for name in names:
+        raw = name.encode("latin-1")
+        candidate = os.path.join(os.fsencode(path.parent), raw)
+        shown = os.fsdecode(raw)
+        real = os.path.realpath(candidate)
+        inside = real.startswith(os.fsencode(base).rstrip(b"/") + b"/")
+        if not inside:
+            raise VolumeReadError(
+                path,
+                f"the header names the data file {shown!r}, which is outside the header's "
+                "folder; refused (data files must lie in the header's folder or below)",
+            )
+        try:
+            st = os.stat(real)
+        except FileNotFoundError:
+            continue  # inside the folder but missing: ITK says so when pixels are read
+        except OSError as exc:
+            raise VolumeReadError(
+                path, f"the data file {shown!r} named by the header cannot be opened "
+                f"({exc.strerror or exc})"
+            ) from exc
+        if not stat.S_ISREG(st.st_mode):
+            raise VolumeReadError(
+                path,
+                f"the data file {shown!r} named by the header is not a regular file "
+                "(a device, FIFO, socket or folder); refused",
+            )
+        out.append(Path(os.fsdecode(candidate)))
+    return out
+
+
+def _companions(path: Path) -> list[Path]:
+    """Files SimpleITK opens besides ``path`` (checked: regular files beside it)."""
+    files = header_data_files(path)
+    if files is not None:
+        return files
+    low = path.name.lower()
+    if low.endswith((".hdr", ".img")):
+        stem = path.name[:-4]
+        out = []
+        for ext in ((".img", ".img.gz", ".IMG") if low.endswith(".hdr") else (".hdr", ".HDR")):
+            other = path.parent / (stem + ext)
+            try:
+                st = os.stat(other)
+            except OSError:
+                continue
+            if not stat.S_ISREG(st.st_mode):
+                raise VolumeReadError(
+                    other, "not a regular file (a device, FIFO or socket); refused"
+                )
+            out.append(other)
+        return out
+    return []
+
+
+def _bytes_per_pixel(reader) -> int:
+    import SimpleITK as sitk
+
+    probe = sitk.Image([1] * reader.GetDimension(), reader.GetPixelID())
+    return probe.GetSizeOfPixelComponent() * max(1, reader.GetNumberOfComponents())
+
+
+def check_image_memory(path: Path, reader) -> None:
+    """Refuse (VolumeReadError naming the file and the figures) an image whose voxels,
+    as its header describes them, do not fit in the available memory."""
+    from napari_vnet.io.memory import memory_problem
+
+    size = [int(n) for n in reader.GetSize()]
+    nbytes = int(np.prod(size, dtype=object)) * _bytes_per_pixel(reader)
+    shape = " x ".join(str(n) for n in reversed(size))
+    problem = memory_problem(nbytes, f"the image ({shape} voxels)")
+    if problem:
+        raise VolumeReadError(path, problem)
 
 
 def _dicom_metadata(series: DicomSeries) -> dict[str, Any]:
@@ -244,18 +429,39 @@ def _dicom_metadata(series: DicomSeries) -> dict[str, Any]:
     return meta
 
 
+def _check_series_memory(series: DicomSeries, first: str) -> None:
+    """Refuse a series whose decoded voxels (slices x rows x columns x pixel size, from the
+    headers) do not fit in the available memory, before any pixel is decoded."""
+    import SimpleITK as sitk
+
+    from napari_vnet.io.memory import memory_problem
+
+    reader = sitk.ImageFileReader()
+    reader.SetImageIO("GDCMImageIO")
+    reader.SetFileName(first)
+    reader.ReadImageInformation()
+    per_file = int(np.prod([int(n) for n in reader.GetSize()], dtype=object))
+    nbytes = per_file * len(series.files) * _bytes_per_pixel(reader)
+    shape = " x ".join(str(n) for n in series.shape)
+    problem = memory_problem(nbytes, f"the DICOM series {series.name!r} ({shape} voxels)")
+    if problem:
+        raise VolumeReadError(series.folder, problem)
+
+
 def read_dicom_series(series: DicomSeries) -> Volume:
     """Read one discovered DICOM series (all its slices, ordered by position)."""
     import SimpleITK as sitk
 
     folder = series.folder
     try:
-        if len(series.files) == 1:
-            image = sitk.ReadImage(series.files[0])
-        else:
-            reader = sitk.ImageSeriesReader()
-            reader.SetFileNames(list(series.files))
-            image = reader.Execute()
+        with itk_names(series.files) as names:
+            _check_series_memory(series, names[0])
+            if len(names) == 1:
+                image = sitk.ReadImage(names[0])
+            else:
+                reader = sitk.ImageSeriesReader()
+                reader.SetFileNames(names)
+                image = reader.Execute()
     except RuntimeError as exc:
         raise VolumeReadError(
             folder, f"DICOM series {series.name!r}: {_clean_itk_message(exc)}"
@@ -473,21 +679,26 @@ def read_volume(
         )
     name, ext = split_extension(path)
     meta = {"format": ext.lower(), "name": name, "source_path": str(path)}
+    companions = _companions(path)
     reader = sitk.ImageFileReader()
-    reader.SetFileName(str(path))
     try:
-        reader.ReadImageInformation()
-        if 0 in reader.GetSize():
-            size = " x ".join(str(int(n)) for n in reversed(reader.GetSize()))
-            raise VolumeReadError(path, f"the header describes an empty image ({size} voxels)")
-        _check_complete(path, reader)
-        if ext.lower() in (".nii", ".nii.gz") and _use_direct_nifti(
-            ext.lower(), reader, fast_nifti
-        ):
-            array = _read_nifti_voxels(path, reader)
-            if array is not None:
-                return _volume_from_reader(reader, array, path, meta)
-        image = reader.Execute()
+        with itk_name(path, companions) as itk_path:
+            reader.SetFileName(itk_path)
+            reader.ReadImageInformation()
+            if 0 in reader.GetSize():
+                size = " x ".join(str(int(n)) for n in reversed(reader.GetSize()))
+                raise VolumeReadError(
+                    path, f"the header describes an empty image ({size} voxels)"
+                )
+            check_image_memory(path, reader)
+            _check_complete(path, reader)
+            if ext.lower() in (".nii", ".nii.gz") and _use_direct_nifti(
+                ext.lower(), reader, fast_nifti
+            ):
+                array = _read_nifti_voxels(path, reader)
+                if array is not None:
+                    return _volume_from_reader(reader, array, path, meta)
+            image = reader.Execute()
     except RuntimeError as exc:
         raise VolumeReadError(path, _clean_itk_message(exc)) from exc
     except (OSError, EOFError, zlib.error) as exc:
@@ -517,10 +728,12 @@ def read_header(path: str | os.PathLike, *, series=None) -> dict[str, Any]:
         return chosen.header()
     if not has_volume_extension(path):
         raise VolumeReadError(path, f"unsupported file type {split_extension(path)[1]!r}")
+    companions = _companions(path)
     reader = sitk.ImageFileReader()
-    reader.SetFileName(str(path))
     try:
-        reader.ReadImageInformation()
+        with itk_name(path, companions) as itk_path:
+            reader.SetFileName(itk_path)
+            reader.ReadImageInformation()
     except RuntimeError as exc:
         raise VolumeReadError(path, _clean_itk_message(exc)) from exc
     dim = reader.GetDimension()
