@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+# napari settings written by tests (e.g. reader preferences) go to a throwaway file,
+# never into the user's own napari configuration
+os.environ.setdefault(
+    "NAPARI_CONFIG", str(Path(tempfile.mkdtemp(prefix="napari-vnet-tests-")) / "settings.yaml")
+)
 SHARED_DATA = Path(os.environ.get("NAPARI_VNET_SHARED_DATA", ROOT.parent / "shared" / "data"))
 
 

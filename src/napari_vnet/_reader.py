@@ -58,8 +58,78 @@ def _folder_has_dicom(folder: Path, depth: int = 2) -> bool:
     return probe(folder, 0)
 
 
+#: Reader preferences napari-vnet writes into napari's settings
+#: (``plugins.extension2reader``) the first time it runs inside napari. napari's own
+#: builtin reader also claims these endings (through imageio, which cannot read them),
+#: and napari asks "Choose reader" whenever two readers match and no preference exists.
+#: ``.hdr``/``.img`` are left out on purpose: they are also Radiance HDR and raw disk
+#: images, so napari keeps asking for those. ``*/`` is every folder: DICOM folders open
+#: with napari-vnet and other folders are handed to napari's own folder reader.
+PREFERRED_PATTERNS = (
+    "*.nii",
+    "*.nii.gz",
+    "*.mha",
+    "*.mhd",
+    "*.nrrd",
+    "*.nhdr",
+    "*.gipl",
+    "*.gipl.gz",
+    "*.dcm",
+    "*.DCM",
+    "*.dicom",
+    "*.ima",
+    "*.IMA",
+)
+PLUGIN_NAME = "napari-vnet"
+
+
+def _folder_pattern() -> str:
+    return "*" + os.sep  # napari matches folders as "<realpath><sep>"
+
+
+def register_reader_preferences(settings=None) -> list[str]:
+    """Make napari open medical volumes and DICOM folders with napari-vnet, no dialog.
+
+    Adds ``pattern: "napari-vnet"`` to napari's ``plugins.extension2reader`` for each of
+    :data:`PREFERRED_PATTERNS` and for folders, only where the user has no preference for
+    that pattern yet (a choice made in napari's dialog or in Preferences > Plugins is never
+    overwritten). Returns the patterns added. Never raises: a failure is logged and the
+    worst case is napari's usual "Choose reader" dialog.
+    """
+    try:
+        if settings is None:
+            from napari.settings import get_settings
+
+            settings = get_settings()
+        current = dict(settings.plugins.extension2reader)
+        wanted = [*PREFERRED_PATTERNS, _folder_pattern()]
+        added = [p for p in wanted if p not in current]
+        if added:
+            settings.plugins.extension2reader = {
+                **current,
+                **dict.fromkeys(added, PLUGIN_NAME),
+            }
+            log.info("napari reader preference set to napari-vnet for %s", ", ".join(added))
+        return added
+    except Exception:  # a settings problem must never stop a file from opening
+        log.debug("could not write napari reader preferences", exc_info=True)
+        return []
+
+
+def _napari_folder_reader(path):
+    """napari's own reader for a folder that holds no DICOM (image stacks, zarr), or None."""
+    try:
+        from napari_builtins.io import napari_get_reader as builtin_get_reader
+    except ImportError:  # napari without its builtins: nothing to hand over to
+        return None
+    return builtin_get_reader(path)
+
+
 def napari_get_reader(path):
-    """Return :func:`read_medical` if ``path`` looks like something we read, else None."""
+    """Return :func:`read_medical` if ``path`` looks like something we read, else None.
+
+    A folder without DICOM files gets napari's own folder reader (napari-vnet is the
+    preferred reader for folders, see :func:`register_reader_preferences`)."""
     try:
         if isinstance(path, (list, tuple)):
             if len(path) != 1:
@@ -67,7 +137,7 @@ def napari_get_reader(path):
             path = path[0]
         p = Path(path)
         if p.is_dir():
-            return read_medical if _folder_has_dicom(p) else None
+            return read_medical if _folder_has_dicom(p) else _napari_folder_reader(str(p))
         if has_volume_extension(p) or (p.is_file() and is_dicom_file(p)):
             return read_medical
     except Exception:  # never raise from here (napari tries every reader)
@@ -127,8 +197,13 @@ def volume_layer_data(vol: Volume, name: str) -> list[tuple[Any, dict, str]]:
 
 def read_medical(path) -> list[tuple[Any, dict, str]]:
     """Read a file, one DICOM file (its whole series) or a folder (one layer per series)."""
+    register_reader_preferences()  # napari ran us: open such files without asking next time
+    return _read_medical(path)
+
+
+def _read_medical(path) -> list[tuple[Any, dict, str]]:
     if isinstance(path, (list, tuple)):
-        return [layer for p in path for layer in read_medical(p)]
+        return [layer for p in path for layer in _read_medical(p)]
     p = Path(path)
     if p.is_dir():
         series = list_dicom_series(p) or list_dicom_series(p, recursive=True)

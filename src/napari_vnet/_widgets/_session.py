@@ -89,6 +89,15 @@ def forget_recent_weights(path: str | os.PathLike) -> None:
         _write_recent([i for i in items if i != p])
 
 
+def first_use_in_napari() -> None:
+    """napari-vnet runs inside napari: let File > Open read medical volumes and DICOM
+    folders with napari-vnet from now on (napari's reader preferences, written once and
+    never over a choice the user made; see ``napari_vnet._reader``)."""
+    from napari_vnet._reader import register_reader_preferences
+
+    register_reader_preferences()
+
+
 def find_dock_widget(viewer: napari.Viewer, cls: type) -> Any | None:
     """The docked instance of widget class ``cls`` in ``viewer``'s window, or None.
 

@@ -59,6 +59,7 @@ from napari_vnet._widgets._finetune_job import (
     training_job,
 )
 from napari_vnet._widgets._losscurve import LossCurve
+from napari_vnet._widgets._session import first_use_in_napari as _session_first_use
 
 if TYPE_CHECKING:
     import napari
@@ -131,6 +132,7 @@ class FinetuneWidget(QWidget):
     def __init__(self, napari_viewer: napari.Viewer, parent: QWidget | None = None):
         super().__init__(parent)
         self.viewer = napari_viewer
+        _session_first_use()
         self._pairs: list[_Pair] = []
         self._trackers: dict[int, _edits.EditTracker] = {}
         self._named: set[int] = set()

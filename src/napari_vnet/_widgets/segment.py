@@ -36,6 +36,7 @@ from napari_vnet._widgets._segment_job import (
     RunRequest,
     SegmentJob,
 )
+from napari_vnet._widgets._session import first_use_in_napari as _session_first_use
 from napari_vnet._widgets._weights_panel import WeightsPanel, arch_name
 
 if TYPE_CHECKING:
@@ -108,6 +109,7 @@ class SegmentWidget(QWidget):
     def __init__(self, napari_viewer: napari.Viewer, parent: QWidget | None = None):
         super().__init__(parent)
         self.viewer = napari_viewer
+        _session_first_use()
         self.worker = None
         self._job: SegmentJob | None = None
         self._run_ctx: dict[str, Any] = {}
