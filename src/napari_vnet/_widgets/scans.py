@@ -50,7 +50,6 @@ from napari_vnet._widgets._autosave import BackgroundSaver
 from napari_vnet._widgets._scan_edits import ScanEditsMixin
 from napari_vnet._widgets._scan_loading import ScanLoadingMixin
 from napari_vnet._widgets._scans_table import FILTERS, ScanTable
-from napari_vnet._widgets._session import first_use_in_napari as _session_first_use
 from napari_vnet.worklist import BROKEN, STATUSES, ScanEntry, ScanProject, discover_scans
 
 if TYPE_CHECKING:
@@ -125,7 +124,6 @@ class ScansWidget(ScanLoadingMixin, ScanEditsMixin, QWidget):
     def __init__(self, napari_viewer: napari.Viewer, parent=None):
         super().__init__(parent)
         self.viewer = napari_viewer
-        _session_first_use()
         self.project: ScanProject | None = None
         self.scans_folder: Path | None = None
         self.work_folder: Path | None = None

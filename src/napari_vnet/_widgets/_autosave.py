@@ -1,0 +1,166 @@
+"""Autosaves of the Scans dock, compressed and written in a background thread.
+
+Compressing a 300 x 512 x 512 label volume to ``.nii.gz`` takes about a second, so the
+dock only takes a snapshot on the GUI thread (a copy of the layer's array, or the array
+itself when the layer is about to get another scan's data) and hands it to
+:class:`BackgroundSaver`:
+
+* one writer thread: two writes of the same file never overlap, and a snapshot queued
+  behind a newer one of the same file is dropped (the newer one is written);
+* each file is written atomically (:func:`napari_vnet.worklist.write_labels_file`: a
+  temporary file in the same folder, then ``os.replace``), so a process killed during a
+  write leaves the previous autosave intact;
+* the project file is updated on the GUI thread after the write
+  (:meth:`~napari_vnet.worklist.ScanProject.record_labels`), never before;
+* until then the snapshot stays available (:meth:`BackgroundSaver.pending`), so a scan
+  reopened while its autosave is still being written shows the newest labels.
+
+:meth:`BackgroundSaver.flush` waits for every write and records it: used when napari
+quits and before the work folder changes.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from qtpy.QtCore import QObject, Signal
+
+from napari_vnet.worklist import write_labels_file
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(eq=False)
+class SaveJob:
+    """One labels layer to write: where, what, and what to record afterwards."""
+
+    project: Any  # ScanProject
+    key: str
+    name: str
+    path: Path
+    volume: Any  # napari_vnet.io.Volume holding the snapshot
+    annotated_slices: dict[str, Any] | None = None
+    weights: str | None = None
+    entry: Any = None  # ScanEntry
+    error: str | None = None
+    done: bool = field(default=False, repr=False)
+
+
+class BackgroundSaver(QObject):
+    """Writes :class:`SaveJob` snapshots in one worker thread, records them on the GUI thread."""
+
+    #: a job was written and recorded in its project (GUI thread)
+    saved = Signal(object)
+    #: a job could not be written: (job, message) (GUI thread)
+    failed = Signal(object, str)
+    _finished = Signal()
+
+    def __init__(self, parent: QObject | None = None):
+        super().__init__(parent)
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="napari-vnet-autosave")
+        self._lock = threading.Lock()
+        self._queued: dict[Path, SaveJob] = {}  # submitted, not started (newest per file)
+        self._latest: dict[tuple[str, str], SaveJob] = {}  # newest per (scan, layer), unrecorded
+        self._done: list[SaveJob] = []  # written (or failed), not yet recorded
+        self._futures: set[Future] = set()
+        self._versions: dict[tuple[str, str], int] = {}  # snapshots submitted per layer
+        self._finished.connect(self._drain)
+
+    # ------------------------------------------------------------------ public
+    def submit(self, job: SaveJob) -> None:
+        """Queue ``job``; a queued, not yet started job of the same file is replaced."""
+        with self._lock:
+            coalesced = job.path in self._queued
+            self._queued[job.path] = job
+            self._latest[(job.key, job.name)] = job
+            self._versions[(job.key, job.name)] = self._versions.get((job.key, job.name), 0) + 1
+        if not coalesced:
+            future = self._pool.submit(self._write, job.path)
+            self._futures.add(future)
+            future.add_done_callback(self._futures.discard)
+
+    def pending(self, key: str) -> dict[str, SaveJob]:
+        """Layer name -> newest snapshot of scan ``key`` not yet recorded in its project."""
+        with self._lock:
+            return {name: job for (k, name), job in self._latest.items() if k == key}
+
+    def versions(self, key: str) -> dict[str, int]:
+        """Layer name -> how many snapshots of scan ``key`` were submitted this session."""
+        with self._lock:
+            return {name: n for (k, name), n in self._versions.items() if k == key}
+
+    def busy(self) -> bool:
+        with self._lock:
+            return bool(self._latest)
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Wait for every queued write and record it now; False on timeout."""
+        _done, not_done = wait(list(self._futures), timeout=timeout)
+        self._drain()
+        return not not_done
+
+    def write_now(self, job: SaveJob) -> Path:
+        """Write and record ``job`` on the calling thread (after the queued writes)."""
+        self.flush()
+        write_labels_file(job.volume, job.path)
+        job.done = True
+        self._record(job)
+        with self._lock:
+            if self._latest.get((job.key, job.name)) is job:
+                del self._latest[(job.key, job.name)]
+        return job.path
+
+    def shutdown(self) -> None:
+        self.flush()
+        self._pool.shutdown(wait=True)
+
+    # ------------------------------------------------------------------ worker
+    def _write(self, path: Path) -> None:
+        with self._lock:
+            job = self._queued.pop(path, None)
+        if job is None:  # pragma: no cover - every future has its queued job
+            return
+        try:
+            write_labels_file(job.volume, job.path)
+        except Exception as exc:  # noqa: BLE001 - reported on the GUI thread
+            log.exception("autosave of %s failed", job.path)
+            job.error = f"{job.path}: {exc}"
+        job.done = True
+        with self._lock:
+            self._done.append(job)
+        self._finished.emit()  # queued to the GUI thread
+
+    # ------------------------------------------------------------------ GUI thread
+    def _drain(self) -> None:
+        with self._lock:
+            done, self._done = self._done, []
+        for job in done:
+            if job.error is not None:  # the snapshot stays in ``pending``: nothing is lost
+                self.failed.emit(job, job.error)
+                continue
+            try:
+                self._record(job)
+            except Exception as exc:  # noqa: BLE001 - e.g. a project file on a full disk
+                log.exception("recording autosave %s failed", job.path)
+                self.failed.emit(job, f"{job.project.path}: {exc}")
+                continue
+            with self._lock:
+                if self._latest.get((job.key, job.name)) is job:
+                    del self._latest[(job.key, job.name)]
+            self.saved.emit(job)
+
+    @staticmethod
+    def _record(job: SaveJob) -> None:
+        job.project.record_labels(
+            job.key,
+            job.name,
+            job.path,
+            annotated_slices=job.annotated_slices,
+            weights=job.weights,
+            entry=job.entry,
+        )

@@ -1,0 +1,323 @@
+"""Loading a scan for the "Scans" dock: everything heavy in a worker, cheap swaps after.
+
+:func:`load_scan_data` runs in a worker thread: it reads the volume and its autosaved
+labels (or the newest snapshots still being written), and computes what the GUI thread
+would otherwise compute on the full volume (contrast limits, data range, layer keyword
+arguments). The GUI thread then only swaps the arrays into the layers it already shows
+(:func:`swap_image`, :func:`swap_labels`): changing ``layer.data`` of an existing napari
+layer costs a few tens of milliseconds for 300 x 512 x 512, where constructing and adding
+new layers costs about a second on a software-OpenGL display (see
+``benchmarks/clinical_gui.py``).
+
+napari 0.9 facts this relies on (read from its source): ``Image.data = ...`` recomputes
+contrast limits only when ``auto_contrast`` is on (it is off for layers built with
+explicit ``contrast_limits``); ``Labels.data = ...`` keeps the undo history (so it is
+reset here: undoing a stroke of the previous scan into this one would be wrong); scale,
+translate and affine are independent of the data and are set explicitly.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from napari_vnet.worklist import ScanEntry
+
+log = logging.getLogger(__name__)
+
+
+class Superseded(Exception):
+    """The user asked for another scan before this one was read."""
+
+
+@dataclass
+class LoadedScan:
+    """A scan ready to show: arrays and every keyword argument of its layers."""
+
+    entry: ScanEntry
+    volume: Any  # napari_vnet.io.Volume
+    image_kwargs: dict[str, Any]
+    data_range: tuple[float, float]
+    labels: list[tuple[dict[str, Any], np.ndarray, dict[str, Any]]]  # (info, array, kwargs)
+    problems: list[str] = field(default_factory=list)
+    signature: tuple = ()  # which versions of the labels it was read with
+
+
+def load_scan_data(
+    entry: ScanEntry,
+    saved: list[dict[str, Any]],
+    pending: dict[str, Any],
+    signature: tuple = (),
+    still_wanted: Callable[[], bool] = lambda: True,
+) -> LoadedScan:
+    """Worker body: read ``entry`` and its labels; ``pending``: layer name -> SaveJob
+    whose snapshot is newer than the file (copied here, never shared with a layer)."""
+    from napari_vnet.io import display_range, read_volume, volume_to_layer_kwargs
+    from napari_vnet.worklist import read_scan
+
+    if not still_wanted():
+        raise Superseded(entry.key)
+    volume = read_scan(entry)
+    if not still_wanted():
+        raise Superseded(entry.key)
+    kw = volume_to_layer_kwargs(volume)
+    if volume.array.ndim > volume.ndim:  # vector pixels: colour or channels
+        kw["rgb"] = volume.array.shape[-1] in (3, 4)
+    kw["contrast_limits"] = display_range(volume)
+    arr = volume.array
+    if arr.dtype.kind == "f":
+        lo, hi = float(np.nanmin(arr)), float(np.nanmax(arr))
+    else:
+        lo, hi = float(arr.min()), float(arr.max())
+    cl = kw["contrast_limits"]
+    data_range = (min(lo, cl[0]), max(hi, cl[1]))
+
+    labels, problems = [], []
+    names = [s["name"] for s in saved] + [n for n in pending if n not in {s["name"] for s in saved}]
+    by_name = {s["name"]: s for s in saved}
+    for name in names:
+        job = pending.get(name)
+        try:
+            if job is not None:
+                vol = job.volume.with_array(np.array(job.volume.array, copy=True))
+                info = {"name": name, "annotated_slices": job.annotated_slices}
+            else:
+                info = by_name[name]
+                vol = read_volume(info["path"])
+        except Exception as exc:  # noqa: BLE001 - one bad autosave must not block the scan
+            problems.append(f"{by_name.get(name, {}).get('path', name)}: {exc}")
+            continue
+        lkw = volume_to_layer_kwargs(vol, is_label=True)
+        if info.get("annotated_slices"):
+            lkw["metadata"]["annotated_slices"] = info["annotated_slices"]
+        labels.append((info, vol.array, lkw))
+    return LoadedScan(
+        entry=entry,
+        volume=volume,
+        image_kwargs=kw,
+        data_range=data_range,
+        labels=labels,
+        problems=problems,
+        signature=signature,
+    )
+
+
+# ---------------------------------------------------------------------- GUI thread
+def _set_geometry(layer, kw: dict[str, Any]) -> None:
+    ndim = layer.ndim
+    affine = kw.get("affine")
+    layer.affine = np.eye(ndim + 1) if affine is None else affine
+    layer.scale = kw["scale"]
+    layer.translate = kw["translate"]
+
+
+def can_swap_image(layer, loaded: LoadedScan) -> bool:
+    """Whether ``layer`` can show ``loaded`` by a data swap (same kind of image)."""
+    arr = loaded.volume.array
+    return (
+        not layer.multiscale
+        and bool(getattr(layer, "rgb", False)) == bool(loaded.image_kwargs.get("rgb", False))
+        and layer.data.ndim == arr.ndim
+    )
+
+
+def swap_image(layer, loaded: LoadedScan) -> None:
+    """Show ``loaded``'s volume in an existing Image layer (no recomputation on the data)."""
+    kw = loaded.image_kwargs
+    layer.auto_contrast = False  # never scan the new volume for its range here
+    layer.data = loaded.volume.array
+    _set_geometry(layer, kw)
+    layer.metadata = kw["metadata"]
+    layer.contrast_limits_range = loaded.data_range
+    layer.contrast_limits = kw["contrast_limits"]
+    layer.name = loaded.entry.name
+
+
+def swap_labels(layer, array: np.ndarray, name: str, kw: dict[str, Any]) -> None:
+    """Show ``array`` in an existing Labels layer, with a fresh undo history."""
+    from napari.utils.colormaps import CyclicLabelColormap, label_colormap
+
+    layer.data = array
+    _set_geometry(layer, kw)
+    if not isinstance(layer.colormap, CyclicLabelColormap):  # e.g. a prediction's classes
+        layer.colormap = label_colormap()
+    if len(layer.features):
+        layer.features = {}
+    layer.metadata = kw["metadata"]
+    layer.name = name
+    reset = getattr(layer, "_reset_history", None)  # napari's own (private) reset
+    if reset is not None:
+        reset()
+
+
+class ScanLoadingMixin:
+    """The loading half of :class:`~napari_vnet._widgets.scans.ScansWidget`: requests,
+    prefetch, and showing a :class:`LoadedScan` in the layers already in the viewer."""
+
+    def _read_args(self, entry: ScanEntry) -> tuple:
+        """What the loader reads: saved labels records and unwritten autosave snapshots."""
+        saved, pending = self.project.saved_labels(entry.key), self.saver.pending(entry.key)
+        return entry, saved, pending, self._signature(entry.key, saved, pending)
+
+    def _signature(self, key: str, saved=None, pending=None) -> tuple:
+        """Changes when the labels a scan would be read with change (a new autosave)."""
+        saved = self.project.saved_labels(key) if saved is None else saved
+        pending = self.saver.pending(key) if pending is None else pending
+        names = sorted({s["name"] for s in saved} | set(pending))
+        return tuple(names), tuple(sorted(self.saver.versions(key).items()))
+
+    def load_scan(self, which):
+        """Show a scan (entry, row, key or name); returns the loading worker, or None when
+        refused, already shown, or shown at once from the prefetched scan.
+
+        The current scan's edited Labels layers are autosaved when the new scan arrives.
+        """
+        from napari.qt.threading import create_worker
+
+        entry = self._entry(which)
+        if entry.broken:
+            self._notify("warning", f"Cannot open {entry.name}: {entry.error}")
+            return None
+        if self.project is None:
+            self.set_work_folder(self.default_work_folder(self.scans_folder or Path.cwd()))
+        if self._requested is not None and entry.key == self._requested.key:
+            return self._loader  # already on its way
+        if (
+            self.current is not None
+            and entry.key == self.current.key
+            and any(lay in self.viewer.layers for lay in self._scan_layers)
+        ):
+            self._requested = None
+            return None
+        self._cancel_prediction()
+        self._select_row(entry.key)
+        ready = self._take_prefetched(entry)
+        if ready is not None:
+            self._requested = entry
+            self._show(ready)
+            return None
+        self._requested = entry
+        args = self._read_args(entry)
+        wanted = functools.partial(self._still_wanted, entry.key)
+        worker = create_worker(load_scan_data, *args, still_wanted=wanted, _start_thread=False)
+        worker.returned.connect(self._on_loaded)
+        worker.errored.connect(functools.partial(self._on_load_error, entry))
+        self._loader = worker
+        self.info_label.setText(f"Loading {entry.name} …")
+        worker.start()
+        return worker
+
+    def _still_wanted(self, key: str) -> bool:  # called from the loader thread
+        req = self._requested
+        return req is not None and req.key == key
+
+    def _on_load_error(self, entry: ScanEntry, exc: Exception) -> None:
+        if isinstance(exc, Superseded):
+            return
+        if self._requested is entry:
+            self._requested = None
+        self._notify("error", f"Cannot open {entry.name}: {exc}")
+
+    def _on_loaded(self, loaded: LoadedScan) -> None:
+        if self._requested is None or loaded.entry.key != self._requested.key:
+            return  # the user moved on while this scan was loading
+        if loaded.signature != self._signature(loaded.entry.key):
+            self._loader = None  # its labels were saved meanwhile: read them again
+            self._requested = None
+            self.load_scan(loaded.entry)
+            return
+        self._show(loaded)
+
+    def _show(self, loaded: LoadedScan) -> None:
+        """Put ``loaded`` into the viewer, reusing the current scan's layers."""
+        from napari.layers import Image, Labels
+
+        entry = loaded.entry
+        self._hook_window()  # docked by now: autosave when its main window closes
+        self._cancel_prediction()
+        self._timer.stop()
+        old = [lay for lay in self._scan_layers if lay in self.viewer.layers]
+        old_labels = [lay for lay in old if isinstance(lay, Labels)]
+        self._save_layers(old_labels, handoff=True)  # these arrays leave their layers now
+        for layer in list(self._scan_layers):
+            self._untrack(layer)
+        self._requested = None
+        self.current = entry
+        self._geometry = loaded.volume.with_array(np.empty((0,) * loaded.volume.ndim, np.uint8))
+        self._scan_shape = tuple(loaded.volume.array.shape[: loaded.volume.ndim])
+        image = self._image_layer if self._image_layer in old else None
+        if image is not None and not can_swap_image(image, loaded):
+            image = None
+        keep: list = []
+        self._restoring = True
+        try:
+            if image is not None:
+                swap_image(image, loaded)
+            else:
+                image = Image(loaded.volume.array, name=entry.name, **loaded.image_kwargs)
+                image.contrast_limits_range = loaded.data_range
+                self.viewer.add_layer(image)
+            keep.append(image)
+            for i, (info, array, lkw) in enumerate(loaded.labels):
+                if i < len(old_labels):
+                    swap_labels(old_labels[i], array, info["name"], lkw)
+                    layer = old_labels[i]
+                else:
+                    layer = Labels(array, name=info["name"], **lkw)
+                    self.viewer.add_layer(layer)
+                keep.append(layer)
+        finally:
+            self._restoring = False
+        self._closing = True
+        try:
+            for layer in old:
+                if not any(layer is k for k in keep) and layer in self.viewer.layers:
+                    self.viewer.layers.remove(layer)
+        finally:
+            self._closing = False
+        self._scan_layers = keep
+        self._image_layer = image
+        self._dirty.clear()
+        for layer in keep[1:]:
+            self._track(layer)
+        self.project.mark(entry.key, "opened", entry=entry)
+        self._refresh_key(entry.key)
+        for msg in loaded.problems:
+            self._notify("warning", f"Autosaved labels not restored: {msg}")
+        self.scan_loaded.emit(entry)
+        if self.predict_check.isChecked() and not loaded.labels:
+            self._predict_on_open(entry)
+        self._start_prefetch()
+
+    def _start_prefetch(self) -> None:
+        """Read the scan after this one (in the direction of travel) in the background."""
+        from napari.qt.threading import create_worker
+
+        target = self.table.step_target(self.current.key, self._direction)
+        if target is None or self.project is None:
+            self._prefetch = None
+            return
+        if self._prefetch is not None and self._prefetch[0] == target.key:
+            return
+        worker = create_worker(load_scan_data, *self._read_args(target), _start_thread=False)
+        self._prefetch = (target.key, worker)
+
+        def done(result, key=target.key):
+            if self._prefetch is not None and self._prefetch[0] == key:
+                self._prefetch = (key, result)
+
+        worker.returned.connect(done)
+        worker.errored.connect(lambda _exc: None)  # the real load reports it
+        worker.start()
+
+    def _take_prefetched(self, entry: ScanEntry):
+        pre, self._prefetch = self._prefetch, None
+        if pre is None or pre[0] != entry.key or not isinstance(pre[1], LoadedScan):
+            return None
+        return pre[1] if pre[1].signature == self._signature(entry.key) else None

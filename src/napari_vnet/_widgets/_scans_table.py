@@ -1,0 +1,166 @@
+"""The table of the "Scans" dock: one row per scan, its status colour and the filter."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from qtpy.QtCore import Qt
+from qtpy.QtGui import QColor
+from qtpy.QtWidgets import QAbstractItemView, QHeaderView, QTableWidget, QTableWidgetItem
+
+from napari_vnet.worklist import BROKEN, STATUSES, ScanEntry
+
+COLUMNS = ("Scan", "Status", "Shape (z, y, x)", "Spacing (mm)", "Size")
+COL_SCAN, COL_STATUS = 0, 1
+STATUS_COLORS = {
+    "not opened": None,
+    "opened": "#8fb3ff",
+    "predicted": "#e0c060",
+    "corrected": "#f08a4b",
+    "reviewed": "#5cc46b",
+    BROKEN: "#e05050",
+}
+#: the choices of the "Show" filter
+FILTERS = ("all", "to do (not reviewed)", *STATUSES, BROKEN)
+
+
+def human_size(n: int) -> str:
+    size = float(n)
+    for unit in ("B", "kB", "MB", "GB"):
+        if size < 1024 or unit == "GB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{n} B"  # pragma: no cover
+
+
+def matches(status: str, wanted: str) -> bool:
+    """Whether a scan with ``status`` is shown under the filter ``wanted``."""
+    if wanted == "all":
+        return True
+    if wanted.startswith("to do"):
+        return status not in ("reviewed", BROKEN)
+    return status == wanted
+
+
+class ScanTable(QTableWidget):
+    """The scans of a worklist, in listing order; ``status_of(entry)`` gives each status."""
+
+    def __init__(self, status_of: Callable[[ScanEntry], str], parent=None):
+        super().__init__(0, len(COLUMNS), parent)
+        self.status_of = status_of
+        self.entries: list[ScanEntry] = []
+        self.row_of: dict[str, int] = {}
+        self.current_key: str | None = None
+        self.setHorizontalHeaderLabels(COLUMNS)
+        self.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
+        self.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
+        self.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
+        self.verticalHeader().setVisible(False)
+        header = self.horizontalHeader()
+        header.setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
+        header.setSectionResizeMode(COL_SCAN, QHeaderView.ResizeMode.Interactive)
+        header.setStretchLastSection(True)
+        self.setColumnWidth(COL_SCAN, 190)
+
+    # ---------------------------------------------------------------- rows
+    def clear_entries(self) -> None:
+        self.entries.clear()
+        self.row_of.clear()
+        self.setRowCount(0)
+
+    def add_entries(self, batch: list[ScanEntry]) -> None:
+        self.setUpdatesEnabled(False)
+        try:
+            for entry in batch:
+                row = self.rowCount()
+                self.insertRow(row)
+                self.entries.append(entry)
+                self.row_of[entry.key] = row
+                self._fill_row(row, entry)
+        finally:
+            self.setUpdatesEnabled(True)
+
+    def _fill_row(self, row: int, entry: ScanEntry) -> None:
+        shape = " × ".join(str(s) for s in entry.shape) if entry.shape else "—"
+        spacing = ", ".join(f"{s:.3g}" for s in entry.spacing) if entry.spacing else "—"
+        size = human_size(entry.size_bytes)
+        if entry.n_files > 1:
+            size += f" ({entry.n_files} files)"
+        tip = entry.error or f"{entry.path}\n{entry.pixel_type} {entry.modality}".strip()
+        for col, text in enumerate((entry.name, "", shape, spacing, size)):
+            item = QTableWidgetItem(text)
+            item.setToolTip(tip)
+            if col == COL_SCAN:
+                item.setData(Qt.ItemDataRole.UserRole, entry.key)
+            self.setItem(row, col, item)
+        self.refresh_row(row)
+
+    def refresh_row(self, row: int) -> None:
+        if not 0 <= row < len(self.entries):
+            return
+        entry = self.entries[row]
+        status = self.status_of(entry)
+        item = self.item(row, COL_STATUS)
+        if item is None:
+            return
+        item.setText(status)
+        color = STATUS_COLORS.get(status)
+        bold = self.current_key is not None and entry.key == self.current_key
+        for col in range(len(COLUMNS)):
+            cell = self.item(row, col)
+            if cell is None:
+                continue
+            if color and (col == COL_STATUS or status == BROKEN):
+                cell.setForeground(QColor(color))
+            else:  # the theme's text colour
+                cell.setData(Qt.ItemDataRole.ForegroundRole, None)
+            font = cell.font()
+            if font.bold() != bold:
+                font.setBold(bold)
+                cell.setFont(font)
+
+    def refresh_all(self) -> None:
+        for row in range(self.rowCount()):
+            self.refresh_row(row)
+
+    def refresh_key(self, key: str | None) -> None:
+        row = self.row_of.get(key) if key is not None else None
+        if row is not None:
+            self.refresh_row(row)
+
+    # ---------------------------------------------------------------- filter
+    def apply_filter(self, wanted: str) -> None:
+        for row, entry in enumerate(self.entries):
+            hide = not matches(self.status_of(entry), wanted)
+            if self.isRowHidden(row) != hide:
+                self.setRowHidden(row, hide)
+
+    def visible_entries(self) -> list[ScanEntry]:
+        return [e for r, e in enumerate(self.entries) if not self.isRowHidden(r)]
+
+    def step_target(self, from_key: str | None, direction: int) -> ScanEntry | None:
+        """The next shown, readable scan after ``from_key`` (``direction`` +1 or -1)."""
+        rows = [r for r, e in enumerate(self.entries) if not self.isRowHidden(r) and not e.broken]
+        if not rows:
+            return None
+        here = self.row_of.get(from_key) if from_key is not None else None
+        if here is None:
+            return self.entries[rows[0] if direction > 0 else rows[-1]]
+        after = [r for r in rows if (r - here) * direction > 0]
+        if not after:
+            return None
+        return self.entries[after[0] if direction > 0 else after[-1]]
+
+    def summary(self, *, scanning: bool = False, current: ScanEntry | None = None) -> str:
+        counts: dict[str, int] = {}
+        for entry in self.entries:
+            status = self.status_of(entry)
+            counts[status] = counts.get(status, 0) + 1
+        parts = [f"{len(self.entries)} scans"]
+        parts += [f"{counts[s]} {s}" for s in (*STATUSES[1:], BROKEN) if counts.get(s)]
+        text = ", ".join(parts)
+        if scanning:
+            text += " — scanning…"
+        if current is not None:
+            text += f"\nCurrent: {current.name}"
+        return text
