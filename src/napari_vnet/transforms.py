@@ -22,7 +22,9 @@ NORMALIZATION_KINDS = ("window", "zscore", "percentile", "none")
 def _finite_fill(array: np.ndarray) -> np.ndarray:
     """float32 copy; NaN and -inf become the smallest finite value, +inf the largest."""
     out = np.asarray(array, dtype=np.float32)
-    if out is array:
+    # asarray may return a *new view* of the same memory (e.g. float32 arrays read from
+    # plain .nii, whose dtype object differs), so test memory, not identity
+    if np.may_share_memory(out, array):
         out = out.copy()
     finite = np.isfinite(out)
     if not finite.all():
