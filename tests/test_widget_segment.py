@@ -50,6 +50,7 @@ def test_run_real_thread_adds_labels_with_geometry_and_classes(qtbot, dock, ckpt
 
     layer = blocker.args[0]
     assert isinstance(layer, Labels)
+    first_result = layer.data.copy()
     assert len(viewer.layers) == n_before + 1 and layer in viewer.layers
     assert layer.name == "ct [V-Net]"
     assert layer.data.shape == image.data.shape
@@ -74,15 +75,36 @@ def test_run_real_thread_adds_labels_with_geometry_and_classes(qtbot, dock, ckpt
     # the weights went to the recent list
     assert ckpt.resolve() in [p.resolve() for p in _session.recent_weights()]
 
-    # running again makes a second layer and leaves the first (maybe edited) one alone
-    layer.data[0, 0, 0] = 7
+    # the user corrects the result: running again adds a second layer, the first stays
+    layer.data_setitem((np.array([0]), np.array([0]), np.array([0])), 7)
     first = layer.data.copy()
+    assert w.replace_check.isChecked()  # the default: replace unedited results
     with qtbot.waitSignal(w.prediction_added, timeout=RUN_TIMEOUT_MS) as blocker2:
         w.run()
     wait_done(qtbot, w)
-    assert blocker2.args[0].name == "ct [V-Net] (2)"
+    second = blocker2.args[0]
+    assert second.name == "ct [V-Net] (2)"
     np.testing.assert_array_equal(layer.data, first)
     assert len(viewer.layers) == n_before + 2
+
+    # the second result is unedited: a third run updates it in place, undo history empty
+    second.data = np.zeros_like(second.data)  # to see the new result arrive
+    with qtbot.waitSignal(w.prediction_added, timeout=RUN_TIMEOUT_MS) as blocker3:
+        w.run()
+    wait_done(qtbot, w)
+    assert blocker3.args[0] is second and len(viewer.layers) == n_before + 2
+    np.testing.assert_array_equal(second.data, first_result)
+    assert len(second._undo_history) == 0
+    assert second.metadata["napari_vnet"]["model"] == "vnet"
+    np.testing.assert_array_equal(layer.data, first)  # the corrected one untouched
+
+    # replacing switched off: a new layer again
+    w.replace_check.setChecked(False)
+    with qtbot.waitSignal(w.prediction_added, timeout=RUN_TIMEOUT_MS) as blocker4:
+        w.run()
+    wait_done(qtbot, w)
+    assert blocker4.args[0].name == "ct [V-Net] (3)"
+    assert len(viewer.layers) == n_before + 3
 
 
 def test_flipped_oblique_image_overlays_exactly(qtbot, dock, ckpt):

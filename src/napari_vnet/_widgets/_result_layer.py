@@ -128,3 +128,45 @@ def make_labels_layer(
         **(geometry if geometry is not None else geometry_kwargs(image_layer)),
     )
     return layer
+
+
+def previous_result(viewer: napari.Viewer, image_layer, arch: str, shape: tuple[int, ...]):
+    """The newest unedited Labels layer holding an earlier ``arch`` result for
+    ``image_layer`` with this ``shape``; None when there is none.
+
+    A layer the user painted on (it has undo history) is never offered for replacement:
+    replacing it would throw the corrections away.
+    """
+    from napari.layers import Labels
+
+    for layer in reversed(list(viewer.layers)):
+        if not isinstance(layer, Labels) or tuple(layer.data.shape) != tuple(shape):
+            continue
+        record = (layer.metadata or {}).get("napari_vnet") or {}
+        if record.get("model") != arch or record.get("source_layer") != image_layer.name:
+            continue
+        if getattr(layer, "_undo_history", None):  # edited since it was added
+            continue
+        return layer
+    return None
+
+
+def replace_result(layer, image_layer, labels: np.ndarray, card: ModelCard, info, geometry=None):
+    """Put a new result into an existing result ``layer`` (no new layer, no re-add).
+
+    Metadata first, then the data, so a listener to the data event (the Scans dock) sees
+    the new run's record; the undo history is reset (an undo must not paint strokes of
+    the previous result into this one).
+    """
+    layer.metadata = result_metadata(image_layer, card, info)
+    layer.colormap = labels_colormap(card)
+    layer.features = class_features(card)
+    layer.data = labels
+    for attr, value in (geometry if geometry is not None else geometry_kwargs(image_layer)).items():
+        if attr in ("units", "axis_labels"):
+            continue
+        setattr(layer, attr, value)
+    reset = getattr(layer, "_reset_history", None)  # napari's own (private) reset
+    if reset is not None:
+        reset()
+    return layer

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from magicgui.widgets import CheckBox, ComboBox, Container, FloatSpinBox, ProgressBar
 from qtpy.QtCore import QTimer, Signal
-from qtpy.QtWidgets import QGroupBox, QLabel, QPushButton, QVBoxLayout, QWidget
+from qtpy.QtWidgets import QCheckBox, QGroupBox, QLabel, QPushButton, QVBoxLayout, QWidget
 
 from napari_vnet._widgets import _result_layer
 from napari_vnet._widgets._segment_job import (
@@ -36,7 +36,6 @@ from napari_vnet._widgets._segment_job import (
     RunRequest,
     SegmentJob,
 )
-from napari_vnet._widgets._session import first_use_in_napari as _session_first_use
 from napari_vnet._widgets._weights_panel import WeightsPanel, arch_name
 
 if TYPE_CHECKING:
@@ -109,7 +108,6 @@ class SegmentWidget(QWidget):
     def __init__(self, napari_viewer: napari.Viewer, parent: QWidget | None = None):
         super().__init__(parent)
         self.viewer = napari_viewer
-        _session_first_use()
         self.worker = None
         self._job: SegmentJob | None = None
         self._run_ctx: dict[str, Any] = {}
@@ -179,6 +177,12 @@ class SegmentWidget(QWidget):
         self.run_button = QPushButton("Run")
         self.run_button.setObjectName("napari_vnet_run")
         self.run_button.clicked.connect(self._on_run_clicked)
+        self.replace_check = QCheckBox("Replace this model's previous result (unless edited)")
+        self.replace_check.setChecked(True)
+        self.replace_check.setToolTip(
+            "Put a new result of the same model and image into its previous, unedited "
+            "result layer instead of adding another layer (a corrected layer is kept)"
+        )
         # always shown (toggling it re-lays out the dock: a costly repaint at run start)
         self.progress_bar = ProgressBar(value=0, min=0, max=1)
         self.status = QLabel()
@@ -194,6 +198,7 @@ class SegmentWidget(QWidget):
         layout.addWidget(self.image_note)
         layout.addWidget(self._group("Model", self.model))
         layout.addWidget(self._group("Settings", self._settings.native))
+        layout.addWidget(self.replace_check)
         layout.addWidget(self.run_button)
         layout.addWidget(self.progress_bar.native)
         layout.addWidget(self.status)
@@ -294,6 +299,7 @@ class SegmentWidget(QWidget):
         self._run_ctx = {
             "layer": layer,
             "geometry": _result_layer.geometry_kwargs(layer),
+            "data": layer.data,
             "weights": request.weights,
             "arch": request.arch,
             "settings": dict(request.settings),
@@ -500,9 +506,14 @@ class SegmentWidget(QWidget):
 
         if isinstance(outcome, JobDone):
             layer = self._add_result(outcome)
+            if layer is None:
+                show_info("The image changed while it was segmented; the result was dropped.")
+                self._last_status = "Result dropped: the image changed during the run."
+                return
+            how = "updated layer" if self._last_status.startswith("Updated") else "new layer"
             show_info(
                 f"Segmented '{self._run_ctx['layer'].name}' in {outcome.seconds:.1f} s "
-                f"on {outcome.device}: new layer '{layer.name}'."
+                f"on {outcome.device}: {how} '{layer.name}'."
             )
         elif isinstance(outcome, JobCancelled):
             show_info("Segmentation cancelled; no layer was added or changed.")
@@ -512,9 +523,13 @@ class SegmentWidget(QWidget):
             self._last_status = "Failed: see the notification."
 
     def _add_result(self, outcome: JobDone):
+        """Add (or, when chosen, update) the result layer; None when the image layer now
+        shows other data (e.g. the Scans dock moved to another scan during the run)."""
         ctx = self._run_ctx
         image_layer = ctx["layer"]
         card = outcome.card
+        if image_layer.data is not ctx.get("data", image_layer.data):
+            return None
         info = {
             "model": card.arch,
             "model_name": arch_name(card.arch),
@@ -535,17 +550,28 @@ class SegmentWidget(QWidget):
                 "windows": outcome.windows,
             },
         }
-        layer = _result_layer.make_labels_layer(
-            self.viewer,
-            image_layer,
-            outcome.labels,
-            card,
-            info,
-            model_name=arch_name(card.arch),
-            geometry=ctx["geometry"],
-        )
-        self.viewer.add_layer(layer)
-        self._last_status = f"Done in {outcome.seconds:.1f} s: '{layer.name}'."
+        previous = None
+        if self.replace_check.isChecked():
+            previous = _result_layer.previous_result(
+                self.viewer, image_layer, card.arch, outcome.labels.shape
+            )
+        if previous is not None:
+            layer = _result_layer.replace_result(
+                previous, image_layer, outcome.labels, card, info, ctx["geometry"]
+            )
+            self._last_status = f"Updated '{layer.name}' in {outcome.seconds:.1f} s."
+        else:
+            layer = _result_layer.make_labels_layer(
+                self.viewer,
+                image_layer,
+                outcome.labels,
+                card,
+                info,
+                model_name=arch_name(card.arch),
+                geometry=ctx["geometry"],
+            )
+            self.viewer.add_layer(layer)
+            self._last_status = f"Done in {outcome.seconds:.1f} s: '{layer.name}'."
         self.prediction_added.emit(layer)
         return layer
 
