@@ -292,5 +292,7 @@ def test_shipped_weights_registry(tmp_path, monkeypatch):
         FileNotFoundError, match=r"'vnet-phantom' are not installed .*available: unet3d-phantom"
     ):
         weights.resolve_weights("vnet-phantom")
-    with pytest.raises(CheckpointError, match="is a folder"):
-        weights.resolve_weights(tmp_path)
+    # a folder may hold foreign weights (nnU-Net / MONAI bundle): the loader decides
+    assert weights.resolve_weights(tmp_path) == tmp_path
+    with pytest.raises(CheckpointError, match="is a folder but neither an nnU-Net"):
+        load_checkpoint(tmp_path)

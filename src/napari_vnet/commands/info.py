@@ -70,13 +70,16 @@ def gather(weights: str) -> dict[str, Any]:
     from napari_vnet.weights import resolve_weights
 
     path = resolve_weights(weights)
-    state = load_checkpoint_state(path, map_location="cpu")
+    folder = Path(path).is_dir()  # foreign weights (nnU-Net / MONAI bundle folder)
+    state = {} if folder else load_checkpoint_state(path, map_location="cpu")
     model, card = load_checkpoint(path, map_location="cpu")
     disc = load_discriminator(path) if state.get("discriminator") else None
     extra = state.get("extra")
+    files = [p for p in Path(path).rglob("*") if p.is_file()] if folder else [Path(path)]
     return {
         "path": str(Path(path).resolve()),
-        "file_bytes": Path(path).stat().st_size,
+        "file_bytes": sum(p.stat().st_size for p in files),
+        "origin": card.origin(),
         "architecture": display_name(card.arch),
         "parameters": count_parameters(model),
         "discriminator_parameters": None if disc is None else count_parameters(disc),
@@ -89,6 +92,8 @@ def gather(weights: str) -> dict[str, Any]:
 def format_text(info: dict[str, Any]) -> str:
     card = info["card"]
     kwargs = ", ".join(f"{k}={_value(v)}" for k, v in card["arch_kwargs"].items())
+    if len(kwargs) > 300:  # a foreign plan's architecture: the card (--json) has it all
+        kwargs = kwargs[:297] + "..."
     lines = [
         f"weights:       {info['path']} ({info['file_bytes'] / 1e6:.1f} MB)",
         f"architecture:  {info['architecture']} ({card['arch']}){f'  {kwargs}' if kwargs else ''}",
@@ -119,6 +124,8 @@ def format_text(info: dict[str, Any]) -> str:
         lines.append(f"  {key}: {_value(value)}")
     if card["description"]:
         lines.append(f"description:   {card['description']}")
+    if info.get("origin"):
+        lines.append(f"origin:        {info['origin']}")
     if info["extra_keys"]:
         lines.append(f"resume state:  {', '.join(info['extra_keys'])}")
     saved = info["saved_with"]

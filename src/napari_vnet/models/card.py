@@ -12,6 +12,18 @@ never unpickles code). Conventions shared by the whole package:
   ``{"kind": "zscore"}`` (per-volume mean/std over finite voxels), or
   ``{"kind": "percentile", "low": 0.5, "high": 99.5}`` (clip to per-volume percentiles,
   scale to [0, 1]).
+
+Weights from other programs (see :mod:`napari_vnet.foreign`) carry three more fields:
+
+* ``source``: where the weights come from, e.g. ``{"format": "nnunet", "dataset":
+  "Dataset501_Liver", "configuration": "3d_fullres", "folds": ["0", "1"], ...}``; empty
+  for napari-vnet's own. :meth:`ModelCard.origin` turns it into one line for the dock;
+* ``preprocessing``: a producer's own pre/post-processing that replaces ``normalization``
+  and the spacing resampling, e.g. ``{"kind": "nnunet", "plans": {...}, "configuration":
+  "3d_fullres", "dataset_json": {...}}`` (everything needed, so the card rebuilds offline);
+* ``sliding_window``: how the producer blends windows, e.g. ``{"blend": "logits",
+  "steps": "even", "center": "floor", "pad": "center", "mirror_axes": [0, 1, 2]}``
+  (nnU-Net); empty for napari-vnet's defaults (softmax blend, MONAI's window grid).
 """
 
 from __future__ import annotations
@@ -30,6 +42,32 @@ class ClassInfo:
     value: int  # label value written into label maps for this channel
     name: str
     color: tuple[float, float, float, float] | None = None  # RGBA in [0, 1]
+
+    def origin(self) -> str:
+        """One line saying where foreign weights come from, e.g. "nnU-Net v2,
+        Dataset501_Liver, 3d_fullres, folds 0-4"; "" for napari-vnet's own weights."""
+        src = self.source or {}
+        fmt = src.get("format")
+        if fmt == "nnunet":
+            folds = [str(f) for f in src.get("folds", [])]
+            if len(folds) > 1 and all(f.isdigit() for f in folds):
+                nums = sorted(int(f) for f in folds)
+                contiguous = nums == list(range(nums[0], nums[-1] + 1))
+                fold_text = f"folds {nums[0]}-{nums[-1]}" if contiguous else "folds " + ",".join(folds)
+            else:
+                fold_text = f"fold {folds[0]}" if folds else "no fold"
+            parts = ["nnU-Net v2", src.get("dataset", "?"), src.get("configuration", "?"), fold_text]
+        elif fmt == "monai_bundle":
+            parts = ["MONAI bundle", src.get("name", "?"), src.get("version", "")]
+        elif fmt == "monai":
+            parts = ["MONAI " + str(self.arch_kwargs.get("name", "network")), src.get("file", "")]
+        elif fmt:
+            parts = [str(fmt)]
+        else:
+            return ""
+        if src.get("fine_tuned"):
+            parts.append("fine-tuned")
+        return ", ".join(str(p) for p in parts if p)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -63,6 +101,9 @@ class ModelCard:
     patch_size: tuple[int, int, int] = (64, 64, 64)  # recommended sliding-window patch (z, y, x)
     history: dict[str, Any] = field(default_factory=dict)  # iterations, data, final metrics...
     description: str = ""
+    source: dict[str, Any] = field(default_factory=dict)  # origin of foreign weights
+    preprocessing: dict[str, Any] = field(default_factory=dict)  # producer's own pre/post
+    sliding_window: dict[str, Any] = field(default_factory=dict)  # producer's window blend
     format_version: int = CARD_FORMAT_VERSION
 
     @property
@@ -79,6 +120,32 @@ class ModelCard:
         """Label value -> class name."""
         return {c.value: c.name for c in self.classes}
 
+    def origin(self) -> str:
+        """One line saying where foreign weights come from, e.g. "nnU-Net v2,
+        Dataset501_Liver, 3d_fullres, folds 0-4"; "" for napari-vnet's own weights."""
+        src = self.source or {}
+        fmt = src.get("format")
+        if fmt == "nnunet":
+            folds = [str(f) for f in src.get("folds", [])]
+            if len(folds) > 1 and all(f.isdigit() for f in folds):
+                nums = sorted(int(f) for f in folds)
+                contiguous = nums == list(range(nums[0], nums[-1] + 1))
+                fold_text = f"folds {nums[0]}-{nums[-1]}" if contiguous else "folds " + ",".join(folds)
+            else:
+                fold_text = f"fold {folds[0]}" if folds else "no fold"
+            parts = ["nnU-Net v2", src.get("dataset", "?"), src.get("configuration", "?"), fold_text]
+        elif fmt == "monai_bundle":
+            parts = ["MONAI bundle", src.get("name", "?"), src.get("version", "")]
+        elif fmt == "monai":
+            parts = ["MONAI " + str(self.arch_kwargs.get("name", "network")), src.get("file", "")]
+        elif fmt:
+            parts = [str(fmt)]
+        else:
+            return ""
+        if src.get("fine_tuned"):
+            parts.append("fine-tuned")
+        return ", ".join(str(p) for p in parts if p)
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "format_version": int(self.format_version),
@@ -91,6 +158,9 @@ class ModelCard:
             "patch_size": [int(p) for p in self.patch_size],
             "history": dict(self.history),
             "description": self.description,
+            **({"source": dict(self.source)} if self.source else {}),
+            **({"preprocessing": dict(self.preprocessing)} if self.preprocessing else {}),
+            **({"sliding_window": dict(self.sliding_window)} if self.sliding_window else {}),
         }
 
     @classmethod
@@ -118,5 +188,8 @@ class ModelCard:
             patch_size=tuple(int(p) for p in d.get("patch_size", (64, 64, 64))),
             history=dict(d.get("history", {})),
             description=str(d.get("description", "")),
+            source=dict(d.get("source") or {}),
+            preprocessing=dict(d.get("preprocessing") or {}),
+            sliding_window=dict(d.get("sliding_window") or {}),
             format_version=version,
         )

@@ -35,8 +35,8 @@ from torch import nn
 from napari_vnet.models.card import ModelCard
 from napari_vnet.models.errors import CheckpointError
 from napari_vnet.models.registry import (
-    ARCHITECTURES,
     UnknownArchitectureError,
+    architecture_class,
     build_discriminator,
     build_model,
 )
@@ -133,9 +133,10 @@ def save_checkpoint(
     """
     path = Path(path)
     net = _unwrap(model)
-    expected = ARCHITECTURES.get(card.arch)
-    if expected is None:
-        raise ValueError(f"model card arch {card.arch!r} is unknown; known: {list(ARCHITECTURES)}")
+    try:
+        expected = architecture_class(card.arch)
+    except UnknownArchitectureError as exc:
+        raise ValueError(f"model card {exc}") from None
     if type(net) is not expected:
         raise ValueError(
             f"model card says {card.arch!r} ({expected.__name__}) but the model is a "
@@ -319,7 +320,12 @@ def load_checkpoint_state(
 
 def read_card(path: str | os.PathLike) -> ModelCard:
     """Only the model card of a checkpoint (no network is built; the tensor data is
-    memory-mapped, not read, so this is fast even for large files)."""
+    memory-mapped, not read, so this is fast even for large files). A folder is read as
+    foreign weights (nnU-Net v2 trained model, MONAI bundle; :mod:`napari_vnet.foreign`)."""
+    if Path(path).is_dir():
+        from napari_vnet.foreign import read_foreign_card
+
+        return read_foreign_card(path)
     return _card_from(Path(path), load_checkpoint_state(path, map_location="cpu", mmap=True))
 
 
@@ -362,9 +368,16 @@ def load_checkpoint(
     """Rebuild the network from the card in ``path`` and load its weights.
 
     Returns ``(model, card)`` with the model in eval mode on ``map_location`` (CPU by
-    default). Raises CheckpointError naming the file and the problem.
+    default). Raises CheckpointError naming the file and the problem. A folder is loaded
+    as foreign weights (nnU-Net v2 trained model, MONAI bundle) by
+    :func:`napari_vnet.foreign.load_foreign`.
     """
     path = Path(path)
+    if path.is_dir():
+        from napari_vnet.foreign import load_foreign
+
+        model, card = load_foreign(path)
+        return (model if map_location is None else model.to(map_location)), card
     state = load_checkpoint_state(path, map_location="cpu")
     card = _card_from(path, state)
     weights = state["state_dict"]

@@ -6,6 +6,7 @@ from typing import Any
 
 from torch import nn
 
+from napari_vnet.foreign.networks import MonaiNetwork, NnUNetEnsemble
 from napari_vnet.models.card import ModelCard
 from napari_vnet.models.names import (  # noqa: F401 (re-exported)
     DISPLAY_NAMES,
@@ -24,14 +25,20 @@ ARCHITECTURES: dict[str, type[nn.Module]] = {
     "vox2vox": Vox2VoxGenerator,
 }
 
+#: networks of other programs (nnU-Net v2 plans, MONAI), rebuilt from a card like ours but
+#: not offered for training from scratch; their field libraries are imported on build
+FOREIGN_ARCHITECTURES: dict[str, type[nn.Module]] = {
+    "nnunet": NnUNetEnsemble,
+    "monai": MonaiNetwork,
+}
+
 
 def architecture_class(arch: str) -> type[nn.Module]:
-    try:
-        return ARCHITECTURES[arch]
-    except KeyError:
-        raise UnknownArchitectureError(
-            f"unknown architecture {arch!r}; known: {', '.join(ARCHITECTURES)}"
-        ) from None
+    cls = ARCHITECTURES.get(arch) or FOREIGN_ARCHITECTURES.get(arch)
+    if cls is None:
+        known = ", ".join([*ARCHITECTURES, *FOREIGN_ARCHITECTURES])
+        raise UnknownArchitectureError(f"unknown architecture {arch!r}; known: {known}")
+    return cls
 
 
 def _clean_kwargs(card: ModelCard, reserved: dict[str, int]) -> dict[str, Any]:

@@ -37,12 +37,15 @@ def shipped_weights() -> dict[str, Path]:
 
 
 def resolve_weights(name_or_path: str | os.PathLike) -> Path:
-    """The weights file meant by ``name_or_path``: an existing path, or a shipped name
+    """The weights file meant by ``name_or_path``: an existing path (a file, or a folder
+    of foreign weights: nnU-Net v2 trained model, MONAI bundle), or a shipped name
     (with or without ``.pt``). Raises WeightsNotFoundError (a CheckpointError and a
     FileNotFoundError) naming the available shipped weights otherwise."""
     text = os.fspath(name_or_path)
     path = Path(text).expanduser()
     if path.is_file():
+        return path
+    if path.is_dir():  # foreign weights (nnU-Net / MONAI bundle folder): the loader checks
         return path
     shipped = shipped_weights()
     name = text[:-3] if text.endswith(".pt") else text
@@ -54,8 +57,6 @@ def resolve_weights(name_or_path: str | os.PathLike) -> Path:
             f"shipped weights {name!r} are not installed (expected {WEIGHTS_DIR / (name + '.pt')}); "
             f"available: {available}"
         )
-    if path.is_dir():
-        raise WeightsNotFoundError(f"{path}: is a folder, not a weights file")
     raise WeightsNotFoundError(
         f"{text}: no such weights file, and not the name of shipped weights "
         f"(available: {available})"

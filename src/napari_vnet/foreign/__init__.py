@@ -1,0 +1,80 @@
+"""Weights from other programs: adapters at the edge, then this project's one engine.
+
+Three routes, each ending in ``(network, ModelCard)`` like a napari-vnet checkpoint:
+
+* an **nnU-Net v2 trained-model folder** (:mod:`napari_vnet.foreign.nnunet`);
+* a **MONAI bundle** folder (:mod:`napari_vnet.foreign.monai_bundle`);
+* a **bare MONAI state dict** plus a card given by the user
+  (:func:`napari_vnet.foreign.monai_bundle.wrap_monai_state_dict`).
+
+Checkpoints are read with :func:`napari_vnet.foreign.safe_load.safe_torch_load`
+(``weights_only=True`` plus an allowlist of plain types); nothing in a file runs code.
+nnunetv2 / dynamic-network-architectures and monai are optional extras
+(``pip install 'napari-vnet[nnunet]'`` / ``'napari-vnet[monai]'``) imported only here.
+This module itself imports neither torch nor the field libraries.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+__all__ = ["foreign_kind", "load_foreign", "preprocessing_for", "read_foreign_card"]
+
+
+def foreign_kind(path: str | os.PathLike) -> str | None:
+    """"nnunet", "monai_bundle" or None (not a foreign weights folder)."""
+    p = Path(path)
+    if not p.is_dir():
+        return None
+    if (p / "configs" / "metadata.json").is_file() or (p / "configs" / "inference.json").is_file():
+        return "monai_bundle"
+    from napari_vnet.foreign.nnunet import is_nnunet_folder
+
+    return "nnunet" if is_nnunet_folder(p) else None
+
+
+def load_foreign(path: str | os.PathLike, *, folds: Any = None, checkpoint: str | None = None):
+    """``(network, card)`` of a foreign weights folder; CheckpointError when it is none."""
+    kind = foreign_kind(path)
+    if kind == "nnunet":
+        from napari_vnet.foreign.nnunet import load_nnunet_folder
+
+        return load_nnunet_folder(path, folds=folds, checkpoint=checkpoint)
+    if kind == "monai_bundle":
+        from napari_vnet.foreign.monai_bundle import load_monai_bundle
+
+        return load_monai_bundle(path)
+    from napari_vnet.models.errors import CheckpointError
+
+    raise CheckpointError(
+        f"{path}: is a folder but neither an nnU-Net v2 trained-model folder (plans.json, "
+        "dataset.json, fold_*/checkpoint_final.pth) nor a MONAI bundle (configs/, models/)"
+    )
+
+
+def read_foreign_card(path: str | os.PathLike):
+    """The card of a foreign weights folder, reading as little as possible."""
+    kind = foreign_kind(path)
+    if kind == "nnunet":
+        from napari_vnet.foreign.nnunet import nnunet_folder_card
+
+        return nnunet_folder_card(path)
+    return load_foreign(path)[1]
+
+
+def preprocessing_for(card):
+    """The producer's pre/post-processing object for ``card``, or None for our own."""
+    kind = (card.preprocessing or {}).get("kind")
+    if not kind:
+        return None
+    if kind == "nnunet":
+        from napari_vnet.foreign.nnunet import NnUNetPreprocessing
+
+        return NnUNetPreprocessing(card)
+    if kind == "monai_bundle":
+        from napari_vnet.foreign.monai_bundle import MonaiBundlePreprocessing
+
+        return MonaiBundlePreprocessing(card)
+    raise ValueError(f"model card names an unknown preprocessing {kind!r}")

@@ -1,0 +1,79 @@
+"""Loading checkpoints made by other programs without running code from them.
+
+nnU-Net and MONAI save their checkpoints with ``torch.save`` of dicts that, besides
+tensors, hold a few plain values pickled as Python objects: ``torch.device``, numpy
+scalars (``np.float64`` Dice values in nnU-Net's training log) and their dtypes. PyTorch's
+restricted unpickler (``torch.load(weights_only=True)``) refuses every global it does not
+know; :func:`safe_torch_load` widens it by exactly the plain types listed in
+:data:`ALLOWED_GLOBALS`, for this one call (``torch.serialization.safe_globals``), and
+refuses anything else with one line naming the type. Nothing from the file is ever
+imported or called.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from napari_vnet.models.errors import CheckpointError
+
+__all__ = ["ALLOWED_GLOBALS", "UnsafeCheckpointError", "safe_torch_load"]
+
+
+class UnsafeCheckpointError(CheckpointError):
+    """The file pickles a Python object outside the allowlist (it could run code)."""
+
+
+def _numpy_globals() -> list[Any]:
+    """numpy's scalar reconstructor, ``np.dtype`` and the dtype classes of numbers/bools."""
+    try:
+        from numpy._core.multiarray import scalar  # numpy >= 2
+    except ImportError:  # pragma: no cover - numpy 1.x
+        from numpy.core.multiarray import scalar
+    kinds = [np.bool_, np.int8, np.int16, np.int32, np.int64, np.uint8, np.uint16]
+    kinds += [np.uint32, np.uint64, np.float16, np.float32, np.float64]
+    dtype_classes = [type(np.dtype(k)) for k in kinds]
+    return [scalar, np.dtype, *dtype_classes]
+
+
+#: the only non-tensor globals a foreign checkpoint may contain
+ALLOWED_GLOBALS: list[Any] = [torch.device, *_numpy_globals()]
+
+
+def _names(objs: list[Any]) -> str:
+    return ", ".join(f"{getattr(o, '__module__', '?')}.{getattr(o, '__name__', o)}" for o in objs)
+
+
+def safe_torch_load(path: str | os.PathLike, map_location: Any = "cpu") -> Any:
+    """``torch.load(path, weights_only=True)`` that also accepts the plain types of
+    :data:`ALLOWED_GLOBALS`. Raises :class:`UnsafeCheckpointError` naming the first
+    refused type, or :class:`CheckpointError` for a missing/unreadable file."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such file")
+    try:
+        with torch.serialization.safe_globals(ALLOWED_GLOBALS):
+            return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        match = re.search(r"GLOBAL ([\w.]+)", str(exc))
+        if match:
+            raise UnsafeCheckpointError(
+                f"{path}: refused to load: it contains the Python object "
+                f"{match.group(1)}, which is not among the plain types a checkpoint may "
+                f"hold ({_names(ALLOWED_GLOBALS)}) and loading it could run code"
+            ) from None
+        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({_first(exc)})") from None
+    except Exception as exc:  # untrusted bytes can fail anywhere inside the unpickler
+        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({_first(exc)})") from None
+
+
+def _first(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    line = text[0] if text else type(exc).__name__
+    return line if len(line) <= 160 else line[:157] + "..."
