@@ -166,7 +166,7 @@ def discover_cases(
             fnmatch.fnmatch(rel, pattern) or fnmatch.fnmatch(os.path.basename(rel), pattern)
         ):
             continue
-        if e.broken:
+        if e.broken and e.kind == "dicom":
             stem = e.key
         else:
             stem = output_stem(e, root_path, per_folder.get(rel, 1))
@@ -319,7 +319,9 @@ def _atomic_write(path: Path, write: Callable[[Any], None], *, binary: bool) -> 
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "wb" if binary else "w", **({} if binary else {"encoding": "utf-8"})) as fh:
+        with os.fdopen(
+            fd, "wb" if binary else "w", **({} if binary else {"encoding": "utf-8"})
+        ) as fh:
             write(fh)
         os.replace(tmp, path)
     except BaseException:
@@ -425,6 +427,23 @@ def _lab_color(hd, rgba) -> Any:
     return hd.color.CIELabColor.from_rgb(*rgb)
 
 
+def _source_dataset(pydicom, path: str):
+    """A source image's header; SOP class/instance UIDs blanked by an anonymiser are
+    taken from the file meta information (where they must also be)."""
+    ds = pydicom.dcmread(path, stop_before_pixels=True)
+    meta = getattr(ds, "file_meta", None)
+    for tag, meta_tag in (
+        ("SOPClassUID", "MediaStorageSOPClassUID"),
+        ("SOPInstanceUID", "MediaStorageSOPInstanceUID"),
+    ):
+        if not str(getattr(ds, tag, "") or ""):
+            value = str(getattr(meta, meta_tag, "") or "") if meta is not None else ""
+            if not value:
+                raise ValueError(f"{path}: no {tag}; a DICOM-SEG cannot reference this image")
+            setattr(ds, tag, value)
+    return ds
+
+
 def write_dicom_seg(labels: np.ndarray, volume, card, path: str | os.PathLike) -> Path:
     """Write ``labels`` (on ``volume``'s grid, read from a DICOM series) as DICOM-SEG.
 
@@ -440,7 +459,13 @@ def write_dicom_seg(labels: np.ndarray, volume, card, path: str | os.PathLike) -
     files = list(volume.metadata.get("source_files") or [])
     if not files:
         raise ValueError(f"{volume.path}: not read from a DICOM series; DICOM-SEG needs one")
-    sources = [pydicom.dcmread(f, stop_before_pixels=True) for f in files]
+    sources = [_source_dataset(pydicom, f) for f in files]
+    if not str(getattr(sources[0], "StudyInstanceUID", "") or ""):
+        # anonymisers sometimes blank it; the SEG needs one (it will not join a study)
+        log.warning("%s: the source series has no Study Instance UID; using a new one", path)
+        study = hd.UID()
+        for ds in sources:
+            ds.StudyInstanceUID = study
     labels = np.asarray(labels)
     if labels.ndim != 3 or labels.shape[0] != len(sources):
         raise ValueError(
@@ -494,6 +519,15 @@ def write_dicom_seg(labels: np.ndarray, volume, card, path: str | os.PathLike) -
         for n, c in enumerate(fg, start=1)
     ]
     first = sources[0]
+    thickness = getattr(first, "SliceThickness", None)
+    for ds in sources:  # highdicom reads it from the sources; a type-2 tag may be absent
+        if getattr(ds, "SliceThickness", None) in (None, ""):
+            ds.SliceThickness = float(volume.spacing[0])
+    measures = hd.PixelMeasuresSequence(
+        pixel_spacing=(float(volume.spacing[1]), float(volume.spacing[2])),  # rows, columns
+        slice_thickness=float(thickness) if thickness else float(volume.spacing[0]),
+        spacing_between_slices=float(volume.spacing[0]),
+    )
     series_number = int(getattr(first, "SeriesNumber", 0) or 0) + 1000
     seg = hd.seg.Segmentation(
         source_images=sources,
@@ -509,6 +543,7 @@ def write_dicom_seg(labels: np.ndarray, volume, card, path: str | os.PathLike) -
         software_versions=__version__,
         device_serial_number="0",
         series_description=f"napari-vnet {card.arch} segmentation"[:64],
+        pixel_measures=measures,
         omit_empty_frames=True,
     )
 

@@ -10,6 +10,7 @@ COMMANDS = {
     "info": "info",
     "predict": "predict",
     "evaluate": "evaluate",
+    "list": "list_weights",
     "train": "train",
     "export-dataset": "export_dataset",
     "demo": "demo",
