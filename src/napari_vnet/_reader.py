@@ -182,6 +182,10 @@ def volume_layer_data(vol: Volume, name: str) -> list[tuple[Any, dict, str]]:
         array = np.moveaxis(array, -1, 0)
         kw["scale"] = (1.0,) + tuple(kw["scale"])
         kw["translate"] = (0.0,) + tuple(kw["translate"])
+        if "units" in kw:
+            kw["units"] = ("pixel", *kw["units"])
+        if "axis_labels" in kw:
+            kw["axis_labels"] = ("component", *kw["axis_labels"])
         if "affine" in kw:
             aff = np.eye(n + 2)
             aff[1:, 1:] = kw["affine"]
@@ -198,7 +202,19 @@ def volume_layer_data(vol: Volume, name: str) -> list[tuple[Any, dict, str]]:
 def read_medical(path) -> list[tuple[Any, dict, str]]:
     """Read a file, one DICOM file (its whole series) or a folder (one layer per series)."""
     register_reader_preferences()  # napari ran us: open such files without asking next time
-    return _read_medical(path)
+    layers = _read_medical(path)
+    _radiological_view()
+    return layers
+
+
+def _radiological_view() -> None:
+    """Radiological camera orientation in the viewer the layers go to (napari only)."""
+    try:
+        from napari_vnet._widgets._display import install_in_current_viewer
+
+        install_in_current_viewer()
+    except ImportError:  # napari/Qt not available: a plain Python caller
+        log.debug("no napari viewer to orient", exc_info=True)
 
 
 def _read_medical(path) -> list[tuple[Any, dict, str]]:

@@ -70,6 +70,10 @@ def labels_display_kwargs(classes: list[dict]) -> dict:
 def phantom_ct() -> list[tuple]:
     """The phantom CT (Image, soft-tissue window) and its ground truth (Labels)."""
     image, labels, classes = _load_sample()
+    from napari_vnet._reader import _radiological_view, register_reader_preferences
+
+    register_reader_preferences()  # napari ran napari-vnet: open its formats without a dialog
+    _radiological_view()
     img_kw = volume_to_layer_kwargs(image, is_label=False)
     img_kw.update(name=IMAGE_NAME, colormap="gray", contrast_limits=display_range(image))
     lab_kw = volume_to_layer_kwargs(labels, is_label=True)

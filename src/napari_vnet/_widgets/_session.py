@@ -92,10 +92,13 @@ def forget_recent_weights(path: str | os.PathLike) -> None:
 def first_use_in_napari() -> None:
     """napari-vnet runs inside napari: let File > Open read medical volumes and DICOM
     folders with napari-vnet from now on (napari's reader preferences, written once and
-    never over a choice the user made; see ``napari_vnet._reader``)."""
+    never over a choice the user made; see ``napari_vnet._reader``) and keep the
+    current viewer's camera radiological (``_display``)."""
     from napari_vnet._reader import register_reader_preferences
+    from napari_vnet._widgets._display import install_in_current_viewer
 
     register_reader_preferences()
+    install_in_current_viewer()
 
 
 def find_dock_widget(viewer: napari.Viewer, cls: type) -> Any | None:

@@ -28,6 +28,19 @@ log = logging.getLogger(__name__)
 #: Key of the geometry record inside a layer's ``metadata``.
 META_KEY = "napari_vnet"
 
+#: Names of the three world axes (z, y, x) = LPS millimetres, as napari shows them on the
+#: dims sliders and the axes overlay: each goes from the first side to the second.
+ANATOMICAL_AXIS_LABELS = ("I→S", "A→P", "R→L")
+
+#: CT windows (level, width) in HU, as radiology workstations offer them.
+WINDOW_PRESETS: dict[str, tuple[float, float]] = {
+    "soft tissue": (40.0, 400.0),
+    "lung": (-600.0, 1500.0),
+    "bone": (400.0, 1800.0),
+    "brain": (40.0, 80.0),
+}
+DEFAULT_CT_WINDOW = "soft tissue"
+
 _DIAGONAL_TOL = 1e-6  # off-diagonal direction terms below this count as exactly zero
 _LABEL_NAME = re.compile(r"(seg|label|mask)", re.IGNORECASE)
 
@@ -72,6 +85,10 @@ def volume_to_layer_kwargs(vol: Volume, *, is_label: bool | None = None) -> dict
         affine[:n, n] = origin
         kw = {"scale": tuple(float(v) for v in spacing), "translate": (0.0,) * n, "affine": affine}
     kw["metadata"] = {META_KEY: _geometry_record(vol, is_label=is_label)}
+    if n in (2, 3):
+        kw["units"] = ("mm",) * n  # napari's scale bar and status bar then say mm
+    if n == 3:
+        kw["axis_labels"] = ANATOMICAL_AXIS_LABELS
     return kw
 
 
@@ -209,12 +226,42 @@ def looks_like_labels(vol: Volume, name: str = "") -> bool:
     return len(np.unique(sample)) <= 128
 
 
+def window_limits(level: float, width: float) -> tuple[float, float]:
+    """Contrast limits (low, high) of a (level, width) window."""
+    return (float(level) - float(width) / 2.0, float(level) + float(width) / 2.0)
+
+
+def looks_like_hu(array: np.ndarray) -> bool:
+    """Values in Hounsfield units? Air or the scanner's padding (<= -900) and tissue or
+    bone (>= 100) both present, as in every CT of a body; MR (non-negative, arbitrary
+    scale) and images scaled to 0..1 are not. A heuristic: used for a default window and
+    for warnings, never to refuse anything."""
+    a = np.asarray(array)
+    if a.size == 0 or a.dtype.kind not in "iuf":
+        return False
+    sample = _sample(a).ravel()
+    if sample.dtype.kind == "f":
+        sample = sample[np.isfinite(sample)]
+    if sample.size == 0:
+        return False
+    lo, hi = np.percentile(sample, (1.0, 99.9))
+    return bool(lo <= -900 and float(sample.min()) >= -4096 and hi >= 100 and hi <= 5000)
+
+
 def display_range(vol: Volume, *, percentiles=(0.5, 99.5)) -> tuple[float, float]:
-    """Contrast limits: the DICOM window if present, else robust percentiles (NaN/inf ignored)."""
+    """Contrast limits for a scan as a radiologist would first see it.
+
+    The DICOM header's window if present; else, for data in Hounsfield units (modality
+    CT or values that look like HU), the soft-tissue window (level 40, width 400); else
+    (MR, PET, microscopy...) robust percentiles (NaN/inf ignored).
+    """
     meta = vol.metadata
     if meta.get("window_width"):
-        c, w = float(meta["window_center"]), float(meta["window_width"])
-        return (c - w / 2.0, c + w / 2.0)
+        return window_limits(meta["window_center"], meta["window_width"])
+    modality = str(meta.get("modality", "")).upper()
+    if vol.array.ndim == len(vol.spacing) and modality not in ("MR", "PT", "NM", "US"):
+        if modality == "CT" or looks_like_hu(vol.array):
+            return window_limits(*WINDOW_PRESETS[DEFAULT_CT_WINDOW])
     sample = _sample(vol.array).ravel()
     if sample.dtype.kind == "f":
         sample = sample[np.isfinite(sample)]
