@@ -256,6 +256,7 @@ def test_parts_agree_with_a_single_run(scans, tmp_path, capsys):
     for k in (0, 1):
         rows += list(csv.DictReader(open(halves / f"statistics.part-{k}-of-2.csv")))
     whole = list(csv.DictReader(open(single / "statistics.csv")))
+
     def order(r):
         return (r["case"], r["label"])
 
@@ -354,3 +355,35 @@ def test_dicom_seg_on_the_real_ct_series(shared_data, tmp_path):
     assert [s.SegmentLabel for s in ds.SegmentSequence] == ["liver", "spleen"]
     lab = hd.color.CIELabColor.from_dicom_value(ds.SegmentSequence[0].RecommendedDisplayCIELabValue)
     assert np.allclose(lab.to_rgb(), (204, 76, 51), atol=2)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_two_process_gloo_torchrun_writes_each_case_once(scans, tmp_path):
+    src, ckpt = scans
+    out = tmp_path / "out"
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+        "-m", "napari_vnet.cli", "predict", str(src), "-w", str(ckpt), "--out", str(out),
+        "--device", "cpu", "--statistics", "--json",
+    ]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=280, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    # one summary, by rank 0, covering both ranks' cases
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
+    assert len(lines) == 1, proc.stdout
+    summary = json.loads(lines[0])
+    assert summary["world_size"] == 2 and summary["written"] == 5
+    assert sorted(p.name for p in out.glob("summary*")) == ["summary.json"]
+    results = json.loads((out / "summary.json").read_text())["results"]
+    assert sorted(r["stem"] for r in results) == sorted(s.split(".")[0] for s in EXPECTED.values())
+    assert {r["rank"] for r in results} == {0, 1}
+    # each case written exactly once: every rank announced its own share, no overlap
+    written = [ln for ln in proc.stdout.splitlines() if "] written" in ln]
+    stems = [ln.split("] written", 1)[1].split(":", 1)[0].strip() for ln in written]
+    assert sorted(stems) == sorted(r["stem"] for r in results)
+    for out_rel in EXPECTED.values():
+        assert (out / out_rel).is_file()
+    assert len(list(csv.DictReader(open(out / "statistics.csv")))) == 10
+    assert not [p for p in out.rglob("*") if p.name.startswith(".")]
