@@ -1,32 +1,70 @@
-"""`napari-vnet evaluate`: per-class Dice and HD95 (mm) of a prediction against a reference.
+"""`napari-vnet evaluate`: per-class Dice and HD95 (mm) of predictions against references.
 
     napari-vnet evaluate pred.nii.gz labels.nii.gz --labels 5,1 --json
+    napari-vnet evaluate pred.nii.gz labels.nii.gz --map 1=5,2=1
+    napari-vnet evaluate PRED_DIR GT_DIR --out-csv scores.csv
 
-Both files must lie on the same voxel grid (shape, spacing, origin, direction); otherwise
-the command refuses and says what differs, unless ``--resample`` puts the prediction on
-the reference grid (nearest neighbour, in physical space - so a mask stored with a
-flipped direction matrix still lands on the right anatomy). With ``--json`` the last line
-is ``{"dice": {"5": ...}, "hd95_mm": {"5": ...}, ...}`` (label values as strings;
-an HD95 that does not exist because one side is empty is ``null``).
+Both label maps of a pair must lie on the same voxel grid (shape, spacing, origin,
+direction); otherwise the pair is refused with what differs, unless ``--resample`` puts
+the prediction on the reference grid (nearest neighbour, in physical space - so a mask
+stored with a flipped direction matrix still lands on the right anatomy).
+
+``--map PRED=GT[,...]`` says which reference value each predicted value stands for
+(``--map 1=5`` scores predicted 1 against reference 5); predicted values not named keep
+their value. Labels (``--labels`` or, by default, every non-zero value present) are
+reference values. A scored label absent from the prediction or from the reference is
+warned about (on stderr), since its Dice of 0 often means the two use other values for
+the same structure.
+
+Single pair: with ``--json`` the last line is ``{"dice": {"5": ...}, "hd95_mm": {"5":
+...}, "absent": {"pred": [...], "gt": [...]}, ...}`` (label values as strings; an HD95
+that does not exist because one side is empty is ``null``).
+
+Folders: every label map in PRED_DIR is paired with the one in GT_DIR of the same name
+without extension (relative path first, then file name; ``ct.nii.gz`` pairs with
+``ct.nrrd``). Per case and class Dice and HD95, mean and std per class over the cases
+where the class was scored; written as JSON and CSV (default ``PRED_DIR/evaluation.json``
+and ``evaluation.csv``). Unpaired and unreadable files are listed, not fatal.
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import json
+import logging
 import math
+import os
 import sys
+from pathlib import Path
+from typing import Any
 
-HELP = "per-class Dice and 95% Hausdorff distance (mm) between a prediction and a reference"
+HELP = "per-class Dice and 95% Hausdorff distance (mm) between predictions and references"
+
+log = logging.getLogger(__name__)
+
+
+class EvaluationError(ValueError):
+    """A pair of label maps cannot be scored (the message names the files)."""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("pred", metavar="PRED", help="predicted label file (or DICOM folder)")
-    parser.add_argument("gt", metavar="GT", help="reference label file")
+    parser.add_argument(
+        "pred", metavar="PRED", help="predicted label file (or DICOM folder), or a folder of them"
+    )
+    parser.add_argument("gt", metavar="GT", help="reference label file, or a folder of them")
     parser.add_argument(
         "--labels",
         default=None,
-        help="comma-separated label values to score (default: all non-zero values present)",
+        help="comma-separated (reference) label values to score "
+        "(default: all non-zero values present)",
+    )
+    parser.add_argument(
+        "--map",
+        dest="value_map",
+        default=None,
+        metavar="PRED=GT[,...]",
+        help="predicted value -> reference value, e.g. 1=5,2=1 (unnamed values unchanged)",
     )
     parser.add_argument(
         "--resample",
@@ -34,6 +72,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="resample PRED onto GT's grid (nearest) when the grids differ",
     )
     parser.add_argument("--json", action="store_true", help="print a JSON summary as last line")
+    parser.add_argument(
+        "--out-json", default=None, help="write the results as JSON here (folders: default "
+        "PRED_DIR/evaluation.json)"
+    )  # fmt: skip
+    parser.add_argument(
+        "--out-csv", default=None, help="write one row per case and label here (folders: "
+        "default PRED_DIR/evaluation.csv)"
+    )  # fmt: skip
 
 
 def _fail(message: str) -> int:
@@ -86,61 +132,344 @@ def _number(x: float) -> float | None:
     return None if not math.isfinite(x) else round(float(x), 6)
 
 
-def run(args: argparse.Namespace) -> int:
+def parse_labels(text: str | None) -> list[int] | None:
+    if not text:
+        return None
+    try:
+        return [int(v) for v in str(text).split(",") if v.strip()]
+    except ValueError:
+        raise EvaluationError(
+            f"--labels {text!r}: expected comma-separated integers, e.g. 5,1"
+        ) from None
+
+
+def parse_map(text: str | None) -> dict[int, int]:
+    """``"1=5,2=1"`` -> ``{1: 5, 2: 1}`` (predicted value -> reference value)."""
+    if not text:
+        return {}
+    mapping: dict[int, int] = {}
+    for item in str(text).split(","):
+        if not item.strip():
+            continue
+        left, sep, right = item.partition("=")
+        try:
+            if not sep:
+                raise ValueError
+            p, g = int(left), int(right)
+        except ValueError:
+            raise EvaluationError(
+                f"--map {text!r}: expected PRED=GT pairs of integers, e.g. 1=5,2=1"
+            ) from None
+        if p < 0 or g < 0:
+            raise EvaluationError(f"--map {text!r}: label values must be >= 0")
+        if p in mapping and mapping[p] != g:
+            raise EvaluationError(f"--map {text!r}: predicted value {p} mapped twice")
+        mapping[p] = g
+    return mapping
+
+
+def apply_map(array, mapping: dict[int, int]):
+    """``array`` with each predicted value replaced as ``mapping`` says (all at once)."""
     import numpy as np
 
-    from napari_vnet.io import VolumeReadError, read_volume
+    if not mapping:
+        return array
+    hi = int(max(int(array.max(initial=0)), *mapping.keys(), *mapping.values()))
+    lut = np.arange(hi + 1, dtype=np.int64)
+    for p, g in mapping.items():
+        lut[p] = g
+    out = lut[array]
+    return out.astype(np.uint8 if hi <= 255 else np.uint16 if hi <= 65535 else np.uint32)
+
+
+def _read_label_map(path, role: str):
+    from napari_vnet.io import read_volume
+
+    vol = read_volume(path)
+    if vol.array.ndim != 3:
+        raise EvaluationError(f"{vol.path}: {role} must be a 3-D label map, got shape {vol.shape}")
+    if vol.array.dtype.kind not in "uib":
+        raise EvaluationError(f"{vol.path}: {role} holds {vol.array.dtype} values, not labels")
+    return vol
+
+
+def score_pair(
+    pred_path,
+    gt_path,
+    *,
+    labels: list[int] | None = None,
+    mapping: dict[int, int] | None = None,
+    resample: bool = False,
+) -> dict[str, Any]:
+    """Dice and HD95 (mm) per label of one prediction against its reference.
+
+    Raises :class:`EvaluationError` (or the reader's errors) naming the files."""
+    import numpy as np
+
     from napari_vnet.metrics import dice_per_class, hd95_per_class, label_values
 
-    try:
-        pred = read_volume(args.pred)
-        gt = read_volume(args.gt)
-    except (VolumeReadError, FileNotFoundError) as exc:
-        return _fail(str(exc))
-    for name, vol in (("PRED", pred), ("GT", gt)):
-        if vol.array.ndim != 3:
-            return _fail(f"{vol.path}: {name} must be a 3-D label map, got shape {vol.shape}")
-        if vol.array.dtype.kind not in "uib":
-            return _fail(f"{vol.path}: {name} holds {vol.array.dtype} values, not integer labels")
+    pred = _read_label_map(pred_path, "PRED")
+    gt = _read_label_map(gt_path, "GT")
     diffs = grid_differences(pred, gt)
     resampled = False
     if diffs:
-        if not args.resample:
-            return _fail(
-                f"{args.pred} and {args.gt} are not on the same voxel grid ("
+        if not resample:
+            raise EvaluationError(
+                f"{pred_path} and {gt_path} are not on the same voxel grid ("
                 + "; ".join(diffs)
                 + "); pass --resample to resample PRED onto GT's grid"
             )
         pred = resample_like(pred, gt)
         resampled = True
-    if args.labels:
-        try:
-            labels = [int(v) for v in str(args.labels).split(",") if v.strip()]
-        except ValueError:
-            return _fail(f"--labels {args.labels!r}: expected comma-separated integers, e.g. 5,1")
-    else:
-        labels = label_values(gt.array, pred.array)
+    pred_array = apply_map(np.asarray(pred.array), mapping or {})
+    gt_array = np.asarray(gt.array)
+    in_pred = set(np.unique(pred_array).tolist())
+    in_gt = set(np.unique(gt_array).tolist())
+    if labels is None:
+        labels = label_values(gt_array, pred_array)
     if not labels:
-        return _fail("no non-zero labels in either file and none given with --labels")
-    dice = dice_per_class(pred.array, gt.array, labels)
-    hd95 = hd95_per_class(pred.array, gt.array, gt.spacing, labels)
-
-    print(f"{'label':>6} {'Dice':>8} {'HD95 mm':>9}")
-    for v in labels:
-        h = hd95[v]
-        print(
-            f"{v:>6} {dice[v]:>8.4f} {h:>9.2f}"
-            if math.isfinite(h)
-            else f"{v:>6} {dice[v]:>8.4f}       inf"
+        raise EvaluationError(
+            f"{pred_path}, {gt_path}: no non-zero labels in either file and none given with "
+            "--labels"
         )
-    summary = {
+    dice = dice_per_class(pred_array, gt_array, labels)
+    hd95 = hd95_per_class(pred_array, gt_array, gt.spacing, labels)
+    return {
+        "pred": str(pred_path),
+        "gt": str(gt_path),
+        "labels": [int(v) for v in labels],
         "dice": {str(v): _number(dice[v]) for v in labels},
         "hd95_mm": {str(v): _number(hd95[v]) for v in labels},
         "mean_dice": _number(float(np.mean([dice[v] for v in labels]))),
+        "absent": {
+            "pred": [int(v) for v in labels if v not in in_pred],
+            "gt": [int(v) for v in labels if v not in in_gt],
+        },
         "resampled": resampled,
-        "pred": str(args.pred),
-        "gt": str(args.gt),
     }
+
+
+def _warn_absent(result: dict[str, Any], mapping: dict[int, int]) -> None:
+    hint = " (check --map)" if mapping else "; if the files use other values, use --map PRED=GT"
+    for side, name in (("pred", "PRED"), ("gt", "GT")):
+        for v in result["absent"][side]:
+            log.warning(
+                "label %d is absent from %s %s%s",
+                v,
+                name,
+                result[side],
+                " (after --map)" if side == "pred" and mapping else "",
+            )
+    if result["absent"]["pred"] or result["absent"]["gt"]:
+        log.warning("an absent label scores Dice 0 / HD95 inf%s", hint)
+
+
+def _print_table(result: dict[str, Any]) -> None:
+    print(f"{'label':>6} {'Dice':>8} {'HD95 mm':>9}")
+    for v in result["labels"]:
+        d, h = result["dice"][str(v)], result["hd95_mm"][str(v)]
+        hd = "inf" if h is None else f"{h:.2f}"
+        print(f"{v:>6} {d:>8.4f} {hd:>9}")
+
+
+def run(args: argparse.Namespace) -> int:
+    from napari_vnet.io import VolumeReadError
+
+    try:
+        labels = parse_labels(args.labels)
+        mapping = parse_map(args.value_map)
+    except EvaluationError as exc:
+        return _fail(str(exc))
+    if Path(args.pred).is_dir() and Path(args.gt).is_dir() and _holds_many(args.pred):
+        return run_folders(args, labels, mapping)
+    try:
+        result = score_pair(
+            args.pred, args.gt, labels=labels, mapping=mapping, resample=args.resample
+        )
+    except (EvaluationError, VolumeReadError, FileNotFoundError) as exc:
+        return _fail(str(exc))
+    _warn_absent(result, mapping)
+    _print_table(result)
+    result["map"] = {str(k): v for k, v in mapping.items()}
+    if args.out_json:
+        _write_text(Path(args.out_json), json.dumps(result, indent=1))
+    if args.out_csv:
+        _write_csv(Path(args.out_csv), _rows([("case", result)]))
     if args.json:
-        print(json.dumps(summary))
+        print(json.dumps(result))
     return 0
+
+
+# ------------------------------------------------------------------------- folders
+
+
+def _holds_many(folder) -> bool:
+    """A folder of label files (not one DICOM series): any volume file directly or below."""
+    from napari_vnet.worklist import VOLUME_SUFFIXES
+
+    for _dirpath, _dirs, files in os.walk(folder):
+        if any(f.lower().endswith(VOLUME_SUFFIXES) for f in files):
+            return True
+    return False
+
+
+def pair_cases(pred_dir, gt_dir) -> tuple[list[tuple[Any, Any]], list[str], list[str]]:
+    """(pred case, gt case) pairs by output stem, then by file name; and the unpaired."""
+    from napari_vnet.batch import discover_cases
+
+    preds = discover_cases(pred_dir)
+    gts = discover_cases(gt_dir)
+    by_stem = {c.stem: c for c in gts}
+    by_name: dict[str, list] = {}
+    for c in gts:
+        by_name.setdefault(Path(c.stem).name, []).append(c)
+    pairs, unpaired_pred, used = [], [], set()
+    for p in preds:
+        g = by_stem.get(p.stem)
+        if g is None:
+            same = by_name.get(Path(p.stem).name, [])
+            g = same[0] if len(same) == 1 else None
+        if g is None or g.key in used:
+            unpaired_pred.append(p.path)
+            continue
+        used.add(g.key)
+        pairs.append((p, g))
+    unpaired_gt = [g.path for g in gts if g.key not in used]
+    return pairs, unpaired_pred, unpaired_gt
+
+
+def _rows(results: list[tuple[str, dict[str, Any]]]) -> list[dict[str, Any]]:
+    rows = []
+    for case, r in results:
+        for v in r["labels"]:
+            rows.append(
+                {
+                    "case": case,
+                    "label": v,
+                    "dice": r["dice"][str(v)],
+                    "hd95_mm": r["hd95_mm"][str(v)],
+                    "absent_in_pred": v in r["absent"]["pred"],
+                    "absent_in_gt": v in r["absent"]["gt"],
+                    "pred": r["pred"],
+                    "gt": r["gt"],
+                }
+            )
+    return rows
+
+
+def _write_text(path: Path, text: str) -> None:
+    import tempfile
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
+    import io
+
+    fields = ["case", "label", "dice", "hd95_mm", "absent_in_pred", "absent_in_gt", "pred", "gt"]
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
+    w.writeheader()
+    for row in rows:
+        w.writerow({k: "" if row[k] is None else row[k] for k in fields})
+    _write_text(path, buf.getvalue())
+
+
+def summarize(results: list[tuple[str, dict[str, Any]]]) -> dict[str, dict[str, Any]]:
+    """Per label: number of cases scored, mean/std Dice, mean/std HD95 over finite values."""
+    import numpy as np
+
+    out: dict[str, dict[str, Any]] = {}
+    labels = sorted({v for _, r in results for v in r["labels"]})
+    for v in labels:
+        dice = [r["dice"][str(v)] for _, r in results if v in r["labels"]]
+        hd = [r["hd95_mm"][str(v)] for _, r in results if v in r["labels"]]
+        finite = [h for h in hd if h is not None]
+        out[str(v)] = {
+            "cases": len(dice),
+            "dice_mean": _number(float(np.mean(dice))),
+            "dice_std": _number(float(np.std(dice))),
+            "hd95_mm_mean": _number(float(np.mean(finite))) if finite else None,
+            "hd95_mm_std": _number(float(np.std(finite))) if finite else None,
+            "hd95_undefined": len(hd) - len(finite),
+        }
+    return out
+
+
+def run_folders(args: argparse.Namespace, labels, mapping) -> int:
+    from napari_vnet.io import VolumeReadError
+
+    pairs, unpaired_pred, unpaired_gt = pair_cases(args.pred, args.gt)
+    if not pairs:
+        return _fail(f"no prediction in {args.pred} has a reference of the same name in {args.gt}")
+    for p in unpaired_pred:
+        log.warning("no reference for %s", p)
+    for g in unpaired_gt:
+        log.warning("no prediction for %s", g)
+    results: list[tuple[str, dict[str, Any]]] = []
+    failed: dict[str, str] = {}
+    absent: dict[str, dict[int, int]] = {"pred": {}, "gt": {}}
+    for p, g in pairs:
+        if p.error or g.error:
+            failed[p.stem] = p.error or g.error
+            print(f"napari-vnet evaluate: {failed[p.stem]}", file=sys.stderr)
+            continue
+        try:
+            r = score_pair(p.path, g.path, labels=labels, mapping=mapping, resample=args.resample)
+        except (EvaluationError, VolumeReadError, FileNotFoundError, OSError) as exc:
+            failed[p.stem] = str(exc)
+            print(f"napari-vnet evaluate: {exc}", file=sys.stderr)
+            continue
+        for side in ("pred", "gt"):
+            for v in r["absent"][side]:
+                absent[side][v] = absent[side].get(v, 0) + 1
+        results.append((p.stem, r))
+        dice = "  ".join(f"{v}: {r['dice'][str(v)]:.4f}" for v in r["labels"])
+        print(f"{p.stem}: Dice {dice}")
+    n = len(results)
+    for side, name in (("pred", "PRED"), ("gt", "GT")):
+        for v, k in sorted(absent[side].items()):
+            log.warning("label %d is absent from %s in %d of %d case(s)", v, name, k, n)
+    if absent["pred"] or absent["gt"]:
+        log.warning(
+            "an absent label scores Dice 0 / HD95 inf%s",
+            " (check --map)" if mapping else "; if the files use other values, use --map PRED=GT",
+        )
+    per_label = summarize(results)
+    print(f"\n{'label':>6} {'cases':>6} {'Dice mean':>10} {'std':>7} {'HD95 mean':>10} {'std':>7}")
+    for v, s in per_label.items():
+        hm = "-" if s["hd95_mm_mean"] is None else f"{s['hd95_mm_mean']:.2f}"
+        hs = "-" if s["hd95_mm_std"] is None else f"{s['hd95_mm_std']:.2f}"
+        print(
+            f"{v:>6} {s['cases']:>6} {s['dice_mean']:>10.4f} {s['dice_std']:>7.4f} {hm:>10} {hs:>7}"
+        )
+    summary = {
+        "pred_dir": str(args.pred),
+        "gt_dir": str(args.gt),
+        "map": {str(k): v for k, v in mapping.items()},
+        "cases": n,
+        "per_label": per_label,
+        "per_case": {case: r for case, r in results},
+        "failed": failed,
+        "unpaired_pred": unpaired_pred,
+        "unpaired_gt": unpaired_gt,
+    }
+    out_json = Path(args.out_json or Path(args.pred) / "evaluation.json")
+    out_csv = Path(args.out_csv or Path(args.pred) / "evaluation.csv")
+    _write_text(out_json, json.dumps(summary, indent=1))
+    _write_csv(out_csv, _rows(results))
+    print(f"wrote {out_json} and {out_csv}")
+    if args.json:
+        print(json.dumps({k: summary[k] for k in ("cases", "per_label", "failed")}))
+    return 1 if failed else 0
