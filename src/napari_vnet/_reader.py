@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,7 @@ from napari_vnet.io import (
     volume_to_layer_kwargs,
 )
 from napari_vnet.io.reading import has_volume_extension
+from napari_vnet.label_names import LabelSidecarError, labels_display_kwargs, read_label_classes
 
 log = logging.getLogger(__name__)
 
@@ -154,6 +156,23 @@ def _unique(name: str, used: set[str]) -> str:
     return out
 
 
+def _add_class_names(kw: dict, path: str) -> None:
+    """Class names and colours from a sidecar (labels.json, ITK-SNAP, .ctbl, .seg.nrrd,
+    dataset.json); a broken sidecar is a warning, never a reason not to open the labels."""
+    try:
+        found = read_label_classes(path)
+    except LabelSidecarError as exc:
+        warnings.warn(f"label names not read: {exc}", stacklevel=2)
+        return
+    if found is None:
+        return
+    classes, sidecar = found
+    kw.update(labels_display_kwargs(classes))
+    kw["metadata"]["classes"] = classes
+    kw["metadata"]["classes_source"] = str(sidecar)
+    log.info("%s: %d class names from %s", path, len(classes), sidecar)
+
+
 def volume_layer_data(vol: Volume, name: str) -> list[tuple[Any, dict, str]]:
     """napari LayerDataTuples for one volume: Labels for label maps, else Image(s)."""
     n = len(vol.spacing)
@@ -164,6 +183,8 @@ def volume_layer_data(vol: Volume, name: str) -> list[tuple[Any, dict, str]]:
     if is_label:
         if array.dtype.kind not in "iu":
             array = as_label_array(array, vol.path or name)
+        if vol.path:
+            _add_class_names(kw, vol.path)
         return [(array, kw, "labels")]
     ncomp = array.ndim - n
     if ncomp == 1:

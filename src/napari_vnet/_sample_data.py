@@ -14,6 +14,7 @@ import json
 import logging
 
 from napari_vnet.io import Volume, display_range, read_volume, volume_to_layer_kwargs
+from napari_vnet.label_names import labels_display_kwargs
 from napari_vnet.phantoms import CT_WINDOW
 
 log = logging.getLogger(__name__)
@@ -49,22 +50,6 @@ def _sample_seed() -> int:
     from napari_vnet.sample_data.make_sample import SAMPLE_SEED
 
     return SAMPLE_SEED
-
-
-def labels_display_kwargs(classes: list[dict]) -> dict:
-    """``colormap`` (class colours) and ``features`` (class names on hover) for Labels."""
-    colors: dict = {None: (1.0, 0.0, 1.0, 1.0)}  # unknown values: magenta
-    colors[0] = (0.0, 0.0, 0.0, 0.0)
-    for c in classes:
-        if c.get("color") is not None and int(c["value"]) != 0:
-            colors[int(c["value"])] = tuple(float(v) for v in c["color"])
-    return {
-        "colormap": colors,
-        "features": {
-            "index": [int(c["value"]) for c in classes],
-            "class": [str(c["name"]) for c in classes],
-        },
-    }
 
 
 def phantom_ct() -> list[tuple]:

@@ -1,0 +1,345 @@
+"""Class names and colours of a label map, from the sidecar files the field writes.
+
+A label file found beside one of these gets its classes (``[{"value", "name", "color"}]``,
+colour RGBA in 0..1 or None) with :func:`read_label_classes`:
+
+* ``labels.json`` / ``<stem>.json``: ``{"1": "spleen", ...}``, ``{"spleen": 1, ...}``,
+  ``{"classes": [{"value": 1, "name": "spleen", "color": [r, g, b(, a)]}, ...]}`` or a
+  ``{"labels": ...}`` mapping in either direction;
+* an ITK-SNAP label description file (``<stem>.txt``, ``labels.txt``,
+  ``label_description.txt``, ``*.label``): ``IDX R G B A VIS MSH "LABEL"`` lines;
+* a 3D Slicer colour table (``<stem>.ctbl``, or the one ``.ctbl`` of the folder):
+  ``value name R G B A`` lines;
+* 3D Slicer ``.seg.nrrd`` segment metadata (``SegmentN_Name``, ``SegmentN_LabelValue``,
+  ``SegmentN_Color`` in the NRRD header of the label file itself);
+* an nnU-Net ``dataset.json`` (v2 ``{"labels": {"liver": 1}}`` or MSD/v1
+  ``{"labels": {"1": "liver"}}``) in the label file's folder or up to two folders above
+  (``Dataset001/labelsTr/case.nii.gz`` -> ``Dataset001/dataset.json``).
+
+:func:`pair_labels_with_images` tells label files from images in a list of volume files
+by the usual conventions (``case_seg.nii.gz`` beside ``case.nii.gz``, ``labels/case`` or
+``labelsTr/case`` beside ``images/case`` / ``imagesTr/case_0000``).
+
+No napari import here (core).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import shlex
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "LabelSidecarError",
+    "find_label_sidecar",
+    "labels_display_kwargs",
+    "pair_labels_with_images",
+    "parse_ctbl",
+    "parse_itksnap",
+    "parse_labels_json",
+    "read_label_classes",
+    "read_seg_nrrd_classes",
+]
+
+_VOLUME_ENDINGS = (".nii.gz", ".gipl.gz", ".seg.nrrd", ".nii", ".mha", ".mhd", ".nrrd", ".nhdr")
+
+
+class LabelSidecarError(ValueError):
+    """A sidecar file exists but cannot be understood (the message names file and line)."""
+
+    def __init__(self, path: str | Path, problem: str):
+        self.path = str(path)
+        self.problem = problem
+        super().__init__(f"{path}: {problem}")
+
+
+def _stem(path: Path) -> str:
+    name = path.name
+    low = name.lower()
+    for end in _VOLUME_ENDINGS:
+        if low.endswith(end):
+            return name[: -len(end)]
+    return path.stem
+
+
+def _cls(value: Any, name: Any, color=None) -> dict[str, Any]:
+    return {"value": int(value), "name": str(name), "color": color}
+
+
+def _rgba(values: Iterable[float], scale: float) -> list[float]:
+    vals = [float(v) / scale for v in values]
+    if len(vals) == 3:
+        vals.append(1.0)
+    return [min(1.0, max(0.0, v)) for v in vals[:4]]
+
+
+# ------------------------------------------------------------------ parsers
+
+
+def parse_labels_json(data: Any, path: str | Path = "labels.json") -> list[dict[str, Any]]:
+    """Classes from the JSON forms listed in the module docstring."""
+    if isinstance(data, dict) and "classes" in data:
+        out = []
+        for c in data["classes"]:
+            if not isinstance(c, dict) or "value" not in c or "name" not in c:
+                raise LabelSidecarError(path, f"class entry without value/name: {c!r}")
+            color = c.get("color")
+            if color is not None:
+                scale = 255.0 if max(color) > 1 else 1.0
+                color = _rgba(color, scale)
+            out.append(_cls(c["value"], c["name"], color))
+        return out
+    if isinstance(data, dict) and isinstance(data.get("labels"), dict):
+        data = data["labels"]
+    if not isinstance(data, dict) or not data:
+        raise LabelSidecarError(path, "expected an object mapping label values and names")
+    out = []
+    for k, v in data.items():
+        if _is_int(k):  # "1": "spleen"
+            out.append(_cls(int(k), v))
+        elif _is_int(v):  # "spleen": 1 (nnU-Net v2)
+            out.append(_cls(int(v), k))
+        elif isinstance(v, list) and v and all(_is_int(x) for x in v):
+            # nnU-Net region: "whole tumour": [1, 2, 3]; names the highest value alone
+            log.info("%s: region %r (values %s) is not one class; skipped", path, k, v)
+        else:
+            raise LabelSidecarError(path, f"cannot read the entry {k!r}: {v!r}")
+    return sorted(out, key=lambda c: c["value"])
+
+
+def _is_int(x: Any) -> bool:
+    if isinstance(x, bool):
+        return False
+    if isinstance(x, int):
+        return True
+    return isinstance(x, str) and re.fullmatch(r"\s*\d+\s*", x) is not None
+
+
+def parse_itksnap(text: str, path: str | Path = "labels.txt") -> list[dict[str, Any]]:
+    """ITK-SNAP label description: ``IDX R G B A VIS MSH "LABEL"`` (``#`` comments)."""
+    out = []
+    for n, line in enumerate(text.splitlines(), 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        try:
+            parts = shlex.split(line)
+            value, r, g, b, a = int(parts[0]), *map(float, parts[1:5])
+            name = parts[7] if len(parts) > 7 else f"label {value}"
+        except (ValueError, IndexError) as exc:
+            raise LabelSidecarError(
+                path, f"line {n} is not IDX R G B A VIS MSH LABEL: {line!r}"
+            ) from exc
+        out.append(_cls(value, name, [r / 255.0, g / 255.0, b / 255.0, min(1.0, max(0.0, a))]))
+    return out
+
+
+def parse_ctbl(text: str, path: str | Path = "colors.ctbl") -> list[dict[str, Any]]:
+    """3D Slicer colour table: ``value name R G B A`` (0..255, ``#`` comments)."""
+    out = []
+    for n, line in enumerate(text.splitlines(), 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        parts = line.split()
+        try:
+            value = int(parts[0])
+            rgba = [float(v) for v in parts[-4:]] if len(parts) >= 6 else None
+            name = " ".join(parts[1:-4]) if rgba is not None else " ".join(parts[1:])
+        except (ValueError, IndexError) as exc:
+            raise LabelSidecarError(
+                path, f"line {n} is not 'value name R G B A': {line!r}"
+            ) from exc
+        if not name:
+            raise LabelSidecarError(path, f"line {n} has no name: {line!r}")
+        out.append(_cls(value, name, _rgba(rgba, 255.0) if rgba else None))
+    return out
+
+
+def read_seg_nrrd_classes(path: str | Path) -> list[dict[str, Any]] | None:
+    """Segments of a 3D Slicer ``.seg.nrrd`` (header only), or None when it has none."""
+    import SimpleITK as sitk
+
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError as exc:
+        raise LabelSidecarError(path, f"cannot read the NRRD header: {exc}") from exc
+    keys = set(reader.GetMetaDataKeys())
+    out, layers = [], set()
+    i = 0
+    while f"Segment{i}_Name" in keys:
+        meta = {
+            k: reader.GetMetaData(f"Segment{i}_{k}")
+            for k in ("Name", "LabelValue", "Color", "Layer")
+            if f"Segment{i}_{k}" in keys
+        }
+        try:
+            value = int(meta.get("LabelValue", i + 1))
+            color = _rgba(meta["Color"].split(), 1.0) if "Color" in meta else None
+        except ValueError as exc:
+            raise LabelSidecarError(path, f"segment {i} has unreadable metadata: {meta}") from exc
+        layers.add(meta.get("Layer", "0"))
+        out.append(_cls(value, meta["Name"], color))
+        i += 1
+    if len(layers) > 1:
+        log.warning(
+            "%s: segments on %d layers (overlapping); names are per layer value", path, len(layers)
+        )
+    return out or None
+
+
+# ------------------------------------------------------------------ finding the sidecar
+
+
+def _candidates(label_path: Path) -> list[Path]:
+    folder, stem = label_path.parent, _stem(label_path)
+    c = [
+        folder / f"{stem}.json",
+        folder / "labels.json",
+        folder / f"{stem}.ctbl",
+        folder / f"{stem}.txt",
+        folder / f"{stem}_labels.txt",
+        folder / "labels.txt",
+        folder / "label_description.txt",
+        folder / f"{stem}.label",
+    ]
+    try:
+        ctbl = sorted(p for p in folder.glob("*.ctbl"))
+        labels = sorted(p for p in folder.glob("*.label"))
+    except OSError:
+        ctbl = labels = []
+    if len(ctbl) == 1:
+        c.append(ctbl[0])
+    if len(labels) == 1:
+        c.append(labels[0])
+    for up in (folder, folder.parent, folder.parent.parent):
+        c.append(up / "dataset.json")
+    return c
+
+
+def find_label_sidecar(label_path: str | Path) -> Path | None:
+    """The sidecar file naming ``label_path``'s classes (see module docstring), or None."""
+    p = Path(label_path)
+    if p.name.lower().endswith(".seg.nrrd"):
+        return p
+    for cand in _candidates(p):
+        if cand.is_file() and cand != p:
+            if cand.name == "dataset.json" and not _dataset_json_has_labels(cand):
+                continue
+            return cand
+    return None
+
+
+def _dataset_json_has_labels(path: Path) -> bool:
+    try:
+        return isinstance(json.loads(path.read_text(encoding="utf-8")).get("labels"), dict)
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def read_label_classes(label_path: str | Path) -> tuple[list[dict[str, Any]], Path] | None:
+    """(classes, sidecar path) for a label file, or None when no sidecar is found.
+
+    Raises :class:`LabelSidecarError` when a sidecar exists but cannot be read.
+    """
+    sidecar = find_label_sidecar(label_path)
+    if sidecar is None:
+        return None
+    name = sidecar.name.lower()
+    if name.endswith(".seg.nrrd"):
+        classes = read_seg_nrrd_classes(sidecar)
+        return (classes, sidecar) if classes else None
+    try:
+        text = sidecar.read_text(encoding="utf-8", errors="replace")
+    except OSError as exc:
+        raise LabelSidecarError(sidecar, f"cannot read: {exc.strerror or exc}") from exc
+    if name.endswith(".json"):
+        try:
+            data = json.loads(text)
+        except ValueError as exc:
+            raise LabelSidecarError(sidecar, f"not valid JSON: {exc}") from exc
+        return parse_labels_json(data, sidecar), sidecar
+    if name.endswith(".ctbl"):
+        return parse_ctbl(text, sidecar), sidecar
+    return parse_itksnap(text, sidecar), sidecar
+
+
+def labels_display_kwargs(classes: list[dict[str, Any]]) -> dict[str, Any]:
+    """napari Labels arguments: ``colormap`` (the classes' colours, when given) and
+    ``features`` (class names shown on hover). Plain data, no napari import."""
+    out: dict[str, Any] = {
+        "features": {
+            "index": [int(c["value"]) for c in classes],
+            "class": [str(c["name"]) for c in classes],
+        }
+    }
+    if any(c.get("color") is not None and int(c["value"]) != 0 for c in classes):
+        colors: dict = {None: (1.0, 0.0, 1.0, 1.0)}  # values without a class: magenta
+        colors[0] = (0.0, 0.0, 0.0, 0.0)
+        for c in classes:
+            if c.get("color") is not None and int(c["value"]) != 0:
+                colors[int(c["value"])] = tuple(float(v) for v in c["color"])
+        out["colormap"] = colors
+    return out
+
+
+# ------------------------------------------------------------------ label files beside images
+
+_LABEL_SUFFIX = re.compile(r"^(?P<case>.+?)[_\-.](seg|segmentation|label|labels|mask|gt)$", re.I)
+_LABEL_DIRS = {"labels", "labelstr", "labelsts", "segmentations", "masks", "gt", "ground_truth"}
+_IMAGE_DIRS = {"images", "imagestr", "imagests", "scans", "volumes"}
+_CHANNEL = re.compile(r"^(?P<case>.+)_(?P<ch>\d{4})$")  # nnU-Net case_0000
+
+
+def _case_of_image(path: Path) -> str:
+    stem = _stem(path)
+    m = _CHANNEL.match(stem)
+    return m.group("case") if m else stem
+
+
+def pair_labels_with_images(paths: Iterable[str | Path]) -> dict[str, str]:
+    """``{label file: image file}`` for the label files among ``paths``.
+
+    A label file is ``<case>_seg`` (also ``-seg``, ``_label(s)``, ``_mask``,
+    ``_segmentation``, ``_gt``) beside ``<case>``, or ``<case>`` in a ``labels``/
+    ``labelsTr``/``segmentations``/``masks`` folder whose sibling ``images``/``imagesTr``
+    holds ``<case>`` or nnU-Net's ``<case>_0000``. Files that match no image stay scans.
+    """
+    items = [Path(p) for p in paths]
+    by_folder_case: dict[tuple[Path, str], Path] = {}
+    for p in items:
+        by_folder_case.setdefault((p.parent, _case_of_image(p)), p)
+    out: dict[str, str] = {}
+    for p in items:
+        stem = _stem(p)
+        image = None
+        m = _LABEL_SUFFIX.match(stem)
+        if m:
+            cand = by_folder_case.get((p.parent, m.group("case")))
+            if cand is not None and cand != p:
+                image = cand
+        if image is None and p.parent.name.lower() in _LABEL_DIRS:
+            for sib in p.parent.parent.iterdir() if p.parent.parent.is_dir() else ():
+                if sib.is_dir() and sib.name.lower() in _IMAGE_DIRS:
+                    if (
+                        p.parent.name.lower().endswith(("tr", "ts"))
+                        and sib.name.lower()[-2:] != p.parent.name.lower()[-2:]
+                    ):
+                        continue
+                    cand = by_folder_case.get((sib, stem)) or by_folder_case.get(
+                        (sib, m.group("case") if m else stem)
+                    )
+                    if cand is not None:
+                        image = cand
+                        break
+        if image is not None:
+            out[str(p)] = str(image)
+    return out
