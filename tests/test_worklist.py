@@ -134,8 +134,10 @@ def test_project_merges_per_key_and_rejects_garbage(tmp_path):
     assert data["scans"]["y"]["status"] == "reviewed"
     assert not list(tmp_path.glob("*.tmp"))  # atomic writes leave no temp file
     (tmp_path / PROJECT_FILENAME).write_text("{not json")
-    with pytest.raises(ProjectError, match=PROJECT_FILENAME):
-        ScanProject(tmp_path)
+    fresh = ScanProject(tmp_path)  # a damaged file is set aside, not a dead end
+    assert fresh.records == {} and "set aside" in fresh.notice
+    (aside,) = tmp_path.glob(PROJECT_FILENAME + ".damaged-*")
+    assert aside.read_text() == "{not json"
 
 
 @pytest.mark.parametrize("dtype", [np.uint8, np.int16, np.uint16, np.int32, np.float32, np.float64])

@@ -24,15 +24,20 @@ import logging
 import math
 import os
 import re
+import shutil
 import stat
 import struct
 import tempfile
+import time
 import zlib
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
+
+from napari_vnet.label_names import label_files_in_folder
 
 logger = logging.getLogger(__name__)
 
@@ -42,6 +47,7 @@ __all__ = [
     "STATUSES",
     "VOLUME_SUFFIXES",
     "ProjectError",
+    "ProjectMismatchError",
     "ScanEntry",
     "ScanProject",
     "discover_scans",
@@ -123,6 +129,9 @@ class ScanEntry:
     modality: str = ""
     series_uid: str = ""
     error: str | None = None
+    #: label files paired with this image (``case_seg``, ``labels/`` beside ``images/``,
+    #: nnU-Net ``labelsTr/case`` for ``imagesTr/case_0000``): opened as Labels with it
+    labels: tuple[str, ...] = ()
 
     @property
     def broken(self) -> bool:
@@ -482,6 +491,9 @@ def discover_scans(
             return
         rel_dir = os.path.relpath(folder, root_path).replace(os.sep, "/")
         names = {e.name.lower() for e in items}
+        label_of = label_files_in_folder(
+            folder, [e.path for e in items if _suffix(e.name) in VOLUME_SUFFIXES]
+        )
         dicom_candidates: list[str] = []
         subdirs: list[str] = []
         for item in items:
@@ -510,7 +522,11 @@ def discover_scans(
             suf = _suffix(item.name)
             rel = item.name if rel_dir == "." else f"{rel_dir}/{item.name}"
             if suf in VOLUME_SUFFIXES:
-                yield _file_entry(item.path, rel)
+                if item.path in label_of:
+                    continue  # a label file: listed with its image, not as a scan
+                entry = _file_entry(item.path, rel)
+                entry.labels = tuple(sorted(k for k, v in label_of.items() if v == item.path))
+                yield entry
             elif suf in _DATA_SUFFIXES:
                 stem = item.name[: -len(suf)].lower()
                 if suf in (".img", ".img.gz") and f"{stem}.hdr" not in names:
@@ -530,9 +546,7 @@ def discover_scans(
         if recursive:
             for sub in subdirs:
                 if depth + 1 > max_depth:
-                    raise _Stop(
-                        f"folders nested deeper than {max_depth} levels ({_shown(sub)})"
-                    )
+                    raise _Stop(f"folders nested deeper than {max_depth} levels ({_shown(sub)})")
                 yield from walk(sub, depth + 1)
 
     try:
@@ -571,6 +585,66 @@ def _atomic_write_text(path: Path, text: str) -> None:
         raise
 
 
+class ProjectMismatchError(ProjectError):
+    """The work folder holds the project of another scans folder."""
+
+
+_LOCK_NAME = ".napari-vnet-scans.lock"
+_SESSION_NAME = ".napari-vnet-session.lock"
+_STALE_SECONDS = 3600
+
+
+def _lock_file(fh, *, blocking: bool = True) -> bool:
+    """An exclusive lock on an open file (fcntl on POSIX, msvcrt on Windows); False when
+    ``blocking`` is False and another process (or open file) holds it."""
+    try:
+        import fcntl
+    except ImportError:  # Windows
+        import msvcrt
+
+        mode = msvcrt.LK_LOCK if blocking else msvcrt.LK_NBLCK
+        try:
+            fh.seek(0)
+            msvcrt.locking(fh.fileno(), mode, 1)
+        except OSError:
+            return False
+        return True
+    try:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
+    except BlockingIOError:
+        return False
+    return True
+
+
+def _unlock_file(fh) -> None:
+    try:
+        import fcntl
+    except ImportError:
+        import msvcrt
+
+        try:
+            fh.seek(0)
+            msvcrt.locking(fh.fileno(), msvcrt.LK_UNLCK, 1)
+        except OSError:
+            pass
+        return
+    fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+
+def _key_bytes(key: str) -> bytes:
+    return key.encode("utf-8", "surrogateescape")
+
+
+def _scan_stem(key: str) -> str:
+    """``"sub/ct0.nii.gz"`` -> ``"ct0"``; DICOM keys (``"folder#uid"``) -> the folder name."""
+    base = key.split("#", 1)[0].rstrip("/").rsplit("/", 1)[-1]
+    low = base.lower()
+    for suf in (*VOLUME_SUFFIXES, *_DICOM_SUFFIXES):
+        if low.endswith(suf) and len(base) > len(suf):
+            return base[: -len(suf)]
+    return base
+
+
 @dataclass
 class _Record:
     status: str = "not opened"
@@ -584,8 +658,18 @@ class _Record:
 class ScanProject:
     """The status store of one work folder (``<work>/napari-vnet-scans.json``).
 
-    Every change is written at once, atomically (temporary file + ``os.replace``), so
-    the file is always complete. Autosaved labels live in ``<work>/labels/<scan>/``.
+    A project belongs to one scans folder: its absolute path is stored, and opening the
+    work folder for another scans folder raises :class:`ProjectMismatchError`, so a scan
+    with the same relative name elsewhere never receives these labels or statuses.
+
+    Every change is a short transaction under an exclusive file lock
+    (``<work>/.napari-vnet-scans.lock``): the file is re-read, the one change applied to
+    what is on disk and the result written atomically (temporary file +
+    ``os.replace``). Two sessions (or processes) on one work folder so never lose a
+    status or a label record. :meth:`acquire_session` tells whether another session
+    holds the folder. A damaged project file is set aside (renamed
+    ``*.damaged-<time>``) and a new one started; :attr:`notice` says so.
+    Autosaved labels live in ``<work>/labels/<scan>/<scan stem>_<layer>-<hash>.nii.gz``.
     Statuses only move forward (``mark``) unless ``force=True``.
     """
 
@@ -594,37 +678,98 @@ class ScanProject:
         self.path = self.work_dir / PROJECT_FILENAME
         self.scans_root = str(Path(scans_root).expanduser().resolve()) if scans_root else None
         self.records: dict[str, dict[str, Any]] = {}
+        self.notice: str | None = None
+        self._session = None
+        self._clean_orphans()
         self.load()
 
+    # -- identity
+    def bind(self, scans_root: str | os.PathLike) -> None:
+        """Make this the project of ``scans_root`` (absolute); raises
+        :class:`ProjectMismatchError` when it already belongs to another folder."""
+        root = str(Path(scans_root).expanduser().resolve())
+        with self._locked():
+            self._load_unlocked(check=False)
+            stored = self._stored_root
+            if stored and stored != root:
+                raise ProjectMismatchError(
+                    f"{_shown(str(self.work_dir))}: this work folder holds the project of the "
+                    f"scans folder {_shown(stored)}, not {_shown(root)}; choose another work "
+                    "folder"
+                )
+            self.scans_root = root
+            if stored != root:
+                self._write()
+
     # -- file
+    @contextmanager
+    def _locked(self):
+        self.work_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            fh = open(self.work_dir / _LOCK_NAME, "a+b")  # noqa: SIM115 - held for the block
+        except OSError as exc:
+            raise ProjectError(f"{self.work_dir}: cannot lock the scans project ({exc})") from exc
+        try:
+            _lock_file(fh)
+            yield
+        finally:
+            try:
+                _unlock_file(fh)
+            finally:
+                fh.close()
+
     def load(self) -> None:
+        """Re-read the project file (under the lock)."""
+        with self._locked():
+            self._load_unlocked()
+
+    def _load_unlocked(self, check: bool = True) -> None:
+        self._stored_root = None
         if not self.path.exists():
             self.records = {}
             return
         try:
             data = json.loads(self.path.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as exc:
-            raise ProjectError(f"{self.path}: cannot read the scans project ({exc})") from exc
-        if not isinstance(data, dict) or not isinstance(data.get("scans"), dict):
-            raise ProjectError(f"{self.path}: not a napari-vnet scans project (no 'scans')")
+            if not isinstance(data, dict) or not isinstance(data.get("scans"), dict):
+                raise ValueError("not a napari-vnet scans project (no 'scans')")
+            if not all(
+                isinstance(r, dict) and r.get("status") in STATUSES for r in data["scans"].values()
+            ):
+                raise ValueError("a scan record is damaged")
+        except (OSError, ValueError) as exc:
+            self._set_aside(exc)
+            return
         self.records = data["scans"]
+        for rec in self.records.values():
+            rec.setdefault("labels", {})
+            rec.setdefault("times", {})
+        self._stored_root = data.get("scans_root")
         if self.scans_root is None:
-            self.scans_root = data.get("scans_root")
+            self.scans_root = self._stored_root
+        elif check and self._stored_root and self._stored_root != self.scans_root:
+            raise ProjectMismatchError(
+                f"{_shown(str(self.work_dir))}: this work folder holds the project of the scans "
+                f"folder {_shown(self._stored_root)}, not {_shown(self.scans_root)}; choose "
+                "another work folder"
+            )
 
-    def save(self, keys: Iterable[str] | None = None) -> None:
-        """Write the project atomically.
+    def _set_aside(self, exc: Exception) -> None:
+        stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+        aside = self.path.with_name(f"{PROJECT_FILENAME}.damaged-{stamp}")
+        try:
+            os.replace(self.path, aside)
+        except OSError as err:
+            raise ProjectError(
+                f"{self.path}: the scans project is damaged ({exc}) and cannot be set aside ({err})"
+            ) from exc
+        self.notice = (
+            f"The scans project {_shown(str(self.path))} was damaged ({exc}); it was set aside "
+            f"as {aside.name} and a new project started."
+        )
+        logger.warning("%s", self.notice)
+        self.records = {}
 
-        With ``keys``, only those records are taken from memory and the others are
-        re-read from disk first, so two docks (e.g. an old and a new viewer) sharing a
-        work folder do not undo each other's changes.
-        """
-        if keys is not None and self.path.exists():
-            mine = {k: self.records[k] for k in keys if k in self.records}
-            try:
-                self.load()
-            except ProjectError as exc:  # a damaged file is replaced by what we know
-                logger.warning("%s", exc)
-            self.records.update(mine)
+    def _write(self) -> None:
         data = {
             "format": "napari-vnet-scans",
             "version": PROJECT_VERSION,
@@ -633,10 +778,102 @@ class ScanProject:
             "scans": self.records,
         }
         try:
-            self.work_dir.mkdir(parents=True, exist_ok=True)
             _atomic_write_text(self.path, json.dumps(data, indent=1, sort_keys=True))
         except OSError as exc:
             raise ProjectError(f"{self.path}: cannot write the scans project ({exc})") from exc
+
+    def save(self, keys: Iterable[str] | None = None) -> None:
+        """Write the project atomically, under the lock.
+
+        With ``keys``, only those records are taken from memory and the others are
+        re-read from disk first; without, the whole memory state is written.
+        """
+        with self._locked():
+            if keys is not None:
+                mine = {k: self.records[k] for k in keys if k in self.records}
+                self._load_unlocked()
+                self.records.update(mine)
+            self._write()
+
+    @contextmanager
+    def _transaction(self, key: str, entry: ScanEntry | None = None):
+        """Lock, re-read, yield the record of ``key`` as on disk, write: one change that
+        never undoes another session's."""
+        with self._locked():
+            self._load_unlocked()
+            rec = self._rec(key, entry)
+            yield rec
+            self._write()
+
+    def _clean_orphans(self) -> None:
+        """Remove temporary files of writes killed half-way (older than an hour)."""
+        now = time.time()
+        for folder in (self.work_dir, self.work_dir / "labels"):
+            try:
+                items = list(os.scandir(folder))
+            except OSError:
+                continue
+            for item in items:
+                subs = [item]
+                if item.is_dir(follow_symlinks=False) and not item.name.startswith("."):
+                    try:
+                        subs = list(os.scandir(item.path))
+                    except OSError:
+                        continue
+                for it in subs:
+                    if not (
+                        it.name.startswith(".")
+                        and (it.name.endswith(".tmp") or it.name.startswith(".napari-vnet-write-"))
+                    ):
+                        continue
+                    try:
+                        if now - it.stat(follow_symlinks=False).st_mtime < _STALE_SECONDS:
+                            continue
+                        if it.is_dir(follow_symlinks=False):
+                            shutil.rmtree(it.path, ignore_errors=True)
+                        else:
+                            os.unlink(it.path)
+                        logger.info("removed an orphan temporary file %s", it.path)
+                    except OSError:
+                        pass
+
+    # -- sessions
+    def acquire_session(self, who: str = "") -> str | None:
+        """Hold ``<work>/.napari-vnet-session.lock`` while this session uses the folder.
+
+        Returns None when this session holds it, else a notice naming the other session
+        (which keeps it; both may still work, every change being merged under the lock).
+        """
+        if self._session is not None:
+            return None
+        self.work_dir.mkdir(parents=True, exist_ok=True)
+        path = self.work_dir / _SESSION_NAME
+        fh = open(path, "a+b")  # noqa: SIM115 - held until release_session
+        if not _lock_file(fh, blocking=False):
+            fh.seek(0)
+            other = fh.read(300).decode("utf-8", "replace").strip() or "another session"
+            fh.close()
+            return (
+                f"Another napari-vnet session ({other}) is using the work folder "
+                f"{_shown(str(self.work_dir))}. Changes of both are merged, but edits of one "
+                "scan in two sessions may confuse; close the other session if you can."
+            )
+        import socket
+
+        fh.seek(0)
+        fh.truncate()
+        fh.write(f"pid {os.getpid()} on {socket.gethostname()} since {_now()} {who}".encode())
+        fh.flush()
+        self._session = fh
+        return None
+
+    def release_session(self) -> None:
+        if self._session is not None:
+            try:
+                _unlock_file(self._session)
+            finally:
+                self._session.close()
+                self._session = None
 
     # -- records
     def record(self, key: str) -> dict[str, Any]:
@@ -670,28 +907,33 @@ class ScanProject:
 
         The time stamp of the status is recorded (``times[status]``) even when the status
         does not move (e.g. a second prediction updates ``times["predicted"]`` and weights).
+        The change is applied to the record as it is on disk (another session's later
+        status is kept).
         """
         if status not in STATUSES:
             raise ValueError(f"unknown scan status {status!r}; expected one of {STATUSES}")
-        rec = self._rec(key, entry)
-        now = _now()
-        rec["times"][status] = now
-        rec["times"]["updated"] = now
-        if weights is not None:
-            rec["weights"] = str(weights)
-        changed = force or STATUSES.index(status) > STATUSES.index(rec["status"])
-        if changed:
-            rec["status"] = status
-        self.save([key])
+        with self._transaction(key, entry) as rec:
+            now = _now()
+            rec["times"][status] = now
+            rec["times"]["updated"] = now
+            if weights is not None:
+                rec["weights"] = str(weights)
+            changed = force or STATUSES.index(status) > STATUSES.index(rec["status"])
+            if changed:
+                rec["status"] = status
         return changed
 
     # -- labels
     def labels_dir(self, key: str) -> Path:
-        digest = hashlib.sha1(key.encode("utf-8")).hexdigest()[:8]
+        digest = hashlib.sha1(_key_bytes(key)).hexdigest()[:8]
         return self.work_dir / "labels" / f"{_slug(key)}-{digest}"
 
     def labels_path(self, key: str, layer_name: str) -> Path:
-        return self.labels_dir(key) / f"{_slug(layer_name, 80)}.nii.gz"
+        """``<labels_dir>/<scan stem>_<layer slug>-<hash>.nii.gz``: the hash of the full
+        layer name keeps names that differ only in characters the slug drops apart."""
+        digest = hashlib.sha1(_key_bytes(layer_name)).hexdigest()[:8]
+        stem = _slug(_scan_stem(key), 60)
+        return self.labels_dir(key) / f"{stem}_{_slug(layer_name, 60)}-{digest}.nii.gz"
 
     def save_labels(
         self,
@@ -731,19 +973,19 @@ class ScanProject:
         another thread and updates the project (not thread-safe) afterwards.
         """
         path = Path(path)
-        rec = self._rec(key, entry)
-        rec["labels"][layer_name] = {
-            "path": path.relative_to(self.work_dir).as_posix(),
-            "saved_at": _now(),
-            "annotated_slices": annotated_slices,
-            "weights": weights,
-        }
-        self.save([key])
+        with self._transaction(key, entry) as rec:
+            rec["labels"][layer_name] = {
+                "path": path.relative_to(self.work_dir).as_posix(),
+                "saved_at": _now(),
+                "annotated_slices": annotated_slices,
+                "weights": weights,
+            }
 
     def forget_labels(self, key: str, layer_name: str) -> None:
-        rec = self.records.get(key)
-        if rec and rec["labels"].pop(layer_name, None) is not None:
-            self.save([key])
+        if layer_name not in self.records.get(key, {}).get("labels", {}):
+            return
+        with self._transaction(key) as rec:
+            rec["labels"].pop(layer_name, None)
 
     def saved_labels(self, key: str) -> list[dict[str, Any]]:
         """The autosaved label layers of a scan that still exist on disk, oldest first."""
@@ -800,4 +1042,3 @@ def write_labels_file(volume, path: str | os.PathLike) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     write_volume(volume, path, is_label=True, overwrite_source=True)
     return path
-

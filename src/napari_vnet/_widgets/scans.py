@@ -26,6 +26,8 @@ import functools
 import hashlib
 import json
 import logging
+import os
+import re
 import time
 import weakref
 from pathlib import Path
@@ -50,7 +52,14 @@ from napari_vnet._widgets._autosave import BackgroundSaver
 from napari_vnet._widgets._scan_edits import ScanEditsMixin
 from napari_vnet._widgets._scan_loading import ScanLoadingMixin
 from napari_vnet._widgets._scans_table import FILTERS, ScanTable
-from napari_vnet.worklist import BROKEN, STATUSES, ScanEntry, ScanProject, discover_scans
+from napari_vnet.worklist import (
+    BROKEN,
+    STATUSES,
+    ProjectError,
+    ScanEntry,
+    ScanProject,
+    discover_scans,
+)
 
 if TYPE_CHECKING:
     import napari
@@ -81,6 +90,11 @@ def _discover_in_batches(root: str, exclude: list[str]):
             batch, last = [], time.monotonic()
     if batch:
         yield batch
+
+
+def _printable(path) -> str:
+    """A path as text Qt can show (bytes that are not UTF-8 as ``\\xNN``)."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
 
 
 def _about_to_quit(ref) -> None:
@@ -290,16 +304,20 @@ class ScansWidget(ScanLoadingMixin, ScanEditsMixin, QWidget):
         self.predict_check.setChecked(bool(data.get("predict_on_open", False)))
         self.autosave_spin.setValue(int(data.get("autosave_minutes", 2) or 2))
         scans, work = data.get("scans_folder"), data.get("work_folder")
-        if scans and Path(scans).is_dir():
-            if work:
-                self.set_work_folder(work, save=False)
-            self.set_scans_folder(scans)
+        try:  # a remembered folder that cannot be listed must never stop the dock
+            if scans and Path(scans).is_dir():
+                if work:
+                    self.set_work_folder(work, save=False)
+                self.set_scans_folder(scans)
+        except Exception as exc:  # noqa: BLE001 - any failure: start without the folders
+            self._notify("warning", f"The last scans folder could not be reopened: {exc}")
 
     def default_work_folder(self, scans_folder: str | Path) -> Path:
         """Where a scans folder's project lives unless the user picks another folder."""
         scans = Path(scans_folder).expanduser().resolve()
-        digest = hashlib.sha1(str(scans).encode("utf-8")).hexdigest()[:8]
-        return _config_dir() / "projects" / f"{scans.name or 'scans'}-{digest}"
+        digest = hashlib.sha1(os.fsencode(scans)).hexdigest()[:8]
+        name = re.sub(r"[^\w.-]+", "_", _printable(scans.name)) or "scans"
+        return _config_dir() / "projects" / f"{name}-{digest}"
 
     # ------------------------------------------------------------- folders
     def _choose_scans(self) -> None:
@@ -318,10 +336,20 @@ class ScansWidget(ScanLoadingMixin, ScanEditsMixin, QWidget):
         """Use ``folder`` for the project file and the autosaved labels."""
         self._close_current()
         self.saver.flush()
-        self.work_folder = Path(folder).expanduser().resolve()
-        self.work_folder.mkdir(parents=True, exist_ok=True)
-        self.work_edit.setText(str(self.work_folder))
-        self.project = ScanProject(self.work_folder, self.scans_folder)
+        work = Path(folder).expanduser().resolve()
+        work.mkdir(parents=True, exist_ok=True)
+        try:  # a work folder belongs to one scans folder (ProjectMismatchError)
+            project = ScanProject(work, self.scans_folder)
+        except ProjectError as exc:
+            self._notify("error", str(exc))
+            return
+        if self.project is not None:
+            self.project.release_session()
+        self.work_folder, self.project = work, project
+        self.work_edit.setText(_printable(self.work_folder))
+        for notice in (project.notice, project.acquire_session("napari")):
+            if notice:
+                self._notify("warning", notice)
         self.table.refresh_all()
         self._apply_filter()
         if save:
@@ -331,11 +359,13 @@ class ScansWidget(ScanLoadingMixin, ScanEditsMixin, QWidget):
         """List ``folder``; returns the discovery worker (None when ``scan`` is False)."""
         self._close_current()
         self.scans_folder = Path(folder).expanduser().resolve()
-        self.scans_edit.setText(str(self.scans_folder))
-        if self.work_folder is None:
+        self.scans_edit.setText(_printable(self.scans_folder))
+        bound = self.project.scans_root if self.project is not None else None
+        if self.work_folder is None or bound not in (None, str(self.scans_folder)):
+            # another folder, another project: its labels and statuses never carry over
             self.set_work_folder(self.default_work_folder(self.scans_folder), save=False)
-        elif self.project is not None and self.project.scans_root is None:
-            self.project.scans_root = str(self.scans_folder)
+        elif self.project is not None:
+            self.project.bind(self.scans_folder)
         self._save_settings()
         return self.rescan() if scan else None
 

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import errno
+import gzip
 import logging
 import os
 import re
 import shutil
 import tempfile
+import time
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -152,29 +156,162 @@ def _files_written(path: Path, ext: str) -> list[Path]:
     return out
 
 
-def _atomic_write(image, path: Path, compress: bool) -> None:
-    """Write into a temporary folder beside ``path``, then move the files into place."""
+_TEMP_PREFIX = ".napari-vnet-write-"
+_ORPHAN_SECONDS = 3600
+
+
+def _clean_orphans(folder: Path) -> None:
+    """Remove temporary folders of writes killed half-way: their process is gone (the
+    pid is in the name) or they are older than an hour."""
+    try:
+        items = [e for e in os.scandir(folder) if e.name.startswith(_TEMP_PREFIX)]
+    except OSError:
+        return
+    now = time.time()
+    for item in items:
+        pid = item.name[len(_TEMP_PREFIX) :].split("-", 1)[0]
+        try:
+            if pid.isdigit() and int(pid) != os.getpid():
+                try:
+                    os.kill(int(pid), 0)
+                    alive = True
+                except ProcessLookupError:
+                    alive = False
+                except PermissionError:
+                    alive = True
+            else:
+                alive = pid.isdigit()
+            if alive and now - item.stat(follow_symlinks=False).st_mtime < _ORPHAN_SECONDS:
+                continue
+            shutil.rmtree(item.path, ignore_errors=True)
+            log.info("removed an orphan temporary folder %s", item.path)
+        except OSError:
+            pass
+
+
+def _expected_bytes(image) -> int:
+    size = int(np.prod([int(n) for n in image.GetSize()], dtype=object))
+    return size * image.GetNumberOfComponentsPerPixel() * image.GetSizeOfPixelComponent()
+
+
+def verify_written(path: Path, image, shown: Path | None = None) -> None:
+    """Check a just-written file before it replaces anything: ITK's NIfTI writer ignores
+    short writes (a full disk), so the size is checked from the header, a ``.nii.gz`` is
+    decompressed completely (CRC and length), and other formats' headers are read back.
+    Raises :class:`VolumeWriteError` naming ``shown`` (default ``path``)."""
     import SimpleITK as sitk
 
+    from napari_vnet.io.paths import itk_name
+    from napari_vnet.io.reading import _nifti_sizes
+
+    shown = shown or path
+    expected = _expected_bytes(image)
+    low = path.name.lower()
+
+    def incomplete(detail: str) -> VolumeWriteError:
+        return VolumeWriteError(
+            shown,
+            f"the written file is incomplete ({detail}); the disk may be full. "
+            "The previous file (if any) is kept",
+        )
+
     try:
-        tmpdir = Path(tempfile.mkdtemp(prefix=".napari-vnet-write-", dir=path.parent))
+        size = os.path.getsize(path)
+        if size == 0:
+            raise incomplete("0 bytes")
+        if low.endswith((".nii", ".nii.gz")):
+            opener = gzip.open if low.endswith(".gz") else open
+            with opener(path, "rb") as fh:
+                sizes = _nifti_sizes(fh.read(544))
+            if sizes is None:
+                raise incomplete("its header cannot be read back")
+            need = sizes[0] + sizes[1]
+            if low.endswith(".gz"):
+                total = 0
+                with gzip.open(path, "rb") as gz:  # checks the CRC and length trailer
+                    while chunk := gz.read(1 << 22):
+                        total += len(chunk)
+            else:
+                total = size
+            if total < need:
+                raise incomplete(f"{total} of {need} bytes")
+            return
+        with itk_name(path) as name:
+            reader = sitk.ImageFileReader()
+            reader.SetFileName(name)
+            reader.ReadImageInformation()
+            if tuple(reader.GetSize()) != tuple(image.GetSize()):
+                raise incomplete("its header cannot be read back")
+        if low.endswith(".mhd"):
+            from napari_vnet.io.reading import header_data_files
+
+            for raw in header_data_files(path) or []:
+                got = os.path.getsize(raw)
+                if got < expected:
+                    raise incomplete(f"{raw.name}: {got} of {expected} bytes")
+    except (OSError, EOFError, zlib.error, RuntimeError) as exc:
+        text = str(exc).strip()
+        raise incomplete(text.splitlines()[-1] if text else repr(exc)) from exc
+
+
+def _disk_message(exc: OSError) -> str:
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        return f"{exc.strerror}; the disk may be full. The previous file (if any) is kept"
+    if exc.errno == errno.ENAMETOOLONG:
+        return "the file name is too long for the file system"
+    return exc.strerror or str(exc)
+
+
+def _atomic_write(image, path: Path, compress: bool) -> None:
+    """Write into a temporary folder beside ``path``, check the result, then move the
+    files into place (the old file stays until a complete new one replaces it)."""
+    import SimpleITK as sitk
+
+    from napari_vnet.io.paths import itk_safe, itk_write_name
+
+    _clean_orphans(path.parent)
+    try:
+        tmpdir = Path(
+            tempfile.mkdtemp(prefix=f"{_TEMP_PREFIX}{os.getpid()}-", dir=path.parent)
+        )
     except OSError as exc:
         raise VolumeWriteError(
-            path, f"the folder {path.parent} is not writable ({exc.strerror or exc})"
+            path, f"the folder {path.parent} is not writable ({_disk_message(exc)})"
         ) from exc
+    ext = write_extension(path) or ""
+    # same name as the target, so .mhd headers name the right .raw; an ASCII stand-in
+    # when the name is not UTF-8 (SimpleITK aborts on it), fixed up after writing
+    name = path.name if itk_safe(path.name) else "volume" + ext
     try:
-        target = tmpdir / path.name  # same name, so .mhd headers name the right .raw
-        sitk.WriteImage(image, str(target), useCompression=compress)
+        target = tmpdir / name
+        with itk_write_name(target) as itk_target:
+            sitk.WriteImage(image, itk_target, useCompression=compress)
+        if name != path.name and ext == ".mhd":
+            _rename_mhd_data(target, path.name[: -len(ext)] + ".raw")
+        verify_written(target, image, shown=path)
         for produced in sorted(tmpdir.iterdir()):
-            if produced.name != path.name:  # data files (e.g. .raw) first ...
+            if produced.name != name:  # data files (e.g. .raw) first ...
                 os.replace(produced, path.parent / produced.name)
         os.replace(target, path)  # ... then the header, so a reader never sees half a pair
     except RuntimeError as exc:
         raise VolumeWriteError(path, str(exc).strip().splitlines()[-1]) from exc
     except OSError as exc:  # e.g. the disk filled up, or the file is read-only
-        raise VolumeWriteError(path, exc.strerror or str(exc)) from exc
+        raise VolumeWriteError(path, _disk_message(exc)) from exc
     finally:
         shutil.rmtree(tmpdir, ignore_errors=True)
+
+
+def _rename_mhd_data(header: Path, data_name: str) -> None:
+    """Point a written ``.mhd`` at ``data_name`` and rename its data file to match."""
+    raw = header.read_bytes()
+    old = header.name[: -len(".mhd")] + ".raw"
+    new_bytes = os.fsencode(data_name)
+    lines = raw.split(b"\n")
+    for i, line in enumerate(lines):
+        if line.startswith(b"ElementDataFile"):
+            lines[i] = b"ElementDataFile = " + new_bytes
+    header.write_bytes(b"\n".join(lines))
+    os.replace(header.parent / old, os.path.join(os.fsencode(header.parent), new_bytes))
 
 
 def write_volume(
