@@ -343,3 +343,30 @@ def pair_labels_with_images(paths: Iterable[str | Path]) -> dict[str, str]:
         if image is not None:
             out[str(p)] = str(image)
     return out
+
+
+def label_files_in_folder(folder: str | Path, files: Iterable[str | Path]) -> dict[str, str]:
+    """Pairs (label file -> image file) that involve ``files`` of ``folder``.
+
+    For discovery that walks one folder at a time: the volume files of a sibling
+    ``labels``/``images`` folder (same split suffix ``Tr``/``Ts``) are looked at too, so
+    ``images/a.nii.gz`` learns of ``labels/a.nii.gz`` and ``labels/a.nii.gz`` is known to
+    be a label file when its own folder is walked.
+    """
+    folder = Path(folder)
+    own = [Path(f) for f in files]
+    extra: list[Path] = []
+    kind = folder.name.lower()
+    if kind in _LABEL_DIRS or kind in _IMAGE_DIRS:
+        want = _IMAGE_DIRS if kind in _LABEL_DIRS else _LABEL_DIRS
+        try:
+            for sib in folder.parent.iterdir():
+                if sib.is_dir() and sib.name.lower() in want:
+                    extra += [
+                        p for p in sib.iterdir() if p.name.lower().endswith(_VOLUME_ENDINGS)
+                    ]
+        except OSError:
+            pass
+    pairs = pair_labels_with_images([*own, *extra])
+    mine = {str(p) for p in own}
+    return {lab: img for lab, img in pairs.items() if lab in mine or img in mine}

@@ -49,6 +49,44 @@ class LoadedScan:
     signature: tuple = ()  # which versions of the labels it was read with
 
 
+def _paired_label_files(entry: ScanEntry, taken: set[str], problems: list[str]) -> list:
+    """The label files discovery paired with this image (``case_seg``, ``labels/``...),
+    with class names from their sidecar; an autosave of the same name wins (newer)."""
+    from napari_vnet.io import as_label_array, read_volume, volume_to_layer_kwargs
+    from napari_vnet.label_names import labels_display_kwargs, read_label_classes
+
+    out = []
+    for path in getattr(entry, "labels", ()) or ():
+        name = _paired_label_name(entry, path)
+        if name in taken:
+            continue
+        try:
+            vol = read_volume(path)
+            arr = vol.array if vol.array.dtype.kind in "iu" else as_label_array(vol.array, path)
+        except Exception as exc:  # noqa: BLE001 - one bad label file must not block the scan
+            problems.append(f"{path}: {exc}")
+            continue
+        lkw = volume_to_layer_kwargs(vol, is_label=True)
+        try:
+            found = read_label_classes(path)
+        except ValueError as exc:
+            problems.append(f"label names not read: {exc}")
+            found = None
+        if found:
+            lkw.update(labels_display_kwargs(found[0]))
+            lkw["metadata"]["classes"] = found[0]
+        out.append(({"name": name, "path": path}, arr, lkw))
+    return out
+
+
+def _paired_label_name(entry: ScanEntry, path: str) -> str:
+    from napari_vnet.io import split_extension
+
+    stem = split_extension(path)[0]
+    image_stem = split_extension(entry.path)[0]
+    return f"{stem} (labels)" if stem == image_stem or stem in image_stem else stem
+
+
 def load_scan_data(
     entry: ScanEntry,
     saved: list[dict[str, Any]],
@@ -97,6 +135,7 @@ def load_scan_data(
         if info.get("annotated_slices"):
             lkw["metadata"]["annotated_slices"] = info["annotated_slices"]
         labels.append((info, vol.array, lkw))
+    labels += _paired_label_files(entry, set(names), problems)
     return LoadedScan(
         entry=entry,
         volume=volume,
@@ -149,6 +188,12 @@ def swap_labels(layer, array: np.ndarray, name: str, kw: dict[str, Any]) -> None
         layer.colormap = label_colormap()
     if len(layer.features):
         layer.features = {}
+    if kw.get("colormap") is not None:  # class colours from a sidecar (paired label file)
+        from napari.utils.colormaps import DirectLabelColormap
+
+        layer.colormap = DirectLabelColormap(color_dict=kw["colormap"])
+    if kw.get("features") is not None:  # class names shown on hover
+        layer.features = kw["features"]
     layer.metadata = kw["metadata"]
     layer.name = name
     reset = getattr(layer, "_reset_history", None)  # napari's own (private) reset
