@@ -1,0 +1,188 @@
+"""Folder prediction: ``napari-vnet predict IN_DIR --out OUT_DIR`` vs a shell loop over
+the single-case CLI, on N synthetic torso CT phantoms of 128 x 256 x 256 (.nii.gz).
+
+* ``loop``: ``for f in IN/*.nii.gz; do napari-vnet predict "$f" -w W -o OUT/...; done``
+  in bash: one process per case (Python, torch and the weights loaded each time; reading,
+  inference and writing one after the other);
+* ``batch``: one ``napari-vnet predict IN_DIR --out OUT_DIR --workers K`` process: the
+  model loaded once, the next cases read while one is segmented, writing in the
+  background.
+
+Both use the same weights, device and settings; the label maps must be identical (the
+``identical`` column). Peak RSS is the largest resident set of the run's process tree,
+sampled every 0.1 s with psutil. Cases per minute = cases / wall time.
+
+    python benchmarks/batch_predict.py                 # 20 cases, shipped vnet-phantom
+    python benchmarks/batch_predict.py --cases 6 --weights unet3d-phantom
+
+Prints a table and writes ``benchmarks/results/batch_predict.json`` (with the machine
+load before and after). Timings on a shared machine are disturbed by other processes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+RESULTS = Path(__file__).resolve().parent / "results"
+SHAPE = (128, 256, 256)
+
+
+def make_cases(folder: Path, n: int, shape) -> list[Path]:
+    from napari_vnet.io import write_volume
+    from napari_vnet.phantoms import make_phantom
+
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for seed in range(n):
+        path = folder / f"case_{seed:03d}.nii.gz"
+        if not path.exists():
+            image, _labels, _classes = make_phantom(1000 + seed, shape=shape)
+            write_volume(image, path)
+        paths.append(path)
+    return paths
+
+
+def run_measured(cmd: list[str], env: dict[str, str]) -> dict[str, float]:
+    """Wall time and peak RSS (sum over the process tree, sampled) of one command."""
+    import psutil
+
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    root = psutil.Process(proc.pid)
+    peak = 0
+    while proc.poll() is None:
+        try:
+            procs = [root, *root.children(recursive=True)]
+            rss = 0
+            for p in procs:
+                try:
+                    rss += p.memory_info().rss
+                except psutil.Error:
+                    pass
+            peak = max(peak, rss)
+        except psutil.Error:
+            pass
+        time.sleep(0.1)
+    out, err = proc.communicate()
+    wall = time.perf_counter() - t0
+    if proc.returncode != 0:
+        sys.stderr.write(err.decode(errors="replace")[-3000:])
+        raise SystemExit(f"command failed ({proc.returncode}): {' '.join(cmd[:6])} ...")
+    return {"wall_s": wall, "peak_rss_mb": peak / 2**20, "stdout": out.decode(errors="replace")}
+
+
+def load() -> list[float]:
+    return [round(v, 2) for v in os.getloadavg()]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--cases", type=int, default=20)
+    parser.add_argument("--weights", default="vnet-phantom")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--shape", type=int, nargs=3, default=list(SHAPE))
+    parser.add_argument(
+        "--work", default=None, help="folder for the cases and outputs (default: a temp dir)"
+    )
+    parser.add_argument("--out", default=str(RESULTS / "batch_predict.json"))
+    args = parser.parse_args()
+
+    work = Path(args.work or tempfile.mkdtemp(prefix="napari-vnet-batch-bench-"))
+    in_dir = work / "in"
+    print(f"making {args.cases} phantoms of {tuple(args.shape)} in {in_dir} ...", flush=True)
+    cases = make_cases(in_dir, args.cases, tuple(args.shape))
+    for extra in sorted(in_dir.glob("*.nii.gz"))[args.cases :]:
+        extra.unlink()
+    exe = [sys.executable, "-m", "napari_vnet.cli"]
+    env = dict(os.environ)
+    common = ["-w", args.weights, "--device", args.device]
+    load_before = load()
+
+    # sequential shell loop over the single-case CLI
+    loop_out = work / "loop"
+    shutil.rmtree(loop_out, ignore_errors=True)
+    loop_out.mkdir()
+    script = (
+        f'for f in "{in_dir}"/*.nii.gz; do '
+        f'{" ".join(exe)} predict "$f" {" ".join(common)} -o "{loop_out}/$(basename "$f")" '
+        "|| exit 1; done"
+    )
+    print("shell loop ...", flush=True)
+    loop = run_measured(["bash", "-c", script], env)
+
+    batch_out = work / "batch"
+    shutil.rmtree(batch_out, ignore_errors=True)
+    print("batch ...", flush=True)
+    batch = run_measured(
+        [*exe, "predict", str(in_dir), *common, "--out", str(batch_out),
+         "--workers", str(args.workers)],
+        env,
+    )  # fmt: skip
+    load_after = load()
+
+    from napari_vnet.io import read_volume
+
+    identical = all(
+        np.array_equal(read_volume(loop_out / c.name).array, read_volume(batch_out / c.name).array)
+        for c in cases
+    )
+    n = len(cases)
+    rows = []
+    for name, r in (("shell loop (single-case CLI)", loop), ("napari-vnet predict DIR", batch)):
+        rows.append(
+            {
+                "mode": name,
+                "cases": n,
+                "wall_s": round(r["wall_s"], 1),
+                "cases_per_min": round(n / r["wall_s"] * 60.0, 2),
+                "peak_rss_mb": round(r["peak_rss_mb"], 0),
+            }
+        )
+    speedup = loop["wall_s"] / batch["wall_s"]
+    print()
+    print(f"{'mode':<30} {'cases':>5} {'wall s':>8} {'cases/min':>10} {'peak RSS MB':>12}")
+    for r in rows:
+        print(
+            f"{r['mode']:<30} {r['cases']:>5} {r['wall_s']:>8.1f} {r['cases_per_min']:>10.2f} "
+            f"{r['peak_rss_mb']:>12.0f}"
+        )
+    print(f"speed-up {speedup:.2f}x; label maps identical: {identical}")
+    print(f"load average before {load_before}, after {load_after}")
+    result = {
+        "benchmark": "batch_predict",
+        "shape": list(args.shape),
+        "weights": args.weights,
+        "device": args.device,
+        "workers": args.workers,
+        "rows": rows,
+        "speedup": round(speedup, 3),
+        "identical_labels": identical,
+        "load_before": load_before,
+        "load_after": load_after,
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "when": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
+    print(f"wrote {out}")
+    if not args.work:
+        shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
