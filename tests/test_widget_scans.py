@@ -115,8 +115,13 @@ def test_next_previous_autosave_restore_and_status(make_napari_viewer, qtbot, sc
 
     second = _load(qtbot, widget, widget.next_scan)
     assert second.name == "b_mr.mha"
-    assert [lay.name for lay in viewer.layers] == ["b_mr.mha"]  # previous layers closed
+    # the layers are reused: the image shows b, the Labels layer stays, empty, on b's grid
+    assert [lay.name for lay in viewer.layers] == ["b_mr.mha", "liver"]
+    assert viewer.layers[0] is image and image.data.shape == (5, 16, 14)
+    assert labels.data.shape == (5, 16, 14) and not labels.data.any()
+    assert len(labels._undo_history) == 0
     widget.saver.flush()  # the autosave is written in the background
+    assert widget.project.saved_labels(second.key) == []  # an unpainted layer is not saved
     saved = widget.project.saved_labels(first.key)
     assert [s["name"] for s in saved] == ["liver"] and saved[0]["path"].is_relative_to(work)
     on_disk = sitk.ReadImage(str(saved[0]["path"]))

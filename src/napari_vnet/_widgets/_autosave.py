@@ -1,9 +1,9 @@
 """Autosaves of the Scans dock, compressed and written in a background thread.
 
 Compressing a 300 x 512 x 512 label volume to ``.nii.gz`` takes about a second, so the
-dock only takes a snapshot on the GUI thread (a copy of the layer's array, or the array
-itself when the layer is about to get another scan's data) and hands it to
-:class:`BackgroundSaver`:
+dock only hands the layer's array to :class:`BackgroundSaver` (as it is when the layer is
+about to get another scan's data, else copied first thing in the writer thread:
+``SaveJob.copy``):
 
 * one writer thread: two writes of the same file never overlap, and a snapshot queued
   behind a newer one of the same file is dropped (the newer one is written);
@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from qtpy.QtCore import QObject, Signal
 
 from napari_vnet.worklist import write_labels_file
@@ -47,7 +48,13 @@ class SaveJob:
     annotated_slices: dict[str, Any] | None = None
     weights: str | None = None
     entry: Any = None  # ScanEntry
+    #: the volume's array is still the layer's: copied first thing in the writer thread
+    #: (numpy copies without holding the GIL; a page-faulting 75 MB copy can take 0.3 s)
+    copy: bool = False
+    #: write nothing when the labels are all zero (a new layer nobody painted on)
+    skip_if_empty: bool = False
     error: str | None = None
+    skipped: bool = False
     done: bool = field(default=False, repr=False)
 
 
@@ -107,7 +114,8 @@ class BackgroundSaver(QObject):
     def write_now(self, job: SaveJob) -> Path:
         """Write and record ``job`` on the calling thread (after the queued writes)."""
         self.flush()
-        write_labels_file(job.volume, job.path)
+        if not (job.skip_if_empty and not np.any(job.volume.array)):
+            write_labels_file(job.volume, job.path)
         job.done = True
         self._record(job)
         with self._lock:
@@ -126,7 +134,13 @@ class BackgroundSaver(QObject):
         if job is None:  # pragma: no cover - every future has its queued job
             return
         try:
-            write_labels_file(job.volume, job.path)
+            if job.copy:
+                job.volume = job.volume.with_array(np.array(job.volume.array, copy=True))
+                job.copy = False
+            if job.skip_if_empty and not np.any(job.volume.array):
+                job.skipped = True
+            else:
+                write_labels_file(job.volume, job.path)
         except Exception as exc:  # noqa: BLE001 - reported on the GUI thread
             log.exception("autosave of %s failed", job.path)
             job.error = f"{job.path}: {exc}"
@@ -142,6 +156,11 @@ class BackgroundSaver(QObject):
         for job in done:
             if job.error is not None:  # the snapshot stays in ``pending``: nothing is lost
                 self.failed.emit(job, job.error)
+                continue
+            if job.skipped:
+                with self._lock:
+                    if self._latest.get((job.key, job.name)) is job:
+                        del self._latest[(job.key, job.name)]
                 continue
             try:
                 self._record(job)

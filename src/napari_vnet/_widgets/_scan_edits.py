@@ -3,9 +3,12 @@ edited, and saving them (:class:`ScanEditsMixin`, mixed into
 :class:`~napari_vnet._widgets.scans.ScansWidget`).
 
 A Labels layer is *dirty* once painted (or its data replaced, e.g. by a new prediction).
-Saving takes a snapshot on the GUI thread: the array itself when the layer is about to
-get another scan's data or leave the viewer (``handoff``), else a copy; the
-:class:`~napari_vnet._widgets._autosave.BackgroundSaver` writes it. When napari closes,
+Saving hands the layer's array to the
+:class:`~napari_vnet._widgets._autosave.BackgroundSaver`: as it is when the layer is about
+to get another scan's data or leave the viewer (``handoff``), else to be copied first in
+the writer thread (numpy copies without the GIL). A stroke painted while that copy is
+taken may be partly in that file; the layer is marked edited again by the stroke, so
+the next save has all of it. When napari closes,
 :meth:`ScanEditsMixin.save_now` writes synchronously.
 """
 
@@ -116,13 +119,11 @@ class ScanEditsMixin:
         if layer is self._image_layer:
             self._image_layer = None
 
-    def _snapshot(self, layer, *, copy: bool):
-        """The layer's labels as a Volume on the scan's grid (``copy``: a private copy)."""
+    def _snapshot(self, layer):
+        """The layer's labels as a Volume on the scan's grid (the layer's own array)."""
         from napari_vnet.io import layer_to_volume
 
         data = np.asarray(layer.data)
-        if copy:
-            data = data.copy()
         if self._geometry is not None and data.shape == self._scan_shape:
             return self._geometry.with_array(data)
         return layer_to_volume(
@@ -144,8 +145,6 @@ class ScanEditsMixin:
             if id(layer) not in self._dirty:
                 continue
             self._dirty.discard(id(layer))
-            if layer.name not in saved_names and not np.any(layer.data):
-                continue  # an empty new layer: nothing to keep
             weights = (layer.metadata.get("napari_vnet") or {}).get("weights")
             annotated = layer.metadata.get("annotated_slices")
             jobs.append(
@@ -154,7 +153,9 @@ class ScanEditsMixin:
                     key=cur.key,
                     name=layer.name,
                     path=project.labels_path(cur.key, layer.name),
-                    volume=self._snapshot(layer, copy=not handoff),
+                    volume=self._snapshot(layer),
+                    copy=not handoff,  # the layer keeps its array: the writer copies it
+                    skip_if_empty=layer.name not in saved_names,  # a new, unpainted layer
                     annotated_slices=json.loads(json.dumps(annotated)) if annotated else None,
                     weights=str(weights) if weights else None,
                     entry=cur,
