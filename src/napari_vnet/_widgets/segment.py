@@ -36,7 +36,9 @@ from napari_vnet._widgets._segment_job import (
     RunRequest,
     SegmentJob,
 )
+from napari_vnet._widgets._session import first_use_in_napari as _session_first_use
 from napari_vnet._widgets._weights_panel import WeightsPanel, arch_name
+from napari_vnet.input_check import check_input, demo_note, value_sample
 
 if TYPE_CHECKING:
     import napari
@@ -108,6 +110,7 @@ class SegmentWidget(QWidget):
     def __init__(self, napari_viewer: napari.Viewer, parent: QWidget | None = None):
         super().__init__(parent)
         self.viewer = napari_viewer
+        _session_first_use()
         self.worker = None
         self._job: SegmentJob | None = None
         self._run_ctx: dict[str, Any] = {}
@@ -136,6 +139,14 @@ class SegmentWidget(QWidget):
 
         # ---- model
         self.model = WeightsPanel(self)
+        # model/image mismatch warnings and the demo-model note, shown before Run
+        self.check_note = QLabel()
+        self.check_note.setObjectName("napari_vnet_check_note")
+        self.check_note.setWordWrap(True)
+        self.check_note.setStyleSheet("color: #e0a03d")
+        self.check_note.hide()
+        self._check_key: tuple = ()
+        self._issues: list = []
 
         # ---- settings
         self.device = ComboBox(label="Device", choices=available_devices())
@@ -197,6 +208,7 @@ class SegmentWidget(QWidget):
         layout.addWidget(top.native)
         layout.addWidget(self.image_note)
         layout.addWidget(self._group("Model", self.model))
+        layout.addWidget(self.check_note)
         layout.addWidget(self._group("Settings", self._settings.native))
         layout.addWidget(self.replace_check)
         layout.addWidget(self.run_button)
@@ -389,12 +401,48 @@ class SegmentWidget(QWidget):
             return "Open a 3D image first (File ▸ Open, or File ▸ Open Sample ▸ napari-vnet)."
         if self.image.value not in self.viewer.layers:
             return f"The image layer '{self.image.value.name}' was removed; choose another."
-        return self.model.problem
+        if self.model.problem:
+            return self.model.problem
+        refusals = [i.text for i in self._input_issues() if i.refuses]
+        return refusals[0] if refusals else None
+
+    def _input_issues(self) -> list:
+        """Mismatches between the chosen image and the model card (cached per pair)."""
+        layer, card = self.image.value, self.model.card
+        if layer is None or card is None:
+            return []
+        key = (id(layer), id(layer.data), self.model.current_weights)
+        if key != self._check_key:
+            meta = (layer.metadata or {}).get("napari_vnet", {}).get("metadata", {})
+            try:
+                self._issues = check_input(
+                    card,
+                    shape=tuple(layer.data.shape) if not layer.multiscale else (0, 0, 0),
+                    spacing=self._spacing(layer),
+                    values=None if layer.multiscale else value_sample(layer.data),
+                    channels=1,
+                    modality=str(meta.get("modality", "")),
+                )
+            except Exception as exc:  # a check must never break the dock
+                log.warning("input check failed: %s", exc)
+                self._issues = []
+            self._check_key = key
+        return self._issues
+
+    def _show_checks(self) -> None:
+        card = self.model.card
+        lines = [f"⚠ {i.text}" for i in self._input_issues() if not i.refuses]
+        note = demo_note(card) if card is not None else None
+        if note:
+            lines.append(f"ⓘ {note}")
+        self.check_note.setText("\n".join(lines))
+        self.check_note.setVisible(bool(lines))
 
     def _update_state(self, _=None) -> None:
         if self.is_running:
             return
         problem = self._problem()
+        self._show_checks()
         self.run_button.setEnabled(problem is None)
         self.run_button.setToolTip(problem or "Segment the chosen image with these weights")
         if self.image.value is None and problem is not None:

@@ -157,6 +157,24 @@ def run(args: argparse.Namespace) -> int:
     return run_single(args)
 
 
+def _input_refused(name, vol, card) -> bool:
+    """Print model/image mismatches (see napari_vnet.input_check); True when refused."""
+    from napari_vnet.input_check import check_input, format_issues, value_sample
+
+    n = vol.ndim
+    issues = check_input(
+        card,
+        shape=tuple(vol.array.shape[:n]),
+        spacing=tuple(vol.spacing),
+        values=value_sample(vol.array),
+        channels=int(vol.array.shape[-1]) if vol.array.ndim > n else 1,
+        modality=str(vol.metadata.get("modality", "")),
+    )
+    for line in format_issues(issues):
+        print(f"napari-vnet predict: {name}: {line}", file=sys.stderr)
+    return any(i.refuses for i in issues)
+
+
 def run_single(args: argparse.Namespace) -> int:
     import numpy as np
 
@@ -184,6 +202,8 @@ def run_single(args: argparse.Namespace) -> int:
     except (VolumeReadError, FileNotFoundError) as exc:
         return _fail(str(exc))
     log.info("read %s: shape %s, spacing %s mm", args.input, vol.shape, vol.spacing)
+    if _input_refused(args.input, vol, card):
+        return 1
 
     last = {"t": 0.0}
 

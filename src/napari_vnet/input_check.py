@@ -1,0 +1,207 @@
+"""Does this image fit this model? Plain-language checks before a segmentation runs.
+
+:func:`check_input` compares an image (its values, shape, spacing, channels) with a model
+card and returns :class:`InputIssue` items. Heuristic findings (the values do not look
+like Hounsfield units although the model was trained on CT, voxels 4x larger or smaller
+than the model's, a 2D or 4D image) are *warnings*: they are said plainly and the run
+goes ahead when the user wants it. Only facts the network cannot work around (the model
+needs 2 input channels and the image has 1) are *refusals*.
+
+:func:`demo_note` says when weights are a demonstration trained on synthetic phantoms
+only (the shipped models), so the dock can say so before Run.
+
+No napari import here (core): the Segment dock and ``napari-vnet predict`` both call it.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from napari_vnet.io.layers import looks_like_hu
+
+log = logging.getLogger(__name__)
+
+__all__ = ["InputIssue", "check_input", "demo_note", "expects_hu", "format_issues"]
+
+#: image spacing / model spacing (or the inverse) above this along an axis is worth a word
+SPACING_RATIO_WARN = 4.0
+_MR_WORDS = re.compile(r"\b(mr|mri|t1|t2|flair|dwi|adc|pd)\b", re.I)
+_CT_WORDS = re.compile(r"\b(ct|hounsfield|hu)\b", re.I)
+
+
+@dataclass(frozen=True)
+class InputIssue:
+    level: str  # "warning" (run allowed) or "refusal" (the network cannot take this input)
+    text: str
+
+    @property
+    def refuses(self) -> bool:
+        return self.level == "refusal"
+
+
+def _channel_names(card) -> list[str]:
+    src = getattr(card, "source", None) or {}
+    pre = getattr(card, "preprocessing", None) or {}
+    names = src.get("channel_names") or pre.get("channel_names") or {}
+    if isinstance(names, dict):
+        return [str(v) for v in names.values()]
+    if isinstance(names, list | tuple):
+        return [str(v) for v in names]
+    return []
+
+
+def expects_hu(card) -> bool | None:
+    """True when the model was trained on CT in Hounsfield units, False when on MR,
+    None when its card does not say (e.g. a per-volume z-score on unknown data)."""
+    names = " ".join(_channel_names(card))
+    if names:
+        if _CT_WORDS.search(names):
+            return True
+        if _MR_WORDS.search(names):
+            return False
+    pre = getattr(card, "preprocessing", None) or {}
+    schemes = " ".join(str(s) for s in (pre.get("normalization_schemes") or []))
+    if "CTNormalization" in schemes:
+        return True
+    norm = getattr(card, "normalization", None) or {}
+    if str(norm.get("kind", "")).lower() == "window":
+        low, high = float(norm.get("low", 0)), float(norm.get("high", 0))
+        if low < -50 and high > 100:  # a HU window such as -200..400
+            return True
+    desc = getattr(card, "description", "") or ""
+    if re.search(r"\bCT\b", desc) and not _MR_WORDS.search(desc):
+        return True if norm.get("kind") in ("window",) else None
+    return None
+
+
+def _range_text(sample: np.ndarray) -> str:
+    lo, hi = np.percentile(sample, (1, 99))
+    return f"{lo:.4g} … {hi:.4g}"
+
+
+def check_input(
+    card,
+    *,
+    shape: tuple[int, ...],
+    spacing: tuple[float, ...] | None = None,
+    values: np.ndarray | None = None,
+    channels: int = 1,
+    modality: str = "",
+) -> list[InputIssue]:
+    """Issues with running ``card``'s model on an image (see the module docstring).
+
+    ``shape``/``spacing`` are the spatial (z, y, x) ones, ``values`` the voxel values (any
+    array or a subsample; None skips the value checks), ``channels`` the number of image
+    channels given to the network, ``modality`` the DICOM modality if known.
+    """
+    issues: list[InputIssue] = []
+    need = int(getattr(card, "in_channels", 1) or 1)
+    if channels != need:
+        names = _channel_names(card)
+        which = f" ({', '.join(names)})" if names else ""
+        issues.append(
+            InputIssue(
+                "refusal",
+                f"This model takes {need} input channel{'s' * (need != 1)}{which}; the image "
+                f"has {channels}. Choose weights made for this kind of image.",
+            )
+        )
+    nd = len(shape)
+    if nd == 2:
+        issues.append(
+            InputIssue(
+                "warning",
+                f"The image is 2D ({shape[0]}×{shape[1]}); the model was trained on 3D "
+                "volumes and sees one slice without its neighbours: expect a poor result.",
+            )
+        )
+    elif nd > 3:
+        issues.append(
+            InputIssue(
+                "warning",
+                f"The image is {nd}D ({'×'.join(map(str, shape))}); the model segments 3D "
+                "volumes (z, y, x): the extra axis is not what it was trained on.",
+            )
+        )
+    model_spacing = getattr(card, "spacing", None)
+    if spacing is not None and model_spacing is not None and len(spacing) == len(model_spacing):
+        ratios = [
+            max(a / b, b / a)
+            for a, b in zip(spacing, model_spacing, strict=True)
+            if a > 0 and b > 0
+        ]
+        worst = max(ratios, default=1.0)
+        if worst > SPACING_RATIO_WARN:
+            img = " × ".join(f"{s:.3g}" for s in spacing)
+            mod = " × ".join(f"{s:.3g}" for s in model_spacing)
+            issues.append(
+                InputIssue(
+                    "warning",
+                    f"The voxels ({img} mm) are {worst:.0f}× larger or smaller than those the "
+                    f"model was trained on ({mod} mm) along one axis: it is resampled, but "
+                    "structures will look unlike its training data.",
+                )
+            )
+    want_hu = expects_hu(card)
+    if values is not None and want_hu is not None:
+        sample = np.asarray(values)
+        if sample.dtype.kind == "f":
+            sample = sample[np.isfinite(sample)]
+        if sample.size:
+            is_hu = looks_like_hu(sample) and modality.upper() not in ("MR", "PT", "NM")
+            if want_hu and not is_hu:
+                what = f"a {modality} image" if modality else "not Hounsfield units"
+                issues.append(
+                    InputIssue(
+                        "warning",
+                        f"This model was trained on CT in Hounsfield units; these values "
+                        f"({_range_text(sample)}) look like {what} (no air at about -1000 "
+                        "HU). Its result is probably meaningless for this image.",
+                    )
+                )
+            elif want_hu is False and is_hu:
+                issues.append(
+                    InputIssue(
+                        "warning",
+                        "This model was trained on MR; these values look like CT in "
+                        f"Hounsfield units ({_range_text(sample)}).",
+                    )
+                )
+    return issues
+
+
+def demo_note(card) -> str | None:
+    """A plain note when the weights are a demo trained only on synthetic phantoms."""
+    text = " ".join(
+        str(x)
+        for x in (
+            getattr(card, "description", ""),
+            (getattr(card, "history", None) or {}).get("training_data", ""),
+        )
+    )
+    if re.search(r"synthetic|phantom", text, re.I):
+        return (
+            "Demo model: trained on synthetic torso phantoms only. It shows how napari-vnet "
+            "works; on real scans its result is not meaningful without fine-tuning."
+        )
+    return None
+
+
+def format_issues(issues: list[InputIssue]) -> list[str]:
+    """One line per issue, refusals first, for a terminal or a log."""
+    order = sorted(issues, key=lambda i: not i.refuses)
+    return [f"{'refused' if i.refuses else 'warning'}: {i.text}" for i in order]
+
+
+def value_sample(array: Any, max_values: int = 500_000) -> np.ndarray | None:
+    """A strided subsample of an in-memory array (None for lazy arrays: never computed)."""
+    if not isinstance(array, np.ndarray):
+        return None
+    from napari_vnet.io.layers import _sample
+
+    return np.asarray(_sample(array, max_values))
