@@ -216,11 +216,9 @@ def test_corrupt_file_is_reported_and_the_others_written(scans, tmp_path, capsys
     good = (src / "b.mha").read_bytes()
     (folder / "broken.mha").write_bytes(good[: len(good) // 2])  # truncated pixel data
     (folder / "garbage.nii.gz").write_bytes(b"this is not a NIfTI file at all" * 20)
-    out = tmp_path / "out"
-    rc, stdout, err = run_cli(
-        ["predict", str(folder), "-w", str(ckpt), "-o", str(out), "--json", "--workers", "1"],
-        capsys,
-    )
+    out = folder / "masks"  # inside the input folder: never taken for inputs
+    argv = ["predict", str(folder), "-w", str(ckpt), "-o", str(out), "--json", "--workers", "1"]
+    rc, stdout, err = run_cli(argv, capsys)
     assert rc == 1  # a case failed ...
     summary = last_json(stdout)
     assert summary["written"] == 2 and summary["failed"] == 2
@@ -231,6 +229,9 @@ def test_corrupt_file_is_reported_and_the_others_written(scans, tmp_path, capsys
     failed = {r["stem"]: r["error"] for r in results if r["status"] == "failed"}
     assert set(failed) == {"broken", "garbage"}
     assert all(msg for msg in failed.values())
+    rc, stdout, err = run_cli(argv, capsys)  # the rerun skips the written, retries the failed
+    summary = last_json(stdout)
+    assert (summary["cases"], summary["skipped"], summary["failed"]) == (4, 2, 2)
 
 
 def test_parts_agree_with_a_single_run(scans, tmp_path, capsys):
