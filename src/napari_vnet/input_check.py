@@ -177,14 +177,9 @@ def check_input(
 
 def demo_note(card) -> str | None:
     """A plain note when the weights are a demo trained only on synthetic phantoms."""
-    text = " ".join(
-        str(x)
-        for x in (
-            getattr(card, "description", ""),
-            (getattr(card, "history", None) or {}).get("training_data", ""),
-        )
-    )
-    if re.search(r"synthetic|phantom", text, re.I):
+    desc = str(getattr(card, "description", "") or "")
+    data = str((getattr(card, "history", None) or {}).get("training_data", ""))
+    if re.search(r"synthetic", desc, re.I) or re.search(r"synthetic|phantom", data, re.I):
         return (
             "Demo model: trained on synthetic torso phantoms only. It shows how napari-vnet "
             "works; on real scans its result is not meaningful without fine-tuning."

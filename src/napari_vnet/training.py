@@ -728,6 +728,14 @@ def _setup_model(config: TrainConfig, base: Any):
             disc_kwargs = disc_entry.get("kwargs")
     card = copy.deepcopy(base_card)
     card.history = {"base": dict(base_card.history)} if base_card.history else {}
+    # the card describes the fine-tune; the base's own text and metrics move under "base"
+    if base_card.description:
+        card.history.setdefault("base", {})["description"] = base_card.description
+    card.history.setdefault("base", {})["weights"] = notes["started_from"]
+    card.description = (
+        f"Fine-tuned with napari-vnet from {notes['started_from']} ({base_card.arch}); "
+        "the base model's description and evaluation are under history.base."
+    )
     return card, (base_model, base_card, disc_state, disc_kwargs), notes
 
 
