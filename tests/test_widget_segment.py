@@ -206,3 +206,18 @@ def test_run_during_cancel_starts_when_the_cancelled_run_stopped(qtbot, dock, ck
     w.cancel()  # and this one can be cancelled too
     wait_done(qtbot, w)
     assert len(viewer.layers) == 1
+
+
+def test_result_dropped_when_the_image_shows_other_data(qtbot, dock, ckpt, notes):
+    """The Scans dock reuses the image layer for the next scan: a run started on the
+    previous scan must not land on it."""
+    viewer, w = dock
+    image = viewer.add_image(volume(), name="scan")
+    assert w.select_weights(ckpt)
+    n_before = len(viewer.layers)
+    w.run()
+    image.data = volume()[::-1].copy()  # the next scan, before the run could return
+    wait_done(qtbot, w)
+    assert len(viewer.layers) == n_before
+    assert any("result was dropped" in m for _s, m in notes)
+    assert not errors(notes)

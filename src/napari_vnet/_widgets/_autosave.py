@@ -77,6 +77,7 @@ class BackgroundSaver(QObject):
         self._futures: set[Future] = set()
         self._versions: dict[tuple[str, str], int] = {}  # snapshots submitted per layer
         self._finished.connect(self._drain)
+        self._pool.submit(lambda: None)  # start the thread now, not during the first save
 
     # ------------------------------------------------------------------ public
     def submit(self, job: SaveJob) -> None:
