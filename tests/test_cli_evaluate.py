@@ -92,6 +92,8 @@ def test_folders_per_case_and_class_with_mean_std(tmp_path, capsys, caplog):
         n5, lost = np.count_nonzero(gt == 5), np.count_nonzero(gt[2 : 2 + i] == 5)
         expected[name] = 2 * (n5 - lost) / (2 * n5 - lost)
     save(gt_dir / "only_gt.nii.gz", gt)  # no prediction: listed, not fatal
+    (gt_dir / "labels.json").write_text('{"5": "liver", "1": "spleen"}')  # class names
+    (gt_dir / "sub" / "labels.json").write_text('{"5": "liver", "1": "spleen"}')
     with caplog.at_level(logging.WARNING, logger="napari_vnet"):
         rc = main(["evaluate", str(pred_dir), str(gt_dir), "--labels", "5,1", "--json"])
     captured = capsys.readouterr()
@@ -107,7 +109,25 @@ def test_folders_per_case_and_class_with_mean_std(tmp_path, capsys, caplog):
     assert liver["dice_mean"] == pytest.approx(np.mean(list(expected.values())), abs=1e-6)
     assert liver["dice_std"] == pytest.approx(np.std(list(expected.values())), abs=1e-6)
     assert summary["per_label"]["1"]["dice_std"] == 0.0
+    assert liver["name"] == "liver" and summary["per_case"]["case1"]["names"]["1"] == "spleen"
     assert last_json(captured.out)["per_label"] == summary["per_label"]
     rows = list(csv.DictReader(open(pred_dir / "evaluation.csv", encoding="utf-8")))
     assert len(rows) == 3 * 2
-    assert {(r["case"], r["label"]) for r in rows} == {(c, v) for c in expected for v in ("5", "1")}
+    assert {(r["case"], r["label"], r["name"]) for r in rows} == {
+        (c, v, n) for c in expected for v, n in (("5", "liver"), ("1", "spleen"))
+    }
+
+
+def test_folders_in_nnunet_layout(tmp_path, capsys):
+    """References in labelsTr beside imagesTr are label maps here, not scans."""
+    gt = labels_volume()
+    (tmp_path / "Dataset001" / "imagesTr").mkdir(parents=True)
+    (tmp_path / "Dataset001" / "labelsTr").mkdir(parents=True)
+    (tmp_path / "pred").mkdir()
+    save(tmp_path / "Dataset001" / "imagesTr" / "case_001_0000.nii.gz", gt.astype(np.int16))
+    save(tmp_path / "Dataset001" / "labelsTr" / "case_001.nii.gz", gt)
+    save(tmp_path / "pred" / "case_001.nii.gz", gt)
+    rc = main(["evaluate", str(tmp_path / "pred"), str(tmp_path / "Dataset001" / "labelsTr"),
+               "--json"])  # fmt: skip
+    out = last_json(capsys.readouterr().out)
+    assert rc == 0 and out["cases"] == 1 and out["per_label"]["5"]["dice_mean"] == 1.0

@@ -193,6 +193,20 @@ def _read_label_map(path, role: str):
     return vol
 
 
+def class_names(label_path) -> dict[int, str]:
+    """Value -> name from the reference's sidecar (labels.json, ITK-SNAP, .ctbl, ...)."""
+    from napari_vnet.label_names import LabelSidecarError, read_label_classes
+
+    try:
+        found = read_label_classes(label_path)
+    except (LabelSidecarError, OSError, ValueError) as exc:
+        log.warning("class names not read: %s", exc)
+        return {}
+    if not found:
+        return {}
+    return {int(c["value"]): str(c["name"]) for c in found[0]}
+
+
 def score_pair(
     pred_path,
     gt_path,
@@ -234,10 +248,12 @@ def score_pair(
         )
     dice = dice_per_class(pred_array, gt_array, labels)
     hd95 = hd95_per_class(pred_array, gt_array, gt.spacing, labels)
+    names = class_names(gt_path)
     return {
         "pred": str(pred_path),
         "gt": str(gt_path),
         "labels": [int(v) for v in labels],
+        "names": {str(v): names[v] for v in labels if v in names},
         "dice": {str(v): _number(dice[v]) for v in labels},
         "hd95_mm": {str(v): _number(hd95[v]) for v in labels},
         "mean_dice": _number(float(np.mean([dice[v] for v in labels]))),
@@ -265,11 +281,11 @@ def _warn_absent(result: dict[str, Any], mapping: dict[int, int]) -> None:
 
 
 def _print_table(result: dict[str, Any]) -> None:
-    print(f"{'label':>6} {'Dice':>8} {'HD95 mm':>9}")
+    print(f"{'label':>6} {'Dice':>8} {'HD95 mm':>9}  name")
     for v in result["labels"]:
         d, h = result["dice"][str(v)], result["hd95_mm"][str(v)]
         hd = "inf" if h is None else f"{h:.2f}"
-        print(f"{v:>6} {d:>8.4f} {hd:>9}")
+        print(f"{v:>6} {d:>8.4f} {hd:>9}  {result['names'].get(str(v), '')}".rstrip())
 
 
 def run(args: argparse.Namespace) -> int:
@@ -313,28 +329,47 @@ def _holds_many(folder) -> bool:
     return False
 
 
-def pair_cases(pred_dir, gt_dir) -> tuple[list[tuple[Any, Any]], list[str], list[str]]:
-    """(pred case, gt case) pairs by output stem, then by file name; and the unpaired."""
-    from napari_vnet.batch import discover_cases
+def label_files(folder) -> dict[str, str]:
+    """``{relative path without extension: path}`` of the volume files under ``folder``.
 
-    preds = discover_cases(pred_dir)
-    gts = discover_cases(gt_dir)
-    by_stem = {c.stem: c for c in gts}
-    by_name: dict[str, list] = {}
-    for c in gts:
-        by_name.setdefault(Path(c.stem).name, []).append(c)
+    A plain walk (hidden entries skipped): every volume file here is a label map, also
+    in an nnU-Net ``labelsTr`` folder whose images the scans discovery would pair it with.
+    """
+    from napari_vnet.worklist import VOLUME_SUFFIXES
+
+    root = Path(folder)
+    out: dict[str, str] = {}
+    for dirpath, dirs, files in os.walk(root):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        for name in sorted(files):
+            low = name.lower()
+            ext = next((e for e in VOLUME_SUFFIXES if low.endswith(e)), None)
+            if ext is None or name.startswith(".") or low.endswith(".hdr"):
+                continue
+            rel = (Path(dirpath) / name).relative_to(root).as_posix()
+            out.setdefault(rel[: len(rel) - len(ext)], str(Path(dirpath) / name))
+    return out
+
+
+def pair_cases(pred_dir, gt_dir) -> tuple[list[tuple[str, str, str]], list[str], list[str]]:
+    """(case, pred path, gt path) by name without extension (relative path first, then
+    file name when that is unique); and the unpaired prediction and reference files."""
+    preds, gts = label_files(pred_dir), label_files(gt_dir)
+    by_name: dict[str, list[str]] = {}
+    for stem in gts:
+        by_name.setdefault(Path(stem).name, []).append(stem)
     pairs, unpaired_pred, used = [], [], set()
-    for p in preds:
-        g = by_stem.get(p.stem)
+    for stem, path in preds.items():
+        g = stem if stem in gts else None
         if g is None:
-            same = by_name.get(Path(p.stem).name, [])
+            same = by_name.get(Path(stem).name, [])
             g = same[0] if len(same) == 1 else None
-        if g is None or g.key in used:
-            unpaired_pred.append(p.path)
+        if g is None or g in used:
+            unpaired_pred.append(path)
             continue
-        used.add(g.key)
-        pairs.append((p, g))
-    unpaired_gt = [g.path for g in gts if g.key not in used]
+        used.add(g)
+        pairs.append((stem, path, gts[g]))
+    unpaired_gt = [path for stem, path in gts.items() if stem not in used]
     return pairs, unpaired_pred, unpaired_gt
 
 
@@ -346,6 +381,7 @@ def _rows(results: list[tuple[str, dict[str, Any]]]) -> list[dict[str, Any]]:
                 {
                     "case": case,
                     "label": v,
+                    "name": r.get("names", {}).get(str(v), ""),
                     "dice": r["dice"][str(v)],
                     "hd95_mm": r["hd95_mm"][str(v)],
                     "absent_in_pred": v in r["absent"]["pred"],
@@ -358,26 +394,25 @@ def _rows(results: list[tuple[str, dict[str, Any]]]) -> list[dict[str, Any]]:
 
 
 def _write_text(path: Path, text: str) -> None:
-    import tempfile
+    from napari_vnet._atomic import atomic_write_text
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    atomic_write_text(path, text, newline="")
 
 
 def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
     import io
 
-    fields = ["case", "label", "dice", "hd95_mm", "absent_in_pred", "absent_in_gt", "pred", "gt"]
+    fields = [
+        "case",
+        "label",
+        "name",
+        "dice",
+        "hd95_mm",
+        "absent_in_pred",
+        "absent_in_gt",
+        "pred",
+        "gt",
+    ]
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
     w.writeheader()
@@ -396,7 +431,9 @@ def summarize(results: list[tuple[str, dict[str, Any]]]) -> dict[str, dict[str, 
         dice = [r["dice"][str(v)] for _, r in results if v in r["labels"]]
         hd = [r["hd95_mm"][str(v)] for _, r in results if v in r["labels"]]
         finite = [h for h in hd if h is not None]
+        names = {r["names"][str(v)] for _, r in results if str(v) in r.get("names", {})}
         out[str(v)] = {
+            "name": names.pop() if len(names) == 1 else "",
             "cases": len(dice),
             "dice_mean": _number(float(np.mean(dice))),
             "dice_std": _number(float(np.std(dice))),
@@ -420,23 +457,21 @@ def run_folders(args: argparse.Namespace, labels, mapping) -> int:
     results: list[tuple[str, dict[str, Any]]] = []
     failed: dict[str, str] = {}
     absent: dict[str, dict[int, int]] = {"pred": {}, "gt": {}}
-    for p, g in pairs:
-        if p.error or g.error:
-            failed[p.stem] = p.error or g.error
-            print(f"napari-vnet evaluate: {failed[p.stem]}", file=sys.stderr)
-            continue
+    for case, pred_path, gt_path in pairs:
         try:
-            r = score_pair(p.path, g.path, labels=labels, mapping=mapping, resample=args.resample)
+            r = score_pair(
+                pred_path, gt_path, labels=labels, mapping=mapping, resample=args.resample
+            )
         except (EvaluationError, VolumeReadError, FileNotFoundError, OSError) as exc:
-            failed[p.stem] = str(exc)
+            failed[case] = str(exc)
             print(f"napari-vnet evaluate: {exc}", file=sys.stderr)
             continue
         for side in ("pred", "gt"):
             for v in r["absent"][side]:
                 absent[side][v] = absent[side].get(v, 0) + 1
-        results.append((p.stem, r))
+        results.append((case, r))
         dice = "  ".join(f"{v}: {r['dice'][str(v)]:.4f}" for v in r["labels"])
-        print(f"{p.stem}: Dice {dice}")
+        print(f"{case}: Dice {dice}")
     n = len(results)
     for side, name in (("pred", "PRED"), ("gt", "GT")):
         for v, k in sorted(absent[side].items()):
@@ -447,12 +482,16 @@ def run_folders(args: argparse.Namespace, labels, mapping) -> int:
             " (check --map)" if mapping else "; if the files use other values, use --map PRED=GT",
         )
     per_label = summarize(results)
-    print(f"\n{'label':>6} {'cases':>6} {'Dice mean':>10} {'std':>7} {'HD95 mean':>10} {'std':>7}")
+    print(
+        f"\n{'label':>6} {'cases':>6} {'Dice mean':>10} {'std':>7} {'HD95 mean':>10} {'std':>7}"
+        "  name"
+    )
     for v, s in per_label.items():
         hm = "-" if s["hd95_mm_mean"] is None else f"{s['hd95_mm_mean']:.2f}"
         hs = "-" if s["hd95_mm_std"] is None else f"{s['hd95_mm_std']:.2f}"
         print(
-            f"{v:>6} {s['cases']:>6} {s['dice_mean']:>10.4f} {s['dice_std']:>7.4f} {hm:>10} {hs:>7}"
+            f"{v:>6} {s['cases']:>6} {s['dice_mean']:>10.4f} {s['dice_std']:>7.4f} {hm:>10} "
+            f"{hs:>7}  {s['name']}".rstrip()
         )
     summary = {
         "pred_dir": str(args.pred),
