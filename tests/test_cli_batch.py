@@ -388,3 +388,14 @@ def test_two_process_gloo_torchrun_writes_each_case_once(scans, tmp_path):
         assert (out / out_rel).is_file()
     assert len(list(csv.DictReader(open(out / "statistics.csv")))) == 10
     assert not [p for p in out.rglob("*") if p.name.startswith(".")]
+
+
+def test_dicom_seg_without_highdicom_says_what_to_install(scans, tmp_path, capsys, monkeypatch):
+    src, ckpt = scans
+    monkeypatch.setitem(sys.modules, "highdicom", None)  # as if not installed
+    out = tmp_path / "seg"
+    rc, _, err = run_cli(
+        ["predict", str(src), "-w", str(ckpt), "-o", str(out), "--format", "dicom-seg"], capsys
+    )
+    assert rc == 1 and "napari-vnet[dicom-seg]" in err
+    assert not out.exists()  # refused before anything was done
