@@ -189,7 +189,7 @@ def volume_layer_data(vol: Volume, name: str) -> list[tuple[Any, dict, str]]:
     ncomp = array.ndim - n
     if ncomp == 1:
         channels = array.shape[-1]
-        if n == 2 and array.dtype == np.uint8 and channels in (3, 4):
+        if n in (2, 3) and array.dtype == np.uint8 and channels in (3, 4):  # RGB(A) colour
             kw["rgb"] = True
             return [(array, kw, "image")]
         if channels <= _MAX_CHANNEL_LAYERS:
