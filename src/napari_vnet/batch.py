@@ -580,6 +580,17 @@ class CaseResult:
         return asdict(self)
 
 
+def _background_priority() -> None:
+    """Lower this thread's CPU priority (Linux: nice applies per thread), so that reading
+    and writing take idle CPU time and never stall the inference threads' barriers."""
+    import threading
+
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
+    except (AttributeError, OSError):  # not Linux, or not allowed: run as is
+        pass
+
+
 def _read_case(case: Case):
     from napari_vnet.io import read_volume
 
@@ -720,8 +731,12 @@ def predict_cases(
     if not todo:
         return
 
-    readers = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="napari-vnet-read")
-    writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="napari-vnet-write")
+    readers = ThreadPoolExecutor(
+        max_workers=workers, thread_name_prefix="napari-vnet-read", initializer=_background_priority
+    )
+    writer = ThreadPoolExecutor(
+        max_workers=1, thread_name_prefix="napari-vnet-write", initializer=_background_priority
+    )
     reads: deque[tuple[Case, OutputPlan, Future]] = deque()
     writes: deque[tuple[Case, Future, float]] = deque()
     upcoming = iter(todo)
