@@ -10,7 +10,9 @@ the single-case CLI, on N synthetic torso CT phantoms of 128 x 256 x 256 (.nii.g
 
 Both use the same weights, device and settings; the label maps must be identical (the
 ``identical`` column). Peak RSS is the largest resident set of the run's process tree,
-sampled every 0.1 s with psutil. Cases per minute = cases / wall time.
+sampled every 0.1 s with psutil. Cases per minute = cases / wall time; CPU s/case (user +
+system time of every process of the run, from ``getrusage``) is less disturbed by other
+load on a shared machine than wall time.
 
     python benchmarks/batch_predict.py                 # 20 cases, shipped vnet-phantom
     python benchmarks/batch_predict.py --cases 6 --weights unet3d-phantom
@@ -38,6 +40,10 @@ RESULTS = Path(__file__).resolve().parent / "results"
 SHAPE = (128, 256, 256)
 
 
+def load() -> list[float]:
+    return [round(v, 2) for v in os.getloadavg()]
+
+
 def make_cases(folder: Path, n: int, shape) -> list[Path]:
     from napari_vnet.io import write_volume
     from napari_vnet.phantoms import make_phantom
@@ -55,8 +61,11 @@ def make_cases(folder: Path, n: int, shape) -> list[Path]:
 
 def run_measured(cmd: list[str], env: dict[str, str]) -> dict[str, float]:
     """Wall time and peak RSS (sum over the process tree, sampled) of one command."""
+    import resource
+
     import psutil
 
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     root = psutil.Process(proc.pid)
@@ -76,14 +85,18 @@ def run_measured(cmd: list[str], env: dict[str, str]) -> dict[str, float]:
         time.sleep(0.1)
     out, err = proc.communicate()
     wall = time.perf_counter() - t0
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)  # every descendant waited for
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     if proc.returncode != 0:
         sys.stderr.write(err.decode(errors="replace")[-3000:])
         raise SystemExit(f"command failed ({proc.returncode}): {' '.join(cmd[:6])} ...")
-    return {"wall_s": wall, "peak_rss_mb": peak / 2**20, "stdout": out.decode(errors="replace")}
-
-
-def load() -> list[float]:
-    return [round(v, 2) for v in os.getloadavg()]
+    return {
+        "wall_s": wall,
+        "cpu_s": cpu,
+        "peak_rss_mb": peak / 2**20,
+        "stdout": out.decode(errors="replace"),
+        "load_after": load(),
+    }
 
 
 def main() -> int:
@@ -147,16 +160,22 @@ def main() -> int:
                 "cases": n,
                 "wall_s": round(r["wall_s"], 1),
                 "cases_per_min": round(n / r["wall_s"] * 60.0, 2),
+                "cpu_s": round(r["cpu_s"], 1),
+                "cpu_s_per_case": round(r["cpu_s"] / n, 2),
                 "peak_rss_mb": round(r["peak_rss_mb"], 0),
+                "load_after": r["load_after"],
             }
         )
     speedup = loop["wall_s"] / batch["wall_s"]
     print()
-    print(f"{'mode':<30} {'cases':>5} {'wall s':>8} {'cases/min':>10} {'peak RSS MB':>12}")
+    print(
+        f"{'mode':<30} {'cases':>5} {'wall s':>8} {'cases/min':>10} {'CPU s/case':>11} "
+        f"{'peak RSS MB':>12}"
+    )
     for r in rows:
         print(
             f"{r['mode']:<30} {r['cases']:>5} {r['wall_s']:>8.1f} {r['cases_per_min']:>10.2f} "
-            f"{r['peak_rss_mb']:>12.0f}"
+            f"{r['cpu_s_per_case']:>11.2f} {r['peak_rss_mb']:>12.0f}"
         )
     print(f"speed-up {speedup:.2f}x; label maps identical: {identical}")
     print(f"load average before {load_before}, after {load_after}")
