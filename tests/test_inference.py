@@ -354,11 +354,14 @@ def test_device_and_amp_policy(monkeypatch):
     assert resolve_amp(False, cpu) is None
     assert resolve_amp("bf16", cpu) is torch.bfloat16
     assert resolve_amp(True, cpu) is torch.bfloat16
-    import napari_vnet.inference as inf
+    assert resolve_amp("on", cpu) is torch.bfloat16 and resolve_amp("off", cpu) is None
+    assert resolve_amp("fp16", cpu) is torch.float16  # asked for explicitly: that one
+    assert resolve_amp("auto", torch.device("meta")) is None  # no autocast elsewhere
+    import napari_vnet.runtime as rt
 
-    monkeypatch.setattr(inf, "cpu_has_native_bf16", lambda: False)
+    monkeypatch.setattr(rt, "cpu_has_native_bf16", lambda: False)
     assert resolve_amp("auto", cpu) is None  # emulated bf16 would be far slower than fp32
-    monkeypatch.setattr(inf, "cpu_has_native_bf16", lambda: True)
+    monkeypatch.setattr(rt, "cpu_has_native_bf16", lambda: True)
     assert resolve_amp("auto", cpu) is torch.bfloat16
     with pytest.raises(ValueError, match="amp"):
         resolve_amp("fast please", cpu)

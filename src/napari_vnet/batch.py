@@ -39,7 +39,6 @@ import logging
 import math
 import os
 import re
-import tempfile
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -316,20 +315,10 @@ def plan_outputs(
 
 def _atomic_write(path: Path, write: Callable[[Any], None], *, binary: bool) -> None:
     """``write(file object)`` into a temporary file beside ``path``, then os.replace."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(
-            fd, "wb" if binary else "w", **({} if binary else {"encoding": "utf-8"})
-        ) as fh:
-            write(fh)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    from napari_vnet._atomic import atomic_open
+
+    with atomic_open(path, "wb" if binary else "w") as fh:
+        write(fh)
 
 
 def _write_json(path: Path, data: Any) -> None:

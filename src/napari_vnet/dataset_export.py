@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from napari_vnet._atomic import atomic_write_text
 from napari_vnet.io import Volume, write_volume
 
 
@@ -74,7 +75,5 @@ def write_nnunet_dataset(
         **(extra or {}),
     }
     path = folder / "dataset.json"
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(dataset, indent=2))
-    tmp.replace(path)
+    atomic_write_text(path, json.dumps(dataset, indent=2))
     return path

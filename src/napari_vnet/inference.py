@@ -35,7 +35,6 @@ model is moved to the chosen device (in place, as ``Module.to`` does).
 
 from __future__ import annotations
 
-import functools
 import itertools
 import logging
 import math
@@ -50,6 +49,21 @@ import torch
 
 from napari_vnet.io.volume import Volume
 from napari_vnet.models.card import ModelCard
+from napari_vnet.runtime import (
+    amp_name as _amp_name,
+)
+from napari_vnet.runtime import (
+    available_memory,
+    cpu_has_native_bf16,
+    resolve_amp,
+    resolve_device,
+)
+from napari_vnet.runtime import (
+    is_oom as _is_oom,
+)
+from napari_vnet.runtime import (
+    release_memory as _free_device_memory,
+)
 from napari_vnet.transforms import normalize_intensity, resample_to_spacing
 
 log = logging.getLogger(__name__)
@@ -99,76 +113,6 @@ class Prediction:
 
 
 # --------------------------------------------------------------------------- devices
-
-
-def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
-    """``"auto"``/None -> cuda if available, else mps, else cpu; otherwise validated."""
-    if device is None or (isinstance(device, str) and device.lower() == "auto"):
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        mps = getattr(torch.backends, "mps", None)
-        if mps is not None and mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError) as exc:
-        raise ValueError(f"unknown device {device!r}: use auto, cpu, cuda, cuda:N or mps") from exc
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {device!r} requested but CUDA is not available here")
-    if dev.type == "mps":
-        mps = getattr(torch.backends, "mps", None)
-        if mps is None or not mps.is_available():
-            raise ValueError(f"device {device!r} requested but MPS is not available here")
-    return dev
-
-
-@functools.lru_cache(maxsize=1)
-def cpu_has_native_bf16() -> bool:
-    """True when the CPU executes bf16 natively (AVX512-BF16, AMX or Arm BF16)."""
-    flags: set[str] = set()
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as fh:
-            for line in fh:
-                key = line.split(":", 1)[0].strip().lower()
-                if key in ("flags", "features"):
-                    flags.update(line.split(":", 1)[1].split())
-                    break
-    except OSError:
-        return False
-    return bool(flags & {"avx512_bf16", "amx_bf16", "bf16"})
-
-
-_AMP_NAMES = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16}
-_AMP_NAMES["float16"] = torch.float16
-
-
-def resolve_amp(amp: Any, device: torch.device) -> torch.dtype | None:
-    """Autocast dtype for ``amp`` on ``device``, or None for plain fp32.
-
-    ``amp``: "auto" (fast where safe), True (on, the device's preferred dtype), False/None
-    (off), "bf16"/"fp16" or a torch dtype (that one).
-    """
-    if amp is None or amp is False or (isinstance(amp, str) and amp.lower() in ("off", "fp32")):
-        return None
-    if isinstance(amp, torch.dtype):
-        return amp
-    if isinstance(amp, str) and amp.lower() in _AMP_NAMES:
-        return _AMP_NAMES[amp.lower()]
-    auto = isinstance(amp, str) and amp.lower() == "auto"
-    if not auto and amp is not True:
-        raise ValueError(f"amp={amp!r}: use 'auto', True, False, 'bf16' or 'fp16'")
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    if device.type == "mps":
-        return torch.float16
-    if auto and not cpu_has_native_bf16():
-        return None  # emulated bf16 autocast on CPU is far slower than fp32
-    return torch.bfloat16
-
-
-def _amp_name(dtype: torch.dtype | None) -> str | None:
-    return {torch.bfloat16: "bf16", torch.float16: "fp16", None: None}.get(dtype, str(dtype))
 
 
 def _default_batch_size(device: torch.device, patch: Sequence[int]) -> int:
@@ -296,22 +240,6 @@ class _ZStitcher:
 # --------------------------------------------------------------------------- helpers
 
 
-def _is_oom(exc: BaseException) -> bool:
-    if isinstance(exc, torch.OutOfMemoryError | MemoryError):
-        return True
-    text = str(exc).lower()
-    return isinstance(exc, RuntimeError) and (
-        "out of memory" in text or "can't allocate memory" in text
-    )
-
-
-def _free_device_memory(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
-    elif device.type == "mps":  # pragma: no cover - no Apple GPU here
-        torch.mps.empty_cache()
-
-
 def _count_nonfinite(array: np.ndarray) -> int:
     if array.dtype.kind not in "fc":
         return 0
@@ -332,22 +260,6 @@ def _flip_sets(tta: bool | Sequence[Sequence[int]]) -> list[tuple[int, ...]]:
     if not tta:
         return [()]
     return [tuple(int(a) for a in f) for f in tta]
-
-
-def available_memory() -> int | None:
-    """Bytes of main memory available to new allocations (Linux ``MemAvailable``, else
-    free physical pages), or None when unknown."""
-    try:
-        with open("/proc/meminfo", encoding="ascii", errors="replace") as fh:
-            for line in fh:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    try:
-        return int(os.sysconf("SC_AVPHYS_PAGES")) * int(os.sysconf("SC_PAGE_SIZE"))
-    except (AttributeError, OSError, ValueError):
-        return None
 
 
 def _check_memory(

@@ -58,6 +58,12 @@ from napari_vnet.losses import (
     one_hot,
 )
 from napari_vnet.models.card import ClassInfo, ModelCard
+from napari_vnet.runtime import (
+    available_memory,
+    bf16_conv_guard,
+    resolve_amp,
+    resolve_device,
+)
 
 log = logging.getLogger(__name__)
 
@@ -469,8 +475,6 @@ def _check_batch_memory(card: ModelCard, patch, batch_size: int, n_classes: int,
     main memory (an absurd batch size would otherwise fill the machine)."""
     if device.type != "cpu":
         return
-    from napari_vnet.inference import available_memory
-
     free = available_memory()
     if free is None:
         return
@@ -795,40 +799,12 @@ def lr_factor(progress: float, warmup: float, schedule: str) -> float:
     raise TrainingError(f"unknown schedule {schedule!r}; expected poly, cosine or constant")
 
 
-def cpu_has_native_bf16() -> bool:
-    """True when the CPU computes bf16 natively (AVX512-BF16 or AMX); else bf16 is slow."""
-    try:
-        with open("/proc/cpuinfo", encoding="ascii", errors="ignore") as fh:
-            flags = fh.read()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
 def _resolve_device(name: str, local_rank: int = 0) -> torch.device:
-    if name in (None, "", "auto"):
-        if torch.cuda.is_available():
-            return torch.device("cuda", local_rank % max(torch.cuda.device_count(), 1))
-        mps = getattr(torch.backends, "mps", None)
-        if mps is not None and mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    dev = torch.device(name)
-    if dev.type == "cuda" and dev.index is None:
-        dev = torch.device("cuda", local_rank % max(torch.cuda.device_count(), 1))
-    return dev
+    return resolve_device(name, local_rank)
 
 
 def _amp_dtype(device: torch.device, amp: Any) -> torch.dtype | None:
-    if amp is False or (isinstance(amp, str) and amp.lower() in ("off", "false", "no", "0")):
-        return None
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    if device.type == "cpu":
-        if amp is True or (isinstance(amp, str) and amp.lower() in ("on", "true", "bf16")):
-            return torch.bfloat16
-        return torch.bfloat16 if cpu_has_native_bf16() else None
-    return None
+    return resolve_amp(amp, device)
 
 
 def resume_path(out: str | os.PathLike) -> Path:
@@ -1110,6 +1086,7 @@ def _run(pairs, config: TrainConfig, base, out: Path, progress, should_stop, dis
                 disc.load_state_dict(resumed_disc_state)
     else:
         card.classes = classes
+        torch.manual_seed(config.seed)  # a new network's initial weights follow the seed
         model, disc = _build(card, base_info, classes, notes, config)
         card.arch_kwargs = dict(getattr(model, "arch_kwargs", card.arch_kwargs))
     disc_kwargs = dict(getattr(disc, "arch_kwargs", {})) if disc is not None else {}
@@ -1256,6 +1233,8 @@ def _run(pairs, config: TrainConfig, base, out: Path, progress, should_stop, dis
     last_loss = None
     cancelled = False
     last_eval = time.perf_counter()
+    guard = bf16_conv_guard(model, disc)
+    guard.__enter__()
     try:
         while True:
             seconds = time.perf_counter() - t0
@@ -1338,6 +1317,8 @@ def _run(pairs, config: TrainConfig, base, out: Path, progress, should_stop, dis
             except Exception:  # noqa: BLE001 - closing must not raise
                 log.exception("could not write checkpoints while stopping")
         raise
+    finally:
+        guard.__exit__(None, None, None)
     # (any other exception propagates and leaves the files on disk as they were: a
     # non-finite loss must not overwrite the best checkpoint with broken weights)
     seconds = time.perf_counter() - t0

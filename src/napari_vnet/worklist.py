@@ -27,7 +27,6 @@ import re
 import shutil
 import stat
 import struct
-import tempfile
 import time
 import zlib
 from collections.abc import Iterable, Iterator
@@ -569,20 +568,9 @@ def _slug(text: str, limit: int = 60) -> str:
 
 
 def _atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    from napari_vnet._atomic import atomic_write_text
+
+    atomic_write_text(path, text)
 
 
 class ProjectMismatchError(ProjectError):

@@ -11,9 +11,10 @@ from __future__ import annotations
 import json
 import logging
 import os
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from napari_vnet._atomic import atomic_write_text
 
 if TYPE_CHECKING:
     import napari
@@ -55,11 +56,7 @@ def _read_recent() -> list[str]:
 def _write_recent(items: list[str]) -> None:
     path = _recent_path()
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".recent-", suffix=".json", dir=path.parent)
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump({"recent": items}, fh, indent=1)
-        os.replace(tmp, path)
+        atomic_write_text(path, json.dumps({"recent": items}, indent=1))
     except OSError as exc:
         log.warning("could not save the recent-weights list to %s: %s", path, exc)
 

@@ -24,7 +24,6 @@ import logging
 import os
 import pickle
 import re
-import tempfile
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any
@@ -168,20 +167,15 @@ def save_checkpoint(
             "kwargs": dict(getattr(disc, "arch_kwargs", {})),
             "state_dict": _plain_state(disc),
         }
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    except OSError as exc:
-        raise _save_error(exc, path) from exc
-    try:
-        with os.fdopen(fd, "wb") as fh:
+    from napari_vnet._atomic import atomic_write
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as fh:
             torch.save(state, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; use the usual mode
-        os.replace(tmp, path)
+
+    try:
+        atomic_write(path, write)
     except BaseException as exc:
-        Path(tmp).unlink(missing_ok=True)
         # disk full, read-only...: say which file (torch's zip writer may have replaced
         # the OSError by a RuntimeError about stream positions; the OSError is its context)
         cause: BaseException | None = exc
@@ -204,12 +198,6 @@ def _save_error(exc: OSError, path: Path) -> OSError:
     return OSError(
         exc.errno, f"cannot save the checkpoint ({reason}); nothing was changed", str(path)
     )
-
-
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
 
 
 def _version() -> str:

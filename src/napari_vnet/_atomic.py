@@ -1,0 +1,155 @@
+"""Atomic file writes: a reader sees the old file or the new one, never half of one.
+
+The file is written to a temporary name in the target's folder (same file system, so the
+rename is atomic), flushed to disk (``fsync``), optionally checked by a ``verify``
+callable, and only then moved over the target with ``os.replace``. On any error the
+temporary file is removed and the target is left as it was.
+
+The temporary name keeps the target's extension (``.seg.nii.gz`` -> ``.seg.tmpXXXX.nii.gz``
+style), so writers that choose the format from the name (SimpleITK) work through
+:func:`atomic_write`'s callback.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import IO, Any
+
+__all__ = ["atomic_open", "atomic_write", "atomic_write_bytes", "atomic_write_text"]
+
+Verify = Callable[[Path], Any]
+
+
+def _suffixes(path: Path) -> str:
+    """``a.nii.gz`` -> ``.nii.gz``; ``a.pt`` -> ``.pt``; ``a`` -> ``""``."""
+    name = path.name.lstrip(".")
+    return "".join(Path(name).suffixes[-2:]) if name.endswith(".gz") else Path(name).suffix
+
+
+@functools.lru_cache(maxsize=1)
+def _umask() -> int:
+    mask = os.umask(0)  # (read once: setting it is not thread-safe)
+    os.umask(mask)
+    return mask
+
+
+def _temp_beside(path: Path) -> tuple[int, Path]:
+    """An open descriptor and the name of a new hidden file beside ``path``, same extension."""
+    ext = _suffixes(path)
+    stem = path.name[: len(path.name) - len(ext)] if ext else path.name
+    fd, name = tempfile.mkstemp(prefix=f".{stem}.", suffix=f".tmp{ext}", dir=path.parent)
+    return fd, Path(name)
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make the rename itself durable (best effort: not every platform allows it)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _fsync_file(path: Path) -> None:
+    with open(path, "rb+") as fh:
+        os.fsync(fh.fileno())
+
+
+def atomic_write(
+    path: str | os.PathLike,
+    write: Callable[[Path], Any],
+    *,
+    verify: Verify | None = None,
+    mkdir: bool = True,
+) -> Path:
+    """Call ``write(tmp_path)`` to produce the file, then move it onto ``path``.
+
+    ``write`` receives a path in the same folder with the same extension (for
+    ``sitk.WriteImage``, ``torch.save(obj, path)``...). ``verify(tmp_path)`` runs after the
+    data reached the disk and before the rename; raising there keeps the old file.
+    Returns ``path`` as a :class:`~pathlib.Path`.
+    """
+    path = Path(path)
+    if mkdir:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = _temp_beside(path)
+    os.close(fd)
+    try:
+        write(tmp)
+        _fsync_file(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; use the usual mode
+        if verify is not None:
+            verify(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+    return path
+
+
+@contextlib.contextmanager
+def atomic_open(
+    path: str | os.PathLike,
+    mode: str = "w",
+    *,
+    encoding: str | None = "utf-8",
+    newline: str | None = None,
+    verify: Verify | None = None,
+) -> Iterator[IO[Any]]:
+    """``with atomic_open(path, "w") as fh: ...``: the file appears complete on leaving the
+    block without an error, and not at all (the old one stays) otherwise."""
+    if mode not in ("w", "wb"):
+        raise ValueError(f"atomic_open supports modes 'w' and 'wb', got {mode!r}")
+    binary = mode == "wb"
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = _temp_beside(path)
+    try:
+        kwargs = {} if binary else {"encoding": encoding, "newline": newline}
+        with os.fdopen(fd, mode, **kwargs) as fh:
+            yield fh
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())
+        if verify is not None:
+            verify(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+
+
+def atomic_write_bytes(
+    path: str | os.PathLike, data: bytes, *, verify: Verify | None = None
+) -> Path:
+    """Write ``data`` to ``path`` atomically (see :func:`atomic_write`)."""
+    return atomic_write(path, lambda tmp: tmp.write_bytes(data), verify=verify)
+
+
+def atomic_write_text(
+    path: str | os.PathLike,
+    text: str,
+    *,
+    encoding: str = "utf-8",
+    newline: str | None = None,
+    verify: Verify | None = None,
+) -> Path:
+    """Write ``text`` to ``path`` atomically (see :func:`atomic_write`)."""
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "w", encoding=encoding, newline=newline) as fh:
+            fh.write(text)
+
+    return atomic_write(path, write, verify=verify)
