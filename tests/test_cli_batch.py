@@ -188,6 +188,12 @@ def test_folder_predict_keeps_geometry_statistics_and_rerun_skips(scans, tmp_pat
             agree = np.mean(np.asarray([0, 5, 1])[probs.argmax(0)] == mask.array)
             assert agree > 0.99
     assert not [p for p in out.rglob("*") if p.name.startswith(".")]  # no temp files left
+    assert any(int(r["voxels"]) > 0 for r in rows)  # the intensity branch was exercised
+    # a case in a folder is segmented exactly as the single-file command does it
+    single = tmp_path / "single.mha"
+    assert main(["predict", str(src / "b.mha"), "-w", str(ckpt), "-o", str(single)]) == 0
+    np.testing.assert_array_equal(read_volume(single).array, read_volume(out / "b.mha").array)
+    capsys.readouterr()
 
     mtimes = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
     rc, stdout, err = run_cli([*argv, "--statistics", "--save-probabilities", "--json"], capsys)
