@@ -3,9 +3,17 @@
 Everything is made with nnU-Net's own tools: the raw dataset (synthetic torso phantoms
 from :mod:`napari_vnet.phantoms`, 2 foreground classes: liver and spine) is fingerprinted
 and planned by ``nnUNetv2_plan_and_preprocess``; the plans are then shrunk (3 stages of
-4/8/16 features, a 16x32x32 patch) so that ``nnUNetv2_train`` (``nnUNetTrainer_5epochs``,
-CPU) trains two folds in a few minutes; finally the trained-model folder is copied
-without its logs/optimiser-free extras into ``tests/data/nnunet/``.
+4/8/16 features, a 16x32x32 patch) so that nnU-Net's trainer (``nnUNetTrainer_5epochs``, CPU,
+run as ``nnUNetv2_train`` does: ``run_training`` then ``perform_actual_validation``) trains
+two folds in a few minutes; finally dataset.json, plans.json and each fold's
+checkpoint_final.pth are copied (without logs and validation outputs) into
+``tests/data/nnunet/``.
+
+The 5-epoch trainer differs from ``nnUNetTrainer`` only in its number of epochs (same
+network, same checkpoint layout), so the folder is published as
+``nnUNetTrainer__nnUNetPlans__3d_fullres`` with ``trainer_name = "nnUNetTrainer"``: nnU-Net
+2.8 looks a trainer up by walking all its trainer modules, some of which import optional
+packages (timm); ``nnUNetTrainer`` is found first, without them.
 
 Usage::
 
@@ -31,6 +39,7 @@ import numpy as np
 DATASET_ID = 901
 DATASET_NAME = f"Dataset{DATASET_ID:03d}_TinyPhantom"
 TRAINER = "nnUNetTrainer_5epochs"
+PUBLISHED_TRAINER = "nnUNetTrainer"
 CONFIG = "3d_fullres"
 #: phantom label value -> label value in the nnU-Net dataset (others become background)
 KEEP = {1: 1, 4: 2}  # liver, spine
@@ -90,6 +99,36 @@ def shrink_plans(plans_file: Path) -> None:
     plans_file.write_text(json.dumps(plans, indent=2))
 
 
+#: one fold, as ``nnUNetv2_train`` runs it (imported trainer class: no trainer search)
+TRAIN_FOLD = f"""
+import sys, torch
+from batchgenerators.utilities.file_and_folder_operations import load_json, join
+from nnunetv2.paths import nnUNet_preprocessed
+from nnunetv2.training.nnUNetTrainer.variants.training_length.nnUNetTrainer_Xepochs import (
+    {TRAINER} as Trainer,
+)
+folder = join(nnUNet_preprocessed, "{DATASET_NAME}")
+plans = load_json(join(folder, "nnUNetPlans.json"))
+plans["continue_training"] = False  # what nnUNetv2_train's get_trainer_from_args adds
+trainer = Trainer(plans, "{CONFIG}", int(sys.argv[1]),
+                  load_json(join(folder, "dataset.json")), device=torch.device("cpu"))
+trainer.run_training()
+trainer.perform_actual_validation(False)
+"""
+
+
+def publish_checkpoint(src: Path, dst: Path) -> None:
+    """Copy a fold checkpoint under the published trainer name (same network)."""
+    import torch
+
+    from napari_vnet.foreign.safe_load import safe_torch_load
+
+    ckpt = safe_torch_load(src)
+    ckpt["trainer_name"] = PUBLISHED_TRAINER
+    ckpt.pop("optimizer_state", None)  # not needed to predict or fine-tune; halves the size
+    torch.save(ckpt, dst)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", default=str(Path(__file__).resolve().parents[1] / "tests/data/nnunet"))
@@ -103,22 +142,24 @@ def main(argv: list[str] | None = None) -> int:
         env[key] = str(work / key)
         Path(env[key]).mkdir(parents=True, exist_ok=True)
     env.update(nnUNet_n_proc_DA="1", nnUNet_compile="false", OMP_NUM_THREADS="2")
-    write_raw(Path(env["nnUNet_raw"]))
 
     def run(*cmd: str) -> None:
         print("+", " ".join(cmd), flush=True)
         subprocess.run(cmd, env=env, check=True)
 
-    run(_tool("nnUNetv2_extract_fingerprint"), "-d", str(DATASET_ID), "-np", "1")
-    run(_tool("nnUNetv2_plan_experiment"), "-d", str(DATASET_ID))
-    plans_file = Path(env["nnUNet_preprocessed"]) / DATASET_NAME / "nnUNetPlans.json"
-    shrink_plans(plans_file)
-    run(_tool("nnUNetv2_preprocess"), "-d", str(DATASET_ID), "-c", CONFIG, "-np", "1")
-    for fold in args.folds:
-        run(_tool("nnUNetv2_train"), str(DATASET_ID), CONFIG, fold, "-tr", TRAINER, "-device", "cpu")
-
     trained = Path(env["nnUNet_results"]) / DATASET_NAME / f"{TRAINER}__nnUNetPlans__{CONFIG}"
-    out = Path(args.out) / DATASET_NAME / trained.name
+    plans_file = Path(env["nnUNet_preprocessed"]) / DATASET_NAME / "nnUNetPlans.json"
+    if not plans_file.exists():  # a reused --work folder keeps what was done
+        write_raw(Path(env["nnUNet_raw"]))
+        run(_tool("nnUNetv2_extract_fingerprint"), "-d", str(DATASET_ID), "-np", "1")
+        run(_tool("nnUNetv2_plan_experiment"), "-d", str(DATASET_ID))
+        shrink_plans(plans_file)
+        run(_tool("nnUNetv2_preprocess"), "-d", str(DATASET_ID), "-c", CONFIG, "-np", "1")
+    for fold in args.folds:
+        if not (trained / f"fold_{fold}" / "checkpoint_final.pth").exists():
+            run(sys.executable, "-c", TRAIN_FOLD, str(fold))
+
+    out = Path(args.out) / DATASET_NAME / f"{PUBLISHED_TRAINER}__nnUNetPlans__{CONFIG}"
     if out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True)
@@ -126,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
         shutil.copy2(trained / name, out / name)
     for fold in args.folds:
         (out / f"fold_{fold}").mkdir()
-        shutil.copy2(
+        publish_checkpoint(
             trained / f"fold_{fold}" / "checkpoint_final.pth",
             out / f"fold_{fold}" / "checkpoint_final.pth",
         )

@@ -13,5 +13,7 @@ COMMANDS = {
     "list": "list_weights",
     "train": "train",
     "export-dataset": "export_dataset",
+    "import-weights": "import_weights",
+    "export-weights": "export_weights",
     "demo": "demo",
 }

@@ -24,7 +24,7 @@ __all__ = ["foreign_kind", "load_foreign", "preprocessing_for", "read_foreign_ca
 
 
 def foreign_kind(path: str | os.PathLike) -> str | None:
-    """"nnunet", "monai_bundle" or None (not a foreign weights folder)."""
+    """ "nnunet", "monai_bundle" or None (not a foreign weights folder)."""
     p = Path(path)
     if not p.is_dir():
         return None

@@ -61,7 +61,9 @@ def locate(dotted: str, kind: str) -> Any:
     try:
         value = getattr(importlib.import_module(module_name), attr)
     except (ImportError, AttributeError):
-        raise ValueError(f"{kind} class {dotted!r} does not exist in the installed packages") from None
+        raise ValueError(
+            f"{kind} class {dotted!r} does not exist in the installed packages"
+        ) from None
     if not isinstance(value, type):
         raise ValueError(f"{dotted!r} is not a class")
     return value
@@ -150,7 +152,9 @@ class MonaiNetwork(nn.Module):
     ) -> None:
         super().__init__()
         if name not in MONAI_NETWORKS:
-            raise ValueError(f"MONAI network {name!r} is not supported; supported: {MONAI_NETWORKS}")
+            raise ValueError(
+                f"MONAI network {name!r} is not supported; supported: {MONAI_NETWORKS}"
+            )
         nets = require("monai.networks.nets", "monai", f"the MONAI network {name}")
         kwargs = dict(network_kwargs or {})
         kwargs.setdefault("spatial_dims", 3)

@@ -158,9 +158,7 @@ def _check_supported(where: Path, config_name: str, cfg: dict, dataset_json: dic
 
 def _classes(dataset_json: dict, where: Path) -> list[ClassInfo]:
     labels = dataset_json.get("labels") or {}
-    pairs = sorted(
-        (int(v), str(k)) for k, v in labels.items() if str(k).lower() != "ignore"
-    )
+    pairs = sorted((int(v), str(k)) for k, v in labels.items() if str(k).lower() != "ignore")
     values = [v for v, _ in pairs]
     if values != list(range(len(values))) or len(values) < 2:
         raise CheckpointError(
@@ -392,7 +390,7 @@ class NnUNetPreprocessing:
         self.patch_size = tuple(int(p) for p in self.config.patch_size)
 
     def preprocess(
-        self, channels: np.ndarray, spacing: tuple[float, float, float] | None
+        self, channels: np.ndarray, spacing: tuple[float, float, float] | None, geometry=None
     ) -> tuple[np.ndarray, NnUNetContext]:
         """``(C, z, y, x)`` raw intensities -> ``(C, d, h, w)`` float32 network input."""
         from nnunetv2.preprocessing.preprocessors.default_preprocessor import (
@@ -412,6 +410,11 @@ class NnUNetPreprocessing:
         ctx = NnUNetContext(props, net_shape, needs_resampling=net_shape != cropped)
         return data, ctx
 
+    def needs_scores(self, ctx: NnUNetContext) -> bool:
+        """Whether :meth:`restore` needs the blended logits (resampling back), not only
+        the network-grid labels."""
+        return ctx.needs_resampling
+
     def restore(
         self,
         ctx: NnUNetContext,
@@ -424,7 +427,6 @@ class NnUNetPreprocessing:
         from acvl_utils.cropping_and_padding.bounding_boxes import insert_crop_into_image
 
         props = ctx.properties
-        forward = self.plans_manager.transpose_forward
         if ctx.needs_resampling:
             if scores is None:
                 raise ValueError("resampling back to the input grid needs the blended logits")
@@ -434,8 +436,9 @@ class NnUNetPreprocessing:
             labels = np.argmax(scores, axis=0)
         dtype = np.uint8 if len(self.dataset_json.get("labels", {})) < 256 else np.uint16
         full = np.zeros(props["shape_before_cropping"], dtype=dtype)
-        full = insert_crop_into_image(full, labels.astype(dtype, copy=False), props["bbox_used_for_cropping"])
-        del forward
+        full = insert_crop_into_image(
+            full, labels.astype(dtype, copy=False), props["bbox_used_for_cropping"]
+        )
         return np.ascontiguousarray(full.transpose(self.plans_manager.transpose_backward))
 
     def _resample_argmax(self, scores: np.ndarray, props: dict[str, Any]) -> np.ndarray:

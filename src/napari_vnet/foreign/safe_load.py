@@ -68,9 +68,13 @@ def safe_torch_load(path: str | os.PathLike, map_location: Any = "cpu") -> Any:
                 f"{match.group(1)}, which is not among the plain types a checkpoint may "
                 f"hold ({_names(ALLOWED_GLOBALS)}) and loading it could run code"
             ) from None
-        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({_first(exc)})") from None
+        raise CheckpointError(
+            f"{path}: not a readable PyTorch checkpoint ({_first(exc)})"
+        ) from None
     except Exception as exc:  # untrusted bytes can fail anywhere inside the unpickler
-        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({_first(exc)})") from None
+        raise CheckpointError(
+            f"{path}: not a readable PyTorch checkpoint ({_first(exc)})"
+        ) from None
 
 
 def _first(exc: BaseException) -> str:

@@ -1,0 +1,228 @@
+"""Hand weights back to the program they came from.
+
+* :func:`export_nnunet`: an nnU-Net v2 trained-model folder (``dataset.json``,
+  ``plans.json``, ``fold_<i>/checkpoint_final.pth``) that ``nnUNetPredictor`` /
+  ``nnUNetv2_predict`` load, from a network whose card came from nnU-Net (possibly
+  fine-tuned here). Each ensemble member becomes one fold.
+* :func:`export_monai_bundle`: a MONAI bundle folder (``configs/metadata.json``,
+  ``configs/inference.json``, ``models/model.pt``) for a MONAI network, whose
+  preprocessing is the card's (bundle transforms, or the card's window/z-score
+  normalisation and spacing written as MONAI transforms).
+
+Both write into a temporary sibling folder and rename it into place, so a failed export
+leaves nothing half-written; an existing destination is refused unless ``overwrite``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from napari_vnet.models.card import ModelCard
+
+__all__ = ["ExportError", "export_monai_bundle", "export_nnunet"]
+
+#: nnU-Net finds a trainer by name; the network of every plain trainer variant is the
+#: one the plans describe, which is what ``nnUNetTrainer`` builds
+EXPORT_TRAINER = "nnUNetTrainer"
+
+
+class ExportError(ValueError):
+    """The weights cannot be written in the asked format (says why)."""
+
+
+def _members(model: nn.Module) -> list[nn.Module]:
+    members = getattr(model, "members", None)
+    return list(members) if members is not None else [model]
+
+
+def _publish(tmp: Path, dest: Path, overwrite: bool) -> Path:
+    if dest.exists():
+        if not overwrite:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise ExportError(f"{dest}: already exists (choose another folder or overwrite)")
+        shutil.rmtree(dest)
+    os.replace(tmp, dest)
+    return dest
+
+
+def _tmp_beside(dest: Path) -> Path:
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}."))
+
+
+def export_nnunet(
+    model: nn.Module, card: ModelCard, out: str | os.PathLike, *, overwrite: bool = False
+) -> Path:
+    """Write ``model`` as an nnU-Net v2 trained-model folder; returns its path.
+
+    ``out`` is the trained-model folder itself when its name has nnU-Net's form
+    ``<Trainer>__<Plans>__<configuration>``, otherwise the folder to create it in.
+    """
+    pre = card.preprocessing or {}
+    if card.arch != "nnunet" or pre.get("kind") != "nnunet":
+        raise ExportError(
+            f"only weights that came from nnU-Net (arch 'nnunet') can be written as an nnU-Net "
+            f"folder; these are {card.arch!r}"
+        )
+    plans, dataset_json = pre["plans"], pre["dataset_json"]
+    config = pre["configuration"]
+    out = Path(out)
+    if len(out.name.split("__")) != 3:
+        plans_name = card.source.get("plans_name") or plans.get("plans_name") or "nnUNetPlans"
+        out = out / f"{EXPORT_TRAINER}__{plans_name}__{config}"
+    tmp = _tmp_beside(out)
+    try:
+        (tmp / "plans.json").write_text(json.dumps(plans, indent=2))
+        (tmp / "dataset.json").write_text(json.dumps(dataset_json, indent=2))
+        mirror = tuple(int(a) for a in card.sliding_window.get("mirror_axes", (0, 1, 2)))
+        source_folds = [str(f) for f in card.source.get("folds", [])]
+        members = _members(model)
+        names = (
+            source_folds
+            if len(source_folds) == len(members)
+            else [str(i) for i in range(len(members))]
+        )
+        for name, member in zip(names, members, strict=True):
+            fold_dir = tmp / f"fold_{name}"
+            fold_dir.mkdir()
+            state = {k: v.detach().cpu().clone() for k, v in member.state_dict().items()}
+            torch.save(
+                {
+                    "network_weights": state,
+                    "optimizer_state": None,
+                    "grad_scaler_state": None,
+                    "logging": {},
+                    "_best_ema": None,
+                    "current_epoch": int(card.history.get("iterations", 0) or 0),
+                    "init_args": {
+                        "plans": plans,
+                        "configuration": config,
+                        "fold": int(name) if name.isdigit() else name,
+                        "dataset_json": dataset_json,
+                    },
+                    "trainer_name": EXPORT_TRAINER,
+                    "inference_allowed_mirroring_axes": mirror,
+                },
+                fold_dir / "checkpoint_final.pth",
+            )
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return _publish(tmp, out, overwrite)
+
+
+def _bundle_transforms(card: ModelCard) -> list[dict[str, Any]]:
+    pre = card.preprocessing or {}
+    if pre.get("kind") == "monai_bundle":
+        steps = pre.get("transforms", [])
+    else:
+        # our engine feeds the stored (x, y, z) voxel order (no reorientation), so the
+        # bundle does too: no Orientationd, only the card's spacing and intensities
+        steps = []
+        if card.spacing:
+            steps.append(
+                {"name": "Spacing", "pixdim": list(card.spacing)[::-1], "mode": "bilinear"}
+            )
+        norm = card.normalization or {}
+        if norm.get("kind") == "window":
+            steps.append({"name": "ScaleIntensityRange", "a_min": norm["low"], "a_max": norm["high"],
+                          "b_min": 0.0, "b_max": 1.0, "clip": True})  # fmt: skip
+        elif norm.get("kind") == "zscore":
+            steps.append({"name": "NormalizeIntensity"})
+        elif norm.get("kind") not in (None, "none"):
+            raise ExportError(f"normalisation {norm} has no MONAI transform equivalent here")
+    out = []
+    for s in steps:
+        args = {k: v for k, v in s.items() if k != "name"}
+        out.append({"_target_": s["name"] + "d", "keys": "image", **args})
+    return out
+
+
+def export_monai_bundle(
+    model: nn.Module, card: ModelCard, out: str | os.PathLike, *, overwrite: bool = False
+) -> Path:
+    """Write a MONAI network as a bundle folder MONAI's ``ConfigParser`` runs."""
+    if card.arch != "monai":
+        raise ExportError(
+            f"only MONAI networks can be written as a MONAI bundle; this is {card.arch!r}"
+        )
+    out = Path(out)
+    net = getattr(model, "net", model)
+    name = card.arch_kwargs["name"]
+    network_def = {"_target_": name, "in_channels": card.in_channels,
+                   "out_channels": card.out_channels, **card.arch_kwargs.get("network_kwargs", {})}  # fmt: skip
+    network_def.setdefault("spatial_dims", 3)
+    sw = card.sliding_window or {}
+    roi = list(card.patch_size)
+    if sw.get("transpose") and not (card.preprocessing or {}).get("kind"):
+        roi = [roi[i] for i in sw["transpose"]]
+    inference = {
+        "network_def": network_def,
+        "preprocessing": {
+            "_target_": "Compose",
+            "transforms": [
+                {"_target_": "LoadImaged", "keys": "image"},
+                {"_target_": "EnsureChannelFirstd", "keys": "image"},
+                *_bundle_transforms(card),
+                {"_target_": "EnsureTyped", "keys": "image"},
+            ],
+        },
+        "inferer": {
+            "_target_": "SlidingWindowInferer",
+            "roi_size": roi,
+            "sw_batch_size": 1,
+            "overlap": float(sw.get("overlap", 0.5)),
+            "mode": str(sw.get("mode", "gaussian")),
+        },
+        "postprocessing": {
+            "_target_": "Compose",
+            "transforms": [
+                {"_target_": "Activationsd", "keys": "pred", "softmax": True},
+                {
+                    "_target_": "Invertd",
+                    "keys": "pred",
+                    "transform": "@preprocessing",
+                    "orig_keys": "image",
+                    "nearest_interp": False,
+                    "to_tensor": True,
+                },  # fmt: skip
+                {"_target_": "AsDiscreted", "keys": "pred", "argmax": True},
+            ],
+        },
+    }
+    metadata = {
+        "schema": "https://github.com/Project-MONAI/MONAI-extra-test-data/releases/download/0.8.1/meta_schema_20220324.json",
+        "version": "0.1.0",
+        "name": card.source.get("name") or f"napari-vnet {name}",
+        "description": card.description or f"MONAI {name} exported by napari-vnet",
+        "network_data_format": {
+            "inputs": {"image": {"type": "image", "num_channels": card.in_channels}},
+            "outputs": {
+                "pred": {
+                    "type": "image",
+                    "num_channels": card.out_channels,
+                    "channel_def": {str(i): c.name for i, c in enumerate(card.classes)},
+                }
+            },
+        },
+    }
+    tmp = _tmp_beside(out)
+    try:
+        (tmp / "configs").mkdir()
+        (tmp / "models").mkdir()
+        (tmp / "configs" / "inference.json").write_text(json.dumps(inference, indent=2))
+        (tmp / "configs" / "metadata.json").write_text(json.dumps(metadata, indent=2))
+        state = {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}
+        torch.save(state, tmp / "models" / "model.pt")
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return _publish(tmp, out, overwrite)

@@ -1,0 +1,352 @@
+"""MONAI weights: a bare network state dict with a user-given card, and bundle folders.
+
+**Bare state dict** (:func:`wrap_monai_state_dict`): the weights of one of MONAI's
+networks (``VNet``, ``UNet``, ``BasicUNet``, ``DynUNet``...) saved with
+``torch.save(net.state_dict())``. Nothing in the file says which network or classes it
+has, so the user gives the card (``napari-vnet import-weights --arch monai.VNet
+--arch-kwargs ... --classes ... --normalization ... --spacing ...``); the result is a
+napari-vnet weights file that rebuilds offline from its card. MONAI pipelines hold
+volumes as ``(x, y, z)`` arrays, so the card says ``sliding_window.transpose = [2, 1, 0]``
+and the engine feeds the network the same axis order it was trained with.
+
+**Bundle folder** (:func:`load_monai_bundle`): ``configs/metadata.json``,
+``configs/inference.json`` and ``models/model.pt`` as MONAI's model zoo lays them out.
+A bundle config may hold Python expressions (``"$..."``) that MONAI's own parser
+evaluates; napari-vnet never evaluates them: it reads the network definition and the
+preprocessing transforms as plain JSON (references ``"@name"`` to plain values are
+resolved; an expression where a value is needed is refused with one line). The
+preprocessing (``Orientationd``, ``Spacingd``, intensity transforms) is then applied with
+MONAI's own array transforms on a ``MetaTensor`` built from the volume's geometry, and the
+result is brought back to the input grid with MONAI's own inverse of those transforms
+(as the bundle's ``Invertd`` does).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from napari_vnet.foreign.networks import MONAI_NETWORKS, MonaiNetwork, require
+from napari_vnet.foreign.safe_load import safe_torch_load
+from napari_vnet.models.card import ClassInfo, ModelCard
+from napari_vnet.models.errors import CheckpointError
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "MonaiBundlePreprocessing",
+    "UnsupportedBundleError",
+    "load_monai_bundle",
+    "monai_card",
+    "wrap_monai_state_dict",
+]
+
+#: MONAI pipelines index volumes (x, y, z); ours are (z, y, x)
+XYZ = [2, 1, 0]
+
+
+class UnsupportedBundleError(CheckpointError):
+    """A bundle napari-vnet cannot run exactly (expressions, unknown transforms...)."""
+
+
+def _state_dict_of(obj: Any, path: Path) -> dict[str, torch.Tensor]:
+    if isinstance(obj, dict) and obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
+        state = obj
+    else:
+        inner = None
+        if isinstance(obj, dict):
+            inner = next(
+                (obj[k] for k in ("state_dict", "model", "network", "net", "model_state_dict")
+                 if isinstance(obj.get(k), dict)),
+                None,
+            )  # fmt: skip
+        if not inner:
+            raise CheckpointError(f"{path}: no network state dict in this file")
+        state = inner
+    out = {}
+    for k, v in state.items():
+        if not isinstance(v, torch.Tensor):
+            raise CheckpointError(f"{path}: state dict entry {k!r} is not a tensor")
+        for prefix in ("_orig_mod.", "module."):
+            if k.startswith(prefix):
+                k = k[len(prefix) :]
+        out[k] = v
+    return out
+
+
+def _load_into(net: MonaiNetwork, state: dict[str, torch.Tensor], path: Path) -> None:
+    own = net.net.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    bad = [(k, tuple(state[k].shape), tuple(own[k].shape)) for k in own
+           if k in state and state[k].shape != own[k].shape]  # fmt: skip
+    if missing or unexpected or bad:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing (first {missing[0]!r})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected (first {unexpected[0]!r})")
+        if bad:
+            parts.append(f"{len(bad)} of another shape (first {bad[0][0]!r}: file {bad[0][1]} "
+                         f"vs network {bad[0][2]})")  # fmt: skip
+        raise CheckpointError(
+            f"{path}: the weights do not fit MONAI {net.arch_kwargs['name']} with "
+            f"{net.arch_kwargs['network_kwargs']}: " + "; ".join(parts)
+        )
+    net.net.load_state_dict(state)
+
+
+def monai_card(
+    name: str,
+    network_kwargs: dict[str, Any],
+    classes: list[ClassInfo],
+    *,
+    in_channels: int = 1,
+    normalization: dict[str, Any] | None = None,
+    spacing: tuple[float, float, float] | None = None,
+    patch_size: tuple[int, int, int] = (96, 96, 96),
+    source: dict[str, Any] | None = None,
+) -> ModelCard:
+    """The card of a bare MONAI network; ``spacing``/``patch_size`` in (z, y, x)."""
+    if name.startswith("monai."):
+        name = name[len("monai.") :]
+    if name not in MONAI_NETWORKS:
+        raise ValueError(f"MONAI network {name!r} is not supported; supported: {MONAI_NETWORKS}")
+    return ModelCard(
+        arch="monai",
+        arch_kwargs={"name": name, "network_kwargs": dict(network_kwargs)},
+        classes=list(classes),
+        in_channels=int(in_channels),
+        normalization=dict(normalization or {"kind": "zscore"}),
+        spacing=None if spacing is None else tuple(float(s) for s in spacing),
+        patch_size=tuple(int(p) for p in patch_size),
+        source=dict(source or {"format": "monai"}),
+        sliding_window={"transpose": XYZ},
+    )
+
+
+def wrap_monai_state_dict(
+    path: str | os.PathLike, card: ModelCard
+) -> tuple[MonaiNetwork, ModelCard]:
+    """``(network, card)`` from a bare MONAI state dict file and the card describing it
+    (see :func:`monai_card`). Raises CheckpointError when the weights do not fit."""
+    from napari_vnet.models.registry import build_model
+
+    path = Path(path)
+    state = _state_dict_of(safe_torch_load(path), path)
+    try:
+        net = build_model(card)
+    except ValueError as exc:
+        raise CheckpointError(f"{path}: cannot build the network of the card: {exc}") from None
+    _load_into(net, state, path)  # type: ignore[arg-type]
+    src = dict(card.source)
+    src.setdefault("file", path.name)
+    card.source = src
+    net.eval()
+    return net, card  # type: ignore[return-value]
+
+
+# --------------------------------------------------------------------------- bundles
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"{path}: unreadable JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path}: expected a JSON object")
+    return data
+
+
+def _plain(value: Any, config: dict[str, Any], where: str, depth: int = 0) -> Any:
+    """``value`` with ``"@name"`` references to plain config entries resolved; an
+    expression (``"$..."``) raises UnsupportedBundleError (it would need running code)."""
+    if depth > 20:
+        raise UnsupportedBundleError(f"{where}: references nest too deeply")
+    if isinstance(value, str):
+        if value.startswith("$"):
+            raise UnsupportedBundleError(
+                f"{where} is a Python expression ({value[:60]!r}); napari-vnet does not run "
+                "code from bundle configs"
+            )
+        if value.startswith("@"):
+            key = value[1:]
+            if key not in config:
+                raise UnsupportedBundleError(f"{where} refers to {value!r}, which is not defined")
+            return _plain(config[key], config, f"{where} -> {value}", depth + 1)
+        return value
+    if isinstance(value, list):
+        return [_plain(v, config, f"{where}[{i}]", depth + 1) for i, v in enumerate(value)]
+    if isinstance(value, dict):
+        return {k: _plain(v, config, f"{where}.{k}", depth + 1) for k, v in value.items()}
+    return value
+
+
+def _target(entry: dict[str, Any]) -> str:
+    return str(entry.get("_target_", "")).rsplit(".", 1)[-1]
+
+
+#: bundle preprocessing transforms napari-vnet applies (with MONAI's array transforms)
+GEOMETRIC = ("Orientationd", "Spacingd")
+INTENSITY = (
+    "ScaleIntensityRanged",
+    "NormalizeIntensityd",
+    "ScaleIntensityd",
+    "ClipIntensityPercentilesd",
+)
+PASSIVE = ("LoadImaged", "LoadImage", "EnsureChannelFirstd", "EnsureTyped", "CastToTyped",
+           "ToTensord", "AddChanneld", "EnsureType", "ToDeviced")  # fmt: skip
+
+
+def _bundle_transforms(config: dict[str, Any], where: Path) -> list[dict[str, Any]]:
+    pre = config.get("preprocessing")
+    if isinstance(pre, str) and pre.startswith("@"):
+        pre = config.get(pre[1:])
+    if not isinstance(pre, dict) or _target(pre) != "Compose":
+        raise UnsupportedBundleError(f"{where}: no 'preprocessing' Compose of transforms")
+    out = []
+    for i, t in enumerate(pre.get("transforms", [])):
+        name = _target(t)
+        if name in PASSIVE:
+            continue
+        if name not in GEOMETRIC + INTENSITY:
+            raise UnsupportedBundleError(
+                f"{where}: preprocessing transform {name or t!r} is not supported (supported: "
+                f"{', '.join(GEOMETRIC + INTENSITY)})"
+            )
+        args = {k: v for k, v in t.items() if k not in ("_target_", "keys")}
+        out.append({"name": name[:-1], **_plain(args, config, f"preprocessing[{i}]")})
+    return out
+
+
+def load_monai_bundle(path: str | os.PathLike) -> tuple[MonaiNetwork, ModelCard]:
+    """``(network, card)`` of a MONAI bundle folder (see module docstring)."""
+    root = Path(path)
+    meta = _read_json(root / "configs" / "metadata.json")
+    config = _read_json(root / "configs" / "inference.json")
+    net_def = config.get("network_def")
+    if not isinstance(net_def, dict):
+        raise UnsupportedBundleError(f"{root}: configs/inference.json has no 'network_def'")
+    name = _target(net_def)
+    if name not in MONAI_NETWORKS:
+        raise UnsupportedBundleError(
+            f"{root}: bundle network {name!r} is not supported (supported: {', '.join(MONAI_NETWORKS)})"
+        )
+    kwargs = _plain({k: v for k, v in net_def.items() if k != "_target_"}, config, "network_def")
+    in_ch = int(kwargs.pop("in_channels", 1))
+    out_ch = int(kwargs.pop("out_channels", 2))
+    outputs = (meta.get("network_data_format") or {}).get("outputs") or {}
+    first = next(iter(outputs.values()), {}) if outputs else {}
+    channel_def = first.get("channel_def") or {}
+    classes = [ClassInfo(i, str(channel_def.get(str(i), "background" if i == 0 else f"class {i}")))
+               for i in range(out_ch)]  # fmt: skip
+    inferer = _plain(config.get("inferer") or {}, config, "inferer")
+    roi = inferer.get("roi_size") or [96, 96, 96]
+    transforms = _bundle_transforms(config, root / "configs" / "inference.json")
+    weights = root / "models" / "model.pt"
+    if not weights.is_file():
+        raise CheckpointError(f"{root}: no models/model.pt in this bundle")
+    card = ModelCard(
+        arch="monai",
+        arch_kwargs={"name": name, "network_kwargs": kwargs},
+        classes=classes,
+        in_channels=in_ch,
+        normalization={"kind": "none"},
+        spacing=None,
+        patch_size=tuple(int(r) for r in roi),  # in the bundle's (x, y, z) array order
+        description=str(meta.get("description", "")),
+        source={
+            "format": "monai_bundle",
+            "path": str(root),
+            "name": str(meta.get("name", root.name)),
+            "version": str(meta.get("version", "")),
+        },  # fmt: skip
+        preprocessing={"kind": "monai_bundle", "transforms": transforms},
+        sliding_window={
+            "blend": "softmax",
+            "mode": str(inferer.get("mode", "constant")),
+            "overlap": float(inferer.get("overlap", 0.25)),
+            "sigma_scale": float(inferer.get("sigma_scale", 0.125)),
+        },
+    )
+    net, card = wrap_monai_state_dict(weights, card)
+    return net, card
+
+
+@dataclass
+class BundleContext:
+    tensor: Any  # the preprocessed MetaTensor (holds the applied operations)
+    transforms: Any  # the MONAI Compose to invert
+
+
+def _affine_ras(spacing, origin, direction) -> np.ndarray:
+    """The RAS voxel->world affine of a (x, y, z)-indexed array from ITK geometry."""
+    sp = np.asarray(spacing, float)[::-1]  # (x, y, z)
+    d = np.asarray(direction, float).reshape(3, 3)  # ITK direction, columns = x, y, z axes
+    aff = np.eye(4)
+    aff[:3, :3] = d * sp[None, :]
+    aff[:3, 3] = np.asarray(origin, float)[::-1] if len(origin) == 3 else 0.0
+    flip = np.diag([-1.0, -1.0, 1.0, 1.0])  # LPS -> RAS
+    return flip @ aff
+
+
+class MonaiBundlePreprocessing:
+    """A bundle's preprocessing with MONAI's array transforms, and its inverse."""
+
+    def __init__(self, card: ModelCard) -> None:
+        require("monai", "monai", "MONAI bundles")
+        import monai.transforms as mt
+
+        steps = []
+        for t in card.preprocessing.get("transforms", []):
+            args = {k: v for k, v in t.items() if k != "name"}
+            steps.append(getattr(mt, t["name"])(**args))
+        self.compose = mt.Compose(steps)
+        self.patch_size = tuple(int(p) for p in card.patch_size)
+
+    def preprocess(
+        self, channels: np.ndarray, spacing, geometry=None
+    ) -> tuple[np.ndarray, BundleContext]:
+        """``(C, z, y, x)`` -> ``(C, X', Y', Z')`` float32 in the bundle's array order."""
+        from monai.data import MetaTensor
+
+        sp = spacing if spacing is not None else (1.0, 1.0, 1.0)
+        origin = getattr(geometry, "origin", (0.0, 0.0, 0.0))
+        direction = getattr(geometry, "direction", None)
+        if direction is None:
+            direction = np.eye(3).ravel()
+        xyz = np.ascontiguousarray(np.asarray(channels, np.float32).transpose(0, 3, 2, 1))
+        t = MetaTensor(
+            torch.from_numpy(xyz), affine=torch.from_numpy(_affine_ras(sp, origin, direction))
+        )
+        out = self.compose(t)
+        data = out.detach().cpu().numpy().astype(np.float32, copy=False)
+        return np.ascontiguousarray(data), BundleContext(out, self.compose)
+
+    def needs_scores(self, ctx: BundleContext) -> bool:
+        return True  # the inverse resamples probabilities, then arg-max
+
+    def restore(self, ctx: BundleContext, *, labels=None, scores=None) -> np.ndarray:
+        """Labels on the input grid: the network-grid scores (probabilities) inverted
+        through the preprocessing with MONAI's inverse, then arg-maxed (as ``Invertd``
+        followed by ``AsDiscreted(argmax=True)``)."""
+        from monai.data import MetaTensor
+
+        if scores is None:
+            raise ValueError("inverting a bundle's preprocessing needs the probabilities")
+        pred = MetaTensor(
+            torch.from_numpy(np.asarray(scores, np.float32)), affine=ctx.tensor.affine
+        )
+        pred.applied_operations = list(ctx.tensor.applied_operations)
+        inv = ctx.transforms.inverse(pred)
+        arr = inv.detach().cpu().numpy()
+        labels_xyz = np.argmax(arr, axis=0)
+        return np.ascontiguousarray(labels_xyz.transpose(2, 1, 0)).astype(np.uint8)
