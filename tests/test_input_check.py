@@ -4,7 +4,6 @@ still running), the Segment dock showing them and the demo-model note before Run
 from __future__ import annotations
 
 import numpy as np
-import pytest
 
 from napari_vnet.input_check import check_input, demo_note, expects_hu
 from napari_vnet.models import ClassInfo, ModelCard

@@ -126,11 +126,9 @@ def annotated_to_mask(annotated, shape) -> np.ndarray | None:
 
 def user_weights_dir() -> Path:
     """Where fine-tuned weights of shipped (read-only, in-package) models go."""
-    env = os.environ.get("NAPARI_VNET_CONFIG_DIR")  # tests and portable installs
-    if env:
-        return Path(env) / "weights"
-    data = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
-    return Path(data) / "napari-vnet" / "weights"
+    from napari_vnet._widgets._session import data_dir  # per-OS folder (platformdirs)
+
+    return data_dir() / "weights"
 
 
 def default_output_path(base: Path | None, arch: str = "model") -> Path:

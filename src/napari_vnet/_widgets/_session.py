@@ -1,7 +1,9 @@
 """GUI state shared by the docks: recently used weights and finding a sibling dock.
 
 Recent weights are kept as a small JSON file in the config folder
-``$NAPARI_VNET_CONFIG_DIR`` (default ``~/.config/napari-vnet/``), newest first. A broken
+``$NAPARI_VNET_CONFIG_DIR`` (default: the operating system's place for settings, from
+``platformdirs``: ``~/.config/napari-vnet`` on Linux, ``~/Library/Application
+Support/napari-vnet`` on macOS, ``%LOCALAPPDATA%\\napari-vnet`` on Windows), newest first. A broken
 or unreadable file is treated as empty (and rewritten on the next change): the list is a
 convenience, never a reason for a widget to fail.
 """
@@ -14,6 +16,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from napari_vnet import user_dirs
 from napari_vnet._atomic import atomic_write_text
 
 if TYPE_CHECKING:
@@ -27,11 +30,13 @@ MAX_RECENT = 10
 
 
 def config_dir() -> Path:
-    """The folder holding napari-vnet's GUI settings (created on demand by writers)."""
-    env = os.environ.get(CONFIG_ENV)
-    if env:
-        return Path(env).expanduser()
-    return Path.home() / ".config" / "napari-vnet"
+    """The folder holding napari-vnet's GUI settings (see ``napari_vnet.user_dirs``)."""
+    return user_dirs.config_dir()
+
+
+def data_dir() -> Path:
+    """The folder for user data: fine-tuned copies of shipped weights, work folders."""
+    return user_dirs.data_dir()
 
 
 def _recent_path() -> Path:

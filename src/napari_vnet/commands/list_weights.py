@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
@@ -36,9 +35,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def recent_weights_paths() -> list[Path]:
     """The recently used weights (newest first) that still exist; [] when none/unreadable."""
-    env = os.environ.get(CONFIG_ENV)
-    folder = Path(env).expanduser() if env else Path.home() / ".config" / "napari-vnet"
-    path = folder / RECENT_FILE
+    from napari_vnet.user_dirs import config_dir  # the dock's folder, per OS
+
+    path = config_dir() / RECENT_FILE
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
