@@ -76,17 +76,21 @@ def test_predict_on_open_then_finetune_on_corrected(
     prediction = got.args[0]
     qtbot.waitUntil(lambda: seg.worker is None, timeout=WAIT_MS)
     key = "p1.nii.gz"
+    widget.saver.flush()  # the project file is written in the background
     record = widget.project.record(key)
     assert record["status"] == "predicted"
     assert record["weights"] == str(ckpt)
 
     # the user corrects two slices of the prediction
     prediction.data_setitem((np.array([3, 4]), np.array([5, 5]), np.array([6, 6])), 1)
+    assert widget.status_of(widget._entry(key)) == "corrected"  # at once, in the dock
+    widget.saver.flush()
     assert widget.project.status(key) == "corrected"
 
     with qtbot.waitSignal(widget.scan_loaded, timeout=WAIT_MS):
         widget.next_scan()
     qtbot.waitUntil(lambda: seg.worker is None, timeout=WAIT_MS)  # p2 predicted on open
+    widget.saver.flush()
     assert widget.project.status("p2.mha") == "predicted"
     widget.mark_reviewed()  # p2: reviewed as predicted (saved labels: the prediction)
 

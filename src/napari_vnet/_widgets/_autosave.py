@@ -10,19 +10,22 @@ about to get another scan's data, else copied first thing in the writer thread:
 * each file is written atomically (:func:`napari_vnet.worklist.write_labels_file`: a
   temporary file in the same folder, then ``os.replace``), so a process killed during a
   write leaves the previous autosave intact;
-* the project file is updated on the GUI thread after the write
-  (:meth:`~napari_vnet.worklist.ScanProject.record_labels`), never before;
+* the project file is updated in the same thread after the write
+  (:meth:`~napari_vnet.worklist.ScanProject.record_labels`), never before; status
+  changes go through the same thread (:meth:`BackgroundSaver.run`): the project file is
+  written with ``fsync``, which can wait seconds while a big label file is written;
 * until then the snapshot stays available (:meth:`BackgroundSaver.pending`), so a scan
   reopened while its autosave is still being written shows the newest labels.
 
-:meth:`BackgroundSaver.flush` waits for every write and records it: used when napari
-quits and before the work folder changes.
+:meth:`BackgroundSaver.flush` waits for every write and update: used when napari quits
+and before the work folder changes.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -58,12 +61,21 @@ class SaveJob:
     done: bool = field(default=False, repr=False)
 
 
+@dataclass
+class _Call:
+    then: Callable[[Any], None] | None
+    result: Any
+    error: str | None
+
+
 class BackgroundSaver(QObject):
-    """Writes :class:`SaveJob` snapshots in one worker thread, records them on the GUI thread."""
+    """Writes :class:`SaveJob` snapshots and records them in their project, in one worker
+    thread; reports on the GUI thread."""
 
     #: a job was written and recorded in its project (GUI thread)
     saved = Signal(object)
-    #: a job could not be written: (job, message) (GUI thread)
+    #: a job could not be written or recorded, or a project update failed: (job or None,
+    #: message) (GUI thread)
     failed = Signal(object, str)
     _finished = Signal()
 
@@ -73,7 +85,7 @@ class BackgroundSaver(QObject):
         self._lock = threading.Lock()
         self._queued: dict[Path, SaveJob] = {}  # submitted, not started (newest per file)
         self._latest: dict[tuple[str, str], SaveJob] = {}  # newest per (scan, layer), unrecorded
-        self._done: list[SaveJob] = []  # written (or failed), not yet recorded
+        self._done: list = []  # SaveJob / _Call finished, not yet reported
         self._futures: set[Future] = set()
         self._versions: dict[tuple[str, str], int] = {}  # snapshots submitted per layer
         self._finished.connect(self._drain)
@@ -117,8 +129,8 @@ class BackgroundSaver(QObject):
         self.flush()
         if not (job.skip_if_empty and not np.any(job.volume.array)):
             write_labels_file(job.volume, job.path)
+            self._record(job)
         job.done = True
-        self._record(job)
         with self._lock:
             if self._latest.get((job.key, job.name)) is job:
                 del self._latest[(job.key, job.name)]
@@ -142,37 +154,50 @@ class BackgroundSaver(QObject):
                 job.skipped = True
             else:
                 write_labels_file(job.volume, job.path)
+                self._record(job)  # the project file, after the labels file is on disk
         except Exception as exc:  # noqa: BLE001 - reported on the GUI thread
             log.exception("autosave of %s failed", job.path)
             job.error = f"{job.path}: {exc}"
         job.done = True
         with self._lock:
+            if job.error is None and self._latest.get((job.key, job.name)) is job:
+                del self._latest[(job.key, job.name)]  # failed: the snapshot stays pending
             self._done.append(job)
         self._finished.emit()  # queued to the GUI thread
+
+    def run(self, fn: Callable[[], Any], then: Callable[[Any], None] | None = None) -> None:
+        """Run ``fn()`` in the writer thread, after the writes queued before it (e.g. a
+        project status change: its file is written with fsync, which can wait seconds
+        for a big label file being written); ``then(result)`` follows on the GUI thread."""
+
+        def call():
+            try:
+                result, error = fn(), None
+            except Exception as exc:  # noqa: BLE001 - reported on the GUI thread
+                log.exception("project update failed")
+                result, error = None, str(exc)
+            with self._lock:
+                self._done.append(_Call(then, result, error))
+            self._finished.emit()
+
+        future = self._pool.submit(call)
+        self._futures.add(future)
+        future.add_done_callback(self._futures.discard)
 
     # ------------------------------------------------------------------ GUI thread
     def _drain(self) -> None:
         with self._lock:
             done, self._done = self._done, []
-        for job in done:
-            if job.error is not None:  # the snapshot stays in ``pending``: nothing is lost
-                self.failed.emit(job, job.error)
-                continue
-            if job.skipped:
-                with self._lock:
-                    if self._latest.get((job.key, job.name)) is job:
-                        del self._latest[(job.key, job.name)]
-                continue
-            try:
-                self._record(job)
-            except Exception as exc:  # noqa: BLE001 - e.g. a project file on a full disk
-                log.exception("recording autosave %s failed", job.path)
-                self.failed.emit(job, f"{job.project.path}: {exc}")
-                continue
-            with self._lock:
-                if self._latest.get((job.key, job.name)) is job:
-                    del self._latest[(job.key, job.name)]
-            self.saved.emit(job)
+        for item in done:
+            if isinstance(item, _Call):
+                if item.error is not None:
+                    self.failed.emit(None, item.error)
+                elif item.then is not None:
+                    item.then(item.result)
+            elif item.error is not None:  # the snapshot stays in ``pending``: nothing is lost
+                self.failed.emit(item, item.error)
+            elif not item.skipped:
+                self.saved.emit(item)
 
     @staticmethod
     def _record(job: SaveJob) -> None:

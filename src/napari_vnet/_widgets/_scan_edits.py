@@ -54,11 +54,35 @@ class ScanEditsMixin:
         if source and image is not None and source != image.name:
             weights = None  # a prediction of some other image: not this scan's
         if weights and self.current is not None and self.project is not None:
-            if self.project.mark(
-                self.current.key, "predicted", entry=self.current, weights=weights
-            ):
-                self.status_changed.emit(self.current.key, "predicted")
-            self._refresh_key(self.current.key)
+            self._mark(self.current.key, "predicted", entry=self.current, weights=weights)
+
+    def _status(self, key: str) -> str:
+        """A scan's status, including changes still being written to the project."""
+        ahead = self._status_ahead.get(key)
+        return ahead if ahead is not None else self.project.status(key)
+
+    def _mark(self, key: str, status: str, *, entry=None, weights=None) -> bool:
+        """Move a scan's status now (table, signal) and in its project file in the
+        writer thread (the file is written with fsync: never on the GUI thread)."""
+        project = self.project
+        changed = STATUSES.index(status) > STATUSES.index(self._status(key))
+        if changed:
+            self._status_ahead[key] = status
+
+        def written(_result, key=key, project=project):
+            ahead = self._status_ahead.get(key)
+            if ahead is not None and project is self.project:
+                if STATUSES.index(project.status(key)) >= STATUSES.index(ahead):
+                    del self._status_ahead[key]
+            self._refresh_key(key)
+
+        self.saver.run(
+            lambda: project.mark(key, status, entry=entry, weights=weights), then=written
+        )
+        if changed:
+            self.status_changed.emit(key, status)
+        self._refresh_key(key)
+        return changed
 
     def _track(self, layer) -> None:
         layer.events.paint.connect(self._on_paint)
@@ -99,10 +123,8 @@ class ScanEditsMixin:
         cur = self.current
         if cur is None or self.project is None:
             return
-        if STATUSES.index(self.project.status(cur.key)) < STATUSES.index("corrected"):
-            self.project.mark(cur.key, "corrected", entry=cur)
-            self.status_changed.emit(cur.key, "corrected")
-            self._refresh_key(cur.key)
+        if STATUSES.index(self._status(cur.key)) < STATUSES.index("corrected"):
+            self._mark(cur.key, "corrected", entry=cur)
 
     def _on_removing(self, event) -> None:
         if self._closing:

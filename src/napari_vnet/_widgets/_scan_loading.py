@@ -351,8 +351,7 @@ class ScanLoadingMixin:
         self._dirty.clear()
         for layer in keep[1:]:
             self._track(layer)
-        self.project.mark(entry.key, "opened", entry=entry)
-        self._refresh_key(entry.key)
+        self._mark(entry.key, "opened", entry=entry)
         for msg in loaded.problems:
             self._notify("warning", f"Autosaved labels not restored: {msg}")
         self.scan_loaded.emit(entry)

@@ -52,6 +52,7 @@ from napari_vnet._widgets._autosave import BackgroundSaver
 from napari_vnet._widgets._scan_edits import ScanEditsMixin
 from napari_vnet._widgets._scan_loading import ScanLoadingMixin
 from napari_vnet._widgets._scans_table import FILTERS, ScanTable
+from napari_vnet._widgets._session import first_use_in_napari as _session_first_use
 from napari_vnet.worklist import (
     BROKEN,
     STATUSES,
@@ -138,6 +139,7 @@ class ScansWidget(ScanLoadingMixin, ScanEditsMixin, QWidget):
     def __init__(self, napari_viewer: napari.Viewer, parent=None):
         super().__init__(parent)
         self.viewer = napari_viewer
+        _session_first_use()
         self.project: ScanProject | None = None
         self.scans_folder: Path | None = None
         self.work_folder: Path | None = None
@@ -157,6 +159,7 @@ class ScansWidget(ScanLoadingMixin, ScanEditsMixin, QWidget):
         self._restoring = False
         self._syncing = False
         self.saver = BackgroundSaver(self)
+        self._status_ahead: dict[str, str] = {}  # statuses still being written
         self.saver.saved.connect(self._on_saved)
         self.saver.failed.connect(self._on_save_failed)
         self._build()
@@ -346,6 +349,7 @@ class ScansWidget(ScanLoadingMixin, ScanEditsMixin, QWidget):
         if self.project is not None:
             self.project.release_session()
         self.work_folder, self.project = work, project
+        self._status_ahead.clear()
         self.work_edit.setText(_printable(self.work_folder))
         for notice in (project.notice, project.acquire_session("napari")):
             if notice:
@@ -410,7 +414,7 @@ class ScansWidget(ScanLoadingMixin, ScanEditsMixin, QWidget):
     def status_of(self, entry: ScanEntry) -> str:
         if entry.broken:
             return BROKEN
-        return self.project.status(entry.key) if self.project else "not opened"
+        return self._status(entry.key) if self.project else "not opened"
 
     def _refresh_key(self, key: str) -> None:
         self.table.current_key = self.current.key if self.current else None
@@ -464,7 +468,7 @@ class ScansWidget(ScanLoadingMixin, ScanEditsMixin, QWidget):
             self._syncing = False
 
     def _predict_on_open(self, entry: ScanEntry) -> None:
-        if STATUSES.index(self.project.status(entry.key)) >= STATUSES.index("predicted"):
+        if STATUSES.index(self._status(entry.key)) >= STATUSES.index("predicted"):
             return
         seg = self._segment_widget()
         if seg is None:
@@ -547,9 +551,7 @@ class ScansWidget(ScanLoadingMixin, ScanEditsMixin, QWidget):
             self._notify("info", "Open a scan first.")
             return
         self.autosave()
-        self.project.mark(self.current.key, "reviewed", entry=self.current)
-        self.status_changed.emit(self.current.key, "reviewed")
-        self._refresh_key(self.current.key)
+        self._mark(self.current.key, "reviewed", entry=self.current)
 
     def finetune_on_corrected(self) -> int:
         """Hand every corrected/reviewed scan with its saved labels to the fine-tune dock."""
