@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -109,7 +110,32 @@ def _screenshot(viewer, path: Path) -> Path:
     return path
 
 
+def gui_problem() -> str | None:
+    """Why no napari window can open here (no Qt binding, no display), or None."""
+    try:
+        import qtpy  # noqa: F401 - raises when no Qt binding (PyQt/PySide) is installed
+    except Exception as exc:  # qtpy's QtBindingsNotFoundError and friends
+        return (
+            f"no Qt binding for napari's window ({exc}). Install one, e.g. "
+            "`pip install \"napari-vnet[qt]\"` (PyQt6) or `pip install \"napari[all]\"`."
+        )
+    if sys.platform.startswith("linux") and not (
+        os.environ.get("DISPLAY")
+        or os.environ.get("WAYLAND_DISPLAY")
+        or os.environ.get("QT_QPA_PLATFORM")
+    ):
+        return (
+            "no display to open napari's window on (DISPLAY is not set). Run it in a "
+            "desktop session, over `ssh -X`, or headless with `xvfb-run -a napari-vnet demo`."
+        )
+    return None
+
+
 def run(args: argparse.Namespace) -> int:
+    problem = gui_problem()
+    if problem:
+        print(f"napari-vnet demo: {problem}", file=sys.stderr)
+        return 2
     import napari
     from qtpy.QtCore import QTimer
 
