@@ -248,7 +248,18 @@ def test_parts_agree_with_a_single_run(scans, tmp_path, capsys):
     per_part = []
     for k in (0, 1):
         rc, stdout, err = run_cli(
-            [*base, "-o", str(halves), "--num-parts", "2", "--part-id", str(k), "--json"],
+            [
+                *base,
+                "-o",
+                str(halves),
+                "--num-parts",
+                "2",
+                "--part-id",
+                str(k),
+                "--json",
+                "--workers",
+                str(k),
+            ],  # part 1 without threads: same results
             capsys,
         )
         assert rc == 0, err

@@ -580,6 +580,21 @@ def _background_priority() -> None:
         pass
 
 
+class _InlineExecutor:
+    """An executor that runs each job at once in the calling thread (``workers=0``)."""
+
+    def submit(self, fn, /, *args, **kwargs) -> Future:
+        fut: Future = Future()
+        try:
+            fut.set_result(fn(*args, **kwargs))
+        except Exception as exc:  # noqa: BLE001 - delivered through the future, as a pool does
+            fut.set_exception(exc)
+        return fut
+
+    def shutdown(self, wait: bool = True, cancel_futures: bool = False) -> None:
+        pass
+
+
 def _read_case(case: Case):
     from napari_vnet.io import read_volume
 
@@ -696,13 +711,14 @@ def predict_cases(
     be read, segmented or written is yielded as ``failed`` and the run goes on. Up to
     ``workers`` cases are read ahead in a thread pool while the current one is segmented
     (reading holds at most ``workers`` volumes in memory); a single background thread
-    writes the outputs (at most two cases wait for it). Results are yielded in the order
+    writes the outputs (at most two cases wait for it). ``workers=0`` reads, segments
+    and writes one case after the other in the calling thread (no overlap). Results are yielded in the order
     cases finish, skipped ones first. ``on_start(case, i, n)`` is called before each
     case is segmented.
     """
     from napari_vnet.inference import predict
 
-    workers = max(1, int(workers))
+    workers = max(0, int(workers))
     kwargs = dict(predict_kwargs or {})
     stop = should_stop or (lambda: False)
     plans = [
@@ -720,18 +736,24 @@ def predict_cases(
     if not todo:
         return
 
-    readers = ThreadPoolExecutor(
-        max_workers=workers, thread_name_prefix="napari-vnet-read", initializer=_background_priority
-    )
-    writer = ThreadPoolExecutor(
-        max_workers=1, thread_name_prefix="napari-vnet-write", initializer=_background_priority
-    )
+    if workers == 0:
+        readers = writer = _InlineExecutor()
+    else:
+        readers = ThreadPoolExecutor(
+            max_workers=workers,
+            thread_name_prefix="napari-vnet-read",
+            initializer=_background_priority,
+        )
+        writer = ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="napari-vnet-write", initializer=_background_priority
+        )
+    lookahead = max(1, workers)
     reads: deque[tuple[Case, OutputPlan, Future]] = deque()
     writes: deque[tuple[Case, Future, float]] = deque()
     upcoming = iter(todo)
 
     def top_up() -> None:
-        while len(reads) < workers:
+        while len(reads) < lookahead:
             nxt = next(upcoming, None)
             if nxt is None:
                 return

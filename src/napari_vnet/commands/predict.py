@@ -103,7 +103,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--workers",
         type=int,
         default=2,
-        help="cases read ahead in parallel while one is segmented (default 2)",
+        help="cases read ahead in parallel while one is segmented, writing in the "
+        "background (default 2; 0: one step after the other in one thread)",
     )
     batch.add_argument(
         "--statistics",
@@ -291,8 +292,8 @@ def run_folder(args: argparse.Namespace) -> int:
     t_start = time.perf_counter()
     in_dir = Path(args.input).expanduser().resolve()
     out_dir = Path(args.out).expanduser().resolve()
-    if args.workers < 1:
-        return _fail(f"--workers must be >= 1, got {args.workers}")
+    if args.workers < 0:
+        return _fail(f"--workers must be >= 0, got {args.workers}")
     if args.num_parts < 1 or not 0 <= args.part_id < args.num_parts:
         return _fail(
             f"--part-id must be in [0, {args.num_parts - 1}] for --num-parts {args.num_parts}"
