@@ -135,6 +135,11 @@ def _settle(app, seconds: float = 0.3) -> None:
         time.sleep(0.01)
 
 
+def _median_run(runs: list[dict]) -> dict:
+    """The run with the median longest gap."""
+    return sorted(runs, key=lambda r: r["max_stall_ms"])[len(runs) // 2]
+
+
 def _row(name, res, gui_ms=None, baseline=None, extra=None):
     row = {
         "step": name,
@@ -150,7 +155,7 @@ def _row(name, res, gui_ms=None, baseline=None, extra=None):
     return row
 
 
-def run(shape=(300, 512, 512), n_scans: int = 6, steps: int = 30) -> dict:
+def run(shape=(300, 512, 512), n_scans: int = 6, steps: int = 30, repeats: int = 3) -> dict:
     import napari
     from napari.layers import Image, Labels
     from qtpy.QtWidgets import QApplication
@@ -182,26 +187,34 @@ def run(shape=(300, 512, 512), n_scans: int = 6, steps: int = 30) -> dict:
     _settle(app, 1.0)
     viewer.layers.clear()
     _settle(app, 1.0)
-    base_img = measure_stalls(
-        lambda: viewer.add_layer(Image(img, contrast_limits=(-200, 300))), done
-    )
-    base_lab = measure_stalls(lambda: viewer.add_layer(Labels(lab)), done)
-    viewer.layers.clear()
-    _settle(app)
-    base_both = measure_stalls(
-        lambda: (
-            viewer.add_layer(Image(img, contrast_limits=(-200, 300))),
-            viewer.add_layer(Labels(lab)),
-        ),
-        done,
-    )
-    viewer.layers.clear()
+    runs: dict[str, list] = {"img": [], "lab": [], "both": []}
+    for _ in range(repeats):
+        runs["img"].append(
+            measure_stalls(lambda: viewer.add_layer(Image(img, contrast_limits=(-200, 300))), done)
+        )
+        runs["lab"].append(measure_stalls(lambda: viewer.add_layer(Labels(lab)), done))
+        viewer.layers.clear()
+        _settle(app)
+        runs["both"].append(
+            measure_stalls(
+                lambda: (
+                    viewer.add_layer(Image(img, contrast_limits=(-200, 300))),
+                    viewer.add_layer(Labels(lab)),
+                ),
+                done,
+            )
+        )
+        viewer.layers.clear()
+        _settle(app)
     img = None  # noqa: F841 - frees the baseline volume
-    _settle(app)
+    base_img, base_lab, base_both = (_median_run(runs[k]) for k in ("img", "lab", "both"))
     b_img, b_lab, b_both = (r["max_stall_ms"] for r in (base_img, base_lab, base_both))
-    rows.append(_row("napari: construct + add Image", base_img))
-    rows.append(_row("napari: construct + add Labels", base_lab))
-    rows.append(_row("napari: construct + add Image + Labels", base_both))
+    extra = {"repeats": [round(r["max_stall_ms"], 1) for r in runs["img"]]}
+    rows.append(_row("napari: construct + add Image", base_img, extra=extra))
+    extra = {"repeats": [round(r["max_stall_ms"], 1) for r in runs["lab"]]}
+    rows.append(_row("napari: construct + add Labels", base_lab, extra=extra))
+    extra = {"repeats": [round(r["max_stall_ms"], 1) for r in runs["both"]]}
+    rows.append(_row("napari: construct + add Image + Labels", base_both, extra=extra))
 
     # ---------------------------------------------------------------- the docks
     seg = SegmentWidget(viewer)
@@ -230,25 +243,33 @@ def run(shape=(300, 512, 512), n_scans: int = 6, steps: int = 30) -> dict:
     rows.append(_row("Scans: open first scan", res, timed.take(), b_img))
     _settle(app)
 
-    # an edited Labels layer on it (as after a correction), then Next (prefetched)
+    # an edited Labels layer on it (as after a correction), then Next (prefetched); the
+    # Labels layer stays (emptied) on a scan without labels: paint, Next, again
     image = scans._image_layer
-    labels = viewer.add_labels(np.zeros(shape, np.uint8), name="liver", scale=image.scale)
-    labels.paint(_at(shape, 0), 1)
-    _settle(app)
-    timed.take()
-    res = measure_stalls(scans.next_scan, loaded_and_quiet)
-    rows.append(_row("Scans: Next, edited labels, prefetched", res, timed.take(), b_both))
-    _settle(app)
+    viewer.add_labels(np.zeros(shape, np.uint8), name="liver", scale=image.scale)
+    for rep in range(repeats):
+        (labels,) = [lay for lay in viewer.layers if isinstance(lay, Labels)]
+        labels.paint(_at(shape, rep), 1)
+        _settle(app)
+        timed.take()
+        res = measure_stalls(scans.next_scan, loaded_and_quiet)
+        rows.append(
+            _row(f"Scans: Next, edited labels, prefetched #{rep + 1}", res, timed.take(), b_both)
+        )
+        _settle(app)
 
-    # next with labels on both sides: go back (the previous scan has saved labels now)
-    labels = viewer.add_labels(np.zeros(shape, np.uint8), name="liver", scale=image.scale)
-    labels.paint(_at(shape, 1), 2)
-    _settle(app)
-    timed.take()
-    scans._prefetch = None  # not prefetched: read while the user waits
-    res = measure_stalls(scans.previous_scan, loaded_and_quiet)
-    rows.append(_row("Scans: Previous, edited labels, cold", res, timed.take(), b_both))
-    _settle(app)
+    # not prefetched: read while the user waits (back to scans with saved labels)
+    for rep in range(repeats):
+        (labels,) = [lay for lay in viewer.layers if isinstance(lay, Labels)]
+        labels.paint(_at(shape, 10 + rep), 2)
+        _settle(app)
+        timed.take()
+        scans._prefetch = None
+        res = measure_stalls(scans.previous_scan, loaded_and_quiet)
+        rows.append(
+            _row(f"Scans: Previous, edited labels, cold #{rep + 1}", res, timed.take(), b_both)
+        )
+        _settle(app)
     print("shown:", scans.current.name, [lay.name for lay in viewer.layers], flush=True)
 
     # autosave of an edit
@@ -281,6 +302,7 @@ def run(shape=(300, 512, 512), n_scans: int = 6, steps: int = 30) -> dict:
     pred = np.zeros(shape, np.uint8)
     pred[80:220, 100:300, 120:320] = 1
     pred[120:180, 300:400, 300:420] = 2
+    preds = [pred.copy() for _ in range(2)]  # what the worker returns, made beforehand
 
     def deliver():
         seg._run_ctx = {
@@ -294,7 +316,7 @@ def run(shape=(300, 512, 512), n_scans: int = 6, steps: int = 30) -> dict:
             "settings": seg.settings(),
             "spacing": (1.5, 0.8, 0.8),
         }
-        seg._on_outcome(JobDone(pred.copy(), card, 1.0, "cpu", None, 1, 1))
+        seg._on_outcome(JobDone(preds.pop(), card, 1.0, "cpu", None, 1, 1))
 
     seg_timed = _Timed(seg, ["_on_outcome"])
     res = measure_stalls(deliver, done)
@@ -372,19 +394,19 @@ def run(shape=(300, 512, 512), n_scans: int = 6, steps: int = 30) -> dict:
 
 
 def _acceptance(rows) -> dict:
-    by = {r["step"]: r for r in rows}
     out = {}
-    a = by["Scans: autosave (Save labels now)"]
-    out["autosave_gui_ms<=100"] = a["gui_thread_ms"] <= AUTOSAVE_BUDGET_MS
-    for name in (
+    a = [r for r in rows if r["step"].startswith("Scans: autosave")][0]
+    out["autosave GUI-thread <= 100 ms"] = a["gui_thread_ms"] <= AUTOSAVE_BUDGET_MS
+    for prefix in (
         "Scans: Next, edited labels, prefetched",
         "Scans: Previous, edited labels, cold",
         "Segment: result added (new layer)",
         "Segment: same model again (replaced)",
     ):
-        out[f"{name}: gap - baseline <= 100 ms"] = by[name]["over_baseline_ms"] <= GAP_BUDGET_MS
+        worst = max(r["over_baseline_ms"] for r in rows if r["step"].startswith(prefix))
+        out[f"{prefix}: worst gap - napari <= 100 ms"] = worst <= GAP_BUDGET_MS
     rss = [r for r in rows if r["step"].startswith("RSS")][0]
-    out["rss_growth<=50MB"] = rss["growth_mb"] <= RSS_BUDGET_MB
+    out["RSS growth <= 50 MB"] = rss["growth_mb"] <= RSS_BUDGET_MB
     return out
 
 
@@ -422,10 +444,11 @@ def main(argv=None) -> int:
     parser.add_argument("--shape", type=int, nargs=3, default=(300, 512, 512))
     parser.add_argument("--scans", type=int, default=6)
     parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--out", default=str(RESULTS / "clinical_gui.json"))
     args = parser.parse_args(argv)
     start = _uptime()
-    res = run(tuple(args.shape), args.scans, args.steps)
+    res = run(tuple(args.shape), args.scans, args.steps, args.repeats)
     res["machine"]["uptime_start"] = start
     text = table(res)
     print(text)
