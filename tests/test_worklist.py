@@ -11,7 +11,6 @@ import SimpleITK as sitk
 
 from napari_vnet.worklist import (
     PROJECT_FILENAME,
-    ProjectError,
     ScanProject,
     discover_scans,
     read_scan,

@@ -508,16 +508,10 @@ def discover_scans(
                 if os.path.normpath(item.path) not in excluded:
                     subdirs.append(item.path)
                 continue
-            try:
-                if item.is_symlink():
-                    target = os.path.realpath(item.path)
-                    if target in seen_files:
-                        continue  # the same file through another link
-                    seen_files.add(target)
-                else:
-                    seen_files.add(os.path.normpath(item.path))
-            except OSError:
-                pass
+            target = os.path.realpath(item.path)
+            if target in seen_files:
+                continue  # the same file through another link
+            seen_files.add(target)
             suf = _suffix(item.name)
             rel = item.name if rel_dir == "." else f"{rel_dir}/{item.name}"
             if suf in VOLUME_SUFFIXES:
@@ -542,7 +536,8 @@ def discover_scans(
                 dicom_candidates.append(item.path)
         if dicom_candidates:
             yield from _dicom_entries(folder, rel_dir, dicom_candidates)
-        if recursive:
+        if recursive:  # real folders before links to folders: real paths win
+            subdirs.sort(key=os.path.islink)
             for sub in subdirs:
                 if depth + 1 > max_depth:
                     raise _Stop(f"folders nested deeper than {max_depth} levels ({_shown(sub)})")

@@ -294,11 +294,22 @@ def _atomic_write(image, path: Path, compress: bool) -> None:
                 os.replace(produced, path.parent / produced.name)
         os.replace(target, path)  # ... then the header, so a reader never sees half a pair
     except RuntimeError as exc:
-        raise VolumeWriteError(path, str(exc).strip().splitlines()[-1]) from exc
+        reason = str(exc).strip().splitlines()[-1]
+        if "space" in reason.lower() or _disk_nearly_full(path.parent, _expected_bytes(image)):
+            reason += "; the disk may be full. The previous file (if any) is kept"
+        raise VolumeWriteError(path, reason) from exc
     except OSError as exc:  # e.g. the disk filled up, or the file is read-only
         raise VolumeWriteError(path, _disk_message(exc)) from exc
     finally:
         shutil.rmtree(tmpdir, ignore_errors=True)
+
+
+def _disk_nearly_full(folder: Path, need: int) -> bool:
+    try:
+        st = os.statvfs(folder)
+    except (OSError, AttributeError):
+        return False
+    return st.f_bavail * st.f_frsize < need + (1 << 20)
 
 
 def _rename_mhd_data(header: Path, data_name: str) -> None:
