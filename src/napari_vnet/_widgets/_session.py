@@ -71,7 +71,7 @@ def recent_weights() -> list[Path]:
     out: list[Path] = []
     for item in _read_recent():
         p = Path(item)
-        if p.is_file() and p not in out:
+        if (p.is_file() or p.is_dir()) and p not in out:  # folders: nnU-Net, MONAI bundle
             out.append(p)
     return out[:MAX_RECENT]
 

@@ -28,12 +28,14 @@ log = logging.getLogger(__name__)
 
 #: registry name -> menu name (same as napari_vnet.models.DISPLAY_NAMES, which needs torch)
 ARCH_NAMES = {"vnet": "V-Net", "unet3d": "3D U-Net", "vox2vox": "Vox2Vox"}
+#: networks of other programs (napari_vnet.foreign): chosen by their weights only
+FOREIGN_NAMES = {"nnunet": "nnU-Net v2", "monai": "MONAI"}
 WEIGHTS_FILTER = "PyTorch checkpoints (*.pt *.pth *.ckpt);;All files (*)"
 _NO_WEIGHTS = "(no weights chosen)"
 
 
 def arch_name(arch: str) -> str:
-    return ARCH_NAMES.get(arch, arch)
+    return ARCH_NAMES.get(arch) or FOREIGN_NAMES.get(arch, arch)
 
 
 def shipped() -> dict[str, Path]:
@@ -123,6 +125,9 @@ def card_html(card: ModelCard, path: Path | None) -> str:
     lines = []
     title = esc(path.name) if path is not None else "model"
     lines.append(f"<b>{title}</b> — {esc(arch_name(card.arch))}")
+    origin = card.origin() if hasattr(card, "origin") else ""
+    if origin:
+        lines.append(f"<b>From:</b> {esc(origin)}")
     if card.description:
         lines.append(f"<i>{esc(_first_sentence(card.description))}</i>")
     colors = class_colors(card)  # the colours the result layer will use
@@ -133,7 +138,12 @@ def card_html(card: ModelCard, path: Path | None) -> str:
     lines.append(f"<b>Classes:</b> {classes}")
     spacing = f"{_fmt_triplet(card.spacing)} mm (z × y × x)" if card.spacing else "image's own"
     lines.append(f"<b>Spacing:</b> {spacing}; <b>patch:</b> {_fmt_triplet(card.patch_size)}")
-    lines.append(f"<b>Normalisation:</b> {esc(_fmt_normalization(card.normalization))}")
+    producer = (getattr(card, "preprocessing", None) or {}).get("kind")
+    if producer:
+        who = {"nnunet": "nnU-Net", "monai_bundle": "the bundle"}.get(producer, producer)
+        lines.append(f"<b>Preprocessing:</b> {esc(who)}'s own (exactly as it was trained)")
+    else:
+        lines.append(f"<b>Normalisation:</b> {esc(_fmt_normalization(card.normalization))}")
     hist = card.history or {}
     trained = []
     for key in ("iterations", "epochs"):
@@ -181,8 +191,15 @@ class WeightsPanel(QWidget):
             tooltip="Shipped models first, then recently used files.",
         )
         self.browse = PushButton(text="Browse…", tooltip="Open a checkpoint file (.pt)")
+        self.browse_folder = PushButton(
+            text="Folder…",
+            tooltip="Open an nnU-Net v2 trained-model folder or a MONAI bundle folder",
+        )
         row = Container(
-            widgets=[self.weights, self.browse], layout="horizontal", labels=False, label="Weights"
+            widgets=[self.weights, self.browse, self.browse_folder],
+            layout="horizontal",
+            labels=False,
+            label="Weights",
         )
         row.margins = (0, 0, 0, 0)
         self._form = Container(widgets=[self.arch, row])
@@ -201,6 +218,7 @@ class WeightsPanel(QWidget):
         self.weights.changed.connect(self._on_weights_combo)
         self.arch.changed.connect(self._on_arch)
         self.browse.changed.connect(self._on_browse)
+        self.browse_folder.changed.connect(self._on_browse_folder)
         self._set(None, None)
         self.select_default()
 
@@ -305,6 +323,16 @@ class WeightsPanel(QWidget):
         except Exception as exc:
             self._refuse_file(Path(filename), exc)
 
+    def _on_browse_folder(self, _=None) -> None:
+        start = str(self._weights.parent) if self._weights is not None else str(Path.home())
+        folder = QFileDialog.getExistingDirectory(self, "Open a model folder", start)
+        if not folder:
+            return
+        try:
+            self.select(folder)
+        except Exception as exc:
+            self._refuse_file(Path(folder), exc)
+
     def _refuse_file(self, path: Path, exc: BaseException) -> None:
         from napari.utils.notifications import show_error
 
@@ -313,7 +341,8 @@ class WeightsPanel(QWidget):
         show_error(
             f"Cannot use weights {path.name}: {exc}\n"
             "Choose a napari-vnet checkpoint (the shipped models are listed first, "
-            "or one saved by 'Fine-tune model' / 'napari-vnet train')."
+            "or one saved by 'Fine-tune model' / 'napari-vnet train'), an nnU-Net v2 "
+            "model folder or a MONAI bundle (Folder…)."
         )
         self.refresh()  # back to the previous, valid choice
         self._validate()
@@ -328,7 +357,7 @@ class WeightsPanel(QWidget):
         if self._weights is None or card is None:
             self.problem = "Choose model weights (a shipped model or a checkpoint file)."
             self.info.setText(f"<i>{html.escape(self.problem)}</i>")
-        elif card.arch != self.arch.value:
+        elif card.arch != self.arch.value and card.arch not in FOREIGN_NAMES:
             self.problem = (
                 f"{self._weights.name} holds a {arch_name(card.arch)} model, not a "
                 f"{arch_name(self.arch.value)}: choose {arch_name(card.arch)} or other weights."
