@@ -6,7 +6,9 @@ the single-case CLI, on N synthetic torso CT phantoms of 128 x 256 x 256 (.nii.g
   inference and writing one after the other);
 * ``batch``: one ``napari-vnet predict IN_DIR --out OUT_DIR --workers K`` process: the
   model loaded once, the next cases read while one is segmented, writing in the
-  background.
+  background;
+* ``serial``: the same with ``--workers 0`` (model loaded once, but reading, segmenting
+  and writing one after the other): the difference to ``batch`` is the overlap's gain.
 
 Both use the same weights, device and settings; the label maps must be identical (the
 ``identical`` column). Peak RSS is the largest resident set of the run's process tree,
@@ -135,25 +137,36 @@ def main() -> int:
     print("shell loop ...", flush=True)
     loop = run_measured(["bash", "-c", script], env)
 
-    batch_out = work / "batch"
-    shutil.rmtree(batch_out, ignore_errors=True)
-    print("batch ...", flush=True)
-    batch = run_measured(
-        [*exe, "predict", str(in_dir), *common, "--out", str(batch_out),
-         "--workers", str(args.workers)],
-        env,
-    )  # fmt: skip
+    runs = {"loop": loop}
+    for name, workers in (("serial", 0), ("batch", args.workers)):
+        folder = work / name
+        shutil.rmtree(folder, ignore_errors=True)
+        print(f"{name} (--workers {workers}) ...", flush=True)
+        runs[name] = run_measured(
+            [*exe, "predict", str(in_dir), *common, "--out", str(folder),
+             "--workers", str(workers)],
+            env,
+        )  # fmt: skip
     load_after = load()
+    batch_out = work / "batch"
 
     from napari_vnet.io import read_volume
 
     identical = all(
-        np.array_equal(read_volume(loop_out / c.name).array, read_volume(batch_out / c.name).array)
+        np.array_equal(read_volume(loop_out / c.name).array, read_volume(folder / c.name).array)
         for c in cases
+        for folder in (batch_out, work / "serial")
     )
     n = len(cases)
     rows = []
-    for name, r in (("shell loop (single-case CLI)", loop), ("napari-vnet predict DIR", batch)):
+    batch = runs["batch"]
+    labels = (
+        ("loop", "shell loop (single-case CLI)"),
+        ("serial", "predict DIR --workers 0"),
+        ("batch", f"predict DIR --workers {args.workers}"),
+    )
+    for key, name in labels:
+        r = runs[key]
         rows.append(
             {
                 "mode": name,
@@ -167,6 +180,7 @@ def main() -> int:
             }
         )
     speedup = loop["wall_s"] / batch["wall_s"]
+    overlap_gain = runs["serial"]["wall_s"] / batch["wall_s"]
     print()
     print(
         f"{'mode':<30} {'cases':>5} {'wall s':>8} {'cases/min':>10} {'CPU s/case':>11} "
@@ -177,7 +191,10 @@ def main() -> int:
             f"{r['mode']:<30} {r['cases']:>5} {r['wall_s']:>8.1f} {r['cases_per_min']:>10.2f} "
             f"{r['cpu_s_per_case']:>11.2f} {r['peak_rss_mb']:>12.0f}"
         )
-    print(f"speed-up {speedup:.2f}x; label maps identical: {identical}")
+    print(
+        f"speed-up vs the loop {speedup:.2f}x, vs --workers 0 {overlap_gain:.2f}x; "
+        f"label maps identical: {identical}"
+    )
     print(f"load average before {load_before}, after {load_after}")
     result = {
         "benchmark": "batch_predict",
@@ -187,6 +204,7 @@ def main() -> int:
         "workers": args.workers,
         "rows": rows,
         "speedup": round(speedup, 3),
+        "speedup_vs_workers0": round(overlap_gain, 3),
         "identical_labels": identical,
         "load_before": load_before,
         "load_after": load_after,
