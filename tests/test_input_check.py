@@ -46,7 +46,7 @@ def test_rules():
     (hu,) = check_input(ct_card, shape=(8, 24, 24), spacing=(2, 1, 1), values=_mr())
     assert hu.level == "warning" and "Hounsfield" in hu.text
     (mod,) = check_input(ct_card, shape=(8, 24, 24), values=_ct(), modality="MR")
-    assert "MR image" in mod.text  # the header's modality wins over the values
+    assert "this is MR data" in mod.text  # the header's modality wins over the values
     (back,) = check_input(mr_card, shape=(8, 24, 24), values=_ct())
     assert "trained on MR" in back.text
     (sp,) = check_input(ct_card, shape=(8, 24, 24), spacing=(10.0, 1, 1), values=_ct())

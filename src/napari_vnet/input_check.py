@@ -155,13 +155,18 @@ def check_input(
         if sample.size:
             is_hu = looks_like_hu(sample) and modality.upper() not in ("MR", "PT", "NM")
             if want_hu and not is_hu:
-                what = f"a {modality} image" if modality else "not Hounsfield units"
+                if modality and modality.upper() != "CT":
+                    what = f"this is {modality} data (values {_range_text(sample)})"
+                else:
+                    what = (
+                        f"these values ({_range_text(sample)}) are not Hounsfield units "
+                        "(no air at about -1000 HU)"
+                    )
                 issues.append(
                     InputIssue(
                         "warning",
-                        f"This model was trained on CT in Hounsfield units; these values "
-                        f"({_range_text(sample)}) look like {what} (no air at about -1000 "
-                        "HU). Its result is probably meaningless for this image.",
+                        f"This model was trained on CT in Hounsfield units, but {what}. Its "
+                        "result is probably meaningless for this image.",
                     )
                 )
             elif want_hu is False and is_hu:

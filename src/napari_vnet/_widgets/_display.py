@@ -63,7 +63,8 @@ def _permutation_parity(rel: list[int]) -> int:
 
 def apply_radiological_view(viewer: napari.Viewer) -> None:
     """Set the camera orientation for the axes now displayed (see module docstring)."""
-    camera = viewer.camera
+    scene = getattr(viewer, "scene", None)  # napari >= 0.9; viewer.camera before
+    camera = scene.camera if scene is not None else viewer.camera
     if not _has_medical_layer(viewer):
         if getattr(viewer, _INSTALLED, None) == "applied":
             camera.orientation = _DEFAULT_ORIENTATION

@@ -434,7 +434,7 @@ class SegmentWidget(QWidget):
         lines = [f"⚠ {i.text}" for i in self._input_issues() if not i.refuses]
         note = demo_note(card) if card is not None else None
         if note:
-            lines.append(f"ⓘ {note}")
+            lines.append(f"Note: {note}")
         self.check_note.setText("\n".join(lines))
         self.check_note.setVisible(bool(lines))
 
