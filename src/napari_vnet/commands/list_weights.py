@@ -6,9 +6,11 @@
 One row per weights file: where it comes from (``shipped`` or ``recent``), its name
 (what ``--weights`` accepts), architecture, classes, training spacing and patch, and
 the number of training iterations its card records. The recent list is the one the
-Segment and Fine-tune docks keep (``$NAPARI_VNET_CONFIG_DIR/recent_weights.json``,
-default ``~/.config/napari-vnet/``). A file whose card cannot be read is listed with
-the reason, never skipped silently. Only cards are read (no network is built).
+Segment and Fine-tune docks keep (``recent_weights.json`` in
+:func:`napari_vnet.user_dirs.config_dir`: ``$NAPARI_VNET_CONFIG_DIR``, else the OS's
+settings folder, e.g. ``~/.config/napari-vnet`` on Linux). A file whose card cannot be
+read is listed with the reason, never skipped silently. Only cards are read (no network
+is built).
 """
 
 from __future__ import annotations
@@ -23,9 +25,8 @@ HELP = "list shipped and recently used weights with their model cards"
 
 log = logging.getLogger(__name__)
 
-#: where the docks keep their settings, and the recent-weights file in it (the format
-#: ``{"recent": [path, ...]}`` newest first is the one napari_vnet's GUI writes)
-CONFIG_ENV = "NAPARI_VNET_CONFIG_DIR"
+#: the recent-weights file in the settings folder (the format ``{"recent": [path, ...]}``,
+#: newest first, is the one napari_vnet's docks write)
 RECENT_FILE = "recent_weights.json"
 
 
