@@ -104,6 +104,28 @@ def resampled_shape(
     )
 
 
+class ResampleMemoryError(MemoryError, ValueError):
+    """A resampled grid would not fit in memory (refused before allocating); a
+    ValueError too, since the input's spacing or the model's decides the size."""
+
+
+def _check_resample_memory(array, out_shape, spacing, new_spacing) -> None:
+    """:class:`ResampleMemoryError` with the figures, before allocating, when the
+    resampled grid (ITK's output plus its numpy copy) does not fit in the available
+    memory."""
+    from napari_vnet.io.memory import memory_problem
+
+    nbytes = int(np.prod(out_shape, dtype=object)) * max(4, array.dtype.itemsize) * 2
+    shape = " x ".join(str(n) for n in out_shape)
+    problem = memory_problem(
+        nbytes,
+        f"resampling {tuple(array.shape)} voxels of spacing {tuple(spacing)} mm to "
+        f"{tuple(new_spacing)} mm ({shape} voxels)",
+    )
+    if problem:
+        raise ResampleMemoryError(problem)
+
+
 def resample_to_spacing(
     array: np.ndarray,
     spacing: Sequence[float],
@@ -140,6 +162,7 @@ def resample_to_spacing(
     )
     if out_shape == tuple(array.shape) and np.allclose(spacing, new_spacing):
         return array
+    _check_resample_memory(array, out_shape, spacing, new_spacing)
 
     dtype = array.dtype
     src = array

@@ -206,6 +206,31 @@ def _version() -> str:
     return __version__
 
 
+def _check_archive_memory(path: Path, mmap: bool) -> None:
+    """Refuse a checkpoint whose tensors (their sizes read from the zip directory, before
+    torch.load) do not fit in the available memory: a small deflated archive can unpack
+    to gigabytes. With ``mmap`` stored (uncompressed) tensors are mapped, not allocated."""
+    import zipfile
+
+    from napari_vnet.io.memory import human_bytes, memory_problem
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            infos = archive.infolist()
+    except (zipfile.BadZipFile, OSError, ValueError):
+        return  # torch.load words the damage
+    total = sum(
+        i.file_size for i in infos if not (mmap and i.compress_type == zipfile.ZIP_STORED)
+    )
+    problem = memory_problem(total, f"unpacking its {len(infos)} records")
+    if problem:
+        packed = sum(i.compress_size for i in infos)
+        raise CheckpointError(
+            f"{path}: {problem} (the file holds {human_bytes(packed)} that unpack to "
+            f"{human_bytes(sum(i.file_size for i in infos))})"
+        )
+
+
 def _read(path: Path, map_location: Any, mmap: bool = False) -> Any:
     """torch.load(weights_only=True) with every failure turned into a CheckpointError."""
     if not path.exists():
@@ -216,6 +241,8 @@ def _read(path: Path, map_location: Any, mmap: bool = False) -> Any:
         head = fh.read(4)
     if not head:
         raise CheckpointError(f"{path}: the file is empty")
+    if head == b"PK\x03\x04":
+        _check_archive_memory(path, mmap)
     try:
         zipped = head == b"PK\x03\x04"  # mmap needs torch's zip format
         return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap and zipped)

@@ -54,6 +54,26 @@ def _clean_kwargs(card: ModelCard, reserved: dict[str, int]) -> dict[str, Any]:
     return kwargs
 
 
+def _check_network_memory(card: ModelCard, cls, reserved, kwargs) -> None:
+    """Refuse (ValueError with the figures) a card whose network would not fit in the
+    available memory: the network is first built on PyTorch's "meta" device, which
+    allocates nothing, to count its parameters."""
+    import torch
+
+    from napari_vnet.io.memory import memory_problem
+
+    with torch.device("meta"):
+        probe = cls(**reserved, **kwargs)
+    tensors = [*probe.parameters(), *probe.buffers()]
+    nbytes = sum(t.numel() * t.element_size() for t in tensors)
+    count = sum(t.numel() for t in probe.parameters())
+    problem = memory_problem(
+        nbytes, f"the {card.arch} network of the model card ({count:,} parameters)"
+    )
+    if problem:
+        raise ValueError(problem + f" (arch_kwargs {dict(card.arch_kwargs)})")
+
+
 def build_model(card: ModelCard) -> nn.Module:
     """A fresh (randomly initialised) network as described by ``card``.
 
@@ -67,6 +87,8 @@ def build_model(card: ModelCard) -> nn.Module:
     reserved = {"in_channels": card.in_channels, "out_channels": card.out_channels}
     kwargs = _clean_kwargs(card, reserved)
     try:
+        if cls in (VNet, UNet3D, Vox2VoxGenerator):
+            _check_network_memory(card, cls, reserved, kwargs)
         return cls(**reserved, **kwargs)
     except TypeError as exc:  # unexpected keyword
         raise ValueError(

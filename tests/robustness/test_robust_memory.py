@@ -1,0 +1,246 @@
+"""Small inputs that ask for huge allocations are refused before anything is allocated,
+with a message naming the file and the figures: a gzip-bomb NIfTI, a zip-bomb
+checkpoint, a model card describing a giant network, an absurd resampling, a DICOM series
+too large to decode.
+
+Each case runs in a child process that reports its peak memory (``ru_maxrss``). The
+available memory is what the machine has, or ``NAPARI_VNET_MEMORY_LIMIT`` where a test
+pretends to be a smaller machine (the child also carries an address-space limit of
+6 GB, so that code without the guards fails there instead of filling this machine)."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import struct
+import subprocess
+import sys
+import textwrap
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import small_volume, tiny_card, write_dicom_series, write_image
+
+_PRELUDE = """
+import json, os, resource, sys
+resource.setrlimit(resource.RLIMIT_AS, (6 << 30, 6 << 30))
+def report(**kw):
+    kw["peak_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print("RESULT " + json.dumps(kw))
+"""
+
+
+def _child(code: str, *args: str, limit: str | None = "512M") -> dict:
+    env = {k: v for k, v in os.environ.items() if k != "NAPARI_VNET_MEMORY_LIMIT"}
+    if limit:
+        env["NAPARI_VNET_MEMORY_LIMIT"] = limit
+    proc = subprocess.run(
+        [sys.executable, "-c", _PRELUDE + textwrap.dedent(code), *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+    assert lines, f"rc {proc.returncode}\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}"
+    return json.loads(lines[-1][len("RESULT ") :])
+
+
+def _gzip_bomb(path: Path, shape_xyz=(1024, 1024, 1024)) -> Path:
+    """A valid .nii.gz of zeros (1 GiB of uint8) in about 1 MB: a header member followed
+    by identical members of 16 MiB of zeros each (gzip allows concatenated members)."""
+    template = path.parent / "template.nii"
+    write_image(template, np.zeros((2, 2, 2), np.uint8))
+    head = bytearray(template.read_bytes()[:352])
+    template.unlink()
+    dim = list(struct.unpack("<8h", head[40:56]))
+    dim[0], dim[1], dim[2], dim[3] = 3, *shape_xyz
+    head[40:56] = struct.pack("<8h", *dim)
+    total = int(np.prod(shape_xyz))
+    block = 16 << 20
+    member = gzip.compress(b"\0" * block, compresslevel=9)
+    with open(path, "wb") as fh:
+        fh.write(gzip.compress(bytes(head), compresslevel=9))
+        for _ in range(total // block):
+            fh.write(member)
+    return path
+
+
+def test_gzip_bomb_nifti_refused_before_allocating(tmp_path):
+    bomb = _gzip_bomb(tmp_path / "bomb.nii.gz")
+    assert bomb.stat().st_size < 3_000_000
+    out = _child(
+        """
+        from napari_vnet.io import VolumeReadError, read_volume
+        try:
+            vol = read_volume(sys.argv[1])
+            report(outcome="read", shape=list(vol.array.shape))
+        except (VolumeReadError, MemoryError) as exc:
+            report(outcome="refused", message=str(exc))
+        """,
+        str(bomb),
+    )
+    assert out["outcome"] == "refused", out
+    assert str(bomb) in out["message"] and "1.0 GiB" in out["message"], out
+    assert "refused before allocating" in out["message"], out
+    assert out["peak_mib"] < 600, out
+
+
+def test_gzip_bomb_listed_by_discovery_without_reading(tmp_path):
+    _gzip_bomb(tmp_path / "bomb.nii.gz")
+    out = _child(
+        """
+        from napari_vnet.worklist import discover_scans
+        (entry,) = discover_scans(sys.argv[1])
+        report(shape=list(entry.shape), broken=entry.broken)
+        """,
+        str(tmp_path),
+    )
+    assert out["shape"] == [1024, 1024, 1024] and out["peak_mib"] < 600, out
+
+
+def _zip_bomb_checkpoint(tmp_path: Path, numel: int = 300_000_000) -> Path:
+    """A real tiny checkpoint whose one extra tensor claims ``numel`` float32 values,
+    stored deflated (1.2 GB of zeros in about a megabyte)."""
+    import torch
+
+    from napari_vnet.models import build_model, save_checkpoint
+
+    small = save_checkpoint(build_model(tiny_card()), tiny_card(), tmp_path / "small.pt")
+    state = torch.load(small, weights_only=True)
+    marker = 1_048_573  # an unusual size, easy to find in the pickle
+    state["state_dict"]["padding"] = torch.zeros(marker)
+    plain = tmp_path / "plain.pt"
+    torch.save(state, plain)
+    bomb = tmp_path / "bomb.pt"
+    with zipfile.ZipFile(plain) as src, zipfile.ZipFile(bomb, "w") as dst:
+        big_key = None
+        for info in src.infolist():
+            data = src.read(info)
+            if info.filename.endswith("data.pkl"):
+                old = b"J" + struct.pack("<i", marker)
+                assert old in data
+                data = data.replace(old, b"J" + struct.pack("<i", numel))
+            if len(data) == marker * 4:
+                big_key = info.filename
+                continue
+            dst.writestr(info, data, compress_type=info.compress_type)
+        assert big_key is not None
+    # the big record, deflated: zeros compress about 1000:1
+    with zipfile.ZipFile(bomb, "a", compression=zipfile.ZIP_DEFLATED) as dst:
+        info = zipfile.ZipInfo(big_key)
+        info.compress_type = zipfile.ZIP_DEFLATED
+        with dst.open(info, "w", force_zip64=True) as fh:
+            chunk = b"\0" * (64 << 20)
+            for _ in range(numel * 4 // len(chunk)):
+                fh.write(chunk)
+            fh.write(b"\0" * (numel * 4 % len(chunk)))
+    return bomb
+
+
+def test_zip_bomb_checkpoint_refused_before_loading(tmp_path):
+    pytest.importorskip("torch")
+    bomb = _zip_bomb_checkpoint(tmp_path)
+    assert bomb.stat().st_size < 5_000_000
+    out = _child(
+        """
+        from napari_vnet.models import load_checkpoint
+        try:
+            load_checkpoint(sys.argv[1])
+            report(outcome="loaded")
+        except Exception as exc:
+            report(outcome="refused", message=f"{type(exc).__name__}: {exc}")
+        """,
+        str(bomb),
+    )
+    assert out["outcome"] == "refused", out
+    assert str(bomb) in out["message"] and "refused before allocating" in out["message"], out
+    assert "1.1 GiB" in out["message"], out
+    assert out["peak_mib"] < 800, out
+
+
+def test_giant_network_card_refused_before_building(tmp_path):
+    """No pretend limit here: 75 GiB of parameters exceed any machine these tests run on."""
+    pytest.importorskip("torch")
+    out = _child(
+        """
+        from napari_vnet.models import ClassInfo, ModelCard, build_model
+        card = ModelCard(arch="unet3d", arch_kwargs={"channels": [512, 2048, 8192, 16384]},
+                         classes=[ClassInfo(0, "background"), ClassInfo(1, "liver")],
+                         patch_size=(32, 32, 32), spacing=(1.0, 1.0, 1.0),
+                         normalization={"kind": "zscore"})
+        try:
+            build_model(card)
+            report(outcome="built")
+        except Exception as exc:
+            report(outcome="refused", message=f"{type(exc).__name__}: {exc}")
+        """,
+        limit=None,
+    )
+    assert out["outcome"] == "refused", out
+    assert "20,298,511,362 parameters" in out["message"], out
+    assert "75.6 GiB" in out["message"] and "refused before allocating" in out["message"], out
+
+
+def test_absurd_card_spacing_refused_before_resampling(tmp_path, tiny_weights):
+    """A 12 x 10 x 6 image and a card asking for 0.002 mm voxels: refused by `predict`
+    naming the file and the resampled size (no pretend limit: 100 TB are refused here)."""
+    import torch
+
+    state = torch.load(tiny_weights, weights_only=True)
+    state["card"]["spacing"] = [0.002, 0.002, 0.002]
+    weights = tmp_path / "absurd.pt"
+    torch.save(state, weights)
+    image = write_image(tmp_path / "ct.nii.gz", small_volume().astype(np.float32))
+    out = _child(
+        """
+        import contextlib, io
+        from napari_vnet.cli import main
+        err = io.StringIO()
+        with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+            rc = main(["predict", sys.argv[1], "--weights", sys.argv[2],
+                       "--out", sys.argv[3]])
+        report(rc=rc, message=err.getvalue())
+        """,
+        str(image),
+        str(weights),
+        str(tmp_path / "out.nii.gz"),
+        limit=None,
+    )
+    assert out["rc"] != 0 and str(image) in out["message"], out
+    assert "resampling" in out["message"] and "refused before allocating" in out["message"], out
+    assert out["peak_mib"] < 1500, out
+
+
+def test_dicom_series_too_large_to_decode_refused(tmp_path):
+    write_dicom_series(
+        tmp_path / "series", small_volume((4, 64, 64)), uid="1.2.3.4.5.6", description="CT"
+    )
+    out = _child(
+        """
+        from napari_vnet.io import VolumeReadError, read_volume
+        try:
+            read_volume(sys.argv[1])
+            report(outcome="read")
+        except VolumeReadError as exc:
+            report(outcome="refused", message=str(exc))
+        """,
+        str(tmp_path / "series"),
+        limit="20K",
+    )
+    assert out["outcome"] == "refused" and "series" in out["message"], out
+    assert "32.0 KiB" in out["message"] and "refused before allocating" in out["message"], out
+
+
+def test_available_memory_takes_the_smallest_limit(monkeypatch):
+    from napari_vnet.io.memory import available_memory, memory_problem, parse_size
+
+    assert parse_size("1G") == 1 << 30 and parse_size("512M") == 512 << 20
+    monkeypatch.setenv("NAPARI_VNET_MEMORY_LIMIT", "1M")
+    assert available_memory() == 1 << 20
+    assert "needs 2.0 MiB of memory but only 1.0 MiB" in memory_problem(2 << 20, "x")
+    assert memory_problem(1000, "x") is None
