@@ -39,7 +39,7 @@ def unpicklable(*, should_stop):
 def modules(*, should_stop):
     print("stray output must not break the stream")
     os.write(1, b"nor C-level output on fd 1")
-    import napari_vnet._widgets._finetune_job  # the fine-tune job module
+    import napari_vnet.training.job  # the fine-tune job module the child runs
     yield sorted(m for m in ("napari", "qtpy", "PyQt6", "PyQt5", "PySide6", "matplotlib")
                  if m in sys.modules)
     return None
@@ -133,3 +133,76 @@ def test_runner_module_imports_no_gui():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+QT_BLOCKER = """
+import sys
+
+BLOCKED = ("qtpy", "PyQt5", "PyQt6", "PySide2", "PySide6", "napari", "magicgui")
+
+
+class _NoGui:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in BLOCKED:
+            raise ModuleNotFoundError(f"No module named {name!r} (a Qt-less interpreter)", name=name)
+        return None
+
+
+sys.meta_path.insert(0, _NoGui())
+"""
+
+
+def test_scans_file_pair_training_runs_in_an_interpreter_without_qt(tmp_path, monkeypatch):
+    """The Scans dock's "Fine-tune on corrected scans" hands file pairs with their
+    annotated-slice records to the Fine-tune dock, whose job trains them in a child
+    process. That child must never import Qt or napari: here it runs in an interpreter
+    where importing them fails (a meta-path blocker in sitecustomize)."""
+    import subprocess
+
+    import numpy as np
+    import SimpleITK as sitk
+
+    from napari_vnet._widgets.finetune import _file_item, _Pair
+    from napari_vnet.models import load_checkpoint
+    from napari_vnet.training import TrainConfig
+    from napari_vnet.training.job import training_job
+
+    blocker = tmp_path / "noqt"
+    blocker.mkdir()
+    (blocker / "sitecustomize.py").write_text(QT_BLOCKER)
+    monkeypatch.setenv("PYTHONPATH", str(blocker))
+    probe = subprocess.run(
+        [sys.executable, "-c", "import qtpy"], capture_output=True, text=True, timeout=120
+    )
+    assert probe.returncode != 0 and "Qt-less interpreter" in probe.stderr
+
+    z, y, x = np.indices((12, 24, 24))
+    labels = (((z - 6) ** 2 + (y - 12) ** 2 + (x - 12) ** 2) < 20).astype(np.uint8) * 3
+    image = np.random.default_rng(0).normal(0, 0.2, labels.shape).astype(np.float32) + labels
+    paths = []
+    for arr, name in ((image, "scan.nii.gz"), (labels, "scan.seg.nii.gz")):
+        img = sitk.GetImageFromArray(arr)
+        img.SetSpacing((1.0, 1.0, 2.0))
+        sitk.WriteImage(img, str(tmp_path / name))
+        paths.append(tmp_path / name)
+    # the record the scan browser saves with a corrected scan's labels
+    record = {"axis": 0, "slices": [5, 6, 7]}
+    spec = _file_item(_Pair(image_path=paths[0], labels_path=paths[1], annotated=record), True)
+    config = TrainConfig(
+        arch="unet3d", arch_kwargs={"channels": [4, 8]}, iterations=2, patch_size=(8, 16, 16),
+        batch_size=1, amp=False,
+    )  # fmt: skip
+    out = tmp_path / "scans-ft.pt"
+    # what training_job starts (run_in_child directly: no in-thread fallback here)
+    assert training_job.__module__ == "napari_vnet.training.job"
+    events, summary = drain(
+        run_in_child(
+            "napari_vnet.training.job:finetune_job", [spec], config, None, out, {3: "lesion"},
+            stop=threading.Event(),
+        )
+    )  # fmt: skip
+    assert [e["iteration"] for e in events] == [1, 2]
+    assert summary["iterations"] == 2 and not summary["cancelled"]
+    _, card = load_checkpoint(out)
+    assert [(c.value, c.name) for c in card.classes] == [(0, "background"), (3, "lesion")]
+    assert card.history["run"]["config"]["class_names"] == {"3": "lesion"}

@@ -504,7 +504,7 @@ def test_finetune_keeps_matched_class_channels_bit_identical_at_iteration_0(tmp_
         normalization={"kind": "zscore"},
         patch_size=(16, 16, 16),
     )
-    torch.manual_seed(0)
+    torch.manual_seed(123)  # not the run's seed (0): its fresh rows must differ
     base_model = build_model(base_card)
     save_checkpoint(base_model, base_card, tmp_path / "base.pt")
     image, labels = sphere_pair()

@@ -392,3 +392,62 @@ def test_auto_patch_is_the_patch_the_weights_were_trained_with(tmp_path):
     )
     path = save_checkpoint(build_model(card), card, tmp_path / "trained.pt")
     assert trained_patch(path) == (8, 16, 16)
+
+
+@pytest.mark.gui
+def test_dock_job_and_cli_train_make_the_same_plan(make_napari_viewer, tmp_path, capsys):
+    """The same files, base weights and settings through the Fine-tune dock's job (as the
+    Scans dock hands corrected scans over: file pairs with annotated-slice records) and
+    through ``napari-vnet train`` give the same training plan: classes (a label value the
+    base lacks becomes a named new class), patch (the base's training patch), window,
+    spacing, normalisation, annotated slices."""
+    import json
+
+    import SimpleITK as sitk
+
+    from napari_vnet.cli import main
+    from napari_vnet.models import ClassInfo, ModelCard, build_model, save_checkpoint
+    from napari_vnet.training.job import plan_job
+
+    card = ModelCard(
+        arch="unet3d", arch_kwargs={"channels": [4, 8]},
+        classes=[ClassInfo(0, "background"), ClassInfo(1, "blob")], spacing=SCALE,
+        patch_size=(16, 32, 32), history={"run": {"config": {"patch_size": [8, 16, 16]}}},
+    )  # fmt: skip
+    base = save_checkpoint(build_model(card), card, tmp_path / "base.pt")
+    image, truth = blob_volume(3)
+    labels = truth.copy()
+    labels[6:9, 2:5, 2:5] = 3  # a structure the base does not know
+    paths = []
+    for arr, name in ((image, "scan.nii.gz"), (labels, "scan.seg.nii.gz")):
+        img = sitk.GetImageFromArray(arr)
+        img.SetSpacing(SCALE[::-1])
+        sitk.WriteImage(img, str(tmp_path / name))
+        paths.append(str(tmp_path / name))
+    slices = [6, 7, 8]
+
+    ft = FinetuneWidget(make_napari_viewer())
+    ft.set_base_weights(base)
+    ft.add_file_pair(paths[0], paths[1], annotated={"axis": 0, "slices": slices})
+    ft.class_names_edit.setText("3=kidney")
+    ft.voxels_combo.setCurrentText(EDITED)
+    specs = ft._training_specs(only_edited=True)
+    config = ft.training_config()
+    dock = plan_job(specs, config, ft.base_weights(), {3: "kidney"}).to_dict()
+
+    rc = main(
+        ["train", "--image", paths[0], "--labels", paths[1], "--weights", str(base),
+         "--annotated-slices", ",".join(map(str, slices)), "--class-names", "3=kidney",
+         "--out", str(tmp_path / "cli.pt"), "--dry-run", "--json"]
+    )  # fmt: skip
+    captured = capsys.readouterr()
+    assert rc == 0, captured.err
+    cli = json.loads(captured.out.strip().splitlines()[-1])
+    dock = json.loads(json.dumps(dock))
+    dock["cases"] = cli["cases"] = None  # names: the dock shows the labels file's name
+    assert dock == cli
+    assert cli["classes"] == {"0": "background", "1": "blob", "3": "kidney"}
+    assert cli["new_classes"] == {"3": "kidney"}
+    assert cli["patch_size"] == [8, 16, 16] and cli["window"] == [16, 32, 32]
+    assert cli["annotated_slices"] == [slices]
+    assert not (tmp_path / "cli.pt").exists()  # a dry run writes nothing

@@ -77,3 +77,54 @@ def write_nnunet_dataset(
     path = folder / "dataset.json"
     atomic_write_text(path, json.dumps(dataset, indent=2))
     return path
+
+
+def export_pairs(
+    folder: str | Path,
+    pairs: Sequence[Any],
+    *,
+    classes: Any = None,
+    class_names: dict[int, str] | None = None,
+    ignore_index: int | None = None,
+    name: str | None = None,
+    channel: str | None = None,
+    extra: dict[str, Any] | None = None,
+    sources: Sequence[str | None] | None = None,
+) -> Path:
+    """Export training pairs (:class:`~napari_vnet.training.TrainingPair`: files, Volumes
+    or arrays, with optional annotated-slice records) the way training reads them.
+
+    The training plan decides (as for ``napari-vnet train``): labels in another geometry
+    are resampled onto the image grid; the classes are ``classes`` (other values become
+    background) or every value in annotated voxels, named from ``class_names``; values
+    are renumbered 1..K in class order (:func:`napari_vnet.training.renumber_for_export`).
+    Voxels outside the annotated slices, or equal to ``ignore_index``, get nnU-Net's
+    "ignore" label K + 1. Returns the dataset.json path.
+    """
+    from napari_vnet.training.data import annotated_label_values, load_pairs
+    from napari_vnet.training.plan import renumber_for_export, resolve_classes
+
+    loaded = load_pairs(pairs)
+    values = annotated_label_values(loaded, ignore_index)
+    chosen, _ = resolve_classes(classes, class_names, None, values)
+    sparse = any(p.mask is not None for p in loaded)
+    ignore = len(chosen) if (sparse or ignore_index is not None) else None
+    written = []
+    for i, p in enumerate(loaded):
+        image = p.volume if p.volume is not None else Volume(p.image, spacing=p.spacing)
+        if image.shape != p.labels.shape:  # pragma: no cover - load_pairs checked it
+            raise ValueError(f"{p.name}: labels and image disagree in shape")
+        new = renumber_for_export(
+            p.labels, chosen, mask=p.mask, ignore_index=ignore_index, ignore_label=ignore
+        )
+        written.append((f"case_{i:03d}", image, new))
+    return write_nnunet_dataset(
+        folder,
+        written,
+        [(c.name, c.value) for c in chosen],
+        ignore_index=ignore,
+        name=name,
+        channel=channel,
+        extra=extra,
+        sources=sources,
+    )

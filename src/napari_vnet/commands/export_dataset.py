@@ -42,10 +42,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import numpy as np
-
-    from napari_vnet.io import VolumeReadError, read_volume
-    from napari_vnet.training import TrainingError, labels_on_image_grid, parse_classes
+    from napari_vnet.dataset_export import export_pairs
+    from napari_vnet.io import VolumeReadError
+    from napari_vnet.training import TrainingError, TrainingPair
 
     if len(args.image) != len(args.labels):
         print(f"error: {len(args.image)} --image but {len(args.labels)} --labels", file=sys.stderr)
@@ -54,46 +53,26 @@ def run(args: argparse.Namespace) -> int:
     if out.exists() and any(out.iterdir()) and not args.overwrite:
         print(f"error: {out} exists and is not empty (use --overwrite)", file=sys.stderr)
         return 2
+    pairs = [
+        TrainingPair(img, lab, name=str(img))
+        for img, lab in zip(args.image, args.labels, strict=True)
+    ]
     try:
-        classes = parse_classes(args.classes)
-        cases = []
-        for img_path, lab_path in zip(args.image, args.labels, strict=True):
-            img = read_volume(img_path)
-            lab = read_volume(lab_path)
-            labels = labels_on_image_grid(img, lab)  # e.g. rows stored flipped in the file
-            cases.append((img_path, img, labels))
+        # the training plan's rules: labels resampled onto the image grid, classes,
+        # renumbering 1..K, the ignore label (as the Fine-tune dock's export)
+        export_pairs(
+            out,
+            pairs,
+            classes=args.classes,
+            ignore_index=args.ignore_index,
+            name=args.name,
+            channel=args.channel_name or None,
+            sources=list(args.image),
+        )
     except (VolumeReadError, TrainingError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    if classes is None:
-        values = sorted(
-            {int(v) for _, _, lab in cases for v in np.unique(lab)} - {0, args.ignore_index}
-        )
-        from napari_vnet.models import ClassInfo
-
-        classes = [ClassInfo(0, "background")] + [ClassInfo(v, f"class_{v}") for v in values]
-    ignore_value = len(classes) if args.ignore_index is not None else None
-
-    from napari_vnet.dataset_export import write_nnunet_dataset
-
-    written = []
-    for i, (src, img, lab) in enumerate(cases):
-        new = np.zeros(lab.shape, np.uint8)
-        for k, cls in enumerate(classes):
-            if k:
-                new[lab == cls.value] = k
-        if ignore_value is not None:
-            new[lab == args.ignore_index] = ignore_value
-        written.append((f"case_{i:03d}", img, new))
+    for i, src in enumerate(args.image):
         print(f"case_{i:03d}: {src}", file=sys.stderr)
-    write_nnunet_dataset(
-        out,
-        written,
-        [(cls.name, cls.value) for cls in classes],
-        ignore_index=ignore_value,
-        name=args.name,
-        channel=args.channel_name or None,
-        sources=[str(src) for src, _, _ in cases],
-    )
-    print(f"wrote {len(cases)} case(s) to {out}")
+    print(f"wrote {len(pairs)} case(s) to {out}")
     return 0

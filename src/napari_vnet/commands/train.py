@@ -10,6 +10,7 @@ import argparse
 import json
 import os
 import sys
+from pathlib import Path
 
 HELP = "train or fine-tune a model on (image, labels) pairs; runs under torchrun for DDP"
 
@@ -105,6 +106,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     run_.add_argument(
         "--resume", action="store_true", help="continue an interrupted run writing --out"
     )
+    run_.add_argument(
+        "--overwrite", action="store_true",
+        help="replace an existing --out file (never the base --weights themselves)",
+    )  # fmt: skip
+    data.add_argument(
+        "--class-names", metavar="V=NAME,...",
+        help="names for label values the base weights do not know (they become new "
+        "classes), e.g. 3=kidney; the Fine-tune dock's 'Class names' field",
+    )  # fmt: skip
+    parser.add_argument(
+        "--dry-run", action="store_true",
+        help="only read the data and print the training plan (classes, patch, window, "
+        "spacing); nothing is trained or written",
+    )  # fmt: skip
     parser.add_argument("--json", action="store_true", help="print one JSON summary object last")
 
 
@@ -129,6 +144,59 @@ def _slices(text: str | None):
     return [int(v) for v in text.replace(" ", "").split(",") if v]
 
 
+def _class_names(text: str | None) -> dict[int, str] | None:
+    if not text:
+        return None
+    out = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        value, sep, name = part.partition("=")
+        if not sep or not value.strip().isdigit() or not name.strip():
+            raise ValueError(f"--class-names entry {part!r} is not of the form VALUE=NAME")
+        out[int(value)] = name.strip()
+    return out
+
+
+def _print_plan(pairs, config, args, say) -> int:
+    """``--dry-run``: the training plan, as the Fine-tune dock would get it."""
+    from napari_vnet.io import VolumeReadError
+    from napari_vnet.models import CheckpointError
+    from napari_vnet.training import TrainingError, plan_training
+
+    try:
+        plan = plan_training(pairs, config, base=args.weights)
+    except (TrainingError, FileNotFoundError, VolumeReadError, CheckpointError) as exc:
+        say(f"error: {exc}")
+        return 1
+    data = plan.to_dict()
+    if args.json:
+        print(json.dumps(data))
+    else:
+        for key, value in data.items():
+            print(f"{key}: {value}")
+    return 0
+
+
+def _out_problem(args: argparse.Namespace) -> str | None:
+    """Why ``--out`` must not be written: it is the base weights, or it exists and
+    neither ``--overwrite`` nor ``--resume`` was given."""
+    out = Path(args.out)
+    if getattr(args, "dry_run", False):
+        return None  # nothing is written
+    if args.weights:
+        try:
+            from napari_vnet.weights import resolve_weights
+
+            base = resolve_weights(args.weights)
+        except Exception:  # noqa: BLE001 - the engine words a bad --weights later
+            base = Path(args.weights)
+        same = out.exists() and base.exists() and os.path.samefile(out, base)
+        if same or out.resolve() == base.resolve():
+            return f"--out {out} is the base --weights file; choose another file name"
+    if out.exists() and not (args.overwrite or args.resume):
+        return f"--out {out} exists; pass --overwrite to replace it (or choose another name)"
+    return None
+
+
 def run(args: argparse.Namespace) -> int:
     from napari_vnet.training import (
         TrainConfig,
@@ -151,6 +219,10 @@ def run(args: argparse.Namespace) -> int:
     if slices and len(slices) != len(args.image):
         say("error: give one --annotated-slices per pair (use 'all' for fully labelled pairs)")
         return 2
+    problem = _out_problem(args)
+    if problem:
+        say(f"error: {problem}")
+        return 2
     try:
         arch_kwargs = json.loads(args.arch_kwargs) if args.arch_kwargs else {}
         if args.width:
@@ -165,11 +237,17 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as exc:
         say(f"error: {exc}")
         return 2
+    try:
+        class_names = _class_names(args.class_names)
+    except ValueError as exc:
+        say(f"error: {exc}")
+        return 2
     iterations = args.iterations if args.iterations is not None else (None if args.minutes else 200)
     config = TrainConfig(
         arch=args.arch,
         arch_kwargs=arch_kwargs,
         classes=args.classes,
+        class_names=class_names,
         iterations=iterations,
         minutes=args.minutes,
         patch_size=tuple(args.patch_size) if args.patch_size else None,
@@ -188,6 +266,8 @@ def run(args: argparse.Namespace) -> int:
         amp={"auto": "auto", "on": True, "off": False}[args.amp],
         resume=args.resume,
     )
+    if args.dry_run:
+        return _print_plan(pairs, config, args, say)
     gen = finetune(pairs, config, base=args.weights, out=args.out)
     summary = None
     try:

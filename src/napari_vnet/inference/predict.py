@@ -1,0 +1,236 @@
+"""``predict``: preprocess -> sliding-window engine -> back to the input grid -> post-process."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from napari_vnet.inference.engine import (
+    InferenceMemoryError,
+    PredictionCancelled,
+    default_batch_size,
+    sliding_window,
+)
+from napari_vnet.inference.preprocess import CardPreprocessing, blend_for, preprocessing_for
+from napari_vnet.inference.windows import pad_to_window, window_grid
+from napari_vnet.io.volume import Volume
+from napari_vnet.models.card import ModelCard
+from napari_vnet.runtime import amp_name, available_memory, resolve_amp, resolve_device
+
+__all__ = ["Prediction", "predict"]
+
+
+@dataclass
+class Prediction:
+    """The result of :func:`predict`.
+
+    ``labels`` holds the card's label *values* (not channel indices) on the input grid,
+    as uint8 (or uint16 when a value exceeds 255). ``probabilities`` (only when asked
+    for) is ``(C, *input_shape)`` float16 in channel order of ``card.classes``.
+    """
+
+    labels: np.ndarray
+    probabilities: np.ndarray | None = None
+    seconds: float = 0.0
+    device: str = "cpu"
+    amp: str | None = None  # "bf16", "fp16" or None (fp32)
+    windows: int = 0
+    batch_size: int = 1
+    stats: dict[str, Any] = field(default_factory=dict)
+
+
+def _check_image(image: np.ndarray, card: ModelCard, overlap, batch_size) -> np.ndarray:
+    """``(C, z, y, x)`` view of ``image`` after validating it and the run settings."""
+    n_in = int(card.in_channels)
+    if n_in == 1 and image.ndim == 4 and image.shape[0] == 1:
+        image = image[0]
+    if not (image.ndim == 3 and n_in == 1) and not (image.ndim == 4 and image.shape[0] == n_in):
+        want = "(z, y, x)" if n_in == 1 else f"({n_in}, z, y, x)"
+        raise ValueError(
+            f"image of shape {image.shape} does not fit model {card.arch!r} "
+            f"with {n_in} input channel(s): expected {want}"
+        )
+    if not 0.0 <= float(overlap) < 1.0:
+        raise ValueError(f"overlap must be in [0, 1), got {overlap!r}")
+    if batch_size is not None and int(batch_size) < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size!r}")
+    if len(card.classes) < 1:
+        raise ValueError("model card lists no classes")
+    if min(image.shape[-3:]) < 1:
+        raise ValueError(f"image of shape {image.shape} is empty")
+    patch = tuple(int(p) for p in card.patch_size)
+    if len(patch) != 3 or min(patch) < 1:
+        raise ValueError(f"card.patch_size must be three positive ints, got {card.patch_size!r}")
+    values = card.label_values
+    if min(values) < 0 or max(values) > 65535:
+        raise ValueError(f"label values must be in [0, 65535], card has {values}")
+    return image[None] if image.ndim == 3 else image
+
+
+def _input_spacing(ctx, spacing):
+    given = getattr(ctx, "input_spacing", None)
+    return given if given is not None else (None if spacing is None else tuple(spacing))
+
+
+def check_memory(
+    card: ModelCard,
+    grid_shape: Sequence[int],
+    patch: Sequence[int],
+    batch: int,
+    dev: torch.device,
+    probabilities: bool,
+    padded: bool = True,
+) -> None:
+    """Refuse *before allocating* a run whose certain allocations alone exceed the free
+    main memory (an absurd patch or batch size would otherwise fill the machine)."""
+    free = available_memory()
+    if free is None:
+        return
+    n_in, n_cls = int(card.in_channels), len(card.classes)
+    voxels, patch_voxels = int(np.prod(grid_shape)), int(np.prod(patch))
+    slab = n_cls * int(patch[0]) * int(grid_shape[1]) * int(grid_shape[2])
+    need = voxels + 4 * slab  # labels, stitching slab
+    if padded:  # a padded copy of the input
+        need += 4 * n_in * voxels
+    if probabilities:
+        need += 2 * n_cls * voxels
+    if dev.type == "cpu":  # the batch itself: input, logits, softmax, first feature map
+        widths = card.arch_kwargs.get("channels") if isinstance(card.arch_kwargs, dict) else None
+        first = int(widths[0]) if isinstance(widths, (list, tuple)) and widths else 16
+        need += 4 * batch * patch_voxels * (n_in + 3 * n_cls + first)
+    if need <= free:
+        return
+    gb = 1024**3
+    raise InferenceMemoryError(
+        f"not enough memory: model {card.arch!r} with patch {tuple(int(p) for p in patch)} "
+        f"and batch size {batch} on a {tuple(int(s) for s in grid_shape)} grid needs at "
+        f"least {need / gb:.1f} GB, but only {free / gb:.1f} GB is free. Use a smaller "
+        "patch size (e.g. 96 x 96 x 96 or the model card's) and batch size 1, or crop "
+        "the image"
+    )
+
+
+def predict(
+    image: np.ndarray | Volume,
+    model: torch.nn.Module,
+    card: ModelCard,
+    *,
+    spacing: Sequence[float] | None = None,
+    device: str | torch.device | None = "auto",
+    overlap: float = 0.5,
+    batch_size: int | None = None,
+    amp: Any = "auto",
+    tta: bool | Sequence[Sequence[int]] = False,
+    postprocess: Any = None,
+    progress: Callable[[int, int], Any] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+    return_probabilities: bool = False,
+    skip_uniform: bool = True,
+) -> Prediction:
+    """Segment ``image`` with ``model``; returns labels (card label values) on its grid.
+
+    Args:
+        image: ``(z, y, x)`` array (or ``(C, z, y, x)`` for multi-channel cards), or a
+            :class:`~napari_vnet.io.Volume` (whose spacing is used when ``spacing`` is None).
+        model: network returning logits ``(B, C, D, H, W)`` for any spatial size.
+        card: the model card (classes, normalisation, training spacing, patch size).
+        spacing: the image's voxel spacing ``(z, y, x)`` in mm; None = the card's spacing.
+        device: "auto" (cuda > mps > cpu), "cpu", "cuda", "cuda:1", "mps".
+        overlap: fraction of a patch shared by neighbouring windows, in [0, 1).
+        batch_size: windows per forward pass (None: 1 on CPU, from free memory on GPU).
+        amp: "auto", True, False, "bf16" or "fp16" (see :func:`napari_vnet.runtime.resolve_amp`).
+        tta: True for the 8 axis-flip combinations, or a list of axis tuples to flip.
+        postprocess: None/False, True (largest component + fill holes) or a list of
+            operation names from :data:`napari_vnet.postprocess.OPERATIONS`.
+        progress: called as ``progress(done, total)`` windows after every batch.
+        should_stop: polled before every batch; True raises :class:`PredictionCancelled`.
+        return_probabilities: also return float16 probabilities ``(C, *shape)``.
+        skip_uniform: run the network once per distinct *uniform* window (all voxels
+            equal, e.g. air after CT windowing) and reuse its output - exact, because
+            such a window's output does not depend on where it lies.
+    """
+    t0 = time.perf_counter()
+    if isinstance(image, Volume):
+        spacing = image.spacing if spacing is None else spacing
+        image = image.array
+    channels = _check_image(np.asarray(image), card, overlap, batch_size)
+    in_shape = tuple(int(s) for s in channels.shape[1:])
+    dev = resolve_device(device)
+    amp_dtype = resolve_amp(amp, dev)
+    stop = should_stop or (lambda: False)
+
+    # ---- 1. preprocess (the card says how), pad to at least one window
+    pre = preprocessing_for(card)
+    vol, ctx = pre.preprocess(channels, spacing)
+    del channels
+    work_shape = tuple(int(s) for s in vol.shape[1:])
+    if stop():
+        raise PredictionCancelled("prediction cancelled before it started")
+    patch = tuple(int(p) for p in card.patch_size)
+    grid = tuple(max(s, p) for s, p in zip(work_shape, patch, strict=True))
+    bs_est = int(batch_size) if batch_size else default_batch_size(dev, patch)
+    n_win = len(window_grid(grid, patch, overlap))
+    padded = grid != work_shape
+    check_memory(card, grid, patch, max(1, min(bs_est, n_win)), dev, return_probabilities, padded)
+    if padded:
+        vol = np.stack([pad_to_window(c, patch) for c in vol])
+
+    # ---- 2. the engine, on the network grid
+    values = card.label_values
+    lut = np.asarray(values, dtype=np.uint8 if max(values) <= 255 else np.uint16)
+    needs_scores = pre.needs_scores(ctx)
+    engine = sliding_window(
+        vol, model, patch, lut, overlap=overlap, device=dev, amp_dtype=amp_dtype,
+        batch_size=batch_size, tta=tta, blend=blend_for(card), skip_uniform=skip_uniform,
+        return_probabilities=return_probabilities or needs_scores, should_stop=stop,
+    )  # fmt: skip
+    while True:
+        try:
+            done, total = next(engine)
+        except StopIteration as end:
+            result = end.value
+            break
+        if progress is not None:
+            progress(done, total)
+    del vol
+
+    # ---- 3. back to the input grid, post-process
+    crop = (slice(None), *(slice(0, s) for s in work_shape))
+    labels = result.labels[crop[1:]]
+    probs = None if result.probabilities is None else result.probabilities[crop]
+    scores = {"scores": probs} if needs_scores else {}
+    if isinstance(pre, CardPreprocessing):
+        labels, probs = pre.restore(ctx, labels=labels, probabilities=probs)
+    else:  # a producer's own way back: labels only
+        labels, probs = pre.restore(ctx, labels=labels, **scores), None
+    labels = np.ascontiguousarray(labels)
+    if postprocess:
+        from napari_vnet.postprocess import apply_postprocess
+
+        labels = apply_postprocess(labels, postprocess, spacing=_input_spacing(ctx, spacing))
+    if labels.shape != in_shape:  # pragma: no cover - guarded by resample_to_spacing(shape=)
+        raise RuntimeError(f"internal error: labels {labels.shape} != input {in_shape}")
+    stats = {
+        "input_shape": list(in_shape),
+        "nonfinite_replaced": int(getattr(ctx, "nonfinite_replaced", 0)),
+        "resampled": bool(getattr(ctx, "resampled", work_shape != in_shape)),
+        "model_grid_shape": list(work_shape),
+        **result.stats,
+    }
+    return Prediction(
+        labels=labels,
+        probabilities=(
+            np.ascontiguousarray(probs) if probs is not None and return_probabilities else None
+        ),
+        seconds=time.perf_counter() - t0,
+        device=str(dev),
+        amp=amp_name(amp_dtype),
+        windows=result.windows,
+        batch_size=result.batch_size,
+        stats=stats,
+    )

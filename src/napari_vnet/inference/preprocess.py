@@ -1,0 +1,159 @@
+"""Before and after the engine: the card's preprocessing and the way back to the input grid.
+
+:func:`preprocessing_for` picks, from the model card alone, the object that turns a raw
+``(C, z, y, x)`` volume into the network input and the network-grid result back into a
+label map on the input grid. napari-vnet's own cards get :class:`CardPreprocessing`:
+
+1. non-finite voxels are replaced by the smallest finite value (with a warning) and the
+   intensities normalised as ``card.normalization`` says;
+2. when the input spacing differs from ``card.spacing``, the image is resampled (linear)
+   to the card spacing, and :meth:`~CardPreprocessing.restore` resamples the labels
+   (nearest) and probabilities (linear) back.
+
+A card whose ``preprocessing`` names a producer (``{"kind": "nnunet", ...}``) gets that
+producer's object from :func:`napari_vnet.foreign.preprocessing_for` (axis order,
+clipping normalisation, resampling orders...). Every such object has the same three
+methods: ``preprocess(channels, spacing) -> (volume, ctx)``, ``needs_scores(ctx)`` and
+``restore(ctx, labels=..., scores=...)``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from napari_vnet.models.card import ModelCard
+from napari_vnet.transforms import normalize_intensity, resample_to_spacing
+
+log = logging.getLogger(__name__)
+
+SPACING_RTOL = 1e-3  # spacings closer than this (relative) count as equal
+
+__all__ = ["SPACING_RTOL", "CardPreprocessing", "PreparedInput", "preprocessing_for"]
+
+
+def spacing_tuple(spacing: Any, name: str) -> tuple[float, float, float]:
+    sp = tuple(float(s) for s in spacing)
+    if len(sp) != 3 or not all(math.isfinite(s) and s > 0 for s in sp):
+        raise ValueError(f"{name} must be three positive numbers (z, y, x) in mm, got {spacing!r}")
+    return sp  # type: ignore[return-value]
+
+
+def _count_nonfinite(array: np.ndarray) -> int:
+    if array.dtype.kind not in "fc":
+        return 0
+    return int(array.size - np.count_nonzero(np.isfinite(array)))
+
+
+@dataclass
+class PreparedInput:
+    """What :meth:`CardPreprocessing.restore` needs to go back to the input grid."""
+
+    input_shape: tuple[int, int, int]
+    input_spacing: tuple[float, float, float] | None
+    model_spacing: tuple[float, float, float] | None
+    resampled: bool
+    nonfinite_replaced: int
+
+
+class CardPreprocessing:
+    """napari-vnet's own pre/post-processing: ``card.normalization`` and ``card.spacing``."""
+
+    def __init__(self, card: ModelCard) -> None:
+        self.card = card
+
+    def preprocess(self, channels: np.ndarray, spacing) -> tuple[np.ndarray, PreparedInput]:
+        """``(C, z, y, x)`` raw intensities -> ``(C, d, h, w)`` float32 network input."""
+        card = self.card
+        prepared = []
+        n_bad = 0
+        for ch in channels:
+            # normalize_intensity replaces NaN/-inf by the smallest finite value, +inf by
+            # the largest, and logs a warning; a constant image gives zeros.
+            n_bad += _count_nonfinite(ch)
+            norm = np.asarray(normalize_intensity(ch, card.normalization), dtype=np.float32)
+            if not np.isfinite(norm).all():  # belt and braces: never feed NaN to the network
+                norm = np.nan_to_num(norm, nan=0.0, posinf=0.0, neginf=0.0)
+            prepared.append(norm)
+        in_shape = tuple(int(s) for s in channels.shape[1:])
+        in_spacing = None if spacing is None else spacing_tuple(spacing, "spacing")
+        model_spacing = (
+            None if card.spacing is None else spacing_tuple(card.spacing, "card.spacing")
+        )
+        resample = (
+            in_spacing is not None
+            and model_spacing is not None
+            and not np.allclose(in_spacing, model_spacing, rtol=SPACING_RTOL, atol=0)
+        )
+        if resample:
+            prepared = [
+                np.asarray(
+                    resample_to_spacing(p, in_spacing, model_spacing, is_label=False), np.float32
+                )
+                for p in prepared
+            ]
+            log.info(
+                "resampled %s @ %s mm -> %s @ %s mm",
+                in_shape, in_spacing, prepared[0].shape, model_spacing,
+            )  # fmt: skip
+        vol = prepared[0][None] if len(prepared) == 1 else np.stack(prepared)
+        ctx = PreparedInput(in_shape, in_spacing, model_spacing, bool(resample), n_bad)  # type: ignore[arg-type]
+        return vol, ctx
+
+    def needs_scores(self, ctx: PreparedInput) -> bool:
+        """Whether :meth:`restore` needs the blended scores (no: labels resample alone)."""
+        return False
+
+    def restore(
+        self,
+        ctx: PreparedInput,
+        *,
+        labels: np.ndarray,
+        probabilities: np.ndarray | None = None,
+        scores: np.ndarray | None = None,
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """Network-grid labels (and probabilities) -> the input grid."""
+        if not ctx.resampled:
+            return labels, probabilities
+        out = np.asarray(
+            resample_to_spacing(
+                labels, ctx.model_spacing, ctx.input_spacing, is_label=True, shape=ctx.input_shape
+            )
+        ).astype(labels.dtype, copy=False)
+        if probabilities is not None:
+            probabilities = np.stack(
+                [
+                    np.asarray(
+                        resample_to_spacing(
+                            p.astype(np.float32),
+                            ctx.model_spacing,
+                            ctx.input_spacing,
+                            is_label=False,
+                            shape=ctx.input_shape,
+                        ),
+                        dtype=np.float16,
+                    )
+                    for p in probabilities
+                ]
+            )
+        return out, probabilities
+
+
+def preprocessing_for(card: ModelCard):
+    """The pre/post-processing object for ``card`` (see the module text)."""
+    kind = (getattr(card, "preprocessing", None) or {}).get("kind")
+    if kind:
+        from napari_vnet.foreign import preprocessing_for as producers
+
+        return producers(card)
+    return CardPreprocessing(card)
+
+
+def blend_for(card: ModelCard) -> str:
+    """How the card's producer blends windows: ``"softmax"`` (ours, MONAI) or ``"logits"``."""
+    blend = str((getattr(card, "sliding_window", None) or {}).get("blend") or "softmax")
+    return "logits" if blend == "logits" else "softmax"

@@ -1,0 +1,166 @@
+"""Where the windows go and how their outputs are merged (no torch model here).
+
+* :func:`sliding_window_starts` / :func:`window_grid`: MONAI's window positions, so the
+  two engines can be compared window for window;
+* :func:`pad_to_window`: how a window larger than the image is filled (high end, image
+  minimum) - training pads alike;
+* :func:`importance_map`: the Gaussian weight of a window (MONAI's / nnU-Net's sigma);
+* :class:`ZStitcher`: sums weighted window outputs in a rolling z-slab and finalises the
+  slices no later window can touch (argmax -> label values), so nothing of size
+  ``C x D x H x W`` is allocated unless probabilities are asked for.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+GAUSSIAN_SIGMA_SCALE = 0.125  # sigma = patch size * 1/8 (nnU-Net, MONAI)
+GAUSSIAN_MIN = 1e-3  # floor of the 3-D weight map so that no voxel gets zero weight
+
+__all__ = [
+    "GAUSSIAN_MIN",
+    "GAUSSIAN_SIGMA_SCALE",
+    "ZStitcher",
+    "flip_sets",
+    "importance_map",
+    "pad_to_window",
+    "sliding_window_starts",
+    "window_grid",
+]
+
+
+def sliding_window_starts(length: int, patch: int, overlap: float) -> list[int]:
+    """Start indices of windows of size ``patch`` covering ``length`` with ``overlap``.
+
+    Windows step by ``int(patch * (1 - overlap))`` and the last one is moved back to end
+    at ``length`` - the same positions as MONAI's ``sliding_window_inference``, so the two
+    engines can be compared window for window.
+    """
+    if length <= patch:
+        return [0]
+    step = max(1, int(patch * (1.0 - overlap)))
+    n = math.ceil((length - patch) / step) + 1
+    return [min(i * step, length - patch) for i in range(n)]
+
+
+def window_grid(
+    shape: Sequence[int], patch: Sequence[int], overlap: float
+) -> list[tuple[int, int, int]]:
+    """All window starts ``(z, y, x)`` in z-major order (the stitching slab rolls along z)."""
+    axes = [sliding_window_starts(s, p, overlap) for s, p in zip(shape, patch, strict=True)]
+    return list(itertools.product(*axes))
+
+
+def pad_to_window(image: np.ndarray, patch: Sequence[int]) -> np.ndarray:
+    """``image`` (z, y, x) padded to at least ``patch`` along each axis, at the high end,
+    with the image's minimum: how :func:`~napari_vnet.inference.predict` fills a window
+    larger than the image. Training pads alike, so that a model learns on the windows it
+    will segment. Returns ``image`` itself when no axis is short."""
+    need = [max(0, p - s) for p, s in zip(patch, image.shape, strict=True)]
+    if not any(need):
+        return image
+    return np.pad(image, [(0, n) for n in need], constant_values=float(image.min()))
+
+
+def importance_map(patch: Sequence[int]) -> torch.Tensor:
+    """Gaussian importance weights of one window (float32, shape ``patch``).
+
+    The product of 1-D Gaussians with sigma = patch / 8 centred on the window, floored at
+    ``GAUSSIAN_MIN`` so that no voxel gets zero weight: the same map as MONAI's
+    ``compute_importance_map(mode="gaussian", sigma_scale=0.125)`` (and nnU-Net's
+    sigma), so that both engines blend overlapping windows identically."""
+    profiles = []
+    for size in patch:
+        sigma = max(size * GAUSSIAN_SIGMA_SCALE, 1e-6)
+        x = np.arange(size, dtype=np.float64) - (size - 1) / 2.0
+        profiles.append(np.exp(-0.5 * (x / sigma) ** 2))
+    weights = np.multiply.outer(profiles[0], np.multiply.outer(profiles[1], profiles[2]))
+    floor = max(float(weights.min()), GAUSSIAN_MIN)
+    return torch.from_numpy(np.maximum(weights, floor).astype(np.float32))
+
+
+def flip_sets(tta: bool | Sequence[Sequence[int]]) -> list[tuple[int, ...]]:
+    """Spatial axes (0..2) to flip for each TTA pass; () is the identity."""
+    if tta is True:
+        return [c for r in range(4) for c in itertools.combinations((0, 1, 2), r)]
+    if not tta:
+        return [()]
+    return [tuple(int(a) for a in f) for f in tta]
+
+
+class ZStitcher:
+    """Sums weighted window scores in a rolling slab along z; finalises slices behind it.
+
+    ``blend="softmax"`` (default) sums Gaussian-weighted probabilities; ``"logits"`` sums
+    weighted logits (nnU-Net's way), whose probabilities are the softmax of the weighted
+    mean. ``weights`` (the window weight map) is needed for probabilities: summed in one
+    more slab channel, it normalises the weighted scores exactly.
+    """
+
+    def __init__(
+        self,
+        n_classes: int,
+        shape: tuple[int, int, int],
+        depth: int,
+        device: torch.device,
+        lut: np.ndarray,
+        label_dtype: np.dtype,
+        weights: torch.Tensor | None,
+        blend: str = "softmax",
+    ) -> None:
+        self.shape = shape
+        self.depth = depth
+        self.lut = lut
+        self.blend = blend
+        self.labels = np.zeros(shape, dtype=label_dtype)
+        self.weights = None if weights is None else weights.to(device)
+        self.probabilities = (
+            None if weights is None else np.zeros((n_classes, *shape), dtype=np.float16)
+        )
+        self.base = 0  # global z of acc[:, 0]
+        extra = 0 if weights is None else 1
+        self.acc = torch.zeros((n_classes + extra, depth, shape[1], shape[2]), device=device)
+        self.n_classes = n_classes
+
+    @property
+    def device(self) -> torch.device:
+        return self.acc.device
+
+    def to(self, device: torch.device) -> None:
+        self.acc = self.acc.to(device)
+        if self.weights is not None:
+            self.weights = self.weights.to(device)
+
+    def add(self, scores: torch.Tensor, starts: Sequence[tuple[int, int, int]]) -> None:
+        scores = scores.to(self.acc.device)
+        pz, py, px = scores.shape[2:]
+        c = self.n_classes
+        for s, (z, y, x) in zip(scores, starts, strict=True):
+            z0 = z - self.base
+            self.acc[:c, z0 : z0 + pz, y : y + py, x : x + px] += s
+            if self.weights is not None:
+                self.acc[c, z0 : z0 + pz, y : y + py, x : x + px] += self.weights
+
+    def finalize(self, until: int) -> None:
+        """All slices ``< until`` are complete: write them out and advance the slab."""
+        n = until - self.base
+        if n <= 0:
+            return
+        slab = self.acc[: self.n_classes, :n]
+        idx = torch.argmax(slab, dim=0).to("cpu", torch.int64).numpy()
+        self.labels[self.base : until] = self.lut[idx]
+        if self.probabilities is not None:
+            probs = slab / self.acc[self.n_classes, :n].clamp_min(1e-12)
+            if self.blend == "logits":
+                probs = torch.softmax(probs, dim=0)
+            self.probabilities[:, self.base : until] = probs.to("cpu", torch.float32).numpy()
+        keep = self.depth - n
+        if keep > 0:
+            self.acc[:, :keep] = self.acc[:, n:].clone()
+        self.acc[:, max(keep, 0) :] = 0
+        self.base = until

@@ -1,0 +1,338 @@
+"""Training data: pairs -> network-ready cases on one grid, validation split (no Qt)."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from napari_vnet.io.volume import Volume
+from napari_vnet.models.card import ClassInfo
+from napari_vnet.training.config import TrainingError, TrainingPair
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "LoadedPair",
+    "annotated_label_values",
+    "labels_on_image_grid",
+    "load_pairs",
+    "prepare_cases",
+    "same_grid",
+]
+
+
+def _classes_from_labels(labels_and_masks, ignore_index) -> list[ClassInfo]:
+    """Every label value present in an annotated voxel (unannotated voxels do not count)."""
+    values: set[int] = set()
+    for lab, mask in labels_and_masks:
+        values.update(int(v) for v in np.unique(lab if mask is None else lab[mask]))
+    values.discard(0)
+    if ignore_index is not None:
+        values.discard(int(ignore_index))
+    if not values:
+        raise TrainingError("the label maps hold no foreground value; nothing to learn")
+    if len(values) > 32:
+        raise TrainingError(
+            f"the label maps hold {len(values)} label values; select some with classes, "
+            "e.g. '5=liver,1=spleen'"
+        )
+    return [ClassInfo(0, "background")] + [ClassInfo(v, f"class_{v}") for v in sorted(values)]
+
+
+def _load(obj: Any, spacing, what: str) -> tuple[np.ndarray, Volume | None]:
+    if isinstance(obj, Volume):
+        return np.asarray(obj.array), obj
+    if isinstance(obj, (str, os.PathLike)):
+        from napari_vnet.io import read_volume
+
+        vol = read_volume(obj)
+        return np.asarray(vol.array), vol
+    arr = np.asarray(obj)
+    if arr.ndim != 3:
+        raise TrainingError(f"{what} must be a 3-D (z, y, x) array, got shape {arr.shape}")
+    return arr, None
+
+
+def same_grid(a: Volume, b: Volume) -> bool:
+    return (
+        a.shape == b.shape
+        and np.allclose(a.spacing, b.spacing, rtol=1e-4, atol=1e-4)
+        and np.allclose(a.origin, b.origin, atol=1e-3)
+        and np.allclose(np.asarray(a.direction), np.asarray(b.direction), atol=1e-4)
+    )
+
+
+def labels_on_image_grid(image: Volume, labels: Volume) -> np.ndarray:
+    """The label array on the image's voxel grid (nearest neighbour through physical space).
+
+    Returns the labels' own array when both share the grid; otherwise resamples, which
+    also undoes e.g. rows stored flipped (direction diag(1, -1, 1)) in the label file.
+    """
+    if same_grid(image, labels):
+        return np.asarray(labels.array)
+    import SimpleITK as sitk
+
+    def to_itk(vol: Volume, arr: np.ndarray):
+        img = sitk.GetImageFromArray(arr)
+        img.SetSpacing([float(s) for s in vol.spacing[::-1]])
+        img.SetOrigin([float(o) for o in vol.origin[::-1]])
+        img.SetDirection([float(d) for d in np.asarray(vol.direction)[::-1, ::-1].ravel()])
+        return img
+
+    lab = np.asarray(labels.array)
+    src = lab.astype(np.int32) if lab.dtype.itemsize == 8 or lab.dtype == np.bool_ else lab
+    moving = to_itk(labels, src)
+    ref = to_itk(image, np.zeros(image.shape, np.uint8))
+    out = sitk.Resample(
+        moving, ref, sitk.Transform(), sitk.sitkNearestNeighbor, 0, moving.GetPixelID()
+    )
+    return sitk.GetArrayFromImage(out).astype(lab.dtype, copy=False)
+
+
+def _annotated_mask(annotated: Any, shape: tuple[int, ...], name: str) -> np.ndarray | None:
+    if annotated is None:
+        return None
+    a = np.asarray(annotated)
+    if a.shape == shape:
+        return a.astype(bool)
+    mask = np.zeros(shape, bool)
+    if a.dtype == np.bool_ and a.ndim == 1 and a.shape[0] == shape[0]:
+        mask[a] = True
+        return mask
+    if a.ndim == 1 and a.dtype.kind in "iu":
+        if a.size and (a.min() < 0 or a.max() >= shape[0]):
+            raise TrainingError(
+                f"{name}: annotated slice indices {a.tolist()} outside 0..{shape[0] - 1}"
+            )
+        mask[a] = True
+        return mask
+    raise TrainingError(
+        f"{name}: 'annotated' must be a bool mask of shape {shape}, a per-slice bool vector of "
+        f"length {shape[0]}, or a list of z-slice indices; got shape {a.shape} dtype {a.dtype}"
+    )
+
+
+@dataclass
+class _Case:
+    """One prepared case: network-ready image, channel-index target, annotated mask."""
+
+    name: str
+    image: np.ndarray  # float32 (z, y, x), normalised
+    target: np.ndarray  # uint8 channel indices
+    mask: np.ndarray | None  # bool, None = all annotated
+    fg_coords: dict[int, np.ndarray] = field(default_factory=dict)  # channel -> (N, 3)
+    annotated_coords: np.ndarray | None = None  # (N, 3) sample of annotated voxels
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return tuple(self.image.shape)  # type: ignore[return-value]
+
+
+def _index_case(case: _Case, rng: np.random.Generator, limit: int = 20000) -> None:
+    def sample(coords: np.ndarray) -> np.ndarray:
+        if len(coords) > limit:
+            coords = coords[rng.choice(len(coords), limit, replace=False)]
+        return coords.astype(np.int32)
+
+    valid = case.mask if case.mask is not None else None
+    for ch in np.unique(case.target):
+        if ch == 0:
+            continue
+        sel = case.target == ch
+        if valid is not None:
+            sel &= valid
+        coords = np.argwhere(sel)
+        if len(coords):
+            case.fg_coords[int(ch)] = sample(coords)
+    if valid is not None:
+        case.annotated_coords = sample(np.argwhere(valid))
+
+
+@dataclass
+class LoadedPair:
+    """A pair read and aligned: labels on the image grid, annotated mask, spacing."""
+
+    name: str
+    image: np.ndarray
+    labels: np.ndarray
+    spacing: tuple[float, float, float]
+    mask: np.ndarray | None
+    volume: Volume | None = None  # the image's Volume when it came from a file / Volume
+
+
+def load_pairs(pairs: Sequence[TrainingPair]) -> list[LoadedPair]:
+    """Read the pairs; labels in another geometry are resampled onto the image grid
+    (nearest neighbour through physical space); masks from the ``annotated`` records."""
+    if not pairs:
+        raise TrainingError("no training pairs given")
+    out = []
+    for i, pair in enumerate(pairs):
+        if isinstance(pair, LoadedPair):
+            out.append(pair)
+            continue
+        pair = pair if isinstance(pair, TrainingPair) else TrainingPair(*pair)
+        name = pair.name or (
+            str(pair.image) if isinstance(pair.image, (str, os.PathLike)) else f"pair {i}"
+        )
+        img, img_vol = _load(pair.image, pair.spacing, f"{name}: image")
+        lab, lab_vol = _load(pair.labels, pair.spacing, f"{name}: labels")
+        if img.ndim != 3:
+            raise TrainingError(f"{name}: image must be 3-D (z, y, x), got shape {img.shape}")
+        if img_vol is not None and lab_vol is not None and not same_grid(img_vol, lab_vol):
+            log.info("%s: labels are on another grid; resampling them onto the image", name)
+            lab = labels_on_image_grid(img_vol, lab_vol)
+        if lab.shape != img.shape:
+            raise TrainingError(
+                f"{name}: labels shape {lab.shape} differs from image shape {img.shape}"
+            )
+        if lab.dtype.kind == "f":
+            if not np.all(np.isfinite(lab)) or not np.array_equal(lab, np.round(lab)):
+                raise TrainingError(f"{name}: labels must be integer label values")
+            lab = lab.astype(np.int32)
+        elif lab.dtype == np.bool_:
+            lab = lab.astype(np.uint8)
+        sp = pair.spacing or (img_vol.spacing if img_vol is not None else (1.0, 1.0, 1.0))
+        sp = tuple(float(s) for s in sp)
+        if len(sp) != 3 or any(s <= 0 for s in sp):
+            raise TrainingError(f"{name}: spacing must be 3 positive values, got {sp}")
+        mask = _annotated_mask(pair.annotated, lab.shape, name)
+        out.append(LoadedPair(name, img, lab, sp, mask, img_vol))  # type: ignore[arg-type]
+    return out
+
+
+def annotated_label_values(loaded: Sequence[LoadedPair], ignore_index: int | None) -> set[int]:
+    """Non-zero label values present in annotated voxels (the ignore value excluded)."""
+    values: set[int] = set()
+    for p in loaded:
+        arr = (p.labels if p.mask is None else p.labels[p.mask]).ravel()
+        if arr.dtype.kind in "ub" and arr.dtype.itemsize <= 2:  # fast for big uint8 maps
+            values |= {int(v) for v in np.flatnonzero(np.bincount(arr.astype(np.intp)))}
+        else:
+            values |= {int(v) for v in np.unique(arr)}
+    values.discard(0)
+    if ignore_index is not None:
+        values.discard(int(ignore_index))
+    return values
+
+
+def prepare_cases(
+    pairs: Sequence[TrainingPair | LoadedPair],
+    classes: list[ClassInfo] | None,
+    *,
+    spacing: tuple[float, float, float] | None,
+    normalization: dict[str, Any],
+    ignore_index: int | None = None,
+) -> tuple[list[_Case], list[ClassInfo], tuple[float, float, float]]:
+    """Load, align, resample and normalise the pairs; map label values to channels.
+
+    Returns the cases, the classes (derived from the label values when ``classes`` is
+    None) and the spacing used (the first pair's when ``spacing`` is None).
+    """
+    from napari_vnet.transforms import normalize_intensity, resample_to_spacing
+
+    raw = [(p.name, p.image, p.labels, p.spacing, p.mask) for p in load_pairs(pairs)]
+    if classes is None:
+        classes = _classes_from_labels([(r[2], r[4]) for r in raw], ignore_index)
+    target_spacing = tuple(float(s) for s in (spacing or raw[0][3]))
+    lut_values = [c.value for c in classes]
+    _check_label_values(raw, classes, ignore_index)
+    cases = []
+    for name, img, lab, sp, mask in raw:
+        if not np.allclose(sp, target_spacing, rtol=1e-3):
+            img = resample_to_spacing(img, sp, target_spacing, is_label=False)
+            lab = resample_to_spacing(lab, sp, target_spacing, is_label=True, shape=img.shape)
+            if mask is not None:
+                mask = resample_to_spacing(mask, sp, target_spacing, is_label=True, shape=img.shape)
+        image = normalize_intensity(img, normalization)
+        if ignore_index is not None:
+            ignored = lab == ignore_index
+            if ignored.any():
+                mask = ~ignored if mask is None else (mask & ~ignored)
+        target = np.zeros(lab.shape, np.uint8)
+        for ch, value in enumerate(lut_values):
+            if ch:
+                target[lab == value] = ch
+        if mask is not None and not mask.any():
+            raise TrainingError(f"{name}: no annotated voxel (after resampling/ignore value)")
+        cases.append(_Case(name, np.ascontiguousarray(image, np.float32), target, mask))
+    return cases, classes, target_spacing  # type: ignore[return-value]
+
+
+def _check_label_values(raw, classes: list[ClassInfo], ignore_index: int | None) -> None:
+    """Warn about label values the classes do not list (they are learnt as background);
+    see also :func:`_check_foreground`."""
+    known = {c.value for c in classes}
+    for name, _img, lab, _sp, mask in raw:
+        arr = (lab if mask is None else lab[mask]).ravel()
+        if arr.dtype.kind in "ub" and arr.dtype.itemsize <= 2:  # fast for big uint8 maps
+            values = {int(v) for v in np.flatnonzero(np.bincount(arr.astype(np.intp)))}
+        else:
+            values = {int(v) for v in np.unique(arr)}
+        values.discard(0)
+        if ignore_index is not None:
+            values.discard(int(ignore_index))
+        unknown = sorted(values - known)
+        if unknown:
+            log.warning(
+                "%s: label value(s) %s are not classes of the model (%s); they are trained "
+                "as background - add them as classes to learn them",
+                name,
+                unknown,
+                ", ".join(f"{c.value}={c.name}" for c in classes),
+            )
+
+
+def _check_foreground(cases: list[_Case], classes: list[ClassInfo]) -> None:
+    """Refuse a run in which no annotated voxel of any case holds a foreground class."""
+    for c in cases:
+        fg = c.target != 0
+        if fg.any() if c.mask is None else (fg & c.mask).any():
+            return
+    raise TrainingError(
+        "the label maps hold no annotated voxel of any class ("
+        + ", ".join(f"{c.value}={c.name}" for c in classes if c.value != 0)
+        + "): they are empty or only background; paint some labels first"
+    )
+
+
+def _split_validation(
+    cases: list[_Case], fraction: float, rng: np.random.Generator
+) -> tuple[list[_Case], list[_Case]]:
+    """Hold out whole cases (>= 2 cases) or, for one case, the last z-slab of annotations.
+
+    In the single-case split the training labels of the held-out slab are masked (the
+    image stays visible as context), so no validation label is ever learnt from.
+    """
+    if fraction <= 0:
+        return cases, []
+    if not 0 < fraction < 1:
+        raise TrainingError(f"val_fraction must be in [0, 1), got {fraction}")
+    n = len(cases)
+    if n >= 2 and round(fraction * n) >= 1:
+        k = min(n - 1, max(1, round(fraction * n)))
+        order = rng.permutation(n)
+        val = [cases[i] for i in sorted(order[:k])]
+        train = [cases[i] for i in sorted(order[k:])]
+        return train, val
+    train, val = [], []
+    for c in cases:
+        valid = c.mask if c.mask is not None else np.ones(c.shape, bool)
+        per_slice = valid.reshape(c.shape[0], -1).sum(1).astype(np.float64)
+        cum = np.cumsum(per_slice) / max(per_slice.sum(), 1.0)
+        cut = int(np.searchsorted(cum, 1.0 - fraction)) + 1
+        if cut >= c.shape[0] or cum[cut - 1] <= 0:
+            raise TrainingError(
+                f"{c.name}: too few annotated slices to hold out {fraction:.0%} for validation"
+            )
+        slab = np.zeros(c.shape, bool)
+        slab[cut:] = True
+        tmask = valid & ~slab
+        vmask = valid & slab
+        train.append(_Case(c.name, c.image, c.target, tmask))
+        val.append(_Case(c.name + " (validation slab)", c.image, c.target, vmask))
+    return train, val

@@ -1,0 +1,456 @@
+"""The training loop: set up from a plan, step, validate, checkpoint, resume (no Qt).
+
+:func:`finetune` is a generator of :class:`~.events.TrainingStep` events returning a
+:class:`~.events.TrainingSummary`; :class:`_Run` holds one run's state with nnU-Net's
+trainer seams: :meth:`_Run.train_step`, :meth:`_Run.evaluate` (validation + checkpoint),
+:meth:`_Run.save_resume`, :meth:`_Run.summary`.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import os
+import time
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from napari_vnet.losses import DiceCELoss
+from napari_vnet.models.card import ModelCard
+from napari_vnet.runtime import available_memory, bf16_conv_guard, resolve_amp
+from napari_vnet.training.config import (
+    TrainConfig,
+    TrainingCancelled,
+    TrainingError,
+    TrainingPair,
+    lr_factor,
+    resume_path,
+)
+from napari_vnet.training.data import _check_foreground, _split_validation, prepare_cases
+from napari_vnet.training.distributed import Distributed, unwrap
+from napari_vnet.training.events import TrainingStep, TrainingSummary
+from napari_vnet.training.plan import TrainingPlan, plan_training
+from napari_vnet.training.sampler import PatchSampler
+from napari_vnet.training.steps import segmentation_step, vox2vox_step
+from napari_vnet.training.transfer import build_networks, load_base
+from napari_vnet.training.validation import validation_dice
+
+log = logging.getLogger(__name__)
+
+__all__ = ["finetune", "run_training"]
+
+
+def _check_output(out: Path) -> None:
+    """Fail before training, not at the first checkpoint, when ``out`` cannot be written."""
+    import tempfile
+
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out.parent):
+            pass
+    except OSError as exc:
+        parent = next((p for p in out.parents if p.exists()), None)
+        reason = exc.strerror or str(exc)
+        if parent is not None and not parent.is_dir():
+            reason = f"{parent} is a file, not a folder"
+        raise TrainingError(f"{out}: cannot save the weights there ({reason})") from exc
+    if out.is_dir():
+        raise TrainingError(f"{out}: is a folder; give a file name for the weights (.pt)")
+
+
+def _check_batch_memory(card: ModelCard, patch, batch_size: int, n_classes: int, device) -> None:
+    """Refuse a batch whose input, targets and first feature maps alone exceed the free
+    main memory (an absurd batch size would otherwise fill the machine)."""
+    if device.type != "cpu":
+        return
+    free = available_memory()
+    if free is None:
+        return
+    widths = card.arch_kwargs.get("channels") if isinstance(card.arch_kwargs, dict) else None
+    first = int(widths[0]) if isinstance(widths, (list, tuple)) and widths else 16
+    # input + int64 target + mask, logits/softmax/grad, first feature map + its gradient
+    per_voxel = 4 + 8 + 1 + 4 * 3 * n_classes + 4 * 2 * first
+    need = int(batch_size) * int(np.prod(patch)) * per_voxel
+    if need > free:
+        gb = 1024**3
+        raise TrainingError(
+            f"not enough memory: batch size {batch_size} with patch {tuple(patch)} needs at "
+            f"least {need / gb:.1f} GB, but only {free / gb:.1f} GB is free; use a batch "
+            "size of 2-4 and a smaller patch size"
+        )
+
+
+def _save(model, card, path, disc=None, extra=None) -> None:
+    from napari_vnet.models import save_checkpoint
+
+    save_checkpoint(
+        unwrap(model), card, path, discriminator=None if disc is None else unwrap(disc), extra=extra
+    )
+
+
+def _load_resume(path: Path) -> tuple[torch.nn.Module, ModelCard, dict, dict | None]:
+    from napari_vnet.models import load_checkpoint, load_checkpoint_state
+
+    model, card = load_checkpoint(path, map_location="cpu")
+    state = load_checkpoint_state(path)
+    extra = state.get("extra") or {}
+    if "resume" not in extra:
+        raise TrainingError(f"{path}: not a napari-vnet resume file (no resume state)")
+    return model, card, extra["resume"], (state.get("discriminator") or {}).get("state_dict")
+
+
+class _Run:
+    """One training run's state (set up in ``__init__``, driven by :func:`finetune`)."""
+
+    def __init__(self, pairs, config: TrainConfig, base, out: Path, dist: Distributed):
+        t_setup = time.perf_counter()
+        self.config, self.out, self.dist = config, out, dist
+        self.device = device = dist.device
+        if dist.is_main:
+            _check_output(out)
+        self.rpath = resume_path(out)
+        resume_state = None
+        if config.resume and self.rpath.exists():
+            model, card, resume_state, disc_state = _load_resume(self.rpath)
+            plan = TrainingPlan.from_card(card, config)
+            notes = dict(card.history.get("run", {}))
+            log.info("resuming %s at iteration %d", self.rpath, resume_state["iteration"])
+        else:
+            if config.resume:
+                log.warning("--resume: no resume file %s; starting a new run", self.rpath)
+            card, base_info, notes = load_base(config, base)
+            plan = plan_training(
+                pairs, config, base_card=None if base_info is None else base_info[1]
+            )
+        cases = prepare_cases(
+            plan.loaded or pairs, plan.classes, spacing=plan.spacing,
+            normalization=plan.normalization, ignore_index=config.ignore_index,
+        )[0]  # fmt: skip
+        self.plan, self.classes = plan, plan.classes
+        self.n_classes = len(plan.classes)
+        _check_foreground(cases, plan.classes)
+        self.patch = plan.patch_size
+        _check_batch_memory(card, self.patch, config.batch_size, self.n_classes, device)
+        card.spacing = tuple(plan.spacing)
+        card.normalization = dict(plan.normalization)
+        card.patch_size = tuple(plan.window)
+        if resume_state is not None:
+            disc = None
+            if card.arch == "vox2vox":
+                from napari_vnet.models import build_discriminator
+
+                disc = build_discriminator(card, **resume_state.get("discriminator_kwargs", {}))
+                if disc_state is not None:
+                    disc.load_state_dict(disc_state)
+        else:
+            card.classes = plan.classes
+            torch.manual_seed(config.seed)  # a new network's initial weights follow the seed
+            model, disc = build_networks(card, base_info, plan.classes, notes, config)
+            card.arch_kwargs = dict(getattr(model, "arch_kwargs", card.arch_kwargs))
+        self.card, self.model, self.disc = card, model, disc
+        self.disc_kwargs = dict(getattr(disc, "arch_kwargs", {})) if disc is not None else {}
+
+        rng = np.random.default_rng([config.seed, 7])
+        self.train_cases, self.val_cases = _split_validation(cases, config.val_fraction, rng)
+        start = 0 if resume_state is None else int(resume_state["iteration"])
+        self.sampler = PatchSampler(
+            self.train_cases, self.patch, foreground_fraction=config.foreground_fraction,
+            augment=config.augment, seed=[config.seed, dist.rank, start],
+        )  # fmt: skip
+        torch.manual_seed(config.seed + 1000 * dist.rank)
+        self._setup_optimisation(plan.from_scratch, resume_state)
+        self.history = dict(card.history)
+        self.run_notes = dict(notes)
+        self.run_notes.update(
+            {
+                "config": {k: v for k, v in config.to_dict().items() if k != "resume"},
+                "cases": [c.name for c in cases],
+                "validation_cases": [c.name for c in self.val_cases],
+                "world_size": dist.world,
+                "device": str(device),
+            }
+        )
+        self.last_eval_it = -1
+        self.best_written = out.exists() and resume_state is not None and self.best["iteration"] > 0
+        log.info(
+            "training %s on %d case(s), patch %s, batch %d x %d rank(s), device %s, amp %s, "
+            "setup %.1fs", card.arch, len(self.train_cases), self.patch, config.batch_size,
+            dist.world, device, self.amp_dtype, time.perf_counter() - t_setup,
+        )  # fmt: skip
+
+    def _setup_optimisation(self, from_scratch: bool, resume_state) -> None:
+        config, device, model, disc = self.config, self.device, self.model, self.disc
+        model.to(device).train()
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        base_lr = config.lr if config.lr is not None else (1e-3 if from_scratch else 3e-4)
+        # pix2pix / Vox2Vox train both networks with Adam(beta1 = 0.5)
+        betas = (0.9, 0.999) if disc is None else (0.5, 0.999)
+        wd = config.weight_decay
+        self.optimizer = torch.optim.AdamW(self.params, lr=base_lr, betas=betas, weight_decay=wd)
+        self.d_optimizer = None
+        if disc is not None:
+            disc.to(device).train()
+            self.d_optimizer = torch.optim.AdamW(
+                disc.parameters(), lr=base_lr, betas=betas, weight_decay=wd
+            )
+        self.amp_dtype = resolve_amp(config.amp, device)
+        fp16 = self.amp_dtype == torch.float16  # bf16 keeps fp32's range: no loss scaling
+        self.scaler = torch.amp.GradScaler(device.type, enabled=fp16)
+        self.d_scaler = torch.amp.GradScaler(device.type, enabled=fp16)
+        self.start_it, self.elapsed0, self.ema = 0, 0.0, None
+        self.best = {"metric": -math.inf, "iteration": 0, "val_dice": None, "loss": None}
+        if resume_state is not None:
+            self.optimizer.load_state_dict(resume_state["optimizer"])
+            if self.d_optimizer is not None and resume_state.get("d_optimizer"):
+                self.d_optimizer.load_state_dict(resume_state["d_optimizer"])
+            if resume_state.get("scaler"):
+                self.scaler.load_state_dict(resume_state["scaler"])
+            self.start_it = int(resume_state["iteration"])
+            self.elapsed0 = float(resume_state.get("seconds", 0.0))
+            self.best.update(resume_state.get("best", {}))
+            self.ema = resume_state.get("ema")
+            base_lr = float(resume_state.get("base_lr", base_lr))
+        self.base_lr = base_lr
+        self.train_model, self.train_disc = model, disc
+        if self.dist.enabled:
+            from torch.nn.parallel import DistributedDataParallel as DDP
+
+            ids = [device.index] if device.type == "cuda" else None
+            self.train_model = DDP(model, device_ids=ids)
+            if disc is not None:
+                self.train_disc = DDP(disc, device_ids=ids)
+        self.criterion = DiceCELoss(config.dice_weight, config.ce_weight)
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def card_with_history(self, it: int, seconds: float) -> ModelCard:
+        c = copy.deepcopy(self.card)
+        c.history = dict(self.history)
+        c.history["run"] = dict(self.run_notes)
+        loss = self.best["loss"]
+        c.history.update(
+            {
+                "iterations": it,
+                "seconds": round(seconds, 2),
+                "best_iteration": self.best["iteration"],
+                "val_dice": self.best["val_dice"],
+                "train_loss": loss if loss is None else round(loss, 5),
+                "classes": [f"{cl.value}={cl.name}" for cl in self.card.classes],
+            }
+        )
+        return c
+
+    def save_best(self, it: int, seconds: float) -> None:
+        card = self.card_with_history(it, seconds)
+        _save(self.model, card, self.out, self.disc, {"best": dict(self.best)})
+
+    def save_resume(self, it: int, seconds: float) -> None:
+        extra = {
+            "resume": {
+                "iteration": it,
+                "seconds": seconds,
+                "optimizer": self.optimizer.state_dict(),
+                "d_optimizer": None if self.d_optimizer is None else self.d_optimizer.state_dict(),
+                "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None,
+                "best": dict(self.best),
+                "ema": self.ema,
+                "base_lr": self.base_lr,
+                "discriminator_kwargs": self.disc_kwargs,
+            }
+        }
+        _save(self.model, self.card_with_history(it, seconds), self.rpath, self.disc, extra)
+
+    def evaluate(self, it: int, seconds: float, loss_value: float | None):
+        """Validation + best/resume checkpoint at an evaluation point (all ranks call it)."""
+        dist = self.dist
+        val = None
+        if self.val_cases:
+            if dist.is_main:
+                val = validation_dice(
+                    self.model, self.val_cases, self.patch, self.device, self.amp_dtype,
+                    self.n_classes,
+                )  # fmt: skip
+            val = dist.broadcast(val)
+        metric = val if self.val_cases else (None if loss_value is None else -loss_value)
+        improved = metric is not None and metric > self.best["metric"]
+        if improved:
+            self.best.update(metric=metric, iteration=it, val_dice=val, loss=loss_value)
+        if dist.is_main:
+            if improved or not self.best_written:
+                self.save_best(it, seconds)
+            self.save_resume(it, seconds)
+        self.best_written = True  # on every rank, so all take the same branches
+        self.last_eval_it = it
+        dist.barrier()
+        return val, improved
+
+    # ------------------------------------------------------------------ one step
+
+    def train_step(self, lr: float):
+        for opt in (self.optimizer, self.d_optimizer):
+            if opt is not None:
+                for g in opt.param_groups:
+                    g["lr"] = lr
+        img, tgt, msk = self.sampler.sample(self.config.batch_size)
+        device = self.device
+        x = torch.from_numpy(img).to(device, non_blocking=True)
+        y = torch.from_numpy(tgt).to(device, non_blocking=True)
+        m = None if msk is None else torch.from_numpy(msk).to(device, non_blocking=True)
+        clip = self.config.grad_clip
+        if self.disc is None:
+            return segmentation_step(
+                self.train_model, self.criterion, x, y, m, self.optimizer, self.scaler,
+                self.amp_dtype, device, self.params, clip,
+            )  # fmt: skip
+        return vox2vox_step(
+            self.train_model, self.train_disc, self.disc, x, y, m, self.optimizer,
+            self.d_optimizer, self.scaler, self.d_scaler, self.amp_dtype, device, self.config,
+            self.params, self.n_classes,
+        )  # fmt: skip
+
+    def summary(self, it, seconds, last_loss, cancelled) -> TrainingSummary:
+        return TrainingSummary(
+            out=str(self.out),
+            iterations=it,
+            final_loss=self.ema,
+            last_loss=last_loss,
+            val_dice=self.best["val_dice"],
+            best_iteration=self.best["iteration"],
+            seconds=seconds,
+            cancelled=cancelled,
+            resume_file=str(self.rpath) if self.rpath.exists() else None,
+            device=str(self.device),
+            world_size=self.dist.world,
+            rank=self.dist.rank,
+            classes=[c.to_dict() for c in self.card.classes],
+            spacing=list(self.card.spacing),
+            patch_size=list(self.patch),
+        )
+
+
+def finetune(
+    pairs: Sequence[TrainingPair],
+    config: TrainConfig | None = None,
+    *,
+    base: Any = None,
+    out: str | os.PathLike = "model.pt",
+    progress: Callable[[int, int], Any] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> Iterator[TrainingStep]:
+    """Train or fine-tune a network; a generator of per-iteration :class:`TrainingStep`.
+
+    ``base``: None (from scratch with ``config.arch``), a checkpoint path, the name of
+    shipped weights, or a ``(model, card)`` tuple. ``out``: the best checkpoint. The
+    generator's return value (``StopIteration.value``) is a :class:`TrainingSummary`
+    with ``out``, ``iterations``, ``final_loss``, ``val_dice``, ``seconds``, ``cancelled``...
+    """
+    config = config or TrainConfig()
+    dist = Distributed(config.device)
+    try:
+        run = _Run(pairs, config, base, Path(out), dist)
+        with bf16_conv_guard(run.model, run.disc):
+            summary = yield from _loop(run, progress, should_stop)
+    finally:
+        dist.close()
+    return summary
+
+
+def _loop(run: _Run, progress, should_stop):
+    config, dist = run.config, run.dist
+    iterations = config.iterations
+    budget = None if not config.minutes else 60.0 * float(config.minutes)
+    eval_every = config.eval_every or (min(50, max(5, iterations // 10)) if iterations else 50)
+    t0 = time.perf_counter() - run.elapsed0
+    it = run.start_it
+    last_loss = None
+    cancelled = False
+    last_eval = time.perf_counter()
+    try:
+        while True:
+            seconds = time.perf_counter() - t0
+            done_iters = iterations is not None and it >= iterations
+            over_time = budget is not None and seconds >= budget
+            user_stop = bool(should_stop()) if should_stop is not None else False
+            if dist.any(done_iters or over_time or user_stop):
+                cancelled = dist.any(user_stop) if dist.enabled else user_stop
+                break
+            frac = max(it / iterations if iterations else 0.0, seconds / budget if budget else 0.0)
+            lr = run.base_lr * lr_factor(frac, config.warmup, config.schedule)
+            loss, parts = run.train_step(lr)
+            it += 1
+            last_loss = float(loss.detach())
+            if not math.isfinite(last_loss):
+                raise TrainingError(
+                    f"loss became {last_loss} at iteration {it}; lower the learning rate "
+                    f"(now {run.base_lr:g}) or check the image normalisation"
+                )
+            run.ema = last_loss if run.ema is None else 0.9 * run.ema + 0.1 * last_loss
+            seconds = time.perf_counter() - t0
+            total = (
+                iterations if iterations else max(it, int(round(it * budget / max(seconds, 1e-6))))
+            )
+            event = TrainingStep(it, int(total), last_loss, parts, lr, seconds)
+            is_last = iterations is not None and it >= iterations
+            due = it % eval_every == 0 or time.perf_counter() - last_eval >= config.eval_seconds
+            if dist.any(due or is_last) if dist.enabled else (due or is_last):
+                val, improved = run.evaluate(it, seconds, run.ema)
+                last_eval = time.perf_counter()
+                event.val_dice = val
+                if improved and dist.is_main:
+                    event.checkpoint = str(run.out)
+            if progress is not None:
+                progress(it, int(total))
+            yield event
+    except (GeneratorExit, KeyboardInterrupt):
+        # the consumer closed the generator (a napari worker's quit()) or Ctrl-C:
+        # keep what we have - the best checkpoint (the current weights if none was
+        # written yet) and the resume state. No collective calls: other ranks may be gone.
+        seconds = time.perf_counter() - t0
+        if dist.is_main and it > run.start_it:
+            try:
+                if not run.best_written:
+                    run.save_best(it, seconds)
+                run.save_resume(it, seconds)
+            except Exception:  # noqa: BLE001 - closing must not raise
+                log.exception("could not write checkpoints while stopping")
+        raise
+    # (any other exception propagates and leaves the files on disk as they were: a
+    # non-finite loss must not overwrite the best checkpoint with broken weights)
+    seconds = time.perf_counter() - t0
+    # normal end (all iterations, time budget, or should_stop)
+    if it > run.start_it and (run.last_eval_it != it or not run.best_written):
+        run.evaluate(it, seconds, run.ema)  # the run ended between evaluation points
+    if dist.is_main and not cancelled and not config.keep_resume and run.rpath.exists():
+        run.rpath.unlink()
+    return run.summary(it, seconds, last_loss, cancelled)
+
+
+def run_training(
+    pairs,
+    config=None,
+    *,
+    base=None,
+    out="model.pt",
+    progress=None,
+    should_stop=None,
+    on_event: Callable[[TrainingStep], Any] | None = None,
+    raise_on_cancel: bool = False,
+) -> TrainingSummary:
+    """Drive :func:`finetune` to its end and return its summary (for scripts and the CLI)."""
+    gen = finetune(pairs, config, base=base, out=out, progress=progress, should_stop=should_stop)
+    while True:
+        try:
+            event = next(gen)
+        except StopIteration as stop:
+            summary = stop.value
+            break
+        if on_event is not None:
+            on_event(event)
+    if raise_on_cancel and summary.get("cancelled"):
+        raise TrainingCancelled(summary)
+    return summary

@@ -1,0 +1,254 @@
+"""The training plan: every policy decision of a run, made once, in the core (no Qt).
+
+The Fine-tune dock, the Scans dock's "Fine-tune on corrected scans", ``napari-vnet
+train`` and ``export-dataset`` all come here, so the same data, base and settings give
+the same run wherever they were entered (nnU-Net's "plans" play this part there):
+
+* **classes** (:func:`resolve_classes`): the classes given (``TrainConfig.classes``,
+  e.g. ``"5=liver,1=spleen"``: other values are background), else, fine-tuning, the
+  base's classes *plus every label value it lacks as a new class* (named from
+  ``TrainConfig.class_names``, else ``class_<value>``), else, from scratch, one class per
+  label value present in annotated voxels;
+* **patch and window**: the patch given, else the patch the base was trained with (its
+  card's run history; a card's ``patch_size`` is its inference window, often a whole
+  phantom), else the base's window, else :data:`~.config.DEFAULT_PATCH`. A new model's
+  window is its patch (clipped to the data); a fine-tuned model keeps its base's window
+  unless the patch holds at least as many voxels (then the patch becomes the window);
+* **sparse-slice masks** and **geometry**: labels in another geometry are resampled onto
+  the image grid; annotated-slice records become voxel masks (:func:`~.data.load_pairs`);
+* **spacing and normalisation**: given, else the base's, else the first image's / z-score;
+* **export renumbering** (:func:`export_lut`): label values -> 1..K in class order.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from napari_vnet.models.card import ClassInfo, ModelCard
+from napari_vnet.training.config import (
+    DEFAULT_PATCH,
+    TrainConfig,
+    TrainingError,
+    TrainingPair,
+    parse_classes,
+)
+from napari_vnet.training.data import LoadedPair, annotated_label_values, load_pairs
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "TrainingPlan",
+    "base_card_of",
+    "export_lut",
+    "plan_training",
+    "renumber_for_export",
+    "resolve_classes",
+    "trained_patch",
+]
+
+
+@dataclass
+class TrainingPlan:
+    """What a run will do. Compare two plans with ``==`` (the loaded data is not compared)."""
+
+    classes: list[ClassInfo]
+    new_classes: list[ClassInfo]
+    patch_size: tuple[int, int, int]
+    window: tuple[int, int, int]
+    spacing: tuple[float, float, float]
+    normalization: dict[str, Any]
+    from_scratch: bool
+    cases: list[str]
+    annotated_slices: list[list[int] | None]
+    loaded: list[LoadedPair] | None = field(default=None, compare=False, repr=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-compatible (``napari-vnet train --dry-run --json`` prints it)."""
+        return {
+            "classes": {c.value: c.name for c in self.classes},
+            "new_classes": {c.value: c.name for c in self.new_classes},
+            "patch_size": list(self.patch_size),
+            "window": list(self.window),
+            "spacing": list(self.spacing),
+            "normalization": dict(self.normalization),
+            "from_scratch": self.from_scratch,
+            "cases": list(self.cases),
+            "annotated_slices": self.annotated_slices,
+        }
+
+    @classmethod
+    def from_card(cls, card: ModelCard, config: TrainConfig) -> TrainingPlan:
+        """The plan of a run resumed from its own resume file (the card decided it all)."""
+        patch = tuple(int(p) for p in (config.patch_size or card.patch_size))
+        return cls(
+            classes=list(card.classes), new_classes=[], patch_size=patch,  # type: ignore[arg-type]
+            window=tuple(card.patch_size), spacing=tuple(card.spacing),  # type: ignore[arg-type]
+            normalization=dict(card.normalization), from_scratch=False, cases=[],
+            annotated_slices=[],
+        )  # fmt: skip
+
+
+def base_card_of(base: Any) -> ModelCard | None:
+    """The card of ``base`` (a path, a shipped name, a ``(model, card)`` tuple) or None."""
+    if base is None:
+        return None
+    if isinstance(base, tuple):
+        return base[1]
+    from pathlib import Path
+
+    from napari_vnet.models import read_card
+
+    path = Path(base)
+    if not path.exists():
+        from napari_vnet.weights import resolve_weights
+
+        path = resolve_weights(str(base))
+    return read_card(path)
+
+
+def trained_patch(card: ModelCard | None) -> tuple[int, int, int] | None:
+    """The patch ``card``'s weights were trained with (its run history), if recorded."""
+    if card is None:
+        return None
+    run = (card.history or {}).get("run") or {}
+    patch = (run.get("config") or {}).get("patch_size")
+    if isinstance(patch, list | tuple) and len(patch) == 3:
+        return tuple(int(p) for p in patch)  # type: ignore[return-value]
+    return None
+
+
+def resolve_classes(
+    spec: Any,
+    names: dict[int, str] | None,
+    base_card: ModelCard | None,
+    values: set[int],
+) -> tuple[list[ClassInfo], list[ClassInfo]]:
+    """-> (classes in output-channel order, the new ones among them). See the module text."""
+    names = {int(k): str(v) for k, v in (names or {}).items()}
+    given = parse_classes(spec)
+    if given is not None:
+        classes = [ClassInfo(c.value, names.get(c.value, c.name), c.color) for c in given]
+        known = set() if base_card is None else {c.value for c in base_card.classes}
+        return classes, [c for c in classes if c.value and c.value not in known]
+    if base_card is None:
+        found = sorted((values | set(names)) - {0})
+        if not found:
+            raise TrainingError("the label maps hold no foreground value; nothing to learn")
+        if len(found) > 32:
+            raise TrainingError(
+                f"the label maps hold {len(found)} label values; select some with classes, "
+                "e.g. '5=liver,1=spleen'"
+            )
+        classes = [ClassInfo(0, "background")]
+        classes += [ClassInfo(v, names.get(v, f"class_{v}")) for v in found]
+        return classes, classes[1:]
+    classes = [ClassInfo(c.value, names.get(c.value, c.name), c.color) for c in base_card.classes]
+    known = {c.value for c in classes}
+    new = [ClassInfo(v, names.get(v, f"class_{v}")) for v in sorted(values - known)]
+    if new:
+        log.info("new label values become new classes: %s", [f"{c.value}={c.name}" for c in new])
+    return classes + new, new
+
+
+def _choose_patch(config: TrainConfig, base_card: ModelCard | None, loaded) -> tuple:
+    """-> (training patch, inference window of the trained model)."""
+    if config.patch_size:
+        patch = tuple(int(p) for p in config.patch_size)
+    elif base_card is not None:
+        patch = trained_patch(base_card) or tuple(int(p) for p in base_card.patch_size)
+    else:
+        patch = DEFAULT_PATCH
+    if len(patch) != 3 or min(patch) < 1:
+        raise TrainingError(f"patch_size must be 3 positive sizes (z, y, x), got {patch}")
+    if base_card is None:
+        # A new model's inference window will be this patch: no need to train on more
+        # than the data holds (a smaller volume would be padded at inference anyway).
+        max_shape = np.max([p.image.shape for p in loaded], axis=0)
+        patch = tuple(int(min(p, s)) for p, s in zip(patch, max_shape, strict=False))
+        return patch, patch
+    # A fine-tuned model segments in its card's window, and inference pads an image
+    # smaller than the window up to it. Training sees the same windows: the patch is
+    # not clipped to a thin volume (the sampler pads as inference does) and becomes the
+    # window - unless it holds fewer voxels than the base's window, which is then kept
+    # so that re-segmentation does not get slower (with a warning).
+    window = tuple(int(p) for p in base_card.patch_size) if base_card.patch_size else None
+    if window is None or np.prod(patch) >= np.prod(window):
+        return patch, patch
+    if window != patch:
+        log.warning(
+            "training patch %s is smaller than the inference window %s, which the fine-tuned "
+            "model keeps; it will segment in windows it was not trained on", patch, window,
+        )  # fmt: skip
+    return patch, window
+
+
+def plan_training(
+    pairs: Sequence[TrainingPair | LoadedPair],
+    config: TrainConfig,
+    *,
+    base: Any = None,
+    base_card: ModelCard | None = None,
+) -> TrainingPlan:
+    """Read the pairs and decide classes, patch, window, spacing, normalisation."""
+    if config.batch_size < 1:
+        raise TrainingError(f"batch_size must be >= 1, got {config.batch_size}")
+    if config.iterations is None and not config.minutes:
+        raise TrainingError("give iterations, minutes, or both")
+    if base_card is None:
+        base_card = base_card_of(base)
+    loaded = load_pairs(pairs)
+    values = annotated_label_values(loaded, config.ignore_index)
+    classes, new = resolve_classes(config.classes, config.class_names, base_card, values)
+    if len(classes) < 2:
+        raise TrainingError("need at least one foreground class besides background")
+    patch, window = _choose_patch(config, base_card, loaded)
+    spacing = config.spacing or (base_card.spacing if base_card is not None else None)
+    spacing = tuple(float(s) for s in (spacing or loaded[0].spacing))
+    normalization = config.normalization or (
+        base_card.normalization if base_card is not None else {"kind": "zscore"}
+    )
+    annotated = [
+        None
+        if p.mask is None
+        else np.flatnonzero(p.mask.reshape(p.mask.shape[0], -1).any(1)).tolist()
+        for p in loaded
+    ]
+    return TrainingPlan(
+        classes=classes, new_classes=new, patch_size=patch, window=window,  # type: ignore[arg-type]
+        spacing=spacing, normalization=dict(normalization),  # type: ignore[arg-type]
+        from_scratch=base_card is None, cases=[p.name for p in loaded],
+        annotated_slices=annotated, loaded=loaded,
+    )  # fmt: skip
+
+
+def export_lut(classes: Sequence[ClassInfo]) -> dict[int, int]:
+    """Label value -> consecutive index (0 background, 1..K in class order): nnU-Net needs
+    consecutive values; the original values are recorded beside the data."""
+    return {c.value: k for k, c in enumerate(classes)}
+
+
+def renumber_for_export(
+    labels: np.ndarray,
+    classes: Sequence[ClassInfo],
+    *,
+    mask: np.ndarray | None = None,
+    ignore_index: int | None = None,
+    ignore_label: int | None = None,
+) -> np.ndarray:
+    """``labels`` with values renumbered by :func:`export_lut` (values not listed become
+    background); voxels outside ``mask`` or equal to ``ignore_index`` get ``ignore_label``."""
+    out = np.zeros(labels.shape, np.uint8 if len(classes) < 255 else np.uint16)
+    for value, k in export_lut(classes).items():
+        if k:
+            out[labels == value] = k
+    if ignore_label is not None:
+        if mask is not None:
+            out[~mask] = ignore_label
+        if ignore_index is not None:
+            out[labels == ignore_index] = ignore_label
+    return out

@@ -1,0 +1,106 @@
+"""Random training patches with foreground oversampling and cheap augmentation (no Qt)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from napari_vnet.inference.windows import pad_to_window
+from napari_vnet.training.data import _Case, _index_case
+
+__all__ = ["PatchSampler"]
+
+
+class PatchSampler:
+    """Random patches with foreground oversampling and cheap augmentation.
+
+    About ``foreground_fraction`` of the patches are centred on a voxel of a labelled
+    class (class chosen uniformly among those present); the others are uniform random
+    (or, with sparse annotations, centred on a random annotated voxel so that they carry
+    some loss). Cases smaller than the patch are padded as inference pads an image
+    smaller than its window (:func:`napari_vnet.inference.predict`): at the high end of
+    each axis, with the image's minimum; the padding is unannotated.
+    """
+
+    def __init__(
+        self,
+        cases: list[_Case],
+        patch_size: Sequence[int],
+        *,
+        foreground_fraction: float = 1.0 / 3.0,
+        augment: bool = True,
+        seed: int | Sequence[int] = 0,
+    ):
+        self.patch = tuple(int(p) for p in patch_size)
+        self.rng = np.random.default_rng(seed)
+        self.foreground_fraction = float(foreground_fraction)
+        self.augment = augment
+        self.cases = [self._pad(c) for c in cases]
+        for c in self.cases:
+            _index_case(c, self.rng)
+
+    def _pad(self, case: _Case) -> _Case:
+        image = pad_to_window(case.image, self.patch)  # inference's layout and fill
+        if image is case.image:
+            return case
+        pads = [(0, n - s) for n, s in zip(image.shape, case.shape, strict=True)]
+        target = np.pad(case.target, pads)
+        mask = np.ones(case.shape, bool) if case.mask is None else case.mask
+        mask = np.pad(mask, pads)
+        return _Case(case.name, image, target, mask)
+
+    def _start(self, case: _Case) -> tuple[int, ...]:
+        shape = case.shape
+        center = None
+        if case.fg_coords and self.rng.random() < self.foreground_fraction:
+            ch = list(case.fg_coords)[self.rng.integers(len(case.fg_coords))]
+            coords = case.fg_coords[ch]
+            center = coords[self.rng.integers(len(coords))]
+        elif case.annotated_coords is not None and len(case.annotated_coords):
+            center = case.annotated_coords[self.rng.integers(len(case.annotated_coords))]
+        if center is None:
+            return tuple(
+                int(self.rng.integers(0, s - p + 1))
+                for s, p in zip(shape, self.patch, strict=False)
+            )
+        # jitter so the labelled voxel is not always at the patch centre
+        return tuple(
+            int(np.clip(c - p // 2 + self.rng.integers(-(p // 4), p // 4 + 1), 0, s - p))
+            for c, p, s in zip(center, self.patch, shape, strict=False)
+        )
+
+    def _augment(self, img, tgt, msk):
+        rng = self.rng
+        for axis in range(3):
+            if rng.random() < 0.5:
+                img, tgt = np.flip(img, axis), np.flip(tgt, axis)
+                msk = None if msk is None else np.flip(msk, axis)
+        k = int(rng.integers(4)) if self.patch[1] == self.patch[2] else 2 * int(rng.integers(2))
+        if k:
+            img, tgt = np.rot90(img, k, (1, 2)), np.rot90(tgt, k, (1, 2))
+            msk = None if msk is None else np.rot90(msk, k, (1, 2))
+        img = img * np.float32(rng.uniform(0.9, 1.1)) + np.float32(rng.uniform(-0.1, 0.1))
+        if rng.random() < 0.3:
+            sigma = rng.uniform(0.0, 0.1)
+            img = img + rng.standard_normal(img.shape, dtype=np.float32) * np.float32(sigma)
+        return img, tgt, msk
+
+    def sample(self, batch_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """``(B, 1, *patch)`` float32 images, ``(B, *patch)`` int64 targets, bool masks."""
+        imgs, tgts, msks = [], [], []
+        any_mask = any(c.mask is not None for c in self.cases)
+        for _ in range(batch_size):
+            case = self.cases[int(self.rng.integers(len(self.cases)))]
+            start = self._start(case)
+            sl = tuple(slice(s, s + p) for s, p in zip(start, self.patch, strict=False))
+            img, tgt = case.image[sl], case.target[sl]
+            msk = case.mask[sl] if case.mask is not None else None
+            if self.augment:
+                img, tgt, msk = self._augment(img, tgt, msk)
+            imgs.append(np.ascontiguousarray(img, np.float32))
+            tgts.append(np.ascontiguousarray(tgt))
+            if any_mask:
+                msks.append(np.ones(self.patch, bool) if msk is None else np.ascontiguousarray(msk))
+        masks = np.stack(msks) if any_mask else None
+        return np.stack(imgs)[:, None], np.stack(tgts).astype(np.int64), masks
