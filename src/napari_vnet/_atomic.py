@@ -42,6 +42,9 @@ def _temp_beside(path: Path) -> tuple[int, Path]:
     """An open descriptor and the name of a new hidden file beside ``path``, same extension."""
     ext = _suffixes(path)
     stem = path.name[: len(path.name) - len(ext)] if ext else path.name
+    # the temporary name adds ~15 bytes: keep it within the usual 255-byte name limit
+    room = 255 - 16 - len(os.fsencode(ext))
+    stem = os.fsdecode(os.fsencode(stem)[:room]) if len(os.fsencode(stem)) > room else stem
     fd, name = tempfile.mkstemp(prefix=f".{stem}.", suffix=f".tmp{ext}", dir=path.parent)
     return fd, Path(name)
 
