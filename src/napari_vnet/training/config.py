@@ -104,6 +104,19 @@ class TrainConfig:
     gan_ce_weight: float = VOX2VOX_CE_WEIGHT  # Vox2Vox: cross entropy beside the GDL term
     resume: bool = False
     keep_resume: bool = False  # keep the resume file after a run that finished normally
+    # ---- the recipe (nnU-Net v2's defaults, sized for a CPU; see training/recipe.py,
+    # training/augment.py, training/deep_supervision.py, training/postprocess_choice.py).
+    # Each applies to runs from scratch where marked; a fine-tune keeps its base's choices.
+    intensity_from_data: bool = True  # from scratch: CT -> foreground clip/mean/std ("ct")
+    plan_spacing: bool = True  # from scratch: the cases' median spacing (nnU-Net's rule)
+    patch_memory_mb: float | None = 256.0  # from scratch, no patch: patch planned to fit this
+    augment_spatial: bool = True  # rotation, scaling (batchgeneratorsv2)
+    augment_elastic: bool = False  # elastic deformation (slow on a CPU)
+    augment_intensity: bool = True  # gamma, brightness, contrast, noise, blur, low resolution
+    augment_mirror: bool = True  # mirroring along every axis
+    deep_supervision: bool = True  # auxiliary decoder heads during training (U-Net, V-Net)
+    batch_dice: bool = True  # Dice summed over the batch (False: per patch, then averaged)
+    postprocess: str = "auto"  # "auto": largest component per class if validation improves
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-compatible copy (stored in the card history of what it trained)."""
