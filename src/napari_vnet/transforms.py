@@ -16,7 +16,7 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 
-NORMALIZATION_KINDS = ("window", "zscore", "percentile", "none")
+NORMALIZATION_KINDS = ("window", "zscore", "percentile", "ct", "none")
 
 
 def _finite_fill(array: np.ndarray) -> np.ndarray:
@@ -52,6 +52,9 @@ def normalize_intensity(array: np.ndarray, normalization: Mapping[str, Any]) -> 
       divide by the standard deviation of the volume (MR);
     * ``{"kind": "percentile", "low": 0.5, "high": 99.5}``: clip to the volume's own
       percentiles, scale to [0, 1];
+    * ``{"kind": "ct", "low": L, "high": H, "mean": M, "std": S}``: clip to [L, H], subtract
+      M, divide by S - fixed statistics of the training data's foreground (nnU-Net's CT
+      normalisation: L, H the 0.5 / 99.5 percentiles), the same for every scan;
     * ``{"kind": "none"}``: cast only.
 
     NaN/inf never reach the network; a constant image gives zeros, not NaN.
@@ -71,6 +74,15 @@ def normalize_intensity(array: np.ndarray, normalization: Mapping[str, Any]) -> 
         np.clip(x, low, high, out=x)
         x -= low
         x *= 1.0 / (high - low)
+        return x
+    if kind == "ct":
+        low, high = float(normalization["low"]), float(normalization["high"])
+        mean, std = float(normalization["mean"]), float(normalization["std"])
+        if not high >= low or not std > 0:
+            raise ValueError(f"ct normalization needs high >= low and std > 0, got {normalization}")
+        np.clip(x, low, high, out=x)
+        x -= mean
+        x *= 1.0 / std
         return x
     if kind == "percentile":
         lo_q = float(normalization.get("low", 0.5))

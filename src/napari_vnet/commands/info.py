@@ -40,6 +40,11 @@ def describe_normalization(norm: dict[str, Any]) -> str:
             f"percentiles [{norm.get('low')}, {norm.get('high')}] of the volume "
             "(clip, then scale to [0, 1])"
         )
+    if kind == "ct":
+        return (
+            f"CT: clip to [{norm.get('low'):.6g}, {norm.get('high'):.6g}], subtract "
+            f"{norm.get('mean'):.6g}, divide by {norm.get('std'):.6g} (training foreground)"
+        )
     return json.dumps(norm)
 
 
