@@ -90,6 +90,14 @@ def test_predict_on_open_then_finetune_on_corrected(
     with qtbot.waitSignal(widget.scan_loaded, timeout=WAIT_MS):
         widget.next_scan()
     qtbot.waitUntil(lambda: seg.worker is None, timeout=WAIT_MS)  # p2 predicted on open
+    # p2 had no labels: p1's Labels layer stayed as an empty placeholder, and p2's
+    # prediction went into it (no second layer constructed and added)
+    from napari.layers import Labels
+
+    (result,) = [lay for lay in viewer.layers if isinstance(lay, Labels)]
+    assert result is prediction and result.name == "p2.mha [V-Net]"
+    assert result.metadata["napari_vnet"]["source_layer"] == "p2.mha"
+    assert len(result._undo_history) == 0
     widget.saver.flush()
     assert widget.project.status("p2.mha") == "predicted"
     widget.mark_reviewed()  # p2: reviewed as predicted (saved labels: the prediction)

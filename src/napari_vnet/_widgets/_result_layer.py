@@ -134,16 +134,21 @@ def previous_result(viewer: napari.Viewer, image_layer, arch: str, shape: tuple[
     """The newest unedited Labels layer holding an earlier ``arch`` result for
     ``image_layer`` with this ``shape``; None when there is none.
 
-    A layer the user painted on (it has undo history) is never offered for replacement:
-    replacing it would throw the corrections away.
+    An empty placeholder layer of the same image (``metadata["napari_vnet"]["placeholder"]``:
+    the Scans dock keeps one on a scan without labels) is offered too. A layer the user
+    painted on (it has undo history) is never offered: replacing it would throw the
+    corrections away.
     """
     from napari.layers import Labels
 
+    source = ((image_layer.metadata or {}).get("napari_vnet") or {}).get("path")
     for layer in reversed(list(viewer.layers)):
         if not isinstance(layer, Labels) or tuple(layer.data.shape) != tuple(shape):
             continue
         record = (layer.metadata or {}).get("napari_vnet") or {}
-        if record.get("model") != arch or record.get("source_layer") != image_layer.name:
+        same_result = record.get("model") == arch and record.get("source_layer") == image_layer.name
+        placeholder = record.get("placeholder") and source and record.get("source_path") == source
+        if not (same_result or placeholder):
             continue
         if getattr(layer, "_undo_history", None):  # edited since it was added
             continue
@@ -151,7 +156,9 @@ def previous_result(viewer: napari.Viewer, image_layer, arch: str, shape: tuple[
     return None
 
 
-def replace_result(layer, image_layer, labels: np.ndarray, card: ModelCard, info, geometry=None):
+def replace_result(
+    layer, image_layer, labels: np.ndarray, card: ModelCard, info, geometry=None, name=None
+):
     """Put a new result into an existing result ``layer`` (no new layer, no re-add).
 
     Metadata first, then the data, so a listener to the data event (the Scans dock) sees
@@ -166,6 +173,8 @@ def replace_result(layer, image_layer, labels: np.ndarray, card: ModelCard, info
         if attr in ("units", "axis_labels"):
             continue
         setattr(layer, attr, value)
+    if name is not None:
+        layer.name = name
     reset = getattr(layer, "_reset_history", None)  # napari's own (private) reset
     if reset is not None:
         reset()

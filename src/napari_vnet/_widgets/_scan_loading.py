@@ -142,7 +142,10 @@ def load_scan_data(
     blank = None
     if not labels:
         zeros = np.zeros(volume.array.shape[: volume.ndim], np.uint8)
-        blank = (zeros, volume_to_layer_kwargs(volume.with_array(zeros), is_label=True))
+        bkw = volume_to_layer_kwargs(volume.with_array(zeros), is_label=True)
+        # a placeholder of this scan: a Segment result of its image may fill it
+        bkw["metadata"]["napari_vnet"].update(placeholder=True, source_path=volume.path)
+        blank = (zeros, bkw)
     return LoadedScan(
         blank=blank,
         entry=entry,
