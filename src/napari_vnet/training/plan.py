@@ -38,6 +38,7 @@ from napari_vnet.training.config import (
     parse_classes,
 )
 from napari_vnet.training.data import LoadedPair, annotated_label_values, load_pairs
+from napari_vnet.training.recipe import plan_normalization, plan_patch, plan_spacing
 
 log = logging.getLogger(__name__)
 
@@ -187,6 +188,37 @@ def _choose_patch(config: TrainConfig, base_card: ModelCard | None, loaded) -> t
     return patch, window
 
 
+def _with_planned_patch(config: TrainConfig, loaded, spacing, n_classes: int) -> TrainConfig:
+    """A copy of ``config`` whose patch is planned from the median case shape at
+    ``spacing`` and ``config.patch_memory_mb`` (:func:`~.recipe.plan_patch`)."""
+    import dataclasses
+    import inspect
+
+    from napari_vnet.models.registry import architecture_class
+
+    arch = config.arch or "unet3d"
+    widths = (config.arch_kwargs or {}).get("channels")
+    if widths is None:
+        try:
+            default = inspect.signature(architecture_class(arch)).parameters.get("channels")
+            widths = None if default is None else default.default
+        except Exception:  # noqa: BLE001 - an unknown arch is reported when it is built
+            widths = None
+    if not widths:
+        return config
+    shapes = [
+        [n * s / t for n, s, t in zip(p.image.shape, p.spacing, spacing, strict=True)]
+        for p in loaded
+    ]
+    median = np.median(np.asarray(shapes), axis=0)
+    patch = plan_patch(
+        median, spacing, arch=arch, widths=list(widths), n_classes=n_classes,
+        batch_size=config.batch_size, memory_mb=float(config.patch_memory_mb),
+    )  # fmt: skip
+    log.info("patch %s planned for median shape %s at spacing %s", patch, median, spacing)
+    return dataclasses.replace(config, patch_size=patch)
+
+
 def plan_training(
     pairs: Sequence[TrainingPair | LoadedPair],
     config: TrainConfig,
@@ -206,12 +238,20 @@ def plan_training(
     classes, new = resolve_classes(config.classes, config.class_names, base_card, values)
     if len(classes) < 2:
         raise TrainingError("need at least one foreground class besides background")
-    patch, window = _choose_patch(config, base_card, loaded)
     spacing = config.spacing or (base_card.spacing if base_card is not None else None)
+    if spacing is None and config.plan_spacing:
+        spacing = plan_spacing([p.spacing for p in loaded])
     spacing = tuple(float(s) for s in (spacing or loaded[0].spacing))
+    if config.patch_size is None and base_card is None and config.patch_memory_mb:
+        config = _with_planned_patch(config, loaded, spacing, len(classes))
+    patch, window = _choose_patch(config, base_card, loaded)
     normalization = config.normalization or (
-        base_card.normalization if base_card is not None else {"kind": "zscore"}
+        base_card.normalization if base_card is not None else None
     )
+    if normalization is None:
+        normalization = {"kind": "zscore"}
+        if config.intensity_from_data:
+            normalization = plan_normalization(loaded, classes, seed=config.seed)
     annotated = [
         None
         if p.mask is None
