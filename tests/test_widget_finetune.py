@@ -68,6 +68,7 @@ def correct_slices(layer, truth, zs):
 def open_docks(viewer):
     _, seg = viewer.window.add_plugin_dock_widget("napari-vnet", "Segment volume")
     _, ft = viewer.window.add_plugin_dock_widget("napari-vnet", "Fine-tune model")
+    seg, ft = seg.content, ft.content  # docks come in scroll areas (_widgets._docking)
     assert isinstance(ft, FinetuneWidget)
     return seg, ft
 

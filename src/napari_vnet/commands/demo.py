@@ -84,6 +84,9 @@ def launch_demo(viewer, *, auto: bool = False, weights: str = DEFAULT_WEIGHTS) -
 
     _, segment = viewer.window.add_plugin_dock_widget(PLUGIN, "Segment volume")
     _, finetune = viewer.window.add_plugin_dock_widget(PLUGIN, "Fine-tune model")
+    # the docks come in scroll areas (napari_vnet._widgets._docking): keep the widgets
+    segment = getattr(segment, "content", segment)
+    finetune = getattr(finetune, "content", finetune)
     viewer.layers.selection.active = image
     segment.set_image_layer(image)
     if not segment.select_weights(weights):
@@ -101,6 +104,20 @@ def launch_demo(viewer, *, auto: bool = False, weights: str = DEFAULT_WEIGHTS) -
         if demo.worker is None:
             log.error("the segmentation could not start (see the notification)")
     return demo
+
+
+def fit_to_screen(viewer) -> None:
+    """Keep the window inside the screen's available area (docks scroll, see _docking)."""
+    window = viewer.window._qt_window
+    screen = window.screen()
+    if screen is None:
+        return
+    avail = screen.availableGeometry()
+    width = min(window.width(), avail.width())
+    height = min(window.height(), avail.height())
+    if (width, height) != (window.width(), window.height()):
+        window.resize(width, height)
+        window.move(avail.x(), avail.y())
 
 
 def _screenshot(viewer, path: Path) -> Path:
@@ -164,6 +181,7 @@ def run(args: argparse.Namespace) -> int:
     demo = launch_demo(viewer, auto=args.auto, weights=args.weights)
     if args.screenshot:
         viewer.window.resize(1500, 1000)  # a reproducible layout for the README figure
+    fit_to_screen(viewer)
     demo.segment.prediction_added.connect(on_prediction)
     if args.auto and demo.worker is None:
         state["status"] = 1
