@@ -233,16 +233,18 @@ def test_finetune_label_value_not_in_the_card(tmp_path, tiny_weights, caplog):
     image, labels = blob_pair()
     labels[2:4, 2:4, 2:4] = 7  # the base card has 0=background, 1=liver only
     pair = TrainingPair(image, labels, (1.0, 1.0, 1.0), name="case with kidney")
-    # the engine: trains the known class and says which values it treats as background
-    with caplog.at_level(logging.WARNING, logger="napari_vnet.training"):
+    # the engine's training plan (CLI and dock alike): the value becomes a new class
+    with caplog.at_level(logging.INFO, logger="napari_vnet.training"):
         _, summary = run(finetune([pair], cfg(arch=None), base=tiny_weights, out=tmp_path / "a.pt"))
-    assert [c["value"] for c in summary["classes"]] == [0, 1]
-    assert any("case with kidney" in r.message and "[7]" in r.message for r in caplog.records)
-    # the Fine-tune dock: adds the value as a new class (output layer grows)
+    assert [(c["value"], c["name"]) for c in summary["classes"]] == [
+        (0, "background"), (1, "liver"), (7, "class_7"),
+    ]  # fmt: skip
+    assert any("new label values become new classes" in r.message for r in caplog.records)
+    # named through the config (the Fine-tune dock's "Class names", the CLI's --class-names)
     classes = resolve_classes(tiny_weights, [pair], {7: "kidney"})
     assert [(c.value, c.name) for c in classes] == [(0, "background"), (1, "liver"), (7, "kidney")]
-    _, summary = run(finetune([pair], cfg(arch=None, classes=classes), base=tiny_weights,
-                              out=tmp_path / "b.pt"))  # fmt: skip
+    _, summary = run(finetune([pair], cfg(arch=None, class_names={7: "kidney"}),
+                              base=tiny_weights, out=tmp_path / "b.pt"))  # fmt: skip
     model, card = load_checkpoint(tmp_path / "b.pt")
     assert card.label_values == [0, 1, 7] and model.head.out_channels == 3
 
