@@ -87,21 +87,24 @@ def soft_dice_loss(
     *,
     include_background: bool = True,
     eps: float = 1e-5,
+    batch_dice: bool = True,
 ) -> torch.Tensor:
     """Milletari's soft Dice loss, ``1 - mean_c 2 sum(p g) / (sum p^2 + sum g^2)``.
 
-    Sums run over the whole batch and all (annotated) voxels, per class, so a class that is
-    rare in one patch still gets a stable estimate. With ``include_background=False`` the
-    mean runs over the foreground channels only (if there are any).
+    With ``batch_dice`` (default, nnU-Net's "batch Dice") sums run over the whole batch and
+    all (annotated) voxels, per class, so a class that is rare in one patch still gets a
+    stable estimate; without it each patch gets its own Dice and the mean is taken over
+    patches and classes. With ``include_background=False`` the mean runs over the
+    foreground channels only (if there are any).
     """
     _check(logits, target, mask)
     p, g = _probs_and_onehot(logits, target, mask)
-    dims = (0, *range(2, p.ndim))
+    dims = (0, *range(2, p.ndim)) if batch_dice else tuple(range(2, p.ndim))
     inter = (p * g).sum(dims)
     denom = (p * p).sum(dims) + (g * g).sum(dims)
     dice = (2.0 * inter + eps) / (denom + eps)
-    if not include_background and dice.numel() > 1:
-        dice = dice[1:]
+    if not include_background and dice.shape[-1] > 1:
+        dice = dice[..., 1:]
     return 1.0 - dice.mean()
 
 
@@ -167,8 +170,10 @@ class DiceCELoss(torch.nn.Module):
         *,
         include_background: bool = False,
         eps: float = 1e-5,
+        batch_dice: bool = True,
     ):
         super().__init__()
+        self.batch_dice = bool(batch_dice)
         self.dice_weight = float(dice_weight)
         self.ce_weight = float(ce_weight)
         self.include_background = include_background
@@ -176,8 +181,9 @@ class DiceCELoss(torch.nn.Module):
 
     def forward(self, logits, target, mask=None):
         dice = soft_dice_loss(
-            logits, target, mask, include_background=self.include_background, eps=self.eps
-        )
+            logits, target, mask, include_background=self.include_background, eps=self.eps,
+            batch_dice=self.batch_dice,
+        )  # fmt: skip
         ce = cross_entropy_loss(logits, target, mask)
         total = self.dice_weight * dice + self.ce_weight * ce
         return total, {"dice": float(dice.detach()), "ce": float(ce.detach())}

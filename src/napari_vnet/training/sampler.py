@@ -31,8 +31,12 @@ class PatchSampler:
         foreground_fraction: float = 1.0 / 3.0,
         augment: bool = True,
         seed: int | Sequence[int] = 0,
+        augmenter=None,
     ):
         self.patch = tuple(int(p) for p in patch_size)
+        # nnU-Net's augmentation (training/augment.py); None: the light one below
+        self.augmenter = augmenter
+        self._fill: dict[int, float] = {}
         self.rng = np.random.default_rng(seed)
         self.foreground_fraction = float(foreground_fraction)
         self.augment = augment
@@ -91,9 +95,26 @@ class PatchSampler:
         imgs, tgts, msks = [], [], []
         any_mask = any(c.mask is not None for c in self.cases)
         for _ in range(batch_size):
-            case = self.cases[int(self.rng.integers(len(self.cases)))]
+            index = int(self.rng.integers(len(self.cases)))
+            case = self.cases[index]
             start = self._start(case)
             sl = tuple(slice(s, s + p) for s, p in zip(start, self.patch, strict=False))
+            if self.augment and self.augmenter is not None:
+                from napari_vnet.training.augment import crop_around
+
+                if index not in self._fill:
+                    self._fill[index] = float(case.image.min())
+                center = [s + p // 2 for s, p in zip(start, self.patch, strict=True)]
+                img, tgt = crop_around(
+                    case.image, case.target, case.mask, center, self.augmenter.crop_size,
+                    self._fill[index],
+                )  # fmt: skip
+                img, tgt, msk = self.augmenter(img, tgt)
+                any_mask = True
+                imgs.append(img)
+                tgts.append(tgt)
+                msks.append(msk)
+                continue
             img, tgt = case.image[sl], case.target[sl]
             msk = case.mask[sl] if case.mask is not None else None
             if self.augment:

@@ -1,0 +1,262 @@
+"""Data augmentation of training patches: nnU-Net v2's pipeline through batchgeneratorsv2
+(no Qt).
+
+The transforms are batchgeneratorsv2's (the library nnU-Net v2 trains with), composed
+with nnU-Net's probabilities and ranges (``nnUNetTrainer.get_training_transforms``):
+
+* spatial (p 0.2 each): rotation (+-30 degrees about every axis; in-plane only, up to
+  +-180 degrees, when the patch is anisotropic - its largest side > 3x its smallest, as
+  nnU-Net's "dummy 2D" augmentation), scaling (0.7-1.4), optional elastic deformation;
+* intensity: Gaussian noise (p 0.1), Gaussian blur (p 0.2), brightness (p 0.15),
+  contrast (p 0.15), low resolution simulation (p 0.25), gamma on the inverted image
+  (p 0.1) and on the image (p 0.3);
+* mirroring along each axis (p 0.5 each).
+
+Images are interpolated linearly; label maps by batchgeneratorsv2's per-label
+interpolation and argmax, so only existing label values come out. Voxels without a
+meaningful label (unannotated, or sampled outside the image) travel as the label
+:data:`IGNORE` and come back as the mask.
+
+The spatial transform samples from a crop larger than the patch (:attr:`Augmenter.crop_size`,
+the bounding box of the rotated and scaled patch), so that rotated patches hold image
+content, not padding, as nnU-Net's data loader does. batchgeneratorsv2 is an optional
+dependency (installed with nnunetv2); without it :func:`make_augmenter` returns None and
+the sampler keeps its light augmentation (flips, 90-degree rotations, intensity).
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+__all__ = ["IGNORE", "Augmenter", "make_augmenter", "crop_around"]
+
+#: label of voxels whose label is not known (unannotated, or outside the image)
+IGNORE = 255
+ANISOTROPY = 3.0
+ROTATION_3D = math.radians(30.0)
+ROTATION_2D = math.pi
+SCALING = (0.7, 1.4)
+
+
+def _rotated_extent(patch: Sequence[int], angles: Sequence[float]) -> np.ndarray:
+    """Extent of the bounding box of the patch rotated by up to ``angles`` (per axis)."""
+    half = np.asarray(patch, dtype=np.float64) / 2.0
+    corners = np.array(list(itertools.product(*[(-h, h) for h in half])))
+    best = 2 * half
+    steps = [np.linspace(-a, a, 7) if a else [0.0] for a in angles]
+    for az, ay, ax in itertools.product(*steps):
+        cz, sz, cy, sy, cx, sx = (math.cos(az), math.sin(az), math.cos(ay), math.sin(ay),
+                                  math.cos(ax), math.sin(ax))  # fmt: skip
+        rz = np.array([[1, 0, 0], [0, cz, -sz], [0, sz, cz]])  # about z: rotates (y, x)
+        ry = np.array([[cy, 0, sy], [0, 1, 0], [-sy, 0, cy]])
+        rx = np.array([[cx, -sx, 0], [sx, cx, 0], [0, 0, 1]])
+        pts = corners @ (rz @ ry @ rx).T
+        best = np.maximum(best, pts.max(0) - pts.min(0))
+    return best
+
+
+def crop_around(
+    image: np.ndarray,
+    target: np.ndarray,
+    mask: np.ndarray | None,
+    center: Sequence[int],
+    size: Sequence[int],
+    fill: float,
+) -> tuple[np.ndarray, np.ndarray]:
+    """A ``size`` crop centred on ``center``; outside the case the image holds ``fill``
+    and the target :data:`IGNORE`. Unannotated voxels (``mask`` False) become IGNORE."""
+    shape = image.shape
+    start = [int(c) - s // 2 for c, s in zip(center, size, strict=True)]
+    src = tuple(
+        slice(max(0, b), min(n, b + s)) for b, s, n in zip(start, size, shape, strict=True)
+    )
+    dst = tuple(
+        slice(sl.start - b, sl.stop - b) for sl, b in zip(src, start, strict=True)
+    )
+    img = np.full(tuple(size), fill, np.float32)
+    tgt = np.full(tuple(size), IGNORE, np.uint8)
+    img[dst] = image[src]
+    t = target[src]
+    if mask is not None:
+        t = np.where(mask[src], t, IGNORE)
+    tgt[dst] = t
+    return img, tgt
+
+
+class Augmenter:
+    """nnU-Net's augmentation of one ``patch``-sized sample (see the module text)."""
+
+    def __init__(
+        self,
+        patch: Sequence[int],
+        *,
+        spatial: bool = True,
+        elastic: bool = False,
+        intensity: bool = True,
+        mirror: bool = True,
+    ):
+        from batchgeneratorsv2.transforms.intensity.brightness import (
+            MultiplicativeBrightnessTransform,
+        )
+        from batchgeneratorsv2.transforms.intensity.contrast import BGContrast, ContrastTransform
+        from batchgeneratorsv2.transforms.intensity.gamma import GammaTransform
+        from batchgeneratorsv2.transforms.intensity.gaussian_noise import GaussianNoiseTransform
+        from batchgeneratorsv2.transforms.noise.gaussian_blur import GaussianBlurTransform
+        from batchgeneratorsv2.transforms.spatial.low_resolution import (
+            SimulateLowResolutionTransform,
+        )
+        from batchgeneratorsv2.transforms.spatial.mirroring import MirrorTransform
+        from batchgeneratorsv2.transforms.spatial.spatial import SpatialTransform
+        from batchgeneratorsv2.transforms.utils.compose import ComposeTransforms
+        from batchgeneratorsv2.transforms.utils.pseudo2d import (
+            Convert2DTo3DTransform,
+            Convert3DTo2DTransform,
+        )
+        from batchgeneratorsv2.transforms.utils.random import RandomTransform
+
+        self.patch = tuple(int(p) for p in patch)
+        self.settings = dict(spatial=spatial, elastic=elastic, intensity=intensity, mirror=mirror)
+        self.pseudo_2d = max(self.patch) / max(min(self.patch), 1) > ANISOTROPY
+        ts: list[Any] = []
+        self.crop_size = self.patch
+        if spatial or elastic:
+            if self.pseudo_2d:
+                angles = (ROTATION_2D, 0.0, 0.0)
+                extent = np.concatenate(
+                    [[self.patch[0]], _rotated_extent((1, *self.patch[1:]), (math.pi / 4, 0, 0))[1:]]
+                )
+                spatial_patch = self.patch[1:]
+                rotation = (-ROTATION_2D, ROTATION_2D)
+            else:
+                angles = (ROTATION_3D,) * 3
+                extent = _rotated_extent(self.patch, angles)
+                spatial_patch = self.patch
+                rotation = (-ROTATION_3D, ROTATION_3D)
+            zoom_out = 1.0 / 0.85 if spatial else 1.0  # nnU-Net's get_patch_size
+            size = np.ceil(extent * np.where(np.arange(3) == 0, 1.0 if self.pseudo_2d else zoom_out, zoom_out))
+            self.crop_size = tuple(int(max(s, p)) for s, p in zip(size, self.patch, strict=True))
+            if self.pseudo_2d:
+                ts.append(Convert3DTo2DTransform())
+            ts.append(
+                SpatialTransform(
+                    spatial_patch, patch_center_dist_from_border=0, random_crop=False,
+                    p_elastic_deform=0.2 if elastic else 0.0,
+                    p_rotation=0.2 if spatial else 0.0, rotation=rotation,
+                    p_scaling=0.2 if spatial else 0.0, scaling=SCALING,
+                    p_synchronize_scaling_across_axes=1, border_mode_seg="constant",
+                    padding_value_seg=IGNORE,
+                )  # fmt: skip
+            )
+            if self.pseudo_2d:
+                ts.append(Convert2DTo3DTransform())
+        if intensity:
+            ignore_axes = (0,) if self.pseudo_2d else None
+            ts += [
+                RandomTransform(
+                    GaussianNoiseTransform(
+                        noise_variance=(0, 0.1), p_per_channel=1, synchronize_channels=True
+                    ),
+                    apply_probability=0.1,
+                ),
+                RandomTransform(
+                    GaussianBlurTransform(
+                        blur_sigma=(0.5, 1.0), synchronize_channels=False,
+                        synchronize_axes=False, p_per_channel=0.5, benchmark=False,
+                    ),  # fmt: skip
+                    apply_probability=0.2,
+                ),
+                RandomTransform(
+                    MultiplicativeBrightnessTransform(
+                        multiplier_range=BGContrast((0.75, 1.25)), synchronize_channels=False,
+                        p_per_channel=1,
+                    ),  # fmt: skip
+                    apply_probability=0.15,
+                ),
+                RandomTransform(
+                    ContrastTransform(
+                        contrast_range=BGContrast((0.75, 1.25)), preserve_range=True,
+                        synchronize_channels=False, p_per_channel=1,
+                    ),  # fmt: skip
+                    apply_probability=0.15,
+                ),
+                RandomTransform(
+                    SimulateLowResolutionTransform(
+                        scale=(0.5, 1), synchronize_channels=False, synchronize_axes=True,
+                        ignore_axes=ignore_axes, allowed_channels=None, p_per_channel=0.5,
+                    ),  # fmt: skip
+                    apply_probability=0.25,
+                ),
+                RandomTransform(
+                    GammaTransform(
+                        gamma=BGContrast((0.7, 1.5)), p_invert_image=1,
+                        synchronize_channels=False, p_per_channel=1, p_retain_stats=1,
+                    ),  # fmt: skip
+                    apply_probability=0.1,
+                ),
+                RandomTransform(
+                    GammaTransform(
+                        gamma=BGContrast((0.7, 1.5)), p_invert_image=0,
+                        synchronize_channels=False, p_per_channel=1, p_retain_stats=1,
+                    ),  # fmt: skip
+                    apply_probability=0.3,
+                ),
+            ]
+        if mirror:
+            ts.append(MirrorTransform(allowed_axes=(0, 1, 2)))
+        self.transform = ComposeTransforms(ts)
+
+    def __call__(
+        self, image: np.ndarray, target: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``crop_size`` image and target (IGNORE = unknown) -> ``patch``-sized image,
+        target (IGNORE -> 0) and mask of known labels."""
+        import torch
+
+        if tuple(image.shape) != self.crop_size:
+            raise ValueError(f"expected a {self.crop_size} crop, got {image.shape}")
+        out = self.transform(
+            image=torch.from_numpy(np.ascontiguousarray(image, np.float32))[None],
+            segmentation=torch.from_numpy(np.ascontiguousarray(target, np.uint8))[None],
+        )
+        img = out["image"][0]
+        tgt = out["segmentation"][0]
+        if tuple(img.shape) != self.patch:  # no spatial transform: centre crop
+            sl = tuple(
+                slice((s - p) // 2, (s - p) // 2 + p)
+                for s, p in zip(img.shape, self.patch, strict=True)
+            )
+            img, tgt = img[sl], tgt[sl]
+        img = img.numpy().astype(np.float32, copy=False)
+        tgt = tgt.numpy().astype(np.uint8, copy=False)
+        known = tgt != IGNORE
+        return img, np.where(known, tgt, 0).astype(np.uint8), known
+
+
+def make_augmenter(patch: Sequence[int], config) -> Augmenter | None:
+    """The augmenter ``config`` asks for, or None (no augmentation, or batchgeneratorsv2
+    missing: then the sampler's light augmentation is used, with a warning)."""
+    if not config.augment:
+        return None
+    flags = dict(
+        spatial=config.augment_spatial, elastic=config.augment_elastic,
+        intensity=config.augment_intensity, mirror=config.augment_mirror,
+    )  # fmt: skip
+    if not any(flags.values()):
+        return None
+    try:
+        return Augmenter(patch, **flags)
+    except ImportError:
+        log.warning(
+            "batchgeneratorsv2 is not installed: light augmentation only (flips, 90-degree "
+            "rotations, intensity); install it (pip install batchgeneratorsv2) for "
+            "nnU-Net's spatial and intensity augmentation"
+        )
+        return None
