@@ -104,6 +104,9 @@ class ModelCard:
     source: dict[str, Any] = field(default_factory=dict)  # origin of foreign weights
     preprocessing: dict[str, Any] = field(default_factory=dict)  # producer's own pre/post
     sliding_window: dict[str, Any] = field(default_factory=dict)  # producer's window blend
+    # label clean-up chosen on validation and applied by predict, e.g.
+    # {"largest_component": [5, 1], "chosen_on": "validation", "validation_dice": {...}}
+    postprocess: dict[str, Any] = field(default_factory=dict)
     format_version: int = CARD_FORMAT_VERSION
 
     @property
@@ -161,6 +164,7 @@ class ModelCard:
             **({"source": dict(self.source)} if self.source else {}),
             **({"preprocessing": dict(self.preprocessing)} if self.preprocessing else {}),
             **({"sliding_window": dict(self.sliding_window)} if self.sliding_window else {}),
+            **({"postprocess": dict(self.postprocess)} if self.postprocess else {}),
         }
 
     @classmethod
@@ -191,5 +195,6 @@ class ModelCard:
             source=dict(d.get("source") or {}),
             preprocessing=dict(d.get("preprocessing") or {}),
             sliding_window=dict(d.get("sliding_window") or {}),
+            postprocess=dict(d.get("postprocess") or {}),
             format_version=version,
         )
