@@ -111,3 +111,14 @@ def apply_postprocess(labels: np.ndarray, spec: Any, spacing: Any = None) -> np.
             fill_holes(out)
     log.info("post-processing applied: %s", ", ".join(ops))
     return out
+
+
+def apply_card_postprocess(labels: np.ndarray, choice: Any) -> np.ndarray:
+    """Apply a model card's ``postprocess`` (chosen on validation when it was trained,
+    e.g. ``{"largest_component": [5, 1]}``) to a copy of ``labels``."""
+    values = list((choice or {}).get("largest_component") or [])
+    if not values:
+        return labels
+    out = keep_largest_component(np.array(labels, copy=True), values)
+    log.info("post-processing of the model card applied: largest component of %s", values)
+    return out
