@@ -146,7 +146,9 @@ def predict(
         amp: "auto", True, False, "bf16" or "fp16" (see :func:`napari_vnet.runtime.resolve_amp`).
         tta: True for the 8 axis-flip combinations, or a list of axis tuples to flip.
         postprocess: None/False, True (largest component + fill holes) or a list of
-            operation names from :data:`napari_vnet.postprocess.OPERATIONS`.
+            operation names from :data:`napari_vnet.postprocess.OPERATIONS`. The
+            clean-up recorded in the card (``card.postprocess``, chosen on validation
+            when it was trained) is applied too, unless ``postprocess`` is False.
         progress: called as ``progress(done, total)`` windows after every batch.
         should_stop: polled before every batch; True raises :class:`PredictionCancelled`.
         return_probabilities: also return float16 probabilities ``(C, *shape)``.
@@ -213,6 +215,10 @@ def predict(
         from napari_vnet.postprocess import apply_postprocess
 
         labels = apply_postprocess(labels, postprocess, spacing=_input_spacing(ctx, spacing))
+    if postprocess is not False and getattr(card, "postprocess", None):
+        from napari_vnet.postprocess import apply_card_postprocess
+
+        labels = apply_card_postprocess(labels, card.postprocess)
     if labels.shape != in_shape:  # pragma: no cover - guarded by resample_to_spacing(shape=)
         raise RuntimeError(f"internal error: labels {labels.shape} != input {in_shape}")
     stats = {
