@@ -24,10 +24,8 @@ import logging
 import math
 import os
 import re
-import shutil
 import stat
 import struct
-import time
 import zlib
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -789,36 +787,17 @@ class ScanProject:
             self._write()
 
     def _clean_orphans(self) -> None:
-        """Remove temporary files of writes killed half-way (older than an hour)."""
-        now = time.time()
-        for folder in (self.work_dir, self.work_dir / "labels"):
-            try:
-                items = list(os.scandir(folder))
-            except OSError:
-                continue
-            for item in items:
-                subs = [item]
-                if item.is_dir(follow_symlinks=False) and not item.name.startswith("."):
-                    try:
-                        subs = list(os.scandir(item.path))
-                    except OSError:
-                        continue
-                for it in subs:
-                    if not (
-                        it.name.startswith(".")
-                        and (it.name.endswith(".tmp") or it.name.startswith(".napari-vnet-write-"))
-                    ):
-                        continue
-                    try:
-                        if now - it.stat(follow_symlinks=False).st_mtime < _STALE_SECONDS:
-                            continue
-                        if it.is_dir(follow_symlinks=False):
-                            shutil.rmtree(it.path, ignore_errors=True)
-                        else:
-                            os.unlink(it.path)
-                        logger.info("removed an orphan temporary file %s", it.path)
-                    except OSError:
-                        pass
+        """Remove what writes killed half-way left in the work folder and its label
+        folders (see :func:`napari_vnet.io.writing.clean_orphans`)."""
+        from napari_vnet.io.writing import clean_orphans
+
+        clean_orphans(self.work_dir)
+        try:
+            folders = [e.path for e in os.scandir(self.work_dir / "labels") if e.is_dir()]
+        except OSError:
+            folders = []
+        for folder in folders:
+            clean_orphans(Path(folder))
 
     # -- sessions
     def acquire_session(self, who: str = "") -> str | None:

@@ -142,12 +142,17 @@ def test_orphan_temporary_files_are_removed(tmp_path):
     orphan_dir = labels / ".napari-vnet-write-999999999-abc"  # no such process
     orphan_dir.mkdir()
     (orphan_dir / "ct0_liver.nii.gz").write_bytes(b"\0" * 1000)
-    old_tmp = work / f".{PROJECT_FILENAME}.x1.tmp"
+    old_tmp = work / ".napari-vnet-scans.x1y2z3.tmp.json"  # a killed project write
     old_tmp.write_text("{")
-    os.utime(old_tmp, (1, 1))
+    old_label = labels / ".ct0_liver-1a2b3c4d.q9w8e7.tmp.nii.gz"  # a killed label write
+    old_label.write_bytes(b"\0" * 1000)
+    recent = labels / ".ct0_spleen-1a2b3c4d.a1b2c3.tmp.nii.gz"  # maybe being written now
+    recent.write_bytes(b"\0" * 10)
+    for p in (old_tmp, old_label):
+        os.utime(p, (1, 1))
     project = ScanProject(work, tmp_path)  # opening cleans the project's own temp files
     project.save_labels("ct0.nii.gz", "liver", _labels(1))  # a write cleans its folder
-    assert not old_tmp.exists()
+    assert not old_tmp.exists() and not old_label.exists() and recent.exists()
     leftovers = [p for p in (work / "labels").rglob(".napari-vnet-write-*")]
     assert leftovers == [], leftovers
 

@@ -160,14 +160,29 @@ _TEMP_PREFIX = ".napari-vnet-write-"
 _ORPHAN_SECONDS = 3600
 
 
-def _clean_orphans(folder: Path) -> None:
-    """Remove temporary folders of writes killed half-way: their process is gone (the
-    pid is in the name) or they are older than an hour."""
+_TEMP_FILE = re.compile(r"^\..+\.tmp(\.[A-Za-z0-9]+)*$")  # napari_vnet._atomic's names
+
+
+def clean_orphans(folder: Path) -> None:
+    """Remove what writes killed half-way left behind: temporary folders whose process
+    is gone (the pid is in the name) or older than an hour, and hidden temporary files
+    (``.name.XXXX.tmp.nii.gz``) older than an hour."""
     try:
-        items = [e for e in os.scandir(folder) if e.name.startswith(_TEMP_PREFIX)]
+        entries = list(os.scandir(folder))
     except OSError:
         return
     now = time.time()
+    for item in entries:
+        if not item.name.startswith(_TEMP_PREFIX) and _TEMP_FILE.match(item.name):
+            try:
+                if item.is_file(follow_symlinks=False) and (
+                    now - item.stat(follow_symlinks=False).st_mtime > _ORPHAN_SECONDS
+                ):
+                    os.unlink(item.path)
+                    log.info("removed an orphan temporary file %s", item.path)
+            except OSError:
+                pass
+    items = [e for e in entries if e.name.startswith(_TEMP_PREFIX)]
     for item in items:
         pid = item.name[len(_TEMP_PREFIX) :].split("-", 1)[0]
         try:
@@ -263,13 +278,53 @@ def _disk_message(exc: OSError) -> str:
 
 
 def _atomic_write(image, path: Path, compress: bool) -> None:
-    """Write into a temporary folder beside ``path``, check the result, then move the
-    files into place (the old file stays until a complete new one replaces it)."""
+    """Write to a temporary file beside ``path`` (:func:`napari_vnet._atomic.atomic_write`),
+    check it with :func:`verify_written` before the rename, so the old file stays until a
+    complete new one replaces it. ``.mhd`` (header + data file) goes through a temporary
+    folder instead (:func:`_atomic_write_pair`)."""
+    import SimpleITK as sitk
+
+    from napari_vnet._atomic import atomic_write
+    from napari_vnet.io.paths import itk_name
+
+    clean_orphans(path.parent)
+    if write_extension(path) == ".mhd":
+        return _atomic_write_pair(image, path, compress)
+
+    def write(tmp: Path) -> None:
+        with itk_name(tmp) as name:  # an ASCII alias when the name is not UTF-8
+            sitk.WriteImage(image, name, useCompression=compress)
+
+    try:
+        atomic_write(
+            path, write, verify=lambda tmp: verify_written(tmp, image, shown=path), mkdir=False
+        )
+    except RuntimeError as exc:
+        raise _itk_write_error(exc, path, image) from exc
+    except OSError as exc:  # e.g. the disk filled up, or the file is read-only
+        if exc.filename and Path(os.fsdecode(exc.filename)).parent == path.parent and (
+            exc.errno in (errno.EACCES, errno.EROFS, errno.EPERM)
+        ):
+            raise VolumeWriteError(
+                path, f"the folder {path.parent} is not writable ({_disk_message(exc)})"
+            ) from exc
+        raise VolumeWriteError(path, _disk_message(exc)) from exc
+
+
+def _itk_write_error(exc: RuntimeError, path: Path, image) -> VolumeWriteError:
+    reason = str(exc).strip().splitlines()[-1]
+    if "space" in reason.lower() or _disk_nearly_full(path.parent, _expected_bytes(image)):
+        reason += "; the disk may be full. The previous file (if any) is kept"
+    return VolumeWriteError(path, reason)
+
+
+def _atomic_write_pair(image, path: Path, compress: bool) -> None:
+    """``.mhd`` + ``.raw``: written into a temporary folder beside ``path``, checked, then
+    moved into place (data file first, header last)."""
     import SimpleITK as sitk
 
     from napari_vnet.io.paths import itk_safe, itk_write_name
 
-    _clean_orphans(path.parent)
     try:
         tmpdir = Path(
             tempfile.mkdtemp(prefix=f"{_TEMP_PREFIX}{os.getpid()}-", dir=path.parent)
@@ -294,10 +349,7 @@ def _atomic_write(image, path: Path, compress: bool) -> None:
                 os.replace(produced, path.parent / produced.name)
         os.replace(target, path)  # ... then the header, so a reader never sees half a pair
     except RuntimeError as exc:
-        reason = str(exc).strip().splitlines()[-1]
-        if "space" in reason.lower() or _disk_nearly_full(path.parent, _expected_bytes(image)):
-            reason += "; the disk may be full. The previous file (if any) is kept"
-        raise VolumeWriteError(path, reason) from exc
+        raise _itk_write_error(exc, path, image) from exc
     except OSError as exc:  # e.g. the disk filled up, or the file is read-only
         raise VolumeWriteError(path, _disk_message(exc)) from exc
     finally:
