@@ -123,6 +123,8 @@ def _bundle_transforms(card: ModelCard) -> list[dict[str, Any]]:
     pre = card.preprocessing or {}
     if pre.get("kind") == "monai_bundle":
         steps = pre.get("transforms", [])
+    elif pre.get("kind") not in (None, "array_order"):
+        raise ExportError(f"preprocessing {pre.get('kind')!r} has no MONAI bundle equivalent")
     else:
         # our engine feeds the stored (x, y, z) voxel order (no reorientation), so the
         # bundle does too: no Orientationd, only the card's spacing and intensities
@@ -161,9 +163,7 @@ def export_monai_bundle(
                    "out_channels": card.out_channels, **card.arch_kwargs.get("network_kwargs", {})}  # fmt: skip
     network_def.setdefault("spatial_dims", 3)
     sw = card.sliding_window or {}
-    roi = list(card.patch_size)
-    if sw.get("transpose") and not (card.preprocessing or {}).get("kind"):
-        roi = [roi[i] for i in sw["transpose"]]
+    roi = list(card.patch_size)  # a MONAI card's patch is in MONAI's (x, y, z) order
     inference = {
         "network_def": network_def,
         "preprocessing": {

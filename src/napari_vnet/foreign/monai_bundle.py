@@ -6,8 +6,9 @@ networks (``VNet``, ``UNet``, ``BasicUNet``, ``DynUNet``...) saved with
 has, so the user gives the card (``napari-vnet import-weights --arch monai.VNet
 --arch-kwargs ... --classes ... --normalization ... --spacing ...``); the result is a
 napari-vnet weights file that rebuilds offline from its card. MONAI pipelines hold
-volumes as ``(x, y, z)`` arrays, so the card says ``sliding_window.transpose = [2, 1, 0]``
-and the engine feeds the network the same axis order it was trained with.
+volumes as ``(x, y, z)`` arrays, so the card's preprocessing is ``{"kind": "array_order",
+"axes": [2, 1, 0]}``: napari-vnet's normalisation and resampling, then the axes reordered,
+so that the network sees the axis order it was trained with.
 
 **Bundle folder** (:func:`load_monai_bundle`): ``configs/metadata.json``,
 ``configs/inference.json`` and ``models/model.pt`` as MONAI's model zoo lays them out.
@@ -114,7 +115,11 @@ def monai_card(
     patch_size: tuple[int, int, int] = (96, 96, 96),
     source: dict[str, Any] | None = None,
 ) -> ModelCard:
-    """The card of a bare MONAI network; ``spacing``/``patch_size`` in (z, y, x)."""
+    """The card of a bare MONAI network; ``spacing``/``patch_size`` given in (z, y, x).
+
+    The network sees volumes in MONAI's ``(x, y, z)`` order: ``preprocessing`` says so
+    (``{"kind": "array_order", "axes": [2, 1, 0]}``: napari-vnet's normalisation and
+    resampling, then the axes reordered) and ``patch_size`` is stored in that order."""
     if name.startswith("monai."):
         name = name[len("monai.") :]
     if name not in MONAI_NETWORKS:
@@ -126,9 +131,9 @@ def monai_card(
         in_channels=int(in_channels),
         normalization=dict(normalization or {"kind": "zscore"}),
         spacing=None if spacing is None else tuple(float(s) for s in spacing),
-        patch_size=tuple(int(p) for p in patch_size),
+        patch_size=tuple(int(patch_size[a]) for a in XYZ),
         source=dict(source or {"format": "monai"}),
-        sliding_window={"transpose": XYZ},
+        preprocessing={"kind": "array_order", "axes": list(XYZ)},
     )
 
 
@@ -281,6 +286,39 @@ def load_monai_bundle(path: str | os.PathLike) -> tuple[MonaiNetwork, ModelCard]
     return net, card
 
 
+def _array_order_class():
+    from napari_vnet.inference.preprocess import CardPreprocessing
+
+    class ArrayOrderPreprocessing(CardPreprocessing):
+        """napari-vnet's normalisation and resampling (``card.normalization``,
+        ``card.spacing``), then the axes put in the network's order (MONAI: x, y, z);
+        the way back reverses the order first."""
+
+        def __init__(self, card: ModelCard) -> None:
+            super().__init__(card)
+            self.axes = [int(a) for a in card.preprocessing.get("axes", XYZ)]
+            if sorted(self.axes) != [0, 1, 2]:
+                raise ValueError(f"array_order axes must be a permutation of 0, 1, 2: {self.axes}")
+            self.back = [int(a) for a in np.argsort(self.axes)]
+
+        def preprocess(self, channels, spacing, geometry=None):
+            vol, ctx = super().preprocess(channels, spacing)
+            return np.ascontiguousarray(vol.transpose(0, *[a + 1 for a in self.axes])), ctx
+
+        def restore(self, ctx, *, labels, probabilities=None, scores=None):
+            labels = labels.transpose(self.back)
+            if probabilities is not None:
+                probabilities = probabilities.transpose(0, *[a + 1 for a in self.back])
+            return super().restore(ctx, labels=labels, probabilities=probabilities)
+
+    return ArrayOrderPreprocessing
+
+
+def array_order_preprocessing(card: ModelCard):
+    """The preprocessing of a card with ``{"kind": "array_order", ...}``."""
+    return _array_order_class()(card)
+
+
 @dataclass
 class BundleContext:
     tensor: Any  # the preprocessed MetaTensor (holds the applied operations)
@@ -300,6 +338,8 @@ def _affine_ras(spacing, origin, direction) -> np.ndarray:
 
 class MonaiBundlePreprocessing:
     """A bundle's preprocessing with MONAI's array transforms, and its inverse."""
+
+    wants_geometry = True  # Orientationd/Spacingd work on the volume's world affine
 
     def __init__(self, card: ModelCard) -> None:
         require("monai", "monai", "MONAI bundles")

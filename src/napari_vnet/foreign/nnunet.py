@@ -372,6 +372,27 @@ class NnUNetContext:
     properties: dict[str, Any]
     network_shape: tuple[int, int, int]
     needs_resampling: bool
+    pad_before: tuple[int, int, int] = (0, 0, 0)
+    nonfinite_replaced: int = 0
+    resampled: bool = False
+
+
+def _finite(channels: np.ndarray) -> tuple[np.ndarray, int]:
+    """NaN/-inf -> the smallest finite value, +inf -> the largest (per channel)."""
+    channels = np.asarray(channels)
+    if channels.dtype.kind not in "fc":
+        return channels, 0
+    ok = np.isfinite(channels)
+    bad = int(ok.size - np.count_nonzero(ok))
+    if not bad:
+        return channels, 0
+    out = np.array(channels, dtype=np.float32)
+    for c in range(out.shape[0]):
+        good = ok[c]
+        lo, hi = (float(out[c][good].min()), float(out[c][good].max())) if good.any() else (0, 0)
+        out[c] = np.where(np.isposinf(out[c]), hi, np.where(good, out[c], lo))
+    log.warning("replaced %d non-finite voxels before nnU-Net's preprocessing", bad)
+    return out, bad
 
 
 class NnUNetPreprocessing:
@@ -400,14 +421,28 @@ class NnUNetPreprocessing:
         if spacing is None:  # no geometry: take the image as already at the target spacing
             back = self.plans_manager.transpose_backward
             spacing = tuple(float(self.config.spacing[i]) for i in back)
+        channels, n_bad = _finite(channels)
         props: dict[str, Any] = {"spacing": [float(s) for s in spacing]}
         data, _, props = DefaultPreprocessor(verbose=False).run_case_npy(
-            np.asarray(channels), None, props, self.plans_manager, self.config, self.dataset_json
+            channels, None, props, self.plans_manager, self.config, self.dataset_json
         )
         data = np.ascontiguousarray(data, dtype=np.float32)
         net_shape = tuple(int(s) for s in data.shape[1:])
         cropped = tuple(int(s) for s in props["shape_after_cropping_and_before_resampling"])
-        ctx = NnUNetContext(props, net_shape, needs_resampling=net_shape != cropped)
+        # an image smaller than a window: zeros split evenly on both sides (nnU-Net's
+        # pad_nd_image), so that the engine never pads it its own way
+        short = [max(0, p - s) for p, s in zip(self.patch_size, net_shape, strict=True)]
+        before = tuple(q // 2 for q in short)
+        if any(short):
+            data = np.pad(data, [(0, 0)] + [(b, q - b) for b, q in zip(before, short, strict=True)])
+        ctx = NnUNetContext(
+            props,
+            net_shape,
+            needs_resampling=net_shape != cropped,
+            pad_before=before,  # type: ignore[arg-type]
+            nonfinite_replaced=n_bad,
+            resampled=net_shape != cropped,
+        )
         return data, ctx
 
     def needs_scores(self, ctx: NnUNetContext) -> bool:
@@ -427,6 +462,11 @@ class NnUNetPreprocessing:
         from acvl_utils.cropping_and_padding.bounding_boxes import insert_crop_into_image
 
         props = ctx.properties
+        keep = tuple(
+            slice(b, b + s) for b, s in zip(ctx.pad_before, ctx.network_shape, strict=True)
+        )
+        labels = None if labels is None else labels[keep]
+        scores = None if scores is None else scores[(slice(None), *keep)]
         if ctx.needs_resampling:
             if scores is None:
                 raise ValueError("resampling back to the input grid needs the blended logits")
@@ -442,8 +482,13 @@ class NnUNetPreprocessing:
         return np.ascontiguousarray(full.transpose(self.plans_manager.transpose_backward))
 
     def _resample_argmax(self, scores: np.ndarray, props: dict[str, Any]) -> np.ndarray:
-        """nnU-Net's probabilities resampling, one class at a time (same result: its
-        resampling treats channels independently), keeping a running arg-max."""
+        """nnU-Net's way back: resample the blended logits with the probabilities'
+        resampling, then arg-max. Done one class at a time (nnU-Net's resampling treats
+        channels independently) with a running arg-max, so no float32 ``C x D x H x W``
+        array is held. ``scores`` are the engine's probabilities, the softmax of the
+        blended logits; their logarithm differs from the logits by one value per voxel,
+        the same for every class, and the resampling is linear with the same weights for
+        every class, so the arg-max after resampling is that of the logits."""
         forward = self.plans_manager.transpose_forward
         target = [props["spacing"][i] for i in forward]
         shape = props["shape_after_cropping_and_before_resampling"]
@@ -451,9 +496,8 @@ class NnUNetPreprocessing:
         best = None
         labels = np.zeros(shape, dtype=np.uint16)
         for c in range(scores.shape[0]):
-            ch = fn(
-                np.asarray(scores[c : c + 1], dtype=np.float32), shape, self.config.spacing, target
-            )[0]
+            log_p = np.log(np.maximum(np.asarray(scores[c : c + 1], np.float32), 1e-7))
+            ch = fn(log_p, shape, self.config.spacing, target)[0]
             ch = np.asarray(ch, dtype=np.float32)
             if best is None:
                 best = ch

@@ -70,13 +70,15 @@ def default_batch_size(device: torch.device, patch: Sequence[int]) -> int:
 class _WindowRunner:
     """The network on a stack of windows: TTA, blend weighting, uniform-window reuse."""
 
-    def __init__(self, vol, model, patch, device, amp_dtype, n_classes, tta, blend, skip_uniform):
+    def __init__(
+        self, vol, model, patch, device, amp_dtype, n_classes, tta, blend, skip_uniform, gauss
+    ):
         self.vol, self.model, self.patch = vol, model, tuple(patch)
         self.device, self.amp_dtype, self.n_classes = device, amp_dtype, n_classes
         self.flips = flip_sets(tta)
         self.blend = blend
         self.skip_uniform = skip_uniform
-        self.gauss = importance_map(patch).to(device)
+        self.gauss = gauss.to(device)
         self.channels_last = device.type == "cpu" and cpu_channels_last()
         self.mem_format = torch.channels_last_3d if self.channels_last else torch.contiguous_format
         # A window whose every voxel holds the same value (air around a body after CT
@@ -165,25 +167,32 @@ def sliding_window(
     return_probabilities: bool = False,
     skip_uniform: bool = True,
     should_stop: Callable[[], bool] | None = None,
+    style: dict | None = None,
 ) -> Iterator[tuple[int, int]]:
     """Run ``model`` over ``vol`` ``(C, z, y, x)`` (at least one ``patch`` per axis).
 
     Yields ``(done, total)`` windows after every batch; returns an :class:`EngineResult`.
     ``lut`` maps channel indices to label values. The model is moved to ``device`` in
     place, run under ``torch.inference_mode`` in eval mode, and its mode restored.
+    ``style`` (a card's ``sliding_window``) picks the window positions (``steps``) and
+    the weight map (``center``, ``mode``) of the weights' producer, e.g. nnU-Net's.
     """
+    style = style or {}
     patch = tuple(int(p) for p in patch)
     grid_shape = tuple(int(s) for s in vol.shape[1:])
     if blend not in ("softmax", "logits"):
         raise ValueError(f"blend must be 'softmax' or 'logits', got {blend!r}")
-    windows = window_grid(grid_shape, patch, overlap)
+    windows = window_grid(grid_shape, patch, overlap, steps=str(style.get("steps", "fixed")))
     n_win = len(windows)
     bs = int(batch_size) if batch_size else default_batch_size(device, patch)
     bs = max(1, min(bs, n_win))
     z_of = [w[0] for w in windows]
     depth = patch[0] + max(z_of[min(i + bs, n_win) - 1] - z_of[i] for i in range(n_win))
     n_classes = len(lut)
-    weights = importance_map(patch) if return_probabilities else None
+    gauss = importance_map(
+        patch, center=str(style.get("center", "mid")), mode=str(style.get("mode", "gaussian"))
+    )
+    weights = gauss if return_probabilities else None
     stitch_args = (n_classes, grid_shape, depth)
     stitch_kw = dict(lut=lut, label_dtype=lut.dtype, weights=weights, blend=blend)
     try:
@@ -194,7 +203,7 @@ def sliding_window(
         log.warning("no room for the stitching slab on %s; stitching on the CPU", device)
         stitcher = ZStitcher(*stitch_args, device=torch.device("cpu"), **stitch_kw)
     runner = _WindowRunner(
-        vol, model, patch, device, amp_dtype, n_classes, tta, blend, skip_uniform
+        vol, model, patch, device, amp_dtype, n_classes, tta, blend, skip_uniform, gauss
     )
     stop = should_stop or (lambda: False)
 

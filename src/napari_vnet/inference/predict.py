@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -157,7 +158,9 @@ def predict(
             such a window's output does not depend on where it lies.
     """
     t0 = time.perf_counter()
+    geometry = None
     if isinstance(image, Volume):
+        geometry = image
         spacing = image.spacing if spacing is None else spacing
         image = image.array
     channels = _check_image(np.asarray(image), card, overlap, batch_size)
@@ -168,7 +171,10 @@ def predict(
 
     # ---- 1. preprocess (the card says how), pad to at least one window
     pre = preprocessing_for(card)
-    vol, ctx = pre.preprocess(channels, spacing)
+    if getattr(pre, "wants_geometry", False):  # e.g. a MONAI bundle's Orientationd
+        vol, ctx = pre.preprocess(channels, spacing, geometry=geometry)
+    else:
+        vol, ctx = pre.preprocess(channels, spacing)
     del channels
     work_shape = tuple(int(s) for s in vol.shape[1:])
     if stop():
@@ -186,10 +192,15 @@ def predict(
     values = card.label_values
     lut = np.asarray(values, dtype=np.uint8 if max(values) <= 255 else np.uint16)
     needs_scores = pre.needs_scores(ctx)
+    style = dict(getattr(card, "sliding_window", None) or {})
+    if tta is True and style.get("mirror_axes") is not None:  # the producer's own axes
+        axes = [int(a) for a in style["mirror_axes"]]
+        tta = [c for r in range(len(axes) + 1) for c in itertools.combinations(axes, r)]
     engine = sliding_window(
         vol, model, patch, lut, overlap=overlap, device=dev, amp_dtype=amp_dtype,
         batch_size=batch_size, tta=tta, blend=blend_for(card), skip_uniform=skip_uniform,
         return_probabilities=return_probabilities or needs_scores, should_stop=stop,
+        style=style,
     )  # fmt: skip
     while True:
         try:

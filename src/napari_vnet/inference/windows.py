@@ -1,7 +1,8 @@
 """Where the windows go and how their outputs are merged (no torch model here).
 
 * :func:`sliding_window_starts` / :func:`window_grid`: MONAI's window positions, so the
-  two engines can be compared window for window;
+  two engines can be compared window for window (``steps="even"``: nnU-Net's positions,
+  :func:`even_window_starts`);
 * :func:`pad_to_window`: how a window larger than the image is filled (high end, image
   minimum) - training pads alike;
 * :func:`importance_map`: the Gaussian weight of a window (MONAI's / nnU-Net's sigma);
@@ -29,6 +30,7 @@ __all__ = [
     "flip_sets",
     "importance_map",
     "pad_to_window",
+    "even_window_starts",
     "sliding_window_starts",
     "window_grid",
 ]
@@ -48,11 +50,24 @@ def sliding_window_starts(length: int, patch: int, overlap: float) -> list[int]:
     return [min(i * step, length - patch) for i in range(n)]
 
 
+def even_window_starts(length: int, patch: int, overlap: float) -> list[int]:
+    """Start indices of windows covering ``length``, spread evenly: as many windows as a
+    step of ``patch * (1 - overlap)`` needs, the actual step rounded per window - the
+    positions of nnU-Net's ``compute_steps_for_sliding_window`` (tile step ``1 - overlap``)."""
+    if length <= patch:
+        return [0]
+    n = math.ceil((length - patch) / (patch * (1.0 - overlap))) + 1
+    step = (length - patch) / (n - 1)
+    return [int(np.round(step * i)) for i in range(n)]
+
+
 def window_grid(
-    shape: Sequence[int], patch: Sequence[int], overlap: float
+    shape: Sequence[int], patch: Sequence[int], overlap: float, steps: str = "fixed"
 ) -> list[tuple[int, int, int]]:
-    """All window starts ``(z, y, x)`` in z-major order (the stitching slab rolls along z)."""
-    axes = [sliding_window_starts(s, p, overlap) for s, p in zip(shape, patch, strict=True)]
+    """All window starts ``(z, y, x)`` in z-major order (the stitching slab rolls along z).
+    ``steps``: "fixed" (MONAI's positions) or "even" (nnU-Net's)."""
+    starts = even_window_starts if steps == "even" else sliding_window_starts
+    axes = [starts(s, p, overlap) for s, p in zip(shape, patch, strict=True)]
     return list(itertools.product(*axes))
 
 
@@ -67,17 +82,27 @@ def pad_to_window(image: np.ndarray, patch: Sequence[int]) -> np.ndarray:
     return np.pad(image, [(0, n) for n in need], constant_values=float(image.min()))
 
 
-def importance_map(patch: Sequence[int]) -> torch.Tensor:
+def importance_map(
+    patch: Sequence[int], *, center: str = "mid", mode: str = "gaussian"
+) -> torch.Tensor:
     """Gaussian importance weights of one window (float32, shape ``patch``).
 
     The product of 1-D Gaussians with sigma = patch / 8 centred on the window, floored at
     ``GAUSSIAN_MIN`` so that no voxel gets zero weight: the same map as MONAI's
     ``compute_importance_map(mode="gaussian", sigma_scale=0.125)`` (and nnU-Net's
-    sigma), so that both engines blend overlapping windows identically."""
+    sigma), so that both engines blend overlapping windows identically.
+    ``center="floor"`` puts the peak on voxel ``size // 2`` as nnU-Net's
+    ``compute_gaussian`` does (MONAI: the middle, ``(size - 1) / 2``);
+    ``mode="constant"``: all ones (MONAI's default ``SlidingWindowInferer``)."""
+    if mode == "constant":
+        return torch.ones(tuple(int(p) for p in patch), dtype=torch.float32)
+    if mode != "gaussian" or center not in ("mid", "floor"):
+        raise ValueError(f"importance map mode/center {mode!r}/{center!r} is not supported")
     profiles = []
     for size in patch:
         sigma = max(size * GAUSSIAN_SIGMA_SCALE, 1e-6)
-        x = np.arange(size, dtype=np.float64) - (size - 1) / 2.0
+        mid = size // 2 if center == "floor" else (size - 1) / 2.0
+        x = np.arange(size, dtype=np.float64) - mid
         profiles.append(np.exp(-0.5 * (x / sigma) ** 2))
     weights = np.multiply.outer(profiles[0], np.multiply.outer(profiles[1], profiles[2]))
     floor = max(float(weights.min()), GAUSSIAN_MIN)

@@ -22,8 +22,12 @@ Weights from other programs (see :mod:`napari_vnet.foreign`) carry three more fi
   and the spacing resampling, e.g. ``{"kind": "nnunet", "plans": {...}, "configuration":
   "3d_fullres", "dataset_json": {...}}`` (everything needed, so the card rebuilds offline);
 * ``sliding_window``: how the producer blends windows, e.g. ``{"blend": "logits",
-  "steps": "even", "center": "floor", "pad": "center", "mirror_axes": [0, 1, 2]}``
-  (nnU-Net); empty for napari-vnet's defaults (softmax blend, MONAI's window grid).
+  "steps": "even", "center": "floor", "mirror_axes": [0, 1, 2]}`` (nnU-Net) or
+  ``{"mode": "constant", "overlap": 0.25}`` (a MONAI bundle's inferer); empty for
+  napari-vnet's defaults (softmax blend, Gaussian, MONAI's window grid).
+
+For foreign cards ``patch_size`` is in the axis order of the network's grid (the
+producer's preprocessing may reorder axes, e.g. MONAI's ``(x, y, z)``).
 """
 
 from __future__ import annotations

@@ -1,0 +1,154 @@
+"""nnU-Net v2 trained-model folders through napari-vnet's engine, against nnU-Net itself.
+
+The folder under tests/data/nnunet was made by nnU-Net's own planner and trainer
+(``scripts/make_nnunet_test_model.py``: 8 synthetic torso phantoms, liver + spine, two
+folds). The oracle is ``nnUNetPredictor`` on the same volume, fp32 on the CPU.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("nnunetv2", reason="needs the [nnunet] extra (nnunetv2)")
+
+from napari_vnet.foreign.nnunet import UnsupportedNnUNetError, load_nnunet_folder  # noqa: E402
+from napari_vnet.inference import predict  # noqa: E402
+from napari_vnet.models import CheckpointError, load_checkpoint, read_card  # noqa: E402
+from napari_vnet.phantoms import make_phantom  # noqa: E402
+
+DATA = Path(__file__).parent / "data" / "nnunet" / "Dataset901_TinyPhantom"
+FOLDER = DATA / "nnUNetTrainer__nnUNetPlans__3d_fullres"
+
+
+def _dice(a: np.ndarray, b: np.ndarray, value: int) -> float:
+    x, y = a == value, b == value
+    return 2.0 * float((x & y).sum()) / max(1, int(x.sum() + y.sum()))
+
+
+def _nnunet_predict(folder: Path, image, mirror: bool, folds=None) -> np.ndarray:
+    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+
+    pred = nnUNetPredictor(
+        tile_step_size=0.5,
+        use_gaussian=True,
+        use_mirroring=mirror,
+        perform_everything_on_device=False,
+        device=torch.device("cpu"),
+        allow_tqdm=False,
+    )
+    pred.initialize_from_trained_model_folder(str(folder), use_folds=folds)
+    data = image.array[None].astype(np.float32)
+    return pred.predict_single_npy_array(data, {"spacing": list(image.spacing)})
+
+
+def test_folder_card_says_where_it_comes_from():
+    card = read_card(DATA)  # the dataset folder holding one trained model is enough
+    assert card.origin() == "nnU-Net v2, Dataset901_TinyPhantom, 3d_fullres, folds 0-1"
+    assert [c.name for c in card.classes] == ["background", "liver", "spine"]
+    assert card.label_values == [0, 1, 2]
+    net, card2 = load_nnunet_folder(FOLDER, folds=["1"])
+    assert card2.origin().endswith("fold 1") and len(net.members) == 1
+    with pytest.raises(CheckpointError, match=r"fold\(s\) 3 not found \(present: 0, 1\)"):
+        load_nnunet_folder(FOLDER, folds=["3"])
+
+
+@pytest.mark.parametrize(
+    ("seed", "shape", "spacing", "mirror"),
+    [
+        # at about the plan's spacing, no mirroring
+        (7, (24, 48, 48), None, False),
+        # thick slices (20 mm vs 4 mm in plane): nnU-Net resamples with separate z,
+        # and back from the logits; mirroring on (its axes from the checkpoint)
+        (9, (10, 40, 44), (20.0, 4.0, 4.0), True),
+    ],
+)
+def test_same_labels_as_nnunet_predictor(seed, shape, spacing, mirror):
+    torch.manual_seed(0)
+    image, _, _ = make_phantom(seed, shape=shape, spacing=spacing)
+    expected = _nnunet_predict(FOLDER, image, mirror)
+    model, card = load_checkpoint(FOLDER)  # both folds, logits averaged
+    result = predict(image, model, card, device="cpu", amp=False, tta=mirror)
+    assert result.labels.shape == expected.shape == image.array.shape
+    assert (expected > 0).sum() > 500  # the model does segment something
+    for value in (1, 2):
+        assert _dice(result.labels, expected, value) >= 0.99, value
+
+
+def test_unsupported_variants_refused_in_one_line(tmp_path):
+    def variant(name: str, edit) -> Path:
+        folder = tmp_path / name / FOLDER.name
+        shutil.copytree(FOLDER, folder)
+        plans = json.loads((folder / "plans.json").read_text())
+        dataset = json.loads((folder / "dataset.json").read_text())
+        edit(plans, dataset)
+        (folder / "plans.json").write_text(json.dumps(plans))
+        (folder / "dataset.json").write_text(json.dumps(dataset))
+        return folder
+
+    def cascade(plans, _):
+        plans["configurations"]["3d_fullres"]["previous_stage"] = "3d_lowres"
+
+    def regions(_, dataset):
+        dataset["labels"] = {"background": 0, "body": [1, 2], "spine": 2}
+        dataset["regions_class_order"] = [1, 2]
+
+    def two_d(plans, _):
+        plans["configurations"]["3d_fullres"]["patch_size"] = [32, 32]
+
+    for name, edit, match in [
+        ("cascade", cascade, r"cascade stage"),
+        ("regions", regions, r"region-based training"),
+        ("2d", two_d, r"is 2D; napari-vnet runs 3D configurations only"),
+    ]:
+        with pytest.raises(UnsupportedNnUNetError, match=match) as info:
+            load_checkpoint(variant(name, edit))
+        assert "\n" not in str(info.value)
+
+
+def test_plans_cannot_import_outside_the_network_packages(tmp_path):
+    folder = tmp_path / FOLDER.name
+    shutil.copytree(FOLDER, folder)
+    plans = json.loads((folder / "plans.json").read_text())
+    plans["configurations"]["3d_fullres"]["architecture"]["arch_kwargs"]["nonlin"] = "os.system"
+    (folder / "plans.json").write_text(json.dumps(plans))
+    with pytest.raises(CheckpointError, match=r"'os.system' is not inside torch.nn; refusing"):
+        load_checkpoint(folder)
+
+
+def test_weights_file_rebuilds_offline_and_exports_back_to_nnunet(tmp_path, capsys):
+    from napari_vnet.cli import main
+    from napari_vnet.models import save_checkpoint
+
+    model, card = load_checkpoint(FOLDER)
+    saved = save_checkpoint(model, card, tmp_path / "tiny-nnunet.pt")
+    model2, card2 = load_checkpoint(saved)  # no folder needed: the card has the plans
+    assert card2.origin() == card.origin() and card2.preprocessing == card.preprocessing
+    x = torch.randn(1, 1, 16, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(model(x), model2(x))
+
+    assert (
+        main(["export-weights", str(saved), str(tmp_path / "results"), "--format", "nnunet"]) == 0
+    )
+    out = tmp_path / "results" / "nnUNetTrainer__nnUNetPlans__3d_fullres"
+    assert capsys.readouterr().out.strip() == str(out)
+    assert sorted(p.name for p in out.iterdir()) == [
+        "dataset.json",
+        "fold_0",
+        "fold_1",
+        "plans.json",
+    ]
+    # nnU-Net's own predictor loads the exported folder and predicts what the original does
+    image, _, _ = make_phantom(7, shape=(24, 48, 48))
+    exported = _nnunet_predict(out, image, mirror=False)
+    original = _nnunet_predict(FOLDER, image, mirror=False)
+    assert np.array_equal(exported, original)
+    # an existing folder is not overwritten by accident
+    assert main(["export-weights", str(saved), str(out), "--format", "nnunet"]) == 1
+    assert "already exists" in capsys.readouterr().err
