@@ -141,7 +141,9 @@ def test_reader_gives_names_and_colours(tmp_path):
 
 def test_shared_labels_open_with_names(make_napari_viewer, shared_data):
     viewer = make_napari_viewer()
-    (lab,) = viewer.open(str(shared_data / "ct-dicom-patient-a" / "labels.nii.gz"), plugin="napari-vnet")
+    (lab,) = viewer.open(
+        str(shared_data / "ct-dicom-patient-a" / "labels.nii.gz"), plugin="napari-vnet"
+    )
     feats = lab.features.set_index("index")["class"]
     assert feats[5] == "liver" and feats[1] == "spleen" and feats[6] == "stomach"
     # the name shows in the status bar when hovering a voxel of that class
@@ -154,7 +156,16 @@ def test_pairing_conventions(tmp_path):
     flat = tmp_path / "flat"
     flat.mkdir()
     files = [
-        flat / n for n in ("p1.nii.gz", "p1_seg.nii.gz", "p2.mha", "p2-label.mha", "p3_seg.nii.gz")
+        flat / n
+        for n in (
+            "p1.nii.gz",
+            "p1_seg.nii.gz",
+            "p2.mha",
+            "p2-label.mha",
+            "p3_seg.nii.gz",
+            "s4.nrrd",
+            "s4.seg.nrrd",
+        )
     ]
     nn = tmp_path / "Dataset001"
     for sub in ("imagesTr", "labelsTr", "imagesTs"):
@@ -175,6 +186,7 @@ def test_pairing_conventions(tmp_path):
     assert pairs == {
         str(flat / "p1_seg.nii.gz"): str(flat / "p1.nii.gz"),
         str(flat / "p2-label.mha"): str(flat / "p2.mha"),
+        str(flat / "s4.seg.nrrd"): str(flat / "s4.nrrd"),
         str(nn / "labelsTr" / "case_001.nii.gz"): str(nn / "imagesTr" / "case_001_0000.nii.gz"),
         str(sep / "labels" / "a.nrrd"): str(sep / "images" / "a.nrrd"),
     }  # p3_seg has no image and orphan.nrrd none either: they stay scans

@@ -309,7 +309,7 @@ def pair_labels_with_images(paths: Iterable[str | Path]) -> dict[str, str]:
     """``{label file: image file}`` for the label files among ``paths``.
 
     A label file is ``<case>_seg`` (also ``-seg``, ``_label(s)``, ``_mask``,
-    ``_segmentation``, ``_gt``) beside ``<case>``, or ``<case>`` in a ``labels``/
+    ``_segmentation``, ``_gt``) or Slicer's ``<case>.seg.nrrd`` beside ``<case>``, or ``<case>`` in a ``labels``/
     ``labelsTr``/``segmentations``/``masks`` folder whose sibling ``images``/``imagesTr``
     holds ``<case>`` or nnU-Net's ``<case>_0000``. Files that match no image stay scans.
     """
@@ -322,9 +322,22 @@ def pair_labels_with_images(paths: Iterable[str | Path]) -> dict[str, str]:
         stem = _stem(p)
         image = None
         m = _LABEL_SUFFIX.match(stem)
-        if m:
-            cand = by_folder_case.get((p.parent, m.group("case")))
-            if cand is not None and cand != p:
+        case = m.group("case") if m else None
+        if p.name.lower().endswith(".seg.nrrd"):  # 3D Slicer: case.seg.nrrd beside case.nrrd
+            case = stem
+        if case is not None:
+            cand = next(
+                (
+                    q
+                    for q in items
+                    if q != p
+                    and q.parent == p.parent
+                    and _case_of_image(q) == case
+                    and not q.name.lower().endswith(".seg.nrrd")
+                ),
+                None,
+            )
+            if cand is not None:
                 image = cand
         if image is None and p.parent.name.lower() in _LABEL_DIRS:
             for sib in p.parent.parent.iterdir() if p.parent.parent.is_dir() else ():
@@ -362,9 +375,7 @@ def label_files_in_folder(folder: str | Path, files: Iterable[str | Path]) -> di
         try:
             for sib in folder.parent.iterdir():
                 if sib.is_dir() and sib.name.lower() in want:
-                    extra += [
-                        p for p in sib.iterdir() if p.name.lower().endswith(_VOLUME_ENDINGS)
-                    ]
+                    extra += [p for p in sib.iterdir() if p.name.lower().endswith(_VOLUME_ENDINGS)]
         except OSError:
             pass
     pairs = pair_labels_with_images([*own, *extra])
