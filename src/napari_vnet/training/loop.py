@@ -23,6 +23,7 @@ import torch
 from napari_vnet.losses import DiceCELoss
 from napari_vnet.models.card import ModelCard
 from napari_vnet.runtime import available_memory, bf16_conv_guard, resolve_amp
+from napari_vnet.training.augment import make_augmenter
 from napari_vnet.training.config import (
     TrainConfig,
     TrainingCancelled,
@@ -32,9 +33,15 @@ from napari_vnet.training.config import (
     resume_path,
 )
 from napari_vnet.training.data import _check_foreground, _split_validation, prepare_cases
+from napari_vnet.training.deep_supervision import (
+    DeepSupervision,
+    DeepSupervisionLoss,
+    supports_deep_supervision,
+)
 from napari_vnet.training.distributed import Distributed, unwrap
 from napari_vnet.training.events import TrainingStep, TrainingSummary
 from napari_vnet.training.plan import TrainingPlan, plan_training
+from napari_vnet.training.postprocess_choice import choose_postprocess
 from napari_vnet.training.sampler import PatchSampler
 from napari_vnet.training.steps import segmentation_step, vox2vox_step
 from napari_vnet.training.transfer import build_networks, load_base
@@ -161,6 +168,7 @@ class _Run:
         self.sampler = PatchSampler(
             self.train_cases, self.patch, foreground_fraction=config.foreground_fraction,
             augment=config.augment, seed=[config.seed, dist.rank, start],
+            augmenter=make_augmenter(self.patch, config),
         )  # fmt: skip
         torch.manual_seed(config.seed + 1000 * dist.rank)
         self._setup_optimisation(plan.from_scratch, resume_state)
@@ -187,6 +195,11 @@ class _Run:
         config, device, model, disc = self.config, self.device, self.model, self.disc
         model.to(device).train()
         self.params = [p for p in model.parameters() if p.requires_grad]
+        # deep supervision: auxiliary heads in a wrapper, trained, never saved
+        self.ds = None
+        if config.deep_supervision and disc is None and supports_deep_supervision(model):
+            self.ds = DeepSupervision(model, self.n_classes).to(device).train()
+            self.params += list(self.ds.heads.parameters())
         base_lr = config.lr if config.lr is not None else (1e-3 if from_scratch else 3e-4)
         # pix2pix / Vox2Vox train both networks with Adam(beta1 = 0.5)
         betas = (0.9, 0.999) if disc is None else (0.5, 0.999)
@@ -216,15 +229,19 @@ class _Run:
             self.ema = resume_state.get("ema")
             base_lr = float(resume_state.get("base_lr", base_lr))
         self.base_lr = base_lr
-        self.train_model, self.train_disc = model, disc
+        self.train_model, self.train_disc = model if self.ds is None else self.ds, disc
         if self.dist.enabled:
             from torch.nn.parallel import DistributedDataParallel as DDP
 
             ids = [device.index] if device.type == "cuda" else None
-            self.train_model = DDP(model, device_ids=ids)
+            self.train_model = DDP(self.train_model, device_ids=ids)
             if disc is not None:
                 self.train_disc = DDP(disc, device_ids=ids)
-        self.criterion = DiceCELoss(config.dice_weight, config.ce_weight)
+        self.criterion = DiceCELoss(
+            config.dice_weight, config.ce_weight, batch_dice=config.batch_dice
+        )
+        if self.ds is not None:
+            self.criterion = DeepSupervisionLoss(self.criterion, self.ds.weights)
 
     # ------------------------------------------------------------------ checkpoints
 
@@ -312,6 +329,28 @@ class _Run:
             self.d_optimizer, self.scaler, self.d_scaler, self.amp_dtype, device, self.config,
             self.params, self.n_classes,
         )  # fmt: skip
+
+    def choose_postprocess(self) -> None:
+        """Post-processing chosen on the validation cases with the best weights, written
+        into the best checkpoint's card (:mod:`~.postprocess_choice`)."""
+        if self.config.postprocess != "auto" or not self.val_cases or not self.out.exists():
+            return
+        from napari_vnet.models import load_checkpoint, load_checkpoint_state
+
+        model, card = load_checkpoint(self.out, map_location="cpu")
+        model.to(self.device).eval()
+        choice = choose_postprocess(
+            model, self.val_cases, self.patch, self.device, self.amp_dtype, card.classes
+        )
+        card.postprocess = choice
+        self.card.postprocess = choice
+        extra = load_checkpoint_state(self.out).get("extra")
+        disc = None
+        if self.disc is not None:
+            from napari_vnet.models import load_discriminator
+
+            disc = load_discriminator(self.out, map_location="cpu")
+        _save(model, card, self.out, disc, extra)
 
     def summary(self, it, seconds, last_loss, cancelled) -> TrainingSummary:
         return TrainingSummary(
@@ -425,6 +464,8 @@ def _loop(run: _Run, progress, should_stop):
     # normal end (all iterations, time budget, or should_stop)
     if it > run.start_it and (run.last_eval_it != it or not run.best_written):
         run.evaluate(it, seconds, run.ema)  # the run ended between evaluation points
+    if dist.is_main and not cancelled and it > run.start_it:
+        run.choose_postprocess()
     if dist.is_main and not cancelled and not config.keep_resume and run.rpath.exists():
         run.rpath.unlink()
     return run.summary(it, seconds, last_loss, cancelled)
