@@ -43,12 +43,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )  # fmt: skip
     data.add_argument(
         "--spacing", type=float, nargs=3, metavar=("Z", "Y", "X"),
-        help="training voxel spacing in mm (default: the base model's, else the first image's)",
+        help="training voxel spacing in mm (default: the base model's, else the images' "
+        "median spacing)",
     )  # fmt: skip
     data.add_argument(
         "--normalization", metavar="KIND[:LOW:HIGH]",
         help="intensity normalisation: zscore, window:-200:300 (CT HU), percentile:0.5:99.5, "
-        "none, or a JSON object (default: the base model's, else zscore)",
+        "none, or a JSON object (default: the base model's, else planned from the data: CT "
+        "gets the training foreground's 0.5/99.5 percentiles, mean and std, other data zscore)",
     )  # fmt: skip
     data.add_argument(
         "--val-fraction", type=float, default=0.0, metavar="F",
@@ -109,6 +111,43 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     run_.add_argument(
         "--overwrite", action="store_true",
         help="replace an existing --out file (never the base --weights themselves)",
+    )  # fmt: skip
+    recipe = parser.add_argument_group("recipe (nnU-Net's defaults; each can be switched off)")
+    recipe.add_argument(
+        "--no-intensity-stats", action="store_true",
+        help="from scratch: z-score per volume instead of CT foreground statistics",
+    )  # fmt: skip
+    recipe.add_argument(
+        "--no-plan-spacing", action="store_true",
+        help="from scratch: the first image's spacing instead of the median spacing",
+    )  # fmt: skip
+    recipe.add_argument(
+        "--patch-memory", type=float, default=256.0, metavar="MB",
+        help="from scratch without --patch-size: plan the patch from the data's median shape "
+        "to fit this activation memory per batch (default 256; 0: the fixed default patch)",
+    )  # fmt: skip
+    recipe.add_argument(
+        "--no-spatial-aug", action="store_true", help="no rotation/scaling augmentation"
+    )
+    recipe.add_argument(
+        "--elastic", action="store_true", help="add elastic deformation (slow on a CPU)"
+    )
+    recipe.add_argument(
+        "--no-intensity-aug", action="store_true",
+        help="no gamma/brightness/contrast/noise/blur/low-resolution augmentation",
+    )  # fmt: skip
+    recipe.add_argument("--no-mirror", action="store_true", help="no mirroring augmentation")
+    recipe.add_argument(
+        "--no-deep-supervision", action="store_true",
+        help="no auxiliary decoder losses (U-Net, V-Net)",
+    )  # fmt: skip
+    recipe.add_argument(
+        "--no-batch-dice", action="store_true", help="Dice per patch instead of over the batch"
+    )
+    recipe.add_argument(
+        "--postprocess", choices=("auto", "none"), default="auto",
+        help="auto: keep each class's largest component when it raises the validation Dice "
+        "(needs --val-fraction); recorded in the card and applied by predict",
     )  # fmt: skip
     data.add_argument(
         "--class-names", metavar="V=NAME,...",
@@ -258,6 +297,16 @@ def run(args: argparse.Namespace) -> int:
         normalization=normalization,
         ignore_index=args.ignore_index,
         augment=not args.no_augment,
+        intensity_from_data=not args.no_intensity_stats,
+        plan_spacing=not args.no_plan_spacing,
+        patch_memory_mb=args.patch_memory or None,
+        augment_spatial=not args.no_spatial_aug,
+        augment_elastic=args.elastic,
+        augment_intensity=not args.no_intensity_aug,
+        augment_mirror=not args.no_mirror,
+        deep_supervision=not args.no_deep_supervision,
+        batch_dice=not args.no_batch_dice,
+        postprocess=args.postprocess,
         val_fraction=args.val_fraction,
         seed=args.seed,
         device=args.device,
