@@ -323,6 +323,8 @@ def array_order_preprocessing(card: ModelCard):
 class BundleContext:
     tensor: Any  # the preprocessed MetaTensor (holds the applied operations)
     transforms: Any  # the MONAI Compose to invert
+    pad_before: tuple[int, int, int] = (0, 0, 0)
+    shape: tuple[int, int, int] = (0, 0, 0)  # the preprocessed grid, before padding
 
 
 def _affine_ras(spacing, origin, direction) -> np.ndarray:
@@ -369,7 +371,15 @@ class MonaiBundlePreprocessing:
         )
         out = self.compose(t)
         data = out.detach().cpu().numpy().astype(np.float32, copy=False)
-        return np.ascontiguousarray(data), BundleContext(out, self.compose)
+        shape = tuple(int(s) for s in data.shape[1:])
+        # smaller than a window: zeros split evenly on both sides, as MONAI's
+        # sliding_window_inference pads (never the engine's own way)
+        short = [max(0, p - s) for p, s in zip(self.patch_size, shape, strict=True)]
+        before = tuple(q // 2 for q in short)
+        if any(short):
+            data = np.pad(data, [(0, 0)] + [(b, q - b) for b, q in zip(before, short, strict=True)])
+        ctx = BundleContext(out, self.compose, before, shape)  # type: ignore[arg-type]
+        return np.ascontiguousarray(data), ctx
 
     def needs_scores(self, ctx: BundleContext) -> bool:
         return True  # the inverse resamples probabilities, then arg-max
@@ -382,6 +392,8 @@ class MonaiBundlePreprocessing:
 
         if scores is None:
             raise ValueError("inverting a bundle's preprocessing needs the probabilities")
+        keep = tuple(slice(b, b + s) for b, s in zip(ctx.pad_before, ctx.shape, strict=True))
+        scores = np.asarray(scores)[(slice(None), *keep)]
         pred = MetaTensor(
             torch.from_numpy(np.asarray(scores, np.float32)), affine=ctx.tensor.affine
         )
