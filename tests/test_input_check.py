@@ -123,3 +123,20 @@ def test_segment_dock_shows_mismatch_and_demo_note(make_napari_viewer, qtbot, sh
     widget.set_image_layer(ct)
     assert "Hounsfield" not in widget.check_note.text()
     assert "synthetic" in widget.check_note.text()  # the demo note stays before Run
+
+
+def test_predict_folder_warns_per_case(shared_data, tmp_path, caplog):
+    import shutil
+
+    from napari_vnet.cli import main
+
+    scans = tmp_path / "scans"
+    scans.mkdir()
+    shutil.copy(shared_data / "mr" / "mr_small.nii.gz", scans / "mr_small.nii.gz")
+    rc = main(
+        ["predict", str(scans), "--weights", "unet3d-phantom", "--out", str(tmp_path / "out")]
+    )
+    # logged as warnings (stderr in a terminal; pytest's log capture here)
+    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert rc == 0 and any("Hounsfield" in m and "mr_small.nii.gz" in m for m in warned)
+    assert list((tmp_path / "out").glob("mr_small*"))

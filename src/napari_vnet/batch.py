@@ -689,6 +689,27 @@ def _failed(case: Case, exc: BaseException | str, rank: int, t0: float | None = 
     )
 
 
+def _check_case(case: Case, vol, card) -> str | None:
+    """Model/image mismatches (napari_vnet.input_check) as warnings in the log; the
+    refusal text when the model cannot take this image (channel count), else None."""
+    from napari_vnet.input_check import check_input, value_sample
+
+    n = len(vol.spacing)
+    issues = check_input(
+        card,
+        shape=tuple(vol.array.shape[:n]),
+        spacing=tuple(vol.spacing),
+        values=value_sample(vol.array),
+        channels=int(vol.array.shape[-1]) if vol.array.ndim > n else 1,
+        modality=str(vol.metadata.get("modality", "")),
+    )
+    for issue in issues:
+        if not issue.refuses:
+            log.warning("%s: %s", case.path, issue.text)
+    refusals = [i.text for i in issues if i.refuses]
+    return "; ".join(refusals) or None
+
+
 def predict_cases(
     cases: Sequence[Case],
     model,
@@ -782,6 +803,10 @@ def predict_cases(
                 yield _failed(case, exc, rank, t0)
                 continue
             log.info("read %s (%s) in %.2f s", case.path, vol.shape, t_read)
+            refused = _check_case(case, vol, card)
+            if refused:
+                yield _failed(case, refused, rank, t0)
+                continue
             if on_start is not None:
                 on_start(case, i, len(todo))
             try:
