@@ -214,18 +214,31 @@ class Augmenter:
         self.transform = ComposeTransforms(ts)
 
     def __call__(
-        self, image: np.ndarray, target: np.ndarray
+        self, image: np.ndarray, target: np.ndarray, seed: int | None = None
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """``crop_size`` image and target (IGNORE = unknown) -> ``patch``-sized image,
-        target (IGNORE -> 0) and mask of known labels."""
+        target (IGNORE -> 0) and mask of known labels. ``seed``: batchgeneratorsv2 draws
+        from numpy's and torch's global generators; with a seed they are seeded for this
+        call and restored after it (runs repeat exactly, other users are not disturbed)."""
         import torch
 
         if tuple(image.shape) != self.crop_size:
             raise ValueError(f"expected a {self.crop_size} crop, got {image.shape}")
-        out = self.transform(
+        data = dict(
             image=torch.from_numpy(np.ascontiguousarray(image, np.float32))[None],
             segmentation=torch.from_numpy(np.ascontiguousarray(target, np.uint8))[None],
         )
+        if seed is None:
+            out = self.transform(**data)
+        else:
+            state = np.random.get_state()
+            try:
+                np.random.seed(int(seed) % 2**32)
+                with torch.random.fork_rng(devices=[]):
+                    torch.manual_seed(int(seed))
+                    out = self.transform(**data)
+            finally:
+                np.random.set_state(state)
         img = out["image"][0]
         tgt = out["segmentation"][0]
         if tuple(img.shape) != self.patch:  # no spatial transform: centre crop

@@ -109,7 +109,7 @@ class PatchSampler:
                     case.image, case.target, case.mask, center, self.augmenter.crop_size,
                     self._fill[index],
                 )  # fmt: skip
-                img, tgt, msk = self.augmenter(img, tgt)
+                img, tgt, msk = self.augmenter(img, tgt, seed=int(self.rng.integers(2**31)))
                 any_mask = True
                 imgs.append(img)
                 tgts.append(tgt)
