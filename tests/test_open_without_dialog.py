@@ -187,3 +187,28 @@ def test_dialog_choice_of_napari_vnet_sets_preferences(make_napari_viewer, tmp_p
     assert get_settings().plugins.extension2reader["*.nii.gz"] == PLUGIN_NAME
     (b,) = _open_like_file_menu(viewer, tmp_path / "b.nii.gz")
     assert b.source.reader_plugin == PLUGIN_NAME
+
+
+def test_cli_sets_and_removes_preferences_before_napari_starts(tmp_path):
+    """`napari-vnet napari-readers` in a fresh napari configuration (a subprocess)."""
+    import subprocess
+    import sys
+
+    env = dict(os.environ, NAPARI_CONFIG=str(tmp_path / "settings.yaml"))
+    env.pop("DISPLAY", None)  # no window needed
+
+    def run(*args):
+        return subprocess.run(
+            [sys.executable, "-m", "napari_vnet.cli", "napari-readers", *args],
+            capture_output=True, text=True, timeout=300, env=env,
+        )  # fmt: skip
+
+    first = run()
+    assert first.returncode == 0, first.stderr
+    assert "*.nii.gz" in first.stdout
+    saved = (tmp_path / "settings.yaml").read_text()
+    assert "'*.nii.gz': napari-vnet" in saved or "*.nii.gz: napari-vnet" in saved
+    assert "(already set)" in run().stdout
+    removed = run("--remove")
+    assert removed.returncode == 0 and "removed" in removed.stdout
+    assert "napari-vnet" not in (tmp_path / "settings.yaml").read_text()

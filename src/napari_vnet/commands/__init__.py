@@ -16,4 +16,5 @@ COMMANDS = {
     "import-weights": "import_weights",
     "export-weights": "export_weights",
     "demo": "demo",
+    "napari-readers": "napari_readers",
 }
