@@ -254,6 +254,9 @@ def _read_medical(path) -> list[tuple[Any, dict, str]]:
     if not has_volume_extension(p) and is_dicom_file(p):
         s = find_series_of_file(p)
         if s is None:
-            raise VolumeReadError(p, "not a readable DICOM image file")
+            from napari_vnet.io.dicom import dicom_length_problem
+
+            problem = dicom_length_problem(p) or "not a readable DICOM image file"
+            raise VolumeReadError(p, problem)
         return volume_layer_data(read_dicom_series(s), s.name)
     return volume_layer_data(read_volume(p), split_extension(p)[0])

@@ -1,8 +1,12 @@
 """Fuzz the napari reader entry point with mutated headers of real files (hypothesis).
 
-Run by ``test_robust_fuzz.py`` in a child process whose address space is limited
-(``RLIMIT_AS``), so a header that talks the reader into a huge allocation fails there
-as a MemoryError finding instead of filling a shared machine. Standalone::
+Run by ``test_robust_fuzz.py`` in a child process, twice: once with its address space
+limited (``RLIMIT_AS``, 3 GB), so a header that talks the reader into a huge allocation
+fails there as a MemoryError finding instead of filling a shared machine; and once
+without that cap (``NAPARI_VNET_FUZZ_CAP=0``), where the reader's own memory guard
+(``NAPARI_VNET_MEMORY_LIMIT``) must refuse big headers before allocating and the
+process's peak memory (``ru_maxrss``) is checked after every example, so an allocation
+the cap would have turned into an ordinary error is seen. Standalone::
 
     python tests/robustness/fuzz_reader.py WORKDIR [SECONDS] [SHARED_DATA]
 
@@ -16,6 +20,7 @@ Prints one summary line ``fuzz: N examples, ...``; exit status 0 when nothing fa
 from __future__ import annotations
 
 import gzip
+import os
 import resource
 import shutil
 import sys
@@ -24,13 +29,18 @@ from collections import Counter
 from pathlib import Path
 
 MEMORY_LIMIT = 3 * 1024**3
+#: Without the cap: the most the process may have held at any time (the examples are
+#: 6 x 10 x 12 volumes; the guard refuses headers above NAPARI_VNET_MEMORY_LIMIT).
+PEAK_LIMIT_MIB = float(os.environ.get("NAPARI_VNET_FUZZ_PEAK_MIB", "1536"))
 
 
 def main(argv: list[str]) -> int:
     workdir = Path(argv[1])
     seconds = float(argv[2]) if len(argv) > 2 else 40.0
     shared = Path(argv[3]) if len(argv) > 3 and argv[3] else None
-    resource.setrlimit(resource.RLIMIT_AS, (MEMORY_LIMIT, MEMORY_LIMIT))
+    capped = os.environ.get("NAPARI_VNET_FUZZ_CAP", "1") != "0"
+    if capped:
+        resource.setrlimit(resource.RLIMIT_AS, (MEMORY_LIMIT, MEMORY_LIMIT))
 
     import numpy as np
     import SimpleITK as sitk
@@ -133,6 +143,7 @@ def main(argv: list[str]) -> int:
         except VolumeReadError as exc:
             assert str(target) in str(exc) or path.name in str(exc), str(exc)
             outcomes["VolumeReadError"] += 1
+            check_peak(kind, edits, cut)
             return
         except Exception as exc:
             failures.append(f"{type(exc).__name__}: {exc} for {kind} {edits} cut={cut}")
@@ -142,13 +153,25 @@ def main(argv: list[str]) -> int:
             assert layer_type in ("image", "labels")
             assert np.asarray(array).size >= 1 and "scale" in kwargs
         outcomes["read"] += 1
+        check_peak(kind, edits, cut)
+
+    def check_peak(kind, edits, cut):
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        if not capped and peak > PEAK_LIMIT_MIB:
+            failures.append(
+                f"peak memory {peak:.0f} MiB (> {PEAK_LIMIT_MIB:.0f}) after {kind} {edits} "
+                f"cut={cut}"
+            )
+            raise AssertionError(failures[-1])
 
     try:
         one()
     finally:
         print(
             f"fuzz: {sum(outcomes.values())} examples in {time.monotonic() - start:.0f} s, "
-            f"outcomes {dict(outcomes)}, kinds {kinds}"
+            f"outcomes {dict(outcomes)}, kinds {kinds}, "
+            f"{'capped at 3 GB' if capped else 'no address-space cap'}, peak "
+            f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB"
         )
         for f in failures[:5]:
             print("FAILURE", f)

@@ -17,8 +17,15 @@ SECONDS = float(os.environ.get("NAPARI_VNET_FUZZ_SECONDS", "30"))
 
 
 @pytest.mark.slow
-def test_fuzz_reader_with_mutated_headers(tmp_path, request):
+@pytest.mark.parametrize("capped", [True, False], ids=["3GB-cap", "no-cap"])
+def test_fuzz_reader_with_mutated_headers(tmp_path, request, capped):
+    """Capped: a huge allocation fails as a finding. Uncapped: the reader's memory guard
+    (told 1 GiB is available) must refuse big headers before allocating, and the peak
+    memory of the child is checked after every example."""
     pytest.importorskip("hypothesis")
+    env = dict(os.environ)
+    if not capped:
+        env.update(NAPARI_VNET_FUZZ_CAP="0", NAPARI_VNET_MEMORY_LIMIT="1G")
     try:
         shared = str(request.getfixturevalue("shared_data"))
     except pytest.skip.Exception:
@@ -34,6 +41,7 @@ def test_fuzz_reader_with_mutated_headers(tmp_path, request):
         capture_output=True,
         text=True,
         timeout=SECONDS + 120,
+        env=env,
     )
     summary = [ln for ln in proc.stdout.splitlines() if ln.startswith(("fuzz:", "FAILURE"))]
     assert proc.returncode == 0, (

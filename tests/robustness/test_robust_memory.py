@@ -244,3 +244,73 @@ def test_available_memory_takes_the_smallest_limit(monkeypatch):
     assert available_memory() == 1 << 20
     assert "needs 2.0 MiB of memory but only 1.0 MiB" in memory_problem(2 << 20, "x")
     assert memory_problem(1000, "x") is None
+
+
+def _pixel_length_bomb(folder: Path) -> Path:
+    """A real 3-slice series whose middle slice's pixel data element claims 1.25 GiB (one
+    length field changed, as a flipped byte or a truncated compressed slice does)."""
+    files = write_dicom_series(
+        folder, small_volume((3, 32, 32)), uid="1.2.826.0.1.3680043.8.498.99", description="CT"
+    )
+    raw = bytearray(files[1].read_bytes())
+    at = raw.rfind(b"\xe0\x7f\x10\x00")  # (7FE0,0010), explicit or implicit VR
+    assert at > 0
+    length_at = at + 8 if raw[at + 4 : at + 6] in (b"OW", b"OB") else at + 4
+    raw[length_at : length_at + 4] = struct.pack("<I", 0x50000000)
+    files[1].write_bytes(bytes(raw))
+    return files[1]
+
+
+def test_dicom_slice_with_a_huge_element_length_refused_before_decoding(tmp_path):
+    bomb = _pixel_length_bomb(tmp_path / "series")
+    out = _child(
+        """
+        from napari_vnet.io import VolumeReadError, read_volume
+        from napari_vnet.worklist import discover_scans
+        try:
+            read_volume(sys.argv[1])
+            outcome, message = "read", ""
+        except VolumeReadError as exc:
+            outcome, message = "refused", str(exc)
+        entries = list(discover_scans(os.path.dirname(sys.argv[1])))
+        report(outcome=outcome, message=message,
+               listed=[[e.n_files, e.error or ""] for e in entries])
+        """,
+        str(bomb),
+        limit=None,
+    )
+    assert out["outcome"] == "refused" and str(bomb) in out["message"], out
+    assert "claims 1342177280 bytes" in out["message"], out
+    assert out["peak_mib"] < 600, out
+    # discovery lists the two good slices as a series and the bad one as broken
+    assert sorted(n for n, _ in out["listed"]) == [1, 2], out
+
+
+def test_mutated_ct_slice_header_read_stays_small(tmp_path, shared_data):
+    """A finding of the uncapped fuzz run: three bytes changed in the header of a real CT
+    slice and the file cut at 91 %. GDCM's header-only read allocated 4.4 GB for it."""
+    files = sorted((shared_data / "ct-dicom-patient-a" / "dicom").iterdir())
+    data = bytearray(files[0].read_bytes())
+    header = data.find(b"\xe0\x7f\x10\x00")
+    for where, value in ((0.1456770348921732, 159), (0.13035621140897713, 197),
+                         (0.6637581794510472, 230)):  # fmt: skip
+        data[int(where * header)] = value
+    bad = tmp_path / "mutated.dcm"
+    bad.write_bytes(bytes(data[: int(len(data) * 0.9098296619697076)]))
+    out = _child(
+        """
+        from napari_vnet._reader import napari_get_reader
+        from napari_vnet.io import VolumeReadError
+        reader = napari_get_reader(sys.argv[1])
+        try:
+            reader(sys.argv[1])
+            report(outcome="read")
+        except VolumeReadError as exc:
+            report(outcome="refused", message=str(exc))
+        """,
+        str(bad),
+        limit=None,
+    )
+    assert out["outcome"] == "refused" and str(bad) in out["message"], out
+    assert "remain in the file" in out["message"], out
+    assert out["peak_mib"] < 600, out

@@ -25,6 +25,7 @@ import numpy as np
 
 from napari_vnet.io.dicom import (
     DicomSeries,
+    dicom_length_problem,
     find_series_of_file,
     is_dicom_file,
     list_dicom_series,
@@ -482,6 +483,9 @@ def _read_dicom_path(path: Path, series) -> Volume:
         if not found:
             found = list_dicom_series(path, recursive=True)
         return read_dicom_series(select_series(found, series, path))
+    problem = dicom_length_problem(path)
+    if problem:
+        raise VolumeReadError(path, problem)
     chosen = find_series_of_file(path)
     if chosen is None:
         raise VolumeReadError(path, "not a readable DICOM image file")
@@ -722,6 +726,9 @@ def read_header(path: str | os.PathLike, *, series=None) -> dict[str, Any]:
             found = list_dicom_series(path) or list_dicom_series(path, recursive=True)
             chosen = select_series(found, series, path)
         else:
+            problem = dicom_length_problem(path)
+            if problem:
+                raise VolumeReadError(path, problem)
             chosen = find_series_of_file(path)
             if chosen is None:
                 raise VolumeReadError(path, "not a readable DICOM image file")
