@@ -46,7 +46,7 @@ def _save(viewer, name: str) -> Path:
     shot = viewer.screenshot(canvas_only=False, flash=False)
     path = DOCS / name
     iio.imwrite(path, shot)
-    print(path, shot.shape)
+    print(path, shot.shape)  # noqa: T201 - a script reporting what it wrote
     return path
 
 
@@ -99,7 +99,7 @@ def shot_ct():
     a, c = iio.imread(axial), iio.imread(coronal)
     both = np.concatenate([a[::2, ::2], c[::2, ::2]], axis=1)
     iio.imwrite(DOCS / "ct_axial_coronal_labels.png", both)
-    print(DOCS / "ct_axial_coronal_labels.png", both.shape)
+    print(DOCS / "ct_axial_coronal_labels.png", both.shape)  # noqa: T201 - a script reporting what it wrote
     viewer.close()
 
 
@@ -133,7 +133,7 @@ def main(which: list[str]) -> int:
     from napari_vnet._reader import register_reader_preferences
 
     if not DATA.is_dir():
-        print(f"no shared data at {DATA}", file=sys.stderr)
+        print(f"no shared data at {DATA}", file=sys.stderr)  # noqa: T201 - a script reporting what it wrote
         return 1
     register_reader_preferences()
     shots = {"ct": shot_ct, "mismatch": shot_mismatch, "docks": shot_docks}

@@ -134,7 +134,7 @@ def gui_problem() -> str | None:
     except Exception as exc:  # qtpy's QtBindingsNotFoundError and friends
         return (
             f"no Qt binding for napari's window ({exc}). Install one, e.g. "
-            "`pip install \"napari-vnet[qt]\"` (PyQt6) or `pip install \"napari[all]\"`."
+            '`pip install "napari-vnet[qt]"` (PyQt6) or `pip install "napari[all]"`.'
         )
     if sys.platform.startswith("linux") and not (
         os.environ.get("DISPLAY")
