@@ -179,7 +179,7 @@ def dicom_length_problem(path: str | os.PathLike, limit: int = 1 << 16) -> str |
 
 def _too_long(tag, length: int, left: int) -> str:
     return (
-        f"the element ({tag[0]:04X},{tag[1]:04X}) claims {length} bytes but only {left} "
+        f"the DICOM element ({tag[0]:04X},{tag[1]:04X}) claims {length} bytes but only {left} "
         "remain in the file (truncated or corrupt); refused before decoding"
     )
 
