@@ -55,7 +55,6 @@ from napari_vnet._widgets._scans_table import FILTERS, ScanTable
 from napari_vnet._widgets._session import first_use_in_napari as _session_first_use
 from napari_vnet.worklist import (
     BROKEN,
-    STATUSES,
     ProjectError,
     ScanEntry,
     ScanProject,
@@ -466,83 +465,6 @@ class ScansWidget(ScanLoadingMixin, ScanEditsMixin, QWidget):
             self.table.scrollToItem(self.table.item(row, 0))
         finally:
             self._syncing = False
-
-    def _predict_on_open(self, entry: ScanEntry) -> None:
-        if STATUSES.index(self._status(entry.key)) >= STATUSES.index("predicted"):
-            return
-        seg = self._segment_widget()
-        if seg is None:
-            self._notify("warning", "Predict on open: open the 'Segment volume' dock first.")
-            return
-        try:
-            if seg.current_weights is None:
-                self._notify("warning", "Predict on open: choose weights in 'Segment volume'.")
-                return
-            seg.set_image_layer(self._image_layer)
-            seg.run()
-        except AttributeError as exc:  # an older Segment widget without the contract
-            self._notify("warning", f"Predict on open is not available: {exc}")
-
-    def _close_current(self) -> None:
-        """Autosave the current scan's Labels layers, then remove its layers."""
-        from napari.layers import Labels
-
-        self._requested = None
-        self._prefetch = None
-        if self.current is None and not self._scan_layers:
-            return
-        self._cancel_prediction()
-        shown = [lay for lay in self._scan_layers if lay in self.viewer.layers]
-        self._save_layers([lay for lay in shown if isinstance(lay, Labels)], handoff=True)
-        self._closing = True
-        try:
-            for layer in shown:
-                self.viewer.layers.remove(layer)
-        finally:
-            self._closing = False
-        for layer in list(self._scan_layers):
-            self._untrack(layer)
-        self._scan_layers.clear()
-        self._image_layer = None
-        self._dirty.clear()
-        self._timer.stop()
-        key = self.current.key if self.current else None
-        self.current = None
-        self._geometry = None
-        if key:
-            self._refresh_key(key)
-
-    def _segment_widget(self):
-        from napari_vnet._widgets._session import find_dock_widget
-        from napari_vnet._widgets.segment import SegmentWidget
-
-        return find_dock_widget(self.viewer, SegmentWidget)
-
-    def _cancel_prediction(self) -> None:
-        """A prediction still running on this scan's image would land on the next scan."""
-        seg = self._segment_widget()
-        try:
-            if seg is not None and seg.is_running and seg.image_layer in self._scan_layers:
-                seg.cancel()
-        except (AttributeError, RuntimeError):  # placeholder or closing widget
-            pass
-
-    def next_scan(self):
-        """Show the next listed (visible, not broken) scan; returns the worker or None."""
-        return self._step(+1)
-
-    def previous_scan(self):
-        return self._step(-1)
-
-    def _step(self, direction: int):
-        self._direction = direction
-        ref = self._requested or self.current
-        target = self.table.step_target(ref.key if ref else None, direction)
-        if target is None:
-            if self.table.step_target(None, direction) is not None:
-                self._notify("info", "Last scan of the list." if direction > 0 else "First scan.")
-            return None
-        return self.load_scan(target)
 
     # -------------------------------------------------------------- status
     def mark_reviewed(self) -> None:
