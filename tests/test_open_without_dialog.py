@@ -18,7 +18,7 @@ from napari_vnet._reader import (
     register_reader_preferences,
 )
 
-FORMATS = [".nii", ".nii.gz", ".mha", ".mhd", ".nrrd", ".nhdr", ".gipl", ".gipl.gz"]
+FORMATS = [".nii", ".nii.gz", ".mha", ".mhd", ".nrrd", ".nhdr", ".gipl", ".gipl.gz", ".hdr"]
 
 
 def _volume(path):
@@ -120,6 +120,20 @@ def test_tif_png_and_image_folders_keep_napari_reader(make_napari_viewer, tmp_pa
     assert st.data.shape == (3, 32, 40)
 
 
+def test_radiance_hdr_goes_to_napari_reader(tmp_path):
+    """.hdr is also Radiance HDR: napari-vnet (preferred for *.hdr) reads Analyze pairs
+    only and hands other .hdr files to napari's own reader."""
+    from napari_vnet._reader import read_medical
+
+    rad = tmp_path / "sky.hdr"
+    rad.write_bytes(b"#?RADIANCE\nFORMAT=32-bit_rle_rgbe\n\n-Y 2 +X 2\n" + bytes(16))
+    assert napari_get_reader(str(rad)) is not read_medical
+    _volume(tmp_path / "brain.hdr")  # an Analyze pair (brain.hdr + brain.img)
+    assert (tmp_path / "brain.img").is_file()
+    assert napari_get_reader(str(tmp_path / "brain.hdr")) is read_medical
+    assert napari_get_reader(str(tmp_path / "brain.img")) is read_medical
+
+
 def test_manifest_claims_only_what_the_reader_reads():
     from npe2 import PluginManifest
 
@@ -171,7 +185,7 @@ def test_preferences_never_overwrite_the_users_choice(make_napari_viewer):
     assert prefs["*.nii.gz"] == "some-other-plugin"
     assert "*.nii.gz" not in added and prefs["*.mha"] == PLUGIN_NAME
     assert prefs["*" + os.sep] == PLUGIN_NAME
-    assert not any(p in prefs for p in ("*.hdr", "*.img", "*.tif", "*.png", "*"))
+    assert not any(p in prefs for p in ("*.tif", "*.png", "*.npy", "*.zarr", "*"))
     assert register_reader_preferences() == []  # written once
     assert set(PREFERRED_PATTERNS) <= set(prefs)
 

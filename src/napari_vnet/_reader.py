@@ -64,9 +64,10 @@ def _folder_has_dicom(folder: Path, depth: int = 2) -> bool:
 #: (``plugins.extension2reader``) the first time it runs inside napari. napari's own
 #: builtin reader also claims these endings (through imageio, which cannot read them),
 #: and napari asks "Choose reader" whenever two readers match and no preference exists.
-#: ``.hdr``/``.img`` are left out on purpose: they are also Radiance HDR and raw disk
-#: images, so napari keeps asking for those. ``*/`` is every folder: DICOM folders open
-#: with napari-vnet and other folders are handed to napari's own folder reader.
+#: ``.hdr``/``.img`` are also Radiance HDR and raw images: napari-vnet reads an Analyze
+#: pair (its header starts with the int32 348) and hands any other such file to napari's
+#: own reader. ``*/`` is every folder: DICOM folders open with napari-vnet and other
+#: folders are handed to napari's own folder reader.
 PREFERRED_PATTERNS = (
     "*.nii",
     "*.nii.gz",
@@ -81,6 +82,8 @@ PREFERRED_PATTERNS = (
     "*.dicom",
     "*.ima",
     "*.IMA",
+    "*.hdr",
+    "*.img",
 )
 PLUGIN_NAME = "napari-vnet"
 
@@ -118,8 +121,25 @@ def register_reader_preferences(settings=None) -> list[str]:
         return []
 
 
+def _is_analyze(path: Path) -> bool:
+    """An Analyze 7.5 / NIfTI-1 pair: the .hdr (or the .img's .hdr) starts with the
+    int32 348 (its own size) in either byte order."""
+    hdr = path if path.suffix.lower() == ".hdr" else path.with_suffix(".hdr")
+    if not hdr.is_file():
+        hdr = path.with_suffix(".HDR")
+    try:
+        with open(hdr, "rb") as fh:
+            head = fh.read(4)
+    except OSError:
+        return False
+    return len(head) == 4 and (
+        int.from_bytes(head, "little") == 348 or int.from_bytes(head, "big") == 348
+    )
+
+
 def _napari_folder_reader(path):
-    """napari's own reader for a folder that holds no DICOM (image stacks, zarr), or None."""
+    """napari's own reader for what napari-vnet does not read although it is the
+    preferred reader (a folder without DICOM, a Radiance .hdr), or None."""
     try:
         from napari_builtins.io import napari_get_reader as builtin_get_reader
     except ImportError:  # napari without its builtins: nothing to hand over to
@@ -140,6 +160,8 @@ def napari_get_reader(path):
         p = Path(path)
         if p.is_dir():
             return read_medical if _folder_has_dicom(p) else _napari_folder_reader(str(p))
+        if p.suffix.lower() in (".hdr", ".img") and not _is_analyze(p):
+            return _napari_folder_reader(str(p))  # Radiance HDR, raw images: napari's reader
         if has_volume_extension(p) or (p.is_file() and is_dicom_file(p)):
             return read_medical
     except Exception:  # never raise from here (napari tries every reader)
