@@ -190,3 +190,23 @@ def test_pairing_conventions(tmp_path):
         str(nn / "labelsTr" / "case_001.nii.gz"): str(nn / "imagesTr" / "case_001_0000.nii.gz"),
         str(sep / "labels" / "a.nrrd"): str(sep / "images" / "a.nrrd"),
     }  # p3_seg has no image and orphan.nrrd none either: they stay scans
+
+
+def test_saved_labels_keep_their_names(make_napari_viewer, shared_data, tmp_path):
+    """Save a named label map with napari-vnet's writer and open it again: same names."""
+    viewer = make_napari_viewer()
+    (lab,) = viewer.open(
+        str(shared_data / "ct-dicom-patient-a" / "labels.nii.gz"), plugin="napari-vnet"
+    )
+    out = tmp_path / "edited.nii.gz"
+    lab.save(str(out), plugin="napari-vnet")
+    side = tmp_path / "edited.labels.json"
+    assert side.is_file()
+    classes, src = read_label_classes(out)
+    assert src == side and {c["value"]: c["name"] for c in classes}[5] == "liver"
+    (again,) = viewer.open(str(out), plugin="napari-vnet")
+    assert again.features.set_index("index")["class"][5] == "liver"
+    # a layer without names writes no sidecar
+    plain = viewer.add_labels(np.zeros((2, 3, 4), np.uint8), name="plain")
+    plain.save(str(tmp_path / "plain.nii.gz"), plugin="napari-vnet")
+    assert not (tmp_path / "plain.labels.json").exists()

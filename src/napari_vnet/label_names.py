@@ -3,7 +3,7 @@
 A label file found beside one of these gets its classes (``[{"value", "name", "color"}]``,
 colour RGBA in 0..1 or None) with :func:`read_label_classes`:
 
-* ``labels.json`` / ``<stem>.json``: ``{"1": "spleen", ...}``, ``{"spleen": 1, ...}``,
+* ``<stem>.labels.json`` (written by napari-vnet's writer), ``labels.json``, ``<stem>.json``: ``{"1": "spleen", ...}``, ``{"spleen": 1, ...}``,
   ``{"classes": [{"value": 1, "name": "spleen", "color": [r, g, b(, a)]}, ...]}`` or a
   ``{"labels": ...}`` mapping in either direction;
 * an ITK-SNAP label description file (``<stem>.txt``, ``labels.txt``,
@@ -45,6 +45,7 @@ __all__ = [
     "parse_labels_json",
     "read_label_classes",
     "read_seg_nrrd_classes",
+    "write_label_classes",
 ]
 
 _VOLUME_ENDINGS = (".nii.gz", ".gipl.gz", ".seg.nrrd", ".nii", ".mha", ".mhd", ".nrrd", ".nhdr")
@@ -202,6 +203,7 @@ def read_seg_nrrd_classes(path: str | Path) -> list[dict[str, Any]] | None:
 def _candidates(label_path: Path) -> list[Path]:
     folder, stem = label_path.parent, _stem(label_path)
     c = [
+        folder / f"{stem}.labels.json",  # what napari-vnet's writer puts beside a label map
         folder / f"{stem}.json",
         folder / "labels.json",
         folder / f"{stem}.ctbl",
@@ -270,6 +272,29 @@ def read_label_classes(label_path: str | Path) -> tuple[list[dict[str, Any]], Pa
     if name.endswith(".ctbl"):
         return parse_ctbl(text, sidecar), sidecar
     return parse_itksnap(text, sidecar), sidecar
+
+
+def write_label_classes(label_path: str | Path, classes: list[dict[str, Any]]) -> Path:
+    """Write ``<stem>.labels.json`` beside a label file (atomically), in the
+    ``{"classes": [...]}`` form :func:`read_label_classes` reads first."""
+    from napari_vnet._atomic import atomic_write_text
+
+    p = Path(label_path)
+    out = p.with_name(f"{_stem(p)}.labels.json")
+    rows = [
+        {
+            "value": int(c["value"]),
+            "name": str(c["name"]),
+            **(
+                {"color": [round(float(v), 4) for v in c["color"]]}
+                if c.get("color") is not None
+                else {}
+            ),
+        }
+        for c in sorted(classes, key=lambda c: int(c["value"]))
+    ]
+    atomic_write_text(out, json.dumps({"classes": rows}, indent=1) + "\n")
+    return out
 
 
 def labels_display_kwargs(classes: list[dict[str, Any]]) -> dict[str, Any]:
