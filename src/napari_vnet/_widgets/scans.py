@@ -339,11 +339,11 @@ class ScansWidget(ScanLoadingMixin, ScanEditsMixin, QWidget):
         self._close_current()
         self.saver.flush()
         work = Path(folder).expanduser().resolve()
-        work.mkdir(parents=True, exist_ok=True)
         try:  # a work folder belongs to one scans folder (ProjectMismatchError)
+            work.mkdir(parents=True, exist_ok=True)
             project = ScanProject(work, self.scans_folder)
-        except ProjectError as exc:
-            self._notify("error", str(exc))
+        except (ProjectError, OSError) as exc:
+            self._notify("error", f"Cannot use the work folder {_printable(work)}: {exc}")
             return
         if self.project is not None:
             self.project.release_session()
