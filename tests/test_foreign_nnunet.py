@@ -152,3 +152,35 @@ def test_weights_file_rebuilds_offline_and_exports_back_to_nnunet(tmp_path, caps
     # an existing folder is not overwritten by accident
     assert main(["export-weights", str(saved), str(out), "--format", "nnunet"]) == 1
     assert "already exists" in capsys.readouterr().err
+
+
+def test_finetune_an_nnunet_folder_and_hand_it_back(tmp_path):
+    """`train --weights FOLDER`: nnU-Net's network trained on nnU-Net-preprocessed pairs;
+    the result rebuilds offline, predicts through the engine and goes back to nnU-Net."""
+    from napari_vnet.cli import main
+    from napari_vnet.io import Volume, write_volume
+
+    image, labels, _ = make_phantom(21, shape=(24, 48, 48))
+    lab = np.zeros(labels.array.shape, np.uint8)
+    lab[labels.array == 1], lab[labels.array == 4] = 1, 2  # liver, spine as in the dataset
+    geometry = {"spacing": labels.spacing, "origin": labels.origin, "direction": labels.direction}
+    img_path = write_volume(image, tmp_path / "ct.nii.gz")
+    lab_path = write_volume(Volume(lab, **geometry), tmp_path / "labels.nii.gz")
+    out = tmp_path / "finetuned.pt"
+    argv = ["train", "--image", str(img_path), "--labels", str(lab_path), "--weights",
+            str(FOLDER), "--iterations", "6", "--batch-size", "1", "--out", str(out)]  # fmt: skip
+    assert main(argv) == 0
+    model, card = load_checkpoint(out)
+    assert card.arch == "nnunet" and card.preprocessing["kind"] == "nnunet"
+    assert card.origin() == "nnU-Net v2, Dataset901_TinyPhantom, 3d_fullres, folds 0-1, fine-tuned"
+    base, _ = load_checkpoint(FOLDER)
+    changed = [k for k, v in base.state_dict().items() if not torch.equal(v, model.state_dict()[k])]
+    assert changed  # it trained
+    result = predict(image, model, card, device="cpu", amp=False)
+    assert result.labels.shape == image.array.shape
+    assert _dice(result.labels, lab, 1) > 0.5  # still a liver model
+    assert main(["export-weights", str(out), str(tmp_path / "back"), "--format", "nnunet"]) == 0
+    back = tmp_path / "back" / "nnUNetTrainer__nnUNetPlans__3d_fullres"
+    theirs = _nnunet_predict(back, image, mirror=False)  # nnU-Net's own predictor
+    for value in (1, 2):
+        assert _dice(theirs, result.labels, value) >= 0.99, value

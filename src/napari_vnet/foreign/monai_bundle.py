@@ -305,6 +305,24 @@ def _array_order_class():
             vol, ctx = super().preprocess(channels, spacing)
             return np.ascontiguousarray(vol.transpose(0, *[a + 1 for a in self.axes])), ctx
 
+        def prepare_training(self, image, labels, mask, spacing):
+            """A training pair as the network sees it: our normalisation and resampling
+            (as for prediction), then the axes reordered."""
+            from napari_vnet.transforms import resample_to_spacing
+
+            vol, ctx = self.preprocess(image[None], spacing)
+            if ctx.resampled:
+                sp, target = ctx.input_spacing, ctx.model_spacing
+                shape = vol.shape[1:]
+                shape = tuple(shape[a] for a in self.back)
+                labels = resample_to_spacing(labels, sp, target, is_label=True, shape=shape)
+                if mask is not None:
+                    mask = resample_to_spacing(mask, sp, target, is_label=True, shape=shape)
+            labels = np.ascontiguousarray(np.asarray(labels).transpose(self.axes))
+            if mask is not None:
+                mask = np.ascontiguousarray(np.asarray(mask).transpose(self.axes))
+            return vol[0], labels, mask
+
         def restore(self, ctx, *, labels, probabilities=None, scores=None):
             labels = labels.transpose(self.back)
             if probabilities is not None:

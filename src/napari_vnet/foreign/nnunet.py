@@ -445,6 +445,34 @@ class NnUNetPreprocessing:
         )
         return data, ctx
 
+    def prepare_training(self, image: np.ndarray, labels: np.ndarray, mask, spacing):
+        """One training pair as nnU-Net preprocesses it (image, labels with its
+        segmentation resampling, the annotated ``mask`` carried along as one more label
+        value); voxels outside the non-zero crop are background, as nnU-Net trains."""
+        from nnunetv2.preprocessing.preprocessors.default_preprocessor import (
+            DefaultPreprocessor,
+        )
+
+        channels, _ = _finite(image[None] if image.ndim == 3 else image)
+        seg = np.asarray(labels).astype(np.int32)
+        marker = None
+        if mask is not None:
+            marker = int(seg.max()) + 1
+            seg = np.where(mask, seg, marker)
+        props: dict[str, Any] = {"spacing": [float(s) for s in spacing]}
+        data, seg, _ = DefaultPreprocessor(verbose=False).run_case_npy(
+            np.asarray(channels, np.float32), seg[None], props, self.plans_manager,
+            self.config, self.dataset_json,
+        )  # fmt: skip
+        seg = np.asarray(seg[0], np.int32)
+        seg[seg < 0] = 0
+        out_mask = None
+        if marker is not None:
+            out_mask = seg != marker
+            seg[~out_mask] = 0
+        data = np.ascontiguousarray(data[0] if data.shape[0] == 1 else data, np.float32)
+        return data, seg.astype(np.uint16 if seg.max() > 255 else np.uint8), out_mask
+
     def needs_scores(self, ctx: NnUNetContext) -> bool:
         """Whether :meth:`restore` needs the blended logits (resampling back), not only
         the network-grid labels."""

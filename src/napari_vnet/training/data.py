@@ -227,11 +227,15 @@ def prepare_cases(
     spacing: tuple[float, float, float] | None,
     normalization: dict[str, Any],
     ignore_index: int | None = None,
+    producer: Any = None,
 ) -> tuple[list[_Case], list[ClassInfo], tuple[float, float, float]]:
     """Load, align, resample and normalise the pairs; map label values to channels.
 
     Returns the cases, the classes (derived from the label values when ``classes`` is
     None) and the spacing used (the first pair's when ``spacing`` is None).
+    ``producer``: the preprocessing of foreign weights (e.g. nnU-Net's, from
+    :func:`napari_vnet.foreign.preprocessing_for`), used instead of ours through its
+    ``prepare_training(image, labels, mask, spacing)``.
     """
     from napari_vnet.transforms import normalize_intensity, resample_to_spacing
 
@@ -243,12 +247,15 @@ def prepare_cases(
     _check_label_values(raw, classes, ignore_index)
     cases = []
     for name, img, lab, sp, mask in raw:
-        if not np.allclose(sp, target_spacing, rtol=1e-3):
+        if producer is not None:  # the weights' producer prepares image, labels and mask
+            image, lab, mask = producer.prepare_training(img, lab, mask, sp)
+        elif not np.allclose(sp, target_spacing, rtol=1e-3):
             img = resample_to_spacing(img, sp, target_spacing, is_label=False)
             lab = resample_to_spacing(lab, sp, target_spacing, is_label=True, shape=img.shape)
             if mask is not None:
                 mask = resample_to_spacing(mask, sp, target_spacing, is_label=True, shape=img.shape)
-        image = normalize_intensity(img, normalization)
+        if producer is None:
+            image = normalize_intensity(img, normalization)
         if ignore_index is not None:
             ignored = lab == ignore_index
             if ignored.any():

@@ -134,9 +134,16 @@ class _Run:
             plan = plan_training(
                 pairs, config, base_card=None if base_info is None else base_info[1]
             )
+        producer = None
+        if (card.preprocessing or {}).get("kind"):  # foreign weights: their preprocessing
+            from napari_vnet.foreign import preprocessing_for
+
+            producer = preprocessing_for(card)
+            card.source = {**card.source, "fine_tuned": True}
         cases = prepare_cases(
             plan.loaded or pairs, plan.classes, spacing=plan.spacing,
             normalization=plan.normalization, ignore_index=config.ignore_index,
+            producer=producer if hasattr(producer, "prepare_training") else None,
         )[0]  # fmt: skip
         self.plan, self.classes = plan, plan.classes
         self.n_classes = len(plan.classes)
