@@ -375,6 +375,31 @@ def _series_geometry(infos: list[_FileInfo]):
     )
 
 
+def _drop_duplicate_slices(infos: list[_FileInfo]) -> tuple[list[_FileInfo], str | None]:
+    """Slices at the position of another slice of the series (a file copied twice, a
+    re-sent slice) left out, keeping the lowest instance number; with a note saying which.
+    Without that, the duplicate made a zero step, a wrong slice spacing and a "missing
+    slice" warning."""
+    if len(infos) < 2 or any(i.position is None for i in infos):
+        return infos, None
+    ordered = sorted(infos, key=lambda i: (_int(i.tags.get("instance_number", ""), 0), i.path))
+    kept: dict[tuple, _FileInfo] = {}
+    dropped: list[str] = []
+    for info in ordered:
+        key = tuple(round(v, 3) for v in info.position)
+        if key in kept:
+            dropped.append(os.path.basename(info.path))
+        else:
+            kept[key] = info
+    if not dropped:
+        return infos, None
+    shown = ", ".join(dropped[:5]) + (" …" if len(dropped) > 5 else "")
+    return list(kept.values()), (
+        f"{len(dropped)} duplicated slice(s) at the position of another slice left out "
+        f"({shown})"
+    )
+
+
 def _irregular_spacing(infos: list[_FileInfo]) -> str | None:
     """Why the slice distances of a position-ordered series are not uniform (a missing
     slice, a duplicated one), or None when they are."""
@@ -426,6 +451,7 @@ def list_dicom_series(folder: str | os.PathLike, *, recursive: bool = False) -> 
     series: list[DicomSeries] = []
     uid_count: dict[str, int] = {}
     for infos in groups.values():
+        infos, duplicates = _drop_duplicate_slices(infos)
         infos, shape, spacing, origin, direction = _series_geometry(infos)
         t = infos[0].tags
         uid = t.get("series_uid", "")
@@ -453,7 +479,10 @@ def list_dicom_series(folder: str | os.PathLike, *, recursive: bool = False) -> 
                 origin=tuple(float(v) for v in origin),
                 direction=np.asarray(direction, float).tolist(),
                 window=_window(t),
-                extra={"irregular_spacing": _irregular_spacing(infos)},
+                extra={
+                    "irregular_spacing": _irregular_spacing(infos),
+                    "duplicate_slices": duplicates,
+                },
             )
         )
     series.sort(

@@ -468,6 +468,12 @@ def read_dicom_series(series: DicomSeries) -> Volume:
             folder, f"DICOM series {series.name!r}: {_clean_itk_message(exc)}"
         ) from exc
     meta = _dicom_metadata(series)
+    duplicates = series.extra.get("duplicate_slices")
+    if duplicates:
+        meta["duplicate_slices"] = duplicates
+        message = f"{folder}: DICOM series {series.name!r}: {duplicates}"
+        log.warning(message)
+        warnings.warn(message, UserWarning, stacklevel=2)
     irregular = series.extra.get("irregular_spacing")
     if irregular:
         meta["irregular_spacing"] = irregular
