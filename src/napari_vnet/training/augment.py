@@ -75,12 +75,8 @@ def crop_around(
     and the target :data:`IGNORE`. Unannotated voxels (``mask`` False) become IGNORE."""
     shape = image.shape
     start = [int(c) - s // 2 for c, s in zip(center, size, strict=True)]
-    src = tuple(
-        slice(max(0, b), min(n, b + s)) for b, s, n in zip(start, size, shape, strict=True)
-    )
-    dst = tuple(
-        slice(sl.start - b, sl.stop - b) for sl, b in zip(src, start, strict=True)
-    )
+    src = tuple(slice(max(0, b), min(n, b + s)) for b, s, n in zip(start, size, shape, strict=True))
+    dst = tuple(slice(sl.start - b, sl.stop - b) for sl, b in zip(src, start, strict=True))
     img = np.full(tuple(size), fill, np.float32)
     tgt = np.full(tuple(size), IGNORE, np.uint8)
     img[dst] = image[src]
@@ -102,7 +98,10 @@ class Augmenter:
         elastic: bool = False,
         intensity: bool = True,
         mirror: bool = True,
+        always: bool = False,
     ):
+        """``always``: every enabled transform on every sample (probability 1; to inspect
+        or test them), instead of nnU-Net's probabilities."""
         from batchgeneratorsv2.transforms.intensity.brightness import (
             MultiplicativeBrightnessTransform,
         )
@@ -122,6 +121,9 @@ class Augmenter:
         )
         from batchgeneratorsv2.transforms.utils.random import RandomTransform
 
+        def p(x: float) -> float:
+            return 1.0 if always and x > 0 else x
+
         self.patch = tuple(int(p) for p in patch)
         self.settings = dict(spatial=spatial, elastic=elastic, intensity=intensity, mirror=mirror)
         self.pseudo_2d = max(self.patch) / max(min(self.patch), 1) > ANISOTROPY
@@ -131,7 +133,10 @@ class Augmenter:
             if self.pseudo_2d:
                 angles = (ROTATION_2D, 0.0, 0.0)
                 extent = np.concatenate(
-                    [[self.patch[0]], _rotated_extent((1, *self.patch[1:]), (math.pi / 4, 0, 0))[1:]]
+                    [
+                        [self.patch[0]],
+                        _rotated_extent((1, *self.patch[1:]), (math.pi / 4, 0, 0))[1:],
+                    ]
                 )
                 spatial_patch = self.patch[1:]
                 rotation = (-ROTATION_2D, ROTATION_2D)
@@ -141,17 +146,24 @@ class Augmenter:
                 spatial_patch = self.patch
                 rotation = (-ROTATION_3D, ROTATION_3D)
             zoom_out = 1.0 / 0.85 if spatial else 1.0  # nnU-Net's get_patch_size
-            size = np.ceil(extent * np.where(np.arange(3) == 0, 1.0 if self.pseudo_2d else zoom_out, zoom_out))
+            size = np.ceil(
+                extent * np.where(np.arange(3) == 0, 1.0 if self.pseudo_2d else zoom_out, zoom_out)
+            )
             self.crop_size = tuple(int(max(s, p)) for s, p in zip(size, self.patch, strict=True))
             if self.pseudo_2d:
                 ts.append(Convert3DTo2DTransform())
             ts.append(
                 SpatialTransform(
-                    spatial_patch, patch_center_dist_from_border=0, random_crop=False,
-                    p_elastic_deform=0.2 if elastic else 0.0,
-                    p_rotation=0.2 if spatial else 0.0, rotation=rotation,
-                    p_scaling=0.2 if spatial else 0.0, scaling=SCALING,
-                    p_synchronize_scaling_across_axes=1, border_mode_seg="constant",
+                    spatial_patch,
+                    patch_center_dist_from_border=0,
+                    random_crop=False,
+                    p_elastic_deform=p(0.2) if elastic else 0.0,
+                    p_rotation=p(0.2) if spatial else 0.0,
+                    rotation=rotation,
+                    p_scaling=p(0.2) if spatial else 0.0,
+                    scaling=SCALING,
+                    p_synchronize_scaling_across_axes=1,
+                    border_mode_seg="constant",
                     padding_value_seg=IGNORE,
                 )  # fmt: skip
             )
@@ -164,49 +176,65 @@ class Augmenter:
                     GaussianNoiseTransform(
                         noise_variance=(0, 0.1), p_per_channel=1, synchronize_channels=True
                     ),
-                    apply_probability=0.1,
+                    apply_probability=p(0.1),
                 ),
                 RandomTransform(
                     GaussianBlurTransform(
-                        blur_sigma=(0.5, 1.0), synchronize_channels=False,
-                        synchronize_axes=False, p_per_channel=0.5, benchmark=False,
+                        blur_sigma=(0.5, 1.0),
+                        synchronize_channels=False,
+                        synchronize_axes=False,
+                        p_per_channel=0.5,
+                        benchmark=False,
                     ),  # fmt: skip
-                    apply_probability=0.2,
+                    apply_probability=p(0.2),
                 ),
                 RandomTransform(
                     MultiplicativeBrightnessTransform(
-                        multiplier_range=BGContrast((0.75, 1.25)), synchronize_channels=False,
+                        multiplier_range=BGContrast((0.75, 1.25)),
+                        synchronize_channels=False,
                         p_per_channel=1,
                     ),  # fmt: skip
-                    apply_probability=0.15,
+                    apply_probability=p(0.15),
                 ),
                 RandomTransform(
                     ContrastTransform(
-                        contrast_range=BGContrast((0.75, 1.25)), preserve_range=True,
-                        synchronize_channels=False, p_per_channel=1,
+                        contrast_range=BGContrast((0.75, 1.25)),
+                        preserve_range=True,
+                        synchronize_channels=False,
+                        p_per_channel=1,
                     ),  # fmt: skip
-                    apply_probability=0.15,
+                    apply_probability=p(0.15),
                 ),
                 RandomTransform(
                     SimulateLowResolutionTransform(
-                        scale=(0.5, 1), synchronize_channels=False, synchronize_axes=True,
-                        ignore_axes=ignore_axes, allowed_channels=None, p_per_channel=0.5,
+                        scale=(0.5, 1),
+                        synchronize_channels=False,
+                        synchronize_axes=True,
+                        ignore_axes=ignore_axes,
+                        allowed_channels=None,
+                        p_per_channel=0.5,
                     ),  # fmt: skip
-                    apply_probability=0.25,
+                    apply_probability=p(0.25),
                 ),
                 RandomTransform(
                     GammaTransform(
-                        gamma=BGContrast((0.7, 1.5)), p_invert_image=1,
-                        synchronize_channels=False, p_per_channel=1, p_retain_stats=1,
+                        gamma=BGContrast((0.7, 1.5)),
+                        p_invert_image=1,
+                        synchronize_channels=False,
+                        p_per_channel=1,
+                        p_retain_stats=1,
                     ),  # fmt: skip
-                    apply_probability=0.1,
+                    apply_probability=p(0.1),
                 ),
                 RandomTransform(
                     GammaTransform(
-                        gamma=BGContrast((0.7, 1.5)), p_invert_image=0,
-                        synchronize_channels=False, p_per_channel=1, p_retain_stats=1,
+                        gamma=BGContrast((0.7, 1.5)),
+                        p_invert_image=0,
+                        synchronize_channels=False,
+                        p_per_channel=1,
+                        p_retain_stats=1,
                     ),  # fmt: skip
-                    apply_probability=0.3,
+                    apply_probability=p(0.3),
                 ),
             ]
         if mirror:

@@ -67,9 +67,7 @@ def choose_postprocess(model, cases, patch, device, amp_dtype, classes) -> dict:
         "validation_dice": {
             str(classes[ch].value): {
                 "without": round(float(before[ch]), 4),
-                "with_largest_component": round(float(after_all[ch]), 4)
-                if ch in chosen
-                else None,
+                "with_largest_component": round(float(after_all[ch]), 4) if ch in chosen else None,
             }
             for ch in before
         },

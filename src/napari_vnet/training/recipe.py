@@ -40,13 +40,14 @@ SAMPLES_PER_CASE = 10_000
 
 
 def looks_like_ct(images: Sequence[np.ndarray]) -> bool:
-    """Hounsfield units: air near -1000 and dense tissue above +200 in the first image."""
+    """Hounsfield units: air (below -500; MR intensities are never that negative) and
+    soft tissue (above -100) in the first image."""
     a = np.asarray(images[0])
     sample = a.ravel()[:: max(1, a.size // 200_000)]
     if sample.dtype.kind not in "iuf":
         return False
     lo, hi = np.percentile(sample, [1, 99.9])
-    return bool(lo < -500 and hi > 200)
+    return bool(lo < -500 and hi > -100)
 
 
 def foreground_intensity_stats(
