@@ -9,6 +9,9 @@ the single-case CLI, on N synthetic torso CT phantoms of 128 x 256 x 256 (.nii.g
   background;
 * ``serial``: the same with ``--workers 0`` (model loaded once, but reading, segmenting
   and writing one after the other): the difference to ``batch`` is the overlap's gain.
+  From each run's ``summary.json``: seconds spent reading and writing, and how long the
+  segmenting thread waited for them (all of it with ``--workers 0``; with overlap only
+  what inference did not hide).
 
 Both use the same weights, device and settings; the label maps must be identical (the
 ``identical`` column). Peak RSS is the largest resident set of the run's process tree,
@@ -165,6 +168,10 @@ def main() -> int:
         ("serial", "predict DIR --workers 0"),
         ("batch", f"predict DIR --workers {args.workers}"),
     )
+    waits = {}
+    for key in ("serial", "batch"):
+        totals = json.loads((work / key / "summary.json").read_text())["timing_totals_s"]
+        waits[key] = {k: round(v, 2) for k, v in totals.items()}
     for key, name in labels:
         r = runs[key]
         rows.append(
@@ -195,6 +202,12 @@ def main() -> int:
         f"speed-up vs the loop {speedup:.2f}x, vs --workers 0 {overlap_gain:.2f}x; "
         f"label maps identical: {identical}"
     )
+    for key in ("serial", "batch"):
+        w = waits[key]
+        print(
+            f"{key}: reading {w['read_s']:.1f} s (segmenting thread waited {w['read_wait_s']:.1f}),"
+            f" writing {w['write_s']:.1f} s (waited {w['write_wait_s']:.1f})"
+        )
     print(f"load average before {load_before}, after {load_after}")
     result = {
         "benchmark": "batch_predict",
@@ -205,6 +218,7 @@ def main() -> int:
         "rows": rows,
         "speedup": round(speedup, 3),
         "speedup_vs_workers0": round(overlap_gain, 3),
+        "io_seconds": waits,
         "identical_labels": identical,
         "load_before": load_before,
         "load_after": load_after,

@@ -265,7 +265,11 @@ def test_parts_agree_with_a_single_run(scans, tmp_path, capsys):
         assert rc == 0, err
         per_part.append(last_json(stdout)["written"])
     assert per_part == [3, 2]
-    assert (halves / "summary.part-0-of-2.json").is_file()
+    # part 0 ran with --workers 0: the segmenting thread waited for every read in full
+    serial = json.loads((halves / "summary.part-0-of-2.json").read_text())
+    assert serial["timing_totals_s"]["read_s"] > 0
+    for r in serial["results"]:
+        assert r["read_wait_s"] >= 0.9 * r["read_s"] and r["write_s"] > 0
     assert (halves / "statistics.part-1-of-2.csv").is_file()
     for out_rel in EXPECTED.values():
         a, b = read_volume(single / out_rel), read_volume(halves / out_rel)

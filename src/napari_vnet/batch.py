@@ -564,6 +564,12 @@ class CaseResult:
     spacing: list[float] | None = None
     statistics: list[dict[str, Any]] | None = None
     rank: int = 0
+    # where the time went: reading and writing (in their threads) and how long the
+    # segmenting thread waited for them (with workers > 0 mostly hidden behind inference)
+    read_s: float = 0.0
+    read_wait_s: float = 0.0
+    write_s: float = 0.0
+    write_wait_s: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -580,15 +586,38 @@ def _background_priority() -> None:
         pass
 
 
+class _Deferred(Future):
+    """A future whose job runs in the thread that first asks for its result."""
+
+    def __init__(self, fn, args, kwargs) -> None:
+        super().__init__()
+        self._job = (fn, args, kwargs)
+
+    def _run(self) -> None:
+        if self._job is not None:
+            fn, args, kwargs = self._job
+            self._job = None
+            try:
+                self.set_result(fn(*args, **kwargs))
+            except Exception as exc:  # noqa: BLE001 - delivered through the future
+                self.set_exception(exc)
+
+    def result(self, timeout=None):
+        self._run()
+        return super().result(timeout)
+
+
 class _InlineExecutor:
-    """An executor that runs each job at once in the calling thread (``workers=0``)."""
+    """``workers=0``: jobs run in the calling thread, at once (``lazy=False``) or when
+    their result is asked for (``lazy=True``: a read happens when the case's turn comes)."""
+
+    def __init__(self, lazy: bool) -> None:
+        self.lazy = lazy
 
     def submit(self, fn, /, *args, **kwargs) -> Future:
-        fut: Future = Future()
-        try:
-            fut.set_result(fn(*args, **kwargs))
-        except Exception as exc:  # noqa: BLE001 - delivered through the future, as a pool does
-            fut.set_exception(exc)
+        fut = _Deferred(fn, args, kwargs)
+        if not self.lazy:
+            fut._run()
         return fut
 
     def shutdown(self, wait: bool = True, cancel_futures: bool = False) -> None:
@@ -605,10 +634,13 @@ def _read_case(case: Case):
     return vol, time.perf_counter() - t0
 
 
-def _write_outputs(case: Case, plan: OutputPlan, vol, pred, card, t_read: float, rank: int):
+def _write_outputs(
+    case: Case, plan: OutputPlan, vol, pred, card, t_read: float, rank: int, timing: dict
+):
     """Write one case's outputs (label map last); runs on the writer thread."""
     from napari_vnet.io import write_volume
 
+    t_write = time.perf_counter()
     stats = None
     if plan.statistics is not None:
         stats = label_statistics(pred.labels, vol, card.classes)
@@ -653,6 +685,9 @@ def _write_outputs(case: Case, plan: OutputPlan, vol, pred, card, t_read: float,
         spacing=[float(s) for s in vol.spacing],
         statistics=stats,
         rank=rank,
+        read_s=round(timing.get("read_s", 0.0), 3),
+        read_wait_s=round(timing.get("read_wait_s", 0.0), 3),
+        write_s=round(time.perf_counter() - t_write, 3),
     )
 
 
@@ -758,7 +793,7 @@ def predict_cases(
         return
 
     if workers == 0:
-        readers = writer = _InlineExecutor()
+        readers, writer = _InlineExecutor(lazy=True), _InlineExecutor(lazy=False)
     else:
         readers = ThreadPoolExecutor(
             max_workers=workers,
@@ -781,11 +816,14 @@ def predict_cases(
             reads.append((nxt[0], nxt[1], readers.submit(_read_case, nxt[0])))
 
     def finished_write(case: Case, fut: Future, t0: float) -> CaseResult:
+        t_wait = time.perf_counter()
         try:
-            return fut.result()
+            result = fut.result()
         except Exception as exc:  # noqa: BLE001 - one failed case never stops the run
             log.debug("writing %s failed", case.path, exc_info=True)
             return _failed(case, exc, rank, t0)
+        result.write_wait_s = round(time.perf_counter() - t_wait, 3)
+        return result
 
     try:
         top_up()
@@ -802,6 +840,7 @@ def predict_cases(
             except Exception as exc:  # noqa: BLE001 - a broken file is reported, not fatal
                 yield _failed(case, exc, rank, t0)
                 continue
+            timing = {"read_s": t_read, "read_wait_s": time.perf_counter() - t0}
             log.info("read %s (%s) in %.2f s", case.path, vol.shape, t_read)
             refused = _check_case(case, vol, card)
             if refused:
@@ -826,7 +865,11 @@ def predict_cases(
                 wcase, wfut, wt0 = writes.popleft()
                 yield finished_write(wcase, wfut, wt0)
             writes.append(
-                (case, writer.submit(_write_outputs, case, plan, vol, pred, card, t0, rank), t0)
+                (
+                    case,
+                    writer.submit(_write_outputs, case, plan, vol, pred, card, t0, rank, timing),
+                    t0,
+                )
             )
             del vol, pred
             while writes and writes[0][1].done():
@@ -858,10 +901,15 @@ def write_run_summary(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     counts = {s: sum(r.status == s for r in results) for s in ("written", "skipped", "failed")}
+    timing = {
+        k: round(sum(getattr(r, k) for r in results), 3)
+        for k in ("read_s", "read_wait_s", "write_s", "write_wait_s")
+    }
     summary = {
         **(info or {}),
         "cases": len(results),
         **counts,
+        "timing_totals_s": timing,
         "results": [r.to_dict() for r in sorted(results, key=lambda r: r.key)],
     }
     written = {"summary": out / f"summary{suffix}.json"}
