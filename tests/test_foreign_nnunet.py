@@ -184,3 +184,20 @@ def test_finetune_an_nnunet_folder_and_hand_it_back(tmp_path):
     theirs = _nnunet_predict(back, image, mirror=False)  # nnU-Net's own predictor
     for value in (1, 2):
         assert _dice(theirs, result.labels, value) >= 0.99, value
+
+
+def test_cli_info_and_predict_take_the_folder(tmp_path, capsys):
+    from napari_vnet.cli import main
+    from napari_vnet.io import read_volume, write_volume
+
+    assert main(["info", str(FOLDER)]) == 0
+    text = capsys.readouterr().out
+    assert "origin:        nnU-Net v2, Dataset901_TinyPhantom, 3d_fullres, folds 0-1" in text
+    assert "1 liver" in text and "2 spine" in text
+    image, _, _ = make_phantom(7, shape=(24, 48, 48))
+    src = write_volume(image, tmp_path / "ct.nii.gz")
+    out = tmp_path / "mask.nii.gz"
+    assert main(["predict", str(src), "--weights", str(FOLDER), "--out", str(out)]) == 0
+    model, card = load_checkpoint(FOLDER)
+    expected = predict(read_volume(src), model, card, device="cpu").labels
+    assert np.array_equal(read_volume(out).array, expected)
