@@ -64,6 +64,12 @@ def normalize_intensity(array: np.ndarray, normalization: Mapping[str, Any]) -> 
         raise ValueError(
             f"unknown normalization kind {kind!r}; expected one of {NORMALIZATION_KINDS}"
         )
+    need = {"window": ("low", "high"), "ct": ("low", "high", "mean", "std")}.get(kind, ())
+    missing = [k for k in need if k not in normalization]
+    if missing:
+        raise ValueError(
+            f"{kind} normalization needs {', '.join(need)}; the card lacks {', '.join(missing)}"
+        )
     x = _finite_fill(array)
     if kind == "none":
         return x

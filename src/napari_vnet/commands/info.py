@@ -152,4 +152,14 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(info, indent=2))
     else:
         print(format_text(info))
+    from napari_vnet.models.card import ModelCard, card_problems
+
+    problems = card_problems(ModelCard.from_dict(info["card"]))
+    if problems:  # the same refusal predict would give, said before anyone runs it
+        print(
+            f"napari-vnet info: error: {args.weights}: the model card cannot be used: "
+            + "; ".join(problems),
+            file=sys.stderr,
+        )
+        return 1
     return 0

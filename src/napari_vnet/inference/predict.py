@@ -64,6 +64,11 @@ def _check_image(image: np.ndarray, card: ModelCard, overlap, batch_size) -> np.
         raise ValueError("model card lists no classes")
     if min(image.shape[-3:]) < 1:
         raise ValueError(f"image of shape {image.shape} is empty")
+    if image.dtype.kind == "f" and not any(np.isfinite(plane).any() for plane in image):
+        raise ValueError(
+            f"the image contains no finite values (all {image.size} voxels are NaN or "
+            "infinite); nothing to segment"
+        )
     patch = tuple(int(p) for p in card.patch_size)
     if len(patch) != 3 or min(patch) < 1:
         raise ValueError(f"card.patch_size must be three positive ints, got {card.patch_size!r}")

@@ -202,3 +202,37 @@ class ModelCard:
             postprocess=dict(d.get("postprocess") or {}),
             format_version=version,
         )
+
+
+def card_problems(card: ModelCard) -> list[str]:
+    """What makes ``card`` unusable for a run (empty when it is fine): the checks that
+    ``predict`` applies, so ``info`` can say the same before anyone runs it."""
+    import math
+
+    out = []
+    patch = tuple(card.patch_size)
+    if len(patch) != 3 or min(patch, default=0) < 1:
+        out.append(f"patch size must be three positive sizes, got {patch}")
+    if card.spacing is not None and (
+        len(card.spacing) != 3 or not all(math.isfinite(s) and s > 0 for s in card.spacing)
+    ):
+        out.append(f"spacing must be three positive finite values (mm), got {card.spacing}")
+    if not card.classes:
+        out.append("the card lists no classes")
+    elif min(card.label_values) < 0 or max(card.label_values) > 65535:
+        out.append(f"label values must be in [0, 65535], got {card.label_values}")
+    norm = dict(card.normalization or {})
+    kind = norm.get("kind", "zscore")
+    need = {"window": ("low", "high"), "ct": ("low", "high", "mean", "std")}.get(kind, ())
+    missing = [k for k in need if k not in norm]
+    if missing:
+        out.append(f"{kind} normalization needs {', '.join(need)}; missing {', '.join(missing)}")
+    elif kind in ("window", "ct"):
+        try:
+            low, high = float(norm["low"]), float(norm["high"])
+        except (TypeError, ValueError):
+            out.append(f"{kind} normalization bounds are not numbers: {norm}")
+        else:
+            if not (math.isfinite(low) and math.isfinite(high) and high > low):
+                out.append(f"{kind} normalization needs finite low < high, got {low}, {high}")
+    return out
