@@ -685,8 +685,8 @@ class ScanProject:
     # -- file
     @contextmanager
     def _locked(self):
-        self.work_dir.mkdir(parents=True, exist_ok=True)
         try:
+            self.work_dir.mkdir(parents=True, exist_ok=True)
             fh = open(self.work_dir / _LOCK_NAME, "a+b")  # noqa: SIM115 - held for the block
         except OSError as exc:
             raise ProjectError(f"{self.work_dir}: cannot lock the scans project ({exc})") from exc
