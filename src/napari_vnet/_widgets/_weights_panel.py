@@ -274,6 +274,8 @@ class WeightsPanel(QWidget):
 
     @property
     def current_arch(self) -> str:
+        if self.card is not None and self.card.arch in FOREIGN_NAMES:
+            return self.card.arch  # foreign weights: the architecture is theirs
         return self.arch.value
 
     def select(self, name_or_path: str | os.PathLike | None) -> ModelCard | None:

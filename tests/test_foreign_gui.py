@@ -1,0 +1,51 @@
+"""The Segment dock picks an nnU-Net v2 folder (Folder…), shows its card, and runs it."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+pytest.importorskip("napari")
+pytest.importorskip("nnunetv2", reason="needs the [nnunet] extra (nnunetv2)")
+
+import test_widget_segment_support as support  # noqa: E402
+from test_foreign_nnunet import FOLDER  # noqa: E402
+from test_widget_segment_support import RUN_TIMEOUT_MS, errors, wait_done  # noqa: E402
+
+from napari_vnet.inference import predict  # noqa: E402
+from napari_vnet.models import load_checkpoint  # noqa: E402
+from napari_vnet.phantoms import make_phantom  # noqa: E402
+
+_config = support._config
+dock = support.dock
+notes = support.notes
+
+pytestmark = pytest.mark.gui
+
+
+def test_folder_button_picks_an_nnunet_folder_and_run_segments(qtbot, dock, notes, monkeypatch):
+    from qtpy.QtWidgets import QFileDialog
+
+    viewer, w = dock
+    image, _, _ = make_phantom(7, shape=(24, 48, 48))
+    layer = viewer.add_image(image.array, name="ct", scale=image.spacing)
+    # the folder dialog itself cannot be driven headless: answer it with the folder
+    monkeypatch.setattr(QFileDialog, "getExistingDirectory", lambda *a, **k: str(FOLDER))
+    w.model.browse_folder.native.click()
+    assert w.current_weights == FOLDER
+    text = w.model.info.text()
+    assert "nnU-Net v2, Dataset901_TinyPhantom, 3d_fullres, folds 0-1" in text
+    assert "liver" in text and "spine" in text and "nnU-Net's own" in text
+    assert w.model.problem is None
+    assert w.image.value is layer
+
+    with qtbot.waitSignal(w.prediction_added, timeout=RUN_TIMEOUT_MS) as blocker:
+        assert w.run() is not None
+    wait_done(qtbot, w)
+    result = blocker.args[0]
+    assert not errors(notes)
+    assert result.data.shape == image.array.shape
+    model, card = load_checkpoint(FOLDER)
+    expected = predict(image, model, card).labels
+    assert np.array_equal(np.asarray(result.data), expected)
+    assert {1, 2} <= set(np.unique(result.data))
