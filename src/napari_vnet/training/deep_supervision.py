@@ -46,10 +46,8 @@ class DeepSupervision(nn.Module):
             raise ValueError(f"{type(model).__name__} has no decoder stages to supervise")
         self.model = model
         self._feats: list[torch.Tensor] = []
-        self._hooks = [
-            stage.register_forward_hook(lambda _m, _i, out: self._feats.append(out))
-            for stage in model.decoder
-        ]
+        self._active = False  # collect only in this wrapper's forward (not in validation)
+        self._hooks = [stage.register_forward_hook(self._collect) for stage in model.decoder]
         # widths of the decoder stages, from a probe at the smallest size the network takes
         size = int(getattr(model, "size_multiple", 16))
         in_ch = int(getattr(model, "in_channels", 1))
@@ -58,7 +56,9 @@ class DeepSupervision(nn.Module):
         model.eval()
         with torch.no_grad():
             self._feats.clear()
+            self._active = True
             model(torch.zeros(1, in_ch, size, size, size, device=param.device))
+            self._active = False
         model.train(was_training)
         widths = [int(f.shape[1]) for f in self._feats]  # deep (coarse) to shallow
         self._feats.clear()
@@ -71,13 +71,21 @@ class DeepSupervision(nn.Module):
         )
         self.weights = [self.weights[0], *used]
 
+    def _collect(self, _module, _inputs, output) -> None:
+        if self._active:
+            self._feats.append(output)
+
     @property
     def out_channels(self) -> int:
         return int(self.model.out_channels)
 
     def forward(self, x: torch.Tensor):
         self._feats.clear()
-        out = self.model(x)
+        self._active = True
+        try:
+            out = self.model(x)
+        finally:
+            self._active = False
         feats, self._feats = self._feats, []
         if not self.training:
             return out
