@@ -267,7 +267,9 @@ class ScanLoadingMixin:
         self._requested = entry
         args = self._read_args(entry)
         wanted = functools.partial(self._still_wanted, entry.key)
-        worker = create_worker(load_scan_data, *args, still_wanted=wanted, _start_thread=False)
+        worker = create_worker(
+            load_scan_data, *args, still_wanted=wanted, _start_thread=False, _ignore_errors=True
+        )
         worker.returned.connect(self._on_loaded)
         worker.errored.connect(functools.partial(self._on_load_error, entry))
         self._loader = worker
@@ -372,7 +374,9 @@ class ScanLoadingMixin:
             return
         if self._prefetch is not None and self._prefetch[0] == target.key:
             return
-        worker = create_worker(load_scan_data, *self._read_args(target), _start_thread=False)
+        worker = create_worker(
+            load_scan_data, *self._read_args(target), _start_thread=False, _ignore_errors=True
+        )
         self._prefetch = (target.key, worker)
 
         def done(result, key=target.key):
