@@ -336,6 +336,10 @@ def header_data_files(path: str | os.PathLike) -> list[Path] | None:
     out = []
     for name in names:
         raw = name.encode("latin-1")
+        if b"\0" in raw:
+            raise VolumeReadError(
+                path, f"the header names a data file with a NUL byte ({name!r}); corrupt header"
+            )
         candidate = os.path.join(os.fsencode(path.parent), raw)
         shown = os.fsdecode(raw)
         real = os.path.realpath(candidate)
