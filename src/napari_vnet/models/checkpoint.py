@@ -46,10 +46,10 @@ CHECKPOINT_FORMAT = 1
 MARKER = "napari_vnet_checkpoint"
 
 _WRAP_HINT = (
-    "to wrap a bare state_dict, rebuild the network and save it with its card: "
-    "`from napari_vnet.models import ModelCard, build_model, save_checkpoint; "
-    "card = ModelCard(arch='vnet', arch_kwargs={...}, classes=[...]); "
-    "model = build_model(card); model.load_state_dict(torch.load(old, weights_only=True)); "
+    "a MONAI network's weights: `napari-vnet import-weights FILE --arch monai.VNet "
+    "--classes ... --out NEW.pt`; an nnU-Net v2 model: pass its trained-model folder; "
+    "one of napari-vnet's networks: `model = build_model(ModelCard(arch=..., classes=...)); "
+    "model.load_state_dict(torch.load(old, weights_only=True)); "
     "save_checkpoint(model, card, new)`"
 )
 
