@@ -27,7 +27,6 @@ import hashlib
 import json
 import logging
 import os
-import re
 import time
 import weakref
 from pathlib import Path
@@ -318,7 +317,8 @@ class ScansWidget(ScanLoadingMixin, ScanEditsMixin, QWidget):
         """Where a scans folder's project lives unless the user picks another folder."""
         scans = Path(scans_folder).expanduser().resolve()
         digest = hashlib.sha1(os.fsencode(scans)).hexdigest()[:8]
-        name = re.sub(r"[^\w.-]+", "_", _printable(scans.name)) or "scans"
+        # the name as before; only bytes that are not UTF-8 are replaced (as \xNN -> _xNN)
+        name = _printable(scans.name).replace("\\", "_") or "scans"
         return _config_dir() / "projects" / f"{name}-{digest}"
 
     # ------------------------------------------------------------- folders
