@@ -133,6 +133,16 @@ def autocast(device: torch.device, dtype: torch.dtype | None):
 # ----------------------------------------------------------------------------- bf16 on CPU
 
 
+def _cpu_autocast_dtype() -> torch.dtype | None:
+    """The CPU autocast dtype in force, or None when CPU autocast is off."""
+    try:
+        on = torch.is_autocast_enabled("cpu")
+        return torch.get_autocast_dtype("cpu") if on else None
+    except TypeError:  # torch < 2.4
+        on = torch.is_autocast_cpu_enabled()
+        return torch.get_autocast_cpu_dtype() if on else None
+
+
 class _ShallowConvFp32:
     """Forward hooks that run a 3-D convolution in fp32 while CPU bf16 autocast is on,
     gradients are recorded and the input is shallower (along z) than the kernel.
@@ -156,10 +166,9 @@ class _ShallowConvFp32:
             isinstance(x, torch.Tensor)
             and x.ndim == 5
             and x.device.type == "cpu"
-            and torch.is_grad_enabled()
-            and torch.is_autocast_enabled("cpu")
-            and torch.get_autocast_dtype("cpu") == torch.bfloat16
             and x.shape[2] < module.kernel_size[0]
+            and torch.is_grad_enabled()
+            and _cpu_autocast_dtype() == torch.bfloat16
         )
 
     def pre(self, module, args):
