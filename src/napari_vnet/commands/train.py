@@ -122,9 +122,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="from scratch: the first image's spacing instead of the median spacing",
     )  # fmt: skip
     recipe.add_argument(
-        "--patch-memory", type=float, default=256.0, metavar="MB",
+        "--patch-memory", type=float, default=128.0, metavar="MB",
         help="from scratch without --patch-size: plan the patch from the data's median shape "
-        "to fit this activation memory per batch (default 256; 0: the fixed default patch)",
+        "to fit this activation memory per batch (default 128; 0: the fixed default patch)",
     )  # fmt: skip
     recipe.add_argument(
         "--no-spatial-aug", action="store_true", help="no rotation/scaling augmentation"

@@ -109,7 +109,7 @@ class TrainConfig:
     # Each applies to runs from scratch where marked; a fine-tune keeps its base's choices.
     intensity_from_data: bool = True  # from scratch: CT -> foreground clip/mean/std ("ct")
     plan_spacing: bool = True  # from scratch: the cases' median spacing (nnU-Net's rule)
-    patch_memory_mb: float | None = 256.0  # from scratch, no patch: patch planned to fit this
+    patch_memory_mb: float | None = 128.0  # from scratch, no patch: patch planned to fit this
     augment_spatial: bool = True  # rotation, scaling (batchgeneratorsv2)
     augment_elastic: bool = False  # elastic deformation (slow on a CPU)
     augment_intensity: bool = True  # gamma, brightness, contrast, noise, blur, low resolution

@@ -11,8 +11,8 @@
   nnU-Net does, so thin-slice scans are not thrown away.
 * :func:`plan_patch`: the training patch from the median case shape at that spacing and a
   memory budget: start from a patch of equal extent in mm, clip to the median shape,
-  then shrink the axis that is largest relative to the median shape until the estimated
-  activation memory of a batch fits; sizes are multiples of the network's down-sampling
+  grow the other axes into the budget, then shrink the axis of largest extent in mm until
+  the estimated activation memory of a batch fits; sizes are multiples of the network's down-sampling
   factor (nnU-Net's ``get_plans_for_configuration``, sized for a CPU).
 """
 
@@ -170,11 +170,13 @@ def plan_patch(
         scale = (budget / np.prod(patch)) ** (1.0 / free.sum())
         patch = np.where(free, np.minimum(patch * scale, shape), patch)
     out = rounded(patch)
-    # shrink the axis largest relative to the data until the budget holds
+    # shrink the axis of largest extent in mm until the budget holds (our networks pool
+    # all axes alike, so a thin scan's z side cannot shrink in small steps as nnU-Net's
+    # topology allows: keeping the patch near isotropic in mm keeps its 3-D context)
     while np.prod(out) > budget and out.max() > div:
-        ratios = out / shape
-        ratios[out <= div] = -np.inf
-        axis = int(np.argmax(ratios))
+        extent = out * sp
+        extent[out <= div] = -np.inf
+        axis = int(np.argmax(extent))
         out[axis] -= div
     # a thin axis below one divisor keeps the data's own size (the network pads it)
     out = np.where(shape < div, np.ceil(shape).astype(int), out)
