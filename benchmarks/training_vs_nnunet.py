@@ -21,8 +21,9 @@ depth and widths (``--width``: W, 2W, 4W, 8W; 2 convolutions per stage) and patc
 its own ``nnUNetTrainer`` (fold ``all``, CPU, data augmentation in the main process, its
 SGD + poly schedule) is driven epoch by epoch (10 training + 2 validation iterations) until
 the budget is spent, with the poly learning rate on elapsed time like napari-vnet's.
-Prediction: nnU-Net's ``nnUNetPredictor`` with its defaults (Gaussian, step 0.5, mirroring);
-napari-vnet's ``predict`` with ``tta=True`` (mirroring too) and the card's post-processing.
+Prediction: nnU-Net's ``nnUNetPredictor`` (Gaussian, step 0.5) and napari-vnet's
+``predict`` (overlap 0.5, with the card's post-processing), both without mirroring
+test-time augmentation (8x the CPU time; nnU-Net's default turns it on).
 
 napari-vnet runs ``napari-vnet train`` (3D U-Net width W, V-Net width W) with
 ``--minutes`` and ``--val-fraction 0.2`` (best checkpoint and the post-processing choice
@@ -70,6 +71,7 @@ images, seg_out = json.loads(sys.argv[5]), sys.argv[6]
 torch.set_num_threads(2)
 folder = join(nnUNet_preprocessed, name)
 plans = load_json(join(folder, "nnUNetPlans.json"))
+plans["continue_training"] = False  # what nnUNetv2_train adds
 trainer = nnUNetTrainer(plans, "3d_fullres", "all", load_json(join(folder, "dataset.json")),
                         device=torch.device("cpu"))
 trainer.num_iterations_per_epoch = 10
@@ -100,7 +102,7 @@ while time.time() - t0 < budget:
 seconds = time.time() - t0
 trainer.on_train_end()
 model_dir = join(nnUNet_results, name, "nnUNetTrainer__nnUNetPlans__3d_fullres")
-pred = nnUNetPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=True,
+pred = nnUNetPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=False,
                        device=torch.device("cpu"), verbose=False, allow_tqdm=False)
 pred.initialize_from_trained_model_folder(model_dir, use_folds=("all",),
                                           checkpoint_name="checkpoint_final.pth")
@@ -238,7 +240,7 @@ def predict_ours(weights: Path, image: Path) -> np.ndarray:
     from napari_vnet.models import load_checkpoint
 
     model, card = load_checkpoint(weights, map_location="cpu")
-    return predict(read_volume(image), model, card, tta=True).labels
+    return predict(read_volume(image), model, card).labels
 
 
 # ------------------------------------------------------------------ nnU-Net
