@@ -98,6 +98,8 @@ def importance_map(
         return torch.ones(tuple(int(p) for p in patch), dtype=torch.float32)
     if mode != "gaussian" or center not in ("mid", "floor"):
         raise ValueError(f"importance map mode/center {mode!r}/{center!r} is not supported")
+    if center == "floor":  # nnU-Net's map, value for value (see _nnunet_importance_map)
+        return _nnunet_importance_map(patch)
     profiles = []
     for size in patch:
         sigma = max(size * GAUSSIAN_SIGMA_SCALE, 1e-6)
@@ -107,6 +109,24 @@ def importance_map(
     weights = np.multiply.outer(profiles[0], np.multiply.outer(profiles[1], profiles[2]))
     floor = max(float(weights.min()), GAUSSIAN_MIN)
     return torch.from_numpy(np.maximum(weights, floor).astype(np.float32))
+
+
+def _nnunet_importance_map(patch: Sequence[int]) -> torch.Tensor:
+    """nnU-Net's window weights: a unit impulse on voxel ``size // 2`` blurred by a
+    Gaussian of sigma patch / 8 (``scipy.ndimage.gaussian_filter``, zero outside),
+    scaled to a peak of 10 and stored in float16 - so the far corners underflow to 0 and
+    are then set to the smallest non-zero weight (nnU-Net's ``compute_gaussian``). The
+    float16 rounding and that floor are kept: they decide how strongly each window counts
+    near the image border, where an uncertain model's windows disagree."""
+    from scipy.ndimage import gaussian_filter
+
+    size = tuple(int(p) for p in patch)
+    impulse = np.zeros(size)
+    impulse[tuple(s // 2 for s in size)] = 1.0
+    blurred = gaussian_filter(impulse, [s * GAUSSIAN_SIGMA_SCALE for s in size], 0, mode="constant")
+    weights = (blurred / blurred.max() * 10.0).astype(np.float16)
+    weights[weights == 0] = weights[weights > 0].min()
+    return torch.from_numpy(weights.astype(np.float32))
 
 
 def flip_sets(tta: bool | Sequence[Sequence[int]]) -> list[tuple[int, ...]]:
