@@ -97,6 +97,11 @@ def _fmt_normalization(norm: dict) -> str:
         return f"percentiles {norm.get('low', '?'):g} … {norm.get('high', '?'):g}, scaled to [0, 1]"
     if kind == "zscore":
         return "z-score (per-volume mean / std)"
+    if kind == "ct":
+        return (
+            f"CT: clip {norm.get('low', 0):.4g} … {norm.get('high', 0):.4g}, "
+            f"mean {norm.get('mean', 0):.4g}, std {norm.get('std', 1):.4g} (training foreground)"
+        )
     rest = ", ".join(f"{k}={v}" for k, v in norm.items() if k != "kind")
     return f"{kind} ({rest})" if rest else str(kind)
 
