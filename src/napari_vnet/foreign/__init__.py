@@ -77,8 +77,4 @@ def preprocessing_for(card):
         from napari_vnet.foreign.monai_bundle import MonaiBundlePreprocessing
 
         return MonaiBundlePreprocessing(card)
-    if kind == "array_order":
-        from napari_vnet.foreign.monai_bundle import array_order_preprocessing
-
-        return array_order_preprocessing(card)
     raise ValueError(f"model card names an unknown preprocessing {kind!r}")

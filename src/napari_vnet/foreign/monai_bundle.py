@@ -286,57 +286,6 @@ def load_monai_bundle(path: str | os.PathLike) -> tuple[MonaiNetwork, ModelCard]
     return net, card
 
 
-def _array_order_class():
-    from napari_vnet.inference.preprocess import CardPreprocessing
-
-    class ArrayOrderPreprocessing(CardPreprocessing):
-        """napari-vnet's normalisation and resampling (``card.normalization``,
-        ``card.spacing``), then the axes put in the network's order (MONAI: x, y, z);
-        the way back reverses the order first."""
-
-        def __init__(self, card: ModelCard) -> None:
-            super().__init__(card)
-            self.axes = [int(a) for a in card.preprocessing.get("axes", XYZ)]
-            if sorted(self.axes) != [0, 1, 2]:
-                raise ValueError(f"array_order axes must be a permutation of 0, 1, 2: {self.axes}")
-            self.back = [int(a) for a in np.argsort(self.axes)]
-
-        def preprocess(self, channels, spacing, geometry=None):
-            vol, ctx = super().preprocess(channels, spacing)
-            return np.ascontiguousarray(vol.transpose(0, *[a + 1 for a in self.axes])), ctx
-
-        def prepare_training(self, image, labels, mask, spacing):
-            """A training pair as the network sees it: our normalisation and resampling
-            (as for prediction), then the axes reordered."""
-            from napari_vnet.transforms import resample_to_spacing
-
-            vol, ctx = self.preprocess(image[None], spacing)
-            if ctx.resampled:
-                sp, target = ctx.input_spacing, ctx.model_spacing
-                shape = vol.shape[1:]
-                shape = tuple(shape[a] for a in self.back)
-                labels = resample_to_spacing(labels, sp, target, is_label=True, shape=shape)
-                if mask is not None:
-                    mask = resample_to_spacing(mask, sp, target, is_label=True, shape=shape)
-            labels = np.ascontiguousarray(np.asarray(labels).transpose(self.axes))
-            if mask is not None:
-                mask = np.ascontiguousarray(np.asarray(mask).transpose(self.axes))
-            return vol[0], labels, mask
-
-        def restore(self, ctx, *, labels, probabilities=None, scores=None):
-            labels = labels.transpose(self.back)
-            if probabilities is not None:
-                probabilities = probabilities.transpose(0, *[a + 1 for a in self.back])
-            return super().restore(ctx, labels=labels, probabilities=probabilities)
-
-    return ArrayOrderPreprocessing
-
-
-def array_order_preprocessing(card: ModelCard):
-    """The preprocessing of a card with ``{"kind": "array_order", ...}``."""
-    return _array_order_class()(card)
-
-
 @dataclass
 class BundleContext:
     tensor: Any  # the preprocessed MetaTensor (holds the applied operations)

@@ -10,6 +10,10 @@ label map on the input grid. napari-vnet's own cards get :class:`CardPreprocessi
    to the card spacing, and :meth:`~CardPreprocessing.restore` resamples the labels
    (nearest) and probabilities (linear) back.
 
+A card with ``preprocessing = {"kind": "array_order", "axes": [2, 1, 0]}`` (a MONAI
+network, trained on ``(x, y, z)`` arrays) gets :class:`ArrayOrderPreprocessing`: the same,
+then the axes put in the network's order (and back first on the way back).
+
 A card whose ``preprocessing`` names a producer (``{"kind": "nnunet", ...}``) gets that
 producer's object from :func:`napari_vnet.foreign.preprocessing_for` (axis order,
 clipping normalisation, resampling orders...). Every such object has the same three
@@ -143,9 +147,47 @@ class CardPreprocessing:
         return out, probabilities
 
 
+class ArrayOrderPreprocessing(CardPreprocessing):
+    """:class:`CardPreprocessing`, then the axes in the network's order (``axes``)."""
+
+    def __init__(self, card: ModelCard) -> None:
+        super().__init__(card)
+        self.axes = [int(a) for a in card.preprocessing.get("axes", (0, 1, 2))]
+        if sorted(self.axes) != [0, 1, 2]:
+            raise ValueError(f"array_order axes must be a permutation of 0, 1, 2: {self.axes}")
+        self.back = [int(a) for a in np.argsort(self.axes)]
+
+    def preprocess(self, channels: np.ndarray, spacing) -> tuple[np.ndarray, PreparedInput]:
+        vol, ctx = super().preprocess(channels, spacing)
+        return np.ascontiguousarray(vol.transpose(0, *[a + 1 for a in self.axes])), ctx
+
+    def restore(self, ctx, *, labels, probabilities=None, scores=None):
+        labels = labels.transpose(self.back)
+        if probabilities is not None:
+            probabilities = probabilities.transpose(0, *[a + 1 for a in self.back])
+        return super().restore(ctx, labels=labels, probabilities=probabilities)
+
+    def prepare_training(self, image, labels, mask, spacing):
+        """A training pair as the network sees it (as :meth:`preprocess`, labels and
+        mask resampled nearest), in the network's axis order."""
+        vol, ctx = self.preprocess(image[None], spacing)
+        if ctx.resampled:
+            shape = tuple(vol.shape[1:][a] for a in self.back)
+            sp, target = ctx.input_spacing, ctx.model_spacing
+            labels = resample_to_spacing(labels, sp, target, is_label=True, shape=shape)
+            if mask is not None:
+                mask = resample_to_spacing(mask, sp, target, is_label=True, shape=shape)
+        labels = np.ascontiguousarray(np.asarray(labels).transpose(self.axes))
+        if mask is not None:
+            mask = np.ascontiguousarray(np.asarray(mask).transpose(self.axes))
+        return vol[0], labels, mask
+
+
 def preprocessing_for(card: ModelCard):
     """The pre/post-processing object for ``card`` (see the module text)."""
     kind = (getattr(card, "preprocessing", None) or {}).get("kind")
+    if kind == "array_order":
+        return ArrayOrderPreprocessing(card)
     if kind:
         from napari_vnet.foreign import preprocessing_for as producers
 

@@ -136,7 +136,7 @@ class _Run:
             )
         producer = None
         if (card.preprocessing or {}).get("kind"):  # foreign weights: their preprocessing
-            from napari_vnet.foreign import preprocessing_for
+            from napari_vnet.inference.preprocess import preprocessing_for
 
             producer = preprocessing_for(card)
             card.source = {**card.source, "fine_tuned": True}
