@@ -64,6 +64,7 @@ __all__ = [
     "output_stem",
     "plan_outputs",
     "predict_cases",
+    "require_highdicom",
     "shard",
     "statistics_rows",
     "write_dicom_seg",
@@ -397,7 +398,8 @@ def statistics_rows(results: Iterable[CaseResult]) -> list[dict[str, Any]]:
 # ------------------------------------------------------------------------- DICOM-SEG
 
 
-def _require_highdicom():
+def require_highdicom():
+    """``(highdicom, pydicom)``, or DicomSegUnavailableError saying what to install."""
     try:
         import highdicom
         import pydicom
@@ -441,7 +443,7 @@ def write_dicom_seg(labels: np.ndarray, volume, card, path: str | os.PathLike) -
     position, so the order the files were listed in does not matter). Readable by
     pydicom, highdicom, 3D Slicer (QuantitativeReporting) and OHIF.
     """
-    hd, pydicom = _require_highdicom()
+    hd, pydicom = require_highdicom()
     from pydicom.sr.codedict import codes
 
     path = Path(path)

@@ -282,6 +282,7 @@ def run_folder(args: argparse.Namespace) -> int:
         discover_cases,
         distributed_context,
         predict_cases,
+        require_highdicom,
         shard,
         write_run_summary,
     )
@@ -301,10 +302,8 @@ def run_folder(args: argparse.Namespace) -> int:
     if out_dir.exists() and not out_dir.is_dir():
         return _fail(f"{out_dir}: exists and is not a folder")
     if args.fmt == "dicom-seg":
-        from napari_vnet.batch import _require_highdicom
-
         try:
-            _require_highdicom()
+            require_highdicom()
         except DicomSegUnavailableError as exc:
             return _fail(str(exc))
     try:
@@ -343,7 +342,7 @@ def run_folder(args: argparse.Namespace) -> int:
                 last["t"] = now
                 log.info("windows %d/%d", done, total)
 
-        state = {"done": 0, "busy": 0.0, "t0": None, "n_todo": 0}
+        state = {"done": 0, "t0": None, "n_todo": 0}
 
         def on_start(case, i: int, n: int) -> None:
             state["n_todo"] = n
