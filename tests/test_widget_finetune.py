@@ -123,7 +123,9 @@ def test_train_on_painted_slices_then_resegment(make_napari_viewer, qtbot, base_
     assert ft.progress.value() == 100
     np.testing.assert_array_equal(labels.data, labels_before)  # user labels untouched
     model, card = load_checkpoint(out)
-    assert card.history["iterations"] == 6
+    # the best checkpoint (smoothed training loss: no validation with 3 slices) is one of
+    # the two evaluation points of a 6-iteration run
+    assert card.history["iterations"] == card.history["best_iteration"] in (5, 6)
     assert [c.value for c in card.classes] == [0, 1]
 
     assert out.resolve() in [p.resolve() for p in recent_weights()]
