@@ -114,6 +114,12 @@ def main() -> int:
     parser.add_argument(
         "--work", default=None, help="folder for the cases and outputs (default: a temp dir)"
     )
+    parser.add_argument(
+        "--reverse",
+        action="store_true",
+        help="run the modes in the opposite order (batch first): on a shared machine whose "
+        "load drifts, the two orders bound the bias",
+    )
     parser.add_argument("--out", default=str(RESULTS / "batch_predict.json"))
     args = parser.parse_args()
 
@@ -130,26 +136,30 @@ def main() -> int:
 
     # sequential shell loop over the single-case CLI
     loop_out = work / "loop"
-    shutil.rmtree(loop_out, ignore_errors=True)
-    loop_out.mkdir()
     script = (
         f'for f in "{in_dir}"/*.nii.gz; do '
         f'{" ".join(exe)} predict "$f" {" ".join(common)} -o "{loop_out}/$(basename "$f")" '
         "|| exit 1; done"
     )
-    print("shell loop ...", flush=True)
-    loop = run_measured(["bash", "-c", script], env)
-
-    runs = {"loop": loop}
-    for name, workers in (("serial", 0), ("batch", args.workers)):
+    modes = [("loop", None), ("serial", 0), ("batch", args.workers)]
+    if args.reverse:
+        modes.reverse()
+    runs = {}
+    for name, workers in modes:
         folder = work / name
         shutil.rmtree(folder, ignore_errors=True)
+        if workers is None:
+            folder.mkdir()
+            print("shell loop ...", flush=True)
+            runs[name] = run_measured(["bash", "-c", script], env)
+            continue
         print(f"{name} (--workers {workers}) ...", flush=True)
         runs[name] = run_measured(
             [*exe, "predict", str(in_dir), *common, "--out", str(folder),
              "--workers", str(workers)],
             env,
         )  # fmt: skip
+    loop = runs["loop"]
     load_after = load()
     batch_out = work / "batch"
 
@@ -215,6 +225,7 @@ def main() -> int:
         "weights": args.weights,
         "device": args.device,
         "workers": args.workers,
+        "order": [name for name, _ in modes],
         "rows": rows,
         "speedup": round(speedup, 3),
         "speedup_vs_workers0": round(overlap_gain, 3),
