@@ -11,6 +11,11 @@ ends the new weights are added to the recent-weights list and selected in the
 
 The user's labels layers are never modified: training gets copies taken on the GUI
 thread when Train is pressed.
+
+This module keeps the dock's layout and wiring; the pair list and the training data
+taken from it are in :mod:`._finetune_pairs`, the training run and its progress in
+:mod:`._finetune_run`, dataset export in :mod:`._finetune_export`, and what runs off the
+GUI thread in :mod:`._finetune_job`.
 """
 
 from __future__ import annotations
@@ -18,12 +23,9 @@ from __future__ import annotations
 import dataclasses
 import logging
 import threading
-import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 from qtpy.QtCore import Qt, QTimer, Signal
 from qtpy.QtWidgets import (
     QButtonGroup,
@@ -46,18 +48,22 @@ from qtpy.QtWidgets import (
 )
 
 from napari_vnet._widgets import _edits
+from napari_vnet._widgets._finetune_export import FinetuneExportMixin
 from napari_vnet._widgets._finetune_job import (
     GeometryMismatch,
     check_same_geometry,
-    check_same_grid,
     default_output_path,
-    export_job,
-    format_seconds,
-    layer_volume,
-    parse_class_names,
-    parse_patch,
-    training_job,
 )
+from napari_vnet._widgets._finetune_pairs import (
+    EDITED,
+    WHOLE,
+    FinetunePairsMixin,
+    _count_file_annotated,
+    _file_item,
+    _Pair,
+)
+from napari_vnet._widgets._finetune_pairs import notify as _notify
+from napari_vnet._widgets._finetune_run import PROGRESS_REFRESH_MS, FinetuneRunMixin
 from napari_vnet._widgets._losscurve import LossCurve
 from napari_vnet._widgets._session import first_use_in_napari as _session_first_use
 
@@ -66,64 +72,25 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-WHOLE, EDITED = "whole volume", "edited / reviewed slices only"
-# Progress (text, bar, curve) is shown at most this often, all in one repaint: under a
-# software OpenGL stack every repaint of the window costs tens of ms of the GUI thread
-PROGRESS_REFRESH_MS = 1000
 ARCH_FALLBACK = ("vnet", "unet3d", "vox2vox")
 
-__all__ = ["FinetuneWidget", "GeometryMismatch", "check_same_geometry"]
-
-
-# ------------------------------------------------------------------------------ pairs
-
-
-@dataclass
-class _Pair:
-    image_layer: Any = None
-    labels_layer: Any = None
-    image_path: Path | None = None
-    labels_path: Path | None = None
-    annotated: Any = None  # for file pairs: mask, slice list or {"axis", "slices"} record
-
-    @property
-    def is_file(self) -> bool:
-        return self.image_path is not None
-
-    def describe(self) -> str:
-        if self.is_file:
-            n = _count_file_annotated(self.annotated)
-            extra = f" ({n} annotated slices)" if n else ""
-            return f"{self.image_path.name}  +  {self.labels_path.name}{extra}"
-        n = _edits.count_annotated(self.labels_layer.metadata)
-        return f"{self.image_layer.name}  +  {self.labels_layer.name}  ({n} annotated slices)"
-
-
-def _count_file_annotated(annotated) -> int:
-    if annotated is None:
-        return 0
-    if isinstance(annotated, dict):
-        return _edits.count_annotated({_edits.KEY: annotated})
-    arr = np.asarray(annotated)
-    if arr.dtype == bool and arr.ndim == 3:
-        return int(arr.any(axis=(1, 2)).sum())
-    return len(arr.ravel())
-
-
-def _file_item(p: _Pair, only_edited: bool) -> dict:
-    """The worker/export record for a file-backed pair (paths only; read off the GUI thread)."""
-    return {
-        "image_path": p.image_path,
-        "labels_path": p.labels_path,
-        "annotated": p.annotated if only_edited else None,
-        "only_edited": only_edited,
-    }
+__all__ = [
+    "EDITED",
+    "PROGRESS_REFRESH_MS",
+    "WHOLE",
+    "FinetuneWidget",
+    "GeometryMismatch",
+    "_Pair",
+    "_count_file_annotated",
+    "_file_item",
+    "check_same_geometry",
+]
 
 
 # ------------------------------------------------------------------------------ widget
 
 
-class FinetuneWidget(QWidget):
+class FinetuneWidget(FinetunePairsMixin, FinetuneRunMixin, FinetuneExportMixin, QWidget):
     """Dock widget: fine-tune a segmentation network on the user's corrections."""
 
     weights_saved = Signal(str)
@@ -411,61 +378,6 @@ class FinetuneWidget(QWidget):
         self._on_labels_edited(layer)
         return index
 
-    # ------------------------------------------------------------------ pairs
-    def add_pair(self, image_layer, labels_layer) -> None:
-        """Add an (image layer, labels layer) training pair; raises GeometryMismatch."""
-        check_same_geometry(image_layer, labels_layer)
-        for p in self._pairs:
-            if p.image_layer is image_layer and p.labels_layer is labels_layer:
-                return
-        self._pairs.append(_Pair(image_layer=image_layer, labels_layer=labels_layer))
-        self._refresh_pair_list()
-
-    def add_file_pair(self, image_path, labels_path, annotated=None) -> None:
-        """Add a pair of files (e.g. from the Scans dock); read when training starts.
-
-        ``annotated``: None (whole volume), a boolean mask, a list of slice indices along
-        axis 0, or an ``{"axis": a, "slices": [...]}`` record.
-        """
-        image_path, labels_path = Path(image_path), Path(labels_path)
-        for p in (image_path, labels_path):
-            if not p.exists():
-                raise FileNotFoundError(f"training file not found: {p}")
-        from napari_vnet.io import read_header
-
-        check_same_grid(read_header(image_path), read_header(labels_path), image_path, labels_path)
-        # the same labels file again (e.g. handed over twice): update its record
-        self._pairs = [p for p in self._pairs if p.labels_path != labels_path]
-        self._pairs.append(
-            _Pair(image_path=image_path, labels_path=labels_path, annotated=annotated)
-        )
-        self._refresh_pair_list()
-
-    @property
-    def pairs(self) -> list[_Pair]:
-        return list(self._pairs)
-
-    def _on_add_pair_clicked(self) -> None:
-        img, lab = self.image_combo.currentData(), self.labels_combo.currentData()
-        if img is None or lab is None:
-            _notify("warning", "Choose an image layer and a labels layer first.")
-            return
-        try:
-            self.add_pair(img, lab)
-        except ValueError as exc:  # GeometryMismatch and other refusals
-            _notify("error", str(exc))
-
-    def _on_remove_pair(self) -> None:
-        row = self.pair_list.currentRow()
-        if 0 <= row < len(self._pairs):
-            del self._pairs[row]
-            self._refresh_pair_list()
-
-    def _refresh_pair_list(self) -> None:
-        self.pair_list.clear()
-        for p in self._pairs:
-            self.pair_list.addItem(p.describe())
-
     # ------------------------------------------------------------- base weights
     def set_base_weights(self, path) -> None:
         """Fine-tune these weights (a path or a shipped name)."""
@@ -523,228 +435,6 @@ class FinetuneWidget(QWidget):
         self.iterations_spin.setVisible(mode == "iterations")
         self.minutes_spin.setVisible(mode == "minutes")
 
-    # ---------------------------------------------------------------- training
-    def _training_specs(self, only_edited: bool) -> list[dict]:
-        """Copies of the pairs' data for the worker (GUI thread; labels never shared)."""
-        pairs = self._pairs
-        if not pairs:
-            img, lab = self.image_combo.currentData(), self.labels_combo.currentData()
-            if img is None or lab is None:
-                raise ValueError("No training data: choose an image and a labels layer.")
-            check_same_geometry(img, lab)
-            pairs = [_Pair(image_layer=img, labels_layer=lab)]
-        specs = []
-        for p in pairs:
-            if p.is_file:
-                specs.append(_file_item(p, only_edited))
-                continue
-            check_same_geometry(p.image_layer, p.labels_layer)
-            labels = np.array(p.labels_layer.data, copy=True)
-            mask = None
-            if only_edited:
-                mask = _edits.annotated_mask(labels.shape, p.labels_layer.metadata)
-                if mask is None:
-                    raise ValueError(
-                        f"Labels layer '{p.labels_layer.name}' has no edited or reviewed "
-                        "slices. Paint corrections or press 'Mark slice reviewed', or set "
-                        f"'Voxels that count' to '{WHOLE}'."
-                    )
-            vol = layer_volume(p.image_layer, np.asarray(p.image_layer.data))
-            specs.append(
-                {
-                    "image": vol.array,
-                    "labels": labels,
-                    "spacing": tuple(float(s) for s in vol.spacing),
-                    "annotated": mask,
-                    "name": p.labels_layer.name,
-                }
-            )
-        return specs
-
-    def training_config(self, n_annotated: int | None = None):
-        """A TrainConfig from the dock's settings (classes are settled in the worker)."""
-        from napari_vnet.training import TrainConfig, width_kwargs
-
-        by_minutes = self.stop_combo.currentText() == "minutes"
-        val = self.val_spin.value() / 100.0
-        if n_annotated is not None and n_annotated < 5:
-            val = 0.0  # too few slices to hold any out
-        text = self.patch_edit.text().strip()
-        new = not self.from_base_radio.isChecked()
-        arch = self.arch_combo.currentText()
-        eval_pace = {}
-        if by_minutes:  # about 8 validation points on the curve, 15-60 s apart
-            eval_pace["eval_seconds"] = min(60.0, max(15.0, 60.0 * self.minutes_spin.value() / 8))
-        return TrainConfig(
-            arch=arch if new else None,
-            arch_kwargs=width_kwargs(arch, self.width_spin.value()) if new else {},
-            iterations=None if by_minutes else self.iterations_spin.value(),
-            minutes=self.minutes_spin.value() if by_minutes else None,
-            lr=self.lr_spin.value() or None,
-            patch_size=parse_patch(text) if text else None,
-            batch_size=self.batch_spin.value(),
-            device=self.device_combo.currentData() or "auto",
-            val_fraction=val,
-            **eval_pace,
-        )
-
-    def train(self):
-        """Start fine-tuning in a thread worker and return it (None if refused)."""
-        from napari.qt.threading import thread_worker
-
-        if self._worker is not None:
-            _notify("warning", "Training is already running.")
-            return None
-        try:
-            specs = self._training_specs(self.voxels_combo.currentText() == EDITED)
-            counts = [
-                _count_file_annotated(s["annotated"]) for s in specs if s["annotated"] is not None
-            ]
-            config = self.training_config(min(counts) if counts else None)
-            names = parse_class_names(self.class_names_edit.text())
-            base = self.base_weights() if self.from_base_radio.isChecked() else None
-            if self.from_base_radio.isChecked() and base is None:
-                raise ValueError("No base weights: choose weights, or pick 'New model'.")
-            out = Path(self.out_edit.text().strip()).expanduser()
-            if not self.out_edit.text().strip():
-                raise ValueError("Choose where to save the fine-tuned weights.")
-            if base is not None and out.resolve() == Path(base).resolve():
-                raise ValueError(f"{out} is the base weights file; it is never overwritten.")
-            out.parent.mkdir(parents=True, exist_ok=True)
-        except (ValueError, OSError) as exc:
-            _notify("error", str(exc))
-            return None
-
-        self._stop.clear()
-        self.curve.clear()
-        self._set_progress(0)
-        self.status_label.setText("Starting the training process, preparing the data...")
-        self.train_btn.setEnabled(False)
-        self.cancel_btn.setEnabled(True)
-        self._t0 = time.perf_counter()
-        self._budget = 60.0 * config.minutes if config.minutes else None
-        worker = thread_worker(training_job, start_thread=False, ignore_errors=True)(
-            specs, config, base, out, self._stop, names
-        )
-        worker.yielded.connect(self._on_event)
-        worker.returned.connect(self._on_done)
-        worker.errored.connect(self._on_error)
-        worker.finished.connect(self._on_finished)
-        self._worker = worker
-        worker.start()
-        return worker
-
-    def _on_train_clicked(self) -> None:
-        self.train()
-
-    def cancel(self) -> None:
-        """Stop training at the next step; the best checkpoint so far is kept."""
-        if self._worker is not None:
-            self._stop.set()
-            self.status_label.setText("Cancelling (keeping the best checkpoint)...")
-
-    def _on_event(self, ev: dict) -> None:
-        """A training event: stored now, shown at most every PROGRESS_REFRESH_MS."""
-        self.curve.add_point(int(ev.get("iteration", 0)), ev.get("loss"), ev.get("val_dice"))
-        self._pending_event = ev
-        if not self._progress_timer.isActive():  # the first event at once, then paced
-            self._show_pending_progress()
-            self._progress_timer.start()
-
-    def _set_progress(self, value: int) -> None:
-        """Set the bar without QProgressBar's immediate repaint().
-
-        setValue() paints and flushes the window at once; under a software OpenGL stack
-        that is a whole-window composition of its own. With updates off it is a plain
-        update(), painted in the same pass as the status text and the curve.
-        """
-        if value == self.progress.value():
-            return
-        self.progress.setUpdatesEnabled(False)
-        try:
-            self.progress.setValue(value)
-        finally:
-            self.progress.setUpdatesEnabled(True)
-
-    def _show_pending_progress(self) -> None:
-        ev, self._pending_event = self._pending_event, None
-        if ev is None:
-            self._progress_timer.stop()
-            return
-        self.curve.redraw()
-        it, total = int(ev.get("iteration", 0)), ev.get("total")
-        elapsed = float(ev.get("seconds", time.perf_counter() - self._t0))
-        left = None
-        if total and 0 < it <= int(total):
-            self._set_progress(int(100 * it / int(total)))
-            left = elapsed / it * (int(total) - it)
-        budget = self._budget
-        if budget:
-            left = min(left, budget - elapsed) if left is not None else budget - elapsed
-            self._set_progress(int(100 * min(1.0, elapsed / budget)))
-        text = f"iteration {it}" + (f"/{total}" if total and not budget else "")
-        if ev.get("loss") is not None:
-            text += f" · loss {float(ev['loss']):.4f}"
-        if self.curve.val_dice:
-            text += f" · val Dice {self.curve.val_dice[-1]:.3f}"
-        if left is not None:
-            text += f" · {format_seconds(left)} left"
-        if not self._stop.is_set():  # else keep "Cancelling..."
-            self.status_label.setText(text)
-
-    def _on_done(self, summary: dict) -> None:
-        self._show_pending_progress()
-        out = summary.get("out")
-        cancelled = bool(summary.get("cancelled"))
-        if out is None or not Path(out).exists():
-            self.status_label.setText("Cancelled before a checkpoint was saved.")
-            return
-        out = Path(out)
-        self._last_weights = out
-        if not cancelled:
-            self._set_progress(100)
-        best = summary.get("val_dice")
-        extra = f" (best val Dice {best:.3f})" if isinstance(best, float) else ""
-        verb = "Cancelled; kept best checkpoint" if cancelled else "Saved"
-        self.status_label.setText(f"{verb} {out.name}{extra}.")
-        self._publish_weights(out)
-
-    def _publish_weights(self, out: Path) -> None:
-        """Recent list + select in the Segment dock, then tell listeners."""
-        try:
-            from napari_vnet._widgets._session import add_recent_weights
-
-            add_recent_weights(out)
-        except ImportError:  # pragma: no cover - session helpers not there yet
-            logger.warning("recent-weights list unavailable")
-        seg = self._segment_widget()
-        if seg is not None:
-            seg.refresh_weights()
-            seg.select_weights(out)
-        self.segment_btn.setEnabled(True)
-        self.refresh_base_weights()  # next default output: the next -ftN
-        self.weights_saved.emit(str(out))
-        # the dock's status line says "Saved ..."; the viewer's status bar and the log
-        # too. No notification toast: creating and animating it cost 114-134 ms of
-        # stalled viewer at the end of each run (software OpenGL, load ~4)
-        self.viewer.status = f"Fine-tuned weights saved: {out}"
-        logger.info("fine-tuned weights saved: %s", out)
-
-    def _on_error(self, exc: Exception) -> None:
-        self._show_pending_progress()
-        logger.error("fine-tuning failed", exc_info=exc)
-        self.status_label.setText(f"Training failed: {exc}")
-        self.status_label.setToolTip(str(exc))
-        _notify("error", f"Training failed: {exc}")
-
-    def _on_finished(self) -> None:
-        self._progress_timer.stop()
-        self._pending_event = None
-        self._worker = None
-        self.train_btn.setEnabled(True)
-        self.cancel_btn.setEnabled(False)
-        self.curve.redraw()
-
     # ------------------------------------------------------------ hand-over
     def _segment_widget(self):
         try:
@@ -768,66 +458,6 @@ class FinetuneWidget(QWidget):
             seg.set_image_layer(image)
         return seg.run()
 
-    # ------------------------------------------------------------------ export
-    def _on_export_clicked(self) -> None:
-        folder = QFileDialog.getExistingDirectory(self, "Export training pairs to folder")
-        if folder:
-            self.export_dataset(folder)
-
-    def export_dataset(self, folder):
-        """Write the session's pairs as an nnU-Net/MSD style folder in a thread worker.
-
-        ``imagesTr/case_NNN_0000.nii.gz``, ``labelsTr/case_NNN.nii.gz`` and a
-        ``dataset.json``. With "edited / reviewed slices only", voxels outside the
-        annotated slices get nnU-Net's "ignore" label. Returns the worker, or None when
-        refused; ``dataset_exported(folder)`` is emitted when it is written.
-        """
-        from napari.qt.threading import thread_worker
-
-        only = self.voxels_combo.currentText() == EDITED
-        try:
-            items = self._export_items(only)
-            names = parse_class_names(self.class_names_edit.text())
-        except (ValueError, OSError) as exc:
-            _notify("error", f"Export refused: {exc}")
-            return None
-        worker = thread_worker(export_job, start_thread=False, ignore_errors=True)(
-            items, Path(folder), names
-        )
-        worker.returned.connect(self._on_exported)
-        worker.errored.connect(lambda exc: _notify("error", f"Export failed: {exc}"))
-        worker.start()
-        return worker
-
-    def _on_exported(self, folder) -> None:
-        _notify("info", f"Training pairs exported to {folder}")
-        self.dataset_exported.emit(str(folder))
-
-    def _export_items(self, only_edited: bool) -> list[dict]:
-        pairs = self._pairs
-        if not pairs:
-            img, lab = self.image_combo.currentData(), self.labels_combo.currentData()
-            if img is None or lab is None:
-                raise ValueError("No training pairs to export.")
-            pairs = [_Pair(image_layer=img, labels_layer=lab)]
-        items = []
-        for p in pairs:
-            if p.is_file:
-                items.append(_file_item(p, only_edited))
-                continue
-            check_same_geometry(p.image_layer, p.labels_layer)
-            labels = np.array(p.labels_layer.data, copy=True)
-            record = p.labels_layer.metadata.get(_edits.KEY) if only_edited else None
-            items.append(
-                {
-                    "image": layer_volume(p.image_layer, np.asarray(p.image_layer.data)),
-                    "labels": layer_volume(p.labels_layer, labels),
-                    "annotated": record,
-                    "only_edited": only_edited,
-                }
-            )
-        return items
-
 
 def _train_config_defaults() -> dict[str, Any]:
     try:
@@ -850,11 +480,3 @@ def _architectures() -> list[str]:
         return list(ARCHITECTURES)
     except ImportError:  # pragma: no cover - models not there yet
         return list(ARCH_FALLBACK)
-
-
-def _notify(kind: str, message: str) -> None:
-    from napari.utils import notifications
-
-    {"info": notifications.show_info, "warning": notifications.show_warning}.get(
-        kind, notifications.show_error
-    )(message)

@@ -1,0 +1,84 @@
+"""Dataset export of the "Fine-tune model" dock (:class:`FinetuneExportMixin`, mixed into
+:class:`~napari_vnet._widgets.finetune.FinetuneWidget`): the training pairs written as an
+nnU-Net/MSD style folder by :func:`~napari_vnet._widgets._finetune_job.export_job` in a
+thread worker.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from qtpy.QtWidgets import QFileDialog
+
+from napari_vnet._widgets import _edits
+from napari_vnet._widgets._finetune_job import (
+    check_same_geometry,
+    export_job,
+    layer_volume,
+    parse_class_names,
+)
+from napari_vnet._widgets._finetune_pairs import EDITED, _file_item, _Pair, notify
+
+
+class FinetuneExportMixin:
+    """Export dataset... and what it writes."""
+
+    def _on_export_clicked(self) -> None:
+        folder = QFileDialog.getExistingDirectory(self, "Export training pairs to folder")
+        if folder:
+            self.export_dataset(folder)
+
+    def export_dataset(self, folder):
+        """Write the session's pairs as an nnU-Net/MSD style folder in a thread worker.
+
+        ``imagesTr/case_NNN_0000.nii.gz``, ``labelsTr/case_NNN.nii.gz`` and a
+        ``dataset.json``. With "edited / reviewed slices only", voxels outside the
+        annotated slices get nnU-Net's "ignore" label. Returns the worker, or None when
+        refused; ``dataset_exported(folder)`` is emitted when it is written.
+        """
+        from napari.qt.threading import thread_worker
+
+        only = self.voxels_combo.currentText() == EDITED
+        try:
+            items = self._export_items(only)
+            names = parse_class_names(self.class_names_edit.text())
+        except (ValueError, OSError) as exc:
+            notify("error", f"Export refused: {exc}")
+            return None
+        worker = thread_worker(export_job, start_thread=False, ignore_errors=True)(
+            items, Path(folder), names
+        )
+        worker.returned.connect(self._on_exported)
+        worker.errored.connect(lambda exc: notify("error", f"Export failed: {exc}"))
+        worker.start()
+        return worker
+
+    def _on_exported(self, folder) -> None:
+        notify("info", f"Training pairs exported to {folder}")
+        self.dataset_exported.emit(str(folder))
+
+    def _export_items(self, only_edited: bool) -> list[dict]:
+        pairs = self._pairs
+        if not pairs:
+            img, lab = self.image_combo.currentData(), self.labels_combo.currentData()
+            if img is None or lab is None:
+                raise ValueError("No training pairs to export.")
+            pairs = [_Pair(image_layer=img, labels_layer=lab)]
+        items = []
+        for p in pairs:
+            if p.is_file:
+                items.append(_file_item(p, only_edited))
+                continue
+            check_same_geometry(p.image_layer, p.labels_layer)
+            labels = np.array(p.labels_layer.data, copy=True)
+            record = p.labels_layer.metadata.get(_edits.KEY) if only_edited else None
+            items.append(
+                {
+                    "image": layer_volume(p.image_layer, np.asarray(p.image_layer.data)),
+                    "labels": layer_volume(p.labels_layer, labels),
+                    "annotated": record,
+                    "only_edited": only_edited,
+                }
+            )
+        return items

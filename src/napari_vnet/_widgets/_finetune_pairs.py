@@ -1,0 +1,167 @@
+"""The training pairs of the "Fine-tune model" dock (:class:`FinetunePairsMixin`, mixed
+into :class:`~napari_vnet._widgets.finetune.FinetuneWidget`).
+
+A pair is an (image layer, labels layer) of the viewer or an (image file, labels file)
+handed over by the Scans dock. The pair list, and the copies of the pairs' data the
+training worker gets (taken on the GUI thread; the user's labels are never shared),
+live here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from napari_vnet._widgets import _edits
+from napari_vnet._widgets._finetune_job import check_same_geometry, check_same_grid, layer_volume
+
+WHOLE, EDITED = "whole volume", "edited / reviewed slices only"
+
+
+def notify(kind: str, message: str) -> None:
+    """A napari notification: ``kind`` is "info", "warning" or (anything else) an error."""
+    from napari.utils import notifications
+
+    {"info": notifications.show_info, "warning": notifications.show_warning}.get(
+        kind, notifications.show_error
+    )(message)
+
+
+@dataclass
+class _Pair:
+    image_layer: Any = None
+    labels_layer: Any = None
+    image_path: Path | None = None
+    labels_path: Path | None = None
+    annotated: Any = None  # for file pairs: mask, slice list or {"axis", "slices"} record
+
+    @property
+    def is_file(self) -> bool:
+        return self.image_path is not None
+
+    def describe(self) -> str:
+        if self.is_file:
+            n = _count_file_annotated(self.annotated)
+            extra = f" ({n} annotated slices)" if n else ""
+            return f"{self.image_path.name}  +  {self.labels_path.name}{extra}"
+        n = _edits.count_annotated(self.labels_layer.metadata)
+        return f"{self.image_layer.name}  +  {self.labels_layer.name}  ({n} annotated slices)"
+
+
+def _count_file_annotated(annotated) -> int:
+    if annotated is None:
+        return 0
+    if isinstance(annotated, dict):
+        return _edits.count_annotated({_edits.KEY: annotated})
+    arr = np.asarray(annotated)
+    if arr.dtype == bool and arr.ndim == 3:
+        return int(arr.any(axis=(1, 2)).sum())
+    return len(arr.ravel())
+
+
+def _file_item(p: _Pair, only_edited: bool) -> dict:
+    """The worker/export record for a file-backed pair (paths only; read off the GUI thread)."""
+    return {
+        "image_path": p.image_path,
+        "labels_path": p.labels_path,
+        "annotated": p.annotated if only_edited else None,
+        "only_edited": only_edited,
+    }
+
+
+class FinetunePairsMixin:
+    """The pair list and the training data taken from it."""
+
+    def add_pair(self, image_layer, labels_layer) -> None:
+        """Add an (image layer, labels layer) training pair; raises GeometryMismatch."""
+        check_same_geometry(image_layer, labels_layer)
+        for p in self._pairs:
+            if p.image_layer is image_layer and p.labels_layer is labels_layer:
+                return
+        self._pairs.append(_Pair(image_layer=image_layer, labels_layer=labels_layer))
+        self._refresh_pair_list()
+
+    def add_file_pair(self, image_path, labels_path, annotated=None) -> None:
+        """Add a pair of files (e.g. from the Scans dock); read when training starts.
+
+        ``annotated``: None (whole volume), a boolean mask, a list of slice indices along
+        axis 0, or an ``{"axis": a, "slices": [...]}`` record.
+        """
+        image_path, labels_path = Path(image_path), Path(labels_path)
+        for p in (image_path, labels_path):
+            if not p.exists():
+                raise FileNotFoundError(f"training file not found: {p}")
+        from napari_vnet.io import read_header
+
+        check_same_grid(read_header(image_path), read_header(labels_path), image_path, labels_path)
+        # the same labels file again (e.g. handed over twice): update its record
+        self._pairs = [p for p in self._pairs if p.labels_path != labels_path]
+        self._pairs.append(
+            _Pair(image_path=image_path, labels_path=labels_path, annotated=annotated)
+        )
+        self._refresh_pair_list()
+
+    @property
+    def pairs(self) -> list[_Pair]:
+        return list(self._pairs)
+
+    def _on_add_pair_clicked(self) -> None:
+        img, lab = self.image_combo.currentData(), self.labels_combo.currentData()
+        if img is None or lab is None:
+            notify("warning", "Choose an image layer and a labels layer first.")
+            return
+        try:
+            self.add_pair(img, lab)
+        except ValueError as exc:  # GeometryMismatch and other refusals
+            notify("error", str(exc))
+
+    def _on_remove_pair(self) -> None:
+        row = self.pair_list.currentRow()
+        if 0 <= row < len(self._pairs):
+            del self._pairs[row]
+            self._refresh_pair_list()
+
+    def _refresh_pair_list(self) -> None:
+        self.pair_list.clear()
+        for p in self._pairs:
+            self.pair_list.addItem(p.describe())
+
+    def _training_specs(self, only_edited: bool) -> list[dict]:
+        """Copies of the pairs' data for the worker (GUI thread; labels never shared)."""
+        pairs = self._pairs
+        if not pairs:
+            img, lab = self.image_combo.currentData(), self.labels_combo.currentData()
+            if img is None or lab is None:
+                raise ValueError("No training data: choose an image and a labels layer.")
+            check_same_geometry(img, lab)
+            pairs = [_Pair(image_layer=img, labels_layer=lab)]
+        specs = []
+        for p in pairs:
+            if p.is_file:
+                specs.append(_file_item(p, only_edited))
+                continue
+            check_same_geometry(p.image_layer, p.labels_layer)
+            labels = np.array(p.labels_layer.data, copy=True)
+            mask = None
+            if only_edited:
+                mask = _edits.annotated_mask(labels.shape, p.labels_layer.metadata)
+                if mask is None:
+                    raise ValueError(
+                        f"Labels layer '{p.labels_layer.name}' has no edited or reviewed "
+                        "slices. Paint corrections or press 'Mark slice reviewed', or set "
+                        f"'Voxels that count' to '{WHOLE}'."
+                    )
+            vol = layer_volume(p.image_layer, np.asarray(p.image_layer.data))
+            specs.append(
+                {
+                    "image": vol.array,
+                    "labels": labels,
+                    "spacing": tuple(float(s) for s in vol.spacing),
+                    "annotated": mask,
+                    "name": p.labels_layer.name,
+                }
+            )
+        return specs
