@@ -622,20 +622,15 @@ def _read_nifti_voxels(path: Path, reader) -> np.ndarray | None:
     return array
 
 
-def _available_memory() -> int | None:
-    try:
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):
-        return None
-
-
 def _use_direct_nifti(ext: str, reader, forced: bool | None) -> bool:
     if forced is not None:
         return forced
     if ext == ".nii":
         return True  # plain file reads: faster than ITK and no second copy
+    from napari_vnet.io.memory import available_memory
+
     nbytes = int(np.prod(reader.GetSize())) * reader.GetNumberOfComponents() * 8  # upper bound
-    free = _available_memory()
+    free = available_memory()  # the one measure of free memory (MemAvailable, limits)
     return free is not None and nbytes > free // 4
 
 

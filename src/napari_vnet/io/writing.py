@@ -320,7 +320,13 @@ def _itk_write_error(exc: RuntimeError, path: Path, image) -> VolumeWriteError:
 
 def _atomic_write_pair(image, path: Path, compress: bool) -> None:
     """``.mhd`` + ``.raw``: written into a temporary folder beside ``path``, checked, then
-    moved into place (data file first, header last)."""
+    moved into place (data file first, header last).
+
+    Not :func:`napari_vnet._atomic.atomic_write`: that helper makes one file under a
+    temporary name, but the header names its data file (``ElementDataFile``), so the
+    pair must be written, and verified, under the final names together; hence a
+    temporary folder on the same file system and two renames.
+    """
     import SimpleITK as sitk
 
     from napari_vnet.io.paths import itk_safe, itk_write_name
