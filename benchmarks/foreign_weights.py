@@ -66,9 +66,13 @@ def volume(shape: tuple[int, int, int], spacing: list[float]) -> Path:
     return path
 
 
-def worker(engine: str, folder: Path, image_path: Path, spacing: list[float], out: Path) -> None:
+def worker(
+    engine: str, folder: Path, image_path: Path, spacing: list[float], out: Path, threads: int
+) -> None:
     import torch
 
+    if threads > 0:  # both engines alike (nnU-Net keeps min(8, this) during its run)
+        torch.set_num_threads(threads)
     image = np.load(image_path)
     if engine == "nnunet":
         from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
@@ -88,8 +92,12 @@ def worker(engine: str, folder: Path, image_path: Path, spacing: list[float], ou
         result = predict(image, model, card, spacing=spacing, device="cpu", amp=amp)
         seconds = time.perf_counter() - t0
         labels = result.labels
+        extra = {"windows": result.windows, "stats": result.stats}
     np.save(out.with_suffix(".npy"), np.asarray(labels, np.uint8))
-    out.write_text(json.dumps({"seconds": seconds, "peak_rss_mb": peak_rss_mb()}))
+    info = {"seconds": seconds, "peak_rss_mb": peak_rss_mb()}
+    if engine != "nnunet":
+        info.update(extra)
+    out.write_text(json.dumps(info))
 
 
 def dice(a: np.ndarray, b: np.ndarray, value: int) -> float:
@@ -102,11 +110,16 @@ def main() -> int:
     p.add_argument("--folder", type=Path, default=FOLDER)
     p.add_argument("--shapes", nargs="+", default=["128x256x256", "300x512x512"])
     p.add_argument("--engines", nargs="+", default=list(ENGINES), choices=ENGINES)
+    p.add_argument(
+        "--threads", type=int, default=0,
+        help="torch threads in both engines (0: torch's default); on a loaded 2-core "
+        "machine 1 avoids OpenMP oversubscription stalls that swamp both engines",
+    )  # fmt: skip
     p.add_argument("--worker", nargs=4, metavar=("ENGINE", "IMAGE", "SPACING", "OUT"))
     args = p.parse_args()
     if args.worker:
         engine, image, spacing, out = args.worker
-        worker(engine, args.folder, Path(image), json.loads(spacing), Path(out))
+        worker(engine, args.folder, Path(image), json.loads(spacing), Path(out), args.threads)
         return 0
 
     plans = json.loads((args.folder / "plans.json").read_text())
@@ -120,8 +133,9 @@ def main() -> int:
         for engine in args.engines:
             out = CACHE / f"foreign_{engine}_{text}.json"
             load0 = os.getloadavg()[0]
-            cmd = [sys.executable, __file__, "--folder", str(args.folder), "--worker", engine,
-                   str(image), json.dumps(spacing), str(out)]  # fmt: skip
+            cmd = [sys.executable, __file__, "--folder", str(args.folder), "--threads",
+                   str(args.threads), "--worker", engine, str(image), json.dumps(spacing),
+                   str(out)]  # fmt: skip
             subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
             res = json.loads(out.read_text())
             labels[engine] = np.load(out.with_suffix(".npy"))
@@ -149,6 +163,7 @@ def main() -> int:
               f"{row['peak_rss_mb'] / ref['peak_rss_mb']:9.2f}  {row.get('dice_vs_nnunet', '')}")  # fmt: skip
     RESULTS.mkdir(parents=True, exist_ok=True)
     meta = {"machine": platform.machine(), "cpus": os.cpu_count(), "python": platform.python_version(),
+            "threads": args.threads, "shapes": args.shapes,
             "folder": str(args.folder.relative_to(ROOT) if args.folder.is_relative_to(ROOT) else args.folder)}  # fmt: skip
     (RESULTS / "foreign_weights.json").write_text(
         json.dumps({"meta": meta, "rows": rows}, indent=2)
