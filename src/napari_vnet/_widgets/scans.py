@@ -47,6 +47,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from napari_vnet._atomic import atomic_write_text
 from napari_vnet._widgets._autosave import BackgroundSaver
 from napari_vnet._widgets._scan_edits import ScanEditsMixin
 from napari_vnet._widgets._scan_loading import ScanLoadingMixin
@@ -288,10 +289,7 @@ class ScansWidget(ScanLoadingMixin, ScanEditsMixin, QWidget):
         }
         path = self._settings_path()
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(".json.tmp")
-            tmp.write_text(json.dumps(data, indent=1), encoding="utf-8")
-            tmp.replace(path)
+            atomic_write_text(path, json.dumps(data, indent=1))
         except OSError as exc:  # settings are a convenience only
             log.warning("cannot save scan browser settings to %s: %s", path, exc)
 
