@@ -22,7 +22,9 @@ def _tool(name: str) -> str:
 
 def test_import_linter_contracts_hold():
     """The core (io, models, inference, training, cli) never imports napari/Qt/magicgui."""
-    result = subprocess.run([_tool("lint-imports")], cwd=ROOT, capture_output=True, text=True)
+    result = subprocess.run(
+        [_tool("lint-imports")], cwd=ROOT, capture_output=True, encoding="utf-8", errors="replace"
+    )  # (UTF-8, not the locale's encoding: a test before may have left the C locale)
     assert result.returncode == 0, result.stdout + result.stderr
 
 
@@ -31,6 +33,7 @@ def test_ruff_lint_is_clean():
         [_tool("ruff"), "check", "src", "tests", "benchmarks", "sample_data"],
         cwd=ROOT,
         capture_output=True,
-        text=True,
+        encoding="utf-8",
+        errors="replace",
     )
     assert result.returncode == 0, result.stdout + result.stderr
