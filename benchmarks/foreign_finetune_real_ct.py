@@ -1,0 +1,100 @@
+"""Fine-tune an nnU-Net v2 folder on 5 corrected slices of the shared real CT.
+
+The base is an nnU-Net v2 trained-model folder (default: the small test one, made by
+nnU-Net's planner and trainer on synthetic phantoms: liver 1, spine 2). The shared CT's
+reference labels (TotalSegmentator scheme) are mapped onto those classes (liver 5 -> 1,
+every vertebra -> 2); 5 evenly spread axial slices count as the corrected ones
+(``annotated``), the network is fine-tuned with nnU-Net's own preprocessing
+(``finetune(..., base=FOLDER)``), and the Dice on the *other* slices is measured before
+and after, on the CT's own grid.
+
+    python benchmarks/foreign_finetune_real_ct.py [--iterations 150] [--folder FOLDER]
+
+Prints the figures and writes ``benchmarks/results/foreign_finetune_real_ct.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT.parent / "shared" / "data" / "ct-dicom-patient-a"
+FOLDER = ROOT / "tests/data/nnunet/Dataset901_TinyPhantom/nnUNetTrainer__nnUNetPlans__3d_fullres"
+CLASSES = {1: "liver", 2: "spine"}
+
+
+def dice(a: np.ndarray, b: np.ndarray, value: int) -> float | None:
+    x, y = a == value, b == value
+    total = int(x.sum() + y.sum())
+    return None if total == 0 else 2.0 * float((x & y).sum()) / total
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--folder", type=Path, default=FOLDER)
+    ap.add_argument("--iterations", type=int, default=150)
+    ap.add_argument("--threads", type=int, default=1)
+    args = ap.parse_args()
+    if not DATA.exists():
+        raise SystemExit(f"{DATA}: the shared real CT is not there")
+    import torch
+
+    torch.set_num_threads(args.threads)
+    from napari_vnet.inference import predict
+    from napari_vnet.io import read_volume
+    from napari_vnet.models import load_checkpoint
+    from napari_vnet.training import TrainConfig, TrainingPair, finetune
+    from napari_vnet.training.data import labels_on_image_grid
+
+    ct = read_volume(DATA / "dicom")
+    ref_all = labels_on_image_grid(ct, read_volume(DATA / "labels.nii.gz"))
+    names = json.loads((DATA / "labels.json").read_text())
+    vertebrae = [int(k) for k, v in names.items() if str(v).startswith("vertebrae")]
+    ref = np.zeros(ref_all.shape, np.uint8)
+    ref[ref_all == 5] = 1
+    ref[np.isin(ref_all, vertebrae)] = 2
+    n = ct.array.shape[0]
+    annotated = sorted({int(round(i)) for i in np.linspace(1, n - 2, 5)})
+    others = [k for k in range(n) if k not in annotated]
+
+    def scores(labels: np.ndarray) -> dict[str, float | None]:
+        return {name: dice(labels[others], ref[others], v) for v, name in CLASSES.items()}
+
+    model, card = load_checkpoint(args.folder)
+    before = scores(predict(ct, model, card, device="cpu", amp=False).labels)
+    out = Path(tempfile.mkdtemp(prefix="ft-ct-")) / "finetuned.pt"
+    config = TrainConfig(iterations=args.iterations, batch_size=2, seed=0)
+    pair = TrainingPair(ct, ref, annotated=annotated, name="shared CT, 5 slices")
+    t0 = time.perf_counter()
+    for _ in finetune([pair], config, base=args.folder, out=out):
+        pass
+    seconds = time.perf_counter() - t0
+    model2, card2 = load_checkpoint(out)
+    after = scores(predict(ct, model2, card2, device="cpu", amp=False).labels)
+    result = {
+        "base": card.origin(),
+        "fine_tuned": card2.origin(),
+        "annotated_slices": annotated,
+        "iterations": args.iterations,
+        "train_seconds": round(seconds, 1),
+        "dice_other_slices_before": before,
+        "dice_other_slices_after": after,
+        "load_after": os.getloadavg()[0],
+    }
+    print(json.dumps(result, indent=2))
+    (ROOT / "benchmarks" / "results").mkdir(parents=True, exist_ok=True)
+    path = ROOT / "benchmarks" / "results" / "foreign_finetune_real_ct.json"
+    path.write_text(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
