@@ -336,6 +336,8 @@ def run_nnunet(env, did, name, minutes, test_images, work: Path, *, patch, width
         plans["dataset_name"] = name
         pre.mkdir(parents=True, exist_ok=True)
         (pre / "nnUNetPlans.json").write_text(json.dumps(plans, indent=2))
+        raw_json = Path(env["nnUNet_raw"]) / name / "dataset.json"
+        (pre / "dataset.json").write_text(raw_json.read_text())
         cfg = plans["configurations"]["3d_fullres"]
         plan_info = {
             "patch_size": cfg["patch_size"],
@@ -461,6 +463,11 @@ def main(argv=None) -> int:
     p.add_argument("--splits", nargs="+", default=["ct", "phantom", "finetune"])
     p.add_argument("--work", default=None)
     p.add_argument("--out", default=str(RESULTS / "training_vs_nnunet.json"))
+    p.add_argument(
+        "--keep", action="store_true",
+        help="keep the splits already in --out (e.g. rerun finetune on the phantom split's "
+        "models, which must still be in --work)",
+    )  # fmt: skip
     args = p.parse_args(argv)
     work = Path(args.work or tempfile.mkdtemp(prefix="vnet_vs_nnunet_"))
     env = nnunet_env(work)
@@ -470,6 +477,10 @@ def main(argv=None) -> int:
     }  # fmt: skip
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
+    if args.keep and out.exists():
+        kept = json.loads(out.read_text())
+        results["splits"] = kept.get("splits", {})
+        results["load_before_kept"] = kept.get("load_before")
 
     def save():
         results["load_after"] = os.getloadavg()
@@ -477,13 +488,13 @@ def main(argv=None) -> int:
 
     have_ct = CT.exists()
     ct = stage_ct(work) if have_ct and ({"ct", "finetune"} & set(args.splits)) else None
-    phantom_rec = None
     if "ct" in args.splits and ct:
         print("split ct", flush=True)
         results["splits"]["ct"] = split_run("ct", ct["train"], ct["test"], CT_CLASSES, args, work,
                                             env, 601)  # fmt: skip
         save()
-    if "phantom" in args.splits or "finetune" in args.splits:
+    phantom_rec = results["splits"].get("phantom") if "phantom" not in args.splits else None
+    if "phantom" in args.splits or ("finetune" in args.splits and phantom_rec is None):
         print("split phantom", flush=True)
         ph = stage_phantoms(work)
         phantom_rec = split_run("phantom", ph["train"], ph["test"], PHANTOM_CLASSES, args, work,
