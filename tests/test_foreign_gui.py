@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
+import napari  # noqa: F401
+import nnunetv2  # noqa: F401  (installed by scripts/setup.sh)
 import numpy as np
 import pytest
 
-pytest.importorskip("napari")
-pytest.importorskip("nnunetv2", reason="needs the [nnunet] extra (nnunetv2)")
-
-import test_widget_segment_support as support  # noqa: E402
-from napari_vnet.inference import predict  # noqa: E402
-from napari_vnet.models import load_checkpoint  # noqa: E402
-from napari_vnet.phantoms import make_phantom  # noqa: E402
-from test_foreign_nnunet import FOLDER  # noqa: E402
-from test_widget_segment_support import RUN_TIMEOUT_MS, errors, wait_done  # noqa: E402
+import test_widget_segment_support as support
+from napari_vnet.inference import predict
+from napari_vnet.models import load_checkpoint
+from napari_vnet.phantoms import make_phantom
+from test_foreign_nnunet import FOLDER
+from test_widget_segment_support import RUN_TIMEOUT_MS, errors, wait_done
 
 _config = support._config
 dock = support.dock

@@ -5,18 +5,17 @@ from __future__ import annotations
 
 import json
 
+import monai  # noqa: F401  (testing extra)
 import numpy as np
 import pytest
 import torch
 
-monai = pytest.importorskip("monai", reason="needs the [monai] extra")
-
-from napari_vnet.cli import main  # noqa: E402
-from napari_vnet.foreign.monai_bundle import UnsupportedBundleError, load_monai_bundle  # noqa: E402
-from napari_vnet.inference import predict  # noqa: E402
-from napari_vnet.io import read_volume, write_volume  # noqa: E402
-from napari_vnet.models import CheckpointError, load_checkpoint  # noqa: E402
-from napari_vnet.phantoms import make_phantom  # noqa: E402
+from napari_vnet.cli import main
+from napari_vnet.foreign.monai_bundle import UnsupportedBundleError, load_monai_bundle
+from napari_vnet.inference import predict
+from napari_vnet.io import read_volume, write_volume
+from napari_vnet.models import CheckpointError, load_checkpoint
+from napari_vnet.phantoms import make_phantom
 
 
 def _dice(a, b, value):

@@ -11,16 +11,15 @@ import json
 import shutil
 from pathlib import Path
 
+import nnunetv2  # noqa: F401  (installed by scripts/setup.sh)
 import numpy as np
 import pytest
 import torch
 
-pytest.importorskip("nnunetv2", reason="needs the [nnunet] extra (nnunetv2)")
-
-from napari_vnet.foreign.nnunet import UnsupportedNnUNetError, load_nnunet_folder  # noqa: E402
-from napari_vnet.inference import predict  # noqa: E402
-from napari_vnet.models import CheckpointError, load_checkpoint, read_card  # noqa: E402
-from napari_vnet.phantoms import make_phantom  # noqa: E402
+from napari_vnet.foreign.nnunet import UnsupportedNnUNetError, load_nnunet_folder
+from napari_vnet.inference import predict
+from napari_vnet.models import CheckpointError, load_checkpoint, read_card
+from napari_vnet.phantoms import make_phantom
 
 DATA = Path(__file__).parent / "data" / "nnunet" / "Dataset901_TinyPhantom"
 FOLDER = DATA / "nnUNetTrainer__nnUNetPlans__3d_fullres"

@@ -4,6 +4,7 @@ validation. Tiny volumes and networks; real batchgeneratorsv2 transforms, real t
 
 from __future__ import annotations
 
+import batchgeneratorsv2  # noqa: F401  (installed by scripts/setup.sh)
 import numpy as np
 import pytest
 import torch
@@ -15,19 +16,16 @@ from napari_vnet.losses import DiceCELoss, soft_dice_loss
 from napari_vnet.models import ModelCard, build_model, load_checkpoint, read_card
 from napari_vnet.models.card import ClassInfo
 from napari_vnet.training import TrainConfig, TrainingPair, run_training
+from napari_vnet.training.augment import IGNORE, Augmenter, crop_around
+from napari_vnet.training.deep_supervision import (
+    DeepSupervision,
+    DeepSupervisionLoss,
+)
 from napari_vnet.training.plan import plan_training
 from napari_vnet.training.recipe import (
     foreground_intensity_stats,
     plan_patch,
     plan_spacing,
-)
-
-pytest.importorskip("batchgeneratorsv2", reason="the augmentation uses batchgeneratorsv2")
-
-from napari_vnet.training.augment import IGNORE, Augmenter, crop_around  # noqa: E402
-from napari_vnet.training.deep_supervision import (  # noqa: E402
-    DeepSupervision,
-    DeepSupervisionLoss,
 )
 
 TINY = {"channels": [4, 8, 16]}

@@ -6,8 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import SimpleITK as sitk
-
-torch = pytest.importorskip("torch")
+import torch
 
 pytestmark = pytest.mark.gui
 

@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
+import napari  # noqa: F401
 import numpy as np
 import pytest
+from napari.layers import Labels
 
-pytest.importorskip("napari")
-torch = pytest.importorskip("torch")
-
-from napari.layers import Labels  # noqa: E402
-
-import test_widget_segment_support as support  # noqa: E402
-from napari_vnet._widgets import _session  # noqa: E402
-from test_widget_segment_support import (  # noqa: E402
+import test_widget_segment_support as support
+from napari_vnet._widgets import _session
+from test_widget_segment_support import (
     CLASSES,
     RUN_TIMEOUT_MS,
     errors,

@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
+import napari  # noqa: F401
 import numpy as np
 import pytest
+import torch
 
-pytest.importorskip("napari")
-torch = pytest.importorskip("torch")
-
-
-import test_widget_segment_support as support  # noqa: E402
-from napari_vnet._widgets import _session  # noqa: E402
-from napari_vnet._widgets.segment import SegmentWidget, available_devices  # noqa: E402
-from test_widget_segment_support import (  # noqa: E402
+import test_widget_segment_support as support
+from napari_vnet._widgets import _session
+from napari_vnet._widgets.segment import SegmentWidget, available_devices
+from test_widget_segment_support import (
     errors,
     save_tiny,
     volume,

@@ -7,10 +7,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
-torch = pytest.importorskip("torch")
-
-from napari_vnet._widgets._segment_job import (  # noqa: E402
+from napari_vnet._widgets._segment_job import (
     JobCancelled,
     JobDone,
     JobFailed,
@@ -19,7 +18,7 @@ from napari_vnet._widgets._segment_job import (  # noqa: E402
     RunRequest,
     SegmentJob,
 )
-from test_widget_segment_support import save_tiny, volume  # noqa: E402
+from test_widget_segment_support import save_tiny, volume
 
 
 def drive(job: SegmentJob, on_item=None):

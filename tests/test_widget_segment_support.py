@@ -3,17 +3,15 @@ real checkpoint saved in tmp_path, a docked widget in a real viewer, notificatio
 
 from __future__ import annotations
 
+import napari  # noqa: F401
 import numpy as np
 import pytest
+import torch
+from napari.utils.notifications import NotificationSeverity, notification_manager
 
-pytest.importorskip("napari")
-torch = pytest.importorskip("torch")
-
-from napari.utils.notifications import NotificationSeverity, notification_manager  # noqa: E402
-
-from napari_vnet._widgets import _session  # noqa: E402
-from napari_vnet._widgets.segment import SegmentWidget  # noqa: E402
-from napari_vnet.models import ClassInfo, ModelCard  # noqa: E402
+from napari_vnet._widgets import _session
+from napari_vnet._widgets.segment import SegmentWidget
+from napari_vnet.models import ClassInfo, ModelCard
 
 CLASSES = [
     ClassInfo(0, "background"),

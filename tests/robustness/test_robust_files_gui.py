@@ -3,12 +3,11 @@ layer added or replaced, and the viewer stays usable (the next good file opens).
 
 from __future__ import annotations
 
+import napari  # noqa: F401
 import numpy as np
 import pytest
 
 from conftest import BAD_FILE_CASES, copy_dicom_series, make_bad_file, small_volume, write_image
-
-pytest.importorskip("napari")
 
 pytestmark = pytest.mark.gui
 

@@ -22,7 +22,8 @@ def test_fuzz_reader_with_mutated_headers(tmp_path, request, capped):
     """Capped: a huge allocation fails as a finding. Uncapped: the reader's memory guard
     (told 1 GiB is available) must refuse big headers before allocating, and the peak
     memory of the child is checked after every example."""
-    pytest.importorskip("hypothesis")
+    import hypothesis  # noqa: F401  (testing extra: the fuzz child runs it)
+
     env = dict(os.environ)
     if not capped:
         env.update(NAPARI_VNET_FUZZ_CAP="0", NAPARI_VNET_MEMORY_LIMIT="1G")

@@ -21,7 +21,6 @@ import zipfile
 from pathlib import Path
 
 import numpy as np
-import pytest
 
 from conftest import small_volume, tiny_card, write_dicom_series, write_image
 
@@ -147,7 +146,6 @@ def _zip_bomb_checkpoint(tmp_path: Path, numel: int = 300_000_000) -> Path:
 
 
 def test_zip_bomb_checkpoint_refused_before_loading(tmp_path):
-    pytest.importorskip("torch")
     bomb = _zip_bomb_checkpoint(tmp_path)
     assert bomb.stat().st_size < 5_000_000
     out = _child(
@@ -169,7 +167,6 @@ def test_zip_bomb_checkpoint_refused_before_loading(tmp_path):
 
 def test_giant_network_card_refused_before_building(tmp_path):
     """No pretend limit here: 75 GiB of parameters exceed any machine these tests run on."""
-    pytest.importorskip("torch")
     out = _child(
         """
         from napari_vnet.models import ClassInfo, ModelCard, build_model

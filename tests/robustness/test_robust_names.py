@@ -217,7 +217,8 @@ def test_error_message_names_a_latin1_file_printably(tmp_path):
 def test_scans_dock_lists_and_opens_latin1_names(latin1_folder, tmp_path):
     """The Scans dock in a real napari viewer, remembered on a Latin-1 folder: a second
     opening of the dock (which re-lists the remembered folder) must not crash napari."""
-    pytest.importorskip("napari")
+    import napari  # noqa: F401
+
     config = tmp_path / "config"
     code = """
         import numpy as np

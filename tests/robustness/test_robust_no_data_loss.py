@@ -8,12 +8,11 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
+import napari  # noqa: F401
 import numpy as np
 import pytest
 
 from conftest import small_volume, write_image
-
-pytest.importorskip("napari")
 
 pytestmark = pytest.mark.gui
 TIMEOUT_MS = 120_000

@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import json
 
+import napari  # noqa: F401
 import numpy as np
 import pytest
 
 from conftest import small_volume, write_image
 
-pytest.importorskip("napari")
 pytestmark = pytest.mark.gui
 
 WAIT_MS = 60_000
