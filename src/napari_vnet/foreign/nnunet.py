@@ -448,7 +448,15 @@ class NnUNetPreprocessing:
     def prepare_training(self, image: np.ndarray, labels: np.ndarray, mask, spacing):
         """One training pair as nnU-Net preprocesses it (image, labels with its
         segmentation resampling, the annotated ``mask`` carried along as one more label
-        value); voxels outside the non-zero crop are background, as nnU-Net trains."""
+        value); voxels outside the non-zero crop are background, as nnU-Net trains.
+
+        A case thinner than the window along an axis is padded as :meth:`preprocess`
+        pads it for prediction (zeros split evenly on both sides, unannotated), so that
+        training sees it in the same layout as prediction: with instance normalisation
+        the padding's values change every feature, and a network trained on another
+        padding (e.g. the image minimum at the high end) does not carry over to
+        prediction (measured on a 20-slice CT, 5 slices at the plan's spacing: liver
+        Dice 0 after fine-tuning instead of about 0.4)."""
         from nnunetv2.preprocessing.preprocessors.default_preprocessor import (
             DefaultPreprocessor,
         )
@@ -471,6 +479,14 @@ class NnUNetPreprocessing:
             out_mask = seg != marker
             seg[~out_mask] = 0
         data = np.ascontiguousarray(data[0] if data.shape[0] == 1 else data, np.float32)
+        short = [max(0, p - s) for p, s in zip(self.patch_size, seg.shape, strict=True)]
+        if any(short):  # the layout of preprocess(): centred zeros, not annotated
+            pads = [(q // 2, q - q // 2) for q in short]
+            if out_mask is None:
+                out_mask = np.ones(seg.shape, bool)
+            out_mask = np.pad(out_mask, pads)
+            seg = np.pad(seg, pads)
+            data = np.pad(data, ([(0, 0)] if data.ndim == 4 else []) + pads)
         return data, seg.astype(np.uint16 if seg.max() > 255 else np.uint8), out_mask
 
     def needs_scores(self, ctx: NnUNetContext) -> bool:
