@@ -24,7 +24,7 @@ def _config_dir(tmp_path, monkeypatch):
 
 
 def test_finetune_dock_trains_an_nnunet_folder_and_segment_runs_the_result(
-    make_napari_viewer, qtbot, tmp_path
+    make_napari_viewer, qtbot, tmp_path, monkeypatch
 ):
     from napari.layers import Labels
 
@@ -44,6 +44,15 @@ def test_finetune_dock_trains_an_nnunet_folder_and_segment_runs_the_result(
     assert seg.select_weights(base)
     ft.refresh_base_weights()
     assert ft.base_weights() == base  # the folder follows the Segment dock
+    # ... or is picked with the dock's own Folder… button (the dialog itself cannot be
+    # driven headless: answer it with the folder)
+    from qtpy.QtWidgets import QFileDialog
+
+    monkeypatch.setattr(QFileDialog, "getExistingDirectory", lambda *a, **k: str(base))
+    ft._base_weights = None
+    ft.choose_base_folder.click()
+    assert ft._base_weights == base and ft.base_weights() == base
+    assert ft.base_label.text() == base.name
     default_out = Path(ft.out_edit.text())
     assert default_out.parent == base.parent and default_out.suffix == ".pt"
 

@@ -177,8 +177,14 @@ class FinetuneWidget(FinetunePairsMixin, FinetuneRunMixin, FinetuneExportMixin, 
         choose = QPushButton("...")
         choose.setMaximumWidth(30)
         choose.clicked.connect(self._on_choose_base)
+        self.choose_base_folder = QPushButton("Folder…")
+        self.choose_base_folder.setToolTip(
+            "Start from an nnU-Net v2 trained-model folder or a MONAI bundle folder"
+        )
+        self.choose_base_folder.clicked.connect(self._on_choose_base_folder)
         row.addWidget(self.base_label, 1)
         row.addWidget(choose)
+        row.addWidget(self.choose_base_folder)
         form.addRow(self.from_base_radio, row)
         self.arch_combo = QComboBox()
         self.arch_combo.addItems(_architectures())
@@ -409,6 +415,11 @@ class FinetuneWidget(FinetunePairsMixin, FinetuneRunMixin, FinetuneExportMixin, 
         path, _ = QFileDialog.getOpenFileName(self, "Base weights", "", "Weights (*.pt *.pth)")
         if path:
             self.set_base_weights(path)
+
+    def _on_choose_base_folder(self) -> None:
+        folder = QFileDialog.getExistingDirectory(self, "Base model folder", "")
+        if folder:
+            self.set_base_weights(folder)
 
     # ------------------------------------------------------------------ output
     def _update_default_output(self, *_) -> None:
