@@ -280,3 +280,18 @@ def test_volume_spacing_is_used_by_the_plan():
     assert plan_training(pairs, TrainConfig(arch="unet3d")).spacing == (3.0, 1.0, 1.0)
     off = plan_training(pairs, TrainConfig(arch="unet3d", plan_spacing=False))
     assert off.spacing == (2.0, 1.0, 1.0)
+
+
+def test_single_case_validation_slab_always_holds_an_annotated_slice():
+    """Sparse slices resampled to a coarser spacing can leave 3 annotated slices; the
+    held-out slab must still hold one (it was empty and validation crashed)."""
+    from napari_vnet.training.data import _Case, _split_validation
+
+    image = np.zeros((10, 4, 4), np.float32)
+    mask = np.zeros((10, 4, 4), bool)
+    mask[[1, 3, 5]] = True
+    train, val = _split_validation(
+        [_Case("c", image, np.zeros((10, 4, 4), np.uint8), mask)], 0.2, np.random.default_rng(0)
+    )
+    assert np.flatnonzero(val[0].mask.any((1, 2))).tolist() == [5]
+    assert np.flatnonzero(train[0].mask.any((1, 2))).tolist() == [1, 3]

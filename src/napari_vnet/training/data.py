@@ -332,7 +332,12 @@ def _split_validation(
         per_slice = valid.reshape(c.shape[0], -1).sum(1).astype(np.float64)
         cum = np.cumsum(per_slice) / max(per_slice.sum(), 1.0)
         cut = int(np.searchsorted(cum, 1.0 - fraction)) + 1
-        if cut >= c.shape[0] or cum[cut - 1] <= 0:
+        annotated_z = np.flatnonzero(per_slice)
+        if len(annotated_z) and cut > annotated_z[-1]:
+            # the slab past the cut would hold no annotation (few annotated slices, e.g.
+            # sparse slices resampled to a coarser spacing): hold out the last one
+            cut = int(annotated_z[-1])
+        if cut >= c.shape[0] or cut < 1 or cum[cut - 1] <= 0:
             raise TrainingError(
                 f"{c.name}: too few annotated slices to hold out {fraction:.0%} for validation"
             )
