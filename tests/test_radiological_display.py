@@ -58,18 +58,24 @@ def test_shared_ct_layers_radiological(make_napari_viewer, shared_data):
         assert [str(u) for u in layer.units] == ["millimeter"] * 3
     assert tuple(viewer.dims.axis_labels) == ANATOMICAL_AXIS_LABELS
     # axial: napari's default (anterior at the top, patient's right on the screen's left)
-    assert tuple(viewer.camera.orientation2d) == ("down", "right")
+    assert tuple(_camera(viewer).orientation2d) == ("down", "right")
     viewer.dims.order = (1, 0, 2)  # coronal: displays z (vertical) and x
-    assert tuple(viewer.camera.orientation2d) == ("up", "right")  # superior up
+    assert tuple(_camera(viewer).orientation2d) == ("up", "right")  # superior up
     viewer.dims.order = (2, 0, 1)  # sagittal: z and y
-    assert tuple(viewer.camera.orientation2d) == ("up", "right")
+    assert tuple(_camera(viewer).orientation2d) == ("up", "right")
     viewer.dims.order = (0, 1, 2)
-    assert tuple(viewer.camera.orientation2d) == ("down", "right")
+    assert tuple(_camera(viewer).orientation2d) == ("down", "right")
     viewer.dims.ndisplay = 3  # seen from the feet, not mirrored
-    assert tuple(viewer.camera.orientation) == ("away", "down", "right")
+    assert tuple(_camera(viewer).orientation) == ("away", "down", "right")
     viewer.dims.ndisplay = 2
     viewer.layers.clear()  # no medical layer left: napari's default again
-    assert tuple(viewer.camera.orientation) == ("towards", "down", "right")
+    assert tuple(_camera(viewer).orientation) == ("towards", "down", "right")
+
+
+def _camera(viewer):
+    """napari >= 0.9 keeps the camera on ``viewer.scene`` (``viewer.camera`` is deprecated)."""
+    scene = getattr(viewer, "scene", None)
+    return scene.camera if scene is not None else viewer.camera
 
 
 def test_superior_is_up_on_screen_in_coronal(make_napari_viewer, tmp_path):
