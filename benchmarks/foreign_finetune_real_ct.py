@@ -11,7 +11,8 @@ the network learnt at all, the others whether it generalises).
 
     python benchmarks/foreign_finetune_real_ct.py [--iterations 600] [--lr 3e-4] [--folder FOLDER]
 
-Prints the figures and writes ``benchmarks/results/foreign_finetune_real_ct.json``.
+Prints the figures and records them in ``benchmarks/results/foreign_finetune_real_ct.json``
+(one entry per iterations/learning-rate setting; a new run of a setting replaces its entry).
 """
 
 from __future__ import annotations
@@ -102,7 +103,15 @@ def main() -> int:
     print(json.dumps(result, indent=2))
     (ROOT / "benchmarks" / "results").mkdir(parents=True, exist_ok=True)
     path = ROOT / "benchmarks" / "results" / "foreign_finetune_real_ct.json"
-    path.write_text(json.dumps(result, indent=2))
+    try:
+        runs = json.loads(path.read_text()).get("runs", [])
+    except (OSError, ValueError, AttributeError):
+        runs = []
+    same = ("iterations", "lr", "base")
+    runs = [r for r in runs if [r.get(k) for k in same] != [result[k] for k in same]]
+    runs.append(result)
+    runs.sort(key=lambda r: (r["iterations"], str(r["lr"])))
+    path.write_text(json.dumps({"runs": runs}, indent=2))
     return 0
 
 
