@@ -206,3 +206,36 @@ def test_scans_file_pair_training_runs_in_an_interpreter_without_qt(tmp_path, mo
     _, card = load_checkpoint(out)
     assert [(c.value, c.name) for c in card.classes] == [(0, "background"), (3, "lesion")]
     assert card.history["run"]["config"]["class_names"] == {"3": "lesion"}
+
+
+def test_child_exits_cleanly_while_its_stop_reader_waits_on_stdin(tmp_path):
+    """The parent keeps stdin open after the job ends: the child's stop-reader thread is
+    still blocked in a read when the child exits. Ending through interpreter
+    finalisation could then abort with "Fatal Python error: _enter_buffered_busy"."""
+    import pickle
+    import subprocess
+
+    env = dict(os.environ)
+    job = {"target": "fake_jobs:count", "args": (3,), "kwargs": {}, "nice": 0}
+    for _ in range(5):
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "napari_vnet.child_process"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=env,
+        )
+        pickle.dump(job, proc.stdin, protocol=pickle.HIGHEST_PROTOCOL)
+        proc.stdin.flush()
+        kinds = []
+        while True:
+            message = pickle.load(proc.stdout)
+            kinds.append(message[0])
+            if message[0] != "event":
+                break
+        code = proc.wait(timeout=60)  # stdin still open: the reader thread is blocked
+        err = proc.stderr.read().decode(errors="replace")
+        proc.stdin.close()
+        assert kinds == ["event"] * 3 + ["return"]
+        assert code == 0, err
+        assert "Fatal Python error" not in err

@@ -258,5 +258,21 @@ def _child_main() -> int:
     return 0
 
 
+def _exit(code: int) -> None:
+    """End the child without interpreter finalisation.
+
+    The stop-reader thread may be blocked in a buffered read of stdin; finalising the
+    interpreter then takes that buffer's lock and can abort the process with "Fatal Python
+    error: _enter_buffered_busy". Everything the parent needs has been sent and flushed, so
+    the child flushes what remains and leaves at once.
+    """
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # pragma: no cover - stream already gone
+            pass
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(_child_main())
+    _exit(_child_main())
