@@ -569,6 +569,7 @@ class CaseResult:
     # where the time went: reading and writing (in their threads) and how long the
     # segmenting thread waited for them (with workers > 0 mostly hidden behind inference)
     read_s: float = 0.0
+    prepare_s: float = 0.0  # the card's preprocessing, on the read-ahead thread
     read_wait_s: float = 0.0
     write_s: float = 0.0
     write_wait_s: float = 0.0
@@ -626,14 +627,26 @@ class _InlineExecutor:
         pass
 
 
-def _read_case(case: Case):
+def _read_case(case: Case, card=None, prepare_kwargs: dict[str, Any] | None = None):
+    """Read one case and, given a card, run its preprocessing too (on the read-ahead
+    thread, so that the segmenting thread only runs the engine). Returns
+    ``(volume, read seconds, Prepared or the exception preparing raised, or None)``."""
     from napari_vnet.io import read_volume
 
     t0 = time.perf_counter()
     vol = read_volume(case.path)
     if vol.array.ndim < 3:
         raise ValueError(f"{case.path}: not a 3-D volume (shape {vol.shape})")
-    return vol, time.perf_counter() - t0
+    t_read = time.perf_counter() - t0
+    prepared: Any = None
+    if card is not None:
+        from napari_vnet.inference import prepare
+
+        try:
+            prepared = prepare(vol, card, spacing=vol.spacing, **(prepare_kwargs or {}))
+        except Exception as exc:  # noqa: BLE001 - reported when the case's turn comes
+            prepared = exc
+    return vol, t_read, prepared
 
 
 def _write_outputs(
@@ -688,6 +701,7 @@ def _write_outputs(
         statistics=stats,
         rank=rank,
         read_s=round(timing.get("read_s", 0.0), 3),
+        prepare_s=round(timing.get("prepare_s", 0.0), 3),
         read_wait_s=round(timing.get("read_wait_s", 0.0), 3),
         write_s=round(time.perf_counter() - t_write, 3),
     )
@@ -769,7 +783,10 @@ def predict_cases(
     be read, segmented or written is yielded as ``failed`` and the run goes on. Up to
     ``workers`` cases are read ahead in a thread pool while the current one is segmented
     (reading holds at most ``workers`` volumes in memory); a single background thread
-    writes the outputs (at most two cases wait for it). ``workers=0`` reads, segments
+    writes the outputs (at most two cases wait for it). The read-ahead threads also run
+    the card's preprocessing (:func:`napari_vnet.inference.prepare`: normalisation,
+    resampling), so a case waiting in the pool holds its volume and its float32
+    network input. ``workers=0`` reads, segments
     and writes one case after the other in the calling thread (no overlap). Results are yielded in the order
     cases finish, skipped ones first. ``on_start(case, i, n)`` is called before each
     case is segmented.
@@ -778,6 +795,7 @@ def predict_cases(
 
     workers = max(0, int(workers))
     kwargs = dict(predict_kwargs or {})
+    prepare_kwargs = {k: kwargs[k] for k in ("overlap", "batch_size") if k in kwargs}
     stop = should_stop or (lambda: False)
     plans = [
         plan_outputs(c, out_dir, fmt, statistics=statistics, probabilities=save_probabilities)
@@ -815,7 +833,7 @@ def predict_cases(
             nxt = next(upcoming, None)
             if nxt is None:
                 return
-            reads.append((nxt[0], nxt[1], readers.submit(_read_case, nxt[0])))
+            reads.append((nxt[0], nxt[1], readers.submit(_read_case, nxt[0], card, prepare_kwargs)))
 
     def finished_write(case: Case, fut: Future, t0: float) -> CaseResult:
         t_wait = time.perf_counter()
@@ -838,11 +856,15 @@ def predict_cases(
             t0 = time.perf_counter()
             i += 1
             try:
-                vol, t_read = fut.result()
+                vol, t_read, prepared = fut.result()
             except Exception as exc:  # noqa: BLE001 - a broken file is reported, not fatal
                 yield _failed(case, exc, rank, t0)
                 continue
-            timing = {"read_s": t_read, "read_wait_s": time.perf_counter() - t0}
+            timing = {
+                "read_s": t_read,
+                "read_wait_s": time.perf_counter() - t0,
+                "prepare_s": getattr(prepared, "seconds", 0.0),
+            }
             log.info("read %s (%s) in %.2f s", case.path, vol.shape, t_read)
             refused = _check_case(case, vol, card)
             if refused:
@@ -851,8 +873,10 @@ def predict_cases(
             if on_start is not None:
                 on_start(case, i, len(todo))
             try:
+                if isinstance(prepared, Exception):
+                    raise prepared
                 pred = predict(
-                    vol,
+                    prepared if prepared is not None else vol,
                     model,
                     card,
                     spacing=vol.spacing,
@@ -873,7 +897,7 @@ def predict_cases(
                     t0,
                 )
             )
-            del vol, pred
+            del vol, pred, prepared
             while writes and writes[0][1].done():
                 wcase, wfut, wt0 = writes.popleft()
                 yield finished_write(wcase, wfut, wt0)
@@ -905,7 +929,7 @@ def write_run_summary(
     counts = {s: sum(r.status == s for r in results) for s in ("written", "skipped", "failed")}
     timing = {
         k: round(sum(getattr(r, k) for r in results), 3)
-        for k in ("read_s", "read_wait_s", "write_s", "write_wait_s")
+        for k in ("read_s", "prepare_s", "read_wait_s", "write_s", "write_wait_s")
     }
     summary = {
         **(info or {}),

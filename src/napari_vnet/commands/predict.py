@@ -103,7 +103,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--workers",
         type=int,
         default=2,
-        help="cases read ahead in parallel while one is segmented, writing in the "
+        help="cases read and preprocessed ahead in parallel while one is segmented, writing in the "
         "background (default 2; 0: one step after the other in one thread)",
     )
     batch.add_argument(

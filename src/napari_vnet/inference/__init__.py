@@ -8,7 +8,9 @@ windows, a generator yielding progress) and :mod:`.predict` (the orchestration).
 
 
 ``predict(image, model, card, spacing=...)`` turns a raw volume into a label map on the
-input's own grid:
+input's own grid (``prepare(image, card, spacing=...)`` runs step 1-2's preprocessing
+alone, e.g. in a read-ahead thread, and ``predict`` accepts its result in place of the
+image):
 
 1. non-finite voxels are replaced by the smallest finite value (with a warning), and the
    intensities are normalised as the model card says (:func:`normalize_intensity`);
@@ -46,7 +48,7 @@ from napari_vnet.inference.engine import (
     PredictionCancelled,
     sliding_window,
 )
-from napari_vnet.inference.predict import Prediction, check_memory, predict
+from napari_vnet.inference.predict import Prediction, Prepared, check_memory, predict, prepare
 from napari_vnet.inference.preprocess import (
     SPACING_RTOL,
     CardPreprocessing,
@@ -73,6 +75,7 @@ __all__ = [
     "InferenceMemoryError",
     "Prediction",
     "PredictionCancelled",
+    "Prepared",
     "ZStitcher",
     "available_memory",
     "blend_for",
@@ -81,6 +84,7 @@ __all__ = [
     "importance_map",
     "pad_to_window",
     "predict",
+    "prepare",
     "preprocessing_for",
     "resolve_amp",
     "resolve_device",

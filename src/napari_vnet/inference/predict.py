@@ -1,4 +1,10 @@
-"""``predict``: preprocess -> sliding-window engine -> back to the input grid -> post-process."""
+"""``predict``: preprocess -> sliding-window engine -> back to the input grid -> post-process.
+
+:func:`prepare` runs the first stage alone (validation, the card's intensity
+normalisation and resampling), so that a caller can preprocess the next case in another
+thread while the current one is segmented; ``predict(prepare(image, card), model, card)``
+gives the same result as ``predict(image, model, card)``.
+"""
 
 from __future__ import annotations
 
@@ -23,7 +29,7 @@ from napari_vnet.io.volume import Volume
 from napari_vnet.models.card import ModelCard
 from napari_vnet.runtime import amp_name, available_memory, resolve_amp, resolve_device
 
-__all__ = ["Prediction", "predict"]
+__all__ = ["Prediction", "Prepared", "predict", "prepare"]
 
 
 @dataclass
@@ -45,6 +51,13 @@ class Prediction:
     stats: dict[str, Any] = field(default_factory=dict)
 
 
+def _check_settings(overlap, batch_size) -> None:
+    if not 0.0 <= float(overlap) < 1.0:
+        raise ValueError(f"overlap must be in [0, 1), got {overlap!r}")
+    if batch_size is not None and int(batch_size) < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size!r}")
+
+
 def _check_image(image: np.ndarray, card: ModelCard, overlap, batch_size) -> np.ndarray:
     """``(C, z, y, x)`` view of ``image`` after validating it and the run settings."""
     n_in = int(card.in_channels)
@@ -56,10 +69,7 @@ def _check_image(image: np.ndarray, card: ModelCard, overlap, batch_size) -> np.
             f"image of shape {image.shape} does not fit model {card.arch!r} "
             f"with {n_in} input channel(s): expected {want}"
         )
-    if not 0.0 <= float(overlap) < 1.0:
-        raise ValueError(f"overlap must be in [0, 1), got {overlap!r}")
-    if batch_size is not None and int(batch_size) < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size!r}")
+    _check_settings(overlap, batch_size)
     if len(card.classes) < 1:
         raise ValueError("model card lists no classes")
     if min(image.shape[-3:]) < 1:
@@ -121,8 +131,67 @@ def check_memory(
     )
 
 
-def predict(
+@dataclass
+class Prepared:
+    """A volume preprocessed for one card by :func:`prepare`, ready for :func:`predict`.
+
+    ``volume`` is the network input ``(C, z, y, x)`` (float32, on the card's grid),
+    ``ctx`` what ``pre.restore`` needs to go back to the input grid of shape
+    ``input_shape``. Holding one costs the preprocessed volume's memory (float32, so
+    twice an int16 scan of the same grid, more when resampled to a finer spacing).
+    """
+
+    volume: np.ndarray
+    ctx: Any
+    pre: Any
+    card: ModelCard
+    input_shape: tuple[int, int, int]
+    spacing: tuple[float, ...] | None
+    geometry: Volume | None = None
+    seconds: float = 0.0
+
+
+def prepare(
     image: np.ndarray | Volume,
+    card: ModelCard,
+    *,
+    spacing: Sequence[float] | None = None,
+    overlap: float = 0.5,
+    batch_size: int | None = None,
+) -> Prepared:
+    """Validate ``image`` and run the card's preprocessing (stage 1 of :func:`predict`).
+
+    Arguments as for :func:`predict` (``overlap`` and ``batch_size`` are only checked
+    here, so that a bad setting fails before the work). Runs on the CPU, needs no model,
+    and may run in another thread than the :func:`predict` call that takes the result.
+    """
+    t0 = time.perf_counter()
+    geometry = None
+    if isinstance(image, Volume):
+        geometry = image
+        spacing = image.spacing if spacing is None else spacing
+        image = image.array
+    channels = _check_image(np.asarray(image), card, overlap, batch_size)
+    in_shape = tuple(int(s) for s in channels.shape[1:])
+    pre = preprocessing_for(card)
+    if getattr(pre, "wants_geometry", False):  # e.g. a MONAI bundle's Orientationd
+        vol, ctx = pre.preprocess(channels, spacing, geometry=geometry)
+    else:
+        vol, ctx = pre.preprocess(channels, spacing)
+    return Prepared(
+        volume=vol,
+        ctx=ctx,
+        pre=pre,
+        card=card,
+        input_shape=in_shape,  # type: ignore[arg-type]
+        spacing=None if spacing is None else tuple(spacing),
+        geometry=geometry,
+        seconds=time.perf_counter() - t0,
+    )
+
+
+def predict(
+    image: np.ndarray | Volume | Prepared,
     model: torch.nn.Module,
     card: ModelCard,
     *,
@@ -142,7 +211,9 @@ def predict(
 
     Args:
         image: ``(z, y, x)`` array (or ``(C, z, y, x)`` for multi-channel cards), or a
-            :class:`~napari_vnet.io.Volume` (whose spacing is used when ``spacing`` is None).
+            :class:`~napari_vnet.io.Volume` (whose spacing is used when ``spacing`` is None),
+            or a :class:`Prepared` from :func:`prepare` for this card (the preprocessing
+            is then skipped; ``spacing`` is taken from it when None).
         model: network returning logits ``(B, C, D, H, W)`` for any spatial size.
         card: the model card (classes, normalisation, training spacing, patch size).
         spacing: the image's voxel spacing ``(z, y, x)`` in mm; None = the card's spacing.
@@ -163,24 +234,27 @@ def predict(
             such a window's output does not depend on where it lies.
     """
     t0 = time.perf_counter()
-    geometry = None
-    if isinstance(image, Volume):
-        geometry = image
-        spacing = image.spacing if spacing is None else spacing
-        image = image.array
-    channels = _check_image(np.asarray(image), card, overlap, batch_size)
-    in_shape = tuple(int(s) for s in channels.shape[1:])
-    dev = resolve_device(device)
+    dev = resolve_device(device)  # bad run settings fail before the preprocessing
     amp_dtype = resolve_amp(amp, dev)
     stop = should_stop or (lambda: False)
-
-    # ---- 1. preprocess (the card says how), pad to at least one window
-    pre = preprocessing_for(card)
-    if getattr(pre, "wants_geometry", False):  # e.g. a MONAI bundle's Orientationd
-        vol, ctx = pre.preprocess(channels, spacing, geometry=geometry)
+    if isinstance(image, Prepared):
+        prepared = image
+        if prepared.card is not card and prepared.card != card:
+            raise ValueError(
+                f"the image was prepared for model {prepared.card.arch!r}, not for the "
+                f"card of {card.arch!r}: call prepare() with this card"
+            )
+        _check_settings(overlap, batch_size)
+        spacing = prepared.spacing if spacing is None else spacing
+        t0 -= prepared.seconds  # the result's seconds include the preprocessing
     else:
-        vol, ctx = pre.preprocess(channels, spacing)
-    del channels
+        prepared = prepare(image, card, spacing=spacing, overlap=overlap, batch_size=batch_size)
+        spacing = prepared.spacing
+    del image
+
+    # ---- 1. preprocess (the card says how: done by prepare), pad to at least one window
+    vol, ctx, pre, in_shape = prepared.volume, prepared.ctx, prepared.pre, prepared.input_shape
+    del prepared
     work_shape = tuple(int(s) for s in vol.shape[1:])
     if stop():
         raise PredictionCancelled("prediction cancelled before it started")
