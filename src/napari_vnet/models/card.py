@@ -47,32 +47,6 @@ class ClassInfo:
     name: str
     color: tuple[float, float, float, float] | None = None  # RGBA in [0, 1]
 
-    def origin(self) -> str:
-        """One line saying where foreign weights come from, e.g. "nnU-Net v2,
-        Dataset501_Liver, 3d_fullres, folds 0-4"; "" for napari-vnet's own weights."""
-        src = self.source or {}
-        fmt = src.get("format")
-        if fmt == "nnunet":
-            folds = [str(f) for f in src.get("folds", [])]
-            if len(folds) > 1 and all(f.isdigit() for f in folds):
-                nums = sorted(int(f) for f in folds)
-                contiguous = nums == list(range(nums[0], nums[-1] + 1))
-                fold_text = f"folds {nums[0]}-{nums[-1]}" if contiguous else "folds " + ",".join(folds)
-            else:
-                fold_text = f"fold {folds[0]}" if folds else "no fold"
-            parts = ["nnU-Net v2", src.get("dataset", "?"), src.get("configuration", "?"), fold_text]
-        elif fmt == "monai_bundle":
-            parts = ["MONAI bundle", src.get("name", "?"), src.get("version", "")]
-        elif fmt == "monai":
-            parts = ["MONAI " + str(self.arch_kwargs.get("name", "network")), src.get("file", "")]
-        elif fmt:
-            parts = [str(fmt)]
-        else:
-            return ""
-        if src.get("fine_tuned"):
-            parts.append("fine-tuned")
-        return ", ".join(str(p) for p in parts if p)
-
     def to_dict(self) -> dict[str, Any]:
         return {
             "value": int(self.value),
