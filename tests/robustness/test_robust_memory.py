@@ -21,6 +21,7 @@ import zipfile
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from conftest import small_volume, tiny_card, write_dicom_series, write_image
 
@@ -314,4 +315,68 @@ def test_mutated_ct_slice_header_read_stays_small(tmp_path, shared_data):
     )
     assert out["outcome"] == "refused" and str(bad) in out["message"], out
     assert "remain in the file" in out["message"], out
+    assert out["peak_mib"] < 600, out
+
+
+def _jpeg2000_series(folder: Path, n: int = 3) -> list[Path]:
+    """A small CT series whose pixel data are JPEG-2000 (lossless) fragments, written with
+    pydicom and imagecodecs (both installed with the test oracles)."""
+    import imagecodecs
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.encaps import encapsulate
+    from pydicom.uid import CTImageStorage, JPEG2000Lossless, generate_uid
+
+    folder.mkdir()
+    study, series, files = generate_uid(), generate_uid(), []
+    for k in range(n):
+        arr = (np.arange(64 * 64).reshape(64, 64) % 251 + 10 * k).astype(np.uint16)
+        meta = FileMetaDataset()
+        meta.MediaStorageSOPClassUID = CTImageStorage
+        meta.MediaStorageSOPInstanceUID = sop = generate_uid()
+        meta.TransferSyntaxUID = JPEG2000Lossless
+        ds = Dataset()
+        ds.file_meta = meta
+        ds.SOPClassUID, ds.SOPInstanceUID, ds.Modality = CTImageStorage, sop, "CT"
+        ds.StudyInstanceUID, ds.SeriesInstanceUID = study, series
+        ds.PatientName, ds.PatientID = "J2K", "1"
+        ds.ImagePositionPatient = [0, 0, 2.5 * k]
+        ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
+        ds.PixelSpacing, ds.SliceThickness, ds.InstanceNumber = [0.7, 0.7], 2.5, k + 1
+        ds.Rows, ds.Columns = arr.shape
+        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
+        ds.PixelData = encapsulate([imagecodecs.jpeg2k_encode(arr, level=0, codecformat="J2K")])
+        ds["PixelData"].VR = "OB"
+        path = folder / f"slice{k:03d}.dcm"
+        ds.save_as(path, enforce_file_format=True)
+        files.append(path)
+    return files
+
+
+@pytest.mark.parametrize("keep", [0.5, 0.8, 0.95])
+def test_truncated_jpeg2000_slice_is_refused_small(tmp_path, keep):
+    """The finding: a truncated JPEG-2000 DICOM slice made a "header-only" read allocate
+    1.6-3.4 GB. Now a fragment that runs past the end of the file is refused before GDCM
+    decodes anything; the series' other slices still read. (A regression guard: these
+    synthetic truncations were already refused by GDCM itself before the length check;
+    the allocation the probe saw is reproduced by the mutated real CT slice above.)"""
+    files = _jpeg2000_series(tmp_path / "series")
+    data = files[1].read_bytes()
+    files[1].write_bytes(data[: int(len(data) * keep)])
+    out = _child(
+        """
+        from napari_vnet.io import VolumeReadError, read_volume
+        try:
+            read_volume(sys.argv[1])
+            single, message = "read", ""
+        except VolumeReadError as exc:
+            single, message = "refused", str(exc)
+        vol = read_volume(os.path.dirname(sys.argv[1]))
+        report(single=single, message=message, series_shape=list(vol.array.shape))
+        """,
+        str(files[1]),
+        limit=None,
+    )
+    assert out["single"] == "refused" and str(files[1]) in out["message"], out
+    assert out["series_shape"] == [2, 64, 64], out
     assert out["peak_mib"] < 600, out
