@@ -43,9 +43,6 @@ echo "== installing napari-vnet[testing]"
 # with torch held at the version installed above.
 echo "== installing the nnU-Net v2 test oracle (without timm/torchvision)"
 TORCH_PIN=$(.venv/bin/python -c "import torch; print(torch.__version__.split('+')[0])")
-.venv/bin/python -m pip install -q "torch==$TORCH_PIN" \
-    "acvl-utils>=0.2.6,<0.3" "batchgenerators>=0.25.1" "batchgeneratorsv2>=0.3.2" \
-    "blosc2>=3.3.2" einops graphviz imagecodecs matplotlib nibabel pandas requests \
-    "scikit-image>=0.19.3" scikit-learn seaborn tifffile tqdm yacs
+.venv/bin/python -m pip install -q "torch==$TORCH_PIN" -r scripts/oracle-requirements.txt
 .venv/bin/python -m pip install -q --no-deps "nnunetv2==2.8.1" "dynamic-network-architectures==0.4.4"
 .venv/bin/python -c "import napari_vnet, torch, napari; print('napari-vnet', napari_vnet.__version__, '| torch', torch.__version__, '| napari', napari.__version__)"
