@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 CONFIG_ENV = "NAPARI_VNET_CONFIG_DIR"
-RECENT_FILE = "recent_weights.json"
+RECENT_FILE = user_dirs.RECENT_FILE
 MAX_RECENT = 10
 
 
@@ -40,22 +40,11 @@ def data_dir() -> Path:
 
 
 def _recent_path() -> Path:
-    return config_dir() / RECENT_FILE
+    return user_dirs.recent_weights_file()
 
 
 def _read_recent() -> list[str]:
-    path = _recent_path()
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        return []
-    except (OSError, ValueError) as exc:
-        log.warning("ignoring unreadable recent-weights list %s: %s", path, exc)
-        return []
-    items = data.get("recent") if isinstance(data, dict) else data
-    if not isinstance(items, list):
-        return []
-    return [str(p) for p in items if isinstance(p, str)]
+    return user_dirs.read_recent_weights()
 
 
 def _write_recent(items: list[str]) -> None:

@@ -25,10 +25,6 @@ HELP = "list shipped and recently used weights with their model cards"
 
 log = logging.getLogger(__name__)
 
-#: the recent-weights file in the settings folder (the format ``{"recent": [path, ...]}``,
-#: newest first, is the one napari_vnet's docks write)
-RECENT_FILE = "recent_weights.json"
-
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print the rows as one JSON list")
@@ -36,23 +32,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def recent_weights_paths() -> list[Path]:
     """The recently used weights (newest first) that still exist; [] when none/unreadable."""
-    from napari_vnet.user_dirs import config_dir  # the dock's folder, per OS
+    from napari_vnet.user_dirs import read_recent_weights  # the docks' list, per OS
 
-    path = config_dir() / RECENT_FILE
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        return []
-    except (OSError, ValueError) as exc:
-        log.warning("ignoring unreadable recent-weights list %s: %s", path, exc)
-        return []
-    items = data.get("recent") if isinstance(data, dict) else data
     out: list[Path] = []
-    for item in items if isinstance(items, list) else []:
-        if isinstance(item, str):
-            p = Path(item)
-            if p.exists() and p not in out:
-                out.append(p)
+    for item in read_recent_weights():
+        p = Path(item)
+        if p.exists() and p not in out:
+            out.append(p)
     return out
 
 

@@ -24,7 +24,6 @@ result is brought back to the input grid with MONAI's own inverse of those trans
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from dataclasses import dataclass
@@ -35,7 +34,7 @@ import numpy as np
 import torch
 
 from napari_vnet.foreign.networks import MONAI_NETWORKS, MonaiNetwork, require
-from napari_vnet.foreign.safe_load import safe_torch_load
+from napari_vnet.foreign.safe_load import read_json_object, safe_torch_load
 from napari_vnet.models.card import ClassInfo, ModelCard
 from napari_vnet.models.errors import CheckpointError
 
@@ -161,16 +160,6 @@ def wrap_monai_state_dict(
 # --------------------------------------------------------------------------- bundles
 
 
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise CheckpointError(f"{path}: unreadable JSON ({exc})") from None
-    if not isinstance(data, dict):
-        raise CheckpointError(f"{path}: expected a JSON object")
-    return data
-
-
 def _plain(value: Any, config: dict[str, Any], where: str, depth: int = 0) -> Any:
     """``value`` with ``"@name"`` references to plain config entries resolved; an
     expression (``"$..."``) raises UnsupportedBundleError (it would need running code)."""
@@ -235,8 +224,8 @@ def _bundle_transforms(config: dict[str, Any], where: Path) -> list[dict[str, An
 def load_monai_bundle(path: str | os.PathLike) -> tuple[MonaiNetwork, ModelCard]:
     """``(network, card)`` of a MONAI bundle folder (see module docstring)."""
     root = Path(path)
-    meta = _read_json(root / "configs" / "metadata.json")
-    config = _read_json(root / "configs" / "inference.json")
+    meta = read_json_object(root / "configs" / "metadata.json")
+    config = read_json_object(root / "configs" / "inference.json")
     net_def = config.get("network_def")
     if not isinstance(net_def, dict):
         raise UnsupportedBundleError(f"{root}: configs/inference.json has no 'network_def'")

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import copy
 import itertools
-import json
 import logging
 import os
 import re
@@ -44,7 +43,7 @@ import numpy as np
 import torch
 
 from napari_vnet.foreign.networks import NnUNetEnsemble, require
-from napari_vnet.foreign.safe_load import safe_torch_load
+from napari_vnet.foreign.safe_load import read_json_object, safe_torch_load
 from napari_vnet.models.card import ClassInfo, ModelCard
 from napari_vnet.models.errors import CheckpointError
 
@@ -92,16 +91,6 @@ def _model_dir(path: Path) -> Path:
     raise CheckpointError(
         f"{path}: not an nnU-Net v2 trained-model folder (no plans.json and dataset.json)"
     )
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise CheckpointError(f"{path}: unreadable JSON ({exc})") from None
-    if not isinstance(data, dict):
-        raise CheckpointError(f"{path}: expected a JSON object")
-    return data
 
 
 def resolve_configuration(plans: dict[str, Any], name: str, where: Path) -> dict[str, Any]:
@@ -248,8 +237,8 @@ def load_nnunet_folder(
 
 def _open(path: Path, folds, checkpoint, read_weights: bool):
     model_dir = _model_dir(path)
-    plans = _read_json(model_dir / "plans.json")
-    dataset_json = _read_json(model_dir / "dataset.json")
+    plans = read_json_object(model_dir / "plans.json")
+    dataset_json = read_json_object(model_dir / "dataset.json")
     trainer, plans_name, config_name = _parse_name(model_dir)
     present = _folds_present(model_dir)
     if folds is None:

@@ -12,6 +12,7 @@ imported or called.
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
 import re
@@ -23,7 +24,7 @@ import torch
 
 from napari_vnet.models.errors import CheckpointError
 
-__all__ = ["ALLOWED_GLOBALS", "UnsafeCheckpointError", "safe_torch_load"]
+__all__ = ["ALLOWED_GLOBALS", "UnsafeCheckpointError", "read_json_object", "safe_torch_load"]
 
 
 class UnsafeCheckpointError(CheckpointError):
@@ -81,3 +82,16 @@ def _first(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     line = text[0] if text else type(exc).__name__
     return line if len(line) <= 160 else line[:157] + "..."
+
+
+def read_json_object(path: Path) -> dict[str, Any]:
+    """A producer's JSON file (``plans.json``, ``dataset.json``, a bundle's configs) as a
+    dict; :class:`CheckpointError` naming the file when it is unreadable or not an object.
+    Plain JSON only: nothing in it is evaluated."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"{path}: unreadable JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path}: expected a JSON object")
+    return data
