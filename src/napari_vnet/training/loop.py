@@ -475,6 +475,10 @@ def _loop(run: _Run, progress, should_stop):
         run.choose_postprocess()
     if dist.is_main and not cancelled and not config.keep_resume and run.rpath.exists():
         run.rpath.unlink()
+    # rank 0's tail work above (post-processing chosen on validation, clean-up) runs
+    # while the other ranks have finished: they wait here, so no rank tears its process
+    # group down (and exits) while another still holds the connection
+    dist.barrier()
     return run.summary(it, seconds, last_loss, cancelled)
 
 
