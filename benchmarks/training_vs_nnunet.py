@@ -68,7 +68,7 @@ from nnunetv2.run.load_pretrained_weights import load_pretrained_weights
 from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 name, budget, pretrained, out_json = sys.argv[1], float(sys.argv[2]), sys.argv[3], sys.argv[4]
 images, seg_out = json.loads(sys.argv[5]), sys.argv[6]
-torch.set_num_threads(2)
+torch.set_num_threads(int(sys.argv[7]))
 folder = join(nnUNet_preprocessed, name)
 plans = load_json(join(folder, "nnUNetPlans.json"))
 plans["continue_training"] = False  # what nnUNetv2_train adds
@@ -213,8 +213,10 @@ def pooled(scores: list[dict]) -> dict:
 # ------------------------------------------------------------------ napari-vnet
 
 
-def run_ours(arch, width, train, minutes, out: Path, classes, *, base=None, annotated=None,
-             val_fraction=0.2, extra=()) -> dict:  # fmt: skip
+def start_ours(arch, width, train, minutes, out: Path, classes, *, threads, base=None,
+               annotated=None, val_fraction=0.2, extra=()):  # fmt: skip
+    """``napari-vnet train`` started in its own process (``threads`` torch threads);
+    :func:`finish_ours` waits for it."""
     cmd = [sys.executable, "-m", "napari_vnet.cli", "train", "--out", str(out), "--overwrite",
            "--minutes", str(minutes), "--val-fraction", str(val_fraction), "--json",
            "--classes", ",".join(f"{v}={n}" for v, n in classes.items()), *extra]  # fmt: skip
@@ -224,12 +226,19 @@ def run_ours(arch, width, train, minutes, out: Path, classes, *, base=None, anno
         if annotated is not None:
             cmd += ["--annotated-slices", ",".join(str(z) for z in annotated[i])]
     print("+", " ".join(cmd[2:]), flush=True)
-    t = time.time()
-    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ})
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=env)  # fmt: skip
+    return proc, time.time()
+
+
+def finish_ours(started) -> dict:
+    proc, t = started
+    stdout, stderr = proc.communicate()
     if proc.returncode != 0:
-        print(proc.stdout[-3000:], proc.stderr[-3000:])
+        print(stdout[-3000:], stderr[-3000:])
         raise RuntimeError(f"napari-vnet train failed ({proc.returncode})")
-    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    summary = json.loads(stdout.strip().splitlines()[-1])
     summary["wall_s"] = round(time.time() - t, 1)
     return summary
 
@@ -252,7 +261,7 @@ def nnunet_env(work: Path) -> dict:
         env[key] = str(work / "nnunet" / key)
         Path(env[key]).mkdir(parents=True, exist_ok=True)
     # planning needs nnUNet_n_proc_DA >= 1; training sets 0 (augmentation in-process)
-    env.update(nnUNet_n_proc_DA="1", nnUNet_compile="false", OMP_NUM_THREADS="2")
+    env.update(nnUNet_n_proc_DA="1", nnUNet_compile="false")
     return env
 
 
@@ -317,8 +326,10 @@ def shrink_plans(plans_file: Path, patch, width: int, depth: int = 4) -> dict:
             "spacing": cfg["spacing"], "normalization": cfg["normalization_schemes"]}  # fmt: skip
 
 
-def run_nnunet(env, did, name, minutes, test_images, work: Path, *, patch, width,
-               pretrained=None, plans_from=None) -> dict:  # fmt: skip
+def prepare_nnunet(env, did, name, *, patch, width, plans_from=None) -> dict:
+    """nnU-Net's fingerprint, plans (shrunk, or the base's) and preprocessing: outside
+    the training budget, as ``nnUNetv2_plan_and_preprocess`` runs before training."""
+
     def run(*cmd):
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
         if proc.returncode != 0:
@@ -345,23 +356,32 @@ def run_nnunet(env, did, name, minutes, test_images, work: Path, *, patch, width
             "plans_from": str(plans_from),
         }
     run(_tool("nnUNetv2_preprocess"), "-d", str(did), "-c", "3d_fullres", "-np", "1")
-    prep_s = time.time() - t
+    return {"preprocess_s": round(time.time() - t, 1), "plans": plan_info,
+            "plans_file": str(pre / "nnUNetPlans.json")}  # fmt: skip
+
+
+def start_nnunet(env, did, name, minutes, test_images, work: Path, *, threads,
+                 pretrained=None):  # fmt: skip
+    """nnU-Net's trainer (then its predictor on the test images) in its own process."""
     out_json = work / f"nnunet_{did}.json"
     seg_out = work / f"nnunet_pred_{did}"
     seg_out.mkdir(exist_ok=True)
-    proc = subprocess.run(
+    proc = subprocess.Popen(
         [sys.executable, "-c", NNUNET_DRIVER, name, str(60 * minutes), str(pretrained or "-"),
-         str(out_json), json.dumps([str(p) for p in test_images]), str(seg_out)],
-        env={**env, "nnUNet_n_proc_DA": "0"}, capture_output=True, text=True,
+         str(out_json), json.dumps([str(p) for p in test_images]), str(seg_out), str(threads)],
+        env={**env, "nnUNet_n_proc_DA": "0", "OMP_NUM_THREADS": str(threads)},
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
+    return proc, out_json
+
+
+def finish_nnunet(started, prepared: dict) -> dict:
+    proc, out_json = started
+    stdout, stderr = proc.communicate()
     if proc.returncode != 0:
-        print(proc.stdout[-3000:], proc.stderr[-3000:])
+        print(stdout[-3000:], stderr[-3000:])
         raise RuntimeError("nnU-Net run failed")
-    res = json.loads(out_json.read_text())
-    res["preprocess_s"] = round(prep_s, 1)
-    res["plans"] = plan_info
-    res["plans_file"] = str(pre / "nnUNetPlans.json")
-    return res
+    return {**json.loads(out_json.read_text()), **prepared}
 
 
 def read_nnunet_pred(path, classes: dict) -> np.ndarray:
@@ -405,21 +425,38 @@ def split_run(key, train, tests, classes, args, work, env, did, *, annotated=Non
     patch = planned_patch(train, classes, args.width)
     record = {"patch": patch, "runs": {}}
     preds = {}
+    record.update(minutes=args.minutes, parallel=args.parallel, threads=args.threads,
+                  load_before=os.getloadavg())  # fmt: skip
     name = nnunet_dataset(env, did, key, train, classes, annotated=annotated)
-    nn = run_nnunet(env, did, name, args.minutes, [t[0] for t in tests], work, patch=patch,
-                    width=args.width, pretrained=(bases or {}).get("nnunet"),
-                    plans_from=(bases or {}).get("nnunet_plans"))  # fmt: skip
+    prepared = prepare_nnunet(env, did, name, patch=patch, width=args.width,
+                              plans_from=(bases or {}).get("nnunet_plans"))  # fmt: skip
+    tests_in = [t[0] for t in tests]
+
+    def nnunet():
+        return start_nnunet(env, did, name, args.minutes, tests_in, work, threads=args.threads,
+                            pretrained=(bases or {}).get("nnunet"))  # fmt: skip
+
+    def ours(arch):
+        return start_ours(arch, args.width, train, args.minutes, work / f"{key}_{arch}.pt",
+                          classes, threads=args.threads, base=(bases or {}).get(arch),
+                          annotated=annotated)  # fmt: skip
+
+    if args.parallel:  # all trainings at once: the machine's load is shared alike
+        started = [nnunet()] + [ours(a) for a in args.archs]
+        nn = finish_nnunet(started[0], prepared)
+        summaries = [finish_ours(s) for s in started[1:]]
+    else:
+        nn = finish_nnunet(nnunet(), prepared)
+        summaries = [finish_ours(ours(a)) for a in args.archs]
+    record["load_after"] = os.getloadavg()
     preds["nnU-Net"] = [read_nnunet_pred(p, classes) for p in nn["predictions"]]
     record["runs"]["nnU-Net"] = {
         k: nn[k] for k in ("iterations", "seconds", "preprocess_s", "plans")
     }
     record["nnunet_checkpoint"], record["nnunet_plans"] = nn["checkpoint"], nn["plans_file"]
     print(f"  nnU-Net: {nn['iterations']} iterations in {nn['seconds']:.0f}s", flush=True)
-    for arch in args.archs:
+    for arch, s in zip(args.archs, summaries, strict=True):
         out = work / f"{key}_{arch}.pt"
-        base = (bases or {}).get(arch)
-        s = run_ours(arch, args.width, train, args.minutes, out, classes, base=base,
-                     annotated=annotated)  # fmt: skip
         preds[f"napari-vnet {arch}"] = [predict_ours(out, t[0]) for t in tests]
         from napari_vnet.models import read_card
 
@@ -459,6 +496,17 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--minutes", type=float, default=3.0, help="training budget per run")
     p.add_argument("--width", type=int, default=8)
+    p.add_argument(
+        "--parallel", action="store_true",
+        help="train nnU-Net and each napari-vnet network at the same time (each --threads "
+        "torch threads), so that a shared machine's load falls on all of them alike",
+    )  # fmt: skip
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch threads per training (default: CPUs, or 1 with --parallel)",
+    )
     p.add_argument("--archs", nargs="+", default=["unet3d", "vnet"])
     p.add_argument("--splits", nargs="+", default=["ct", "phantom", "finetune"])
     p.add_argument("--work", default=None)
@@ -469,6 +517,8 @@ def main(argv=None) -> int:
         "models, which must still be in --work)",
     )  # fmt: skip
     args = p.parse_args(argv)
+    if args.threads is None:
+        args.threads = 1 if args.parallel else (os.cpu_count() or 1)
     work = Path(args.work or tempfile.mkdtemp(prefix="vnet_vs_nnunet_"))
     env = nnunet_env(work)
     results = {

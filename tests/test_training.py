@@ -332,6 +332,35 @@ def test_sparse_sampler_patches_always_hold_annotated_voxels():
     assert msk is not None and all(m.any() for m in msk)
 
 
+def test_sparse_slices_resampled_to_a_coarser_spacing_are_all_kept():
+    # 5 corrected 2-mm slices, fine-tuned at a base model's 3.85 mm: nearest neighbour
+    # alone kept 3 of them (14 and 18 fell between output slices)
+    z, y, x = np.indices((20, 16, 16))
+    labels = ((y - 8) ** 2 + (x - 8) ** 2 < (z % 7 + 2) ** 2).astype(np.uint8)  # differs per z
+    image = Volume(labels.astype(np.float32), spacing=(2.0, 1.0, 1.0))
+    slices = [2, 6, 10, 14, 18]
+    cases, _, spacing = prepare_cases(
+        [TrainingPair(image, labels, annotated=slices)], parse_classes("1=organ"),
+        spacing=(3.85, 1.0, 1.0), normalization={"kind": "zscore"},
+    )  # fmt: skip
+    (case,) = cases
+    assert spacing == (3.85, 1.0, 1.0) and case.shape == (10, 16, 16)
+    kept = np.flatnonzero(case.mask.reshape(10, -1).any(1))
+    assert len(kept) == 5
+    # each kept output slice carries one annotated slice's labels, within half a slice
+    for k in kept:
+        src = min(slices, key=lambda s: abs(s * 2.0 - k * 3.85))
+        assert abs(src * 2.0 - k * 3.85) <= 3.85 / 2
+        np.testing.assert_array_equal(case.target[k], labels[src])
+        assert case.mask[k].all()
+    # dense labels (no mask) still resample by plain nearest neighbour
+    dense, _, _ = prepare_cases(
+        [TrainingPair(image, labels)], parse_classes("1=organ"), spacing=(3.85, 1.0, 1.0),
+        normalization={"kind": "zscore"},
+    )  # fmt: skip
+    np.testing.assert_array_equal(dense[0].target[7], labels[13])  # round(7 * 1.925) = 13
+
+
 def test_small_volume_is_padded_to_the_patch(tmp_path):
     image, labels = sphere_pair(shape=(6, 20, 20))
     events, summary = drain(
