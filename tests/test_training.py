@@ -691,3 +691,27 @@ def test_forced_bf16_training_stays_finite_and_predicts_like_fp32(tmp_path):
         diff = np.abs(bf16.probabilities.astype(np.float32) - fp32.probabilities)
         assert diff.max() < 0.1 and diff.mean() < 0.01, (diff.max(), diff.mean())
         assert np.mean(bf16.labels == fp32.labels) >= 0.98
+
+
+class _WindowMeanModel(torch.nn.Module):
+    """Class 1 wherever the whole window's mean intensity is above 0.5: its answer
+    depends on what fills the window beyond the image."""
+
+    out_channels = 2
+
+    def forward(self, x):
+        m = x.mean(dim=(2, 3, 4), keepdim=True).expand_as(x)
+        return torch.cat([torch.zeros_like(x), (m - 0.5) * 100], dim=1)
+
+
+def test_validation_of_a_slab_at_the_case_end_sees_real_slices_not_padding():
+    from napari_vnet.training.data import _Case
+    from napari_vnet.training.validation import validation_dice
+
+    image = np.ones((16, 8, 8), np.float32)
+    image[10, 0, 0] = -100.0  # the minimum, which pads a window short of slices
+    mask = np.zeros(image.shape, bool)
+    mask[14:] = True  # the held-out slab: the last two slices
+    case = _Case("c", image, np.ones(image.shape, np.uint8), mask)
+    dice = validation_dice(_WindowMeanModel(), [case], (8, 8, 8), torch.device("cpu"), None, 2)
+    assert dice == pytest.approx(1.0)  # 6 real slices + 2 of padding gave 0

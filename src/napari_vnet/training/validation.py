@@ -50,6 +50,12 @@ def validation_dice(model, cases, patch, device, amp_dtype, n_classes) -> float 
             zs = np.flatnonzero(c.mask.reshape(c.shape[0], -1).any(1))
             lo = max(int(zs[0]) - patch[0] // 2, 0)
             hi = min(int(zs[-1]) + 1 + patch[0] // 2, c.shape[0])
+            # at least one window of real slices (a slab at the case's end would be
+            # padded with air: an input unlike the windows of a whole scan)
+            short = patch[0] - (hi - lo)
+            if short > 0:
+                hi = min(hi + short, c.shape[0])
+                lo = max(hi - patch[0], 0)
         else:
             lo, hi = 0, c.shape[0]
         pred = predict_channels(model, c.image[lo:hi], patch, device, amp_dtype)
