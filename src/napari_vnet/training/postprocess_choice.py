@@ -15,7 +15,7 @@ import numpy as np
 
 from napari_vnet.metrics import dice_per_class
 from napari_vnet.postprocess import keep_largest_component
-from napari_vnet.training.validation import predict_channels
+from napari_vnet.training.validation import predict_channels, validation_region
 
 log = logging.getLogger(__name__)
 
@@ -25,13 +25,6 @@ __all__ = ["choose_postprocess"]
 MIN_GAIN = 1e-4
 
 
-def _region(case, patch):
-    if case.mask is None:
-        return 0, case.shape[0]
-    zs = np.flatnonzero(case.mask.reshape(case.shape[0], -1).any(1))
-    return max(int(zs[0]) - patch[0] // 2, 0), min(int(zs[-1]) + 1 + patch[0] // 2, case.shape[0])
-
-
 def choose_postprocess(model, cases, patch, device, amp_dtype, classes) -> dict:
     """``{"largest_component": [label values], "validation_dice": {...}}`` for ``model``
     on the validation ``cases`` (channel-index targets, masks); empty classes list when
@@ -39,7 +32,7 @@ def choose_postprocess(model, cases, patch, device, amp_dtype, classes) -> dict:
     n = len(classes)
     preds, refs, valids = [], [], []
     for c in cases:
-        lo, hi = _region(c, patch)
+        lo, hi = validation_region(c, patch)
         preds.append(predict_channels(model, c.image[lo:hi], patch, device, amp_dtype))
         refs.append(c.target[lo:hi])
         valids.append(c.mask[lo:hi] if c.mask is not None else np.ones(refs[-1].shape, bool))

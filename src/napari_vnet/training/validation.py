@@ -8,7 +8,7 @@ from napari_vnet.inference.engine import sliding_window
 from napari_vnet.inference.windows import pad_to_window
 from napari_vnet.metrics import dice_per_class
 
-__all__ = ["predict_channels", "validation_dice"]
+__all__ = ["predict_channels", "validation_dice", "validation_region"]
 
 
 def predict_channels(model, image: np.ndarray, patch, device, amp_dtype) -> np.ndarray:
@@ -41,23 +41,30 @@ def _out_channels(model) -> int:
     return int(n)
 
 
+def validation_region(case, patch) -> tuple[int, int]:
+    """The z range ``[lo, hi)`` that validation segments for ``case``: its annotated
+    slices with half a window of context on each side, and at least one window of real
+    slices where the case has them (a held-out slab at a case's end, cropped tight, would
+    be padded with air: an input unlike the windows of a whole scan, on which the
+    validation Dice of the real CT read 0.003 where the model scored 0.6)."""
+    if case.mask is None:
+        return 0, case.shape[0]
+    zs = np.flatnonzero(case.mask.reshape(case.shape[0], -1).any(1))
+    lo = max(int(zs[0]) - patch[0] // 2, 0)
+    hi = min(int(zs[-1]) + 1 + patch[0] // 2, case.shape[0])
+    short = patch[0] - (hi - lo)
+    if short > 0:
+        hi = min(hi + short, case.shape[0])
+        lo = max(hi - patch[0], 0)
+    return lo, hi
+
+
 def validation_dice(model, cases, patch, device, amp_dtype, n_classes) -> float | None:
     """Mean foreground Dice over the annotated voxels of the validation cases, the voxels
     of all cases pooled per class (None when no class is present in either map)."""
     preds, refs = [], []
     for c in cases:
-        if c.mask is not None:
-            zs = np.flatnonzero(c.mask.reshape(c.shape[0], -1).any(1))
-            lo = max(int(zs[0]) - patch[0] // 2, 0)
-            hi = min(int(zs[-1]) + 1 + patch[0] // 2, c.shape[0])
-            # at least one window of real slices (a slab at the case's end would be
-            # padded with air: an input unlike the windows of a whole scan)
-            short = patch[0] - (hi - lo)
-            if short > 0:
-                hi = min(hi + short, c.shape[0])
-                lo = max(hi - patch[0], 0)
-        else:
-            lo, hi = 0, c.shape[0]
+        lo, hi = validation_region(c, patch)
         pred = predict_channels(model, c.image[lo:hi], patch, device, amp_dtype)
         tgt = c.target[lo:hi]
         valid = c.mask[lo:hi] if c.mask is not None else np.ones(tgt.shape, bool)
