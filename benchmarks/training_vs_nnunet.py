@@ -452,10 +452,10 @@ def our_variants(args) -> list[tuple[str, str, list[str]]]:
 def split_run(key, train, tests, classes, args, work, env, did, *, annotated=None,
               bases=None, valid_z=None) -> dict:  # fmt: skip
     patch = planned_patch(train, classes, args.width)
-    record = {"patch": patch, "nnunet_patch": args.nnunet_patch, "runs": {}}
+    record = {"patch": patch, "nnunet_patch": args.nnunet_patch, "runs": {},
+              "minutes": args.minutes, "parallel": args.parallel, "threads": args.threads,
+              "load_before": os.getloadavg()}  # fmt: skip
     preds = {}
-    record.update(minutes=args.minutes, parallel=args.parallel, threads=args.threads,
-                  load_before=os.getloadavg())  # fmt: skip
     name = nnunet_dataset(env, did, key, train, classes, annotated=annotated)
     prepared = prepare_nnunet(env, did, name, width=args.width,
                               patch=patch if args.nnunet_patch == "ours" else None,

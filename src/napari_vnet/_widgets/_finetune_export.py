@@ -18,7 +18,7 @@ from napari_vnet._widgets._finetune_job import (
     layer_volume,
     parse_class_names,
 )
-from napari_vnet._widgets._finetune_pairs import EDITED, _file_item, _Pair, notify
+from napari_vnet._widgets._finetune_pairs import EDITED, _file_item, notify
 
 
 class FinetuneExportMixin:
@@ -59,14 +59,8 @@ class FinetuneExportMixin:
         self.dataset_exported.emit(str(folder))
 
     def _export_items(self, only_edited: bool) -> list[dict]:
-        pairs = self._pairs
-        if not pairs:
-            img, lab = self.image_combo.currentData(), self.labels_combo.currentData()
-            if img is None or lab is None:
-                raise ValueError("No training pairs to export.")
-            pairs = [_Pair(image_layer=img, labels_layer=lab)]
         items = []
-        for p in pairs:
+        for p in self._pairs_or_chosen("No training pairs to export."):
             if p.is_file:
                 items.append(_file_item(p, only_edited))
                 continue

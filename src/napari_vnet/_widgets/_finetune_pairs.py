@@ -129,15 +129,19 @@ class FinetunePairsMixin:
         for p in self._pairs:
             self.pair_list.addItem(p.describe())
 
+    def _pairs_or_chosen(self, none_message: str) -> list[_Pair]:
+        """The listed pairs, else the image and labels layers chosen in the combos
+        (``ValueError(none_message)`` when neither is there)."""
+        if self._pairs:
+            return self._pairs
+        img, lab = self.image_combo.currentData(), self.labels_combo.currentData()
+        if img is None or lab is None:
+            raise ValueError(none_message)
+        return [_Pair(image_layer=img, labels_layer=lab)]
+
     def _training_specs(self, only_edited: bool) -> list[dict]:
         """Copies of the pairs' data for the worker (GUI thread; labels never shared)."""
-        pairs = self._pairs
-        if not pairs:
-            img, lab = self.image_combo.currentData(), self.labels_combo.currentData()
-            if img is None or lab is None:
-                raise ValueError("No training data: choose an image and a labels layer.")
-            check_same_geometry(img, lab)
-            pairs = [_Pair(image_layer=img, labels_layer=lab)]
+        pairs = self._pairs_or_chosen("No training data: choose an image and a labels layer.")
         specs = []
         for p in pairs:
             if p.is_file:

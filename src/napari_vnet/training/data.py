@@ -277,7 +277,9 @@ def _sparse_slice_sources(
     sparse annotated slices to a coarser z spacing then keeps every one of them (two
     only merge when they fall on the same output slice), each displaced by at most half
     an output slice; plain nearest neighbour drops those that fall between output slices
-    (e.g. annotated 2-mm slices 2, 6, 10, 14, 18 at 3.85 mm: 14 and 18 were lost)."""
+    (e.g. annotated 2-mm slices 2, 6, 10, 14, 18 at 3.85 mm: 14 and 18 were lost). Of two
+    annotated slices equally near an output slice, the one with more annotated voxels
+    wins."""
     n_in = len(per_slice)
     scale = target_z / spacing_z
     src = np.clip(np.round(np.arange(n_out) * scale), 0, n_in - 1).astype(np.intp)
@@ -301,7 +303,7 @@ def _resample_annotations(name, lab, mask, sp, target_spacing, shape):
     from napari_vnet.transforms import resample_to_spacing
 
     sp = tuple(float(v) for v in sp)
-    if mask is not None and target_spacing[0] > sp[0] * (1 + 1e-3) and shape[0] > 0:
+    if mask is not None and target_spacing[0] > sp[0] * (1 + 1e-3):
         per_slice = mask.reshape(mask.shape[0], -1).sum(1)
         if 0 < np.count_nonzero(per_slice) < len(per_slice):
             src = _sparse_slice_sources(per_slice, sp[0], target_spacing[0], shape[0])
