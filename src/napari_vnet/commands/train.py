@@ -138,6 +138,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )  # fmt: skip
     recipe.add_argument("--no-mirror", action="store_true", help="no mirroring augmentation")
     recipe.add_argument(
+        "--no-phase-aug", action="store_true",
+        help="no contrast-phase augmentation (each labelled structure's intensity shifted "
+        "on its own, as organs enhance differently between phases and scanners)",
+    )  # fmt: skip
+    recipe.add_argument(
         "--no-deep-supervision", action="store_true",
         help="no auxiliary decoder losses (U-Net, V-Net)",
     )  # fmt: skip
@@ -304,6 +309,7 @@ def run(args: argparse.Namespace) -> int:
         augment_elastic=args.elastic,
         augment_intensity=not args.no_intensity_aug,
         augment_mirror=not args.no_mirror,
+        augment_phase=not args.no_phase_aug,
         deep_supervision=not args.no_deep_supervision,
         batch_dice=not args.no_batch_dice,
         postprocess=args.postprocess,

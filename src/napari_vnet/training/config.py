@@ -114,6 +114,7 @@ class TrainConfig:
     augment_elastic: bool = False  # elastic deformation (slow on a CPU)
     augment_intensity: bool = True  # gamma, brightness, contrast, noise, blur, low resolution
     augment_mirror: bool = True  # mirroring along every axis
+    augment_phase: bool = True  # contrast phase: each labelled structure's HU shifted alone
     deep_supervision: bool = True  # auxiliary decoder heads during training (U-Net, V-Net)
     batch_dice: bool = True  # Dice summed over the batch (False: per patch, then averaged)
     postprocess: str = "auto"  # "auto": largest component per class if validation improves

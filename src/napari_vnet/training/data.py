@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -22,7 +22,9 @@ __all__ = [
     "labels_on_image_grid",
     "load_pairs",
     "prepare_cases",
+    "intensity_unit",
     "same_grid",
+    "structure_regions",
 ]
 
 
@@ -127,6 +129,11 @@ class _Case:
     mask: np.ndarray | None  # bool, None = all annotated
     fg_coords: dict[int, np.ndarray] = field(default_factory=dict)  # channel -> (N, 3)
     annotated_coords: np.ndarray | None = None  # (N, 3) sample of annotated voxels
+    # structures of the label map (every non-zero label value, also those not learnt, as
+    # compact ids 1..255; 0 none) for the contrast-phase augmentation; None: not used
+    regions: np.ndarray | None = None
+    # one unit of the normalised image in the data's own intensity unit (HU for CT)
+    intensity_unit: float | None = None
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -264,8 +271,48 @@ def prepare_cases(
                 target[lab == value] = ch
         if mask is not None and not mask.any():
             raise TrainingError(f"{name}: no annotated voxel (after resampling/ignore value)")
-        cases.append(_Case(name, np.ascontiguousarray(image, np.float32), target, mask))
+        cases.append(
+            _Case(
+                name, np.ascontiguousarray(image, np.float32), target, mask,
+                regions=structure_regions(lab, ignore_index, mask),
+                intensity_unit=intensity_unit(normalization) if producer is None else None,
+            )
+        )  # fmt: skip
     return cases, classes, target_spacing  # type: ignore[return-value]
+
+
+def structure_regions(
+    labels: np.ndarray, ignore_index: int | None = None, mask: np.ndarray | None = None
+) -> np.ndarray:
+    """Every non-zero label value of ``labels`` as a compact id 1..255 (0: unlabelled, the
+    ignore value, or outside the annotated ``mask``, whose labels must stay invisible;
+    values beyond 255 distinct ones share ids). The contrast-phase
+    augmentation shifts each structure's intensity on its own, as organs enhance
+    differently from one contrast phase or scanner to the next."""
+    if mask is not None:
+        labels = np.where(mask, labels, 0)
+    values = np.unique(labels)
+    values = values[values != 0]
+    if ignore_index is not None:
+        values = values[values != ignore_index]
+    out = np.zeros(labels.shape, np.uint8)
+    for k, v in enumerate(values.tolist()):
+        out[labels == v] = 1 + k % 255
+    return out
+
+
+def intensity_unit(normalization: dict[str, Any]) -> float | None:
+    """Data units (HU for CT) per unit of the normalised image, for the normalisations
+    with fixed statistics (``ct``, ``window``); None for per-volume ones."""
+    kind = str(normalization.get("kind", "")).lower()
+    try:
+        if kind == "ct":
+            return float(normalization["std"])
+        if kind == "window":
+            return float(normalization["high"]) - float(normalization["low"])
+    except (KeyError, TypeError, ValueError):
+        return None
+    return None
 
 
 def _sparse_slice_sources(
@@ -397,6 +444,9 @@ def _split_validation(
         slab[cut:] = True
         tmask = valid & ~slab
         vmask = valid & slab
-        train.append(_Case(c.name, c.image, c.target, tmask))
-        val.append(_Case(c.name + " (validation slab)", c.image, c.target, vmask))
+        train.append(replace(c, mask=tmask, fg_coords={}, annotated_coords=None))
+        val.append(
+            replace(c, name=c.name + " (validation slab)", mask=vmask, fg_coords={},
+                    annotated_coords=None)
+        )  # fmt: skip
     return train, val

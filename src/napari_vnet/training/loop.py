@@ -175,7 +175,7 @@ class _Run:
         self.sampler = PatchSampler(
             self.train_cases, self.patch, foreground_fraction=config.foreground_fraction,
             augment=config.augment, seed=[config.seed, dist.rank, start],
-            augmenter=make_augmenter(self.patch, config),
+            augmenter=make_augmenter(self.patch, config), phase=config.augment_phase,
         )  # fmt: skip
         torch.manual_seed(config.seed + 1000 * dist.rank)
         self._setup_optimisation(plan.from_scratch, resume_state)
