@@ -12,7 +12,10 @@ Qt-free core behind ``napari-vnet predict INPUT_DIR --out OUT_DIR``.
   small thread pool while the current one is segmented (as nnU-Net's preprocessing
   workers do), and the outputs are written by a background thread, each file atomically
   (a temporary file in the same folder, then ``os.replace``), the label map last - so a
-  case whose label map exists is complete, and a rerun skips it.
+  case whose label map exists is complete, and a rerun skips it when the label map's
+  record (``<stem>_provenance.json``, :mod:`napari_vnet.batch_records`) names the same
+  weights; outputs made by other weights are neither skipped nor replaced without
+  ``overwrite``.
 * :func:`label_statistics` gives per-class voxel count, volume (ml) and mean/std of
   the image intensity; :func:`write_dicom_seg` writes a DICOM Segmentation object
   referencing the source series (highdicom, optional extra ``napari-vnet[dicom-seg]``).

@@ -18,7 +18,12 @@ the same structure.
 
 Single pair: with ``--json`` the last line is ``{"dice": {"5": ...}, "hd95_mm": {"5":
 ...}, "absent": {"pred": [...], "gt": [...]}, ...}`` (label values as strings; an HD95
-that does not exist because one side is empty is ``null``).
+that does not exist because one side is empty is ``null``). A label in neither map has
+no score: Dice and HD95 ``null`` (``n/a`` in the table), listed in
+``"absent_from_both"`` and left out of the means.
+
+``--out-json``/``--out-csv`` replace an existing file only when it is an earlier output
+of evaluate (the JSON's ``"napari_vnet": "evaluate"`` key, the CSV's header).
 
 Folders: every label map in PRED_DIR is paired with the one in GT_DIR of the same name
 without extension (relative path first, then file name; ``ct.nii.gz`` pairs with
@@ -316,13 +321,15 @@ def _warn_absent(result: dict[str, Any], mapping: dict[int, int]) -> None:
                 result[side],
                 " (after --map)" if side == "pred" and mapping else "",
             )
-    if result["absent"]["pred"] or result["absent"]["gt"]:
+    neither = result.get("absent_from_both", [])
+    if set(result["absent"]["pred"]) ^ set(result["absent"]["gt"]):
         log.warning("an absent label scores Dice 0 / HD95 inf%s", hint)
-    for v in result.get("absent_from_both", []):
+    for v in neither:
         log.warning(
             "label %d is in neither PRED nor GT: its Dice and HD95 are undefined (n/a, null "
-            "in JSON) and left out of the mean",
+            "in JSON), not 1.0, and left out of the mean%s",
             v,
+            hint,
         )
 
 

@@ -13,7 +13,11 @@ pre/post-processing, excluding file reading/writing), ``total_seconds``, ``voxel
 Folder (INPUT is a folder and OUT is a folder, i.e. has no volume file extension):
 every volume file and DICOM series under INPUT (recursively; ``--pattern``) is
 segmented, outputs named after the inputs (:mod:`napari_vnet.batch` states the rule),
-existing outputs skipped unless ``--overwrite``, failed cases reported and skipped.
+existing outputs skipped unless ``--overwrite`` - only when made by the same weights
+(``<name>_provenance.json`` beside each mask names them; outputs made by other weights,
+or not by napari-vnet, make the run refuse without ``--overwrite``) - failed cases
+reported and skipped. OUT may be INPUT itself: outputs are then named ``<name>_seg``
+and are never taken for inputs (:mod:`napari_vnet.batch_records`).
 ``summary.json`` (and ``statistics.csv`` with ``--statistics``) are written into OUT;
 with ``--num-parts N --part-id K`` their names end in ``.part-K-of-N``. Under
 ``torchrun`` each rank takes its share of the cases and rank 0 writes the summary.
