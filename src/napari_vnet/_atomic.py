@@ -15,12 +15,19 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import re
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
-__all__ = ["atomic_open", "atomic_write", "atomic_write_bytes", "atomic_write_text"]
+__all__ = [
+    "atomic_open",
+    "atomic_write",
+    "atomic_write_bytes",
+    "atomic_write_text",
+    "orphaned_temps",
+]
 
 Verify = Callable[[Path], Any]
 
@@ -38,15 +45,36 @@ def _umask() -> int:
     return mask
 
 
-def _temp_beside(path: Path) -> tuple[int, Path]:
-    """An open descriptor and the name of a new hidden file beside ``path``, same extension."""
+def _temp_parts(path: Path) -> tuple[str, str]:
+    """``(prefix, suffix)`` of the temporary names of ``path``: ``.<stem>.`` and
+    ``.tmp<ext>``, with a random part of 8 characters between them (``mkstemp``)."""
     ext = _suffixes(path)
     stem = path.name[: len(path.name) - len(ext)] if ext else path.name
     # the temporary name adds ~15 bytes: keep it within the usual 255-byte name limit
     room = 255 - 16 - len(os.fsencode(ext))
     stem = os.fsdecode(os.fsencode(stem)[:room]) if len(os.fsencode(stem)) > room else stem
-    fd, name = tempfile.mkstemp(prefix=f".{stem}.", suffix=f".tmp{ext}", dir=path.parent)
+    return f".{stem}.", f".tmp{ext}"
+
+
+def _temp_beside(path: Path) -> tuple[int, Path]:
+    """An open descriptor and the name of a new hidden file beside ``path``, same extension."""
+    prefix, suffix = _temp_parts(path)
+    fd, name = tempfile.mkstemp(prefix=prefix, suffix=suffix, dir=path.parent)
     return fd, Path(name)
+
+
+def orphaned_temps(path: str | os.PathLike) -> list[Path]:
+    """The temporary files that atomic writes of ``path`` (this very name, no other)
+    left behind, e.g. when the writing process was killed: ``.<stem>.XXXXXXXX.tmp<ext>``
+    beside it. Call only when no other process is writing ``path``."""
+    path = Path(path)
+    prefix, suffix = _temp_parts(path)
+    pattern = re.compile(re.escape(prefix) + r"[a-z0-9_]{8}" + re.escape(suffix))
+    try:
+        names = os.listdir(path.parent)
+    except OSError:
+        return []
+    return sorted(path.parent / n for n in names if pattern.fullmatch(n))
 
 
 def _fsync_dir(folder: Path) -> None:

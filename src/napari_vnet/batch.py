@@ -12,7 +12,10 @@ Qt-free core behind ``napari-vnet predict INPUT_DIR --out OUT_DIR``.
   small thread pool while the current one is segmented (as nnU-Net's preprocessing
   workers do), and the outputs are written by a background thread, each file atomically
   (a temporary file in the same folder, then ``os.replace``), the label map last - so a
-  case whose label map exists is complete, and a rerun skips it.
+  case whose label map exists is complete, and a rerun skips it when the label map's
+  record (``<stem>_provenance.json``, :mod:`napari_vnet.batch_records`) names the same
+  weights; outputs made by other weights are neither skipped nor replaced without
+  ``overwrite``.
 * :func:`label_statistics` gives per-class voxel count, volume (ml) and mean/std of
   the image intensity; :func:`write_dicom_seg` writes a DICOM Segmentation object
   referencing the source series (highdicom, optional extra ``napari-vnet[dicom-seg]``).
@@ -141,6 +144,7 @@ def discover_cases(
     *,
     pattern: str | None = None,
     exclude: Iterable[str | os.PathLike] = (),
+    outputs_in: str | os.PathLike | None = None,
 ) -> list[Case]:
     """Every volume file and DICOM series under ``root`` (recursively), sorted by key.
 
@@ -148,11 +152,24 @@ def discover_cases(
     cases whose relative path - or file name - matches; for a DICOM series the relative
     folder is matched. Only headers are read. Output names that would collide get the
     input's extension (files) or the series UID's last digits (DICOM) appended.
+    The outputs of earlier runs recorded under ``outputs_in`` (files and DICOM-SEG
+    series, :func:`napari_vnet.batch_records.recorded_outputs`; read after the listing,
+    so that a label map written meanwhile is known too) are left out: outputs are never
+    inputs.
     """
+    from napari_vnet.batch_records import _norm, recorded_outputs
     from napari_vnet.worklist import discover_scans
 
     root_path = Path(root).expanduser().resolve()
     entries = list(discover_scans(root_path, exclude=exclude))
+    if outputs_in is not None:
+        files, uids = recorded_outputs(outputs_in)
+        entries = [
+            e
+            for e in entries
+            if not (e.kind == "dicom" and e.series_uid and e.series_uid in uids)
+            and not (e.kind != "dicom" and _norm(e.path) in files)
+        ]
     per_folder: dict[str, int] = {}
     for e in entries:
         if e.kind == "dicom" and not e.broken:
@@ -281,6 +298,13 @@ class OutputPlan:
 
     def complete(self) -> bool:
         return all(p.is_file() for p in self.files())
+
+    @property
+    def record(self) -> Path:
+        """Which weights made these outputs (:mod:`napari_vnet.batch_records`)."""
+        from napari_vnet.batch_records import record_path
+
+        return record_path(self.labels)
 
 
 def plan_outputs(
@@ -435,7 +459,9 @@ def _source_dataset(pydicom, path: str):
     return ds
 
 
-def write_dicom_seg(labels: np.ndarray, volume, card, path: str | os.PathLike) -> Path:
+def write_dicom_seg(
+    labels: np.ndarray, volume, card, path: str | os.PathLike, *, series_uid: str | None = None
+) -> Path:
     """Write ``labels`` (on ``volume``'s grid, read from a DICOM series) as DICOM-SEG.
 
     One segment per foreground class of the card (its name and colour), a BINARY
@@ -525,7 +551,7 @@ def write_dicom_seg(labels: np.ndarray, volume, card, path: str | os.PathLike) -
         pixel_array=frames,
         segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
         segment_descriptions=descriptions,
-        series_instance_uid=hd.UID(),
+        series_instance_uid=series_uid or hd.UID(),
         series_number=series_number,
         sop_instance_uid=hd.UID(),
         instance_number=1,
@@ -573,6 +599,9 @@ class CaseResult:
     read_wait_s: float = 0.0
     write_s: float = 0.0
     write_wait_s: float = 0.0
+    # the weights that made this case's outputs (for a skipped case: an earlier run's)
+    weights: str | None = None
+    weights_sha256: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -650,10 +679,22 @@ def _read_case(case: Case, card=None, prepare_kwargs: dict[str, Any] | None = No
 
 
 def _write_outputs(
-    case: Case, plan: OutputPlan, vol, pred, card, t_read: float, rank: int, timing: dict
+    case: Case,
+    plan: OutputPlan,
+    vol,
+    pred,
+    card,
+    t_read: float,
+    rank: int,
+    timing: dict,
+    weights: dict[str, Any] | None = None,
 ):
-    """Write one case's outputs (label map last); runs on the writer thread."""
+    """Write one case's outputs (label map last, between the two writes of its record);
+    runs on the writer thread."""
+    from napari_vnet.batch_records import write_record
     from napari_vnet.io import write_volume
+
+    weights = weights or {}
 
     t_write = time.perf_counter()
     stats = None
@@ -684,10 +725,16 @@ def _write_outputs(
 
         _atomic_write(plan.probabilities, save, binary=True)
     plan.labels.parent.mkdir(parents=True, exist_ok=True)
+    extra = {}
     if plan.fmt == "dicom-seg":
-        write_dicom_seg(pred.labels, vol, card, plan.labels)
+        extra["series_uid"] = str(require_highdicom()[0].UID())
+    # the record first: a label map is never without one (nor taken for an input)
+    write_record(plan, case, weights, complete=False, **extra)
+    if plan.fmt == "dicom-seg":
+        write_dicom_seg(pred.labels, vol, card, plan.labels, series_uid=extra["series_uid"])
     else:
         write_volume(pred.labels, plan.labels, like=vol, is_label=True)
+    write_record(plan, case, weights, complete=True, **extra)
     return CaseResult(
         key=case.key,
         stem=case.stem,
@@ -704,10 +751,12 @@ def _write_outputs(
         prepare_s=round(timing.get("prepare_s", 0.0), 3),
         read_wait_s=round(timing.get("read_wait_s", 0.0), 3),
         write_s=round(time.perf_counter() - t_write, 3),
+        weights=weights.get("weights"),
+        weights_sha256=weights.get("weights_sha256"),
     )
 
 
-def _skipped(case: Case, plan: OutputPlan, rank: int) -> CaseResult:
+def _skipped(case: Case, plan: OutputPlan, rank: int, record: dict) -> CaseResult:
     stats = None
     if plan.statistics is not None:
         try:
@@ -722,7 +771,36 @@ def _skipped(case: Case, plan: OutputPlan, rank: int) -> CaseResult:
         outputs=[str(p) for p in plan.files()],
         statistics=stats,
         rank=rank,
+        weights=record.get("weights"),
+        weights_sha256=record.get("weights_sha256"),
     )
+
+
+def _triage(
+    cases: Sequence[Case], plans: Sequence[OutputPlan], weights: dict, overwrite: bool, rank: int
+) -> tuple[list[CaseResult], list[tuple[Case, OutputPlan]]]:
+    """``(results known now, cases to segment)``: a case is skipped only when its outputs
+    are complete and its record names the same weights; outputs made by other weights
+    (or not by napari-vnet) are neither skipped nor replaced without ``overwrite``."""
+    from napari_vnet.batch_records import read_record, record_mismatch
+
+    done: list[CaseResult] = []
+    todo: list[tuple[Case, OutputPlan]] = []
+    for case, plan in zip(cases, plans, strict=True):
+        if case.error:
+            done.append(_failed(case, case.error, rank))
+            continue
+        if not overwrite and plan.labels.exists():
+            why = record_mismatch(plan, weights["weights_sha256"])
+            if why:
+                done.append(_failed(case, f"{why}; use --overwrite to replace it", rank))
+                continue
+            record = read_record(plan.record) or {}
+            if record.get("complete") and plan.complete():
+                done.append(_skipped(case, plan, rank, record))
+                continue
+        todo.append((case, plan))
+    return done, todo
 
 
 def _failed(case: Case, exc: BaseException | str, rank: int, t0: float | None = None) -> CaseResult:
@@ -776,10 +854,14 @@ def predict_cases(
     rank: int = 0,
     should_stop: Callable[[], bool] | None = None,
     on_start: Callable[[Case, int, int], Any] | None = None,
+    weights: str | os.PathLike | None = None,
 ) -> Iterator[CaseResult]:
     """Segment ``cases`` with one model; yield a :class:`CaseResult` per case.
 
-    Cases whose outputs all exist are skipped (unless ``overwrite``); a case that cannot
+    Each case's outputs get a record naming ``weights`` (the path shown) and the
+    network's :func:`~napari_vnet.batch_records.weights_fingerprint`. Cases whose outputs
+    all exist, made by the same weights, are skipped (unless ``overwrite``); existing
+    outputs made by other weights fail (unless ``overwrite``); a case that cannot
     be read, segmented or written is yielded as ``failed`` and the run goes on. Up to
     ``workers`` cases are read ahead in a thread pool while the current one is segmented
     (reading holds at most ``workers`` volumes in memory); a single background thread
@@ -791,8 +873,14 @@ def predict_cases(
     cases finish, skipped ones first. ``on_start(case, i, n)`` is called before each
     case is segmented.
     """
+    from napari_vnet.batch_records import weights_fingerprint
     from napari_vnet.inference import predict
 
+    produced_by = {
+        "weights": None if weights is None else os.fspath(weights),
+        "weights_sha256": weights_fingerprint(model, card),
+        "arch": card.arch,
+    }
     workers = max(0, int(workers))
     kwargs = dict(predict_kwargs or {})
     prepare_kwargs = {k: kwargs[k] for k in ("overlap", "batch_size") if k in kwargs}
@@ -801,14 +889,8 @@ def predict_cases(
         plan_outputs(c, out_dir, fmt, statistics=statistics, probabilities=save_probabilities)
         for c in cases
     ]
-    todo: list[tuple[Case, OutputPlan]] = []
-    for case, plan in zip(cases, plans, strict=True):
-        if case.error:
-            yield _failed(case, case.error, rank)
-        elif not overwrite and plan.complete():
-            yield _skipped(case, plan, rank)
-        else:
-            todo.append((case, plan))
+    done, todo = _triage(cases, plans, produced_by, overwrite, rank)
+    yield from done
     if not todo:
         return
 
@@ -893,7 +975,9 @@ def predict_cases(
             writes.append(
                 (
                     case,
-                    writer.submit(_write_outputs, case, plan, vol, pred, card, t0, rank, timing),
+                    writer.submit(
+                        _write_outputs, case, plan, vol, pred, card, t0, rank, timing, produced_by
+                    ),
                     t0,
                 )
             )
@@ -923,7 +1007,10 @@ def write_run_summary(
     statistics: bool = False,
 ) -> dict[str, Path]:
     """``summary<suffix>.json`` (every case's result) and, with ``statistics``,
-    ``statistics<suffix>.csv`` (one row per case and class) in ``out_dir``."""
+    ``statistics<suffix>.csv`` (one row per case and class) in ``out_dir``; names that
+    are not valid UTF-8 appear there with their undecodable bytes as ``\\xNN``."""
+    from napari_vnet.batch_records import csv_text
+
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     counts = {s: sum(r.status == s for r in results) for s in ("written", "skipped", "failed")}
@@ -947,7 +1034,9 @@ def write_run_summary(
             w = csv.DictWriter(fh, fieldnames=STATISTICS_CSV_FIELDS, lineterminator="\n")
             w.writeheader()
             for row in rows:
-                w.writerow({k: "" if row.get(k) is None else row.get(k) for k in w.fieldnames})
+                w.writerow(
+                    {k: "" if row.get(k) is None else csv_text(row.get(k)) for k in w.fieldnames}
+                )
 
         written["statistics"] = out / f"statistics{suffix}.csv"
         _atomic_write(written["statistics"], save, binary=False)

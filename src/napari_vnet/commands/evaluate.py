@@ -18,7 +18,12 @@ the same structure.
 
 Single pair: with ``--json`` the last line is ``{"dice": {"5": ...}, "hd95_mm": {"5":
 ...}, "absent": {"pred": [...], "gt": [...]}, ...}`` (label values as strings; an HD95
-that does not exist because one side is empty is ``null``).
+that does not exist because one side is empty is ``null``). A label in neither map has
+no score: Dice and HD95 ``null`` (``n/a`` in the table), listed in
+``"absent_from_both"`` and left out of the means.
+
+``--out-json``/``--out-csv`` replace an existing file only when it is an earlier output
+of evaluate (the JSON's ``"napari_vnet": "evaluate"`` key, the CSV's header).
 
 Folders: every label map in PRED_DIR is paired with the one in GT_DIR of the same name
 without extension (relative path first, then file name; ``ct.nii.gz`` pairs with
@@ -39,6 +44,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from napari_vnet.batch_records import csv_text
+
 HELP = "per-class Dice and 95% Hausdorff distance (mm) between predictions and references"
 
 log = logging.getLogger(__name__)
@@ -46,6 +53,24 @@ log = logging.getLogger(__name__)
 
 class EvaluationError(ValueError):
     """A pair of label maps cannot be scored (the message names the files)."""
+
+
+#: every JSON written by evaluate carries this key: an existing ``--out-json`` file is
+#: replaced only when it is such an earlier output
+MARKER_KEY = "napari_vnet"
+MARKER = "evaluate"
+_CSV_FIELDS = (
+    "case",
+    "label",
+    "name",
+    "dice",
+    "hd95_mm",
+    "absent_in_pred",
+    "absent_in_gt",
+    "pred",
+    "gt",
+)
+_MAX_OWN_OUTPUT_BYTES = 256 << 20
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -168,18 +193,33 @@ def parse_map(text: str | None) -> dict[int, int]:
     return mapping
 
 
+def _map_dtype(array, hi: int):
+    """The smallest integer type holding ``array``'s values and ``hi``."""
+    import numpy as np
+
+    if array.size and int(array.min()) < 0:
+        return np.result_type(array.dtype, np.min_scalar_type(hi))
+    for dtype in (np.uint8, np.uint16, np.uint32, np.uint64):
+        if hi <= np.iinfo(dtype).max:
+            return dtype
+    raise EvaluationError(f"--map: label value {hi} does not fit a 64-bit label map")
+
+
 def apply_map(array, mapping: dict[int, int]):
-    """``array`` with each predicted value replaced as ``mapping`` says (all at once)."""
+    """``array`` with each predicted value replaced as ``mapping`` says (all at once).
+
+    One comparison per mapped value: the memory is that of the result and one mask,
+    whatever the label values (no lookup table sized by the largest one)."""
     import numpy as np
 
     if not mapping:
         return array
-    hi = int(max(int(array.max(initial=0)), *mapping.keys(), *mapping.values()))
-    lut = np.arange(hi + 1, dtype=np.int64)
+    array = np.asarray(array)
+    hi = max([int(array.max(initial=0)), *mapping.values()])
+    out = array.astype(_map_dtype(array, hi), copy=True)
     for p, g in mapping.items():
-        lut[p] = g
-    out = lut[array]
-    return out.astype(np.uint8 if hi <= 255 else np.uint16 if hi <= 65535 else np.uint32)
+        out[array == p] = g
+    return out
 
 
 def _read_label_map(path, role: str):
@@ -246,21 +286,26 @@ def score_pair(
             f"{pred_path}, {gt_path}: no non-zero labels in either file and none given with "
             "--labels"
         )
-    dice = dice_per_class(pred_array, gt_array, labels)
-    hd95 = hd95_per_class(pred_array, gt_array, gt.spacing, labels)
+    # a label in neither map has no Dice (the metrics module's 1.0 would read as perfect)
+    neither = [int(v) for v in labels if v not in in_pred and v not in in_gt]
+    scored = [v for v in labels if v not in neither]
+    dice = dice_per_class(pred_array, gt_array, scored)
+    hd95 = hd95_per_class(pred_array, gt_array, gt.spacing, scored)
     names = class_names(gt_path)
     return {
+        MARKER_KEY: MARKER,
         "pred": str(pred_path),
         "gt": str(gt_path),
         "labels": [int(v) for v in labels],
         "names": {str(v): names[v] for v in labels if v in names},
-        "dice": {str(v): _number(dice[v]) for v in labels},
-        "hd95_mm": {str(v): _number(hd95[v]) for v in labels},
-        "mean_dice": _number(float(np.mean([dice[v] for v in labels]))),
+        "dice": {str(v): _number(dice[v]) if v in dice else None for v in labels},
+        "hd95_mm": {str(v): _number(hd95[v]) if v in hd95 else None for v in labels},
+        "mean_dice": _number(float(np.mean([dice[v] for v in scored]))) if scored else None,
         "absent": {
             "pred": [int(v) for v in labels if v not in in_pred],
             "gt": [int(v) for v in labels if v not in in_gt],
         },
+        "absent_from_both": neither,
         "resampled": resampled,
     }
 
@@ -276,16 +321,90 @@ def _warn_absent(result: dict[str, Any], mapping: dict[int, int]) -> None:
                 result[side],
                 " (after --map)" if side == "pred" and mapping else "",
             )
-    if result["absent"]["pred"] or result["absent"]["gt"]:
+    neither = result.get("absent_from_both", [])
+    if set(result["absent"]["pred"]) ^ set(result["absent"]["gt"]):
         log.warning("an absent label scores Dice 0 / HD95 inf%s", hint)
+    for v in neither:
+        log.warning(
+            "label %d is in neither PRED nor GT: its Dice and HD95 are undefined (n/a, null "
+            "in JSON), not 1.0, and left out of the mean%s",
+            v,
+            hint,
+        )
+
+
+def _fmt(x: float | None, spec: str, none: str) -> str:
+    return none if x is None else format(x, spec)
 
 
 def _print_table(result: dict[str, Any]) -> None:
     print(f"{'label':>6} {'Dice':>8} {'HD95 mm':>9}  name")
+    both = set(result.get("absent_from_both", []))
     for v in result["labels"]:
         d, h = result["dice"][str(v)], result["hd95_mm"][str(v)]
-        hd = "inf" if h is None else f"{h:.2f}"
-        print(f"{v:>6} {d:>8.4f} {hd:>9}  {result['names'].get(str(v), '')}".rstrip())
+        hd = _fmt(h, ".2f", "n/a" if v in both else "inf")
+        name = result["names"].get(str(v), "")
+        print(f"{v:>6} {_fmt(d, '.4f', 'n/a'):>8} {hd:>9}  {name}".rstrip())
+
+
+def _own_json(path: Path) -> bool:
+    """True when ``path`` holds a JSON object written by evaluate (its marker key, or the
+    shape of one written before the marker existed)."""
+    try:
+        if path.stat().st_size > _MAX_OWN_OUTPUT_BYTES:
+            return False
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError):
+        return False
+    if not isinstance(data, dict):
+        return False
+    keys = set(data)
+    return (
+        data.get(MARKER_KEY) == MARKER
+        or {"pred", "gt", "labels", "dice", "hd95_mm"} <= keys
+        or {"pred_dir", "gt_dir", "per_label", "per_case"} <= keys
+    )
+
+
+def _own_csv(path: Path) -> bool:
+    """True when ``path`` starts with the header of evaluate's CSV."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(200).split(b"\n", 1)[0].strip()
+    except OSError:
+        return False
+    return head == ",".join(_CSV_FIELDS).encode()
+
+
+def refuse_output(path: Path, flag: str, own) -> str | None:
+    """Why ``path`` must not be replaced (it exists and is not an earlier output of
+    evaluate: an image, a folder, someone's file); None when it may be written."""
+    if not os.path.lexists(path):
+        return None
+    shown = csv_text(str(path))
+    if not path.is_file():
+        return f"{flag} {shown}: exists and is not a file"
+    if not own(path):
+        return (
+            f"{flag} {shown}: exists and is not an earlier output of napari-vnet evaluate; "
+            "it is left alone - choose another file name or remove it"
+        )
+    return None
+
+
+def _missing_input(args: argparse.Namespace) -> str | None:
+    """A PRED or GT that does not exist, or a folder of predictions scored against a
+    file, named as what it is."""
+    for role, path in (("PRED", args.pred), ("GT", args.gt)):
+        if not os.path.lexists(path):
+            return f"{role} {csv_text(str(path))}: no such file or folder"
+    pred_many = Path(args.pred).is_dir() and _holds_many(args.pred)
+    if pred_many and not Path(args.gt).is_dir():
+        return (
+            f"GT {csv_text(str(args.gt))}: not a folder; PRED {csv_text(str(args.pred))} is a "
+            "folder of label maps, so GT must be a folder of references"
+        )
+    return None
 
 
 def run(args: argparse.Namespace) -> int:
@@ -296,8 +415,16 @@ def run(args: argparse.Namespace) -> int:
         mapping = parse_map(args.value_map)
     except EvaluationError as exc:
         return _fail(str(exc))
+    missing = _missing_input(args)
+    if missing:
+        return _fail(missing)
     if Path(args.pred).is_dir() and Path(args.gt).is_dir() and _holds_many(args.pred):
         return run_folders(args, labels, mapping)
+    for flag, path, own in (("--out-json", args.out_json, _own_json),
+                            ("--out-csv", args.out_csv, _own_csv)):  # fmt: skip
+        why = path and refuse_output(Path(path), flag, own)
+        if why:
+            return _fail(why)
     try:
         result = score_pair(
             args.pred, args.gt, labels=labels, mapping=mapping, resample=args.resample
@@ -400,24 +527,15 @@ def _write_text(path: Path, text: str) -> None:
 
 
 def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
+    """One row per case and label; names that are not valid UTF-8 (undecodable bytes of
+    a file name) are written with those bytes as ``\\xNN``, so the file is UTF-8."""
     import io
 
-    fields = [
-        "case",
-        "label",
-        "name",
-        "dice",
-        "hd95_mm",
-        "absent_in_pred",
-        "absent_in_gt",
-        "pred",
-        "gt",
-    ]
     buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
+    w = csv.DictWriter(buf, fieldnames=_CSV_FIELDS, lineterminator="\n")
     w.writeheader()
     for row in rows:
-        w.writerow({k: "" if row[k] is None else row[k] for k in fields})
+        w.writerow({k: "" if row[k] is None else csv_text(row[k]) for k in _CSV_FIELDS})
     _write_text(path, buf.getvalue())
 
 
@@ -428,18 +546,23 @@ def summarize(results: list[tuple[str, dict[str, Any]]]) -> dict[str, dict[str, 
     out: dict[str, dict[str, Any]] = {}
     labels = sorted({v for _, r in results for v in r["labels"]})
     for v in labels:
-        dice = [r["dice"][str(v)] for _, r in results if v in r["labels"]]
-        hd = [r["hd95_mm"][str(v)] for _, r in results if v in r["labels"]]
+        # cases where the label is in neither map have no score: not counted
+        scored = [r for _, r in results if v in r["labels"]]
+        neither = sum(v in r.get("absent_from_both", []) for r in scored)
+        scored = [r for r in scored if v not in r.get("absent_from_both", [])]
+        dice = [r["dice"][str(v)] for r in scored]
+        hd = [r["hd95_mm"][str(v)] for r in scored]
         finite = [h for h in hd if h is not None]
         names = {r["names"][str(v)] for _, r in results if str(v) in r.get("names", {})}
         out[str(v)] = {
             "name": names.pop() if len(names) == 1 else "",
             "cases": len(dice),
-            "dice_mean": _number(float(np.mean(dice))),
-            "dice_std": _number(float(np.std(dice))),
+            "dice_mean": _number(float(np.mean(dice))) if dice else None,
+            "dice_std": _number(float(np.std(dice))) if dice else None,
             "hd95_mm_mean": _number(float(np.mean(finite))) if finite else None,
             "hd95_mm_std": _number(float(np.std(finite))) if finite else None,
             "hd95_undefined": len(hd) - len(finite),
+            "absent_from_both": neither,
         }
     return out
 
@@ -447,6 +570,13 @@ def summarize(results: list[tuple[str, dict[str, Any]]]) -> dict[str, dict[str, 
 def run_folders(args: argparse.Namespace, labels, mapping) -> int:
     from napari_vnet.io import VolumeReadError
 
+    out_json = Path(args.out_json or Path(args.pred) / "evaluation.json")
+    out_csv = Path(args.out_csv or Path(args.pred) / "evaluation.csv")
+    for flag, path, own in (("--out-json", out_json, _own_json),
+                            ("--out-csv", out_csv, _own_csv)):  # fmt: skip
+        why = refuse_output(path, flag, own)
+        if why:
+            return _fail(why)
     pairs, unpaired_pred, unpaired_gt = pair_cases(args.pred, args.gt)
     if not pairs:
         return _fail(f"no prediction in {args.pred} has a reference of the same name in {args.gt}")
@@ -470,7 +600,7 @@ def run_folders(args: argparse.Namespace, labels, mapping) -> int:
             for v in r["absent"][side]:
                 absent[side][v] = absent[side].get(v, 0) + 1
         results.append((case, r))
-        dice = "  ".join(f"{v}: {r['dice'][str(v)]:.4f}" for v in r["labels"])
+        dice = "  ".join(f"{v}: {_fmt(r['dice'][str(v)], '.4f', 'n/a')}" for v in r["labels"])
         print(f"{case}: Dice {dice}")
     n = len(results)
     for side, name in (("pred", "PRED"), ("gt", "GT")):
@@ -489,11 +619,10 @@ def run_folders(args: argparse.Namespace, labels, mapping) -> int:
     for v, s in per_label.items():
         hm = "-" if s["hd95_mm_mean"] is None else f"{s['hd95_mm_mean']:.2f}"
         hs = "-" if s["hd95_mm_std"] is None else f"{s['hd95_mm_std']:.2f}"
-        print(
-            f"{v:>6} {s['cases']:>6} {s['dice_mean']:>10.4f} {s['dice_std']:>7.4f} {hm:>10} "
-            f"{hs:>7}  {s['name']}".rstrip()
-        )
+        dm, ds = _fmt(s["dice_mean"], ".4f", "n/a"), _fmt(s["dice_std"], ".4f", "n/a")
+        print(f"{v:>6} {s['cases']:>6} {dm:>10} {ds:>7} {hm:>10} {hs:>7}  {s['name']}".rstrip())
     summary = {
+        MARKER_KEY: MARKER,
         "pred_dir": str(args.pred),
         "gt_dir": str(args.gt),
         "map": {str(k): v for k, v in mapping.items()},
@@ -504,8 +633,6 @@ def run_folders(args: argparse.Namespace, labels, mapping) -> int:
         "unpaired_pred": unpaired_pred,
         "unpaired_gt": unpaired_gt,
     }
-    out_json = Path(args.out_json or Path(args.pred) / "evaluation.json")
-    out_csv = Path(args.out_csv or Path(args.pred) / "evaluation.csv")
     _write_text(out_json, json.dumps(summary, indent=1))
     _write_csv(out_csv, _rows(results))
     print(f"wrote {out_json} and {out_csv}")

@@ -13,7 +13,11 @@ pre/post-processing, excluding file reading/writing), ``total_seconds``, ``voxel
 Folder (INPUT is a folder and OUT is a folder, i.e. has no volume file extension):
 every volume file and DICOM series under INPUT (recursively; ``--pattern``) is
 segmented, outputs named after the inputs (:mod:`napari_vnet.batch` states the rule),
-existing outputs skipped unless ``--overwrite``, failed cases reported and skipped.
+existing outputs skipped unless ``--overwrite`` - only when made by the same weights
+(``<name>_provenance.json`` beside each mask names them; outputs made by other weights,
+or not by napari-vnet, make the run refuse without ``--overwrite``) - failed cases
+reported and skipped. OUT may be INPUT itself: outputs are then named ``<name>_seg``
+and are never taken for inputs (:mod:`napari_vnet.batch_records`).
 ``summary.json`` (and ``statistics.csv`` with ``--statistics``) are written into OUT;
 with ``--num-parts N --part-id K`` their names end in ``.part-K-of-N``. Under
 ``torchrun`` each rank takes its share of the cases and rank 0 writes the summary.
@@ -275,11 +279,47 @@ def _clock(seconds: float) -> str:
     return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
 
 
+def _folder_cases(args: argparse.Namespace, in_dir: Path, out_dir: Path) -> list:
+    """The cases under ``in_dir``, named for ``out_dir``: an OUT inside INPUT is not
+    walked, outputs of earlier runs written into INPUT are not inputs, and no output
+    is named after an input (in place: ``<name>_seg``; see napari_vnet.batch_records)."""
+    from napari_vnet.batch import discover_cases
+    from napari_vnet.batch_records import place_outputs
+
+    exclude = [out_dir] if out_dir.is_relative_to(in_dir) and out_dir != in_dir else []
+    outputs_in = in_dir if in_dir.is_relative_to(out_dir) else None
+    cases = discover_cases(in_dir, pattern=args.pattern, exclude=exclude, outputs_in=outputs_in)
+    place_outputs(cases, in_dir, out_dir, args.fmt)
+    return cases
+
+
+def _outputs_conflict(cases, out_dir: Path, args: argparse.Namespace, model, card) -> bool:
+    """Print one line and return True when OUT holds outputs of these cases made by
+    other weights (or not by napari-vnet predict); nothing is written then."""
+    from napari_vnet.batch import plan_outputs
+    from napari_vnet.batch_records import output_conflicts, weights_fingerprint
+
+    plans = [
+        (c, plan_outputs(c, out_dir, args.fmt, statistics=args.statistics,
+                         probabilities=args.save_probabilities))
+        for c in cases
+    ]  # fmt: skip
+    found = output_conflicts(plans, weights_fingerprint(model, card))
+    if not found:
+        return False
+    stem, why = found[0]
+    more = f" (and {len(found) - 1} more case(s))" if len(found) > 1 else ""
+    _fail(
+        f"{out_dir}: outputs of {len(found)} case(s) exist and were not made by "
+        f"{args.weights}: {why}{more}; use --overwrite to replace them, or another --out"
+    )
+    return True
+
+
 def run_folder(args: argparse.Namespace) -> int:
     """Segment every scan under INPUT into OUT (see the module docstring)."""
     from napari_vnet.batch import (
         DicomSegUnavailableError,
-        discover_cases,
         distributed_context,
         predict_cases,
         require_highdicom,
@@ -321,8 +361,7 @@ def run_folder(args: argparse.Namespace) -> int:
         device = args.device
         if ctx.active and ctx.backend == "nccl" and device in ("auto", "cuda"):
             device = f"cuda:{ctx.local_rank}"  # one GPU per rank
-        exclude = [out_dir] if out_dir.is_relative_to(in_dir) else []
-        cases = discover_cases(in_dir, pattern=args.pattern, exclude=exclude)
+        cases = _folder_cases(args, in_dir, out_dir)
         part = shard(cases, args.num_parts, args.part_id)
         mine = shard(part, ctx.world_size, ctx.rank)
         who = f"[rank {ctx.rank}/{ctx.world_size}] " if ctx.active else ""
@@ -332,6 +371,8 @@ def run_folder(args: argparse.Namespace) -> int:
             else ""
         )
         print(f"{who}{len(cases)} case(s) under {in_dir}{where}; this process: {len(mine)}")
+        if not args.overwrite and _outputs_conflict(part, out_dir, args, model, card):
+            return 1
         out_dir.mkdir(parents=True, exist_ok=True)
 
         last = {"t": 0.0}
@@ -365,6 +406,7 @@ def run_folder(args: argparse.Namespace) -> int:
                 workers=args.workers,
                 rank=ctx.rank,
                 on_start=on_start,
+                weights=weights,
                 predict_kwargs={
                     "device": device,
                     "overlap": args.overlap,

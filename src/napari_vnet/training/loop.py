@@ -70,6 +70,20 @@ def _check_output(out: Path) -> None:
         raise TrainingError(f"{out}: is a folder; give a file name for the weights (.pt)")
 
 
+def _remove_orphaned_temps(*paths: Path) -> None:
+    """Delete what killed runs writing these files (the weights, their resume state)
+    left: their hidden ``.<name>.XXXXXXXX.tmp.pt`` files, and no one else's."""
+    from napari_vnet._atomic import orphaned_temps
+
+    for path in paths:
+        for tmp in orphaned_temps(path):
+            try:
+                tmp.unlink()
+                log.info("removed %s, left by an interrupted run", tmp)
+            except OSError as exc:
+                log.warning("%s: left by an interrupted run, not removed: %s", tmp, exc)
+
+
 def _check_batch_memory(card: ModelCard, patch, batch_size: int, n_classes: int, device) -> None:
     """Refuse a batch whose input, targets and first feature maps alone exceed the free
     main memory (an absurd batch size would otherwise fill the machine)."""
@@ -118,9 +132,10 @@ class _Run:
         t_setup = time.perf_counter()
         self.config, self.out, self.dist = config, out, dist
         self.device = device = dist.device
+        self.rpath = resume_path(out)
         if dist.is_main:
             _check_output(out)
-        self.rpath = resume_path(out)
+            _remove_orphaned_temps(out, self.rpath)
         resume_state = None
         if config.resume and self.rpath.exists():
             model, card, resume_state, disc_state = _load_resume(self.rpath)
