@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from napari_vnet.io.dicom_tilt import slice_shear
 from napari_vnet.io.errors import VolumeReadError
 
 log = logging.getLogger(__name__)
@@ -329,7 +330,8 @@ def _group_key(info: _FileInfo) -> tuple:
 
 
 def _series_geometry(infos: list[_FileInfo]):
-    """(ordered infos, shape zyx, spacing zyx, origin zyx, direction zyx)."""
+    """(ordered infos, shape zyx, spacing zyx, origin zyx, direction zyx, shear or None);
+    a sheared series (gantry tilt) gets the orthogonal grid that holds all its slices."""
     first = infos[0]
     if len(infos) == 1:  # one file, maybe multi-frame: trust ITK's own header reading
         size = first.size
@@ -341,8 +343,10 @@ def _series_geometry(infos: list[_FileInfo]):
             tuple(reversed(first.spacing)),
             tuple(reversed(first.origin)),
             d[::-1, ::-1],
+            None,
         )
     o = first.orientation
+    shear = None
     if o is not None and all(i.position is not None for i in infos):
         n = _normal(o)
         proj = {id(i): float(np.dot(i.position, n)) for i in infos}
@@ -366,12 +370,19 @@ def _series_geometry(infos: list[_FileInfo]):
     dy, dx = (ps[0], ps[1]) if len(ps) == 2 else (first.spacing[1], first.spacing[0])
     rows = _int(first.tags.get("rows", ""), first.size[1])
     cols = _int(first.tags.get("columns", ""), first.size[0])
+    if o is not None and all(i.position is not None for i in infos):
+        shear = slice_shear([i.position for i in infos], o, (dy, dx), (rows, cols))
+    if shear is not None:  # the grid widened to hold every slice at its true place
+        rows, cols = shear.shape
+        j0, i0 = shear.start
+        origin_itk = np.asarray(origin_itk, float) + i0 * dx * d_itk[:, 0] + j0 * dy * d_itk[:, 1]
     return (
         infos,
         (len(infos), rows, cols),
         (dz, dy, dx),
         tuple(reversed(tuple(float(v) for v in origin_itk))),
         d_itk[::-1, ::-1],
+        shear,
     )
 
 
@@ -452,14 +463,15 @@ def list_dicom_series(folder: str | os.PathLike, *, recursive: bool = False) -> 
     uid_count: dict[str, int] = {}
     for infos in groups.values():
         infos, duplicates = _drop_duplicate_slices(infos)
-        infos, shape, spacing, origin, direction = _series_geometry(infos)
+        infos, shape, spacing, origin, direction, shear = _series_geometry(infos)
         t = infos[0].tags
         uid = t.get("series_uid", "")
         if uid:
             uid_count[uid] = uid_count.get(uid, 0) + 1
             key = uid if uid_count[uid] == 1 else f"{uid}#{uid_count[uid]}"
         else:
-            digest = hashlib.sha1("\n".join(i.path for i in infos).encode()).hexdigest()
+            # os.fsencode: a file name that is not UTF-8 (PEP 383 surrogates) hashes too
+            digest = hashlib.sha1(b"\n".join(os.fsencode(i.path) for i in infos)).hexdigest()
             key = f"nouid-{digest[:12]}"
         series.append(
             DicomSeries(
@@ -482,6 +494,7 @@ def list_dicom_series(folder: str | os.PathLike, *, recursive: bool = False) -> 
                 extra={
                     "irregular_spacing": _irregular_spacing(infos),
                     "duplicate_slices": duplicates,
+                    "shear": shear,
                 },
             )
         )

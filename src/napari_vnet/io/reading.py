@@ -31,6 +31,7 @@ from napari_vnet.io.dicom import (
     list_dicom_series,
     select_series,
 )
+from napari_vnet.io.dicom_tilt import unsheared_volume
 from napari_vnet.io.errors import VolumeReadError
 from napari_vnet.io.paths import itk_name, itk_names
 from napari_vnet.io.volume import Volume
@@ -447,6 +448,8 @@ def _check_series_memory(series: DicomSeries, first: str) -> None:
     reader.ReadImageInformation()
     per_file = int(np.prod([int(n) for n in reader.GetSize()], dtype=object))
     nbytes = per_file * len(series.files) * _bytes_per_pixel(reader)
+    if getattr(series.extra.get("shear"), "resampled", False):  # the re-gridded copy
+        nbytes += int(np.prod(series.shape, dtype=object)) * _bytes_per_pixel(reader)
     shape = " x ".join(str(n) for n in series.shape)
     problem = memory_problem(nbytes, f"the DICOM series {series.name!r} ({shape} voxels)")
     if problem:
@@ -484,6 +487,9 @@ def read_dicom_series(series: DicomSeries) -> Volume:
         message = f"{folder}: DICOM series {series.name!r}: {irregular}"
         log.warning(message)
         warnings.warn(message, UserWarning, stacklevel=2)
+    if series.extra.get("shear") is not None:  # gantry tilt: re-gridded, with a warning
+        meta["n_components"] = int(image.GetNumberOfComponentsPerPixel())
+        return unsheared_volume(image_array(image), image.GetPixelIDTypeAsString(), series, meta)
     return image_to_volume(image, path=folder, metadata=meta)
 
 

@@ -209,6 +209,59 @@ def _expected_bytes(image) -> int:
     return size * image.GetNumberOfComponentsPerPixel() * image.GetSizeOfPixelComponent()
 
 
+def _inflated_size(fh, wbits: int) -> tuple[int, bool]:
+    """(bytes the deflate stream at ``fh``'s position inflates to, whether it reached its
+    end marker, checksum and length trailer included); a few MiB of buffers at most."""
+    inflater = zlib.decompressobj(wbits)
+    total = 0
+    while not inflater.eof:
+        chunk = inflater.unconsumed_tail or fh.read(1 << 22)
+        if not chunk:
+            break
+        total += len(inflater.decompress(chunk, 1 << 24))
+    return total, inflater.eof
+
+
+def _embedded_data(head: bytes, low: str) -> tuple[int, bool] | None:
+    """(offset of the voxel data, compressed?) of a ``.nrrd``/``.mha`` header that holds
+    its data in the same file; None when it names a separate data file."""
+    if low.endswith(".nrrd"):
+        end = head.find(b"\n\n")
+        lines = head[: max(end, 0)].decode("latin-1").split("\n")
+        fields = {k.strip().lower(): v.strip() for k, _, v in (ln.partition(":") for ln in lines)}
+        if end < 0 or fields.keys() & {"data file", "datafile"}:
+            return None  # a separate data file (or an unusual header): not checked here
+        return end + 2, fields.get("encoding", "raw") in ("gzip", "gz")
+    start = head.find(b"ElementDataFile")
+    line_end = head.find(b"\n", start)
+    if start < 0 or line_end < 0 or b"LOCAL" not in head[start:line_end]:
+        return None
+    return line_end + 1, b"CompressedData = True" in head[:start]
+
+
+def _embedded_data_problem(path: Path, expected: int) -> str | None:
+    """Why the voxel data inside a just-written ``.nrrd`` or ``.mha`` is incomplete, or
+    None. SimpleITK's NRRD writer reports success when the disk fills up as it closes
+    the gzip stream (the last block and the checksum are lost), so compressed data is
+    inflated here to its end marker; raw data is checked by its size."""
+    with open(path, "rb") as fh:
+        found = _embedded_data(fh.read(_HEADER_BYTES), path.name.lower())
+        if found is None:
+            return None
+        offset, compressed = found
+        if not compressed:
+            got = os.path.getsize(path) - offset
+            return None if got >= expected else f"{max(got, 0)} of {expected} voxel bytes"
+        fh.seek(offset)
+        total, complete = _inflated_size(fh, zlib.MAX_WBITS | 32)  # gzip or zlib wrapper
+    if total < expected or not complete:
+        return f"its compressed data ends early ({total} of {expected} bytes, no end marker)"
+    return None
+
+
+_HEADER_BYTES = 1 << 16
+
+
 def verify_written(path: Path, image, shown: Path | None = None) -> None:
     """Check a just-written file before it replaces anything: ITK's NIfTI writer ignores
     short writes (a full disk), so the size is checked from the header, a ``.nii.gz`` is
@@ -257,6 +310,10 @@ def verify_written(path: Path, image, shown: Path | None = None) -> None:
             reader.ReadImageInformation()
             if tuple(reader.GetSize()) != tuple(image.GetSize()):
                 raise incomplete("its header cannot be read back")
+        if low.endswith((".nrrd", ".mha")):
+            problem = _embedded_data_problem(path, expected)
+            if problem:
+                raise incomplete(problem)
         if low.endswith(".mhd"):
             from napari_vnet.io.reading import header_data_files
 
@@ -311,9 +368,15 @@ def _atomic_write(image, path: Path, compress: bool) -> None:
         raise VolumeWriteError(path, _disk_message(exc)) from exc
 
 
+#: ITK/teem/MetaIO wordings of a write that the disk (or a file size limit) refused
+_SHORT_WRITE = re.compile(
+    r"space|too large|quota|failed to (write|flush)|fail after write", re.IGNORECASE
+)
+
+
 def _itk_write_error(exc: RuntimeError, path: Path, image) -> VolumeWriteError:
     reason = str(exc).strip().splitlines()[-1]
-    if "space" in reason.lower() or _disk_nearly_full(path.parent, _expected_bytes(image)):
+    if _SHORT_WRITE.search(reason) or _disk_nearly_full(path.parent, _expected_bytes(image)):
         reason += "; the disk may be full. The previous file (if any) is kept"
     return VolumeWriteError(path, reason)
 
