@@ -174,6 +174,20 @@ def test_overwrite_never_deletes_a_user_folder_given_as_out(tmp_path, nnunet_pt,
     assert keep.read_text() == "the user's file" and _tree(model_dir) == {"precious.txt"}
 
 
+def test_target_linked_outside_out_is_refused(tmp_path, nnunet_pt, capsys):
+    """OUT/<Trainer>__<Plans>__<configuration> a link to a folder elsewhere: refused (it
+    resolves outside OUT), the folder it points to untouched, also with --overwrite."""
+    home = tmp_path / "home"
+    keep = _precious(home)
+    out = tmp_path / "results"
+    out.mkdir()
+    (out / "nnUNetTrainer__nnUNetPlans__3d_fullres").symlink_to(home, target_is_directory=True)
+    assert _export(nnunet_pt, out, "nnunet", "--overwrite") == 1
+    _one_line_error(capsys, "outside", "refusing to write there")
+    assert _tree(home) == {"precious.txt"} and keep.read_text() == "the user's file"
+    assert sorted(p.name for p in out.iterdir()) == ["nnUNetTrainer__nnUNetPlans__3d_fullres"]
+
+
 @pytest.fixture()
 def monai_pt(tmp_path) -> Path:
     from monai.networks.nets import UNet

@@ -32,6 +32,7 @@ from napari_vnet.foreign.export_paths import (
     BUNDLE_LAYOUT,
     NNUNET_LAYOUT,
     ExportError,
+    check_target,
     folder_name,
     inside,
     publish,
@@ -80,6 +81,7 @@ def export_nnunet(
         out = inside(out / folder_name(f"{EXPORT_TRAINER}__{plans_name}__{config}", "folder"), out)
     members = _members(model)
     names = _fold_names(card, len(members))
+    check_target(out, overwrite, NNUNET_LAYOUT)
     tmp = _tmp_beside(out)
     try:
         (tmp / "plans.json").write_text(json.dumps(plans, indent=2))
@@ -220,6 +222,7 @@ def export_monai_bundle(
             },
         },
     }
+    check_target(out, overwrite, BUNDLE_LAYOUT)
     tmp = _tmp_beside(out)
     try:
         (tmp / "configs").mkdir()

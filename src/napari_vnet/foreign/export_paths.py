@@ -18,7 +18,15 @@ import shutil
 import tempfile
 from pathlib import Path
 
-__all__ = ["BUNDLE_LAYOUT", "NNUNET_LAYOUT", "ExportError", "folder_name", "inside", "publish"]
+__all__ = [
+    "BUNDLE_LAYOUT",
+    "NNUNET_LAYOUT",
+    "ExportError",
+    "check_target",
+    "folder_name",
+    "inside",
+    "publish",
+]
 
 #: the longest name accepted (the temporary folder beside it adds a prefix and a suffix)
 MAX_NAME_BYTES = 200
@@ -82,6 +90,13 @@ def _foreign_entry(dest: Path, layout: re.Pattern[str]) -> str | None:
             if is_dir == entry.endswith((".json", ".pth", ".pt")):
                 return entry  # a folder where a file belongs, or the other way round
     return None
+
+
+def check_target(dest: Path, overwrite: bool, layout: re.Pattern[str]) -> None:
+    """Before any work: ExportError when an existing ``dest`` may not be replaced (see
+    :func:`publish`, which checks again when the export is done)."""
+    if os.path.lexists(dest):
+        _check_replaceable(dest, overwrite, layout)
 
 
 def publish(tmp: Path, dest: Path, overwrite: bool, layout: re.Pattern[str]) -> Path:
