@@ -59,10 +59,13 @@ def test_bare_state_dict_wrapped_on_the_command_line(tmp_path, capsys):
         if (ref == value).sum() > 50:
             assert _dice(ours, ref, value) >= 0.99, value
 
-    # the wrong network for the weights: one line naming the first mismatch
-    assert main([*argv[:3], "monai.BasicUNet", *argv[6:]]) == 1
+    # the wrong network for the weights: one line naming the first mismatch, and the
+    # earlier --out (replaced only with --overwrite) is left as it was
+    before = out.read_bytes()
+    assert main([*argv[:3], "monai.BasicUNet", *argv[6:], "--overwrite"]) == 1
     err = capsys.readouterr().err
     assert "do not fit MONAI BasicUNet" in err and len(err.strip().splitlines()) == 1
+    assert out.read_bytes() == before
 
 
 def _bundle(tmp_path):

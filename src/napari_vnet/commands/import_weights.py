@@ -10,13 +10,17 @@ that rebuilds offline from its card (then ``predict``/``train``/the docks use it
         --out vnet-liver.pt
 
 The file is read safely (``torch.load(weights_only=True)``); MONAI is the ``[monai]`` extra.
+An existing ``--out`` is replaced only with ``--overwrite``, and the STATE_DICT itself never
+(whatever spelling of its path ``--out`` uses).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+from pathlib import Path
 
 HELP = "wrap a bare MONAI state dict (VNet, UNet, BasicUNet, DynUNet) with a model card"
 
@@ -52,6 +56,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="sliding-window size (default 96 96 96)",
     )  # fmt: skip
     parser.add_argument("--out", required=True, metavar="NEW.pt", help="weights file to write")
+    parser.add_argument(
+        "--overwrite", action="store_true",
+        help="replace an existing --out file (never the STATE_DICT being imported)",
+    )  # fmt: skip
 
 
 def parse_class_list(text: str):
@@ -80,10 +88,29 @@ def _normalization(text: str) -> dict:
     return norm
 
 
+def out_problem(state_dict: str, out_arg: str, overwrite: bool) -> str | None:
+    """Why ``--out`` must not be written: it is the input file itself (any spelling: a
+    link, a relative path, a hard link), or it exists and ``--overwrite`` was not given."""
+    out, source = Path(out_arg), Path(state_dict)
+    try:
+        same = out.exists() and source.exists() and os.path.samefile(out, source)
+    except OSError:
+        same = False
+    if same or out.resolve() == source.resolve():
+        return f"--out {out} is the STATE_DICT being imported; choose another file name"
+    if os.path.lexists(out) and not overwrite:
+        return f"--out {out} exists; pass --overwrite to replace it (or choose another name)"
+    return None
+
+
 def run(args: argparse.Namespace) -> int:
     from napari_vnet.foreign.monai_bundle import monai_card, wrap_monai_state_dict
     from napari_vnet.models import CheckpointError, save_checkpoint
 
+    problem = out_problem(args.state_dict, args.out, args.overwrite)
+    if problem:
+        print(f"napari-vnet import-weights: error: {problem}", file=sys.stderr)
+        return 2
     try:
         kwargs = json.loads(args.arch_kwargs)
         if not isinstance(kwargs, dict):

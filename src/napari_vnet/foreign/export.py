@@ -10,7 +10,10 @@
   normalisation and spacing written as MONAI transforms).
 
 Both write into a temporary sibling folder and rename it into place, so a failed export
-leaves nothing half-written; an existing destination is refused unless ``overwrite``.
+leaves nothing half-written; an existing destination is refused unless ``overwrite``, and
+even then it is replaced only when it holds nothing but an earlier export's files. Folder
+names taken from the weights (configuration, plans, folds) must be single printable path
+components and the target must resolve inside OUT (:mod:`napari_vnet.foreign.export_paths`).
 """
 
 from __future__ import annotations
@@ -25,6 +28,15 @@ from typing import Any
 import torch
 from torch import nn
 
+from napari_vnet.foreign.export_paths import (
+    BUNDLE_LAYOUT,
+    NNUNET_LAYOUT,
+    ExportError,
+    check_target,
+    folder_name,
+    inside,
+    publish,
+)
 from napari_vnet.models.card import ModelCard
 
 __all__ = ["ExportError", "export_monai_bundle", "export_nnunet"]
@@ -34,23 +46,9 @@ __all__ = ["ExportError", "export_monai_bundle", "export_nnunet"]
 EXPORT_TRAINER = "nnUNetTrainer"
 
 
-class ExportError(ValueError):
-    """The weights cannot be written in the asked format (says why)."""
-
-
 def _members(model: nn.Module) -> list[nn.Module]:
     members = getattr(model, "members", None)
     return list(members) if members is not None else [model]
-
-
-def _publish(tmp: Path, dest: Path, overwrite: bool) -> Path:
-    if dest.exists():
-        if not overwrite:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise ExportError(f"{dest}: already exists (choose another folder or overwrite)")
-        shutil.rmtree(dest)
-    os.replace(tmp, dest)
-    return dest
 
 
 def _tmp_beside(dest: Path) -> Path:
@@ -72,24 +70,23 @@ def export_nnunet(
             f"only weights that came from nnU-Net (arch 'nnunet') can be written as an nnU-Net "
             f"folder; these are {card.arch!r}"
         )
+    if not all(isinstance(pre.get(k), dict) for k in ("plans", "dataset_json")):
+        raise ExportError("the model card's nnU-Net preprocessing has no plans or dataset.json")
     plans, dataset_json = pre["plans"], pre["dataset_json"]
-    config = pre["configuration"]
+    config = folder_name(pre.get("configuration"), "nnU-Net configuration")
     out = Path(out)
     if len(out.name.split("__")) != 3:
         plans_name = card.source.get("plans_name") or plans.get("plans_name") or "nnUNetPlans"
-        out = out / f"{EXPORT_TRAINER}__{plans_name}__{config}"
+        folder_name(plans_name, "nnU-Net plans name")
+        out = inside(out / folder_name(f"{EXPORT_TRAINER}__{plans_name}__{config}", "folder"), out)
+    members = _members(model)
+    names = _fold_names(card, len(members))
+    check_target(out, overwrite, NNUNET_LAYOUT)
     tmp = _tmp_beside(out)
     try:
         (tmp / "plans.json").write_text(json.dumps(plans, indent=2))
         (tmp / "dataset.json").write_text(json.dumps(dataset_json, indent=2))
         mirror = tuple(int(a) for a in card.sliding_window.get("mirror_axes", (0, 1, 2)))
-        source_folds = [str(f) for f in card.source.get("folds", [])]
-        members = _members(model)
-        names = (
-            source_folds
-            if len(source_folds) == len(members)
-            else [str(i) for i in range(len(members))]
-        )
         for name, member in zip(names, members, strict=True):
             fold_dir = tmp / f"fold_{name}"
             fold_dir.mkdir()
@@ -116,7 +113,18 @@ def export_nnunet(
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return _publish(tmp, out, overwrite)
+    return publish(tmp, out, overwrite, NNUNET_LAYOUT)
+
+
+def _fold_names(card: ModelCard, n: int) -> list[str]:
+    """The card's fold names when there is one per member (each checked to make a
+    ``fold_<name>`` folder name), else 0..n-1."""
+    folds = card.source.get("folds") or []
+    source = [str(f) for f in folds] if isinstance(folds, (list, tuple)) else []
+    names = source if len(source) == n else [str(i) for i in range(n)]
+    for name in names:
+        folder_name(f"fold_{name}", "nnU-Net fold")
+    return names
 
 
 def _bundle_transforms(card: ModelCard) -> list[dict[str, Any]]:
@@ -214,6 +222,7 @@ def export_monai_bundle(
             },
         },
     }
+    check_target(out, overwrite, BUNDLE_LAYOUT)
     tmp = _tmp_beside(out)
     try:
         (tmp / "configs").mkdir()
@@ -225,4 +234,4 @@ def export_monai_bundle(
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return _publish(tmp, out, overwrite)
+    return publish(tmp, out, overwrite, BUNDLE_LAYOUT)

@@ -35,6 +35,7 @@ import torch
 
 from napari_vnet.foreign.networks import MONAI_NETWORKS, MonaiNetwork, require
 from napari_vnet.foreign.safe_load import read_json_object, safe_torch_load
+from napari_vnet.foreign.sizing import check_bundle_grid, check_class_count
 from napari_vnet.models.card import ClassInfo, ModelCard
 from napari_vnet.models.errors import CheckpointError
 
@@ -236,7 +237,7 @@ def load_monai_bundle(path: str | os.PathLike) -> tuple[MonaiNetwork, ModelCard]
         )
     kwargs = _plain({k: v for k, v in net_def.items() if k != "_target_"}, config, "network_def")
     in_ch = int(kwargs.pop("in_channels", 1))
-    out_ch = int(kwargs.pop("out_channels", 2))
+    out_ch = check_class_count(kwargs.pop("out_channels", 2), root)
     outputs = (meta.get("network_data_format") or {}).get("outputs") or {}
     first = next(iter(outputs.values()), {}) if outputs else {}
     channel_def = first.get("channel_def") or {}
@@ -321,6 +322,7 @@ class MonaiBundlePreprocessing:
         direction = getattr(geometry, "direction", None)
         if direction is None:
             direction = np.eye(3).ravel()
+        check_bundle_grid(self.compose, np.shape(channels), sp, self.patch_size)
         xyz = np.ascontiguousarray(np.asarray(channels, np.float32).transpose(0, 3, 2, 1))
         t = MetaTensor(
             torch.from_numpy(xyz), affine=torch.from_numpy(_affine_ras(sp, origin, direction))

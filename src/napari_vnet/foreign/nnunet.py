@@ -44,6 +44,7 @@ import torch
 
 from napari_vnet.foreign.networks import NnUNetEnsemble, require
 from napari_vnet.foreign.safe_load import read_json_object, safe_torch_load
+from napari_vnet.foreign.sizing import check_nnunet_grid
 from napari_vnet.models.card import ClassInfo, ModelCard
 from napari_vnet.models.errors import CheckpointError
 
@@ -410,6 +411,7 @@ class NnUNetPreprocessing:
         if spacing is None:  # no geometry: take the image as already at the target spacing
             back = self.plans_manager.transpose_backward
             spacing = tuple(float(self.config.spacing[i]) for i in back)
+        check_nnunet_grid(self, channels.shape, spacing)
         channels, n_bad = _finite(channels)
         props: dict[str, Any] = {"spacing": [float(s) for s in spacing]}
         data, _, props = DefaultPreprocessor(verbose=False).run_case_npy(
@@ -451,6 +453,7 @@ class NnUNetPreprocessing:
         )
 
         channels, _ = _finite(image[None] if image.ndim == 3 else image)
+        check_nnunet_grid(self, channels.shape, spacing, extra_channels=1)  # + labels
         seg = np.asarray(labels).astype(np.int32)
         marker = None
         if mask is not None:

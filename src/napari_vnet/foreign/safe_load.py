@@ -7,7 +7,8 @@ restricted unpickler (``torch.load(weights_only=True)``) refuses every global it
 know; :func:`safe_torch_load` widens it by exactly the plain types listed in
 :data:`ALLOWED_GLOBALS`, for this one call (``torch.serialization.safe_globals``), and
 refuses anything else with one line naming the type. Nothing from the file is ever
-imported or called.
+imported or called. Like our own checkpoints, the archive's unpacked size (read from its
+zip directory) must fit in the available memory before anything is unpacked.
 """
 
 from __future__ import annotations
@@ -58,6 +59,9 @@ def safe_torch_load(path: str | os.PathLike, map_location: Any = "cpu") -> Any:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such file")
+    from napari_vnet.models.checkpoint import _check_archive_memory
+
+    _check_archive_memory(path, mmap=False)  # a small deflated archive can unpack to GiBs
     try:
         with torch.serialization.safe_globals(ALLOWED_GLOBALS):
             return torch.load(path, map_location=map_location, weights_only=True)

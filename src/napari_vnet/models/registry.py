@@ -89,6 +89,10 @@ def build_model(card: ModelCard) -> nn.Module:
     try:
         if cls in (VNet, UNet3D, Vox2VoxGenerator):
             _check_network_memory(card, cls, reserved, kwargs)
+        else:  # nnU-Net / MONAI: parameters and one window's activations, sized on "meta"
+            from napari_vnet.foreign.sizing import check_foreign_network
+
+            check_foreign_network(card, cls, reserved, kwargs)
         return cls(**reserved, **kwargs)
     except TypeError as exc:  # unexpected keyword
         raise ValueError(
