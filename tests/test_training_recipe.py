@@ -277,9 +277,13 @@ def test_volume_spacing_is_used_by_the_plan():
             Volume(image, spacing=(4.0, 1.0, 1.0)), Volume(labels, spacing=(4.0, 1.0, 1.0))
         ),
     ]
-    assert plan_training(pairs, TrainConfig(arch="unet3d")).spacing == (3.0, 1.0, 1.0)
-    off = plan_training(pairs, TrainConfig(arch="unet3d", plan_spacing=False))
+    # nnU-Net's rule (the context plan off: it starts from this median and coarsens)
+    nnunet_rule = TrainConfig(arch="unet3d", plan_context=False)
+    assert plan_training(pairs, nnunet_rule).spacing == (3.0, 1.0, 1.0)
+    off = plan_training(pairs, TrainConfig(arch="unet3d", plan_spacing=False, plan_context=False))
     assert off.spacing == (2.0, 1.0, 1.0)
+    ctx = plan_training(pairs, TrainConfig(arch="unet3d"))
+    assert ctx.spacing[0] >= 3.0 and ctx.spacing[1] >= 1.0 and ctx.reasons
 
 
 def test_single_case_validation_slab_always_holds_an_annotated_slice():

@@ -178,6 +178,8 @@ class _Run:
                     disc.load_state_dict(disc_state)
         else:
             card.classes = plan.classes
+            if plan.from_scratch and plan.arch_kwargs:
+                card.arch_kwargs = {**plan.arch_kwargs, **dict(card.arch_kwargs or {})}
             torch.manual_seed(config.seed)  # a new network's initial weights follow the seed
             model, disc = build_networks(card, base_info, plan.classes, notes, config)
             card.arch_kwargs = dict(getattr(model, "arch_kwargs", card.arch_kwargs))
@@ -202,6 +204,7 @@ class _Run:
                 "cases": [c.name for c in cases],
                 "validation_cases": [c.name for c in self.val_cases],
                 "world_size": dist.world,
+                "plan": list(plan.reasons),
                 "device": str(device),
             }
         )

@@ -67,6 +67,10 @@ class TrainingPlan:
     cases: list[str]
     annotated_slices: list[list[int] | None]
     loaded: list[LoadedPair] | None = field(default=None, compare=False, repr=False)
+    # a new network's keywords the plan chose (e.g. narrower widths for a context patch)
+    arch_kwargs: dict[str, Any] = field(default_factory=dict)
+    # why spacing, patch and width are what they are (also in the card's run history)
+    reasons: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-compatible (``napari-vnet train --dry-run --json`` prints it)."""
@@ -80,6 +84,8 @@ class TrainingPlan:
             "from_scratch": self.from_scratch,
             "cases": list(self.cases),
             "annotated_slices": self.annotated_slices,
+            "arch_kwargs": dict(self.arch_kwargs),
+            "reasons": list(self.reasons),
         }
 
     @classmethod
@@ -188,22 +194,26 @@ def _choose_patch(config: TrainConfig, base_card: ModelCard | None, loaded) -> t
     return patch, window
 
 
-def _with_planned_patch(config: TrainConfig, loaded, spacing, n_classes: int) -> TrainConfig:
-    """A copy of ``config`` whose patch is planned from the median case shape at
-    ``spacing`` and ``config.patch_memory_mb`` (:func:`~.recipe.plan_patch`)."""
-    import dataclasses
+def _default_widths(arch: str) -> list[int] | None:
+    """The ``channels`` default of ``arch``'s network class (None if it has none)."""
     import inspect
 
     from napari_vnet.models.registry import architecture_class
 
+    try:
+        default = inspect.signature(architecture_class(arch)).parameters.get("channels")
+    except Exception:  # noqa: BLE001 - an unknown arch is reported when it is built
+        return None
+    return None if default is None or default.default is None else list(default.default)
+
+
+def _with_planned_patch(config: TrainConfig, loaded, spacing, n_classes: int) -> TrainConfig:
+    """A copy of ``config`` whose patch is planned from the median case shape at
+    ``spacing`` and ``config.patch_memory_mb`` (:func:`~.recipe.plan_patch`)."""
+    import dataclasses
+
     arch = config.arch or "unet3d"
-    widths = (config.arch_kwargs or {}).get("channels")
-    if widths is None:
-        try:
-            default = inspect.signature(architecture_class(arch)).parameters.get("channels")
-            widths = None if default is None else default.default
-        except Exception:  # noqa: BLE001 - an unknown arch is reported when it is built
-            widths = None
+    widths = (config.arch_kwargs or {}).get("channels") or _default_widths(arch)
     if not widths:
         return config
     shapes = [
@@ -239,6 +249,10 @@ def plan_training(
     if len(classes) < 2:
         raise TrainingError("need at least one foreground class besides background")
     spacing = config.spacing or (base_card.spacing if base_card is not None else None)
+    arch_kwargs: dict[str, Any] = {}
+    reasons: list[str] = []
+    if spacing is None and config.patch_size is None and base_card is None and config.plan_context:
+        config, spacing, arch_kwargs, reasons = _with_context_plan(config, loaded)
     if spacing is None and config.plan_spacing:
         spacing = plan_spacing([p.spacing for p in loaded])
     spacing = tuple(float(s) for s in (spacing or loaded[0].spacing))
@@ -262,8 +276,39 @@ def plan_training(
         classes=classes, new_classes=new, patch_size=patch, window=window,  # type: ignore[arg-type]
         spacing=spacing, normalization=dict(normalization),  # type: ignore[arg-type]
         from_scratch=base_card is None, cases=[p.name for p in loaded],
-        annotated_slices=annotated, loaded=loaded,
+        annotated_slices=annotated, loaded=loaded, arch_kwargs=arch_kwargs, reasons=reasons,
     )  # fmt: skip
+
+
+def _with_context_plan(config: TrainConfig, loaded):
+    """-> (config with the planned patch, spacing, new network keywords, reasons): a new
+    model's spacing, patch and widths chosen for context (:func:`~.recipe.plan_context`)."""
+    import dataclasses
+
+    from napari_vnet.training.recipe import CONTEXT_WIDTHS, body_extent_mm, plan_context
+
+    arch = config.arch or "unet3d"
+    arch_kwargs: dict[str, Any] = {}
+    widths = (config.arch_kwargs or {}).get("channels")
+    if widths is None and arch in CONTEXT_WIDTHS:
+        widths = list(CONTEXT_WIDTHS[arch])
+        arch_kwargs["channels"] = widths
+    divisor = 2 ** (len(widths or _default_widths(arch) or [0] * 5) - 1)
+    spacings = [p.spacing for p in loaded]
+    extent = body_extent_mm([p.image for p in loaded], spacings)
+    data_spacing = plan_spacing(spacings)
+    ctx = plan_context(
+        extent, data_spacing, divisor=divisor, voxels=int(config.context_voxels),
+        fov_mm=float(config.context_fov_mm),
+    )  # fmt: skip
+    reasons = list(ctx.reasons)
+    if arch_kwargs:
+        reasons.append(
+            f"{arch} features {widths} (narrower than its default, so the large patch "
+            "trains fast enough on a CPU; --width or arch_kwargs to change)"
+        )
+    log.info("context plan: %s", "; ".join(reasons))
+    return dataclasses.replace(config, patch_size=ctx.patch), ctx.spacing, arch_kwargs, reasons
 
 
 def export_lut(classes: Sequence[ClassInfo]) -> dict[int, int]:
