@@ -67,6 +67,10 @@ def _state_dict_of(obj: Any, path: Path) -> dict[str, torch.Tensor]:
                  if isinstance(obj.get(k), dict)),
                 None,
             )  # fmt: skip
+        if not inner and isinstance(obj, dict) and any(
+            isinstance(v, torch.Tensor) for v in obj.values()
+        ):
+            inner = obj  # a state dict with a stray entry: named below
         if not inner:
             raise CheckpointError(f"{path}: no network state dict in this file")
         state = inner
@@ -266,6 +270,15 @@ def load_monai_bundle(path: str | os.PathLike) -> tuple[MonaiNetwork, ModelCard]
         raise UnsupportedBundleError(f"{config_path}: {exc}") from None
 
 
+def _whole(value: Any, what: str, root: Path) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise UnsupportedBundleError(
+            f"{root}: configs/inference.json {what} must be a positive whole number, got "
+            f"{str(value)[:60]!r}"
+        )
+    return value
+
+
 def _load_bundle(root: Path) -> tuple[MonaiNetwork, ModelCard]:
     meta = read_json_object(root / "configs" / "metadata.json")
     config = read_json_object(root / "configs" / "inference.json")
@@ -278,15 +291,23 @@ def _load_bundle(root: Path) -> tuple[MonaiNetwork, ModelCard]:
             f"{root}: bundle network {name!r} is not supported (supported: {', '.join(MONAI_NETWORKS)})"
         )
     kwargs = _plain({k: v for k, v in net_def.items() if k != "_target_"}, config, "network_def")
-    in_ch = int(kwargs.pop("in_channels", 1))
-    out_ch = int(kwargs.pop("out_channels", 2))
+    in_ch = _whole(kwargs.pop("in_channels", 1), "network_def in_channels", root)
+    out_ch = _whole(kwargs.pop("out_channels", 2), "network_def out_channels", root)
     outputs = (meta.get("network_data_format") or {}).get("outputs") or {}
     first = next(iter(outputs.values()), {}) if outputs else {}
     channel_def = first.get("channel_def") or {}
     classes = [ClassInfo(i, str(channel_def.get(str(i), "background" if i == 0 else f"class {i}")))
                for i in range(out_ch)]  # fmt: skip
     inferer = _plain(config.get("inferer") or {}, config, "inferer")
+    if not isinstance(inferer, dict):
+        raise UnsupportedBundleError(f"{root}: configs/inference.json 'inferer' is not an object")
     roi = inferer.get("roi_size") or [96, 96, 96]
+    if not (isinstance(roi, list) and len(roi) == 3):
+        raise UnsupportedBundleError(
+            f"{root}: configs/inference.json inferer roi_size must be three sizes (the patch "
+            f"size), got {str(roi)[:60]!r}"
+        )
+    roi = [_whole(r, "inferer roi_size", root) for r in roi]
     transforms = _bundle_transforms(config, root / "configs" / "inference.json")
     weights = root / "models" / "model.pt"
     if not weights.is_file():

@@ -242,7 +242,8 @@ def normalization_problems(norm: Any) -> list[str]:
         q = {"low": norm.get("low", 0.5), "high": norm.get("high", 99.5)}
         if not all(is_number(v) and 0 <= v <= 100 for v in q.values()):
             return [
-                f"percentile normalization needs low and high in [0, 100], got {q['low']}, {q['high']}"
+                "percentile normalization needs low and high in [0, 100], got "
+                f"{q['low']}, {q['high']}"
             ]
         return _bounds(kind, q)
     clip = norm.get("clip")

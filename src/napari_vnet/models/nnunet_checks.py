@@ -29,7 +29,8 @@ RESAMPLING = {
     "resample_data_or_seg_to_shape": {"is_seg": _FLAG, "order": _SPLINE, "order_z": _SPLINE,
                                       "force_separate_z": _OPT_FLAG,
                                       "separate_z_anisotropy_threshold": _POS},
-    "resample_torch_fornnunet": {"is_seg": _FLAG, "num_threads": _POS, "force_separate_z": _OPT_FLAG,
+    "resample_torch_fornnunet": {"is_seg": _FLAG, "num_threads": _POS,
+                                 "force_separate_z": _OPT_FLAG,
                                  "memefficient_seg_resampling": _FLAG,
                                  "separate_z_anisotropy_threshold": _POS, "mode": _MODE,
                                  "aniso_axis_mode": _MODE},
@@ -95,10 +96,12 @@ def _resampling_problems(cfg: dict[str, Any], where: str) -> list[str]:
 
 def _normalization_problems(plans, cfg, channels: int, where: str) -> list[str]:
     schemes = cfg.get("normalization_schemes")
-    if not (isinstance(schemes, list) and len(schemes) == channels
-            and all(isinstance(s, str) and s in NORMALIZATION_SCHEMES for s in schemes)):  # fmt: skip
-        return [f"{where}: normalization_schemes must list one of {', '.join(NORMALIZATION_SCHEMES)} "
-                f"per input channel ({channels}), got {short(schemes)}"]  # fmt: skip
+    known = isinstance(schemes, list) and all(s in NORMALIZATION_SCHEMES for s in schemes)
+    if not (known and len(schemes) == channels):
+        return [
+            f"{where}: normalization_schemes must list one of {', '.join(NORMALIZATION_SCHEMES)} "
+            f"per input channel ({channels}), got {short(schemes)}"
+        ]
     mask = cfg.get("use_mask_for_norm", [False] * channels)
     if not (
         isinstance(mask, list) and len(mask) == channels and all(isinstance(m, bool) for m in mask)
@@ -116,7 +119,8 @@ def _normalization_problems(plans, cfg, channels: int, where: str) -> list[str]:
         if bad:
             out.append(f"plans.json: CT normalisation of channel {i} needs "
                        f"foreground_intensity_properties_per_channel[{str(i)!r}] with numbers "
-                       f"{', '.join(_CT_KEYS)}; missing or not a number: {', '.join(bad)}")  # fmt: skip
+                       f"{', '.join(_CT_KEYS)}; missing or not a number: "
+                       f"{', '.join(bad)}")  # fmt: skip
     return out
 
 
@@ -161,14 +165,39 @@ def nnunet_preprocessing_problems(pre: dict[str, Any]) -> list[str]:
     return out
 
 
-def _per_stage(kwargs: dict[str, Any], key: str, n: int, item) -> str | None:
-    """Why ``kwargs[key]`` is not one ``item`` or a list of ``n`` of them (None: fine)."""
-    if key not in kwargs:
-        return None
-    v = kwargs[key]
-    if item(v) or (isinstance(v, list) and len(v) == n and all(item(x) for x in v)):
-        return None
-    return f"{key} must be one value or {n} (one per stage) of the right kind, got {short(v)}"
+def _positive(x: Any) -> bool:
+    return is_int(x) and x >= 1
+
+
+def _size(x: Any) -> bool:
+    """One positive size or three (z, y, x)."""
+    return _positive(x) or (isinstance(x, list) and len(x) == 3 and all(map(_positive, x)))
+
+
+def _stage_problems(kw: dict[str, Any], n: int) -> list[str]:
+    """Per-stage lists whose length is not ``n_stages`` (one line for all of them), and
+    entries that are not positive sizes (one line each)."""
+    stages = (
+        ("features_per_stage", n, _positive),
+        ("kernel_sizes", n, _size),
+        ("strides", n, _size),
+        ("n_conv_per_stage", n, _positive),
+        ("n_blocks_per_stage", n, _positive),
+        ("n_conv_per_stage_decoder", n - 1, _positive),
+    )
+    where = "plans.json architecture"
+    lengths, out = [], []
+    for key, count, item in stages:
+        v = kw.get(key)
+        if key not in kw or item(v):
+            continue
+        if isinstance(v, list) and len(v) != count:
+            lengths.append(f"{key} has {len(v)} (needs {count})")
+        elif not (isinstance(v, list) and all(item(x) for x in v)):
+            out.append(f"{where}: {key} must be positive whole numbers, got {short(v)}")
+    if lengths:
+        out.insert(0, f"{where}: stage counts disagree with n_stages {n}: " + ", ".join(lengths))
+    return out
 
 
 def nnunet_network_problems(arch_kwargs: Any) -> list[str]:
@@ -191,13 +220,4 @@ def nnunet_network_problems(arch_kwargs: Any) -> list[str]:
         return out
     if not (is_int(n) and n >= 1):
         return [*out, f"{where}: n_stages must be a positive whole number, got {short(n)}"]
-    pos = lambda x: is_int(x) and x >= 1  # noqa: E731
-    size = lambda x: pos(x) or (isinstance(x, list) and len(x) == 3 and all(pos(y) for y in x))  # noqa: E731
-    for key, count, item in (("features_per_stage", n, pos), ("kernel_sizes", n, size),
-                             ("strides", n, size), ("n_conv_per_stage", n, pos),
-                             ("n_blocks_per_stage", n, pos),
-                             ("n_conv_per_stage_decoder", n - 1, pos)):  # fmt: skip
-        problem = _per_stage(kw, key, count, item)
-        if problem:
-            out.append(f"{where}: {problem} (n_stages {n})")
-    return out
+    return out + _stage_problems(kw, n)
