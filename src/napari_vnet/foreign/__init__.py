@@ -95,6 +95,11 @@ def preprocessing_for(card):
     kind = (card.preprocessing or {}).get("kind")
     if not kind:
         return None
+    from napari_vnet.models.card_checks import preprocessing_problems
+
+    problems = preprocessing_problems(card)  # an in-memory card too: nothing unchecked is built
+    if problems:
+        raise ValueError("the model card cannot be used: " + "; ".join(problems))
     if kind == "nnunet":
         from napari_vnet.foreign.nnunet import NnUNetPreprocessing
 

@@ -211,7 +211,8 @@ def _bounds(kind: str, norm: dict[str, Any], strict: bool = True) -> list[str]:
     if not (is_number(low) and is_number(high)):
         return [f"{kind} normalization bounds are not finite numbers: {short(norm)}"]
     if not (high > low if strict else high >= low):
-        return [f"{kind} normalization needs finite low < high, got {low}, {high}"]
+        order = "<" if strict else "<="
+        return [f"{kind} normalization needs finite low {order} high, got {low}, {high}"]
     return []
 
 
@@ -232,7 +233,7 @@ def normalization_problems(norm: Any) -> list[str]:
     if missing:
         return [f"{kind} normalization needs {', '.join(need)}; missing {', '.join(missing)}"]
     if kind in ("window", "ct"):
-        out = _bounds(kind, norm)
+        out = _bounds(kind, norm, strict=kind == "window")  # ct: a constant foreground
         if kind == "ct" and not (
             is_number(norm["mean"]) and is_number(norm["std"]) and norm["std"] > 0
         ):
