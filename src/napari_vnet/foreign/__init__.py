@@ -78,8 +78,6 @@ def _checked(path, load, *args, **kwargs):
         raise
     except (ValueError, TypeError, KeyError, IndexError, AttributeError, AssertionError,
             RecursionError, RuntimeError) as exc:  # fmt: skip
-        if isinstance(exc, ImportError):
-            raise
         text = (str(exc).strip().splitlines() or [""])[0][:200]
         raise CheckpointError(
             f"{path}: malformed weights folder ({type(exc).__name__}: {text})"
