@@ -142,9 +142,14 @@ def format_text(info: dict[str, Any]) -> str:
 
 def run(args: argparse.Namespace) -> int:
     from napari_vnet.models import CheckpointError
+    from napari_vnet.models.errors import InvalidCardError
 
     try:
         info = gather(args.weights)
+    except InvalidCardError as exc:  # what predict would refuse: one line per problem
+        for line in exc.lines():
+            print(f"napari-vnet info: error: {line}", file=sys.stderr)
+        return 1
     except CheckpointError as exc:
         print(f"napari-vnet info: error: {exc}", file=sys.stderr)
         return 1
@@ -155,11 +160,6 @@ def run(args: argparse.Namespace) -> int:
     from napari_vnet.models.card import ModelCard, card_problems
 
     problems = card_problems(ModelCard.from_dict(info["card"]))
-    if problems:  # the same refusal predict would give, said before anyone runs it
-        print(
-            f"napari-vnet info: error: {args.weights}: the model card cannot be used: "
-            + "; ".join(problems),
-            file=sys.stderr,
-        )
-        return 1
-    return 0
+    for problem in problems:  # the same refusal predict would give, said before anyone runs it
+        print(f"napari-vnet info: error: {args.weights}: {problem}", file=sys.stderr)
+    return 1 if problems else 0

@@ -36,16 +36,17 @@ def foreign_kind(path: str | os.PathLike) -> str | None:
 
 
 def load_foreign(path: str | os.PathLike, *, folds: Any = None, checkpoint: str | None = None):
-    """``(network, card)`` of a foreign weights folder; CheckpointError when it is none."""
+    """``(network, card)`` of a foreign weights folder; CheckpointError when it is none,
+    or when it is malformed (one line naming the folder, never a traceback)."""
     kind = foreign_kind(path)
     if kind == "nnunet":
         from napari_vnet.foreign.nnunet import load_nnunet_folder
 
-        return load_nnunet_folder(path, folds=folds, checkpoint=checkpoint)
+        return _checked(path, load_nnunet_folder, path, folds=folds, checkpoint=checkpoint)
     if kind == "monai_bundle":
         from napari_vnet.foreign.monai_bundle import load_monai_bundle
 
-        return load_monai_bundle(path)
+        return _checked(path, load_monai_bundle, path)
     from napari_vnet.models.errors import CheckpointError
 
     raise CheckpointError(
@@ -60,8 +61,31 @@ def read_foreign_card(path: str | os.PathLike):
     if kind == "nnunet":
         from napari_vnet.foreign.nnunet import nnunet_folder_card
 
-        return nnunet_folder_card(path)
+        return _checked(path, lambda p: (None, nnunet_folder_card(p)), path)[1]
     return load_foreign(path)[1]
+
+
+def _checked(path, load, *args, **kwargs):
+    """``load(*args)`` with its card checked (InvalidCardError listing the problems), and
+    any other failure on the folder's data said in one line naming the folder: the files
+    are untrusted, nothing in them may end in a traceback."""
+    from napari_vnet.models.card import card_problems
+    from napari_vnet.models.errors import CheckpointError, InvalidCardError
+
+    try:
+        net, card = load(*args, **kwargs)
+    except CheckpointError:
+        raise
+    except (ValueError, TypeError, KeyError, IndexError, AttributeError, AssertionError,
+            RecursionError, RuntimeError) as exc:  # fmt: skip
+        text = (str(exc).strip().splitlines() or [""])[0][:200]
+        raise CheckpointError(
+            f"{path}: malformed weights folder ({type(exc).__name__}: {text})"
+        ) from None
+    problems = card_problems(card)
+    if problems:
+        raise InvalidCardError(path, problems)
+    return net, card
 
 
 def preprocessing_for(card):
@@ -69,6 +93,11 @@ def preprocessing_for(card):
     kind = (card.preprocessing or {}).get("kind")
     if not kind:
         return None
+    from napari_vnet.models.card_checks import preprocessing_problems
+
+    problems = preprocessing_problems(card)  # an in-memory card too: nothing unchecked is built
+    if problems:
+        raise ValueError("the model card cannot be used: " + "; ".join(problems))
     if kind == "nnunet":
         from napari_vnet.foreign.nnunet import NnUNetPreprocessing
 

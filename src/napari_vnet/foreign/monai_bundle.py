@@ -68,6 +68,10 @@ def _state_dict_of(obj: Any, path: Path) -> dict[str, torch.Tensor]:
                  if isinstance(obj.get(k), dict)),
                 None,
             )  # fmt: skip
+        if not inner and isinstance(obj, dict) and any(
+            isinstance(v, torch.Tensor) for v in obj.values()
+        ):
+            inner = obj  # a state dict with a stray entry: named below
         if not inner:
             raise CheckpointError(f"{path}: no network state dict in this file")
         state = inner
@@ -163,7 +167,8 @@ def wrap_monai_state_dict(
 
 def _plain(value: Any, config: dict[str, Any], where: str, depth: int = 0) -> Any:
     """``value`` with ``"@name"`` references to plain config entries resolved; an
-    expression (``"$..."``) raises UnsupportedBundleError (it would need running code)."""
+    expression (``"$..."``) or a macro (``"%..."``, another file's entry) raises
+    UnsupportedBundleError (it would need running code or reading other files)."""
     if depth > 20:
         raise UnsupportedBundleError(f"{where}: references nest too deeply")
     if isinstance(value, str):
@@ -171,6 +176,10 @@ def _plain(value: Any, config: dict[str, Any], where: str, depth: int = 0) -> An
             raise UnsupportedBundleError(
                 f"{where} is a Python expression ({value[:60]!r}); napari-vnet does not run "
                 "code from bundle configs"
+            )
+        if value.startswith("%"):
+            raise UnsupportedBundleError(
+                f"{where} is a macro ({value[:60]!r}); napari-vnet reads plain values only"
             )
         if value.startswith("@"):
             key = value[1:]
@@ -185,11 +194,19 @@ def _plain(value: Any, config: dict[str, Any], where: str, depth: int = 0) -> An
     return value
 
 
-def _target(entry: dict[str, Any]) -> str:
-    return str(entry.get("_target_", "")).rsplit(".", 1)[-1]
+def _target(entry: Any) -> str:
+    """The class name a config entry's ``_target_`` names: a bare name or one inside
+    ``monai.`` (a bundle naming its own module's class is not MONAI's transform)."""
+    if not isinstance(entry, dict):
+        return ""
+    target = entry.get("_target_", "")
+    if not isinstance(target, str) or ("." in target and not target.startswith("monai.")):
+        return ""
+    return target.rsplit(".", 1)[-1]
 
 
-#: bundle preprocessing transforms napari-vnet applies (with MONAI's array transforms)
+#: bundle preprocessing transforms napari-vnet applies (with MONAI's array transforms,
+#: built only from the allowlist of napari_vnet.models.card_checks)
 GEOMETRIC = ("Orientationd", "Spacingd")
 INTENSITY = (
     "ScaleIntensityRanged",
@@ -199,32 +216,71 @@ INTENSITY = (
 )
 PASSIVE = ("LoadImaged", "LoadImage", "EnsureChannelFirstd", "EnsureTyped", "CastToTyped",
            "ToTensord", "AddChanneld", "EnsureType", "ToDeviced")  # fmt: skip
+#: keys of a bundle's transform entry that are no arguments of the transform
+_ENTRY_KEYS = ("_target_", "keys", "_desc_", "_disabled_")
 
 
 def _bundle_transforms(config: dict[str, Any], where: Path) -> list[dict[str, Any]]:
+    from napari_vnet.models.card_checks import bundle_step_problems
+
     pre = config.get("preprocessing")
     if isinstance(pre, str) and pre.startswith("@"):
         pre = config.get(pre[1:])
     if not isinstance(pre, dict) or _target(pre) != "Compose":
         raise UnsupportedBundleError(f"{where}: no 'preprocessing' Compose of transforms")
+    steps = pre.get("transforms", [])
+    if isinstance(steps, str) and steps.startswith("@"):
+        steps = _plain(steps, config, "preprocessing.transforms")
+    if not isinstance(steps, list):
+        raise UnsupportedBundleError(
+            f"{where}: preprocessing transforms must be a list, got {str(steps)[:60]!r}"
+        )
     out = []
-    for i, t in enumerate(pre.get("transforms", [])):
+    for i, t in enumerate(steps):
+        if isinstance(t, str) and t.startswith("@"):
+            t = _plain(t, config, f"preprocessing[{i}]")
         name = _target(t)
-        if name in PASSIVE:
+        if name in PASSIVE or (isinstance(t, dict) and t.get("_disabled_") is True):
             continue
         if name not in GEOMETRIC + INTENSITY:
+            shown = name or (t.get("_target_") if isinstance(t, dict) else t)
             raise UnsupportedBundleError(
-                f"{where}: preprocessing transform {name or t!r} is not supported (supported: "
-                f"{', '.join(GEOMETRIC + INTENSITY)})"
+                f"{where}: preprocessing transform {i} {str(shown)[:60]!r} is not supported "
+                f"(supported: {', '.join(GEOMETRIC + INTENSITY)})"
             )
-        args = {k: v for k, v in t.items() if k not in ("_target_", "keys")}
-        out.append({"name": name[:-1], **_plain(args, config, f"preprocessing[{i}]")})
+        label = f"preprocessing transform {i} ({name})"
+        args = {k: _plain(v, config, f"{label}: argument {k!r}") for k, v in t.items()
+                if k not in _ENTRY_KEYS}  # fmt: skip
+        problems = bundle_step_problems(name[:-1], args)
+        if problems:
+            raise UnsupportedBundleError(
+                f"{where}: {label}: " + "; ".join(p.split(": ", 1)[-1] for p in problems)
+            )
+        out.append({**args, "name": name[:-1]})
     return out
 
 
 def load_monai_bundle(path: str | os.PathLike) -> tuple[MonaiNetwork, ModelCard]:
     """``(network, card)`` of a MONAI bundle folder (see module docstring)."""
-    root = Path(path)
+    config_path = Path(path) / "configs" / "inference.json"
+    try:
+        return _load_bundle(Path(path))
+    except UnsupportedBundleError as exc:
+        if str(config_path) in str(exc) or str(path) in str(exc):
+            raise
+        raise UnsupportedBundleError(f"{config_path}: {exc}") from None
+
+
+def _whole(value: Any, what: str, root: Path) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise UnsupportedBundleError(
+            f"{root}: configs/inference.json {what} must be a positive whole number, got "
+            f"{str(value)[:60]!r}"
+        )
+    return value
+
+
+def _load_bundle(root: Path) -> tuple[MonaiNetwork, ModelCard]:
     meta = read_json_object(root / "configs" / "metadata.json")
     config = read_json_object(root / "configs" / "inference.json")
     net_def = config.get("network_def")
@@ -236,15 +292,25 @@ def load_monai_bundle(path: str | os.PathLike) -> tuple[MonaiNetwork, ModelCard]
             f"{root}: bundle network {name!r} is not supported (supported: {', '.join(MONAI_NETWORKS)})"
         )
     kwargs = _plain({k: v for k, v in net_def.items() if k != "_target_"}, config, "network_def")
-    in_ch = int(kwargs.pop("in_channels", 1))
-    out_ch = check_class_count(kwargs.pop("out_channels", 2), root)
+    in_ch = _whole(kwargs.pop("in_channels", 1), "network_def in_channels", root)
+    out_ch = check_class_count(
+        _whole(kwargs.pop("out_channels", 2), "network_def out_channels", root), root
+    )
     outputs = (meta.get("network_data_format") or {}).get("outputs") or {}
     first = next(iter(outputs.values()), {}) if outputs else {}
     channel_def = first.get("channel_def") or {}
     classes = [ClassInfo(i, str(channel_def.get(str(i), "background" if i == 0 else f"class {i}")))
                for i in range(out_ch)]  # fmt: skip
     inferer = _plain(config.get("inferer") or {}, config, "inferer")
+    if not isinstance(inferer, dict):
+        raise UnsupportedBundleError(f"{root}: configs/inference.json 'inferer' is not an object")
     roi = inferer.get("roi_size") or [96, 96, 96]
+    if not (isinstance(roi, list) and len(roi) == 3):
+        raise UnsupportedBundleError(
+            f"{root}: configs/inference.json inferer roi_size must be three sizes (the patch "
+            f"size), got {str(roi)[:60]!r}"
+        )
+    roi = [_whole(r, "inferer roi_size", root) for r in roi]
     transforms = _bundle_transforms(config, root / "configs" / "inference.json")
     weights = root / "models" / "model.pt"
     if not weights.is_file():
@@ -272,6 +338,12 @@ def load_monai_bundle(path: str | os.PathLike) -> tuple[MonaiNetwork, ModelCard]
             "sigma_scale": float(inferer.get("sigma_scale", 0.125)),
         },
     )
+    from napari_vnet.models.card import card_problems
+    from napari_vnet.models.errors import InvalidCardError
+
+    problems = card_problems(card)  # before anything is built from it
+    if problems:
+        raise InvalidCardError(root / "configs" / "inference.json", problems)
     net, card = wrap_monai_state_dict(weights, card)
     return net, card
 
@@ -304,6 +376,11 @@ class MonaiBundlePreprocessing:
         require("monai", "monai", "MONAI bundles")
         import monai.transforms as mt
 
+        from napari_vnet.models.card_checks import preprocessing_problems
+
+        problems = preprocessing_problems(card)  # never build a class the allowlist lacks
+        if problems:
+            raise ValueError("the model card cannot be used: " + "; ".join(problems))
         steps = []
         for t in card.preprocessing.get("transforms", []):
             args = {k: v for k, v in t.items() if k != "name"}

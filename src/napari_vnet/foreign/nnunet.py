@@ -126,7 +126,7 @@ def _check_supported(where: Path, config_name: str, cfg: dict, dataset_json: dic
             f"{cfg['previous_stage']!r} prediction as input); napari-vnet runs single-stage "
             "3D configurations only (use 3d_fullres)"
         )
-    labels = dataset_json.get("labels") or {}
+    labels = dataset_json.get("labels") if isinstance(dataset_json.get("labels"), dict) else {}
     if "regions_class_order" in dataset_json or any(
         isinstance(v, (list, tuple)) for v in labels.values()
     ):
@@ -134,7 +134,12 @@ def _check_supported(where: Path, config_name: str, cfg: dict, dataset_json: dic
             f"{where}: region-based training (overlapping label regions with sigmoid "
             "outputs) is not supported; napari-vnet runs models with one label per voxel"
         )
-    if len(cfg.get("patch_size", [])) != 3 or len(cfg.get("spacing", [])) != 3:
+    patch, spacing = cfg.get("patch_size"), cfg.get("spacing")
+    if (
+        isinstance(patch, list)
+        and isinstance(spacing, list)
+        and (len(patch) != 3 or len(spacing) != 3)
+    ):
         raise UnsupportedNnUNetError(
             f"{where}: configuration {config_name!r} is {len(cfg.get('patch_size', []))}D; "
             "napari-vnet runs 3D configurations only (3d_fullres, 3d_lowres)"
@@ -144,6 +149,24 @@ def _check_supported(where: Path, config_name: str, cfg: dict, dataset_json: dic
         raise UnsupportedNnUNetError(
             f"{where}: preprocessor {pre!r} is not nnU-Net's default one; not supported"
         )
+
+
+def _check_plans(model_dir: Path, plans: dict, config_name: str, dataset_json: dict) -> None:
+    """InvalidCardError (one line per problem, naming plans.json / dataset.json) for
+    what nnU-Net's own code would trip over, before anything reads or builds from it."""
+    from napari_vnet.models.errors import InvalidCardError
+    from napari_vnet.models.nnunet_checks import (
+        nnunet_network_problems,
+        nnunet_preprocessing_problems,
+    )
+
+    pre = {"plans": plans, "configuration": config_name, "dataset_json": dataset_json}
+    problems = nnunet_preprocessing_problems(pre)
+    cfg = resolve_configuration(plans, config_name, model_dir)
+    arch = cfg.get("architecture") if isinstance(cfg.get("architecture"), dict) else {}
+    problems += nnunet_network_problems({"network_kwargs": arch.get("arch_kwargs", {})})
+    if problems:
+        raise InvalidCardError(model_dir, problems)
 
 
 def _classes(dataset_json: dict, where: Path) -> list[ClassInfo]:
@@ -197,6 +220,18 @@ def _read_fold(model_dir: Path, fold: str, checkpoint: str | None) -> _Fold:
         raise CheckpointError(f"{path}: not an nnU-Net v2 checkpoint (no 'network_weights')")
     init = obj.get("init_args") if isinstance(obj.get("init_args"), dict) else {}
     axes = obj.get("inference_allowed_mirroring_axes")
+    if axes is not None and not (
+        isinstance(axes, (list, tuple))
+        and all(isinstance(a, (int, np.integer)) and 0 <= a <= 2 for a in axes)
+    ):
+        raise CheckpointError(
+            f"{path}: inference_allowed_mirroring_axes must list axes 0-2, got {axes!r:.60}"
+        )
+    bad = next(
+        (k for k, v in obj["network_weights"].items() if not isinstance(v, torch.Tensor)), None
+    )
+    if bad is not None:
+        raise CheckpointError(f"{path}: network_weights entry {bad!r:.80} is not a tensor")
     return _Fold(
         name=fold,
         checkpoint=path,
@@ -266,6 +301,7 @@ def _open(path: Path, folds, checkpoint, read_weights: bool):
         )
     cfg = resolve_configuration(plans, config_name, model_dir)
     _check_supported(model_dir, config_name, cfg, dataset_json)
+    _check_plans(model_dir, plans, config_name, dataset_json)
     classes = _classes(dataset_json, model_dir)
     channels = dataset_json.get("channel_names") or dataset_json.get("modality") or {"0": "?"}
     arch = cfg.get("architecture") or {}
@@ -313,6 +349,12 @@ def _open(path: Path, folds, checkpoint, read_weights: bool):
             "mirror_axes": list(mirror),
         },
     )
+    from napari_vnet.models.card import card_problems
+    from napari_vnet.models.errors import InvalidCardError
+
+    problems = card_problems(card)  # before anything is built from it
+    if problems:
+        raise InvalidCardError(model_dir, problems)
     if not read_weights:
         return None, card
     net = _build(card, model_dir)

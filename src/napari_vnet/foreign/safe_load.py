@@ -58,7 +58,8 @@ def safe_torch_load(path: str | os.PathLike, map_location: Any = "cpu") -> Any:
     refused type, or :class:`CheckpointError` for a missing/unreadable file."""
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"{path}: no such file")
+        reason = "not a regular file" if path.exists() else "no such file"
+        raise CheckpointError(f"{path}: {reason}")
     from napari_vnet.models.checkpoint import _check_archive_memory
 
     _check_archive_memory(path, mmap=False)  # a small deflated archive can unpack to GiBs
@@ -92,10 +93,14 @@ def read_json_object(path: Path) -> dict[str, Any]:
     """A producer's JSON file (``plans.json``, ``dataset.json``, a bundle's configs) as a
     dict; :class:`CheckpointError` naming the file when it is unreadable or not an object.
     Plain JSON only: nothing in it is evaluated."""
+    if path.exists() and not path.is_file():  # a FIFO or a device would block or never end
+        raise CheckpointError(f"{path}: not a regular file")
     try:
         data = json.loads(path.read_text())
     except (OSError, ValueError) as exc:
         raise CheckpointError(f"{path}: unreadable JSON ({exc})") from None
+    except RecursionError:
+        raise CheckpointError(f"{path}: unreadable JSON (nested too deeply)") from None
     if not isinstance(data, dict):
         raise CheckpointError(f"{path}: expected a JSON object")
     return data

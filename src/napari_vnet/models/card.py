@@ -56,6 +56,12 @@ class ClassInfo:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ClassInfo:
+        if not isinstance(d, dict):
+            raise ValueError(f"a class must be an object with value and name, got {d!r:.60}")
+        if isinstance(d.get("value"), (str, bool)):
+            raise ValueError(
+                f"a class's label value must be a whole number, got {d['value']!r:.60}"
+            )
         color = d.get("color")
         return cls(
             value=int(d["value"]),
@@ -159,6 +165,12 @@ class ModelCard:
                 f"model card format version {version} is newer than this napari-vnet "
                 f"understands ({CARD_FORMAT_VERSION}); upgrade napari-vnet"
             )
+        for key in ("arch_kwargs", "normalization", "history", "source", "preprocessing",
+                    "sliding_window", "postprocess"):  # fmt: skip
+            if d.get(key) is not None and not isinstance(d[key], dict):
+                raise ValueError(f"model card {key} must be an object, got {d[key]!r:.60}")
+        if not isinstance(d.get("classes", []), list):
+            raise ValueError(f"model card classes must be a list, got {d['classes']!r:.60}")
         spacing = d.get("spacing")
         return cls(
             arch=str(d["arch"]),
@@ -179,34 +191,9 @@ class ModelCard:
 
 
 def card_problems(card: ModelCard) -> list[str]:
-    """What makes ``card`` unusable for a run (empty when it is fine): the checks that
-    ``predict`` applies, so ``info`` can say the same before anyone runs it."""
-    import math
+    """What makes ``card`` unusable or unsafe (empty when it is fine): the checks that
+    ``predict`` applies, so ``info``, loading and saving say the same (see
+    :mod:`napari_vnet.models.card_checks`)."""
+    from napari_vnet.models.card_checks import card_problems as problems
 
-    out = []
-    patch = tuple(card.patch_size)
-    if len(patch) != 3 or min(patch, default=0) < 1:
-        out.append(f"patch size must be three positive sizes, got {patch}")
-    if card.spacing is not None and (
-        len(card.spacing) != 3 or not all(math.isfinite(s) and s > 0 for s in card.spacing)
-    ):
-        out.append(f"spacing must be three positive finite values (mm), got {card.spacing}")
-    if not card.classes:
-        out.append("the card lists no classes")
-    elif min(card.label_values) < 0 or max(card.label_values) > 65535:
-        out.append(f"label values must be in [0, 65535], got {card.label_values}")
-    norm = dict(card.normalization or {})
-    kind = norm.get("kind", "zscore")
-    need = {"window": ("low", "high"), "ct": ("low", "high", "mean", "std")}.get(kind, ())
-    missing = [k for k in need if k not in norm]
-    if missing:
-        out.append(f"{kind} normalization needs {', '.join(need)}; missing {', '.join(missing)}")
-    elif kind in ("window", "ct"):
-        try:
-            low, high = float(norm["low"]), float(norm["high"])
-        except (TypeError, ValueError):
-            out.append(f"{kind} normalization bounds are not numbers: {norm}")
-        else:
-            if not (math.isfinite(low) and math.isfinite(high) and high > low):
-                out.append(f"{kind} normalization needs finite low < high, got {low}, {high}")
-    return out
+    return problems(card)

@@ -31,8 +31,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from napari_vnet.models.card import ModelCard
-from napari_vnet.models.errors import CheckpointError
+from napari_vnet.models.card import ModelCard, card_problems
+from napari_vnet.models.errors import CheckpointError, InvalidCardError
 from napari_vnet.models.registry import (
     UnknownArchitectureError,
     architecture_class,
@@ -149,6 +149,9 @@ def save_checkpoint(
                 + (" (one class per output channel)" if attr == "out_channels" else "")
             )
     card = _complete_card(card, net)
+    problems = card_problems(card)
+    if problems:  # a card nothing may be built from is never passed on in a new file
+        raise ValueError(f"{path}: the model card cannot be saved: " + "; ".join(problems))
     if extra is not None:
         if not isinstance(extra, dict):
             raise ValueError(f"extra must be a dict, got {type(extra).__name__}")
@@ -237,6 +240,8 @@ def _read(path: Path, map_location: Any, mmap: bool = False) -> Any:
         raise CheckpointError(f"{path}: no such file")
     if path.is_dir():
         raise CheckpointError(f"{path}: is a folder, not a weights file")
+    if not path.is_file():  # a FIFO, socket or device: opening it may block forever
+        raise CheckpointError(f"{path}: not a regular file, not a weights file")
     with open(path, "rb") as fh:
         head = fh.read(4)
     if not head:
@@ -345,10 +350,19 @@ def read_card(path: str | os.PathLike) -> ModelCard:
 
 
 def _card_from(path: Path, state: dict[str, Any]) -> ModelCard:
+    """The checkpoint's card, refused (InvalidCardError naming the file) when
+    :func:`~napari_vnet.models.card.card_problems` finds anything: nothing is built from
+    a card that is unusable or names code to run."""
+    if not isinstance(state.get("card"), dict):
+        raise CheckpointError(f"{path}: invalid model card: not an object")
     try:
-        return ModelCard.from_dict(state["card"])
-    except (ValueError, TypeError, KeyError) as exc:
+        card = ModelCard.from_dict(state["card"])
+    except (ValueError, TypeError, KeyError, AttributeError) as exc:
         raise CheckpointError(f"{path}: invalid model card: {exc}") from None
+    problems = card_problems(card)
+    if problems:
+        raise InvalidCardError(path, problems)
+    return card
 
 
 def _fit(path: Path, what: str, module: nn.Module, weights: dict[str, torch.Tensor]) -> None:

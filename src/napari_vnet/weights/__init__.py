@@ -47,6 +47,10 @@ def resolve_weights(name_or_path: str | os.PathLike) -> Path:
         return path
     if path.is_dir():  # foreign weights (nnU-Net / MONAI bundle folder): the loader checks
         return path
+    if path.exists():  # a FIFO, socket or device: reading it could block forever
+        from napari_vnet.models.errors import CheckpointError
+
+        raise CheckpointError(f"{text}: not a regular file, not a weights file")
     shipped = shipped_weights()
     name = text[:-3] if text.endswith(".pt") else text
     if name in shipped:
