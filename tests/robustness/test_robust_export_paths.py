@@ -41,6 +41,10 @@ def nnunet_pt(tmp_path_factory) -> Path:
 def _edited(src: Path, dest: Path, **changes) -> Path:
     """A copy of weights file ``src`` whose card has ``changes`` (dotted keys)."""
     state = torch.load(src, weights_only=True)
+    config = changes.get("preprocessing.configuration")
+    if isinstance(config, str):  # the plans define it: only the name itself is wrong
+        configs = state["card"]["preprocessing"]["plans"]["configurations"]
+        configs[config] = configs.pop("3d_fullres")
     for key, value in changes.items():
         *path, last = key.split(".")
         node = state["card"]

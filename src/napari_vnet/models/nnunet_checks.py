@@ -44,6 +44,8 @@ def _resolve(plans: dict[str, Any], name: Any) -> tuple[dict[str, Any] | None, s
     if not isinstance(configs, dict):
         return None, "plans.json has no 'configurations' object"
     chain: list[dict[str, Any]] = []
+    if not isinstance(name, str):
+        return None, f"the nnU-Net configuration {short(name)} is not a name (text)"
     while True:
         cfg = configs.get(name) if isinstance(name, str) else None
         if not isinstance(cfg, dict):
