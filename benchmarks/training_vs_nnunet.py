@@ -77,6 +77,7 @@ from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 name, budget, pretrained, out_json = sys.argv[1], float(sys.argv[2]), sys.argv[3], sys.argv[4]
 images, seg_out = json.loads(sys.argv[5]), sys.argv[6]
 torch.set_num_threads(int(sys.argv[7]))
+max_its = float(sys.argv[8]) if len(sys.argv) > 8 else float("inf")
 folder = join(nnUNet_preprocessed, name)
 plans = load_json(join(folder, "nnUNetPlans.json"))
 plans["continue_training"] = False  # what nnUNetv2_train adds
@@ -89,16 +90,16 @@ if pretrained != "-":
     load_pretrained_weights(trainer.network, pretrained, verbose=False)
 trainer.on_train_start()
 t0 = time.time(); its = 0; lr0 = trainer.initial_lr
-while time.time() - t0 < budget:
+while time.time() - t0 < budget and its < max_its:
     trainer.on_epoch_start()
     trainer.on_train_epoch_start()
     outs = []
     for _ in range(trainer.num_iterations_per_epoch):
-        frac = min((time.time() - t0) / budget, 1.0)
+        frac = min(max((time.time() - t0) / budget, its / max_its), 1.0)
         for g in trainer.optimizer.param_groups:
             g["lr"] = lr0 * (1 - frac) ** 0.9
         outs.append(trainer.train_step(next(trainer.dataloader_train))); its += 1
-        if time.time() - t0 >= budget:
+        if time.time() - t0 >= budget or its >= max_its:
             break
     trainer.on_train_epoch_end(outs)
     with torch.no_grad():
@@ -228,7 +229,10 @@ def start_ours(arch, width, train, minutes, out: Path, classes, *, threads, base
     cmd = [sys.executable, "-m", "napari_vnet.cli", "train", "--out", str(out), "--overwrite",
            "--minutes", str(minutes), "--val-fraction", str(val_fraction), "--json",
            "--classes", ",".join(f"{v}={n}" for v, n in classes.items()), *extra]  # fmt: skip
-    cmd += ["--weights", str(base)] if base else ["--arch", arch, "--width", str(width)]
+    if base:
+        cmd += ["--weights", str(base)]
+    else:  # width None: the architecture's planned default
+        cmd += ["--arch", arch] + ([] if width is None else ["--width", str(width)])
     for i, (img, lab) in enumerate(train):
         cmd += ["--image", str(img), "--labels", str(lab)]
         if annotated is not None:
@@ -382,14 +386,18 @@ def prepare_nnunet(env, did, name, *, patch, width, plans_from=None) -> dict:
 
 
 def start_nnunet(env, did, name, minutes, test_images, work: Path, *, threads,
-                 pretrained=None):  # fmt: skip
-    """nnU-Net's trainer (then its predictor on the test images) in its own process."""
-    out_json = work / f"nnunet_{did}.json"
-    seg_out = work / f"nnunet_pred_{did}"
+                 pretrained=None, max_iterations=None, tag=""):  # fmt: skip
+    """nnU-Net's trainer (then its predictor on the test images) in its own process;
+    it stops at ``minutes`` or ``max_iterations``, whichever comes first (the poly
+    learning rate follows the nearer of the two)."""
+    out_json = work / f"nnunet_{did}{tag}.json"
+    seg_out = work / f"nnunet_pred_{did}{tag}"
     seg_out.mkdir(exist_ok=True)
+    cap = "inf" if max_iterations is None else str(int(max_iterations))
     proc = subprocess.Popen(
         [sys.executable, "-c", NNUNET_DRIVER, name, str(60 * minutes), str(pretrained or "-"),
-         str(out_json), json.dumps([str(p) for p in test_images]), str(seg_out), str(threads)],
+         str(out_json), json.dumps([str(p) for p in test_images]), str(seg_out), str(threads),
+         cap],
         env={**env, "nnUNet_n_proc_DA": "0", "OMP_NUM_THREADS": str(threads)},
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip

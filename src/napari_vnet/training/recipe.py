@@ -259,8 +259,9 @@ def plan_context(
 
     For each in-plane spacing from the data's up to ``max_spacing`` (z: the data's slice
     spacing or the in-plane one, whichever is coarser), the patch keeps the body's z
-    extent up to :data:`CONTEXT_MIN_Z_MM` and gives the rest of the voxels to the
-    in-plane axes; the first spacing whose patch covers the target field of view wins
+    extent up to :data:`CONTEXT_MIN_Z_MM` (rounded down to whole divisors, so that
+    training patches hold real slices, not padding) and gives the rest of the voxels to
+    the in-plane axes; the first spacing whose patch covers the target field of view wins
     (else the coarsest). Sizes are multiples of the network's ``divisor``.
     """
     ext = np.asarray(extent_mm, np.float64)
@@ -270,7 +271,11 @@ def plan_context(
     for s in np.unique(np.round(np.geomspace(sp0[1:].max(), max(max_spacing, sp0[1:].max()), 24), 3)):
         sp = np.array([max(sp0[0], s), max(sp0[1], s), max(sp0[2], s)])
         shape = ext / sp
-        nz = _round_to(min(shape[0], max(CONTEXT_MIN_Z_MM / sp[0], 1.0)), divisor)
+        # z: the body's slices up to CONTEXT_MIN_Z_MM, rounded down so that a training
+        # patch holds real slices only (as most windows of a longer scan do); a scan
+        # thinner than one divisor is padded
+        wanted = round(CONTEXT_MIN_Z_MM / sp[0] / divisor) * divisor
+        nz = max(divisor, min(wanted, int(shape[0] // divisor) * divisor))
         side = np.sqrt(voxels / nz)
         nyx = [min(_round_to(shape[i], divisor), max(divisor, int(side // divisor) * divisor))
                for i in (1, 2)]  # fmt: skip
