@@ -26,6 +26,7 @@ next-patient models (the real-CT starter weights are trained this way).
 
     python benchmarks/generalisation.py [--minutes 15] [--protocols next-patient lower-slab]
         [--archs unet3d vnet] [--threads 1] [--seeds 1 2 3 4] [--no-nnunet]
+        [--variant LABEL ARCH OPTIONS ...]
 
 Writes ``benchmarks/results/generalisation.json`` (after each protocol) and prints a table.
 """
@@ -113,6 +114,25 @@ def predict_timed(weights: Path, image: Path):
     return result.labels, {"seconds": round(seconds, 2), "windows": int(result.windows)}
 
 
+def clinical_size_timing(weights: Path) -> dict:
+    """Seconds and windows of ``predict`` on a 300 x 512 x 512 CT (the shared CT's slices
+    repeated along z at 1 mm; the engine's cost depends on the grid, not the anatomy)."""
+    from napari_vnet.inference import predict
+    from napari_vnet.io import Volume
+    from napari_vnet.models import load_checkpoint
+
+    vol, _ = sp.load_shared_ct()
+    reps = np.resize(np.arange(vol.shape[0]), 300)
+    big = Volume(np.asarray(vol.array)[reps], spacing=(1.0, *vol.spacing[1:]),
+                 origin=vol.origin, direction=vol.direction)  # fmt: skip
+    model, card = load_checkpoint(weights, map_location="cpu")
+    t = time.perf_counter()
+    result = predict(big, model, card)
+    return {"shape": list(big.shape), "seconds": round(time.perf_counter() - t, 1),
+            "windows": int(result.windows), "model_spacing": list(card.spacing),
+            "window": list(card.patch_size)}  # fmt: skip
+
+
 def run_protocol(key, data, args, work, env, did) -> dict:
     classes = {v: n for v, n in CLASSES.items() if n in args.classes}
     train, tests, valid_z = data["train"], data["test"], data["valid_z"]
@@ -126,11 +146,13 @@ def run_protocol(key, data, args, work, env, did) -> dict:
             env, did, name, args.minutes, [t[0] for t in tests], work, threads=args.threads,
             tag="_time",
         )  # fmt: skip
-    for arch in args.archs:
-        out = work / f"{key}_{arch}.pt"
-        started[f"napari-vnet {arch}"] = tvn.start_ours(
+    variants = [(arch, arch, []) for arch in args.archs]
+    variants += [(label, arch, extra.split()) for label, arch, extra in args.variant or []]
+    for label, arch, extra in variants:
+        out = work / f"{key}_{label}.pt"
+        started[f"napari-vnet {label}"] = tvn.start_ours(
             arch, None, train, args.minutes, out, classes, threads=args.threads,
-            val_fraction=args.val_fraction,
+            val_fraction=args.val_fraction, extra=extra,
         )  # fmt: skip
     preds, timing = {}, {}
     for tool, handle in started.items():
@@ -140,8 +162,8 @@ def run_protocol(key, data, args, work, env, did) -> dict:
             record["runs"][tool] = {k: nn[k] for k in ("iterations", "seconds", "plans")}
             continue
         summary = tvn.finish_ours(handle)
-        arch = tool.split()[-1]
-        weights = work / f"{key}_{arch}.pt"
+        label = tool.split()[-1]
+        weights = work / f"{key}_{label}.pt"
         outs = [predict_timed(weights, t[0]) for t in tests]
         preds[tool] = [o[0] for o in outs]
         timing[tool] = [o[1] for o in outs]
@@ -149,11 +171,14 @@ def run_protocol(key, data, args, work, env, did) -> dict:
             "iterations": summary.get("iterations"), "seconds": summary.get("seconds"),
             "batch_size": 2, "patch_size": summary.get("patch_size"),
             "spacing": summary.get("spacing"), "predict": timing[tool],
+            "options": next((v[2] for v in variants if v[0] == label), []),
         }  # fmt: skip
-        if args.keep_weights and key == "next-patient":
+        if key == "next-patient" and not args.no_big:
+            record["runs"][tool]["predict_300x512x512"] = clinical_size_timing(weights)
+        if args.keep_weights and key == "next-patient" and label in args.archs:
             dest = Path(args.keep_weights)
             dest.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(weights, dest / f"{arch}-ct-starter.pt")
+            shutil.copy2(weights, dest / f"{label}-ct-starter.pt")
     ours = record["runs"].get("napari-vnet unet3d")
     if not args.no_nnunet and ours:
         samples = int(ours["iterations"]) * 2
@@ -222,9 +247,16 @@ def main(argv=None) -> int:
     p.add_argument("--width", type=int, default=8, help="nnU-Net's features (W, 2W, ...)")
     p.add_argument("--val-fraction", type=float, default=0.2)
     p.add_argument("--no-nnunet", action="store_true")
+    p.add_argument("--no-big", action="store_true", help="skip the 300 x 512 x 512 timing")
+    p.add_argument(
+        "--variant", nargs=3, action="append", metavar=("LABEL", "ARCH", "OPTIONS"),
+        help="one more napari-vnet training with other train options in one string, e.g. "
+        "s3 unet3d '--spacing 3 3 3 --patch-size 8 128 128' (the sweep); repeatable",
+    )  # fmt: skip
     p.add_argument("--keep-weights", default=None)
     p.add_argument("--work", default=None)
     p.add_argument("--out", default=str(RESULTS / "generalisation.json"))
+    p.add_argument("--keep", action="store_true", help="keep other protocols already in --out")
     args = p.parse_args(argv)
     if not sp.CT.exists():
         print(f"skipped: {sp.CT} is not there (the shared data)")
@@ -237,9 +269,12 @@ def main(argv=None) -> int:
                "native_bf16": _native_bf16()}  # fmt: skip
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    for i, key in enumerate(args.protocols):
+    if args.keep and out.exists():  # protocols run separately, one file
+        results["protocols"] = json.loads(out.read_text()).get("protocols", {})
+    for key in args.protocols:
         print(f"protocol {key}", flush=True)
-        results["protocols"][key] = run_protocol(key, data[key], args, work, env, 701 + i)
+        did = 701 + args.protocols.index(key) + (10 if key == "lower-slab" else 0)
+        results["protocols"][key] = run_protocol(key, data[key], args, work, env, did)
         results["table"] = table(results)
         out.write_text(json.dumps(results, indent=2, default=str))
         print(table(results), flush=True)

@@ -127,6 +127,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "to fit this activation memory per batch (default 128; 0: the fixed default patch)",
     )  # fmt: skip
     recipe.add_argument(
+        "--no-context-plan", action="store_true",
+        help="from scratch without --spacing/--patch-size: nnU-Net's rule (median spacing, "
+        "patch from --patch-memory) instead of the context plan (spacing, patch and width "
+        "chosen so that the patch sees the body's in-plane extent)",
+    )  # fmt: skip
+    recipe.add_argument(
+        "--patch-voxels", type=int, default=None, metavar="N",
+        help="context plan: voxels of the patch (default: TrainConfig.context_voxels, 80,000)",
+    )  # fmt: skip
+    recipe.add_argument(
+        "--fov", type=float, default=None, metavar="MM",
+        help="context plan: in-plane field of view the patch should cover, up to the body's "
+        "extent (default: TrainConfig.context_fov_mm, 380 mm)",
+    )  # fmt: skip
+    recipe.add_argument(
         "--no-spatial-aug", action="store_true", help="no rotation/scaling augmentation"
     )
     recipe.add_argument(
@@ -305,6 +320,9 @@ def run(args: argparse.Namespace) -> int:
         intensity_from_data=not args.no_intensity_stats,
         plan_spacing=not args.no_plan_spacing,
         patch_memory_mb=args.patch_memory or None,
+        plan_context=not args.no_context_plan,
+        context_voxels=args.patch_voxels or TrainConfig.context_voxels,
+        context_fov_mm=args.fov or TrainConfig.context_fov_mm,
         augment_spatial=not args.no_spatial_aug,
         augment_elastic=args.elastic,
         augment_intensity=not args.no_intensity_aug,

@@ -114,8 +114,8 @@ class TrainConfig:
     # patch sees the body's in-plane extent (training/recipe.plan_context); off: the
     # median spacing and a patch of patch_memory_mb (nnU-Net's 3d_fullres rule)
     plan_context: bool = True
-    context_voxels: int = 200_000  # voxels of the context-planned patch
-    context_fov_mm: float = 400.0  # in-plane field of view it should cover (mm)
+    context_voxels: int = 80_000  # voxels of the context-planned patch
+    context_fov_mm: float = 380.0  # in-plane field of view it should cover (mm)
     augment_spatial: bool = True  # rotation, scaling (batchgeneratorsv2)
     augment_elastic: bool = False  # elastic deformation (slow on a CPU)
     augment_intensity: bool = True  # gamma, brightness, contrast, noise, blur, low resolution

@@ -194,16 +194,19 @@ def plan_patch(
 #: in-plane field of view a patch should cover (mm): an abdomen's width. A structure is
 #: told from its neighbours of similar intensity (liver from spleen, muscle, bowel) by
 #: where it lies in the body, which a patch of a few cm cannot see.
-CONTEXT_FOV_MM = 400.0
-#: voxels of one training patch on a CPU (about 16 x 112 x 112): what 2 cores train at
-#: about 1-3 s per batch of two with a 16-128 feature U-Net
-CONTEXT_PATCH_VOXELS = 200_000
+CONTEXT_FOV_MM = 380.0
+#: voxels of one training patch on a CPU (about 8 x 96 x 96): measured on the shared CT
+#: (benchmarks/results/context_sweep.json), 2-3x as many iterations in the same minutes
+#: as a 8 x 128 x 128 or 16 x 112 x 112 patch gave better scores on new patients
+CONTEXT_PATCH_VOXELS = 80_000
 #: the coarsest in-plane spacing the plan goes to (mm), and the z extent it keeps at least
 CONTEXT_MAX_SPACING = 5.0
 CONTEXT_MIN_Z_MM = 48.0
 #: default feature widths of a network planned for context on a CPU (narrower than the
 #: architectures' paper defaults, so that the large patch trains fast enough)
-CONTEXT_WIDTHS = {"unet3d": [16, 32, 64, 128], "vnet": [8, 16, 32, 64, 128]}
+#: (four levels: z patches of 8 slices fit thin scans, so training windows hold real
+#: slices; V-Net's 5x5x5 convolutions cost about 4x a 3x3x3 one, hence its half width)
+CONTEXT_WIDTHS = {"unet3d": [16, 32, 64, 128], "vnet": [8, 16, 32, 64]}
 
 
 def body_extent_mm(images: Sequence[np.ndarray], spacings: Sequence[Sequence[float]]) -> np.ndarray:
