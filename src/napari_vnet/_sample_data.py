@@ -61,6 +61,7 @@ def phantom_ct() -> list[tuple]:
     _radiological_view()
     img_kw = volume_to_layer_kwargs(image, is_label=False)
     img_kw.update(name=IMAGE_NAME, colormap="gray", contrast_limits=display_range(image))
+    img_kw.setdefault("metadata", {})["synthetic_phantom"] = True  # its models are the default
     lab_kw = volume_to_layer_kwargs(labels, is_label=True)
     lab_kw["metadata"]["classes"] = classes
     lab_kw.update(name=LABELS_NAME, opacity=0.5, **labels_display_kwargs(classes))

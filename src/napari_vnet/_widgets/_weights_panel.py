@@ -184,6 +184,7 @@ class WeightsPanel(QWidget):
         self.problem: str | None = "Choose model weights."
         self._weights: Path | None = None
         self._updating = False
+        self.auto_chosen = False  # True while the choice is the dock's own default
 
         self.arch = ComboBox(
             label="Architecture",
@@ -227,6 +228,34 @@ class WeightsPanel(QWidget):
         self._set(None, None)
         self.select_default()
 
+    #: the shipped weights chosen by default for a CT in Hounsfield units (trained on a
+    #: real CT) and for anything else (the synthetic phantoms: the demo and the sample)
+    CT_DEFAULT = "unet3d-ct-starter"
+
+    def prefer_for_image(self, ct_in_hu: bool, phantom: bool = False) -> bool:
+        """While the weights are the dock's own default choice (not picked by the user,
+        not a recently used file), follow the image: the real-CT starter for a CT in HU,
+        the phantom default for the synthetic phantom and other images. True if the
+        choice changed."""
+        if not self.auto_chosen:
+            return False
+        ships = shipped()
+        current = None if self._weights is None else self._weights.resolve()
+        if current is not None and current not in {Path(p).resolve() for p in ships.values()}:
+            return False  # a recently used file of the user's: keep it
+        want = ships.get(self.CT_DEFAULT) if ct_in_hu and not phantom else None
+        want = want or ships.get("vnet-phantom")
+        if want is None or (current is not None and Path(want).resolve() == current):
+            return False
+        try:
+            card = read_card_cached(Path(want))
+        except Exception as exc:  # noqa: BLE001 - a broken shipped file is just not chosen
+            log.info("not choosing %s: %s", want, exc)
+            return False
+        self._set(Path(want), card)
+        self.auto_chosen = True
+        return True
+
     def select_default(self) -> bool:
         """Choose the most recently used weights, else the shipped V-Net (quietly: a
         file that cannot be read is just not chosen). True if something was chosen."""
@@ -242,6 +271,7 @@ class WeightsPanel(QWidget):
                 log.info("not choosing %s by default: %s", path, exc)
                 continue
             self._set(Path(path), card)
+            self.auto_chosen = path not in _session.recent_weights()[:1]
             return True
         return False
 
@@ -294,6 +324,7 @@ class WeightsPanel(QWidget):
         if str(path.resolve()) not in {str(Path(p).resolve()) for p in shipped().values()}:
             _session.add_recent_weights(path)
         self._set(path, card)
+        self.auto_chosen = False  # the user's (or a dock's) choice: images no longer move it
         return card
 
     def _set(self, path: Path | None, card: ModelCard | None) -> None:

@@ -216,6 +216,7 @@ class SegmentWidget(QWidget):
         layout.addWidget(self.status)
         layout.addStretch(1)
 
+        self.image.changed.connect(self._follow_image)
         self.image.changed.connect(self._update_state)
         self.model.changed.connect(self._on_model_changed)
         events = self.viewer.layers.events
@@ -437,6 +438,21 @@ class SegmentWidget(QWidget):
             lines.append(f"Note: {note}")
         self.check_note.setText("\n".join(lines))
         self.check_note.setVisible(bool(lines))
+
+    def _follow_image(self, _=None) -> None:
+        """While the weights are the dock's own default, a CT in Hounsfield units gets
+        the real-CT starter and the synthetic phantom (the demo, the sample) its model."""
+        layer = self.image.value
+        if layer is None or self.is_running:
+            return
+        try:
+            from napari_vnet.io.layers import looks_like_hu
+
+            data = layer.data[-1] if layer.multiscale else layer.data
+            ct = looks_like_hu(np.asarray(data[data.shape[0] // 2]) if data.ndim >= 3 else data)
+        except Exception:  # noqa: BLE001 - an unreadable layer keeps the current choice
+            return
+        self.model.prefer_for_image(ct, phantom=bool(layer.metadata.get("synthetic_phantom")))
 
     def _update_state(self, _=None) -> None:
         if self.is_running:
