@@ -121,6 +121,14 @@ def register_reader_preferences(settings=None) -> list[str]:
         return []
 
 
+def on_activate(context=None) -> None:
+    """npe2's activation hook (``on_activate`` in napari.yaml): napari calls it once per
+    session, on the first use of any napari-vnet contribution (a dock, the reader, the
+    sample, a writer, the CT window menu). Writes the reader preferences (never over a
+    choice the user made) so that the next File > Open asks nothing."""
+    register_reader_preferences()
+
+
 def _is_analyze(path: Path) -> bool:
     """An Analyze 7.5 / NIfTI-1 pair: the .hdr (or the .img's .hdr) starts with the
     int32 348 (its own size) in either byte order."""
