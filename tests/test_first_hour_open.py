@@ -71,9 +71,7 @@ def _dialog_choice(viewer, path):
     return chosen, dialog, readers
 
 
-def test_first_open_dialog_preselects_napari_vnet_and_ok_opens_it(
-    make_napari_viewer, tmp_path
-):
+def test_first_open_dialog_preselects_napari_vnet_and_ok_opens_it(make_napari_viewer, tmp_path):
     from napari._qt.dialogs.qt_reader_dialog import open_with_dialog_choices
     from napari.errors import MultipleReaderError
 
@@ -107,9 +105,7 @@ def test_first_open_dialog_preselects_napari_vnet_and_ok_opens_it(
     assert d.data.shape == (3, 6, 8) and d.scale[0] == pytest.approx(2.5)
 
 
-def test_first_use_of_any_contribution_sets_preferences_keeps_users(
-    make_napari_viewer, tmp_path
-):
+def test_first_use_of_any_contribution_sets_preferences_keeps_users(make_napari_viewer, tmp_path):
     """npe2's activation hook: saving a layer with napari-vnet's writer (which itself
     writes no preference) is enough; the user's own choice for .nii.gz stays."""
     from npe2 import PluginManager
@@ -132,7 +128,8 @@ def test_setup_script_runs_the_preference_step():
     text = (ROOT / "scripts" / "setup.sh").read_text(encoding="utf-8")
     lines = [ln.strip() for ln in text.splitlines() if not ln.strip().startswith("#")]
     assert any("napari-vnet napari-readers" in ln for ln in lines)
-    readme = (ROOT / "README.md").read_text(encoding="utf-8").split("## ")[0]  # the README's first lines
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    readme = readme.split("## ")[0]  # the README's first lines
     assert "napari-readers" in readme and "napari V-Net" in readme
 
 
@@ -143,9 +140,7 @@ def test_demo_sets_preferences_before_its_window_and_keeps_users(tmp_path):
     config = tmp_path / "napari" / "settings.yaml"
     config.parent.mkdir()
     config.write_text("plugins:\n  extension2reader:\n    '*.mha': napari\n")
-    env = dict(
-        os.environ, NAPARI_CONFIG=str(config), NAPARI_VNET_CONFIG_DIR=str(tmp_path / "cfg")
-    )
+    env = dict(os.environ, NAPARI_CONFIG=str(config), NAPARI_VNET_CONFIG_DIR=str(tmp_path / "cfg"))
     proc = subprocess.run(
         [sys.executable, "-m", "napari_vnet.cli", "demo", "--quit-after", "1"],
         capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path,
