@@ -37,6 +37,8 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "LabelSidecarError",
+    "class_colors",
+    "classes_with_colors",
     "find_label_sidecar",
     "labels_display_kwargs",
     "pair_labels_with_images",
@@ -294,6 +296,51 @@ def write_label_classes(label_path: str | Path, classes: list[dict[str, Any]]) -
         for c in sorted(classes, key=lambda c: int(c["value"]))
     ]
     atomic_write_text(out, json.dumps({"classes": rows}, indent=1) + "\n")
+    return out
+
+
+_GOLDEN = 0.618033988749895
+
+
+def _value_and_color(c: Any) -> tuple[int, Any]:
+    if isinstance(c, dict):
+        return int(c["value"]), c.get("color")
+    return int(c.value), getattr(c, "color", None)
+
+
+def class_colors(classes: Iterable[Any]) -> dict[int, tuple[float, float, float, float]]:
+    """Label value -> RGBA for classes (dicts or ``ClassInfo``): their own colour where
+    given, otherwise distinct hues (golden-ratio steps). The colours napari-vnet shows a
+    prediction in; also written into sidecars and DICOM-SEG display colours."""
+    import colorsys
+
+    colors: dict[int, tuple[float, float, float, float]] = {}
+    hue = 0.08
+    for c in classes:
+        value, color = _value_and_color(c)
+        if value == 0:
+            colors[0] = (0.0, 0.0, 0.0, 0.0)
+            continue
+        if color is not None:
+            rgba = tuple(float(v) for v in color)
+            colors[value] = rgba if len(rgba) == 4 else (*rgba[:3], 1.0)
+        else:
+            r, g, b = colorsys.hsv_to_rgb(hue % 1.0, 0.75, 0.95)
+            colors[value] = (r, g, b, 1.0)
+            hue += _GOLDEN
+    return colors
+
+
+def classes_with_colors(classes: Iterable[Any]) -> list[dict[str, Any]]:
+    """``[{"value", "name", "color"}]`` for classes (dicts or ``ClassInfo``), every
+    foreground class with the colour :func:`class_colors` gives it."""
+    items = list(classes)
+    colors = class_colors(items)
+    out = []
+    for c in items:
+        value, _ = _value_and_color(c)
+        name = c["name"] if isinstance(c, dict) else c.name
+        out.append(_cls(value, name, list(colors[value]) if value != 0 else None))
     return out
 
 

@@ -906,14 +906,16 @@ class ScanProject:
         annotated_slices: dict[str, Any] | None = None,
         weights: str | None = None,
         entry: ScanEntry | None = None,
+        classes: list | None = None,
     ) -> Path:
-        """Write a labels :class:`~napari_vnet.io.Volume` (with its geometry) atomically.
+        """Write a labels :class:`~napari_vnet.io.Volume` (with its geometry) atomically,
+        with its class names and colours (``classes``) in a ``.labels.json`` beside it.
 
         The newest save of each layer name replaces the previous one; the record keeps
         its path (relative to the work folder), time and edited-slice record.
         """
         path = self.labels_path(key, layer_name)
-        write_labels_file(volume, path)
+        write_labels_file(volume, path, classes)
         self.record_labels(
             key, layer_name, path, annotated_slices=annotated_slices, weights=weights, entry=entry
         )
@@ -992,9 +994,12 @@ class ScanProject:
         return pairs
 
 
-def write_labels_file(volume, path: str | os.PathLike) -> Path:
+def write_labels_file(volume, path: str | os.PathLike, classes: list | None = None) -> Path:
     """Atomic label write with the volume's geometry (smallest unsigned integer type).
 
+    ``classes`` (``[{"value", "name", "color"}]``): written after the labels as
+    ``<stem>.labels.json`` beside them (:func:`napari_vnet.label_names.write_label_classes`),
+    which restores the names and colours when the file is read again.
     Touches no project state, so it may run in a worker thread; record the file with
     :meth:`ScanProject.record_labels` afterwards.
     """
@@ -1003,4 +1008,8 @@ def write_labels_file(volume, path: str | os.PathLike) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     write_volume(volume, path, is_label=True, overwrite_source=True)
+    if classes:
+        from napari_vnet.label_names import write_label_classes
+
+        write_label_classes(path, classes)
     return path

@@ -82,6 +82,18 @@ def _paired_label_files(entry: ScanEntry, taken: set[str], problems: list[str]) 
     return out
 
 
+def _saved_classes(path, problems: list[str]) -> list | None:
+    """Class names and colours of an autosave (its ``.labels.json``), or None."""
+    from napari_vnet.label_names import read_label_classes
+
+    try:
+        found = read_label_classes(path)
+    except ValueError as exc:
+        problems.append(f"label names not read: {exc}")
+        return None
+    return found[0] if found else None
+
+
 def _paired_label_name(entry: ScanEntry, path: str) -> str:
     from napari_vnet.io import split_extension
 
@@ -100,6 +112,7 @@ def load_scan_data(
     """Worker body: read ``entry`` and its labels; ``pending``: layer name -> SaveJob
     whose snapshot is newer than the file (copied here, never shared with a layer)."""
     from napari_vnet.io import display_range, read_volume, volume_to_layer_kwargs
+    from napari_vnet.label_names import labels_display_kwargs
     from napari_vnet.worklist import read_scan
 
     if not still_wanted():
@@ -137,6 +150,10 @@ def load_scan_data(
         lkw = volume_to_layer_kwargs(vol, is_label=True)
         if info.get("annotated_slices"):
             lkw["metadata"]["annotated_slices"] = info["annotated_slices"]
+        classes = job.classes if job is not None else _saved_classes(info["path"], problems)
+        if classes:
+            lkw.update(labels_display_kwargs(classes))
+            lkw["metadata"]["classes"] = classes
         labels.append((info, vol.array, lkw))
     labels += _paired_label_files(entry, set(names), problems)
     blank = None

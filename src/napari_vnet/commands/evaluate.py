@@ -291,7 +291,9 @@ def score_pair(
     scored = [v for v in labels if v not in neither]
     dice = dice_per_class(pred_array, gt_array, scored)
     hd95 = hd95_per_class(pred_array, gt_array, gt.spacing, scored)
-    names = class_names(gt_path)
+    names = class_names(gt_path) or {
+        int(c["value"]): str(c["name"]) for c in gt.metadata.get("classes") or ()
+    }  # a DICOM-SEG names its segments itself
     return {
         MARKER_KEY: MARKER,
         "pred": str(pred_path),
