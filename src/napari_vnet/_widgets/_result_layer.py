@@ -19,6 +19,7 @@ if TYPE_CHECKING:
 
     from napari_vnet.models import ModelCard
 
+
 def unique_layer_name(viewer: napari.Viewer, base: str) -> str:
     """``base`` if no layer has that name, else ``base (2)``, ``base (3)``..."""
     names = {layer.name for layer in viewer.layers}
