@@ -187,6 +187,10 @@ def test_evaluate_takes_a_seg_as_pred_or_gt(predicted, capsys):
         assert set(result["dice"]) <= {"1", "5"}
         names = {"1": "spleen", "5": "liver"}
         assert result["names"] == {k: names[k] for k in result["dice"]}  # from the SEG or sidecar
+    # folders: the SEG folder of a dicom-seg run against the NIfTI run's folder
+    assert main(["evaluate", str(seg.parent.parent), str(nii.parent.parent)]) == 0
+    table = capsys.readouterr().out
+    assert "1.0000" in table and "patient1" not in capsys.readouterr().err
 
 
 # ------------------------------------------------------------------ in the viewer
