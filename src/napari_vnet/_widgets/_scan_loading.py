@@ -150,7 +150,11 @@ def load_scan_data(
         lkw = volume_to_layer_kwargs(vol, is_label=True)
         if info.get("annotated_slices"):
             lkw["metadata"]["annotated_slices"] = info["annotated_slices"]
-        classes = job.classes if job is not None else _saved_classes(info["path"], problems)
+        classes = (
+            getattr(job, "classes", None)
+            if job is not None
+            else _saved_classes(info["path"], problems)
+        )
         if classes:
             lkw.update(labels_display_kwargs(classes))
             lkw["metadata"]["classes"] = classes
@@ -233,6 +237,16 @@ def swap_labels(layer, array: np.ndarray, name: str, kw: dict[str, Any]) -> None
     reset = getattr(layer, "_reset_history", None)  # napari's own (private) reset
     if reset is not None:
         reset()
+
+
+def _show_whole_scan(viewer, image) -> None:
+    """The slice shown lies inside the new scan (its grid may differ from the last)."""
+    try:
+        from napari_vnet._widgets._display import centre_on_layer
+
+        centre_on_layer(viewer, image)
+    except Exception:  # noqa: BLE001 - a display nicety never blocks a scan
+        log.debug("scan not centred", exc_info=True)
 
 
 class ScanLoadingMixin:
@@ -370,6 +384,7 @@ class ScanLoadingMixin:
             self._closing = False
         self._scan_layers = keep
         self._image_layer = image
+        _show_whole_scan(self.viewer, image)
         self._dirty.clear()
         for layer in keep[1:]:
             self._track(layer)
