@@ -42,6 +42,7 @@ __all__ = [
     "find_label_sidecar",
     "labels_display_kwargs",
     "pair_labels_with_images",
+    "pairing_rule",
     "parse_ctbl",
     "parse_itksnap",
     "parse_labels_json",
@@ -430,19 +431,24 @@ def pair_labels_with_images(paths: Iterable[str | Path]) -> dict[str, str]:
     return out
 
 
-def label_files_in_folder(folder: str | Path, files: Iterable[str | Path]) -> dict[str, str]:
+def label_files_in_folder(
+    folder: str | Path, files: Iterable[str | Path], within: str | Path | None = None
+) -> dict[str, str]:
     """Pairs (label file -> image file) that involve ``files`` of ``folder``.
 
     For discovery that walks one folder at a time: the volume files of a sibling
     ``labels``/``images`` folder (same split suffix ``Tr``/``Ts``) are looked at too, so
     ``images/a.nii.gz`` learns of ``labels/a.nii.gz`` and ``labels/a.nii.gz`` is known to
-    be a label file when its own folder is walked.
+    be a label file when its own folder is walked. ``within``: the folder the user chose;
+    sibling folders outside it are never looked at (a ``labels`` folder beside a chosen
+    ``scans`` folder may hold anything, e.g. another program's predictions).
     """
     folder = Path(folder)
     own = [Path(f) for f in files]
     extra: list[Path] = []
     kind = folder.name.lower()
-    if kind in _LABEL_DIRS or kind in _IMAGE_DIRS:
+    inside = within is None or _strictly_inside(folder, Path(within))
+    if inside and (kind in _LABEL_DIRS or kind in _IMAGE_DIRS):
         want = _IMAGE_DIRS if kind in _LABEL_DIRS else _LABEL_DIRS
         try:
             for sib in folder.parent.iterdir():
@@ -453,3 +459,21 @@ def label_files_in_folder(folder: str | Path, files: Iterable[str | Path]) -> di
     pairs = pair_labels_with_images([*own, *extra])
     mine = {str(p) for p in own}
     return {lab: img for lab, img in pairs.items() if lab in mine or img in mine}
+
+
+def _strictly_inside(folder: Path, root: Path) -> bool:
+    try:
+        folder, root = folder.resolve(), root.resolve()
+    except OSError:
+        return False
+    return folder != root and root in folder.parents
+
+
+def pairing_rule(label_path: str | Path, image_path: str | Path) -> str:
+    """Why a label file was paired with an image, in words (shown in the Scans dock)."""
+    lab, img = Path(label_path), Path(image_path)
+    if lab.parent == img.parent:
+        if lab.name.lower().endswith(".seg.nrrd"):
+            return f"{lab.name} is the 3D Slicer segmentation of {img.name} (same folder)"
+        return f"{lab.name} is named after {img.name} (suffix _seg/_label/_mask/_gt)"
+    return f"{lab.parent.name}/{lab.name} matches {img.parent.name}/{img.name} ({lab.parent.name}/ beside {img.parent.name}/)"

@@ -489,7 +489,7 @@ def discover_scans(
         rel_dir = os.path.relpath(folder, root_path).replace(os.sep, "/")
         names = {e.name.lower() for e in items}
         label_of = label_files_in_folder(
-            folder, [e.path for e in items if _suffix(e.name) in VOLUME_SUFFIXES]
+            folder, [e.path for e in items if _suffix(e.name) in VOLUME_SUFFIXES], root_path
         )
         dicom_candidates: list[str] = []
         subdirs: list[str] = []

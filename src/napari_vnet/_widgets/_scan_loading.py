@@ -56,7 +56,7 @@ def _paired_label_files(entry: ScanEntry, taken: set[str], problems: list[str]) 
     """The label files discovery paired with this image (``case_seg``, ``labels/``...),
     with class names from their sidecar; an autosave of the same name wins (newer)."""
     from napari_vnet.io import as_label_array, read_volume, volume_to_layer_kwargs
-    from napari_vnet.label_names import labels_display_kwargs, read_label_classes
+    from napari_vnet.label_names import labels_display_kwargs, pairing_rule, read_label_classes
 
     out = []
     for path in getattr(entry, "labels", ()) or ():
@@ -78,7 +78,9 @@ def _paired_label_files(entry: ScanEntry, taken: set[str], problems: list[str]) 
         if found:
             lkw.update(labels_display_kwargs(found[0]))
             lkw["metadata"]["classes"] = found[0]
-        out.append(({"name": name, "path": path}, arr, lkw))
+        rule = pairing_rule(path, entry.path)
+        lkw["metadata"]["labels_source"] = {"path": str(path), "rule": rule}
+        out.append(({"name": name, "path": path, "rule": rule}, arr, lkw))
     return out
 
 
@@ -389,6 +391,9 @@ class ScanLoadingMixin:
         for layer in keep[1:]:
             self._track(layer)
         self._mark(entry.key, "opened", entry=entry)
+        paired = [info["rule"] for info, _a, _k in loaded.labels if info.get("rule")]
+        if paired:  # say where the labels shown come from
+            self.info_label.setText(f"{entry.name}: labels from " + "; ".join(paired))
         for msg in loaded.problems:
             self._notify("warning", f"Autosaved labels not restored: {msg}")
         self.scan_loaded.emit(entry)
