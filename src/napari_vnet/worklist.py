@@ -1072,5 +1072,8 @@ def write_labels_file(volume, path: str | os.PathLike, classes: list | None = No
     if classes:
         from napari_vnet.label_names import write_label_classes
 
-        write_label_classes(path, classes)
+        try:
+            write_label_classes(path, classes)
+        except OSError as exc:  # the labels are safe; only their names/colours are not
+            logger.warning("%s: class names and colours not written: %s", path, exc)
     return path
