@@ -46,3 +46,8 @@ TORCH_PIN=$(.venv/bin/python -c "import torch; print(torch.__version__.split('+'
 .venv/bin/python -m pip install -q "torch==$TORCH_PIN" -r scripts/oracle-requirements.txt
 .venv/bin/python -m pip install -q --no-deps "nnunetv2==2.8.1" "dynamic-network-architectures==0.4.4"
 .venv/bin/python -c "import napari_vnet, torch, napari; print('napari-vnet', napari_vnet.__version__, '| torch', torch.__version__, '| napari', napari.__version__)"
+# napari's reader preferences: File > Open and drag-and-drop read .nii.gz, .mha, .nrrd and
+# DICOM folders with napari-vnet from the first time on (napari's builtin reader claims
+# them too and cannot read them). A preference you set yourself is kept.
+echo "== napari reader preferences (napari-vnet napari-readers)"
+.venv/bin/napari-vnet napari-readers || echo "   (not set: napari asks 'Choose reader' once; pick napari V-Net)"

@@ -121,6 +121,14 @@ def register_reader_preferences(settings=None) -> list[str]:
         return []
 
 
+def on_activate(context=None) -> None:
+    """npe2's activation hook (``on_activate`` in napari.yaml): napari calls it once per
+    session, on the first use of any napari-vnet contribution (a dock, the reader, the
+    sample, a writer, the CT window menu). Writes the reader preferences (never over a
+    choice the user made) so that the next File > Open asks nothing."""
+    register_reader_preferences()
+
+
 def _is_analyze(path: Path) -> bool:
     """An Analyze 7.5 / NIfTI-1 pair: the .hdr (or the .img's .hdr) starts with the
     int32 348 (its own size) in either byte order."""
@@ -178,9 +186,15 @@ def _unique(name: str, used: set[str]) -> str:
     return out
 
 
-def _add_class_names(kw: dict, path: str) -> None:
-    """Class names and colours from a sidecar (labels.json, ITK-SNAP, .ctbl, .seg.nrrd,
-    dataset.json); a broken sidecar is a warning, never a reason not to open the labels."""
+def _add_class_names(kw: dict, path: str, own: list | None = None) -> None:
+    """Class names and colours the file carries itself (``own``: a DICOM-SEG's segments)
+    or from a sidecar (labels.json, ITK-SNAP, .ctbl, .seg.nrrd, dataset.json); a broken
+    sidecar is a warning, never a reason not to open the labels."""
+    if own:
+        kw.update(labels_display_kwargs(own))
+        kw["metadata"]["classes"] = own
+        kw["metadata"]["classes_source"] = str(path)
+        return
     try:
         found = read_label_classes(path)
     except LabelSidecarError as exc:
@@ -206,7 +220,7 @@ def volume_layer_data(vol: Volume, name: str) -> list[tuple[Any, dict, str]]:
         if array.dtype.kind not in "iu":
             array = as_label_array(array, vol.path or name)
         if vol.path:
-            _add_class_names(kw, vol.path)
+            _add_class_names(kw, vol.path, vol.metadata.get("classes"))
         return [(array, kw, "labels")]
     ncomp = array.ndim - n
     if ncomp == 1:
@@ -274,6 +288,10 @@ def _read_medical(path) -> list[tuple[Any, dict, str]]:
             layers += volume_layer_data(read_dicom_series(s), _unique(s.name, used))
         return layers
     if not has_volume_extension(p) and is_dicom_file(p):
+        from napari_vnet.io.dicom_seg import is_dicom_seg, read_dicom_seg
+
+        if is_dicom_seg(p):  # a DICOM-SEG: Labels on its source series' grid
+            return volume_layer_data(read_dicom_seg(p), split_extension(p)[0])
         s = find_series_of_file(p)
         if s is None:
             from napari_vnet.io.dicom import dicom_length_problem

@@ -5,7 +5,8 @@ with the geometry of its scale/translate/rotate/shear/affine (world = LPS mm, z 
 Labels are stored as the smallest unsigned integer type. The file a layer was read from
 (or, for a mask made on an image, that image) is never overwritten: choose a new name.
 A Labels layer with class names (from a sidecar, a model card or its features table) also
-gets ``<stem>.labels.json`` beside it, which the reader uses when the file is opened again.
+gets ``<stem>.labels.json`` beside it, with the names and the colours the layer shows
+them in; the reader restores both when the file is opened again.
 """
 
 from __future__ import annotations
@@ -32,8 +33,7 @@ def _layer_volume(data: Any, meta: dict):
     )
 
 
-def layer_classes(meta: dict) -> list[dict[str, Any]] | None:
-    """The class names (value, name, colour) a Labels layer carries, or None."""
+def _named_classes(meta: dict) -> list[dict[str, Any]] | None:
     md = meta.get("metadata") or {}
     for classes in (md.get("classes"), (md.get("napari_vnet") or {}).get("classes")):
         if isinstance(classes, list) and classes and all("value" in c for c in classes):
@@ -51,6 +51,39 @@ def layer_classes(meta: dict) -> list[dict[str, Any]] | None:
     return [
         {"value": int(v), "name": str(n), "color": None} for v, n in zip(index, names, strict=False)
     ]
+
+
+def _shown_color(colormap: Any, value: int) -> list[float] | None:
+    """The RGBA napari shows ``value`` in with ``colormap`` (what the user saw)."""
+    if colormap is None or value == 0:
+        return None
+    try:
+        rgba = np.asarray(colormap.map(np.asarray([value])), float).reshape(-1)
+    except Exception:  # noqa: BLE001 - a colormap napari-vnet does not know: no colour
+        return None
+    return [float(v) for v in rgba[:4]] if rgba.size >= 4 else None
+
+
+def layer_classes(meta: dict) -> list[dict[str, Any]] | None:
+    """The class names (value, name, colour) a Labels layer carries, or None.
+
+    ``meta``: the layer's state (``metadata``, ``features``, ``colormap``), as napari
+    passes it to writers. Each class gets the colour the layer shows it in (its
+    ``colormap``), so a reopened file looks like the layer that was saved."""
+    classes = _named_classes(meta)
+    if not classes:
+        return None
+    colormap = meta.get("colormap")
+    for c in classes:
+        shown = _shown_color(colormap, c["value"])
+        if shown is not None:
+            c["color"] = shown
+    return classes
+
+
+def layer_state(layer) -> dict[str, Any]:
+    """What :func:`layer_classes` reads, from a live Labels layer."""
+    return {"metadata": layer.metadata, "features": layer.features, "colormap": layer.colormap}
 
 
 def write_labels(path: str, data: Any, meta: dict) -> list[str]:

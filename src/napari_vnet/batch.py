@@ -435,6 +435,14 @@ def require_highdicom():
     return highdicom, pydicom
 
 
+def write_class_sidecar(label_path: str | os.PathLike, card) -> Path:
+    """``<stem>.labels.json`` beside a written label map: the card's class names with the
+    colours napari-vnet shows them in, so the file reopens with names and colours."""
+    from napari_vnet.label_names import classes_with_colors, write_label_classes
+
+    return write_label_classes(label_path, classes_with_colors(card.classes))
+
+
 def _lab_color(hd, rgba) -> Any:
     if rgba is None:
         return None
@@ -521,6 +529,9 @@ def write_dicom_seg(
         family=codes.cid7162.ArtificialIntelligence,
         version=__version__,
     )
+    from napari_vnet.label_names import class_colors
+
+    colors = class_colors(card.classes)  # every segment gets the colour napari shows
     descriptions = [
         hd.seg.SegmentDescription(
             segment_number=n,
@@ -531,7 +542,7 @@ def write_dicom_seg(
             algorithm_identification=algorithm,
             tracking_id=f"label {int(c.value)}",
             tracking_uid=hd.UID(),
-            display_color=_lab_color(hd, c.color),
+            display_color=_lab_color(hd, colors[int(c.value)]),
         )
         for n, c in enumerate(fg, start=1)
     ]
@@ -734,6 +745,7 @@ def _write_outputs(
         write_dicom_seg(pred.labels, vol, card, plan.labels, series_uid=extra["series_uid"])
     else:
         write_volume(pred.labels, plan.labels, like=vol, is_label=True)
+        write_class_sidecar(plan.labels, card)
     write_record(plan, case, weights, complete=True, **extra)
     return CaseResult(
         key=case.key,

@@ -26,7 +26,14 @@ from napari_vnet.io.layers import looks_like_hu
 
 log = logging.getLogger(__name__)
 
-__all__ = ["InputIssue", "check_input", "demo_note", "expects_hu", "format_issues"]
+__all__ = [
+    "InputIssue",
+    "check_input",
+    "demo_note",
+    "expects_hu",
+    "format_issues",
+    "label_map_values",
+]
 
 #: image spacing / model spacing (or the inverse) above this along an axis is worth a word
 SPACING_RATIO_WARN = 4.0
@@ -147,8 +154,21 @@ def check_input(
                     "structures will look unlike its training data.",
                 )
             )
+    label_like = label_map_values(values) if values is not None else None
+    if label_like is not None:
+        shown = ", ".join(f"{v:g}" for v in label_like[:8]) + (
+            ", …" if len(label_like) > 8 else ""
+        )
+        issues.append(
+            InputIssue(
+                "warning",
+                f"This looks like a label map, not a scan: only {len(label_like)} whole "
+                f"values ({shown}). Choose the CT/MR image these labels belong to; a model "
+                "run on a label map gives nothing meaningful.",
+            )
+        )
     want_hu = expects_hu(card)
-    if values is not None and want_hu is not None:
+    if values is not None and want_hu is not None and label_like is None:
         sample = np.asarray(values)
         if sample.dtype.kind == "f":
             sample = sample[np.isfinite(sample)]
@@ -178,6 +198,27 @@ def check_input(
                     )
                 )
     return issues
+
+
+#: at most this many distinct whole values (0 among them) make an image label-like
+LABEL_MAP_MAX_VALUES = 32
+
+
+def label_map_values(values: Any) -> list[float] | None:
+    """The distinct values when ``values`` look like an integer label map (whole
+    numbers >= 0 with 0 among them, 2 to :data:`LABEL_MAP_MAX_VALUES` distinct values),
+    else None. A scan has hundreds of distinct values (noise alone gives them)."""
+    sample = np.asarray(values)
+    if sample.size == 0 or sample.dtype.kind not in "biuf":
+        return None
+    if sample.dtype.kind == "f":
+        sample = sample[np.isfinite(sample)]
+        if sample.size == 0 or not np.array_equal(sample, np.round(sample)):
+            return None
+    distinct = np.unique(sample)
+    if not 2 <= distinct.size <= LABEL_MAP_MAX_VALUES or distinct[0] != 0:
+        return None
+    return [float(v) for v in distinct]
 
 
 def demo_note(card) -> str | None:

@@ -37,9 +37,12 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "LabelSidecarError",
+    "class_colors",
+    "classes_with_colors",
     "find_label_sidecar",
     "labels_display_kwargs",
     "pair_labels_with_images",
+    "pairing_rule",
     "parse_ctbl",
     "parse_itksnap",
     "parse_labels_json",
@@ -297,6 +300,51 @@ def write_label_classes(label_path: str | Path, classes: list[dict[str, Any]]) -
     return out
 
 
+_GOLDEN = 0.618033988749895
+
+
+def _value_and_color(c: Any) -> tuple[int, Any]:
+    if isinstance(c, dict):
+        return int(c["value"]), c.get("color")
+    return int(c.value), getattr(c, "color", None)
+
+
+def class_colors(classes: Iterable[Any]) -> dict[int, tuple[float, float, float, float]]:
+    """Label value -> RGBA for classes (dicts or ``ClassInfo``): their own colour where
+    given, otherwise distinct hues (golden-ratio steps). The colours napari-vnet shows a
+    prediction in; also written into sidecars and DICOM-SEG display colours."""
+    import colorsys
+
+    colors: dict[int, tuple[float, float, float, float]] = {}
+    hue = 0.08
+    for c in classes:
+        value, color = _value_and_color(c)
+        if value == 0:
+            colors[0] = (0.0, 0.0, 0.0, 0.0)
+            continue
+        if color is not None:
+            rgba = tuple(float(v) for v in color)
+            colors[value] = rgba if len(rgba) == 4 else (*rgba[:3], 1.0)
+        else:
+            r, g, b = colorsys.hsv_to_rgb(hue % 1.0, 0.75, 0.95)
+            colors[value] = (r, g, b, 1.0)
+            hue += _GOLDEN
+    return colors
+
+
+def classes_with_colors(classes: Iterable[Any]) -> list[dict[str, Any]]:
+    """``[{"value", "name", "color"}]`` for classes (dicts or ``ClassInfo``), every
+    foreground class with the colour :func:`class_colors` gives it."""
+    items = list(classes)
+    colors = class_colors(items)
+    out = []
+    for c in items:
+        value, _ = _value_and_color(c)
+        name = c["name"] if isinstance(c, dict) else c.name
+        out.append(_cls(value, name, list(colors[value]) if value != 0 else None))
+    return out
+
+
 def labels_display_kwargs(classes: list[dict[str, Any]]) -> dict[str, Any]:
     """napari Labels arguments: ``colormap`` (the classes' colours, when given) and
     ``features`` (class names shown on hover). Plain data, no napari import."""
@@ -383,19 +431,24 @@ def pair_labels_with_images(paths: Iterable[str | Path]) -> dict[str, str]:
     return out
 
 
-def label_files_in_folder(folder: str | Path, files: Iterable[str | Path]) -> dict[str, str]:
+def label_files_in_folder(
+    folder: str | Path, files: Iterable[str | Path], within: str | Path | None = None
+) -> dict[str, str]:
     """Pairs (label file -> image file) that involve ``files`` of ``folder``.
 
     For discovery that walks one folder at a time: the volume files of a sibling
     ``labels``/``images`` folder (same split suffix ``Tr``/``Ts``) are looked at too, so
     ``images/a.nii.gz`` learns of ``labels/a.nii.gz`` and ``labels/a.nii.gz`` is known to
-    be a label file when its own folder is walked.
+    be a label file when its own folder is walked. ``within``: the folder the user chose;
+    sibling folders outside it are never looked at (a ``labels`` folder beside a chosen
+    ``scans`` folder may hold anything, e.g. another program's predictions).
     """
     folder = Path(folder)
     own = [Path(f) for f in files]
     extra: list[Path] = []
     kind = folder.name.lower()
-    if kind in _LABEL_DIRS or kind in _IMAGE_DIRS:
+    inside = within is None or _strictly_inside(folder, Path(within))
+    if inside and (kind in _LABEL_DIRS or kind in _IMAGE_DIRS):
         want = _IMAGE_DIRS if kind in _LABEL_DIRS else _LABEL_DIRS
         try:
             for sib in folder.parent.iterdir():
@@ -406,3 +459,21 @@ def label_files_in_folder(folder: str | Path, files: Iterable[str | Path]) -> di
     pairs = pair_labels_with_images([*own, *extra])
     mine = {str(p) for p in own}
     return {lab: img for lab, img in pairs.items() if lab in mine or img in mine}
+
+
+def _strictly_inside(folder: Path, root: Path) -> bool:
+    try:
+        folder, root = folder.resolve(), root.resolve()
+    except OSError:
+        return False
+    return folder != root and root in folder.parents
+
+
+def pairing_rule(label_path: str | Path, image_path: str | Path) -> str:
+    """Why a label file was paired with an image, in words (shown in the Scans dock)."""
+    lab, img = Path(label_path), Path(image_path)
+    if lab.parent == img.parent:
+        if lab.name.lower().endswith(".seg.nrrd"):
+            return f"{lab.name} is the 3D Slicer segmentation of {img.name} (same folder)"
+        return f"{lab.name} is named after {img.name} (suffix _seg/_label/_mask/_gt)"
+    return f"{lab.parent.name}/{lab.name} matches {img.parent.name}/{img.name} ({lab.parent.name}/ beside {img.parent.name}/)"

@@ -489,7 +489,7 @@ def discover_scans(
         rel_dir = os.path.relpath(folder, root_path).replace(os.sep, "/")
         names = {e.name.lower() for e in items}
         label_of = label_files_in_folder(
-            folder, [e.path for e in items if _suffix(e.name) in VOLUME_SUFFIXES]
+            folder, [e.path for e in items if _suffix(e.name) in VOLUME_SUFFIXES], root_path
         )
         dicom_candidates: list[str] = []
         subdirs: list[str] = []
@@ -626,6 +626,28 @@ def _scan_stem(key: str) -> str:
     return base
 
 
+def _layer_part(layer_name: str, key: str) -> str:
+    """What a layer name adds to its scan's name: ``"p1.nii.gz [3D U-Net]"`` ->
+    ``"3D U-Net"``, ``"p1 (labels)"`` -> ``"labels"``, ``"edit"`` -> ``"edit"``."""
+    name = layer_name.strip()
+    base = key.split("#", 1)[0].rstrip("/").rsplit("/", 1)[-1]
+    if name in (base, _scan_stem(key)):
+        return "labels"
+    for prefix in sorted({base, _scan_stem(key)}, key=len, reverse=True):
+        if prefix and name.startswith(prefix):
+            name = name[len(prefix) :]
+            break
+    name = re.sub(r"[\[\]()]", " ", name).strip(" _-.")
+    return name or "labels"
+
+
+def _scan_folder_name(key: str) -> str:
+    """``"sub/ct0.nii.gz"`` -> ``"sub_ct0"``; ``"pat/ct#1.2.3"`` -> ``"pat_ct"``."""
+    path = key.split("#", 1)[0].rstrip("/")
+    head = path.rsplit("/", 1)[0] + "/" if "/" in path else ""
+    return _slug(head + _scan_stem(key))
+
+
 @dataclass
 class _Record:
     status: str = "not opened"
@@ -650,7 +672,8 @@ class ScanProject:
     status or a label record. :meth:`acquire_session` tells whether another session
     holds the folder. A damaged project file is set aside (renamed
     ``*.damaged-<time>``) and a new one started; :attr:`notice` says so.
-    Autosaved labels live in ``<work>/labels/<scan>/<scan stem>_<layer>-<hash>.nii.gz``.
+    Autosaved labels live in ``<work>/labels/<scan>/<scan stem>_<model>.nii.gz`` (see
+    :meth:`labels_path`), each with its class names and colours in ``.labels.json``.
     Statuses only move forward (``mark``) unless ``force=True``.
     """
 
@@ -661,6 +684,8 @@ class ScanProject:
         self.records: dict[str, dict[str, Any]] = {}
         self.notice: str | None = None
         self._session = None
+        #: folder / file names given out this session (casefolded) -> scan key / layer name
+        self._claimed: dict[str, str] = {}
         self._clean_orphans()
         self.load()
 
@@ -887,15 +912,51 @@ class ScanProject:
 
     # -- labels
     def labels_dir(self, key: str) -> Path:
+        """``<work>/labels/<scan>``: one folder per scan, named after its key. Only when
+        another scan's key makes the same folder name (characters the name drops, case on
+        a case-insensitive disk) does the folder get a short hash of the key."""
+        plain = self.work_dir / "labels" / _scan_folder_name(key)
+        if self._folder_is_for(plain, key):
+            return plain
         digest = hashlib.sha1(_key_bytes(key)).hexdigest()[:8]
-        return self.work_dir / "labels" / f"{_slug(key)}-{digest}"
+        return plain.with_name(f"{plain.name}-{digest}")
+
+    def _folder_is_for(self, folder: Path, key: str) -> bool:
+        claim = str(folder).casefold()
+        owner = self._claimed.get(claim)
+        if owner is None:
+            owner = next(
+                (
+                    k
+                    for k, rec in self.records.items()
+                    if k != key
+                    and any(
+                        str((self.work_dir / info["path"]).parent).casefold() == claim
+                        for info in rec.get("labels", {}).values()
+                    )
+                ),
+                key,
+            )
+            self._claimed[claim] = owner
+        return owner == key
 
     def labels_path(self, key: str, layer_name: str) -> Path:
-        """``<labels_dir>/<scan stem>_<layer slug>-<hash>.nii.gz``: the hash of the full
-        layer name keeps names that differ only in characters the slug drops apart."""
-        digest = hashlib.sha1(_key_bytes(layer_name)).hexdigest()[:8]
+        """``<labels_dir>/<scan>_<model>.nii.gz``: the scan's name, then what the layer
+        name adds to it (``p1.nii.gz [3D U-Net]`` -> ``p1_3D_U-Net.nii.gz``). Only when
+        two layer names of one scan make the same file name does one get a short hash."""
+        folder = self.labels_dir(key)
         stem = _slug(_scan_stem(key), 60)
-        return self.labels_dir(key) / f"{stem}_{_slug(layer_name, 60)}-{digest}.nii.gz"
+        path = folder / f"{stem}_{_slug(_layer_part(layer_name, key), 60)}.nii.gz"
+        claim = str(path).casefold()
+        recorded = {
+            str(self.work_dir / info["path"]).casefold(): name
+            for name, info in self.records.get(key, {}).get("labels", {}).items()
+        }
+        owner = self._claimed.setdefault(claim, recorded.get(claim, layer_name))
+        if owner == layer_name:
+            return path
+        digest = hashlib.sha1(_key_bytes(layer_name)).hexdigest()[:8]
+        return path.with_name(f"{path.name[: -len('.nii.gz')]}-{digest}.nii.gz")
 
     def save_labels(
         self,
@@ -906,14 +967,16 @@ class ScanProject:
         annotated_slices: dict[str, Any] | None = None,
         weights: str | None = None,
         entry: ScanEntry | None = None,
+        classes: list | None = None,
     ) -> Path:
-        """Write a labels :class:`~napari_vnet.io.Volume` (with its geometry) atomically.
+        """Write a labels :class:`~napari_vnet.io.Volume` (with its geometry) atomically,
+        with its class names and colours (``classes``) in a ``.labels.json`` beside it.
 
         The newest save of each layer name replaces the previous one; the record keeps
         its path (relative to the work folder), time and edited-slice record.
         """
         path = self.labels_path(key, layer_name)
-        write_labels_file(volume, path)
+        write_labels_file(volume, path, classes)
         self.record_labels(
             key, layer_name, path, annotated_slices=annotated_slices, weights=weights, entry=entry
         )
@@ -992,9 +1055,12 @@ class ScanProject:
         return pairs
 
 
-def write_labels_file(volume, path: str | os.PathLike) -> Path:
+def write_labels_file(volume, path: str | os.PathLike, classes: list | None = None) -> Path:
     """Atomic label write with the volume's geometry (smallest unsigned integer type).
 
+    ``classes`` (``[{"value", "name", "color"}]``): written after the labels as
+    ``<stem>.labels.json`` beside them (:func:`napari_vnet.label_names.write_label_classes`),
+    which restores the names and colours when the file is read again.
     Touches no project state, so it may run in a worker thread; record the file with
     :meth:`ScanProject.record_labels` afterwards.
     """
@@ -1003,4 +1069,11 @@ def write_labels_file(volume, path: str | os.PathLike) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     write_volume(volume, path, is_label=True, overwrite_source=True)
+    if classes:
+        from napari_vnet.label_names import write_label_classes
+
+        try:
+            write_label_classes(path, classes)
+        except OSError as exc:  # the labels are safe; only their names/colours are not
+            logger.warning("%s: class names and colours not written: %s", path, exc)
     return path

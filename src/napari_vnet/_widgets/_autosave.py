@@ -51,6 +51,8 @@ class SaveJob:
     annotated_slices: dict[str, Any] | None = None
     weights: str | None = None
     entry: Any = None  # ScanEntry
+    #: class names and colours the layer shows (``<stem>.labels.json`` beside the file)
+    classes: list | None = None
     #: the volume's array is still the layer's: copied first thing in the writer thread
     #: (numpy copies without holding the GIL; a page-faulting 75 MB copy can take 0.3 s)
     copy: bool = False
@@ -128,7 +130,7 @@ class BackgroundSaver(QObject):
         """Write and record ``job`` on the calling thread (after the queued writes)."""
         self.flush()
         if not (job.skip_if_empty and not np.any(job.volume.array)):
-            write_labels_file(job.volume, job.path)
+            write_labels_file(job.volume, job.path, job.classes)
             self._record(job)
         job.done = True
         with self._lock:
@@ -153,7 +155,7 @@ class BackgroundSaver(QObject):
             if job.skip_if_empty and not np.any(job.volume.array):
                 job.skipped = True
             else:
-                write_labels_file(job.volume, job.path)
+                write_labels_file(job.volume, job.path, job.classes)
                 self._record(job)  # the project file, after the labels file is on disk
         except Exception as exc:  # noqa: BLE001 - reported on the GUI thread
             log.exception("autosave of %s failed", job.path)

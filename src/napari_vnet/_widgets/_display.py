@@ -89,6 +89,41 @@ def apply_radiological_view(viewer: napari.Viewer) -> None:
     setattr(viewer, _INSTALLED, "applied")
 
 
+def centre_on_layer(viewer: napari.Viewer, layer, *, only_if_outside: bool = True) -> bool:
+    """Show ``layer``: the dims point (the slice) goes to the middle of its world extent
+    and the camera fits it, when the current slice lies outside it (a second patient
+    opened into a viewer whose world extent now spans both would otherwise show an
+    empty slice). Returns whether the view moved."""
+    import numpy as np
+
+    ext = np.asarray(layer.extent.world, float)  # (2, layer.ndim)
+    off = viewer.dims.ndim - ext.shape[1]
+    if off < 0:
+        return False
+    lo, hi = ext[0], ext[1]
+    tol = np.maximum(np.abs(np.asarray(layer.extent.step, float)), 1e-6) / 2
+    point = np.asarray(viewer.dims.point, float)[off:]
+    axes = [d - off for d in viewer.dims.not_displayed if d >= off]
+    outside = any(not lo[a] - tol[a] <= point[a] <= hi[a] + tol[a] for a in axes)
+    if only_if_outside and not outside:
+        return False
+    for a in axes:
+        viewer.dims.set_point(a + off, float((lo[a] + hi[a]) / 2))
+    viewer.fit_to_view(layers=[layer])
+    return True
+
+
+def _centre_new_patient(viewer: napari.Viewer, event) -> None:
+    """A napari-vnet image added beside other layers: show it (see centre_on_layer)."""
+    from napari.layers import Image
+
+    layer = getattr(event, "value", None)
+    if not isinstance(layer, Image) or META_KEY not in (layer.metadata or {}):
+        return
+    if len(viewer.layers) > 1:
+        centre_on_layer(viewer, layer)
+
+
 def install_radiological_view(viewer: napari.Viewer | None) -> None:
     """Keep ``viewer``'s camera radiological as dims and layers change (idempotent)."""
     if viewer is None or getattr(viewer, _INSTALLED, None):
@@ -106,6 +141,14 @@ def install_radiological_view(viewer: napari.Viewer | None) -> None:
     viewer.dims.events.ndim.connect(_update)
     viewer.layers.events.inserted.connect(_update)
     viewer.layers.events.removed.connect(_update)
+
+    def _new_layer(event):
+        try:
+            _centre_new_patient(viewer, event)
+        except Exception:  # display nicety: never break the viewer over it
+            log.debug("new layer not centred", exc_info=True)
+
+    viewer.layers.events.inserted.connect(_new_layer)
     _update()
 
 

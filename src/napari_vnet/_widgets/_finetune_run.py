@@ -42,7 +42,7 @@ class FinetuneRunMixin:
             val = 0.0  # too few slices to hold any out
         text = self.patch_edit.text().strip()
         new = not self.from_base_radio.isChecked()
-        arch = self.arch_combo.currentText()
+        arch = self.current_arch()
         eval_pace = {}
         if by_minutes:  # about 8 validation points on the curve, 15-60 s apart
             eval_pace["eval_seconds"] = min(60.0, max(15.0, 60.0 * self.minutes_spin.value() / 8))

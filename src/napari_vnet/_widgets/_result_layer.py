@@ -10,7 +10,6 @@ status bar and the tooltip under the cursor; class colours become a
 
 from __future__ import annotations
 
-import colorsys
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -19,8 +18,6 @@ if TYPE_CHECKING:
     import napari
 
     from napari_vnet.models import ModelCard
-
-_GOLDEN = 0.618033988749895
 
 
 def unique_layer_name(viewer: napari.Viewer, base: str) -> str:
@@ -36,20 +33,9 @@ def unique_layer_name(viewer: napari.Viewer, base: str) -> str:
 
 def class_colors(card: ModelCard) -> dict[int, tuple[float, float, float, float]]:
     """Label value -> RGBA; card colours where given, distinct hues otherwise."""
-    colors: dict[int, tuple[float, float, float, float]] = {}
-    hue = 0.08
-    for cls in card.classes:
-        if cls.value == 0:
-            colors[0] = (0.0, 0.0, 0.0, 0.0)
-            continue
-        if cls.color is not None:
-            rgba = tuple(float(c) for c in cls.color)
-            colors[int(cls.value)] = rgba if len(rgba) == 4 else (*rgba[:3], 1.0)
-        else:
-            r, g, b = colorsys.hsv_to_rgb(hue % 1.0, 0.75, 0.95)
-            colors[int(cls.value)] = (r, g, b, 1.0)
-            hue += _GOLDEN
-    return colors
+    from napari_vnet.label_names import class_colors as colors_of
+
+    return colors_of(card.classes)
 
 
 def labels_colormap(card: ModelCard):

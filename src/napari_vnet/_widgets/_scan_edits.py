@@ -24,6 +24,7 @@ from qtpy.QtCore import QEventLoop
 from qtpy.QtWidgets import QApplication
 
 from napari_vnet._widgets._autosave import SaveJob
+from napari_vnet._writer import layer_classes, layer_state
 from napari_vnet.worklist import STATUSES
 
 log = logging.getLogger(__name__)
@@ -181,6 +182,7 @@ class ScanEditsMixin:
                     annotated_slices=json.loads(json.dumps(annotated)) if annotated else None,
                     weights=str(weights) if weights else None,
                     entry=cur,
+                    classes=layer_classes(layer_state(layer)),
                 )
             )
         return jobs

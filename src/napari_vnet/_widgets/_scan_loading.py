@@ -56,7 +56,7 @@ def _paired_label_files(entry: ScanEntry, taken: set[str], problems: list[str]) 
     """The label files discovery paired with this image (``case_seg``, ``labels/``...),
     with class names from their sidecar; an autosave of the same name wins (newer)."""
     from napari_vnet.io import as_label_array, read_volume, volume_to_layer_kwargs
-    from napari_vnet.label_names import labels_display_kwargs, read_label_classes
+    from napari_vnet.label_names import labels_display_kwargs, pairing_rule, read_label_classes
 
     out = []
     for path in getattr(entry, "labels", ()) or ():
@@ -78,8 +78,22 @@ def _paired_label_files(entry: ScanEntry, taken: set[str], problems: list[str]) 
         if found:
             lkw.update(labels_display_kwargs(found[0]))
             lkw["metadata"]["classes"] = found[0]
-        out.append(({"name": name, "path": path}, arr, lkw))
+        rule = pairing_rule(path, entry.path)
+        lkw["metadata"]["labels_source"] = {"path": str(path), "rule": rule}
+        out.append(({"name": name, "path": path, "rule": rule}, arr, lkw))
     return out
+
+
+def _saved_classes(path, problems: list[str]) -> list | None:
+    """Class names and colours of an autosave (its ``.labels.json``), or None."""
+    from napari_vnet.label_names import read_label_classes
+
+    try:
+        found = read_label_classes(path)
+    except ValueError as exc:
+        problems.append(f"label names not read: {exc}")
+        return None
+    return found[0] if found else None
 
 
 def _paired_label_name(entry: ScanEntry, path: str) -> str:
@@ -100,6 +114,7 @@ def load_scan_data(
     """Worker body: read ``entry`` and its labels; ``pending``: layer name -> SaveJob
     whose snapshot is newer than the file (copied here, never shared with a layer)."""
     from napari_vnet.io import display_range, read_volume, volume_to_layer_kwargs
+    from napari_vnet.label_names import labels_display_kwargs
     from napari_vnet.worklist import read_scan
 
     if not still_wanted():
@@ -137,6 +152,14 @@ def load_scan_data(
         lkw = volume_to_layer_kwargs(vol, is_label=True)
         if info.get("annotated_slices"):
             lkw["metadata"]["annotated_slices"] = info["annotated_slices"]
+        classes = (
+            getattr(job, "classes", None)
+            if job is not None
+            else _saved_classes(info["path"], problems)
+        )
+        if classes:
+            lkw.update(labels_display_kwargs(classes))
+            lkw["metadata"]["classes"] = classes
         labels.append((info, vol.array, lkw))
     labels += _paired_label_files(entry, set(names), problems)
     blank = None
@@ -216,6 +239,16 @@ def swap_labels(layer, array: np.ndarray, name: str, kw: dict[str, Any]) -> None
     reset = getattr(layer, "_reset_history", None)  # napari's own (private) reset
     if reset is not None:
         reset()
+
+
+def _show_whole_scan(viewer, image) -> None:
+    """The slice shown lies inside the new scan (its grid may differ from the last)."""
+    try:
+        from napari_vnet._widgets._display import centre_on_layer
+
+        centre_on_layer(viewer, image)
+    except Exception:  # noqa: BLE001 - a display nicety never blocks a scan
+        log.debug("scan not centred", exc_info=True)
 
 
 class ScanLoadingMixin:
@@ -353,10 +386,14 @@ class ScanLoadingMixin:
             self._closing = False
         self._scan_layers = keep
         self._image_layer = image
+        _show_whole_scan(self.viewer, image)
         self._dirty.clear()
         for layer in keep[1:]:
             self._track(layer)
         self._mark(entry.key, "opened", entry=entry)
+        paired = [info["rule"] for info, _a, _k in loaded.labels if info.get("rule")]
+        if paired:  # say where the labels shown come from
+            self.info_label.setText(f"{entry.name}: labels from " + "; ".join(paired))
         for msg in loaded.problems:
             self._notify("warning", f"Autosaved labels not restored: {msg}")
         self.scan_loaded.emit(entry)

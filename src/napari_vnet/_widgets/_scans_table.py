@@ -8,6 +8,7 @@ from qtpy.QtCore import Qt
 from qtpy.QtGui import QColor
 from qtpy.QtWidgets import QAbstractItemView, QHeaderView, QTableWidget, QTableWidgetItem
 
+from napari_vnet.label_names import pairing_rule
 from napari_vnet.worklist import BROKEN, STATUSES, ScanEntry
 
 COLUMNS = ("Scan", "Status", "Shape (z, y, x)", "Spacing (mm)", "Size")
@@ -87,6 +88,8 @@ class ScanTable(QTableWidget):
         if entry.n_files > 1:
             size += f" ({entry.n_files} files)"
         tip = entry.error or f"{entry.path}\n{entry.pixel_type} {entry.modality}".strip()
+        for lab in getattr(entry, "labels", ()) or ():  # where its labels come from
+            tip += f"\nlabels: {pairing_rule(lab, entry.path)}"
         for col, text in enumerate((entry.name, "", shape, spacing, size)):
             item = QTableWidgetItem(text)
             item.setToolTip(tip)

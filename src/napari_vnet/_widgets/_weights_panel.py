@@ -38,6 +38,12 @@ def arch_name(arch: str) -> str:
     return ARCH_NAMES.get(arch) or FOREIGN_NAMES.get(arch, arch)
 
 
+def _network_of(card: ModelCard) -> str:
+    kw = card.arch_kwargs or {}
+    short = str(kw.get("network_class_name") or kw.get("name") or card.arch)
+    return short.rsplit(".", 1)[-1]
+
+
 def shipped() -> dict[str, Path]:
     """Shipped weights by name ({} if the weights package offers none yet)."""
     try:
@@ -188,7 +194,7 @@ class WeightsPanel(QWidget):
 
         self.arch = ComboBox(
             label="Architecture",
-            choices=[(v, k) for k, v in ARCH_NAMES.items()],
+            choices=[(v, k) for k, v in {**ARCH_NAMES, **FOREIGN_NAMES}.items()],
             tooltip="Network type. Choosing weights sets it from their model card.",
         )
         self.weights = ComboBox(
@@ -334,8 +340,17 @@ class WeightsPanel(QWidget):
         try:
             self.weights.reset_choices()
             self.weights.value = None if path is None else str(path)
-            if card is not None and card.arch in ARCH_NAMES:
-                self.arch.value = card.arch
+            if card is not None and card.arch in {**ARCH_NAMES, **FOREIGN_NAMES}:
+                self.arch.value = card.arch  # what will run, nnU-Net/MONAI included
+            # foreign weights bring their own network: nothing to choose then
+            foreign = card is not None and card.arch in FOREIGN_NAMES
+            self.arch.enabled = not foreign
+            self.arch.tooltip = (
+                f"{arch_name(card.arch)} weights bring their own network: "
+                + str(_network_of(card))
+                if foreign
+                else "Network type. Choosing weights sets it from their model card."
+            )
         finally:
             self._updating = False
         self._validate()

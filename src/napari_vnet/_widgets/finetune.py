@@ -66,6 +66,7 @@ from napari_vnet._widgets._finetune_pairs import notify as _notify
 from napari_vnet._widgets._finetune_run import PROGRESS_REFRESH_MS, FinetuneRunMixin
 from napari_vnet._widgets._losscurve import LossCurve
 from napari_vnet._widgets._session import first_use_in_napari as _session_first_use
+from napari_vnet._widgets._weights_panel import ARCH_NAMES
 
 if TYPE_CHECKING:
     import napari
@@ -187,7 +188,8 @@ class FinetuneWidget(FinetunePairsMixin, FinetuneRunMixin, FinetuneExportMixin, 
         row.addWidget(self.choose_base_folder)
         form.addRow(self.from_base_radio, row)
         self.arch_combo = QComboBox()
-        self.arch_combo.addItems(_architectures())
+        for arch in _architectures():  # "V-Net" shown, "vnet" meant
+            self.arch_combo.addItem(ARCH_NAMES.get(arch, arch), arch)
         self.width_spin = QSpinBox()
         self.width_spin.setRange(2, 64)
         self.width_spin.setValue(8)
@@ -425,8 +427,18 @@ class FinetuneWidget(FinetunePairsMixin, FinetuneRunMixin, FinetuneExportMixin, 
     def _update_default_output(self, *_) -> None:
         if self._out_user_set:
             return
-        base = self.base_weights() if self.from_base_radio.isChecked() else None
-        self.out_edit.setText(str(default_output_path(base, self.arch_combo.currentText())))
+        from_base = self.from_base_radio.isChecked()
+        base = self.base_weights() if from_base else None
+        if from_base and base is None:  # nothing to name the result after yet
+            self.out_edit.setText("")
+            self.out_edit.setPlaceholderText("choose start weights, or New model")
+            return
+        self.out_edit.setPlaceholderText("")
+        self.out_edit.setText(str(default_output_path(base, self.current_arch())))
+
+    def current_arch(self) -> str:
+        """The registry name of the New model architecture chosen ("vnet")."""
+        return str(self.arch_combo.currentData() or self.arch_combo.currentText())
 
     def _on_out_edited(self, text: str) -> None:
         self._out_user_set = bool(text.strip())

@@ -118,6 +118,8 @@ class SegmentWidget(QWidget):
         self._progress = (0, 0)
         self._t0 = 0.0
         self._last_status = ""
+        #: which image (layer, data, name) the status line speaks of; None: no image
+        self._status_for: tuple | None = None
         self._pending_run = False
         self._defaults_from: Path | None = None
         # the running job, reachable without ``self`` so that it can be stopped when the
@@ -454,9 +456,24 @@ class SegmentWidget(QWidget):
             return
         self.model.prefer_for_image(ct, phantom=bool(layer.metadata.get("synthetic_phantom")))
 
+    def _image_key(self) -> tuple | None:
+        layer = self.image.value
+        return None if layer is None else (id(layer), id(layer.data), layer.name)
+
+    def _status_follows_image(self) -> None:
+        """The status line speaks of the image now chosen: after the Scans dock moved to
+        the next scan (same layer, new data and name) the last run's line would name the
+        previous scan."""
+        layer = self.image.value
+        if layer is None or self._status_for in (None, self._image_key()):
+            return
+        self.status.setText(f"Image '{layer.name}': not segmented in this dock yet; press Run.")
+        self._status_for = self._image_key()
+
     def _update_state(self, _=None) -> None:
         if self.is_running:
             return
+        self._status_follows_image()
         problem = self._problem()
         self._show_checks()
         self.run_button.setEnabled(problem is None)
@@ -660,6 +677,7 @@ class SegmentWidget(QWidget):
         self.worker = None
         self._set_running(False)
         self.status.setText(self._last_status)
+        self._status_for = self._image_key()
         self._last_status = ""
         if self._pending_run:
             self._pending_run = False

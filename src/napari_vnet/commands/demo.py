@@ -156,6 +156,13 @@ def run(args: argparse.Namespace) -> int:
     import napari
     from qtpy.QtCore import QTimer
 
+    from napari_vnet._reader import register_reader_preferences
+
+    # before the window opens: File > Open reads medical volumes with napari-vnet from now
+    # on (the user's own preferences are kept)
+    added = register_reader_preferences()
+    if added:
+        print("napari opens with napari-vnet from now on: " + " ".join(added))
     viewer = napari.Viewer(title="napari-vnet demo")
     state = {"status": 0, "shot": False}
 

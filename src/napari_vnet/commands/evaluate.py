@@ -291,7 +291,9 @@ def score_pair(
     scored = [v for v in labels if v not in neither]
     dice = dice_per_class(pred_array, gt_array, scored)
     hd95 = hd95_per_class(pred_array, gt_array, gt.spacing, scored)
-    names = class_names(gt_path)
+    names = class_names(gt_path) or {
+        int(c["value"]): str(c["name"]) for c in gt.metadata.get("classes") or ()
+    }  # a DICOM-SEG names its segments itself
     return {
         MARKER_KEY: MARKER,
         "pred": str(pred_path),
@@ -450,10 +452,19 @@ def _holds_many(folder) -> bool:
     """A folder of label files (not one DICOM series): any volume file directly or below."""
     from napari_vnet.worklist import VOLUME_SUFFIXES
 
-    for _dirpath, _dirs, files in os.walk(folder):
+    for dirpath, _dirs, files in os.walk(folder):
         if any(f.lower().endswith(VOLUME_SUFFIXES) for f in files):
             return True
+        if any(_is_seg(Path(dirpath) / f) for f in files):
+            return True
     return False
+
+
+def _is_seg(path: Path) -> bool:
+    """A DICOM-SEG file (``predict --format dicom-seg`` writes ``<case>.dcm``)."""
+    from napari_vnet.io.dicom_seg import is_dicom_seg
+
+    return path.name.lower().endswith(".dcm") and is_dicom_seg(path)
 
 
 def label_files(folder) -> dict[str, str]:
@@ -471,6 +482,8 @@ def label_files(folder) -> dict[str, str]:
         for name in sorted(files):
             low = name.lower()
             ext = next((e for e in VOLUME_SUFFIXES if low.endswith(e)), None)
+            if ext is None and _is_seg(Path(dirpath) / name):
+                ext = ".dcm"
             if ext is None or name.startswith(".") or low.endswith(".hdr"):
                 continue
             rel = (Path(dirpath) / name).relative_to(root).as_posix()

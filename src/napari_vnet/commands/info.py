@@ -48,6 +48,65 @@ def describe_normalization(norm: dict[str, Any]) -> str:
     return json.dumps(norm)
 
 
+def _nnunet_channel(scheme: str, props: dict[str, Any]) -> str:
+    if scheme == "CTNormalization" and props:
+        return (
+            f"CTNormalization: clip to [{props.get('percentile_00_5', 0):.6g}, "
+            f"{props.get('percentile_99_5', 0):.6g}], subtract {props.get('mean', 0):.6g}, "
+            f"divide by {props.get('std', 1):.6g} (training foreground)"
+        )
+    if scheme == "ZScoreNormalization":
+        return "ZScoreNormalization: subtract the case's mean, divide by its standard deviation"
+    return scheme
+
+
+def describe_preprocessing(card: dict[str, Any]) -> str | None:
+    """How foreign weights' own preprocessing turns a scan into network input (the
+    card's ``normalization`` is then ``none``: nothing is applied before it), or None."""
+    pre = card.get("preprocessing") or {}
+    kind = pre.get("kind")
+    if kind == "nnunet":
+        plans = pre.get("plans") or {}
+        cfg = (plans.get("configurations") or {}).get(pre.get("configuration"), {})
+        props = plans.get("foreground_intensity_properties_per_channel") or {}
+        schemes = cfg.get("normalization_schemes") or []
+        parts = [
+            _nnunet_channel(str(sch), props.get(str(i)) or {}) for i, sch in enumerate(schemes)
+        ]
+        spacing = cfg.get("spacing")
+        where = f" to {' x '.join(f'{v:.4g}' for v in spacing)} mm" if spacing else ""
+        return (
+            f"nnU-Net's own ({pre.get('configuration')}): crop to non-zero, "
+            + "; ".join(parts or ["no normalization scheme listed"])
+            + f"; resample{where} ({cfg.get('resampling_fn_data', 'default')})"
+        )
+    if kind == "monai_bundle":
+        names = [str(t.get("name", "?")) for t in pre.get("transforms") or []]
+        return "the MONAI bundle's own: " + (", ".join(names) or "no transforms")
+    return None
+
+
+def _summary(value: Any, limit: int = 160) -> str:
+    """A history entry in one short line: small values as they are, long lists and
+    nested records summarised (``--json`` prints them whole)."""
+    text = _value(value)
+    if len(text) <= limit:
+        return text
+    if isinstance(value, list):
+        nums = [v for v in value if isinstance(v, (int, float)) and not isinstance(v, bool)]
+        if len(nums) == len(value) and nums:
+            return (
+                f"{len(nums)} values, first {_value(nums[0])}, last {_value(nums[-1])}, "
+                f"min {_value(min(nums))}, max {_value(max(nums))}"
+            )
+        return f"{len(value)} entries"
+    if isinstance(value, dict):
+        keys = list(value)
+        shown = ", ".join(map(str, keys[:6])) + (", ..." if len(keys) > 6 else "")
+        return f"{{{len(keys)} entries: {shown}}}"
+    return text[: limit - 3] + "..."
+
+
 def _color(color: Any) -> str:
     if not color:
         return ""
@@ -61,6 +120,15 @@ def _value(v: Any) -> str:
     if isinstance(v, (dict, list)):
         return json.dumps(v)
     return str(v)
+
+
+def _arch_name(card, display_name) -> str:
+    foreign = {"nnunet": "nnU-Net v2", "monai": "MONAI bundle"}
+    if card.arch not in foreign:
+        return display_name(card.arch)
+    kw = card.arch_kwargs or {}
+    network = str(kw.get("network_class_name") or kw.get("name") or "").rsplit(".", 1)[-1]
+    return f"{foreign[card.arch]} {network}".strip()
 
 
 def gather(weights: str) -> dict[str, Any]:
@@ -85,7 +153,7 @@ def gather(weights: str) -> dict[str, Any]:
         "path": str(Path(path).resolve()),
         "file_bytes": sum(p.stat().st_size for p in files),
         "origin": card.origin(),
-        "architecture": display_name(card.arch),
+        "architecture": _arch_name(card, display_name),
         "parameters": count_parameters(model),
         "discriminator_parameters": None if disc is None else count_parameters(disc),
         "extra_keys": sorted(map(str, extra)) if isinstance(extra, dict) else [],
@@ -109,7 +177,8 @@ def format_text(info: dict[str, Any]) -> str:
             f"discriminator: {info['discriminator_parameters']:,} parameters (for training)"
         )
     lines.append(f"input:         {card['in_channels']} channel(s)")
-    lines.append(f"normalization: {describe_normalization(card['normalization'])}")
+    own = describe_preprocessing(card) if card["normalization"].get("kind") == "none" else None
+    lines.append(f"normalization: {own or describe_normalization(card['normalization'])}")
     spacing = card["spacing"]
     lines.append(
         "spacing:       "
@@ -126,7 +195,9 @@ def format_text(info: dict[str, Any]) -> str:
     history = card["history"]
     lines.append("history:       " + ("none recorded" if not history else ""))
     for key, value in history.items():
-        lines.append(f"  {key}: {_value(value)}")
+        lines.append(f"  {key}: {_summary(value)}")
+    if any(_summary(v) != _value(v) for v in history.values()):
+        lines.append("  (summarised; the whole history: --json)")
     if card["description"]:
         lines.append(f"description:   {card['description']}")
     if info.get("origin"):

@@ -183,6 +183,7 @@ def _input_refused(name, vol, card) -> bool:
 def run_single(args: argparse.Namespace) -> int:
     import numpy as np
 
+    from napari_vnet.batch import write_class_sidecar
     from napari_vnet.inference import InferenceMemoryError, predict
     from napari_vnet.io import VolumeReadError, VolumeWriteError, read_volume, write_volume
     from napari_vnet.models import CheckpointError, load_checkpoint
@@ -236,6 +237,7 @@ def run_single(args: argparse.Namespace) -> int:
         return _fail(f"{args.input}: {exc}")
     try:
         written = write_volume(pred.labels, out, like=vol, is_label=True)
+        write_class_sidecar(written, card)  # names and colours when reopened
     except (VolumeWriteError, OSError, ValueError) as exc:
         return _fail(str(exc))
 

@@ -207,7 +207,7 @@ def looks_like_labels(vol: Volume, name: str = "") -> bool:
     a = np.asarray(vol.array)
     if a.ndim != len(vol.spacing) or a.size == 0:  # vector images are never label maps
         return False
-    if a.dtype == bool:
+    if a.dtype == bool or vol.metadata.get("format") == "DICOM-SEG":
         return True
     sample = _sample(a)
     if _LABEL_NAME.search(name or ""):

@@ -502,6 +502,10 @@ def _read_dicom_path(path: Path, series) -> Volume:
     problem = dicom_length_problem(path)
     if problem:
         raise VolumeReadError(path, problem)
+    from napari_vnet.io.dicom_seg import is_dicom_seg, read_dicom_seg
+
+    if is_dicom_seg(path):  # a segmentation: labels on its source series' grid
+        return read_dicom_seg(path)
     chosen = find_series_of_file(path)
     if chosen is None:
         raise VolumeReadError(path, "not a readable DICOM image file")
