@@ -222,7 +222,13 @@ def label_map_values(values: Any) -> list[float] | None:
 
 
 def demo_note(card) -> str | None:
-    """A plain note when the weights are a demo trained only on synthetic phantoms."""
+    """A plain note when the weights are a demo trained only on synthetic phantoms, or a
+    starter trained on a single real CT."""
+    if str((getattr(card, "source", None) or {}).get("kind", "")) == "real-ct-starter":
+        return (
+            "Starter model: trained on one public abdominal CT. Expect errors on your scans; "
+            "correct them and fine-tune (Fine-tune model dock) to adapt it."
+        )
     desc = str(getattr(card, "description", "") or "")
     data = str((getattr(card, "history", None) or {}).get("training_data", ""))
     if re.search(r"synthetic", desc, re.I) or re.search(r"synthetic|phantom", data, re.I):

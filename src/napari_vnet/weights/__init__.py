@@ -20,6 +20,9 @@ SHIPPED_NAMES: dict[str, str] = {
     "vnet-phantom": "V-Net trained on the synthetic abdominal phantoms",
     "unet3d-phantom": "3D U-Net trained on the synthetic abdominal phantoms",
     "vox2vox-phantom": "Vox2Vox (GAN) generator trained on the synthetic abdominal phantoms",
+    "unet3d-ct-starter": "3D U-Net trained on one public abdominal CT (10 structures; "
+    "the Segment dock's default for CT in HU)",
+    "vnet-ct-starter": "V-Net trained on one public abdominal CT (10 structures)",
 }
 
 __all__ = [
