@@ -181,9 +181,9 @@ def fill_between(
         if da is None and db is None:
             new[a + 1 : b] = False
             continue
-        # an empty key: the other shape shrinks linearly to nothing at that key
-        da = np.full_like(db, 0.5 - db.min()) if da is None else da
-        db = np.full_like(da, 0.5 - da.min()) if db is None else db
+        # an empty key: the other shape erodes linearly to nothing at that key
+        da = db + (0.5 - db.min()) if da is None else da
+        db = da + (0.5 - da.min()) if db is None else db
         for s in range(a + 1, b):
             t = (s - a) / (b - a)
             new[s] = (1.0 - t) * da + t * db < 0
