@@ -82,9 +82,8 @@ def _is_volume(layer) -> bool:
 
     from napari_vnet._widgets._uncertainty_layer import is_uncertainty
 
-    return (
-        isinstance(layer, Image) and layer.ndim == 3 and not layer.rgb
-    ) and not is_uncertainty(layer)
+    volume = isinstance(layer, Image) and layer.ndim == 3 and not layer.rgb
+    return volume and not is_uncertainty(layer)
 
 
 def _fmt_seconds(seconds: float) -> str:
