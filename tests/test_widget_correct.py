@@ -157,3 +157,11 @@ def test_uncertainty_layer_and_next_uncertain(qtbot, make_napari_viewer, ckpt, n
     assert round(viewer.dims.point[0] / 2.0) == order[1]
     assert w.previous_uncertain() is None  # the first visited was reviewed
     assert w.next_uncertain() == order[2]
+
+
+def test_correct_dock_from_the_plugin_menu(make_napari_viewer):
+    viewer = make_napari_viewer()
+    _, dock = viewer.window.add_plugin_dock_widget("napari-vnet", "Correct")
+    assert isinstance(dock.content, CorrectWidget)
+    assert set(dock.buttons) == {"fill_between", "remove_islands", "keep_largest",
+                                 "fill_holes", "smooth", "restrict", "grow"}  # fmt: skip
