@@ -80,3 +80,12 @@ class ScansDock(ScrollDock):
         from napari_vnet._widgets.scans import ScansWidget
 
         super().__init__(ScansWidget(napari_viewer))
+
+
+class CorrectDock(ScrollDock):
+    """Correct dock."""
+
+    def __init__(self, napari_viewer: napari.Viewer):
+        from napari_vnet._widgets.correct import CorrectWidget
+
+        super().__init__(CorrectWidget(napari_viewer))

@@ -66,6 +66,7 @@ class JobDone:
     amp: str | None
     batch_size: int
     windows: int
+    uncertainty: np.ndarray | None = None  # uint8, when the settings asked for it
 
 
 @dataclass
@@ -211,6 +212,7 @@ class SegmentJob:
             amp=pred.amp,
             batch_size=int(pred.batch_size),
             windows=int(pred.windows),
+            uncertainty=pred.uncertainty,
         )
 
 

@@ -80,7 +80,10 @@ def available_devices() -> list[tuple[str, str]]:
 def _is_volume(layer) -> bool:
     from napari.layers import Image
 
-    return isinstance(layer, Image) and layer.ndim == 3 and not layer.rgb
+    from napari_vnet._widgets._uncertainty_layer import is_uncertainty
+
+    volume = isinstance(layer, Image) and layer.ndim == 3 and not layer.rgb
+    return volume and not is_uncertainty(layer)
 
 
 def _fmt_seconds(seconds: float) -> str:
@@ -171,6 +174,13 @@ class SegmentWidget(QWidget):
             tooltip="auto: bf16/fp16 on GPUs, bf16 on CPUs with native bf16, else float32",
         )
         self.tta = CheckBox(text="Test-time augmentation (8 flips, 8× slower)", value=False)
+        self.uncertainty = CheckBox(
+            text="Uncertainty layer",
+            value=False,
+            tooltip="Also show where the model is unsure (entropy of its class "
+            "probabilities, one byte a voxel); the Correct dock jumps to the most "
+            "uncertain slices",
+        )
         self.post = {
             op: CheckBox(text=text, value=False, tooltip=POSTPROCESS_TIPS[op])
             for op, text in POSTPROCESS.items()
@@ -182,6 +192,7 @@ class SegmentWidget(QWidget):
                 self.batch_size,
                 self.amp,
                 self.tta,
+                self.uncertainty,
                 *self.post.values(),
             ]
         )
@@ -341,7 +352,7 @@ class SegmentWidget(QWidget):
 
     def settings(self) -> dict[str, Any]:
         """The run settings as :func:`napari_vnet.inference.predict` keyword arguments."""
-        return {
+        settings = {
             "device": self.device.value,
             "overlap": float(self.overlap.value),
             "batch_size": self.batch_size.value,
@@ -349,6 +360,9 @@ class SegmentWidget(QWidget):
             "tta": bool(self.tta.value),
             "postprocess": [op for op, box in self.post.items() if box.value] or None,
         }
+        if self.uncertainty.value:
+            settings["return_uncertainty"] = True
+        return settings
 
     # ================================================================ state
     def _image_choices(self, _widget=None) -> list[tuple[str, Any]]:
@@ -663,8 +677,21 @@ class SegmentWidget(QWidget):
             )
             self.viewer.add_layer(layer)
             self._last_status = f"Done in {outcome.seconds:.1f} s: '{layer.name}'."
+        self._show_uncertainty(layer, outcome)
         self.prediction_added.emit(layer)
         return layer
+
+    def _show_uncertainty(self, layer, outcome: JobDone) -> None:
+        if not self._run_ctx["settings"].get("return_uncertainty"):
+            return
+        from napari_vnet._widgets._uncertainty_layer import show_uncertainty
+
+        if outcome.uncertainty is None:
+            from napari.utils.notifications import show_info
+
+            show_info("These weights' own post-processing gives no uncertainty map.")
+            return
+        show_uncertainty(self.viewer, layer, outcome.uncertainty, self._run_ctx["geometry"])
 
     def _on_finished(self) -> None:
         job = self._job

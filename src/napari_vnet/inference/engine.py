@@ -38,13 +38,15 @@ class InferenceMemoryError(MemoryError):
 
 @dataclass
 class EngineResult:
-    """Labels (values of ``lut``) and optional float16 probabilities on the engine's grid."""
+    """Labels (values of ``lut``), optional float16 probabilities and optional uint8
+    uncertainty (normalised entropy, 0..255) on the engine's grid."""
 
     labels: np.ndarray
     probabilities: np.ndarray | None
     windows: int
     batch_size: int
     stats: dict[str, Any] = field(default_factory=dict)
+    uncertainty: np.ndarray | None = None
 
 
 def cpu_channels_last() -> bool:
@@ -168,6 +170,7 @@ def sliding_window(
     skip_uniform: bool = True,
     should_stop: Callable[[], bool] | None = None,
     style: dict | None = None,
+    return_uncertainty: bool = False,
 ) -> Iterator[tuple[int, int]]:
     """Run ``model`` over ``vol`` ``(C, z, y, x)`` (at least one ``patch`` per axis).
 
@@ -176,6 +179,9 @@ def sliding_window(
     place, run under ``torch.inference_mode`` in eval mode, and its mode restored.
     ``style`` (a card's ``sliding_window``) picks the window positions (``steps``) and
     the weight map (``center``, ``mode``) of the weights' producer, e.g. nnU-Net's.
+    ``return_uncertainty``: also the per-voxel normalised entropy of the blended
+    probabilities as uint8 (0..255), computed slab by slab (one byte a voxel, no
+    ``C x D x H x W`` array unless probabilities are asked for too).
     """
     style = style or {}
     patch = tuple(int(p) for p in patch)
@@ -192,9 +198,12 @@ def sliding_window(
     gauss = importance_map(
         patch, center=str(style.get("center", "mid")), mode=str(style.get("mode", "gaussian"))
     )
-    weights = gauss if return_probabilities else None
+    weights = gauss if (return_probabilities or return_uncertainty) else None
     stitch_args = (n_classes, grid_shape, depth)
-    stitch_kw = dict(lut=lut, label_dtype=lut.dtype, weights=weights, blend=blend)
+    stitch_kw = dict(
+        lut=lut, label_dtype=lut.dtype, weights=weights, blend=blend,
+        keep_probabilities=return_probabilities, uncertainty=return_uncertainty,
+    )  # fmt: skip
     try:
         stitcher = ZStitcher(*stitch_args, device=device, **stitch_kw)
     except Exception as exc:  # noqa: BLE001 - only OOM is handled
@@ -253,6 +262,7 @@ def sliding_window(
     return EngineResult(
         labels=stitcher.labels,
         probabilities=stitcher.probabilities,
+        uncertainty=stitcher.uncertainty,
         windows=n_win,
         batch_size=bs,
         stats={

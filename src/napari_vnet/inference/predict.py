@@ -39,6 +39,10 @@ class Prediction:
     ``labels`` holds the card's label *values* (not channel indices) on the input grid,
     as uint8 (or uint16 when a value exceeds 255). ``probabilities`` (only when asked
     for) is ``(C, *input_shape)`` float16 in channel order of ``card.classes``.
+    ``uncertainty`` (only when asked for) is the per-voxel entropy of the blended
+    probabilities divided by ``log C``, scaled to 0..255, as uint8 on the input grid;
+    None when the weights' producer has no way back for it (a MONAI bundle, an nnU-Net
+    model that resamples).
     """
 
     labels: np.ndarray
@@ -49,6 +53,7 @@ class Prediction:
     windows: int = 0
     batch_size: int = 1
     stats: dict[str, Any] = field(default_factory=dict)
+    uncertainty: np.ndarray | None = None
 
 
 def _check_settings(overlap, batch_size) -> None:
@@ -206,6 +211,7 @@ def predict(
     should_stop: Callable[[], bool] | None = None,
     return_probabilities: bool = False,
     skip_uniform: bool = True,
+    return_uncertainty: bool = False,
 ) -> Prediction:
     """Segment ``image`` with ``model``; returns labels (card label values) on its grid.
 
@@ -229,6 +235,8 @@ def predict(
         progress: called as ``progress(done, total)`` windows after every batch.
         should_stop: polled before every batch; True raises :class:`PredictionCancelled`.
         return_probabilities: also return float16 probabilities ``(C, *shape)``.
+        return_uncertainty: also return the uint8 uncertainty map (see :class:`Prediction`);
+            it costs one byte a voxel (the probabilities are not kept for it).
         skip_uniform: run the network once per distinct *uniform* window (all voxels
             equal, e.g. air after CT windowing) and reuse its output - exact, because
             such a window's output does not depend on where it lies.
@@ -279,7 +287,7 @@ def predict(
         vol, model, patch, lut, overlap=overlap, device=dev, amp_dtype=amp_dtype,
         batch_size=batch_size, tta=tta, blend=blend_for(card), skip_uniform=skip_uniform,
         return_probabilities=return_probabilities or needs_scores, should_stop=stop,
-        style=style,
+        style=style, return_uncertainty=return_uncertainty,
     )  # fmt: skip
     while True:
         try:
@@ -301,6 +309,10 @@ def predict(
     else:  # a producer's own way back: labels only
         labels, probs = pre.restore(ctx, labels=labels, **scores), None
     labels = np.ascontiguousarray(labels)
+    uncertainty = None
+    if result.uncertainty is not None:
+        unc = result.uncertainty[crop[1:]]
+        uncertainty = _restore_uncertainty(pre, ctx, unc, needs_scores, in_shape)
     if postprocess:
         from napari_vnet.postprocess import apply_postprocess
 
@@ -329,4 +341,28 @@ def predict(
         windows=result.windows,
         batch_size=result.batch_size,
         stats=stats,
+        uncertainty=uncertainty,
     )
+
+
+def _restore_uncertainty(pre, ctx, unc: np.ndarray, needs_scores: bool, in_shape):
+    """The network-grid uint8 uncertainty on the input grid (linear when resampled);
+    None when the producer's way back needs scores (it cannot take a map)."""
+    from napari_vnet.inference.preprocess import ArrayOrderPreprocessing
+    from napari_vnet.transforms import resample_to_spacing
+
+    if isinstance(pre, CardPreprocessing):
+        if isinstance(pre, ArrayOrderPreprocessing):
+            unc = unc.transpose(pre.back)
+        if getattr(ctx, "resampled", False):
+            back = resample_to_spacing(
+                unc.astype(np.float32), ctx.model_spacing, ctx.input_spacing,
+                is_label=False, shape=ctx.input_shape,
+            )  # fmt: skip
+            unc = np.clip(np.rint(np.asarray(back)), 0, 255).astype(np.uint8)
+    elif needs_scores:
+        return None
+    else:  # a producer's way back for labels (transpose, crop) serves a uint8 map too
+        unc = np.asarray(pre.restore(ctx, labels=unc)).astype(np.uint8, copy=False)
+    unc = np.ascontiguousarray(unc)
+    return unc if unc.shape == tuple(in_shape) else None

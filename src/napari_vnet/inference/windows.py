@@ -27,6 +27,7 @@ __all__ = [
     "GAUSSIAN_MIN",
     "GAUSSIAN_SIGMA_SCALE",
     "ZStitcher",
+    "entropy_uint8",
     "flip_sets",
     "importance_map",
     "pad_to_window",
@@ -138,6 +139,17 @@ def flip_sets(tta: bool | Sequence[Sequence[int]]) -> list[tuple[int, ...]]:
     return [tuple(int(a) for a in f) for f in tta]
 
 
+def entropy_uint8(probs: torch.Tensor) -> np.ndarray:
+    """Per-voxel entropy of probabilities ``(C, ...)`` divided by ``log C`` (0: certain,
+    1: all classes equally likely), scaled to 0..255 as uint8 on the CPU."""
+    n = int(probs.shape[0])
+    if n < 2:
+        return np.zeros(tuple(probs.shape[1:]), dtype=np.uint8)
+    p = probs.float().clamp(0.0, 1.0)
+    h = -(p * torch.log(p.clamp_min(1e-12))).sum(0) / math.log(n)
+    return (h.clamp(0.0, 1.0) * 255.0).round().to("cpu", torch.uint8).numpy()
+
+
 class ZStitcher:
     """Sums weighted window scores in a rolling slab along z; finalises slices behind it.
 
@@ -157,6 +169,8 @@ class ZStitcher:
         label_dtype: np.dtype,
         weights: torch.Tensor | None,
         blend: str = "softmax",
+        keep_probabilities: bool = True,
+        uncertainty: bool = False,
     ) -> None:
         self.shape = shape
         self.depth = depth
@@ -164,9 +178,15 @@ class ZStitcher:
         self.blend = blend
         self.labels = np.zeros(shape, dtype=label_dtype)
         self.weights = None if weights is None else weights.to(device)
+        if uncertainty and weights is None:
+            raise ValueError("the uncertainty map needs the window weights")
         self.probabilities = (
-            None if weights is None else np.zeros((n_classes, *shape), dtype=np.float16)
+            None
+            if weights is None or not keep_probabilities
+            else np.zeros((n_classes, *shape), dtype=np.float16)
         )
+        # normalised entropy of the blended probabilities, 0..255 (uint8: one byte a voxel)
+        self.uncertainty = np.zeros(shape, dtype=np.uint8) if uncertainty else None
         self.base = 0  # global z of acc[:, 0]
         extra = 0 if weights is None else 1
         self.acc = torch.zeros((n_classes + extra, depth, shape[1], shape[2]), device=device)
@@ -199,11 +219,14 @@ class ZStitcher:
         slab = self.acc[: self.n_classes, :n]
         idx = torch.argmax(slab, dim=0).to("cpu", torch.int64).numpy()
         self.labels[self.base : until] = self.lut[idx]
-        if self.probabilities is not None:
+        if self.probabilities is not None or self.uncertainty is not None:
             probs = slab / self.acc[self.n_classes, :n].clamp_min(1e-12)
             if self.blend == "logits":
                 probs = torch.softmax(probs, dim=0)
-            self.probabilities[:, self.base : until] = probs.to("cpu", torch.float32).numpy()
+            if self.probabilities is not None:
+                self.probabilities[:, self.base : until] = probs.to("cpu", torch.float32).numpy()
+            if self.uncertainty is not None:
+                self.uncertainty[self.base : until] = entropy_uint8(probs)
         keep = self.depth - n
         if keep > 0:
             self.acc[:, :keep] = self.acc[:, n:].clone()

@@ -1,0 +1,34 @@
+"""Correcting a predicted label map: where to look and tools for the tedious part (no Qt).
+
+:mod:`.uncertainty`: per-voxel uncertainty, per-slice scores, the queue of slices to
+review. :mod:`.tools`: fill between slices, islands, holes, smoothing, intensity-limited
+edits and region growing, each returning a :class:`~.tools.Change` on one label.
+"""
+
+from napari_vnet.correct.tools import (
+    Change,
+    Scope,
+    fill_between,
+    fill_holes,
+    grow_from_seeds,
+    keep_largest,
+    remove_islands,
+    restrict_to_range,
+    smooth,
+)
+from napari_vnet.correct.uncertainty import SliceQueue, entropy_map, slice_scores
+
+__all__ = [
+    "Change",
+    "Scope",
+    "SliceQueue",
+    "entropy_map",
+    "fill_between",
+    "fill_holes",
+    "grow_from_seeds",
+    "keep_largest",
+    "remove_islands",
+    "restrict_to_range",
+    "slice_scores",
+    "smooth",
+]
