@@ -11,7 +11,9 @@ import pytest
 
 from napari_vnet.weights import SHIPPED_NAMES, resolve_weights, shipped_weights
 
-STARTERS = ("unet3d-ct-starter", "vnet-ct-starter")
+#: (a V-Net starter trained the same way scored liver 0.70 on new patients and weighed
+#: 15 MB: not shipped, see docs/readme/generalisation.md)
+STARTERS = ("unet3d-ct-starter",)
 CORE = {"liver", "spleen", "stomach", "aorta", "inferior_vena_cava", "vertebrae",
         "spinal_cord", "autochthon_left", "autochthon_right", "colon"}  # fmt: skip
 #: a synthetic second patient used neither by the benchmark (1-4) nor the card (11-14)

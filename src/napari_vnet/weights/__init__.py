@@ -22,7 +22,6 @@ SHIPPED_NAMES: dict[str, str] = {
     "vox2vox-phantom": "Vox2Vox (GAN) generator trained on the synthetic abdominal phantoms",
     "unet3d-ct-starter": "3D U-Net trained on one public abdominal CT (10 structures; "
     "the Segment dock's default for CT in HU)",
-    "vnet-ct-starter": "V-Net trained on one public abdominal CT (10 structures)",
 }
 
 __all__ = [
