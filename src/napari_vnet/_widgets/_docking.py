@@ -6,6 +6,11 @@ sizes the window to fit all their minimum heights, so the window grew off-screen
 in a :class:`ScrollDock` each dock asks for a small minimum height and scrolls its
 content instead; napari's own splitters share the column between the docks.
 
+The primary action of each dock (Run, Train / Cancel, Next and Save labels now), its
+progress bar and status line stay in view: a content widget with a ``footer`` widget
+(built at the end of its own layout) has it moved below the scroll area, pinned at the
+bottom of the dock. Advanced settings sit in collapsed groups (:mod:`._compact`).
+
 The npe2 widget commands point at the dock classes below. A ScrollDock passes attribute
 access through to its content, so ``_, seg = viewer.window.add_plugin_dock_widget(
 "napari-vnet", "Segment volume")`` followed by ``seg.select_weights(...)`` works as
@@ -17,33 +22,55 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from qtpy.QtCore import Qt
-from qtpy.QtWidgets import QFrame, QScrollArea, QWidget
+from qtpy.QtWidgets import QFrame, QScrollArea, QVBoxLayout, QWidget
 
 if TYPE_CHECKING:
     import napari
 
-#: the smallest height a dock asks napari for (its content scrolls below that)
-DOCK_MIN_HEIGHT = 180
+#: the smallest height a dock's scrolled part asks napari for (its content scrolls)
+DOCK_MIN_HEIGHT = 72
+#: the widest a dock asks to be (long paths are elided, tables drop columns to fit)
+DOCK_MAX_MIN_WIDTH = 440
 
 
-class ScrollDock(QScrollArea):
-    """A dock widget's content in a vertical scroll area (see the module docstring)."""
+class ScrollDock(QWidget):
+    """A dock widget's content in a vertical scroll area, its ``footer`` pinned below
+    it (see the module docstring)."""
 
     def __init__(self, content: QWidget, min_height: int = DOCK_MIN_HEIGHT):
         super().__init__()
         self._content = content
         self.setObjectName(f"{type(content).__name__}Scroll")
-        self.setWidget(content)
-        self.setWidgetResizable(True)
-        self.setFrameShape(QFrame.Shape.NoFrame)
-        self.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
-        self.setVerticalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAsNeeded)
-        bar = self.verticalScrollBar().sizeHint().width()
-        self.setMinimumWidth(content.minimumSizeHint().width() + bar)
-        self.setMinimumHeight(min_height)
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.setSpacing(0)
+        self.scroll = QScrollArea(self)
+        self.scroll.setWidget(content)
+        self.scroll.setWidgetResizable(True)
+        self.scroll.setFrameShape(QFrame.Shape.NoFrame)
+        self.scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAsNeeded)
+        self.scroll.setVerticalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAsNeeded)
+        self.scroll.setMinimumHeight(min_height)
+        layout.addWidget(self.scroll, 1)
+        footer = getattr(content, "footer", None)
+        if isinstance(footer, QWidget):
+            own = content.layout()
+            if own is not None:
+                own.removeWidget(footer)
+            footer.setParent(self)
+            margins = own.contentsMargins() if own is not None else None
+            if margins is not None:  # line up with the content above it
+                footer.layout().setContentsMargins(margins.left(), 2, margins.right(), 4)
+            layout.addWidget(footer, 0)
+        bar = self.scroll.verticalScrollBar().sizeHint().width()
+        self.setMinimumWidth(min(content.minimumSizeHint().width() + bar, DOCK_MAX_MIN_WIDTH))
 
     @property
     def content(self) -> QWidget:
+        return self._content
+
+    def widget(self) -> QWidget:
+        """The scrolled content (as QScrollArea.widget() gave it)."""
         return self._content
 
     def __getattr__(self, name: str) -> Any:

@@ -151,8 +151,9 @@ class FinetunePairsMixin:
             labels = np.array(p.labels_layer.data, copy=True)
             mask = None
             if only_edited:
-                mask = _edits.annotated_mask(labels.shape, p.labels_layer.metadata)
-                if mask is None:
+                # edited slices count per label and region, reviewed slices whole
+                mask = _edits.training_mask(labels, p.labels_layer.metadata)
+                if mask is None or not mask.any():
                     raise ValueError(
                         f"Labels layer '{p.labels_layer.name}' has no edited or reviewed "
                         "slices. Paint corrections or press 'Mark slice reviewed', or set "

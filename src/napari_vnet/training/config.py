@@ -93,6 +93,13 @@ class TrainConfig:
     foreground_fraction: float = 1.0 / 3.0
     augment: bool = True
     val_fraction: float = 0.0
+    # a class the run learns with fewer held-out validation voxels than this: validation
+    # is too small to choose a checkpoint, the final weights are kept (training/selection)
+    min_val_voxels: int = 1000
+    # which weights a run keeps: "auto" (an earlier checkpoint only when its smoothed
+    # validation Dice beats the final one beyond noise), "final", or "best-raw" (the
+    # highest raw validation Dice, as runs did before: for comparisons)
+    keep: str = "auto"
     eval_every: int | None = None  # iterations between validation/checkpoint points
     eval_seconds: float = 60.0  # ... or at most this many seconds between them
     seed: int = 0
