@@ -10,9 +10,12 @@ budget, the dock's validation pace). Two behaviours:
   raw validation Dice is kept (``keep="best-raw"``);
 * **new**: the slices count per label and region (the liver the user painted or erased,
   the changed voxels and a band around them: :func:`napari_vnet.annotations.training_mask`
-  of the record the real edit recorder writes), and the weights are chosen by the
+  of the record the real edit recorder writes; the classes no annotated voxel shows are
+  kept by the marginal loss, ``partial_labels``), and the weights are chosen by the
   smoothed validation Dice, or the final ones when validation is too small to decide
   (``keep="auto"``).
+
+Where a run keeps an earlier checkpoint, the final weights are scored too.
 
 The base model is a 3D U-Net trained from scratch for ``--base-minutes`` on slices 0-9
 of the CT (the context-first plan of a new model); the user corrects slices of the
@@ -111,7 +114,7 @@ def fine_tune(variant: str, ct, corrected, record, slices, base: Path, args, wor
     config = TrainConfig(
         iterations=None, minutes=args.minutes, val_fraction=0.2, seed=args.seed,
         eval_seconds=min(60.0, max(15.0, 60.0 * args.minutes / 8)),
-        keep="auto" if variant == "new" else "best-raw",
+        keep="auto" if variant == "new" else "best-raw", keep_resume=True,
     )  # fmt: skip
     out = workdir / f"{variant}.pt"
     vals = []
@@ -125,8 +128,11 @@ def fine_tune(variant: str, ct, corrected, record, slices, base: Path, args, wor
     print(f"  [{variant}] {summary['iterations']} iterations in {time.time() - t:.0f}s; "
           f"{(summary.get('selection') or {}).get('message')}", flush=True)  # fmt: skip
     sel = summary.get("selection") or {}
+    from napari_vnet.training import resume_path
+
     return {
         "out": out,
+        "final": resume_path(out),  # the weights of the last iteration
         "iterations": summary["iterations"],
         "seconds": round(summary["seconds"], 1),
         "kept_iteration": summary["best_iteration"],
@@ -203,6 +209,9 @@ def main() -> int:
     for variant in args.variants.split(","):
         run = fine_tune(variant, ct, corrected, record, args.slices, base, args, workdir)
         run["after"] = scores(run.pop("out"))
+        final = run.pop("final")
+        if run["kept_iteration"] != run["iterations"]:  # what the final weights scored
+            run["final_weights"] = scores(final)
         result[variant] = run
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
@@ -213,7 +222,10 @@ def main() -> int:
 
 def print_table(result: dict, variants) -> None:
     rows = [("before (base)", result["before"])]
-    rows += [(f"after, {v}", result[v]["after"]) for v in variants]
+    for v in variants:
+        rows.append((f"after, {v}", result[v]["after"]))
+        if "final_weights" in result[v]:
+            rows.append((f"  {v}, final", result[v]["final_weights"]))
     names = [*CLASSES.values(), "mean"]
     for where in ("uncorrected_slices", "other_scan"):
         print(f"\nDice on {where.replace('_', ' ')}")

@@ -170,7 +170,12 @@ class EditLog:
         before, after = val[diff], now[diff]
         out: dict[int, dict[str, Any]] = {}
         order = np.argsort(slices, kind="stable")
-        slices, in_plane, before, after = slices[order], in_plane[order], before[order], after[order]
+        slices, in_plane, before, after = (
+            slices[order],
+            in_plane[order],
+            before[order],
+            after[order],
+        )
         bounds = np.flatnonzero(np.diff(slices)) + 1
         for part in np.split(np.arange(slices.size), bounds):
             b, a = before[part], after[part]

@@ -33,7 +33,7 @@ def path_label(path: str | Path, limit: int = PATH_CHARS) -> str:
     return f"{name} — {elide_middle(str(p.parent), max(limit - len(name) - 3, 12))}"
 
 
-def compact_combo(combo: QComboBox, chars: int = 18) -> None:
+def compact_combo(combo: QComboBox, chars: int = 12) -> None:
     """The combo's width no longer grows with its longest item (a recent-weights entry
     with a long path widened its dock by ~320 px); the popup still shows whole items."""
     combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)

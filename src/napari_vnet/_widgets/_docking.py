@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from qtpy.QtCore import Qt
+from qtpy.QtCore import QSize, Qt, QTimer
 from qtpy.QtWidgets import QFrame, QScrollArea, QVBoxLayout, QWidget
 
 if TYPE_CHECKING:
@@ -29,8 +29,10 @@ if TYPE_CHECKING:
 
 #: the smallest height a dock's scrolled part asks napari for (its content scrolls)
 DOCK_MIN_HEIGHT = 72
+#: the most height of its scrolled content a dock asks for (it gets more when there is room)
+DOCK_SHARE_HEIGHT = 300
 #: the widest a dock asks to be (long paths are elided, tables drop columns to fit)
-DOCK_MAX_MIN_WIDTH = 440
+DOCK_MAX_MIN_WIDTH = 460
 
 
 class ScrollDock(QWidget):
@@ -62,8 +64,51 @@ class ScrollDock(QWidget):
             if margins is not None:  # line up with the content above it
                 footer.layout().setContentsMargins(margins.left(), 2, margins.right(), 4)
             layout.addWidget(footer, 0)
+        self._fit_width()
+
+    def _fit_width(self) -> None:
+        """As wide as the content needs beside the scroll bar (up to the cap)."""
         bar = self.scroll.verticalScrollBar().sizeHint().width()
-        self.setMinimumWidth(min(content.minimumSizeHint().width() + bar, DOCK_MAX_MIN_WIDTH))
+        need = self._content.minimumSizeHint().width() + bar + 2
+        self.setMinimumWidth(min(need, DOCK_MAX_MIN_WIDTH))
+
+    def sizeHint(self) -> QSize:  # noqa: N802 - Qt's name
+        """Ask for a share of the column, not the whole content: the docks stacked in
+        it then split the height (the content scrolls; the footer is always shown)."""
+        hint = super().sizeHint()
+        footer = getattr(self._content, "footer", None)
+        pinned = footer.sizeHint().height() if isinstance(footer, QWidget) else 0
+        body = min(self._content.sizeHint().height(), DOCK_SHARE_HEIGHT)
+        return QSize(hint.width(), body + pinned)
+
+    def showEvent(self, event) -> None:  # noqa: N802 - Qt's name
+        super().showEvent(event)
+        if not getattr(self, "_balanced", False):
+            self._balanced = True  # once per dock: the user's own sizes stay after
+            self._fit_width()  # the content is filled in now (weights, card)
+            QTimer.singleShot(0, self._share_column)
+
+    def _share_column(self) -> None:
+        """A dock added below others got only its minimum height (the first one took
+        the column): share the column among the napari-vnet docks by their hints."""
+        from qtpy.QtWidgets import QDockWidget, QMainWindow
+
+        dock = self.parentWidget()
+        window = dock.parentWidget() if dock is not None else None
+        if not isinstance(dock, QDockWidget) or not isinstance(window, QMainWindow):
+            return
+        area = window.dockWidgetArea(dock)
+        ours = [
+            d
+            for d in window.findChildren(QDockWidget)
+            if isinstance(d.widget(), ScrollDock)
+            and d.isVisible()
+            and not d.isFloating()
+            and window.dockWidgetArea(d) == area
+        ]
+        if len(ours) > 1:
+            heights = [d.widget().sizeHint().height() for d in ours]
+            window.resizeDocks(ours, heights, Qt.Orientation.Vertical)
 
     @property
     def content(self) -> QWidget:

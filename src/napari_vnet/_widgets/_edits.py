@@ -34,11 +34,11 @@ from napari_vnet.annotations import (  # noqa: F401 - re-exported for the docks
     KEY,
     add_slices,
     annotated_mask,
-    training_mask,
     count_annotated,
     records,
     remove_slices,
     touched_slices,
+    training_mask,
 )
 
 logger = logging.getLogger(__name__)

@@ -70,7 +70,14 @@ class ScanTable(QTableWidget):
         self.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
 
     def _column_width(self, col: int) -> int:
-        return max(self.sizeHintForColumn(col), self.horizontalHeader().sectionSizeHint(col))
+        """The width the column's texts need (also while it is hidden; the first 200
+        rows measured)."""
+        fm = self.fontMetrics()
+        texts = [self.horizontalHeaderItem(col).text()] + [
+            self.item(r, col).text() for r in range(min(self.rowCount(), 200)) if self.item(r, col)
+        ]
+        bold = 1.1 if self.current_key is not None else 1.0  # the current row is bold
+        return int(max(fm.horizontalAdvance(t) for t in texts) * bold) + 16
 
     def fit_columns(self) -> None:
         """Show the optional columns that fit beside a readable scan name; hide the rest

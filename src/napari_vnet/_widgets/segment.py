@@ -199,7 +199,7 @@ class SegmentWidget(QWidget):
         self.run_button = QPushButton("Run")
         self.run_button.setObjectName("napari_vnet_run")
         self.run_button.clicked.connect(self._on_run_clicked)
-        self.replace_check = QCheckBox("Replace this model's previous result (unless edited)")
+        self.replace_check = QCheckBox("Replace this model's unedited previous result")
         self.replace_check.setChecked(True)
         self.replace_check.setToolTip(
             "Put a new result of the same model and image into its previous, unedited "

@@ -100,6 +100,10 @@ class TrainConfig:
     # validation Dice beats the final one beyond noise), "final", or "best-raw" (the
     # highest raw validation Dice, as runs did before: for comparisons)
     keep: str = "auto"
+    # classes of the model that no annotated voxel shows (e.g. only the liver was
+    # corrected) are not learnt as background: a background voxel may be any of them
+    # (marginal cross entropy, no Dice term for them; losses.marginal_cross_entropy_loss)
+    partial_labels: bool = True
     eval_every: int | None = None  # iterations between validation/checkpoint points
     eval_seconds: float = 60.0  # ... or at most this many seconds between them
     seed: int = 0

@@ -43,7 +43,7 @@ from napari_vnet.training.events import TrainingStep, TrainingSummary
 from napari_vnet.training.plan import TrainingPlan, plan_training
 from napari_vnet.training.postprocess_choice import choose_postprocess
 from napari_vnet.training.sampler import PatchSampler
-from napari_vnet.training.selection import make_selection
+from napari_vnet.training.selection import learnt_channels, make_selection
 from napari_vnet.training.steps import segmentation_step, vox2vox_step
 from napari_vnet.training.transfer import build_networks, load_base
 from napari_vnet.training.validation import validation_dice
@@ -195,6 +195,13 @@ class _Run:
             mode=config.keep,
         )  # fmt: skip
         self.decision: dict[str, Any] | None = None
+        # classes no annotated voxel shows: kept as they are (partial labels)
+        learnt = learnt_channels(cases)
+        self.open_classes = (
+            [ch for ch in range(1, self.n_classes) if ch not in learnt]
+            if config.partial_labels and disc is None
+            else []
+        )
         start = 0 if resume_state is None else int(resume_state["iteration"])
         self.sampler = PatchSampler(
             self.train_cases, self.patch, foreground_fraction=config.foreground_fraction,
@@ -212,6 +219,7 @@ class _Run:
                 "validation_cases": [c.name for c in self.val_cases],
                 "world_size": dist.world,
                 "plan": list(plan.reasons),
+                "partial_labels": [self.classes[ch].name for ch in self.open_classes],
                 "device": str(device),
             }
         )
@@ -270,8 +278,9 @@ class _Run:
             if disc is not None:
                 self.train_disc = DDP(disc, device_ids=ids)
         self.criterion = DiceCELoss(
-            config.dice_weight, config.ce_weight, batch_dice=config.batch_dice
-        )
+            config.dice_weight, config.ce_weight, batch_dice=config.batch_dice,
+            open_classes=self.open_classes,
+        )  # fmt: skip
         if self.ds is not None:
             self.criterion = DeepSupervisionLoss(self.criterion, self.ds.weights)
 
@@ -390,7 +399,6 @@ class _Run:
         into the best checkpoint's card (:mod:`~.postprocess_choice`)."""
         if self.config.postprocess != "auto" or not self.val_cases or not self.out.exists():
             return
-
 
         def choose(card, model):
             model.to(self.device).eval()

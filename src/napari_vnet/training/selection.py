@@ -34,6 +34,7 @@ SMOOTHING = 0.7
 #: smallest gain of the smoothed score for which an earlier checkpoint is kept
 MIN_GAIN = 0.01
 #: fewer evaluation points than this cannot show a trend: the final weights are kept
+#: (and the smoothed score of the first MIN_POINTS - 1 points is no candidate)
 MIN_POINTS = 3
 
 
@@ -106,7 +107,9 @@ class Selection:
         prev = self.smoothed
         ema = val if prev is None else self.smoothing * prev + (1.0 - self.smoothing) * val
         self.points.append([int(iteration), float(val), float(ema)])
-        if ema > self.best_smoothed:
+        # the first smoothed values are one or two raw scores: no candidates yet
+        warm = self.mode == "best-raw" or len(self.points) >= MIN_POINTS
+        if warm and ema > self.best_smoothed:
             self.best_smoothed, self.best_iteration, self.best_val = ema, int(iteration), val
             return self.keeps_best
         return False
