@@ -8,7 +8,7 @@ budget, the dock's validation pace). Two behaviours:
 * **old**: the corrected slices count whole (the uncorrected spleen, stomach and spine
   predictions on them are learnt as if corrected), and the checkpoint of the highest
   raw validation Dice is kept (``keep="best-raw"``);
-* **new**: the slices count per label and region (the liver the user painted or erased,
+* **new** (the dock's *corrected labels only*): the slices count per label and region (the liver the user painted or erased,
   the changed voxels and a band around them: :func:`napari_vnet.annotations.training_mask`
   of the record the real edit recorder writes; the classes no annotated voxel shows are
   kept by the marginal loss, ``partial_labels``), and the weights are chosen by the

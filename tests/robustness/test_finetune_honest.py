@@ -19,7 +19,6 @@ import torch
 
 from napari_vnet.models import load_checkpoint, load_checkpoint_state
 from napari_vnet.training import TrainConfig, TrainingPair, finetune, prepare_cases, resume_path
-from napari_vnet.training.selection import Selection
 
 TINY = {"channels": [4, 8, 16]}
 
@@ -64,6 +63,8 @@ def same_weights(a, b) -> bool:
 def test_flat_noisy_validation_keeps_the_final_weights():
     """The dock's case: one held-out slice, 0.45-0.51 for 200 iterations, the maximum at
     iteration 20 (kept before)."""
+    from napari_vnet.training.selection import Selection
+
     sel = Selection()
     scores = [0.508, 0.47, 0.45, 0.49, 0.46, 0.50, 0.47, 0.48, 0.45, 0.49]
     for i, v in enumerate(scores, 1):
@@ -75,6 +76,8 @@ def test_flat_noisy_validation_keeps_the_final_weights():
 
 
 def test_a_real_drop_keeps_the_earlier_checkpoint_and_says_so():
+    from napari_vnet.training.selection import Selection
+
     sel = Selection()
     for i, v in enumerate([0.50, 0.80, 0.85, 0.86, 0.86, 0.60, 0.40, 0.30, 0.30], 1):
         sel.add(10 * i, v)
@@ -242,7 +245,7 @@ def test_regions_travel_as_json_and_train_the_same_way(predicted, tmp_path):
 
 
 def test_fine_tune_dock_trains_on_the_regions(make_napari_viewer, predicted):
-    from napari_vnet._widgets.finetune import EDITED, FinetuneWidget
+    from napari_vnet._widgets.finetune import CORRECTED, EDITED, FinetuneWidget
 
     viewer = make_napari_viewer()
     image = viewer.add_image(np.zeros(predicted.data.shape, np.float32), name="ct")
@@ -250,7 +253,11 @@ def test_fine_tune_dock_trains_on_the_regions(make_napari_viewer, predicted):
     ft = FinetuneWidget(viewer)
     labels.paint((2, 16, 8), LIVER)
     ft.add_pair(image, labels)
-    (spec,) = ft._training_specs(ft.voxels_combo.currentText() == EDITED)
+    assert ft.voxels_combo.currentText() == EDITED  # the default: edited slices whole
+    (spec,) = ft._training_specs(True)
+    assert spec["annotated"][2].all() and not spec["annotated"][[0, 1, 3]].any()
+    ft.voxels_combo.setCurrentText(CORRECTED)
+    (spec,) = ft._training_specs(True, regions=True)
     mask = spec["annotated"]
     assert mask[2][labels.data[2] == LIVER].all()
     assert not mask[2][labels.data[2] == SPLEEN].any()  # left as predicted: not learnt

@@ -20,7 +20,12 @@ from napari_vnet._widgets._finetune_job import (
     parse_patch,
     training_job,
 )
-from napari_vnet._widgets._finetune_pairs import EDITED, _count_file_annotated, notify
+from napari_vnet._widgets._finetune_pairs import (
+    CORRECTED,
+    EDITED,
+    _count_file_annotated,
+    notify,
+)
 
 logger = logging.getLogger("napari_vnet._widgets.finetune")
 
@@ -79,7 +84,8 @@ class FinetuneRunMixin:
             notify("warning", "Training is already running.")
             return None
         try:
-            specs = self._training_specs(self.voxels_combo.currentText() == EDITED)
+            mode = self.voxels_combo.currentText()
+            specs = self._training_specs(mode in (EDITED, CORRECTED), regions=mode == CORRECTED)
             counts = [
                 _count_file_annotated(s["annotated"]) for s in specs if s["annotated"] is not None
             ]

@@ -56,6 +56,7 @@ from napari_vnet._widgets._finetune_job import (
     default_output_path,
 )
 from napari_vnet._widgets._finetune_pairs import (
+    CORRECTED,
     EDITED,
     WHOLE,
     FinetunePairsMixin,
@@ -79,6 +80,7 @@ ARCH_FALLBACK = ("vnet", "unet3d", "vox2vox")
 CURVE_HEIGHT = 120
 
 __all__ = [
+    "CORRECTED",
     "EDITED",
     "PROGRESS_REFRESH_MS",
     "WHOLE",
@@ -148,11 +150,12 @@ class FinetuneWidget(FinetunePairsMixin, FinetuneRunMixin, FinetuneExportMixin, 
         self.pair_list.setToolTip("Pairs to train on (empty: the pair selected above)")
         form.addRow(self.pair_list)
         self.voxels_combo = QComboBox()
-        self.voxels_combo.addItems([EDITED, WHOLE])
+        self.voxels_combo.addItems([EDITED, CORRECTED, WHOLE])
         self.voxels_combo.setToolTip(
-            "Edited / reviewed: on a slice you painted, filled or erased, the labels you "
-            "changed count (with the voxels around them); labels you left as they were "
-            "do not. Slices marked reviewed count whole. Whole volume: every voxel counts."
+            "Edited / reviewed: every slice you painted, filled, erased or marked reviewed "
+            "counts whole. Corrected labels only: on an edited slice only the labels you "
+            "painted or erased count (with the voxels around them), not those left as "
+            "predicted; slices marked reviewed count whole. Whole volume: every voxel."
         )
         form.addRow("Voxels that count", self.voxels_combo)
         row = QHBoxLayout()

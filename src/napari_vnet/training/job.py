@@ -88,7 +88,9 @@ def spec_to_pair(spec: dict, TrainingPair):
     img, lab = read_volume(spec["image_path"]), read_volume(spec["labels_path"])
     check_same_grid(img, lab, spec["image_path"], spec["labels_path"])
     annotated = (
-        annotated_to_mask(spec["annotated"], img.shape, np.asarray(lab.array))
+        annotated_to_mask(
+            spec["annotated"], img.shape, np.asarray(lab.array) if spec.get("regions") else None
+        )
         if spec["only_edited"]
         else None
     )
