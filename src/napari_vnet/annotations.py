@@ -9,7 +9,10 @@ there)::
 ``axis`` is a data axis of the layer; ``slices`` are sorted indices along it. When the
 user also edits while looking along another axis, those slices go to an optional
 ``"more": [{"axis": 1, "slices": [...]}, ...]`` list; :func:`annotated_mask` takes the
-union of all of them. The GUI's edit tracker (``_widgets._edits.EditTracker``) keeps the
+union of all of them. Each entry may also say what was edited on a slice (``"edits"``,
+per label and region) and which slices were marked reviewed (``"reviewed"``, counted
+whole): :mod:`napari_vnet.annotation_regions` turns that into the voxels training learns
+from (:func:`training_mask`). The GUI's edit tracker (``_widgets._edits.EditTracker``) keeps the
 record up to date from napari's ``paint`` events; everything here is plain data and runs
 in the training child process, which never imports Qt.
 """
@@ -28,11 +31,14 @@ __all__ = [
     "KEY",
     "add_slices",
     "annotated_mask",
+    "apply_edits",
     "count_annotated",
     "mask_from_record",
     "records",
     "remove_slices",
+    "slice_state",
     "touched_slices",
+    "training_mask",
 ]
 
 KEY = "annotated_slices"
@@ -58,61 +64,147 @@ def count_annotated(metadata: dict[str, Any] | None) -> int:
     return sum(len(s) for _, s in records(metadata))
 
 
+def _copy_record(metadata) -> dict[str, Any]:
+    """A deep enough copy of the record to change and assign back."""
+    rec = dict((metadata or {}).get(KEY) or {})
+    if "edits" in rec:
+        rec["edits"] = dict(rec["edits"])
+    if "more" in rec:
+        rec["more"] = [
+            {**m, **({"edits": dict(m["edits"])} if "edits" in m else {})} for m in rec["more"]
+        ]
+    return rec
+
+
+def _entry(rec: dict[str, Any], axis: int) -> dict[str, Any]:
+    """The (mutable) entry of ``rec`` for ``axis``, created when missing."""
+    if "axis" not in rec or not rec.get("slices"):
+        keep = {k: v for k, v in rec.items() if k == "more"}
+        rec.clear()
+        rec.update({"axis": int(axis), "slices": [], **keep})
+    if int(rec["axis"]) == axis:
+        return rec
+    more = rec.setdefault("more", [])
+    target = next((m for m in more if int(m["axis"]) == axis), None)
+    if target is None:
+        target = {"axis": int(axis), "slices": []}
+        more.append(target)
+    return target
+
+
+def _store(layer, rec: dict[str, Any]) -> bool:
+    """Tidy ``rec`` (empty parts dropped) and assign it, so napari's metadata event
+    fires. True when it differs from the record there."""
+    for e in [rec, *rec.get("more", [])]:
+        listed = {int(s) for s in e.get("slices", [])}
+        if "edits" in e:
+            e["edits"] = {k: v for k, v in sorted(e["edits"].items()) if int(k) in listed}
+        if "reviewed" in e:
+            e["reviewed"] = sorted({int(s) for s in e["reviewed"]} & listed)
+        for key in ("edits", "reviewed"):
+            if key in e and not e[key]:
+                del e[key]
+    if "more" in rec:
+        rec["more"] = [m for m in rec["more"] if m.get("slices")]
+        if not rec["more"]:
+            del rec["more"]
+    if rec.get("more") and not rec.get("slices"):  # promote the first other axis
+        first, *rest = rec["more"]
+        rec = {**first, **({"more": rest} if rest else {})}
+    old = layer.metadata.get(KEY)
+    if (old or None) == (rec or None) or (not old and not rec.get("slices")):
+        return False
+    meta = dict(layer.metadata)
+    meta[KEY] = rec
+    layer.metadata = meta
+    return True
+
+
 def add_slices(layer, axis: int, slices: Iterable[int]) -> bool:
-    """Add ``slices`` along data ``axis`` to ``layer``'s record. True when it grew.
+    """Mark ``slices`` along data ``axis`` reviewed: they count whole (also where they
+    hold edits). True when the record changed.
 
     The metadata dict is replaced (not mutated) so napari's metadata event fires.
     """
     new = {int(s) for s in slices if 0 <= int(s) < layer.data.shape[axis]}
     if not new:
         return False
-    meta = dict(layer.metadata)
-    rec = dict(meta.get(KEY) or {})
-    if "axis" not in rec or not rec.get("slices"):
-        rec = {"axis": int(axis), "slices": [], **{k: v for k, v in rec.items() if k == "more"}}
-    if int(rec["axis"]) == axis:
-        target = rec
-    else:
-        more = [dict(m) for m in rec.get("more", [])]
-        target = next((m for m in more if int(m["axis"]) == axis), None)
-        if target is None:
-            target = {"axis": int(axis), "slices": []}
-            more.append(target)
-        rec["more"] = more
-    before = set(int(s) for s in target["slices"])
-    merged = before | new
-    if merged == before:
-        return False
-    target["slices"] = sorted(merged)
-    meta[KEY] = rec
-    layer.metadata = meta
-    return True
+    rec = _copy_record(layer.metadata)
+    target = _entry(rec, axis)
+    target["slices"] = sorted({int(s) for s in target["slices"]} | new)
+    target["reviewed"] = sorted({int(s) for s in target.get("reviewed", [])} | new)
+    return _store(layer, rec)
 
 
 def remove_slices(layer, axis: int, slices: Iterable[int]) -> bool:
-    """Remove ``slices`` along ``axis`` from the record. True when it shrank."""
+    """Unmark ``slices`` along ``axis``: a reviewed slice that holds edits goes back to
+    counting its edits only; any other slice leaves the record. True when it changed."""
     drop = {int(s) for s in slices}
-    rec = layer.metadata.get(KEY)
-    if not rec:
+    if not records(layer.metadata):
         return False
-    rec = dict(rec)
-    changed = False
-    entries = [rec, *[dict(m) for m in rec.get("more", [])]]
-    for e in entries:
-        if int(e.get("axis", -1)) == axis and drop & set(e.get("slices", [])):
-            e["slices"] = sorted(set(e["slices"]) - drop)
-            changed = True
-    if not changed:
-        return False
-    if len(entries) > 1:
-        rec = dict(entries[0])
-        rec["more"] = [m for m in entries[1:] if m["slices"]]
-        if not rec["more"]:
-            del rec["more"]
-    meta = dict(layer.metadata)
-    meta[KEY] = rec
-    layer.metadata = meta
-    return True
+    rec = _copy_record(layer.metadata)
+    for e in [rec, *rec.get("more", [])]:
+        if int(e.get("axis", -1)) != axis:
+            continue
+        reviewed = {int(s) for s in e.get("reviewed", [])}
+        edited = {int(k) for k in e.get("edits", {})}
+        back_to_edits = drop & reviewed & edited
+        e["reviewed"] = sorted(reviewed - drop)
+        e["slices"] = sorted({int(s) for s in e["slices"]} - (drop - back_to_edits))
+    return _store(layer, rec)
+
+
+#: :func:`slice_state` of a slice that counts whole
+WHOLE = "whole"
+
+
+def slice_state(metadata, axis: int, index: int) -> Any:
+    """How slice ``index`` along ``axis`` is recorded: None (not at all), :data:`WHOLE`
+    (reviewed, or listed without edits), or its edits dict."""
+    rec = (metadata or {}).get(KEY) or {}
+    for e in [rec, *rec.get("more", [])] if rec else []:
+        if int(e.get("axis", -1)) != axis or index not in {int(s) for s in e.get("slices", [])}:
+            continue
+        edit = (e.get("edits") or {}).get(str(index))
+        if edit is None or index in {int(s) for s in e.get("reviewed", [])}:
+            return WHOLE
+        return edit
+    return None
+
+
+def apply_edits(layer, axis: int, updates: dict[int, Any]) -> bool:
+    """Set the edits of slices along ``axis``: ``{slice: edits dict}`` records them,
+    ``{slice: None}`` drops a slice that held only edits (a reviewed slice stays);
+    :data:`WHOLE` leaves a slice as it is. True when the record changed."""
+    rec = _copy_record(layer.metadata)
+    target = _entry(rec, axis)
+    listed = {int(s) for s in target["slices"]}
+    reviewed = {int(s) for s in target.get("reviewed", [])}
+    edits = dict(target.get("edits") or {})
+    for s, edit in updates.items():
+        s = int(s)
+        if edit is WHOLE or edit == WHOLE:
+            continue
+        if edit is None:
+            edits.pop(str(s), None)
+            if s not in reviewed:
+                listed.discard(s)
+            continue
+        if s in listed and str(s) not in edits and s not in reviewed:
+            continue  # listed without edits (a record of whole slices): stays whole
+        listed.add(s)
+        edits[str(s)] = edit
+    target["slices"] = sorted(listed)
+    target["edits"] = edits
+    return _store(layer, rec)
+
+
+def training_mask(labels, metadata) -> np.ndarray | None:
+    """The voxels of ``labels`` training learns from under the layer's record (edited
+    slices per label and region, reviewed slices whole), None when nothing is recorded."""
+    from napari_vnet.annotation_regions import training_mask as regions_mask
+
+    return regions_mask(labels, (metadata or {}).get(KEY))
 
 
 def annotated_mask(shape: tuple[int, ...], metadata: dict[str, Any] | None) -> np.ndarray | None:
@@ -155,12 +247,17 @@ def touched_slices(atom, axis: int, shape: tuple[int, ...]) -> set[int]:
         return set()
 
 
-def mask_from_record(annotated: Any, shape: tuple[int, ...]) -> np.ndarray | None:
+def mask_from_record(
+    annotated: Any, shape: tuple[int, ...], labels: np.ndarray | None = None
+) -> np.ndarray | None:
     """A file pair's ``annotated`` argument (a record dict, a bool mask, or z-slice
-    indices) -> a boolean voxel mask, or None when nothing is given."""
+    indices) -> a boolean voxel mask, or None when nothing is given. With ``labels``, a
+    record's edited slices count per label and region (:func:`training_mask`)."""
     if annotated is None:
         return None
     if isinstance(annotated, dict):
+        if labels is not None:
+            return training_mask(labels, {KEY: annotated})
         return annotated_mask(shape, {KEY: annotated})
     arr = np.asarray(annotated)
     if arr.dtype == bool and arr.shape == tuple(shape):

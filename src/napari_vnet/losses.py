@@ -88,6 +88,7 @@ def soft_dice_loss(
     include_background: bool = True,
     eps: float = 1e-5,
     batch_dice: bool = True,
+    skip: tuple[int, ...] = (),
 ) -> torch.Tensor:
     """Milletari's soft Dice loss, ``1 - mean_c 2 sum(p g) / (sum p^2 + sum g^2)``.
 
@@ -95,7 +96,8 @@ def soft_dice_loss(
     all (annotated) voxels, per class, so a class that is rare in one patch still gets a
     stable estimate; without it each patch gets its own Dice and the mean is taken over
     patches and classes. With ``include_background=False`` the mean runs over the
-    foreground channels only (if there are any).
+    foreground channels only (if there are any). ``skip``: channels left out of the mean
+    (classes the partial labels never show).
     """
     _check(logits, target, mask)
     p, g = _probs_and_onehot(logits, target, mask)
@@ -103,8 +105,9 @@ def soft_dice_loss(
     inter = (p * g).sum(dims)
     denom = (p * p).sum(dims) + (g * g).sum(dims)
     dice = (2.0 * inter + eps) / (denom + eps)
-    if not include_background and dice.shape[-1] > 1:
-        dice = dice[..., 1:]
+    keep = [c for c in range(dice.shape[-1]) if c not in skip and (include_background or c)]
+    if keep and len(keep) < dice.shape[-1]:
+        dice = dice[..., keep]
     return 1.0 - dice.mean()
 
 
@@ -119,6 +122,29 @@ def cross_entropy_loss(
     w = mask.to(ce.dtype)
     # where() rather than multiply so that a non-finite value at an unannotated voxel
     # cannot leak in as 0 * inf = nan.
+    return torch.where(w > 0, ce, torch.zeros_like(ce)).sum() / w.sum().clamp_min(1.0)
+
+
+def marginal_cross_entropy_loss(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    mask: torch.Tensor | None,
+    open_classes: list[int],
+) -> torch.Tensor:
+    """Cross entropy for partial labels: a voxel labelled background may be background
+    or any of ``open_classes`` (classes the labels never show), so its loss is
+    ``-log(p_0 + sum of p_c over the open classes)`` (the marginal loss of Shi et al.
+    2021, partially supervised multi-organ segmentation); other voxels as usual. Those
+    classes are then neither learnt nor unlearnt where nothing says what they are."""
+    _check(logits, target, mask)
+    x = _upcast(logits)
+    ce = F.cross_entropy(x, target.long(), reduction="none")
+    merged = torch.logsumexp(x[:, [0, *open_classes]], dim=1)
+    ce_bg = torch.logsumexp(x, dim=1) - merged
+    ce = torch.where(target == 0, ce_bg, ce)
+    if mask is None:
+        return ce.mean()
+    w = mask.to(ce.dtype)
     return torch.where(w > 0, ce, torch.zeros_like(ce)).sum() / w.sum().clamp_min(1.0)
 
 
@@ -171,8 +197,11 @@ class DiceCELoss(torch.nn.Module):
         include_background: bool = False,
         eps: float = 1e-5,
         batch_dice: bool = True,
+        open_classes: list[int] | None = None,
     ):
         super().__init__()
+        # channels the (partial) labels never show: marginal cross entropy, no Dice term
+        self.open_classes = sorted(int(c) for c in open_classes or [] if int(c) > 0)
         self.batch_dice = bool(batch_dice)
         self.dice_weight = float(dice_weight)
         self.ce_weight = float(ce_weight)
@@ -182,8 +211,11 @@ class DiceCELoss(torch.nn.Module):
     def forward(self, logits, target, mask=None):
         dice = soft_dice_loss(
             logits, target, mask, include_background=self.include_background, eps=self.eps,
-            batch_dice=self.batch_dice,
+            batch_dice=self.batch_dice, skip=tuple(self.open_classes),
         )  # fmt: skip
-        ce = cross_entropy_loss(logits, target, mask)
+        if self.open_classes:
+            ce = marginal_cross_entropy_loss(logits, target, mask, self.open_classes)
+        else:
+            ce = cross_entropy_loss(logits, target, mask)
         total = self.dice_weight * dice + self.ce_weight * ce
         return total, {"dice": float(dice.detach()), "ce": float(ce.detach())}

@@ -15,7 +15,11 @@ need napari and Qt.
 event, which napari emits once per brush stroke, fill or polygon (and for
 ``data_setitem``) with the undo-history atoms of the edit; each atom says which voxels
 changed, so the slices are exact, not guessed from the viewer position. Edits made
-before the tracker was attached are recovered from the layer's undo history.
+before the tracker was attached are recovered from the layer's undo history. Each edited
+slice also records the labels and voxels its edits changed
+(:class:`napari_vnet.annotation_regions.EditRecorder`): training learns from those, not
+from the labels left as predicted on the same slice. The record follows undo and redo
+(napari's ``set_data`` event) and starts afresh when the layer gets new data.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ from napari_vnet.annotations import (  # noqa: F401 - re-exported for the docks
     records,
     remove_slices,
     touched_slices,
+    training_mask,
 )
 
 logger = logging.getLogger(__name__)
@@ -67,31 +72,48 @@ class EditTracker(QObject):
 
     def __init__(self, layer, parent: QObject | None = None):
         super().__init__(parent)
+        from napari_vnet.annotation_regions import EditRecorder
+
         self.layer = layer
+        self.recorder = EditRecorder(layer)
         layer.events.paint.connect(self._on_paint)
+        layer.events.set_data.connect(self._on_set_data)  # undo, redo
+        layer.events.data.connect(self._on_new_data)  # layer.data = ...
         self._record(_past_atoms(layer))
 
     def _record(self, atoms) -> None:
-        layer = self.layer
-        axis = viewing_axis(layer)
-        shape = tuple(layer.data.shape)
-        touched: set[int] = set()
-        for atom in atoms:
-            touched |= touched_slices(atom, axis, shape)
-        if touched and add_slices(layer, axis, touched):
+        atoms = list(atoms)
+        if atoms:
+            self.recorder.take(atoms, viewing_axis(self.layer))
+        self._update()
+
+    def _update(self) -> None:
+        if self.recorder.update():
             try:
-                self.changed.emit(layer)
+                self.changed.emit(self.layer)
             except RuntimeError:  # the dock that owned this tracker was deleted
                 self.disconnect_layer()
 
     def disconnect_layer(self) -> None:
-        try:
-            self.layer.events.paint.disconnect(self._on_paint)
-        except (TypeError, ValueError, RuntimeError):  # already gone
-            pass
+        for emitter, slot in (
+            (self.layer.events.paint, self._on_paint),
+            (self.layer.events.set_data, self._on_set_data),
+            (self.layer.events.data, self._on_new_data),
+        ):
+            try:
+                emitter.disconnect(slot)
+            except (TypeError, ValueError, RuntimeError):  # already gone
+                pass
 
     def _on_paint(self, event) -> None:
         self._record(event.value or [])
+
+    def _on_set_data(self, _event=None) -> None:
+        if self.recorder.bases:  # an undo or redo of this session's edits
+            self._update()
+
+    def _on_new_data(self, _event=None) -> None:
+        self.recorder.reset()
 
 
 def _past_atoms(layer) -> list:

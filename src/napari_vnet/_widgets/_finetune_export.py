@@ -18,7 +18,7 @@ from napari_vnet._widgets._finetune_job import (
     layer_volume,
     parse_class_names,
 )
-from napari_vnet._widgets._finetune_pairs import EDITED, _file_item, notify
+from napari_vnet._widgets._finetune_pairs import CORRECTED, EDITED, _file_item, notify
 
 
 class FinetuneExportMixin:
@@ -39,9 +39,9 @@ class FinetuneExportMixin:
         """
         from napari.qt.threading import thread_worker
 
-        only = self.voxels_combo.currentText() == EDITED
+        mode = self.voxels_combo.currentText()
         try:
-            items = self._export_items(only)
+            items = self._export_items(mode in (EDITED, CORRECTED), mode == CORRECTED)
             names = parse_class_names(self.class_names_edit.text())
         except (ValueError, OSError) as exc:
             notify("error", f"Export refused: {exc}")
@@ -58,11 +58,11 @@ class FinetuneExportMixin:
         notify("info", f"Training pairs exported to {folder}")
         self.dataset_exported.emit(str(folder))
 
-    def _export_items(self, only_edited: bool) -> list[dict]:
+    def _export_items(self, only_edited: bool, regions: bool = False) -> list[dict]:
         items = []
         for p in self._pairs_or_chosen("No training pairs to export."):
             if p.is_file:
-                items.append(_file_item(p, only_edited))
+                items.append(_file_item(p, only_edited, regions))
                 continue
             check_same_geometry(p.image_layer, p.labels_layer)
             labels = np.array(p.labels_layer.data, copy=True)
@@ -73,6 +73,7 @@ class FinetuneExportMixin:
                     "labels": layer_volume(p.labels_layer, labels),
                     "annotated": record,
                     "only_edited": only_edited,
+                    "regions": regions,
                 }
             )
         return items

@@ -178,9 +178,11 @@ def export_job(items: list[dict], folder: Path, class_names: dict[int, str]) -> 
     for i, it in enumerate(items):
         image = it.get("image_path", it.get("image"))
         labels = it.get("labels_path", it.get("labels"))
-        annotated = (
-            annotated_to_mask(it["annotated"], _shape_of(image)) if it["only_edited"] else None
-        )
+        annotated = None
+        if it["only_edited"]:
+            annotated = it["annotated"]  # a record: load_pairs reads it per region
+            if not (it.get("regions") and isinstance(annotated, dict)):
+                annotated = annotated_to_mask(annotated, _shape_of(image))  # whole slices
         if it["only_edited"]:
             records[f"case_{i:03d}"] = (
                 it["annotated"] if isinstance(it["annotated"], dict) else None

@@ -19,6 +19,8 @@ from napari_vnet._widgets import _edits
 from napari_vnet._widgets._finetune_job import check_same_geometry, check_same_grid, layer_volume
 
 WHOLE, EDITED = "whole volume", "edited / reviewed slices only"
+#: on edited slices, only the labels the user painted or erased (per label and region)
+CORRECTED = "corrected labels only"
 
 
 def notify(kind: str, message: str) -> None:
@@ -62,13 +64,14 @@ def _count_file_annotated(annotated) -> int:
     return len(arr.ravel())
 
 
-def _file_item(p: _Pair, only_edited: bool) -> dict:
+def _file_item(p: _Pair, only_edited: bool, regions: bool = False) -> dict:
     """The worker/export record for a file-backed pair (paths only; read off the GUI thread)."""
     return {
         "image_path": p.image_path,
         "labels_path": p.labels_path,
         "annotated": p.annotated if only_edited else None,
         "only_edited": only_edited,
+        "regions": bool(regions and only_edited),
     }
 
 
@@ -139,20 +142,26 @@ class FinetunePairsMixin:
             raise ValueError(none_message)
         return [_Pair(image_layer=img, labels_layer=lab)]
 
-    def _training_specs(self, only_edited: bool) -> list[dict]:
-        """Copies of the pairs' data for the worker (GUI thread; labels never shared)."""
+    def _training_specs(self, only_edited: bool, regions: bool = False) -> list[dict]:
+        """Copies of the pairs' data for the worker (GUI thread; labels never shared).
+        ``regions``: on edited slices only the labels the user painted or erased count."""
         pairs = self._pairs_or_chosen("No training data: choose an image and a labels layer.")
         specs = []
         for p in pairs:
             if p.is_file:
-                specs.append(_file_item(p, only_edited))
+                specs.append(_file_item(p, only_edited, regions))
                 continue
             check_same_geometry(p.image_layer, p.labels_layer)
             labels = np.array(p.labels_layer.data, copy=True)
             mask = None
             if only_edited:
-                mask = _edits.annotated_mask(labels.shape, p.labels_layer.metadata)
-                if mask is None:
+                meta = p.labels_layer.metadata
+                mask = (  # per label and region, reviewed slices whole; or whole slices
+                    _edits.training_mask(labels, meta)
+                    if regions
+                    else _edits.annotated_mask(labels.shape, meta)
+                )
+                if mask is None or not mask.any():
                     raise ValueError(
                         f"Labels layer '{p.labels_layer.name}' has no edited or reviewed "
                         "slices. Paint corrections or press 'Mark slice reviewed', or set "

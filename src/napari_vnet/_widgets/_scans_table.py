@@ -13,6 +13,10 @@ from napari_vnet.worklist import BROKEN, STATUSES, ScanEntry
 
 COLUMNS = ("Scan", "Status", "Shape (z, y, x)", "Spacing (mm)", "Size")
 COL_SCAN, COL_STATUS = 0, 1
+#: columns hidden first when the dock is narrow (size, spacing, shape): what remains fits
+OPTIONAL_COLUMNS = (4, 3, 2)
+#: the narrowest the scan-name column gets before an optional column is hidden
+MIN_SCAN_WIDTH = 130
 STATUS_COLORS = {
     "not opened": None,
     "opened": "#8fb3ff",
@@ -59,9 +63,39 @@ class ScanTable(QTableWidget):
         self.verticalHeader().setVisible(False)
         header = self.horizontalHeader()
         header.setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
-        header.setSectionResizeMode(COL_SCAN, QHeaderView.ResizeMode.Interactive)
-        header.setStretchLastSection(True)
-        self.setColumnWidth(COL_SCAN, 190)
+        # the name takes what the other columns leave (elided in the middle when short)
+        header.setSectionResizeMode(COL_SCAN, QHeaderView.ResizeMode.Stretch)
+        header.setStretchLastSection(False)
+        self.setTextElideMode(Qt.TextElideMode.ElideMiddle)
+        self.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+
+    def _column_width(self, col: int) -> int:
+        """The width the column's texts need (also while it is hidden; the first 200
+        rows measured)."""
+        fm = self.fontMetrics()
+        texts = [self.horizontalHeaderItem(col).text()] + [
+            self.item(r, col).text() for r in range(min(self.rowCount(), 200)) if self.item(r, col)
+        ]
+        bold = 1.1 if self.current_key is not None else 1.0  # the current row is bold
+        return int(max(fm.horizontalAdvance(t) for t in texts) * bold) + 16
+
+    def fit_columns(self) -> None:
+        """Show the optional columns that fit beside a readable scan name; hide the rest
+        (their values stay in each row's tool-tip)."""
+        room = self.viewport().width() - MIN_SCAN_WIDTH
+        shown = [c for c in range(len(COLUMNS)) if c != COL_SCAN]
+        for col in OPTIONAL_COLUMNS:  # least useful first
+            if sum(self._column_width(c) for c in shown) <= room:
+                break
+            shown.remove(col)
+        for col in range(len(COLUMNS)):
+            hide = col != COL_SCAN and col not in shown
+            if self.isColumnHidden(col) != hide:
+                self.setColumnHidden(col, hide)
+
+    def resizeEvent(self, event) -> None:  # noqa: N802 - Qt's name
+        super().resizeEvent(event)
+        self.fit_columns()
 
     # ---------------------------------------------------------------- rows
     def clear_entries(self) -> None:
@@ -80,6 +114,7 @@ class ScanTable(QTableWidget):
                 self._fill_row(row, entry)
         finally:
             self.setUpdatesEnabled(True)
+        self.fit_columns()
 
     def _fill_row(self, row: int, entry: ScanEntry) -> None:
         shape = " × ".join(str(s) for s in entry.shape) if entry.shape else "—"
@@ -88,6 +123,7 @@ class ScanTable(QTableWidget):
         if entry.n_files > 1:
             size += f" ({entry.n_files} files)"
         tip = entry.error or f"{entry.path}\n{entry.pixel_type} {entry.modality}".strip()
+        tip += f"\n{shape} voxels, {spacing} mm, {size}"
         for lab in getattr(entry, "labels", ()) or ():  # where its labels come from
             tip += f"\nlabels: {pairing_rule(lab, entry.path)}"
         for col, text in enumerate((entry.name, "", shape, spacing, size)):

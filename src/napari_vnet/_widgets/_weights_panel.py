@@ -19,6 +19,7 @@ from qtpy.QtCore import Qt, Signal
 from qtpy.QtWidgets import QFileDialog, QLabel, QVBoxLayout, QWidget
 
 from napari_vnet._widgets import _session
+from napari_vnet._widgets._compact import compact_combo, elide_middle, path_label
 from napari_vnet._widgets._result_layer import class_colors
 
 if TYPE_CHECKING:
@@ -202,6 +203,8 @@ class WeightsPanel(QWidget):
             choices=self._choices,
             tooltip="Shipped models first, then recently used files.",
         )
+        compact_combo(self.weights.native)
+        self.weights.native.currentIndexChanged.connect(self._combo_tip)
         self.browse = PushButton(text="Browse…", tooltip="Open a checkpoint file (.pt)")
         self.browse_folder = PushButton(
             text="Folder…",
@@ -293,17 +296,33 @@ class WeightsPanel(QWidget):
             if key in seen:
                 continue
             seen.add(key)
-            items.append((f"{path.name} — {path.parent}", str(path)))
+            items.append((path_label(path), str(path)))  # full path: the item's tool-tip
         current = self._weights
         if current is not None and str(current.resolve()) not in seen:
-            items.append((current.name, str(current)))
+            items.append((elide_middle(current.name), str(current)))
         return items
+
+    def _reset_choices(self) -> None:
+        """Re-list the items, each with its full path as tool-tip."""
+        self.weights.reset_choices()
+        combo = self.weights.native
+        for i in range(combo.count()):
+            data = combo.itemData(i)
+            if data:
+                combo.setItemData(i, str(data), Qt.ItemDataRole.ToolTipRole)
+        self._combo_tip()
+
+    def _combo_tip(self, *_) -> None:
+        current = self.weights.native.currentData()
+        self.weights.native.setToolTip(
+            str(current) if current else "Shipped models first, then recently used files."
+        )
 
     def refresh(self) -> None:
         """Re-list shipped and recent weights, keeping the current choice."""
         self._updating = True
         try:
-            self.weights.reset_choices()
+            self._reset_choices()
             self.weights.value = None if self._weights is None else str(self._weights)
         finally:
             self._updating = False
@@ -338,7 +357,7 @@ class WeightsPanel(QWidget):
         self.card = card
         self._updating = True
         try:
-            self.weights.reset_choices()
+            self._reset_choices()
             self.weights.value = None if path is None else str(path)
             if card is not None and card.arch in {**ARCH_NAMES, **FOREIGN_NAMES}:
                 self.arch.value = card.arch  # what will run, nnU-Net/MONAI included

@@ -48,6 +48,7 @@ from qtpy.QtWidgets import (
 )
 
 from napari_vnet._widgets import _edits
+from napari_vnet._widgets._compact import Collapsible, elide_middle
 from napari_vnet._widgets._finetune_export import FinetuneExportMixin
 from napari_vnet._widgets._finetune_job import (
     GeometryMismatch,
@@ -55,6 +56,7 @@ from napari_vnet._widgets._finetune_job import (
     default_output_path,
 )
 from napari_vnet._widgets._finetune_pairs import (
+    CORRECTED,
     EDITED,
     WHOLE,
     FinetunePairsMixin,
@@ -74,8 +76,11 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 ARCH_FALLBACK = ("vnet", "unet3d", "vox2vox")
+#: height of the loss curve pinned at the bottom of the dock
+CURVE_HEIGHT = 120
 
 __all__ = [
+    "CORRECTED",
     "EDITED",
     "PROGRESS_REFRESH_MS",
     "WHOLE",
@@ -145,15 +150,19 @@ class FinetuneWidget(FinetunePairsMixin, FinetuneRunMixin, FinetuneExportMixin, 
         self.pair_list.setToolTip("Pairs to train on (empty: the pair selected above)")
         form.addRow(self.pair_list)
         self.voxels_combo = QComboBox()
-        self.voxels_combo.addItems([EDITED, WHOLE])
+        self.voxels_combo.addItems([EDITED, CORRECTED, WHOLE])
         self.voxels_combo.setToolTip(
-            "Edited / reviewed: only slices you painted, filled or marked reviewed count "
-            "(the rest of the labels is ignored). Whole volume: every voxel counts."
+            "Edited / reviewed: every slice you painted, filled, erased or marked reviewed "
+            "counts whole. Corrected labels only: on an edited slice only the labels you "
+            "painted or erased count (with the voxels around them), not those left as "
+            "predicted; slices marked reviewed count whole. Whole volume: every voxel."
         )
         form.addRow("Voxels that count", self.voxels_combo)
         row = QHBoxLayout()
         self.mark_btn = QPushButton("Mark slice reviewed")
-        self.mark_btn.setToolTip("The slice shown is correct as it is: train on it too")
+        self.mark_btn.setToolTip(
+            "Every label on the slice shown is correct as it is: train on all of it"
+        )
         self.mark_btn.clicked.connect(self.mark_current_slice)
         self.unmark_btn = QPushButton("Unmark")
         self.unmark_btn.clicked.connect(lambda: self.mark_current_slice(reviewed=False))
@@ -231,6 +240,9 @@ class FinetuneWidget(FinetunePairsMixin, FinetuneRunMixin, FinetuneExportMixin, 
         row.addWidget(self.stop_combo)
         self.minutes_spin.hide()
         form.addRow("Stop after", row)
+        advanced = QWidget()
+        adv = QFormLayout(advanced)
+        adv.setContentsMargins(0, 0, 0, 0)
         self.lr_spin = QDoubleSpinBox()
         self.lr_spin.setDecimals(5)
         self.lr_spin.setRange(0.0, 1.0)
@@ -252,7 +264,7 @@ class FinetuneWidget(FinetunePairsMixin, FinetuneRunMixin, FinetuneExportMixin, 
         row = QHBoxLayout()
         row.addWidget(self.lr_spin, 1)
         row.addWidget(self.batch_spin)
-        form.addRow("Learning rate", row)
+        adv.addRow("Learning rate", row)
         self.val_spin = QSpinBox()
         self.val_spin.setRange(0, 50)
         self.val_spin.setSuffix(" %")
@@ -266,13 +278,13 @@ class FinetuneWidget(FinetunePairsMixin, FinetuneRunMixin, FinetuneExportMixin, 
         row = QHBoxLayout()
         row.addWidget(self.patch_edit, 1)
         row.addWidget(self.val_spin)
-        form.addRow("Patch size", row)
+        adv.addRow("Patch size", row)
         self.device_combo = QComboBox()
         from napari_vnet._widgets.segment import available_devices
 
         for label, value in available_devices():  # the same list as Segment volume
             self.device_combo.addItem(label, value)
-        form.addRow("Device", self.device_combo)
+        adv.addRow("Device", self.device_combo)
         row = QHBoxLayout()
         self.out_edit = QLineEdit()
         self.out_edit.textEdited.connect(self._on_out_edited)
@@ -282,35 +294,10 @@ class FinetuneWidget(FinetunePairsMixin, FinetuneRunMixin, FinetuneExportMixin, 
         row.addWidget(self.out_edit, 1)
         row.addWidget(out_btn)
         form.addRow("Save to", row)
+        # learning rate, batch, patch, validation, device: closed by default
+        self.advanced_group = Collapsible("Advanced", advanced)
+        form.addRow(self.advanced_group)
         root.addWidget(settings)
-
-        row = QHBoxLayout()
-        self.train_btn = QPushButton("Train")
-        self.train_btn.clicked.connect(self._on_train_clicked)
-        self.cancel_btn = QPushButton("Cancel")
-        self.cancel_btn.setEnabled(False)
-        self.cancel_btn.setToolTip("Stop now; the best checkpoint so far is kept")
-        self.cancel_btn.clicked.connect(self.cancel)
-        row.addWidget(self.train_btn)
-        row.addWidget(self.cancel_btn)
-        root.addLayout(row)
-        self.progress = QProgressBar()
-        self.progress.setRange(0, 100)
-        self.progress.setValue(0)  # (not shown yet)
-        root.addWidget(self.progress)
-        self.status_label = QLabel("")
-        self.status_label.setWordWrap(True)
-        # a fixed box: a new progress text repaints the label, not the window's layout
-        self.status_label.setSizePolicy(QSizePolicy.Ignored, QSizePolicy.Fixed)
-        self.status_label.setFixedHeight(3 * self.status_label.fontMetrics().lineSpacing() + 4)
-        self.status_label.setAlignment(Qt.AlignmentFlag.AlignLeft | Qt.AlignmentFlag.AlignTop)
-        root.addWidget(self.status_label)
-        self.curve = LossCurve(self, redraw_ms=0)  # redrawn with the progress (below)
-        self._pending_event: dict | None = None
-        self._progress_timer = QTimer(self)
-        self._progress_timer.setInterval(PROGRESS_REFRESH_MS)
-        self._progress_timer.timeout.connect(self._show_pending_progress)
-        root.addWidget(self.curve, 1)
         row = QHBoxLayout()
         self.segment_btn = QPushButton("Segment with new weights")
         self.segment_btn.setEnabled(False)
@@ -321,6 +308,44 @@ class FinetuneWidget(FinetunePairsMixin, FinetuneRunMixin, FinetuneExportMixin, 
         row.addWidget(self.segment_btn)
         row.addWidget(self.export_btn)
         root.addLayout(row)
+        root.addStretch(1)
+        self._build_footer(root)
+
+    def _build_footer(self, root: QVBoxLayout) -> None:
+        """Train / Cancel, progress, status and the loss curve: pinned below the scroll
+        area when docked (:class:`~._docking.ScrollDock`)."""
+        self.footer = QWidget()
+        foot = QVBoxLayout(self.footer)
+        row = QHBoxLayout()
+        self.train_btn = QPushButton("Train")
+        self.train_btn.clicked.connect(self._on_train_clicked)
+        self.cancel_btn = QPushButton("Cancel")
+        self.cancel_btn.setEnabled(False)
+        self.cancel_btn.setToolTip("Stop now; the best checkpoint so far is kept")
+        self.cancel_btn.clicked.connect(self.cancel)
+        row.addWidget(self.train_btn)
+        row.addWidget(self.cancel_btn)
+        foot.addLayout(row)
+        self.progress = QProgressBar()
+        self.progress.setRange(0, 100)
+        self.progress.setValue(0)  # (not shown yet)
+        foot.addWidget(self.progress)
+        self.status_label = QLabel("")
+        self.status_label.setWordWrap(True)
+        # a fixed box: a new progress text repaints the label, not the window's layout
+        self.status_label.setSizePolicy(QSizePolicy.Ignored, QSizePolicy.Fixed)
+        self.status_label.setFixedHeight(3 * self.status_label.fontMetrics().lineSpacing() + 4)
+        self.status_label.setAlignment(Qt.AlignmentFlag.AlignLeft | Qt.AlignmentFlag.AlignTop)
+        foot.addWidget(self.status_label)
+        self.curve = LossCurve(self, redraw_ms=0)  # redrawn with the progress (below)
+        self.curve.setMinimumHeight(CURVE_HEIGHT)
+        self.curve.hide()  # shown from the first training run on
+        self._pending_event: dict | None = None
+        self._progress_timer = QTimer(self)
+        self._progress_timer.setInterval(PROGRESS_REFRESH_MS)
+        self._progress_timer.timeout.connect(self._show_pending_progress)
+        foot.addWidget(self.curve, 1)
+        root.addWidget(self.footer)
 
     # ------------------------------------------------------------ layers, edits
     def _on_layers_changed(self, event=None) -> None:
@@ -409,7 +434,8 @@ class FinetuneWidget(FinetunePairsMixin, FinetuneRunMixin, FinetuneExportMixin, 
 
     def refresh_base_weights(self) -> None:
         base = self.base_weights()
-        self.base_label.setText(base.name if base else "(none: choose weights or a new model)")
+        text = elide_middle(base.name) if base else "(none: choose weights or a new model)"
+        self.base_label.setText(text)
         self.base_label.setToolTip(str(base) if base else "")
         self._update_default_output()
 

@@ -42,6 +42,7 @@ from qtpy.QtWidgets import (
     QLabel,
     QLineEdit,
     QPushButton,
+    QSizePolicy,
     QSpinBox,
     QVBoxLayout,
     QWidget,
@@ -49,6 +50,7 @@ from qtpy.QtWidgets import (
 
 from napari_vnet._atomic import atomic_write_text
 from napari_vnet._widgets._autosave import BackgroundSaver
+from napari_vnet._widgets._compact import Collapsible
 from napari_vnet._widgets._scan_edits import ScanEditsMixin
 from napari_vnet._widgets._scan_loading import ScanLoadingMixin
 from napari_vnet._widgets._scans_table import FILTERS, ScanTable
@@ -204,10 +206,37 @@ class ScansWidget(ScanLoadingMixin, ScanEditsMixin, QWidget):
         layout.addLayout(row)
 
         self.table = ScanTable(self.status_of)
-        self.setMinimumWidth(460)
         self.table.itemSelectionChanged.connect(self._on_selection)
         layout.addWidget(self.table, 1)
 
+        options = QWidget()
+        opts = QVBoxLayout(options)
+        opts.setContentsMargins(0, 0, 0, 0)
+        self.predict_check = QCheckBox("Predict on open (weights of Segment volume)")
+        self.predict_check.toggled.connect(lambda _: self._save_settings())
+        opts.addWidget(self.predict_check)
+        row = QHBoxLayout()
+        row.addWidget(QLabel("Autosave while editing every"))
+        self.autosave_spin = QSpinBox(minimum=1, maximum=120, value=2, suffix=" min")
+        self.autosave_spin.valueChanged.connect(lambda _: self._save_settings())
+        row.addWidget(self.autosave_spin)
+        opts.addLayout(row)
+        self.options_group = Collapsible("Options", options)  # closed by default
+        layout.addWidget(self.options_group)
+        self.finetune_button = QPushButton("Fine-tune on corrected scans")
+        self.finetune_button.clicked.connect(self.finetune_on_corrected)
+        layout.addWidget(self.finetune_button)
+        self._build_footer(layout)
+
+        self._timer = QTimer(self)
+        self._timer.setSingleShot(True)
+        self._timer.timeout.connect(lambda: self._autosave_quietly("timer"))
+
+    def _build_footer(self, layout) -> None:
+        """Previous / Next, Mark reviewed / Save labels now and the status line: pinned
+        below the scroll area when docked (:class:`~._docking.ScrollDock`)."""
+        self.footer = QWidget()
+        foot = QVBoxLayout(self.footer)
         row = QHBoxLayout()
         self.prev_button = QPushButton(f"◀ Previous ({PREVIOUS_KEY})")
         self.prev_button.clicked.connect(self.previous_scan)
@@ -215,7 +244,7 @@ class ScansWidget(ScanLoadingMixin, ScanEditsMixin, QWidget):
         self.next_button.clicked.connect(self.next_scan)
         row.addWidget(self.prev_button)
         row.addWidget(self.next_button)
-        layout.addLayout(row)
+        foot.addLayout(row)
 
         row = QHBoxLayout()
         self.reviewed_button = QPushButton("Mark reviewed")
@@ -224,30 +253,13 @@ class ScansWidget(ScanLoadingMixin, ScanEditsMixin, QWidget):
         self.save_button = QPushButton("Save labels now")
         self.save_button.clicked.connect(lambda: self.autosave())
         row.addWidget(self.save_button)
-        layout.addLayout(row)
-
-        self.predict_check = QCheckBox("Predict on open (weights of Segment volume)")
-        self.predict_check.toggled.connect(lambda _: self._save_settings())
-        layout.addWidget(self.predict_check)
-
-        row = QHBoxLayout()
-        row.addWidget(QLabel("Autosave while editing every"))
-        self.autosave_spin = QSpinBox(minimum=1, maximum=120, value=2, suffix=" min")
-        self.autosave_spin.valueChanged.connect(lambda _: self._save_settings())
-        row.addWidget(self.autosave_spin)
-        layout.addLayout(row)
-
-        self.finetune_button = QPushButton("Fine-tune on corrected scans")
-        self.finetune_button.clicked.connect(self.finetune_on_corrected)
-        layout.addWidget(self.finetune_button)
-
+        foot.addLayout(row)
         self.info_label = QLabel("Choose a scans folder.")
         self.info_label.setWordWrap(True)
-        layout.addWidget(self.info_label)
-
-        self._timer = QTimer(self)
-        self._timer.setSingleShot(True)
-        self._timer.timeout.connect(lambda: self._autosave_quietly("timer"))
+        # a long path in the text must not widen the dock
+        self.info_label.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
+        foot.addWidget(self.info_label)
+        layout.addWidget(self.footer)
 
     def _connect_viewer(self) -> None:
         self.viewer.layers.events.inserted.connect(self._on_inserted)

@@ -24,9 +24,18 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from magicgui.widgets import CheckBox, ComboBox, Container, FloatSpinBox, ProgressBar
 from qtpy.QtCore import QTimer, Signal
-from qtpy.QtWidgets import QCheckBox, QGroupBox, QLabel, QPushButton, QVBoxLayout, QWidget
+from qtpy.QtWidgets import (
+    QCheckBox,
+    QGroupBox,
+    QLabel,
+    QPushButton,
+    QSizePolicy,
+    QVBoxLayout,
+    QWidget,
+)
 
 from napari_vnet._widgets import _result_layer
+from napari_vnet._widgets._compact import Collapsible
 from napari_vnet._widgets._segment_job import (
     JobCancelled,
     JobDone,
@@ -201,7 +210,7 @@ class SegmentWidget(QWidget):
         self.run_button = QPushButton("Run")
         self.run_button.setObjectName("napari_vnet_run")
         self.run_button.clicked.connect(self._on_run_clicked)
-        self.replace_check = QCheckBox("Replace this model's previous result (unless edited)")
+        self.replace_check = QCheckBox("Replace this model's unedited previous result")
         self.replace_check.setChecked(True)
         self.replace_check.setToolTip(
             "Put a new result of the same model and image into its previous, unedited "
@@ -211,6 +220,7 @@ class SegmentWidget(QWidget):
         self.progress_bar = ProgressBar(value=0, min=0, max=1)
         self.status = QLabel()
         self.status.setWordWrap(True)
+        self.status.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
         self._clock = QTimer(self)
         self._clock.setInterval(1000)
         self._clock.timeout.connect(self._update_times)
@@ -222,12 +232,17 @@ class SegmentWidget(QWidget):
         layout.addWidget(self.image_note)
         layout.addWidget(self._group("Model", self.model))
         layout.addWidget(self.check_note)
-        layout.addWidget(self._group("Settings", self._settings.native))
+        # device, overlap, batch, precision, TTA, post-processing: closed by default
+        self.settings_group = Collapsible("Settings", self._settings.native)
+        layout.addWidget(self.settings_group)
         layout.addWidget(self.replace_check)
-        layout.addWidget(self.run_button)
-        layout.addWidget(self.progress_bar.native)
-        layout.addWidget(self.status)
         layout.addStretch(1)
+        # Run, progress and status: pinned below the scroll area when docked
+        self.footer = QWidget()
+        pinned = QVBoxLayout(self.footer)
+        for w in (self.run_button, self.progress_bar.native, self.status):
+            pinned.addWidget(w)
+        layout.addWidget(self.footer)
 
         self.image.changed.connect(self._follow_image)
         self.image.changed.connect(self._update_state)

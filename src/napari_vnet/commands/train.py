@@ -384,13 +384,15 @@ def run(args: argparse.Namespace) -> int:
             "classes": {c["value"]: c["name"] for c in summary["classes"]},
             "spacing": summary["spacing"],
             "patch_size": summary["patch_size"],
+            "selection": summary.get("selection"),
         }
         if args.json:
             print(json.dumps(result))
         else:
-            val = "" if result["val_dice"] is None else f", best val Dice {result['val_dice']:.3f}"
+            kept = (result["selection"] or {}).get("message")
             print(
                 f"trained {result['iterations']} iterations in {result['seconds']:.1f}s "
-                f"(loss {result['final_loss']:.4f}{val}); wrote {result['out']}"
+                f"(loss {result['final_loss']:.4f}); wrote {result['out']}"
+                + (f"; {kept}" if kept else "")
             )
     return 0

@@ -93,6 +93,17 @@ class TrainConfig:
     foreground_fraction: float = 1.0 / 3.0
     augment: bool = True
     val_fraction: float = 0.0
+    # a class the run learns with fewer held-out validation voxels than this: validation
+    # is too small to choose a checkpoint, the final weights are kept (training/selection)
+    min_val_voxels: int = 1000
+    # which weights a run keeps: "auto" (an earlier checkpoint only when its smoothed
+    # validation Dice beats the final one beyond noise), "final", or "best-raw" (the
+    # highest raw validation Dice, as runs did before: for comparisons)
+    keep: str = "auto"
+    # classes of the model that no annotated voxel shows (e.g. only the liver was
+    # corrected) are not learnt as background: a background voxel may be any of them
+    # (marginal cross entropy, no Dice term for them; losses.marginal_cross_entropy_loss)
+    partial_labels: bool = True
     eval_every: int | None = None  # iterations between validation/checkpoint points
     eval_seconds: float = 60.0  # ... or at most this many seconds between them
     seed: int = 0

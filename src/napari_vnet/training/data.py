@@ -96,9 +96,15 @@ def labels_on_image_grid(image: Volume, labels: Volume) -> np.ndarray:
     return sitk.GetArrayFromImage(out).astype(lab.dtype, copy=False)
 
 
-def _annotated_mask(annotated: Any, shape: tuple[int, ...], name: str) -> np.ndarray | None:
+def _annotated_mask(
+    annotated: Any, shape: tuple[int, ...], name: str, labels: np.ndarray | None = None
+) -> np.ndarray | None:
     if annotated is None:
         return None
+    if isinstance(annotated, dict):  # an edit record: edited slices per label and region
+        from napari_vnet.annotations import mask_from_record
+
+        return mask_from_record(annotated, shape, labels)
     a = np.asarray(annotated)
     if a.shape == shape:
         return a.astype(bool)
@@ -207,7 +213,7 @@ def load_pairs(pairs: Sequence[TrainingPair]) -> list[LoadedPair]:
         sp = tuple(float(s) for s in sp)
         if len(sp) != 3 or any(s <= 0 for s in sp):
             raise TrainingError(f"{name}: spacing must be 3 positive values, got {sp}")
-        mask = _annotated_mask(pair.annotated, lab.shape, name)
+        mask = _annotated_mask(pair.annotated, lab.shape, name, lab)
         out.append(LoadedPair(name, img, lab, sp, mask, img_vol))  # type: ignore[arg-type]
     return out
 

@@ -65,7 +65,8 @@ class TrainingStep(_ReadsLikeADict):
 
 @dataclass
 class TrainingSummary(_ReadsLikeADict):
-    """The end of a run: where the best checkpoint is and what it learnt."""
+    """The end of a run: where the kept weights are (``best_iteration``: the iteration
+    they are from, ``val_dice``: its validation Dice) and what it learnt."""
 
     out: str
     iterations: int
@@ -82,3 +83,8 @@ class TrainingSummary(_ReadsLikeADict):
     classes: list[dict[str, Any]] = field(default_factory=list)
     spacing: list[float] = field(default_factory=list)
     patch_size: list[int] = field(default_factory=list)
+    # which weights were kept and why (training/selection.py): "kept", "iteration",
+    # "reason", "message" (one line for the user), the smoothed scores
+    selection: dict[str, Any] | None = None
+
+    _optional = ("selection",)

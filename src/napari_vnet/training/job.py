@@ -68,11 +68,12 @@ def check_same_grid(a, b, a_name, b_name) -> None:
             )
 
 
-def annotated_to_mask(annotated, shape) -> np.ndarray | None:
-    """Normalise a file pair's ``annotated`` argument to a boolean mask."""
+def annotated_to_mask(annotated, shape, labels=None) -> np.ndarray | None:
+    """Normalise a file pair's ``annotated`` argument to a boolean mask (with
+    ``labels``, a record's edited slices count per label and region)."""
     from napari_vnet.annotations import mask_from_record
 
-    return mask_from_record(annotated, shape)
+    return mask_from_record(annotated, shape, labels)
 
 
 def spec_to_pair(spec: dict, TrainingPair):
@@ -86,7 +87,13 @@ def spec_to_pair(spec: dict, TrainingPair):
 
     img, lab = read_volume(spec["image_path"]), read_volume(spec["labels_path"])
     check_same_grid(img, lab, spec["image_path"], spec["labels_path"])
-    annotated = annotated_to_mask(spec["annotated"], img.shape) if spec["only_edited"] else None
+    annotated = (
+        annotated_to_mask(
+            spec["annotated"], img.shape, np.asarray(lab.array) if spec.get("regions") else None
+        )
+        if spec["only_edited"]
+        else None
+    )
     return TrainingPair(
         img.array, lab.array, tuple(img.spacing), annotated=annotated,
         name=Path(spec["labels_path"]).name,

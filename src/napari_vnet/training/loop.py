@@ -43,6 +43,7 @@ from napari_vnet.training.events import TrainingStep, TrainingSummary
 from napari_vnet.training.plan import TrainingPlan, plan_training
 from napari_vnet.training.postprocess_choice import choose_postprocess
 from napari_vnet.training.sampler import PatchSampler
+from napari_vnet.training.selection import learnt_channels, make_selection
 from napari_vnet.training.steps import segmentation_step, vox2vox_step
 from napari_vnet.training.transfer import build_networks, load_base
 from napari_vnet.training.validation import validation_dice
@@ -188,6 +189,19 @@ class _Run:
 
         rng = np.random.default_rng([config.seed, 7])
         self.train_cases, self.val_cases = _split_validation(cases, config.val_fraction, rng)
+        self.selection = make_selection(
+            cases, self.val_cases, plan.classes, config.min_val_voxels,
+            state=None if resume_state is None else resume_state.get("selection"),
+            mode=config.keep,
+        )  # fmt: skip
+        self.decision: dict[str, Any] | None = None
+        # classes no annotated voxel shows: kept as they are (partial labels)
+        learnt = learnt_channels(cases)
+        self.open_classes = (
+            [ch for ch in range(1, self.n_classes) if ch not in learnt]
+            if config.partial_labels and disc is None
+            else []
+        )
         start = 0 if resume_state is None else int(resume_state["iteration"])
         self.sampler = PatchSampler(
             self.train_cases, self.patch, foreground_fraction=config.foreground_fraction,
@@ -205,6 +219,7 @@ class _Run:
                 "validation_cases": [c.name for c in self.val_cases],
                 "world_size": dist.world,
                 "plan": list(plan.reasons),
+                "partial_labels": [self.classes[ch].name for ch in self.open_classes],
                 "device": str(device),
             }
         )
@@ -263,8 +278,9 @@ class _Run:
             if disc is not None:
                 self.train_disc = DDP(disc, device_ids=ids)
         self.criterion = DiceCELoss(
-            config.dice_weight, config.ce_weight, batch_dice=config.batch_dice
-        )
+            config.dice_weight, config.ce_weight, batch_dice=config.batch_dice,
+            open_classes=self.open_classes,
+        )  # fmt: skip
         if self.ds is not None:
             self.criterion = DeepSupervisionLoss(self.criterion, self.ds.weights)
 
@@ -285,6 +301,8 @@ class _Run:
                 "classes": [f"{cl.value}={cl.name}" for cl in self.card.classes],
             }
         )
+        if self.decision is not None:
+            c.history["selection"] = dict(self.decision)
         return c
 
     def save_best(self, it: int, seconds: float) -> None:
@@ -300,6 +318,7 @@ class _Run:
                 "d_optimizer": None if self.d_optimizer is None else self.d_optimizer.state_dict(),
                 "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None,
                 "best": dict(self.best),
+                "selection": self.selection.state(),
                 "ema": self.ema,
                 "base_lr": self.base_lr,
                 "discriminator_kwargs": self.disc_kwargs,
@@ -308,7 +327,9 @@ class _Run:
         _save(self.model, self.card_with_history(it, seconds), self.rpath, self.disc, extra)
 
     def evaluate(self, it: int, seconds: float, loss_value: float | None):
-        """Validation + best/resume checkpoint at an evaluation point (all ranks call it)."""
+        """Validation + checkpoints at an evaluation point (all ranks call it): the
+        weights file gets this iteration's weights when they are the smoothed best so
+        far, or always when the final weights will be kept (:mod:`.selection`)."""
         dist = self.dist
         val = None
         if self.val_cases:
@@ -318,18 +339,36 @@ class _Run:
                     self.n_classes,
                 )  # fmt: skip
             val = dist.broadcast(val)
-        metric = val if self.val_cases else (None if loss_value is None else -loss_value)
-        improved = metric is not None and metric > self.best["metric"]
-        if improved:
-            self.best.update(metric=metric, iteration=it, val_dice=val, loss=loss_value)
+        candidate = self.selection.add(it, val)
+        written = candidate or not self.selection.keeps_best or not self.best_written
+        if written:
+            self.best.update(metric=self.selection.smoothed, iteration=it, val_dice=val,
+                             loss=loss_value)  # fmt: skip
         if dist.is_main:
-            if improved or not self.best_written:
+            if written:
                 self.save_best(it, seconds)
             self.save_resume(it, seconds)
         self.best_written = True  # on every rank, so all take the same branches
         self.last_eval_it = it
         dist.barrier()
-        return val, improved
+        return val, written
+
+    def keep_selected(self, it: int, seconds: float, resume_again: bool = False) -> None:
+        """Decide which weights the run keeps (main rank, at its end) and write them with
+        the decision in their card: the final weights, or the earlier checkpoint already
+        in the weights file. The final weights written become the candidate a resumed run
+        compares with (``resume_again``: the resume file is rewritten to say so)."""
+        decision = self.selection.decide(it)
+        self.decision = decision
+        if decision["kept"] == "final":
+            last = self.selection.rebase(it)
+            self.best.update(iteration=it, val_dice=last, loss=self.ema)
+            self.save_best(it, seconds)
+            if resume_again:
+                self.save_resume(it, seconds)
+        elif self.out.exists():
+            _restamp(self.out, lambda card: card.history.__setitem__("selection", decision))
+        log.info("%s", decision["message"])
 
     # ------------------------------------------------------------------ one step
 
@@ -360,22 +399,16 @@ class _Run:
         into the best checkpoint's card (:mod:`~.postprocess_choice`)."""
         if self.config.postprocess != "auto" or not self.val_cases or not self.out.exists():
             return
-        from napari_vnet.models import load_checkpoint, load_checkpoint_state
 
-        model, card = load_checkpoint(self.out, map_location="cpu")
-        model.to(self.device).eval()
-        choice = choose_postprocess(
-            model, self.val_cases, self.patch, self.device, self.amp_dtype, card.classes
-        )
-        card.postprocess = choice
-        self.card.postprocess = choice
-        extra = load_checkpoint_state(self.out).get("extra")
-        disc = None
-        if self.disc is not None:
-            from napari_vnet.models import load_discriminator
+        def choose(card, model):
+            model.to(self.device).eval()
+            choice = choose_postprocess(
+                model, self.val_cases, self.patch, self.device, self.amp_dtype, card.classes
+            )
+            card.postprocess = choice
+            self.card.postprocess = choice
 
-            disc = load_discriminator(self.out, map_location="cpu")
-        _save(model, card, self.out, disc, extra)
+        _restamp(self.out, choose, with_model=True)
 
     def summary(self, it, seconds, last_loss, cancelled) -> TrainingSummary:
         return TrainingSummary(
@@ -394,7 +427,20 @@ class _Run:
             classes=[c.to_dict() for c in self.card.classes],
             spacing=list(self.card.spacing),
             patch_size=list(self.patch),
+            selection=self.decision,
         )
+
+
+def _restamp(path: Path, change, with_model: bool = False) -> None:
+    """Rewrite the card of the checkpoint at ``path`` (weights, discriminator and extra
+    state kept): ``change(card)``, or ``change(card, model)`` with ``with_model``."""
+    from napari_vnet.models import load_checkpoint, load_checkpoint_state, load_discriminator
+
+    model, card = load_checkpoint(path, map_location="cpu")
+    state = load_checkpoint_state(path)
+    change(card, model) if with_model else change(card)
+    disc = load_discriminator(path, map_location="cpu") if state.get("discriminator") else None
+    _save(model, card, path, disc, state.get("extra"))
 
 
 def finetune(
@@ -477,8 +523,7 @@ def _loop(run: _Run, progress, should_stop):
         seconds = time.perf_counter() - t0
         if dist.is_main and it > run.start_it:
             try:
-                if not run.best_written:
-                    run.save_best(it, seconds)
+                run.keep_selected(it, seconds)
                 run.save_resume(it, seconds)
             except Exception:  # noqa: BLE001 - closing must not raise
                 log.exception("could not write checkpoints while stopping")
@@ -489,6 +534,8 @@ def _loop(run: _Run, progress, should_stop):
     # normal end (all iterations, time budget, or should_stop)
     if it > run.start_it and (run.last_eval_it != it or not run.best_written):
         run.evaluate(it, seconds, run.ema)  # the run ended between evaluation points
+    if dist.is_main and it > run.start_it:
+        run.keep_selected(it, seconds, resume_again=cancelled or config.keep_resume)
     if dist.is_main and not cancelled and it > run.start_it:
         run.choose_postprocess()
     if dist.is_main and not cancelled and not config.keep_resume and run.rpath.exists():
