@@ -101,3 +101,14 @@ def test_train_dry_run_prints_the_reasons(tmp_path, capsys):
     assert plan["arch_kwargs"] == {"channels": CONTEXT_WIDTHS["vnet"]}
     assert any("field of view" in r for r in plan["reasons"])
     assert plan["patch_size"][2] * plan["spacing"][2] >= 60
+
+
+@pytest.mark.gui
+def test_fine_tune_dock_new_model_gets_the_planned_width(make_napari_viewer):
+    from napari_vnet._widgets.finetune import FinetuneWidget
+
+    dock = FinetuneWidget(make_napari_viewer())
+    dock.new_model_radio.setChecked(True)
+    assert dock.training_config().arch_kwargs == {}  # the plan decides: CONTEXT_WIDTHS
+    dock.width_spin.setValue(4)
+    assert dock.training_config().arch_kwargs["channels"][0] == 4

@@ -65,7 +65,11 @@ class FinetuneRunMixin:
             eval_pace["eval_seconds"] = min(60.0, max(15.0, 60.0 * self.minutes_spin.value() / 8))
         return TrainConfig(
             arch=arch if new else None,
-            arch_kwargs=width_kwargs(arch, self.width_spin.value()) if new else {},
+            arch_kwargs=(
+                width_kwargs(arch, self.width_spin.value())
+                if new and self.width_spin.value()
+                else {}
+            ),
             iterations=None if by_minutes else self.iterations_spin.value(),
             minutes=self.minutes_spin.value() if by_minutes else None,
             lr=self.lr_spin.value() or None,

@@ -200,11 +200,15 @@ class FinetuneWidget(FinetunePairsMixin, FinetuneRunMixin, FinetuneExportMixin, 
         for arch in _architectures():  # "V-Net" shown, "vnet" meant
             self.arch_combo.addItem(ARCH_NAMES.get(arch, arch), arch)
         self.width_spin = QSpinBox()
-        self.width_spin.setRange(2, 64)
-        self.width_spin.setValue(8)
+        self.width_spin.setRange(0, 64)
         self.width_spin.setPrefix("width ")
+        # 0: the training plan's width (U-Net 16-128, V-Net 8-64: measured best on a CPU
+        # with the context-first patch, docs/readme/generalisation.md)
+        self.width_spin.setSpecialValueText("width: planned")
+        self.width_spin.setValue(0)
         self.width_spin.setToolTip(
-            "Channels of the first level (then 2x per level); 8 trains in CPU minutes"
+            "Channels of the first level (then 2x per level). 'planned': the width the "
+            "training plan chooses for a CPU (U-Net 16, V-Net 8)"
         )
         row = QHBoxLayout()
         row.addWidget(self.arch_combo, 1)
