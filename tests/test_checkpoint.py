@@ -273,7 +273,9 @@ def test_map_location_and_zipfile_layout(tmp_path):
 def test_shipped_weights_registry(tmp_path, monkeypatch):
     import napari_vnet.weights as weights
 
-    assert set(SHIPPED_NAMES) == {"vnet-phantom", "unet3d-phantom", "vox2vox-phantom"}
+    assert set(SHIPPED_NAMES) == {
+        "vnet-phantom", "unet3d-phantom", "vox2vox-phantom", "unet3d-ct-starter"
+    }  # fmt: skip
     for name, path in shipped_weights().items():  # whatever is installed loads and is named by stem
         assert path.stem == name
         assert resolve_weights(name) == path

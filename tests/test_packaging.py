@@ -117,10 +117,12 @@ def test_installed_wheel_loads_weights_and_sample_from_the_install(wheel, tmp_pa
         return Path(path).resolve().is_relative_to(target)
 
     assert installed(info["package"]), info["package"]
-    assert set(info["weights"]) >= {"vnet-phantom", "unet3d-phantom", "vox2vox-phantom"}
+    assert set(info["weights"]) >= {"vnet-phantom", "unet3d-phantom", "vox2vox-phantom",
+                                    "unet3d-ct-starter"}  # fmt: skip
     for name, w in info["weights"].items():
         assert installed(w["path"]), (name, w["path"])
-        assert w["classes"] == 5
+        # phantoms: background + 4 organs; the real-CT starter: background + 10 structures
+        assert w["classes"] == (11 if name == "unet3d-ct-starter" else 5), name
     assert {w["arch"] for w in info["weights"].values()} == {"vnet", "unet3d", "vox2vox"}
     for key, path in info["sample"].items():
         assert installed(path), (key, path)

@@ -104,7 +104,10 @@ def test_predict_on_open_then_finetune_on_corrected(
     assert widget.finetune_on_corrected() == 2
     pairs = {p.image_path.name: p for p in fine.pairs}
     assert set(pairs) == {"p1.nii.gz", "p2.mha"}
-    assert pairs["p1.nii.gz"].annotated == {"axis": 0, "slices": [3, 4]}
+    annotated = pairs["p1.nii.gz"].annotated
+    assert {k: annotated[k] for k in ("axis", "slices")} == {"axis": 0, "slices": [3, 4]}
+    # the record also says which labels were corrected where (label 1 at (5, 6))
+    assert {z: r["labels"] for z, r in annotated["edits"].items()} == {"3": [1], "4": [1]}
     saved = sitk.GetArrayFromImage(sitk.ReadImage(str(pairs["p1.nii.gz"].labels_path)))
     assert saved[3, 5, 6] == 1 and saved.shape == (8, 16, 16)
 

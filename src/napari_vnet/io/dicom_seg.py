@@ -150,7 +150,12 @@ def _grid_of_frames(ds, n_rows: int, n_cols: int) -> Volume:
     normal = np.cross(cosines[0], cosines[1])
     pos = _frame_positions(ds)
     along = pos @ normal
-    dz = between or (float(np.min(np.diff(np.unique(np.round(along, 4))))) if len(pos) > 1 else 1.0)
+    gaps = np.diff(np.unique(np.round(along, 4)))
+    dz = float(np.min(gaps)) if len(gaps) else (between or 1.0)
+    if between and len(gaps):
+        steps = (along - along.min()) / between
+        if np.all(np.abs(steps - np.round(steps)) < 0.1):  # the frames lie on its multiples
+            dz = between
     first = pos[int(np.argmin(along))]
     n = int(round((along.max() - along.min()) / dz)) + 1
     direction = np.stack([normal[::-1], cosines[1][::-1], cosines[0][::-1]], axis=1)  # zyx
