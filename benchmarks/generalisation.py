@@ -196,27 +196,18 @@ def run_protocol(key, data, args, work, env, did) -> dict:
         record["runs"][tool]["capped_at_minutes"] = nn["iterations"] < cap_its
     record["load_after"] = os.getloadavg()
     scored = {v: n for v, n in classes.items() if n in SCORED}
-    record["scores"] = tvn.evaluate(preds, tests, scored, valid_z)
+    from napari_vnet.io import read_volume
+
+    refs = [read_volume(t[1]) for t in tests]  # each reference read once
     record["per_case"] = {
         tool: [
-            tvn.score(p, np.asarray(_read(t[1])), _spacing(t[1]), scored, valid_z)
-            for p, t in zip(maps, tests, strict=True)
+            tvn.score(p, np.asarray(ref.array), ref.spacing, scored, valid_z)
+            for p, ref in zip(maps, refs, strict=True)
         ]
         for tool, maps in preds.items()
     }
+    record["scores"] = {tool: tvn.pooled(sc) for tool, sc in record["per_case"].items()}
     return record
-
-
-def _read(path):
-    from napari_vnet.io import read_volume
-
-    return read_volume(path).array
-
-
-def _spacing(path):
-    from napari_vnet.io import read_volume
-
-    return read_volume(path).spacing
 
 
 def table(results: dict) -> str:

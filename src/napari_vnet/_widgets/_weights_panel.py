@@ -269,7 +269,8 @@ class WeightsPanel(QWidget):
         """Choose the most recently used weights, else the shipped V-Net (quietly: a
         file that cannot be read is just not chosen). True if something was chosen."""
         ships = shipped()
-        candidates = [*_session.recent_weights()[:1]]
+        recent = _session.recent_weights()[:1]
+        candidates = [*recent]
         if "vnet-phantom" in ships:
             candidates.append(ships["vnet-phantom"])
         candidates.extend(ships.values())
@@ -280,7 +281,7 @@ class WeightsPanel(QWidget):
                 log.info("not choosing %s by default: %s", path, exc)
                 continue
             self._set(Path(path), card)
-            self.auto_chosen = path not in _session.recent_weights()[:1]
+            self.auto_chosen = path not in recent
             return True
         return False
 

@@ -36,7 +36,7 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 
-__all__ = ["IGNORE", "Augmenter", "make_augmenter", "crop_around"]
+__all__ = ["IGNORE", "Augmenter", "crop_around", "crop_slices", "make_augmenter"]
 
 #: label of voxels whose label is not known (unannotated, or outside the image)
 IGNORE = 255
@@ -63,6 +63,17 @@ def _rotated_extent(patch: Sequence[int], angles: Sequence[float]) -> np.ndarray
     return best
 
 
+def crop_slices(
+    center: Sequence[int], size: Sequence[int], shape: Sequence[int]
+) -> tuple[tuple[slice, ...], tuple[slice, ...]]:
+    """(source, destination) slices of a ``size`` crop centred on ``center`` of an array
+    of ``shape``: the part inside the array and where it lands in the crop."""
+    start = [int(c) - s // 2 for c, s in zip(center, size, strict=True)]
+    src = tuple(slice(max(0, b), min(n, b + s)) for b, s, n in zip(start, size, shape, strict=True))
+    dst = tuple(slice(sl.start - b, sl.stop - b) for sl, b in zip(src, start, strict=True))
+    return src, dst
+
+
 def crop_around(
     image: np.ndarray,
     target: np.ndarray,
@@ -73,10 +84,7 @@ def crop_around(
 ) -> tuple[np.ndarray, np.ndarray]:
     """A ``size`` crop centred on ``center``; outside the case the image holds ``fill``
     and the target :data:`IGNORE`. Unannotated voxels (``mask`` False) become IGNORE."""
-    shape = image.shape
-    start = [int(c) - s // 2 for c, s in zip(center, size, strict=True)]
-    src = tuple(slice(max(0, b), min(n, b + s)) for b, s, n in zip(start, size, shape, strict=True))
-    dst = tuple(slice(sl.start - b, sl.stop - b) for sl, b in zip(src, start, strict=True))
+    src, dst = crop_slices(center, size, image.shape)
     img = np.full(tuple(size), fill, np.float32)
     tgt = np.full(tuple(size), IGNORE, np.uint8)
     img[dst] = image[src]

@@ -241,6 +241,7 @@ def prepare_cases(
     normalization: dict[str, Any],
     ignore_index: int | None = None,
     producer: Any = None,
+    regions: bool = True,
 ) -> tuple[list[_Case], list[ClassInfo], tuple[float, float, float]]:
     """Load, align, resample and normalise the pairs; map label values to channels.
 
@@ -248,7 +249,8 @@ def prepare_cases(
     None) and the spacing used (the first pair's when ``spacing`` is None).
     ``producer``: the preprocessing of foreign weights (e.g. nnU-Net's, from
     :func:`napari_vnet.foreign.preprocessing_for`), used instead of ours through its
-    ``prepare_training(image, labels, mask, spacing)``.
+    ``prepare_training(image, labels, mask, spacing)``. ``regions``: keep each case's
+    structure map (:func:`structure_regions`) for the contrast-phase augmentation.
     """
     from napari_vnet.transforms import normalize_intensity, resample_to_spacing
 
@@ -280,7 +282,7 @@ def prepare_cases(
         cases.append(
             _Case(
                 name, np.ascontiguousarray(image, np.float32), target, mask,
-                regions=structure_regions(lab, ignore_index, mask),
+                regions=structure_regions(lab, ignore_index, mask) if regions else None,
                 intensity_unit=intensity_unit(normalization) if producer is None else None,
             )
         )  # fmt: skip

@@ -160,6 +160,7 @@ class _Run:
             plan.loaded or pairs, plan.classes, spacing=plan.spacing,
             normalization=plan.normalization, ignore_index=config.ignore_index,
             producer=producer if hasattr(producer, "prepare_training") else None,
+            regions=config.augment and config.augment_phase,
         )[0]  # fmt: skip
         self.plan, self.classes = plan, plan.classes
         self.n_classes = len(plan.classes)

@@ -285,7 +285,12 @@ def _with_context_plan(config: TrainConfig, loaded):
     model's spacing, patch and widths chosen for context (:func:`~.recipe.plan_context`)."""
     import dataclasses
 
-    from napari_vnet.training.recipe import CONTEXT_WIDTHS, body_extent_mm, plan_context
+    from napari_vnet.training.recipe import (
+        CONTEXT_WIDTHS,
+        _divisor,
+        body_extent_mm,
+        plan_context,
+    )
 
     arch = config.arch or "unet3d"
     arch_kwargs: dict[str, Any] = {}
@@ -293,7 +298,8 @@ def _with_context_plan(config: TrainConfig, loaded):
     if widths is None and arch in CONTEXT_WIDTHS:
         widths = list(CONTEXT_WIDTHS[arch])
         arch_kwargs["channels"] = widths
-    divisor = 2 ** (len(widths or _default_widths(arch) or [0] * 5) - 1)
+    network_widths = widths or _default_widths(arch)
+    divisor = _divisor(arch, network_widths) if network_widths else 16
     spacings = [p.spacing for p in loaded]
     extent = body_extent_mm([p.image for p in loaded], spacings)
     data_spacing = plan_spacing(spacings)

@@ -21,13 +21,11 @@ PHASE_P = 0.5
 
 
 def _crop(arr: np.ndarray, center, size) -> np.ndarray:
-    """A ``size`` crop of ``arr`` centred on ``center``, zero outside (as
-    :func:`~.augment.crop_around` crops the image)."""
-    start = [int(c) - s // 2 for c, s in zip(center, size, strict=True)]
-    src = tuple(
-        slice(max(0, b), min(n, b + s)) for b, s, n in zip(start, size, arr.shape, strict=True)
-    )
-    dst = tuple(slice(sl.start - b, sl.stop - b) for sl, b in zip(src, start, strict=True))
+    """A ``size`` crop of ``arr`` centred on ``center``, zero outside (the region map's
+    crop beside :func:`~.augment.crop_around`'s image crop, same geometry)."""
+    from napari_vnet.training.augment import crop_slices
+
+    src, dst = crop_slices(center, size, arr.shape)
     out = np.zeros(tuple(size), arr.dtype)
     out[dst] = arr[src]
     return out
