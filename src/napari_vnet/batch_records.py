@@ -56,13 +56,10 @@ def csv_text(value: Any) -> Any:
     with undecodable bytes, PEP 383): then those bytes are written as ``\\xNN``."""
     if not isinstance(value, str):
         return value
+    from napari_vnet.io.paths import printable
+
     try:
-        value.encode("utf-8")
-        return value
-    except UnicodeEncodeError:
-        pass
-    try:
-        return value.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+        return printable(value)
     except UnicodeEncodeError:  # a lone surrogate that is no escaped byte
         return value.encode("utf-8", "backslashreplace").decode("ascii")
 
