@@ -356,7 +356,7 @@ def test_dicom_seg_on_the_real_ct_series(shared_data, tmp_path):
     import highdicom as hd  # testing extra
     import pydicom
 
-    from napari_vnet.batch import write_dicom_seg
+    from napari_vnet.io.dicom_seg import write_dicom_seg
 
     ct = read_volume(shared_data / "ct-dicom-patient-a" / "dicom")
     mask = np.zeros(ct.shape, np.uint8)

@@ -30,7 +30,7 @@ from napari_vnet.io import (
     split_extension,
     volume_to_layer_kwargs,
 )
-from napari_vnet.io.reading import has_volume_extension
+from napari_vnet.io.headers import has_volume_extension, is_analyze_pair
 from napari_vnet.label_names import LabelSidecarError, labels_display_kwargs, read_label_classes
 
 log = logging.getLogger(__name__)
@@ -129,22 +129,6 @@ def on_activate(context=None) -> None:
     register_reader_preferences()
 
 
-def _is_analyze(path: Path) -> bool:
-    """An Analyze 7.5 / NIfTI-1 pair: the .hdr (or the .img's .hdr) starts with the
-    int32 348 (its own size) in either byte order."""
-    hdr = path if path.suffix.lower() == ".hdr" else path.with_suffix(".hdr")
-    if not hdr.is_file():
-        hdr = path.with_suffix(".HDR")
-    try:
-        with open(hdr, "rb") as fh:
-            head = fh.read(4)
-    except OSError:
-        return False
-    return len(head) == 4 and (
-        int.from_bytes(head, "little") == 348 or int.from_bytes(head, "big") == 348
-    )
-
-
 def _napari_folder_reader(path):
     """napari's own reader for what napari-vnet does not read although it is the
     preferred reader (a folder without DICOM, a Radiance .hdr), or None."""
@@ -168,7 +152,7 @@ def napari_get_reader(path):
         p = Path(path)
         if p.is_dir():
             return read_medical if _folder_has_dicom(p) else _napari_folder_reader(str(p))
-        if p.suffix.lower() in (".hdr", ".img") and not _is_analyze(p):
+        if p.suffix.lower() in (".hdr", ".img") and not is_analyze_pair(p):
             return _napari_folder_reader(str(p))  # Radiance HDR, raw images: napari's reader
         if has_volume_extension(p) or (p.is_file() and is_dicom_file(p)):
             return read_medical

@@ -17,8 +17,9 @@ Qt-free core behind ``napari-vnet predict INPUT_DIR --out OUT_DIR``.
   weights; outputs made by other weights are neither skipped nor replaced without
   ``overwrite``.
 * :func:`label_statistics` gives per-class voxel count, volume (ml) and mean/std of
-  the image intensity; :func:`write_dicom_seg` writes a DICOM Segmentation object
-  referencing the source series (highdicom, optional extra ``napari-vnet[dicom-seg]``).
+  the image intensity; :func:`napari_vnet.io.dicom_seg.write_dicom_seg` writes a DICOM
+  Segmentation object referencing the source series (highdicom, optional extra
+  ``napari-vnet[dicom-seg]``).
 
 Output naming (:func:`output_stem`, :func:`plan_outputs`): an input file
 ``INPUT_DIR/a/b/ct.nii.gz`` gives ``OUT_DIR/a/b/ct`` + extension; a DICOM series gives
@@ -36,12 +37,10 @@ from __future__ import annotations
 import csv
 import datetime
 import fnmatch
-import io
 import json
 import logging
 import math
 import os
-import re
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -52,13 +51,16 @@ from typing import Any
 
 import numpy as np
 
+from napari_vnet.io.dicom_seg import require_highdicom, write_dicom_seg
+from napari_vnet.io.headers import VOLUME_SUFFIXES, known_suffix
+from napari_vnet.io.paths import slug
+
 log = logging.getLogger(__name__)
 
 __all__ = [
     "FORMATS",
     "Case",
     "CaseResult",
-    "DicomSegUnavailableError",
     "DistributedContext",
     "OutputPlan",
     "discover_cases",
@@ -67,10 +69,8 @@ __all__ = [
     "output_stem",
     "plan_outputs",
     "predict_cases",
-    "require_highdicom",
     "shard",
     "statistics_rows",
-    "write_dicom_seg",
     "write_run_summary",
 ]
 
@@ -92,10 +92,6 @@ STATISTICS_CSV_FIELDS = (
 )
 
 
-class DicomSegUnavailableError(ImportError):
-    """highdicom (the ``dicom-seg`` extra) is not installed."""
-
-
 # ----------------------------------------------------------------------------- cases
 
 
@@ -111,21 +107,6 @@ class Case:
     error: str | None = None  # header unreadable: reported, never predicted
 
 
-def _volume_ext(name: str) -> str:
-    from napari_vnet.worklist import VOLUME_SUFFIXES
-
-    low = name.lower()
-    for suf in VOLUME_SUFFIXES:
-        if low.endswith(suf):
-            return suf
-    return os.path.splitext(low)[1]
-
-
-def _slug(text: str) -> str:
-    s = re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("._")
-    return s[:60] or "series"
-
-
 def output_stem(entry, root: Path, n_series_in_folder: int = 1) -> str:
     """The output name (relative, posix, no extension) of a worklist entry."""
     if entry.kind == "dicom":
@@ -133,9 +114,9 @@ def output_stem(entry, root: Path, n_series_in_folder: int = 1) -> str:
         base = root.name if rel_dir in ("", ".") else rel_dir
         if n_series_in_folder > 1:
             desc = entry.name.split(" / ", 1)[-1]
-            return f"{base}/{_slug(desc)}"
+            return f"{base}/{slug(desc, fallback='series')}"
         return base
-    ext = _volume_ext(entry.key)
+    ext = known_suffix(entry.key, VOLUME_SUFFIXES)
     return entry.key[: len(entry.key) - len(ext)] if ext else entry.key
 
 
@@ -191,7 +172,7 @@ def discover_cases(
             tail = (
                 e.series_uid.replace(".", "")[-8:]
                 if e.kind == "dicom"
-                else _volume_ext(e.key).strip(".").replace(".", "_")
+                else known_suffix(e.key, VOLUME_SUFFIXES).strip(".").replace(".", "_")
             )
             stem = f"{stem}_{tail}"
         used.add(stem.lower())
@@ -201,7 +182,7 @@ def discover_cases(
                 path=e.path,
                 kind=e.kind,
                 stem=stem,
-                source_ext="" if e.kind == "dicom" else _volume_ext(e.key),
+                source_ext="" if e.kind == "dicom" else known_suffix(e.key, VOLUME_SUFFIXES),
                 error=e.error,
             )
         )
@@ -419,20 +400,7 @@ def statistics_rows(results: Iterable[CaseResult]) -> list[dict[str, Any]]:
     return rows
 
 
-# ------------------------------------------------------------------------- DICOM-SEG
-
-
-def require_highdicom():
-    """``(highdicom, pydicom)``, or DicomSegUnavailableError saying what to install."""
-    try:
-        import highdicom
-        import pydicom
-    except ImportError as exc:
-        raise DicomSegUnavailableError(
-            "--format dicom-seg needs highdicom: pip install 'napari-vnet[dicom-seg]' "
-            f"(or pip install highdicom) ({exc})"
-        ) from exc
-    return highdicom, pydicom
+# -------------------------------------------------------------------- class sidecar
 
 
 def write_class_sidecar(label_path: str | os.PathLike, card) -> Path:
@@ -441,147 +409,6 @@ def write_class_sidecar(label_path: str | os.PathLike, card) -> Path:
     from napari_vnet.label_names import classes_with_colors, write_label_classes
 
     return write_label_classes(label_path, classes_with_colors(card.classes))
-
-
-def _lab_color(hd, rgba) -> Any:
-    if rgba is None:
-        return None
-    rgb = tuple(int(round(255 * min(max(float(c), 0.0), 1.0))) for c in rgba[:3])
-    return hd.color.CIELabColor.from_rgb(*rgb)
-
-
-def _source_dataset(pydicom, path: str):
-    """A source image's header; SOP class/instance UIDs blanked by an anonymiser are
-    taken from the file meta information (where they must also be)."""
-    ds = pydicom.dcmread(path, stop_before_pixels=True)
-    meta = getattr(ds, "file_meta", None)
-    for tag, meta_tag in (
-        ("SOPClassUID", "MediaStorageSOPClassUID"),
-        ("SOPInstanceUID", "MediaStorageSOPInstanceUID"),
-    ):
-        if not str(getattr(ds, tag, "") or ""):
-            value = str(getattr(meta, meta_tag, "") or "") if meta is not None else ""
-            if not value:
-                raise ValueError(f"{path}: no {tag}; a DICOM-SEG cannot reference this image")
-            setattr(ds, tag, value)
-    return ds
-
-
-def write_dicom_seg(
-    labels: np.ndarray, volume, card, path: str | os.PathLike, *, series_uid: str | None = None
-) -> Path:
-    """Write ``labels`` (on ``volume``'s grid, read from a DICOM series) as DICOM-SEG.
-
-    One segment per foreground class of the card (its name and colour), a BINARY
-    segmentation whose frames reference the source images (matched by their slice
-    position, so the order the files were listed in does not matter). Readable by
-    pydicom, highdicom, 3D Slicer (QuantitativeReporting) and OHIF.
-    """
-    hd, pydicom = require_highdicom()
-    from pydicom.sr.codedict import codes
-
-    path = Path(path)
-    files = list(volume.metadata.get("source_files") or [])
-    if not files:
-        raise ValueError(f"{volume.path}: not read from a DICOM series; DICOM-SEG needs one")
-    sources = [_source_dataset(pydicom, f) for f in files]
-    if not str(getattr(sources[0], "StudyInstanceUID", "") or ""):
-        # anonymisers sometimes blank it; the SEG needs one (it will not join a study)
-        log.warning("%s: the source series has no Study Instance UID; using a new one", path)
-        study = hd.UID()
-        for ds in sources:
-            ds.StudyInstanceUID = study
-    labels = np.asarray(labels)
-    if labels.ndim != 3 or labels.shape[0] != len(sources):
-        raise ValueError(
-            f"{volume.path}: labels {labels.shape} do not match the {len(sources)} source slices"
-        )
-    # which slice of the volume each source image is
-    origin = np.asarray(volume.origin, float)
-    inv = np.linalg.inv(np.asarray(volume.direction, float))
-    spacing = np.asarray(volume.spacing, float)
-    index_of: dict[int, int] = {}
-    for i, ds in enumerate(sources):
-        ipp = np.asarray([float(v) for v in ds.ImagePositionPatient])[::-1]  # (z, y, x)
-        k, j, q = (inv @ (ipp - origin)) / spacing
-        kk = int(round(k))
-        if abs(k - kk) > 0.1 or abs(j) > 0.1 or abs(q) > 0.1 or not 0 <= kk < labels.shape[0]:
-            raise ValueError(f"{files[i]}: slice position {tuple(ipp)} is not on the volume's grid")
-        index_of[i] = kk
-    if len(set(index_of.values())) != len(sources):
-        raise ValueError(f"{volume.path}: two source images share a slice position")
-    fg = [c for c in card.classes if int(c.value) != 0]
-    if not fg:
-        raise ValueError("the model card lists no foreground class")
-    if len(fg) > 65535:
-        raise ValueError("too many classes for one DICOM-SEG")
-    # label value -> segment number 1..n, in the card's class order
-    lut = np.zeros(int(max(labels.max(initial=0), max(c.value for c in fg))) + 1, np.uint16)
-    for n, c in enumerate(fg, start=1):
-        lut[int(c.value)] = n
-    frames = lut[labels[[index_of[i] for i in range(len(sources))]]]
-    frames = frames.astype(np.uint8 if len(fg) < 256 else np.uint16)
-
-    from napari_vnet import __version__
-
-    algorithm = hd.AlgorithmIdentificationSequence(
-        name=f"napari-vnet {card.arch}",
-        family=codes.cid7162.ArtificialIntelligence,
-        version=__version__,
-    )
-    from napari_vnet.label_names import class_colors
-
-    colors = class_colors(card.classes)  # every segment gets the colour napari shows
-    descriptions = [
-        hd.seg.SegmentDescription(
-            segment_number=n,
-            segment_label=str(c.name)[:64] or f"label {c.value}",
-            segmented_property_category=codes.SCT.Tissue,
-            segmented_property_type=codes.SCT.Tissue,
-            algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
-            algorithm_identification=algorithm,
-            tracking_id=f"label {int(c.value)}",
-            tracking_uid=hd.UID(),
-            display_color=_lab_color(hd, colors[int(c.value)]),
-        )
-        for n, c in enumerate(fg, start=1)
-    ]
-    first = sources[0]
-    thickness = getattr(first, "SliceThickness", None)
-    for ds in sources:  # highdicom reads it from the sources; a type-2 tag may be absent
-        if getattr(ds, "SliceThickness", None) in (None, ""):
-            ds.SliceThickness = float(volume.spacing[0])
-    measures = hd.PixelMeasuresSequence(
-        pixel_spacing=(float(volume.spacing[1]), float(volume.spacing[2])),  # rows, columns
-        slice_thickness=float(thickness) if thickness else float(volume.spacing[0]),
-        spacing_between_slices=float(volume.spacing[0]),
-    )
-    series_number = int(getattr(first, "SeriesNumber", 0) or 0) + 1000
-    seg = hd.seg.Segmentation(
-        source_images=sources,
-        pixel_array=frames,
-        segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
-        segment_descriptions=descriptions,
-        series_instance_uid=series_uid or hd.UID(),
-        series_number=series_number,
-        sop_instance_uid=hd.UID(),
-        instance_number=1,
-        manufacturer="napari-vnet",
-        manufacturer_model_name=f"napari-vnet {card.arch}",
-        software_versions=__version__,
-        device_serial_number="0",
-        series_description=f"napari-vnet {card.arch} segmentation"[:64],
-        pixel_measures=measures,
-        omit_empty_frames=True,
-    )
-
-    def save(fh) -> None:
-        buf = io.BytesIO()
-        seg.save_as(buf)
-        fh.write(buf.getvalue())
-
-    _atomic_write(path, save, binary=True)
-    return path
 
 
 # ----------------------------------------------------------------------------- running

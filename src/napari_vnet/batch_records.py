@@ -85,9 +85,9 @@ def weights_fingerprint(model, card) -> str:
 
 def record_path(labels: Path) -> Path:
     """The record of the case whose label map is ``labels``."""
-    from napari_vnet.batch import _volume_ext
+    from napari_vnet.io.headers import VOLUME_SUFFIXES, known_suffix
 
-    ext = _volume_ext(labels.name)
+    ext = known_suffix(labels.name, VOLUME_SUFFIXES)
     stem = labels.name[: len(labels.name) - len(ext)] if ext else labels.name
     return labels.with_name(stem + RECORD_SUFFIX)
 

@@ -106,98 +106,126 @@ def check_input(
     array or a subsample; None skips the value checks), ``channels`` the number of image
     channels given to the network, ``modality`` the DICOM modality if known.
     """
-    issues: list[InputIssue] = []
+    issues = [
+        *_channel_issues(card, channels),
+        *_shape_issues(shape),
+        *_spacing_issues(card, spacing),
+    ]
+    label_like = label_map_values(values) if values is not None else None
+    if label_like is not None:
+        issues.append(_label_map_issue(label_like))
+    elif values is not None:
+        issues.extend(_intensity_issues(card, values, modality))
+    return issues
+
+
+def _channel_issues(card, channels: int) -> list[InputIssue]:
+    """A refusal when the image has another number of channels than the model takes."""
     need = int(getattr(card, "in_channels", 1) or 1)
-    if channels != need:
-        names = _channel_names(card)
-        which = f" ({', '.join(names)})" if names else ""
-        issues.append(
-            InputIssue(
-                "refusal",
-                f"This model takes {need} input channel{'s' * (need != 1)}{which}; the image "
-                f"has {channels}. Choose weights made for this kind of image.",
-            )
+    if channels == need:
+        return []
+    names = _channel_names(card)
+    which = f" ({', '.join(names)})" if names else ""
+    return [
+        InputIssue(
+            "refusal",
+            f"This model takes {need} input channel{'s' * (need != 1)}{which}; the image "
+            f"has {channels}. Choose weights made for this kind of image.",
         )
+    ]
+
+
+def _shape_issues(shape: tuple[int, ...]) -> list[InputIssue]:
+    """A warning for a 2D image or one with more than three axes."""
     nd = len(shape)
     if nd == 2:
-        issues.append(
+        return [
             InputIssue(
                 "warning",
                 f"The image is 2D ({shape[0]}×{shape[1]}); the model was trained on 3D "
                 "volumes and sees one slice without its neighbours: expect a poor result.",
             )
-        )
-    elif nd > 3:
-        issues.append(
+        ]
+    if nd > 3:
+        return [
             InputIssue(
                 "warning",
                 f"The image is {nd}D ({'×'.join(map(str, shape))}); the model segments 3D "
                 "volumes (z, y, x): the extra axis is not what it was trained on.",
             )
-        )
-    model_spacing = getattr(card, "spacing", None)
-    if spacing is not None and model_spacing is not None and len(spacing) == len(model_spacing):
-        ratios = [
-            max(a / b, b / a)
-            for a, b in zip(spacing, model_spacing, strict=True)
-            if a > 0 and b > 0
         ]
-        worst = max(ratios, default=1.0)
-        if worst > SPACING_RATIO_WARN:
-            img = " × ".join(f"{s:.3g}" for s in spacing)
-            mod = " × ".join(f"{s:.3g}" for s in model_spacing)
-            issues.append(
-                InputIssue(
-                    "warning",
-                    f"The voxels ({img} mm) are {worst:.0f}× larger or smaller than those the "
-                    f"model was trained on ({mod} mm) along one axis: it is resampled, but "
-                    "structures will look unlike its training data.",
-                )
-            )
-    label_like = label_map_values(values) if values is not None else None
-    if label_like is not None:
-        shown = ", ".join(f"{v:g}" for v in label_like[:8]) + (
-            ", …" if len(label_like) > 8 else ""
+    return []
+
+
+def _spacing_issues(card, spacing: tuple[float, ...] | None) -> list[InputIssue]:
+    """A warning when the voxels are :data:`SPACING_RATIO_WARN` times larger or smaller
+    than the model's along some axis."""
+    model_spacing = getattr(card, "spacing", None)
+    if spacing is None or model_spacing is None or len(spacing) != len(model_spacing):
+        return []
+    ratios = [
+        max(a / b, b / a) for a, b in zip(spacing, model_spacing, strict=True) if a > 0 and b > 0
+    ]
+    worst = max(ratios, default=1.0)
+    if worst <= SPACING_RATIO_WARN:
+        return []
+    img = " × ".join(f"{s:.3g}" for s in spacing)
+    mod = " × ".join(f"{s:.3g}" for s in model_spacing)
+    return [
+        InputIssue(
+            "warning",
+            f"The voxels ({img} mm) are {worst:.0f}× larger or smaller than those the "
+            f"model was trained on ({mod} mm) along one axis: it is resampled, but "
+            "structures will look unlike its training data.",
         )
-        issues.append(
+    ]
+
+
+def _label_map_issue(label_like: list[float]) -> InputIssue:
+    """The warning for an image that looks like a label map (its distinct values)."""
+    shown = ", ".join(f"{v:g}" for v in label_like[:8]) + (", …" if len(label_like) > 8 else "")
+    return InputIssue(
+        "warning",
+        f"This looks like a label map, not a scan: only {len(label_like)} whole "
+        f"values ({shown}). Choose the CT/MR image these labels belong to; a model "
+        "run on a label map gives nothing meaningful.",
+    )
+
+
+def _intensity_issues(card, values, modality: str) -> list[InputIssue]:
+    """A warning when the values are not Hounsfield units and the model was trained on
+    CT, or look like CT and it was trained on MR."""
+    want_hu = expects_hu(card)
+    if want_hu is None:
+        return []
+    sample = np.asarray(values)
+    if sample.dtype.kind == "f":
+        sample = sample[np.isfinite(sample)]
+    if not sample.size:
+        return []
+    is_hu = looks_like_hu(sample) and modality.upper() not in ("MR", "PT", "NM")
+    if want_hu and not is_hu:
+        if modality and modality.upper() != "CT":
+            what = f"this is {modality} data (values {_range_text(sample)})"
+        else:
+            what = (
+                f"these values ({_range_text(sample)}) are not Hounsfield units "
+                "(no air at about -1000 HU)"
+            )
+        text = (
+            f"This model was trained on CT in Hounsfield units, but {what}. Its "
+            "result is probably meaningless for this image."
+        )
+        return [InputIssue("warning", text)]
+    if want_hu is False and is_hu:
+        return [
             InputIssue(
                 "warning",
-                f"This looks like a label map, not a scan: only {len(label_like)} whole "
-                f"values ({shown}). Choose the CT/MR image these labels belong to; a model "
-                "run on a label map gives nothing meaningful.",
+                "This model was trained on MR; these values look like CT in "
+                f"Hounsfield units ({_range_text(sample)}).",
             )
-        )
-    want_hu = expects_hu(card)
-    if values is not None and want_hu is not None and label_like is None:
-        sample = np.asarray(values)
-        if sample.dtype.kind == "f":
-            sample = sample[np.isfinite(sample)]
-        if sample.size:
-            is_hu = looks_like_hu(sample) and modality.upper() not in ("MR", "PT", "NM")
-            if want_hu and not is_hu:
-                if modality and modality.upper() != "CT":
-                    what = f"this is {modality} data (values {_range_text(sample)})"
-                else:
-                    what = (
-                        f"these values ({_range_text(sample)}) are not Hounsfield units "
-                        "(no air at about -1000 HU)"
-                    )
-                issues.append(
-                    InputIssue(
-                        "warning",
-                        f"This model was trained on CT in Hounsfield units, but {what}. Its "
-                        "result is probably meaningless for this image.",
-                    )
-                )
-            elif want_hu is False and is_hu:
-                issues.append(
-                    InputIssue(
-                        "warning",
-                        "This model was trained on MR; these values look like CT in "
-                        f"Hounsfield units ({_range_text(sample)}).",
-                    )
-                )
-    return issues
+        ]
+    return []
 
 
 #: at most this many distinct whole values (0 among them) make an image label-like

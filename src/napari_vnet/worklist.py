@@ -21,12 +21,9 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import math
 import os
 import re
 import stat
-import struct
-import zlib
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -34,6 +31,18 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from napari_vnet.io.headers import (
+    DATA_SUFFIXES,
+    DICOM_EXTENSIONS,
+    IGNORED_SUFFIXES,
+    VOLUME_SUFFIXES,
+    has_dicom_magic,
+    known_suffix,
+    split_suffix,
+)
+from napari_vnet.io.paths import printable as _shown
+from napari_vnet.io.paths import slug
+from napari_vnet.io.reading import read_file_header
 from napari_vnet.label_names import label_files_in_folder
 
 logger = logging.getLogger(__name__)
@@ -42,13 +51,11 @@ __all__ = [
     "BROKEN",
     "PROJECT_FILENAME",
     "STATUSES",
-    "VOLUME_SUFFIXES",
     "ProjectError",
     "ProjectMismatchError",
     "ScanEntry",
     "ScanProject",
     "discover_scans",
-    "read_file_header",
     "read_scan",
     "write_labels_file",
 ]
@@ -59,43 +66,6 @@ STATUSES = ("not opened", "opened", "predicted", "corrected", "reviewed")
 BROKEN = "broken"
 PROJECT_FILENAME = "napari-vnet-scans.json"
 PROJECT_VERSION = 1
-
-#: Single-file volume formats listed as one scan each (lower-case suffixes).
-VOLUME_SUFFIXES = (
-    ".nii.gz",
-    ".nii",
-    ".mha",
-    ".mhd",
-    ".nrrd",
-    ".nhdr",
-    ".hdr",  # Analyze 7.5 / NIfTI pair header; its .img is the pixel data
-    ".gipl.gz",
-    ".gipl",
-)
-#: Pixel-data companions of header files: never listed on their own.
-_DATA_SUFFIXES = (".raw", ".img", ".zraw", ".raw.gz", ".img.gz")
-#: Suffixes that say "DICOM" outright.
-_DICOM_SUFFIXES = (".dcm", ".ima", ".dicom")
-#: Suffixes that are certainly not volumes (skipped without opening).
-_IGNORED_SUFFIXES = (
-    ".json",
-    ".txt",
-    ".md",
-    ".csv",
-    ".py",
-    ".png",
-    ".jpg",
-    ".jpeg",
-    ".pdf",
-    ".zip",
-    ".pt",
-    ".pth",
-    ".xml",
-    ".yaml",
-    ".yml",
-    ".log",
-    ".tmp",
-)
 
 
 class ProjectError(RuntimeError):
@@ -150,26 +120,6 @@ def read_scan(entry: ScanEntry):
 # --------------------------------------------------------------------------- headers
 
 
-def _suffix(name: str) -> str:
-    low = name.lower()
-    for suf in (*VOLUME_SUFFIXES, *_DATA_SUFFIXES):
-        if low.endswith(suf):
-            return suf
-    return os.path.splitext(low)[1]
-
-
-def _has_dicom_magic(path: str) -> bool:
-    """Part-10 DICOM files carry 'DICM' at byte 128 (reads 132 bytes, no pixels)."""
-    try:
-        if not stat.S_ISREG(os.stat(path).st_mode):
-            return False  # a FIFO would block the walk
-        with open(path, "rb") as fh:
-            head = fh.read(132)
-    except OSError:
-        return False
-    return len(head) == 132 and head[128:132] == b"DICM"
-
-
 def _series_name(info: dict[str, Any], folder_rel: str) -> str:
     parts = Path(folder_rel).parts
     patient = info["patient"] or info["patient_id"] or (parts[0] if parts else "DICOM")
@@ -183,135 +133,6 @@ def _series_name(info: dict[str, Any], folder_rel: str) -> str:
 
 
 # ------------------------------------------------------------------------- discovery
-
-
-#: SimpleITK ImageIO per suffix: naming it skips the probing of every registered ImageIO
-#: (which reads tens of kB of each file, pixel data included, before the header).
-_IMAGE_IO = {
-    ".nii": "NiftiImageIO",
-    ".nii.gz": "NiftiImageIO",
-    ".hdr": "NiftiImageIO",
-    ".mha": "MetaImageIO",
-    ".mhd": "MetaImageIO",
-    ".nrrd": "NrrdImageIO",
-    ".nhdr": "NrrdImageIO",
-    ".gipl": "GiplImageIO",
-    ".gipl.gz": "GiplImageIO",
-}
-
-
-#: NIfTI datatype code -> SimpleITK pixel type string (plain scalar types only)
-_NIFTI_TYPES = {
-    2: "8-bit unsigned integer",
-    4: "16-bit signed integer",
-    8: "32-bit signed integer",
-    16: "32-bit float",
-    64: "64-bit float",
-    256: "8-bit signed integer",
-    512: "16-bit unsigned integer",
-    768: "32-bit unsigned integer",
-    1024: "64-bit signed integer",
-    1280: "64-bit unsigned integer",
-}
-
-
-def _nifti_header(path: str) -> dict[str, Any] | None:
-    """Shape/spacing/pixel type of a plain 2D/3D scalar NIfTI-1/2 file from its first bytes.
-
-    ITK's NIfTI reader takes ~15 ms per ``.nii.gz`` header (it re-opens and re-buffers
-    the stream); this reads at most 8 kB and inflates only the header. Returns None for
-    anything unusual (rescaled, 4D, vector, odd sizes) so that SimpleITK decides.
-    """
-    gz = path.lower().endswith(".gz")
-    try:
-        with open(path, "rb") as fh:
-            raw = fh.read(8192 if gz else 544)
-        hdr = zlib.decompressobj(16 + zlib.MAX_WBITS).decompress(raw, 544) if gz else raw
-    except (OSError, zlib.error):
-        return None
-    if len(hdr) < 348:
-        return None
-    for endian in "<>":
-        size = struct.unpack_from(f"{endian}i", hdr, 0)[0]
-        if size in (348, 540):
-            break
-    else:
-        return None
-    if size == 348:
-        dim = struct.unpack_from(f"{endian}8h", hdr, 40)
-        code = struct.unpack_from(f"{endian}h", hdr, 70)[0]
-        pixdim = struct.unpack_from(f"{endian}8f", hdr, 76)
-        slope, inter = struct.unpack_from(f"{endian}2f", hdr, 112)
-    else:
-        if len(hdr) < 540:
-            return None
-        code = struct.unpack_from(f"{endian}h", hdr, 12)[0]
-        dim = struct.unpack_from(f"{endian}8q", hdr, 16)
-        pixdim = struct.unpack_from(f"{endian}8d", hdr, 104)
-        slope, inter = struct.unpack_from(f"{endian}2d", hdr, 168)
-    ndim = dim[0]
-    sizes, spacing = dim[1 : ndim + 1], pixdim[1 : ndim + 1]
-    if (
-        ndim not in (2, 3)
-        or code not in _NIFTI_TYPES
-        or any(n < 2 for n in sizes)
-        or not all(math.isfinite(d) and d > 0 for d in spacing)
-        or slope not in (0.0, 1.0)
-        or inter != 0.0
-    ):
-        return None
-    return {
-        "shape": tuple(int(n) for n in sizes)[::-1],
-        "spacing": tuple(float(d) for d in spacing)[::-1],
-        "pixel_type": _NIFTI_TYPES[code],
-        "components": 1,
-    }
-
-
-def read_file_header(path: str | os.PathLike) -> dict[str, Any]:
-    """Shape and spacing ``(z, y, x)`` and pixel type of a volume file, from its header.
-
-    Uses the ImageIO that the suffix names (no probing, so only the header is read);
-    falls back to :func:`napari_vnet.io.read_header` when that ImageIO refuses the file.
-    Raises :class:`napari_vnet.io.VolumeReadError` naming the file when neither can.
-    """
-    import SimpleITK as sitk
-
-    path = str(path)
-    suffix = _suffix(os.path.basename(path))
-    if suffix in (".nii", ".nii.gz"):
-        head = _nifti_header(path)
-        if head is not None:
-            return head
-    from napari_vnet.io.paths import itk_name
-    from napari_vnet.io.reading import _companions
-
-    companions = _companions(Path(path))  # data files checked before ITK opens them
-    io_name = _IMAGE_IO.get(suffix)
-    if io_name is not None:
-        reader = sitk.ImageFileReader()
-        reader.SetImageIO(io_name)
-        try:
-            with itk_name(path, companions) as itk_path:
-                reader.SetFileName(itk_path)
-                reader.ReadImageInformation()
-        except RuntimeError:
-            pass  # let io.read_header try every ImageIO and word the error
-        else:
-            return {
-                "shape": tuple(int(s) for s in reader.GetSize())[::-1],
-                "spacing": tuple(float(s) for s in reader.GetSpacing())[::-1],
-                "pixel_type": sitk.GetPixelIDValueAsString(reader.GetPixelID()),
-                "components": int(reader.GetNumberOfComponents()),
-            }
-    from napari_vnet.io import read_header
-
-    return read_header(path)
-
-
-def _shown(path: str) -> str:
-    """Printable text of a path or name (bytes that are not UTF-8 become ``\\xNN``)."""
-    return os.fsencode(path).decode("utf-8", "backslashreplace")
 
 
 def _file_entry(path: str, rel: str) -> ScanEntry:
@@ -489,7 +310,7 @@ def discover_scans(
         rel_dir = os.path.relpath(folder, root_path).replace(os.sep, "/")
         names = {e.name.lower() for e in items}
         label_of = label_files_in_folder(
-            folder, [e.path for e in items if _suffix(e.name) in VOLUME_SUFFIXES], root_path
+            folder, [e.path for e in items if known_suffix(e.name) in VOLUME_SUFFIXES], root_path
         )
         dicom_candidates: list[str] = []
         subdirs: list[str] = []
@@ -510,7 +331,7 @@ def discover_scans(
             if target in seen_files:
                 continue  # the same file through another link
             seen_files.add(target)
-            suf = _suffix(item.name)
+            suf = known_suffix(item.name)
             rel = item.name if rel_dir == "." else f"{rel_dir}/{item.name}"
             if suf in VOLUME_SUFFIXES:
                 if item.path in label_of:
@@ -518,7 +339,7 @@ def discover_scans(
                 entry = _file_entry(item.path, rel)
                 entry.labels = tuple(sorted(k for k, v in label_of.items() if v == item.path))
                 yield entry
-            elif suf in _DATA_SUFFIXES:
+            elif suf in DATA_SUFFIXES:
                 stem = item.name[: -len(suf)].lower()
                 if suf in (".img", ".img.gz") and f"{stem}.hdr" not in names:
                     yield ScanEntry(
@@ -528,8 +349,8 @@ def discover_scans(
                         error=f"{_shown(item.path)}: image data without its .hdr header",
                     )
                 # .raw / .img companions of a header are read through the header
-            elif suf in _DICOM_SUFFIXES or (
-                suf not in _IGNORED_SUFFIXES and _has_dicom_magic(item.path)
+            elif suf in DICOM_EXTENSIONS or (
+                suf not in IGNORED_SUFFIXES and has_dicom_magic(item.path)
             ):
                 dicom_candidates.append(item.path)
         if dicom_candidates:
@@ -553,11 +374,6 @@ def discover_scans(
 
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
-
-
-def _slug(text: str, limit: int = 60) -> str:
-    s = re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("._")
-    return s[:limit] or "scan"
 
 
 def _atomic_write_text(path: Path, text: str) -> None:
@@ -619,11 +435,7 @@ def _key_bytes(key: str) -> bytes:
 def _scan_stem(key: str) -> str:
     """``"sub/ct0.nii.gz"`` -> ``"ct0"``; DICOM keys (``"folder#uid"``) -> the folder name."""
     base = key.split("#", 1)[0].rstrip("/").rsplit("/", 1)[-1]
-    low = base.lower()
-    for suf in (*VOLUME_SUFFIXES, *_DICOM_SUFFIXES):
-        if low.endswith(suf) and len(base) > len(suf):
-            return base[: -len(suf)]
-    return base
+    return (split_suffix(base, VOLUME_SUFFIXES + DICOM_EXTENSIONS) or (base, ""))[0]
 
 
 def _layer_part(layer_name: str, key: str) -> str:
@@ -645,7 +457,7 @@ def _scan_folder_name(key: str) -> str:
     """``"sub/ct0.nii.gz"`` -> ``"sub_ct0"``; ``"pat/ct#1.2.3"`` -> ``"pat_ct"``."""
     path = key.split("#", 1)[0].rstrip("/")
     head = path.rsplit("/", 1)[0] + "/" if "/" in path else ""
-    return _slug(head + _scan_stem(key))
+    return slug(head + _scan_stem(key), fallback="scan")
 
 
 @dataclass
@@ -945,8 +757,9 @@ class ScanProject:
         name adds to it (``p1.nii.gz [3D U-Net]`` -> ``p1_3D_U-Net.nii.gz``). Only when
         two layer names of one scan make the same file name does one get a short hash."""
         folder = self.labels_dir(key)
-        stem = _slug(_scan_stem(key), 60)
-        path = folder / f"{stem}_{_slug(_layer_part(layer_name, key), 60)}.nii.gz"
+        stem = slug(_scan_stem(key), fallback="scan")
+        part = slug(_layer_part(layer_name, key), fallback="scan")
+        path = folder / f"{stem}_{part}.nii.gz"
         claim = str(path).casefold()
         recorded = {
             str(self.work_dir / info["path"]).casefold(): name

@@ -55,6 +55,7 @@ from napari_vnet._widgets._scan_edits import ScanEditsMixin
 from napari_vnet._widgets._scan_loading import ScanLoadingMixin
 from napari_vnet._widgets._scans_table import FILTERS, ScanTable
 from napari_vnet._widgets._session import first_use_in_napari as _session_first_use
+from napari_vnet.io.paths import printable
 from napari_vnet.worklist import (
     BROKEN,
     ProjectError,
@@ -92,11 +93,6 @@ def _discover_in_batches(root: str, exclude: list[str]):
             batch, last = [], time.monotonic()
     if batch:
         yield batch
-
-
-def _printable(path) -> str:
-    """A path as text Qt can show (bytes that are not UTF-8 as ``\\xNN``)."""
-    return os.fsencode(path).decode("utf-8", "backslashreplace")
 
 
 def _about_to_quit(ref) -> None:
@@ -328,7 +324,7 @@ class ScansWidget(ScanLoadingMixin, ScanEditsMixin, QWidget):
         scans = Path(scans_folder).expanduser().resolve()
         digest = hashlib.sha1(os.fsencode(scans)).hexdigest()[:8]
         # the name as before; only bytes that are not UTF-8 are replaced (as \xNN -> _xNN)
-        name = _printable(scans.name).replace("\\", "_") or "scans"
+        name = printable(scans.name).replace("\\", "_") or "scans"
         return _config_dir() / "projects" / f"{name}-{digest}"
 
     # ------------------------------------------------------------- folders
@@ -353,13 +349,13 @@ class ScansWidget(ScanLoadingMixin, ScanEditsMixin, QWidget):
             work.mkdir(parents=True, exist_ok=True)
             project = ScanProject(work, self.scans_folder)
         except (ProjectError, OSError) as exc:
-            self._notify("error", f"Cannot use the work folder {_printable(work)}: {exc}")
+            self._notify("error", f"Cannot use the work folder {printable(work)}: {exc}")
             return
         if self.project is not None:
             self.project.release_session()
         self.work_folder, self.project = work, project
         self._status_ahead.clear()
-        self.work_edit.setText(_printable(self.work_folder))
+        self.work_edit.setText(printable(self.work_folder))
         for notice in (project.notice, project.acquire_session("napari")):
             if notice:
                 self._notify("warning", notice)
@@ -372,7 +368,7 @@ class ScansWidget(ScanLoadingMixin, ScanEditsMixin, QWidget):
         """List ``folder``; returns the discovery worker (None when ``scan`` is False)."""
         self._close_current()
         self.scans_folder = Path(folder).expanduser().resolve()
-        self.scans_edit.setText(_printable(self.scans_folder))
+        self.scans_edit.setText(printable(self.scans_folder))
         bound = self.project.scans_root if self.project is not None else None
         if self.work_folder is None or bound not in (None, str(self.scans_folder)):
             # another folder, another project: its labels and statuses never carry over

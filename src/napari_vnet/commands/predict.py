@@ -320,14 +320,8 @@ def _outputs_conflict(cases, out_dir: Path, args: argparse.Namespace, model, car
 
 def run_folder(args: argparse.Namespace) -> int:
     """Segment every scan under INPUT into OUT (see the module docstring)."""
-    from napari_vnet.batch import (
-        DicomSegUnavailableError,
-        distributed_context,
-        predict_cases,
-        require_highdicom,
-        shard,
-        write_run_summary,
-    )
+    from napari_vnet.batch import distributed_context, predict_cases, shard, write_run_summary
+    from napari_vnet.io.dicom_seg import DicomSegUnavailableError, require_highdicom
     from napari_vnet.models import CheckpointError, load_checkpoint
     from napari_vnet.postprocess import parse_operations
     from napari_vnet.weights import resolve_weights

@@ -7,6 +7,7 @@ geometry to napari layer transforms and back (napari world = LPS mm, z y x).
 
 from napari_vnet.io.dicom import DicomSeries, find_series_of_file, is_dicom_file, list_dicom_series
 from napari_vnet.io.errors import VolumeReadError, VolumeWriteError
+from napari_vnet.io.headers import READ_EXTENSIONS, split_extension
 from napari_vnet.io.layers import (
     META_KEY,
     display_range,
@@ -16,12 +17,11 @@ from napari_vnet.io.layers import (
     volume_to_layer_kwargs,
 )
 from napari_vnet.io.reading import (
-    READ_EXTENSIONS,
     image_to_volume,
     read_dicom_series,
+    read_file_header,
     read_header,
     read_volume,
-    split_extension,
 )
 from napari_vnet.io.volume import Volume
 from napari_vnet.io.writing import (
@@ -50,6 +50,7 @@ __all__ = [
     "list_dicom_series",
     "looks_like_labels",
     "read_dicom_series",
+    "read_file_header",
     "read_header",
     "read_volume",
     "smallest_unsigned_dtype",

@@ -13,7 +13,6 @@ import functools
 import hashlib
 import logging
 import os
-import stat
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,11 +22,10 @@ import numpy as np
 
 from napari_vnet.io.dicom_tilt import slice_shear
 from napari_vnet.io.errors import VolumeReadError
+from napari_vnet.io.headers import DICOM_EXTENSIONS, dicom_preamble, read_head
 
 log = logging.getLogger(__name__)
 
-#: Extensions treated as DICOM even when the 128-byte preamble + "DICM" is missing.
-DICOM_EXTENSIONS = (".dcm", ".dicom", ".ima")
 
 # tag -> attribute name, read from every file header
 _TAGS = {
@@ -58,16 +56,10 @@ def is_dicom_file(path: str | os.PathLike) -> bool:
     p = Path(path)
     if p.name.upper() == "DICOMDIR":  # an index, not an image
         return False
-    try:
-        if not stat.S_ISREG(os.stat(p).st_mode):
-            return False  # a FIFO or device would block or never end
-        with open(p, "rb") as fh:
-            head = fh.read(132)
-    except OSError:
+    head = read_head(p, 132)  # None for a FIFO or device: it would block or never end
+    if head is None:
         return False
-    if len(head) == 132 and head[128:132] == b"DICM":
-        return True
-    return p.suffix.lower() in DICOM_EXTENSIONS and len(head) > 0
+    return dicom_preamble(head) or (p.suffix.lower() in DICOM_EXTENSIONS and len(head) > 0)
 
 
 def _floats(text: str) -> list[float]:

@@ -1,4 +1,8 @@
-"""Reading DICOM Segmentation objects (SEG) back as a label volume.
+"""DICOM Segmentation objects (SEG): written from a label map, read back as one.
+
+:func:`write_dicom_seg` (highdicom, the optional extra ``napari-vnet[dicom-seg]``)
+writes one BINARY segment per foreground class of a model card, its frames referencing
+the source series' images.
 
 A SEG (``napari-vnet predict --format dicom-seg``, 3D Slicer, OHIF, highdicom) holds one
 binary (or fractional) frame per segment and source slice; each frame says which segment
@@ -22,6 +26,7 @@ Needs pydicom (the ``dicom-seg`` extra: highdicom brings it). No napari import h
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 import re
@@ -282,14 +287,202 @@ def _place_frames(path: Path, grid: Volume, frames, positions, values) -> np.nda
         )
     top = max([0, *values])
     out = np.zeros(shape, np.uint8 if top < 256 else np.uint16)
-    inv = np.linalg.inv(np.asarray(grid.direction, float))
-    origin, spacing = np.asarray(grid.origin, float), np.asarray(grid.spacing, float)
     for f, (pos, value) in enumerate(zip(positions, values, strict=True)):
-        k, j, i = (inv @ (pos[::-1] - origin)) / spacing  # (z, y, x) index of the frame
-        kk = int(round(k))
-        if abs(k - kk) > 0.1 or abs(j) > 0.1 or abs(i) > 0.1 or not 0 <= kk < shape[0]:
+        kk = _slice_index(grid, pos[::-1], shape[0])
+        if kk is None:
             raise VolumeReadError(
                 path, f"frame {f + 1} at {tuple(pos)} mm is not a slice of the source grid"
             )
         out[kk][frames[f]] = value
     return out
+
+
+def _slice_index(grid, position_zyx, n_slices: int) -> int | None:
+    """The slice of ``grid`` (a Volume's geometry) a plane at ``position_zyx`` (mm) is,
+    None when it lies off the grid's slices (by more than 0.1 voxel)."""
+    inv = np.linalg.inv(np.asarray(grid.direction, float))
+    origin, spacing = np.asarray(grid.origin, float), np.asarray(grid.spacing, float)
+    k, j, i = (inv @ (np.asarray(position_zyx, float) - origin)) / spacing
+    kk = int(round(k))
+    if abs(k - kk) > 0.1 or abs(j) > 0.1 or abs(i) > 0.1 or not 0 <= kk < n_slices:
+        return None
+    return kk
+
+
+# --------------------------------------------------------------------------- writing
+
+
+class DicomSegUnavailableError(ImportError):
+    """highdicom (the ``dicom-seg`` extra) is not installed."""
+
+
+def require_highdicom():
+    """``(highdicom, pydicom)``, or DicomSegUnavailableError saying what to install."""
+    try:
+        import highdicom
+        import pydicom
+    except ImportError as exc:
+        raise DicomSegUnavailableError(
+            "--format dicom-seg needs highdicom: pip install 'napari-vnet[dicom-seg]' "
+            f"(or pip install highdicom) ({exc})"
+        ) from exc
+    return highdicom, pydicom
+
+
+def _lab_color(hd, rgba) -> Any:
+    if rgba is None:
+        return None
+    rgb = tuple(int(round(255 * min(max(float(c), 0.0), 1.0))) for c in rgba[:3])
+    return hd.color.CIELabColor.from_rgb(*rgb)
+
+
+def _source_dataset(pydicom, path: str):
+    """A source image's header; SOP class/instance UIDs blanked by an anonymiser are
+    taken from the file meta information (where they must also be)."""
+    ds = pydicom.dcmread(path, stop_before_pixels=True)
+    meta = getattr(ds, "file_meta", None)
+    for tag, meta_tag in (
+        ("SOPClassUID", "MediaStorageSOPClassUID"),
+        ("SOPInstanceUID", "MediaStorageSOPInstanceUID"),
+    ):
+        if not str(getattr(ds, tag, "") or ""):
+            value = str(getattr(meta, meta_tag, "") or "") if meta is not None else ""
+            if not value:
+                raise ValueError(f"{path}: no {tag}; a DICOM-SEG cannot reference this image")
+            setattr(ds, tag, value)
+    return ds
+
+
+def _source_datasets(hd, pydicom, volume, path: Path) -> tuple[list[str], list]:
+    """The files and headers of the series ``volume`` was read from (one Study Instance
+    UID for all, a new one when an anonymiser blanked it)."""
+    files = list(volume.metadata.get("source_files") or [])
+    if not files:
+        raise ValueError(f"{volume.path}: not read from a DICOM series; DICOM-SEG needs one")
+    sources = [_source_dataset(pydicom, f) for f in files]
+    if not str(getattr(sources[0], "StudyInstanceUID", "") or ""):
+        # anonymisers sometimes blank it; the SEG needs one (it will not join a study)
+        log.warning("%s: the source series has no Study Instance UID; using a new one", path)
+        study = hd.UID()
+        for ds in sources:
+            ds.StudyInstanceUID = study
+    return files, sources
+
+
+def _source_frames(labels: np.ndarray, volume, files: list[str], sources: list) -> np.ndarray:
+    """The slice of ``labels`` under each source image (in the sources' order), found by
+    the image's position, so the order the files were listed in does not matter."""
+    if labels.ndim != 3 or labels.shape[0] != len(sources):
+        raise ValueError(
+            f"{volume.path}: labels {labels.shape} do not match the {len(sources)} source slices"
+        )
+    index_of: list[int] = []
+    for name, ds in zip(files, sources, strict=True):
+        ipp = np.asarray([float(v) for v in ds.ImagePositionPatient])[::-1]  # (z, y, x)
+        kk = _slice_index(volume, ipp, labels.shape[0])
+        if kk is None:
+            raise ValueError(f"{name}: slice position {tuple(ipp)} is not on the volume's grid")
+        index_of.append(kk)
+    if len(set(index_of)) != len(sources):
+        raise ValueError(f"{volume.path}: two source images share a slice position")
+    return labels[index_of]
+
+
+def _segment_frames(frames: np.ndarray, foreground: list) -> np.ndarray:
+    """Label values -> segment numbers 1..n (in the card's class order; 0 elsewhere)."""
+    top = int(max(frames.max(initial=0), max(c.value for c in foreground)))
+    lut = np.zeros(top + 1, np.uint16)
+    for n, c in enumerate(foreground, start=1):
+        lut[int(c.value)] = n
+    return lut[frames].astype(np.uint8 if len(foreground) < 256 else np.uint16)
+
+
+def _segment_descriptions(hd, card, foreground: list) -> list:
+    """One description per foreground class: its name, napari's colour for it and its
+    label value in ``TrackingID`` (so :func:`read_dicom_seg` gives the values back)."""
+    from pydicom.sr.codedict import codes
+
+    from napari_vnet import __version__
+    from napari_vnet.label_names import class_colors
+
+    algorithm = hd.AlgorithmIdentificationSequence(
+        name=f"napari-vnet {card.arch}",
+        family=codes.cid7162.ArtificialIntelligence,
+        version=__version__,
+    )
+    colors = class_colors(card.classes)  # every segment gets the colour napari shows
+    return [
+        hd.seg.SegmentDescription(
+            segment_number=n,
+            segment_label=str(c.name)[:64] or f"label {c.value}",
+            segmented_property_category=codes.SCT.Tissue,
+            segmented_property_type=codes.SCT.Tissue,
+            algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+            algorithm_identification=algorithm,
+            tracking_id=f"label {int(c.value)}",
+            tracking_uid=hd.UID(),
+            display_color=_lab_color(hd, colors[int(c.value)]),
+        )
+        for n, c in enumerate(foreground, start=1)
+    ]
+
+
+def _pixel_measures(hd, volume, sources: list):
+    """Pixel spacing and slice spacing of the volume; the first source's thickness (or
+    the slice spacing, also filled into sources that lack the type-2 tag)."""
+    thickness = getattr(sources[0], "SliceThickness", None)
+    for ds in sources:  # highdicom reads it from the sources; a type-2 tag may be absent
+        if getattr(ds, "SliceThickness", None) in (None, ""):
+            ds.SliceThickness = float(volume.spacing[0])
+    return hd.PixelMeasuresSequence(
+        pixel_spacing=(float(volume.spacing[1]), float(volume.spacing[2])),  # rows, columns
+        slice_thickness=float(thickness) if thickness else float(volume.spacing[0]),
+        spacing_between_slices=float(volume.spacing[0]),
+    )
+
+
+def write_dicom_seg(
+    labels: np.ndarray, volume, card, path: str | os.PathLike, *, series_uid: str | None = None
+) -> Path:
+    """Write ``labels`` (on ``volume``'s grid, read from a DICOM series) as DICOM-SEG.
+
+    One segment per foreground class of the card (its name and colour), a BINARY
+    segmentation whose frames reference the source images (matched by their slice
+    position, so the order the files were listed in does not matter). Readable by
+    pydicom, highdicom, 3D Slicer (QuantitativeReporting) and OHIF. The file is
+    written atomically.
+    """
+    hd, pydicom = require_highdicom()
+    from napari_vnet import __version__
+    from napari_vnet._atomic import atomic_open
+
+    path = Path(path)
+    files, sources = _source_datasets(hd, pydicom, volume, path)
+    frames = _source_frames(np.asarray(labels), volume, files, sources)
+    foreground = [c for c in card.classes if int(c.value) != 0]
+    if not foreground:
+        raise ValueError("the model card lists no foreground class")
+    if len(foreground) > 65535:
+        raise ValueError("too many classes for one DICOM-SEG")
+    seg = hd.seg.Segmentation(
+        source_images=sources,
+        pixel_array=_segment_frames(frames, foreground),
+        segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+        segment_descriptions=_segment_descriptions(hd, card, foreground),
+        series_instance_uid=series_uid or hd.UID(),
+        series_number=int(getattr(sources[0], "SeriesNumber", 0) or 0) + 1000,
+        sop_instance_uid=hd.UID(),
+        instance_number=1,
+        manufacturer="napari-vnet",
+        manufacturer_model_name=f"napari-vnet {card.arch}",
+        software_versions=__version__,
+        device_serial_number="0",
+        series_description=f"napari-vnet {card.arch} segmentation"[:64],
+        pixel_measures=_pixel_measures(hd, volume, sources),
+        omit_empty_frames=True,
+    )
+    buf = io.BytesIO()
+    seg.save_as(buf)
+    with atomic_open(path, "wb") as fh:
+        fh.write(buf.getvalue())
+    return path

@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import os
 
-
-def _shown(path: str | os.PathLike) -> str:
-    """The path as printable text (bytes that are not UTF-8 shown as ``\\xNN``)."""
-    return os.fsencode(path).decode("utf-8", "backslashreplace")
+from napari_vnet.io.paths import printable
 
 
 class VolumeReadError(Exception):
@@ -18,7 +15,7 @@ class VolumeReadError(Exception):
     """
 
     def __init__(self, path: str | os.PathLike, problem: str):
-        self.path = _shown(path)
+        self.path = printable(path)
         self.problem = problem
         super().__init__(f"cannot read {self.path}: {problem}")
 
@@ -30,7 +27,7 @@ class VolumeWriteError(Exception):
     """A volume could not be written (bad extension, geometry, or it would overwrite its source)."""
 
     def __init__(self, path: str | os.PathLike, problem: str):
-        self.path = _shown(path)
+        self.path = printable(path)
         self.problem = problem
         super().__init__(f"cannot write {self.path}: {problem}")
 

@@ -10,25 +10,33 @@ with ASCII names in a private temporary folder (companions such as ``.raw`` data
 are linked beside them under the names the header uses).
 
 :func:`printable` turns any path into text that can be printed and shown in Qt (the
-undecodable bytes become ``\\xe9`` escapes).
+undecodable bytes become ``\\xe9`` escapes); :func:`slug` makes a safe file name part
+from any text.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
-from napari_vnet.io.errors import VolumeReadError
-
 
 def printable(path: str | os.PathLike | bytes) -> str:
     """``path`` as text that encodes as UTF-8 (undecodable bytes shown as ``\\xNN``)."""
     return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
+def slug(text: str, *, fallback: str, limit: int = 60) -> str:
+    """``text`` as a file name part: runs of anything but ASCII letters, digits, ``.``,
+    ``_`` and ``-`` become one ``_``, leading/trailing ``.``/``_`` are dropped, at most
+    ``limit`` characters; ``fallback`` when nothing is left."""
+    s = re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("._")
+    return s[:limit] or fallback
 
 
 def itk_safe(path: str | os.PathLike) -> bool:
@@ -111,6 +119,8 @@ def itk_names(
 
 
 def _link(raw: bytes, target: str | bytes, shown) -> None:
+    from napari_vnet.io.errors import VolumeReadError  # errors imports this module
+
     try:
         os.symlink(raw, target)
     except OSError as exc:

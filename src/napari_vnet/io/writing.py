@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from napari_vnet.io.errors import VolumeWriteError
+from napari_vnet.io.headers import header_data_files, nifti_data_size
 from napari_vnet.io.volume import Volume
 
 log = logging.getLogger(__name__)
@@ -270,7 +271,6 @@ def verify_written(path: Path, image, shown: Path | None = None) -> None:
     import SimpleITK as sitk
 
     from napari_vnet.io.paths import itk_name
-    from napari_vnet.io.reading import _nifti_sizes
 
     shown = shown or path
     expected = _expected_bytes(image)
@@ -290,7 +290,7 @@ def verify_written(path: Path, image, shown: Path | None = None) -> None:
         if low.endswith((".nii", ".nii.gz")):
             opener = gzip.open if low.endswith(".gz") else open
             with opener(path, "rb") as fh:
-                sizes = _nifti_sizes(fh.read(544))
+                sizes = nifti_data_size(fh.read(544))
             if sizes is None:
                 raise incomplete("its header cannot be read back")
             need = sizes[0] + sizes[1]
@@ -315,8 +315,6 @@ def verify_written(path: Path, image, shown: Path | None = None) -> None:
             if problem:
                 raise incomplete(problem)
         if low.endswith(".mhd"):
-            from napari_vnet.io.reading import header_data_files
-
             for raw in header_data_files(path) or []:
                 got = os.path.getsize(raw)
                 if got < expected:
