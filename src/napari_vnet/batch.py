@@ -52,6 +52,8 @@ from typing import Any
 
 import numpy as np
 
+from napari_vnet.errors import NapariVnetError
+
 log = logging.getLogger(__name__)
 
 __all__ = [
@@ -92,7 +94,7 @@ STATISTICS_CSV_FIELDS = (
 )
 
 
-class DicomSegUnavailableError(ImportError):
+class DicomSegUnavailableError(NapariVnetError, ImportError):
     """highdicom (the ``dicom-seg`` extra) is not installed."""
 
 

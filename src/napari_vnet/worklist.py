@@ -34,6 +34,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from napari_vnet.errors import NapariVnetError
 from napari_vnet.label_names import label_files_in_folder
 
 logger = logging.getLogger(__name__)
@@ -98,7 +99,7 @@ _IGNORED_SUFFIXES = (
 )
 
 
-class ProjectError(RuntimeError):
+class ProjectError(NapariVnetError, RuntimeError):
     """The project file of a work folder cannot be read or written."""
 
 

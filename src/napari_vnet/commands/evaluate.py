@@ -45,13 +45,14 @@ from pathlib import Path
 from typing import Any
 
 from napari_vnet.batch_records import csv_text
+from napari_vnet.errors import NapariVnetError
 
 HELP = "per-class Dice and 95% Hausdorff distance (mm) between predictions and references"
 
 log = logging.getLogger(__name__)
 
 
-class EvaluationError(ValueError):
+class EvaluationError(NapariVnetError, ValueError):
     """A pair of label maps cannot be scored (the message names the files)."""
 
 

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from napari_vnet.errors import NapariVnetError
 from napari_vnet.inference.windows import ZStitcher, flip_sets, importance_map, window_grid
 from napari_vnet.runtime import autocast, is_oom, release_memory
 
@@ -32,7 +33,7 @@ class PredictionCancelled(Exception):
     """Raised by :func:`~napari_vnet.inference.predict` when ``should_stop()`` returned True."""
 
 
-class InferenceMemoryError(MemoryError):
+class InferenceMemoryError(NapariVnetError, MemoryError):
     """Out of memory even with batch size 1 and stitching on the CPU."""
 
 

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import os
 
+from napari_vnet.errors import NapariVnetError
+
 
 def _shown(path: str | os.PathLike) -> str:
     """The path as printable text (bytes that are not UTF-8 shown as ``\\xNN``)."""
     return os.fsencode(path).decode("utf-8", "backslashreplace")
 
 
-class VolumeReadError(Exception):
+class VolumeReadError(NapariVnetError):
     """A file or folder could not be read as a medical volume.
 
     ``str(err)`` is ``"cannot read <path>: <problem>"``; ``err.path`` and
@@ -26,7 +28,7 @@ class VolumeReadError(Exception):
         return (type(self), (self.path, self.problem))
 
 
-class VolumeWriteError(Exception):
+class VolumeWriteError(NapariVnetError):
     """A volume could not be written (bad extension, geometry, or it would overwrite its source)."""
 
     def __init__(self, path: str | os.PathLike, problem: str):
