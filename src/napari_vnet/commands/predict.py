@@ -186,9 +186,9 @@ def run_single(args: argparse.Namespace) -> int:
     from napari_vnet.batch import write_class_sidecar
     from napari_vnet.inference import InferenceMemoryError, predict
     from napari_vnet.io import VolumeReadError, VolumeWriteError, read_volume, write_volume
-    from napari_vnet.models import CheckpointError, load_checkpoint
+    from napari_vnet.models import CheckpointError
     from napari_vnet.postprocess import parse_operations
-    from napari_vnet.weights import resolve_weights
+    from napari_vnet.weights import load_weights, resolve_weights
 
     t_start = time.perf_counter()
     out = Path(args.out)
@@ -200,7 +200,7 @@ def run_single(args: argparse.Namespace) -> int:
         return _fail(str(exc))
     try:
         weights = resolve_weights(args.weights)
-        model, card = load_checkpoint(weights, map_location="cpu")
+        model, card = load_weights(weights, map_location="cpu")
     except (CheckpointError, FileNotFoundError, ValueError) as exc:
         return _fail(str(exc))
     try:
@@ -328,9 +328,9 @@ def run_folder(args: argparse.Namespace) -> int:
         shard,
         write_run_summary,
     )
-    from napari_vnet.models import CheckpointError, load_checkpoint
+    from napari_vnet.models import CheckpointError
     from napari_vnet.postprocess import parse_operations
-    from napari_vnet.weights import resolve_weights
+    from napari_vnet.weights import load_weights, resolve_weights
 
     t_start = time.perf_counter()
     in_dir = Path(args.input).expanduser().resolve()
@@ -354,7 +354,7 @@ def run_folder(args: argparse.Namespace) -> int:
         return _fail(str(exc))
     try:
         weights = resolve_weights(args.weights)
-        model, card = load_checkpoint(weights, map_location="cpu")
+        model, card = load_weights(weights, map_location="cpu")
     except (CheckpointError, FileNotFoundError, ValueError) as exc:
         return _fail(str(exc))
 

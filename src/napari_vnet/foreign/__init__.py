@@ -89,7 +89,8 @@ def _checked(path, load, *args, **kwargs):
 
 
 def preprocessing_for(card):
-    """The producer's pre/post-processing object for ``card``, or None for our own."""
+    """The producer's pre/post-processing object for ``card`` (a
+    :class:`napari_vnet.inference.preprocess.Preprocessing`), or None for our own."""
     kind = (card.preprocessing or {}).get("kind")
     if not kind:
         return None

@@ -407,6 +407,7 @@ class NnUNetContext:
     pad_before: tuple[int, int, int] = (0, 0, 0)
     nonfinite_replaced: int = 0
     resampled: bool = False
+    input_spacing: tuple[float, float, float] | None = None  # post-processing: the caller's
 
 
 def _finite(channels: np.ndarray) -> tuple[np.ndarray, int]:
@@ -428,7 +429,10 @@ def _finite(channels: np.ndarray) -> tuple[np.ndarray, int]:
 
 
 class NnUNetPreprocessing:
-    """nnU-Net's own preprocessing of one case and the way back (see module docstring)."""
+    """nnU-Net's own preprocessing of one case and the way back (see module docstring);
+    a :class:`napari_vnet.inference.preprocess.Preprocessing`."""
+
+    prepares_training = True
 
     def __init__(self, card: ModelCard) -> None:
         pre = card.preprocessing
@@ -533,10 +537,12 @@ class NnUNetPreprocessing:
         ctx: NnUNetContext,
         *,
         labels: np.ndarray | None = None,
+        probabilities: np.ndarray | None = None,
         scores: np.ndarray | None = None,
-    ) -> np.ndarray:
-        """Labels on the input grid, from network-grid ``labels`` (when no resampling was
-        needed) or network-grid blended logits ``scores`` (C, d, h, w)."""
+    ) -> tuple[np.ndarray, None]:
+        """``(labels, None)``: labels on the input grid, from network-grid ``labels`` (when
+        no resampling was needed) or network-grid blended logits ``scores`` (C, d, h, w);
+        probabilities have no way back."""
         from acvl_utils.cropping_and_padding.bounding_boxes import insert_crop_into_image
 
         props = ctx.properties
@@ -557,7 +563,14 @@ class NnUNetPreprocessing:
         full = insert_crop_into_image(
             full, labels.astype(dtype, copy=False), props["bbox_used_for_cropping"]
         )
-        return np.ascontiguousarray(full.transpose(self.plans_manager.transpose_backward))
+        return np.ascontiguousarray(full.transpose(self.plans_manager.transpose_backward)), None
+
+    def restore_uncertainty(self, ctx: NnUNetContext, uncertainty: np.ndarray) -> np.ndarray | None:
+        """The way back for labels (transpose, crop) carries a uint8 map too; None when
+        going back resamples (it needs logits)."""
+        if self.needs_scores(ctx):
+            return None
+        return self.restore(ctx, labels=uncertainty)[0].astype(np.uint8, copy=False)
 
     def _resample_argmax(self, scores: np.ndarray, props: dict[str, Any]) -> np.ndarray:
         """nnU-Net's way back: resample the blended logits with the probabilities'
