@@ -100,7 +100,7 @@ def preprocessing_for(card):
     if problems:
         raise ValueError("the model card cannot be used: " + "; ".join(problems))
     if kind == "nnunet":
-        from napari_vnet.foreign.nnunet import NnUNetPreprocessing
+        from napari_vnet.foreign.nnunet_preprocessing import NnUNetPreprocessing
 
         return NnUNetPreprocessing(card)
     if kind == "monai_bundle":

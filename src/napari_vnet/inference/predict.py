@@ -252,14 +252,13 @@ def predict(
     del image
     t0 -= prepared.seconds  # a given Prepared's preprocessing counts in the result's seconds
     spacing = prepared.spacing if spacing is None else spacing
-    # ---- 1. preprocess (the card says how: done by prepare), pad to at least one window
+    # ---- 1. preprocessed by prepare(), padded to a window; 2. the engine, on the network grid
     vol, ctx, pre, in_shape = prepared.volume, prepared.ctx, prepared.pre, prepared.input_shape
     del prepared
     work_shape = tuple(int(s) for s in vol.shape[1:])
     if stop():
         raise PredictionCancelled("prediction cancelled before it started")
     vol = _padded(vol, card, dev, overlap, batch_size, return_probabilities)
-    # ---- 2. the engine, on the network grid
     result = _run_engine(
         vol, model, card, dev, progress, overlap=overlap, amp_dtype=amp_dtype,
         batch_size=batch_size, tta=tta, skip_uniform=skip_uniform,
