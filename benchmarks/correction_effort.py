@@ -217,13 +217,12 @@ def main(argv=None) -> int:
     args = parse(argv)
     from napari_vnet.inference import predict
     from napari_vnet.io import read_volume
-    from napari_vnet.models import load_checkpoint
     from napari_vnet.training import labels_on_image_grid
-    from napari_vnet.weights import resolve_weights
+    from napari_vnet.weights import load_weights, resolve_weights
 
     image = read_volume(args.image)
     ref_all = labels_on_image_grid(image, read_volume(args.labels))
-    model, card = load_checkpoint(resolve_weights(args.weights), map_location="cpu")
+    model, card = load_weights(resolve_weights(args.weights), map_location="cpu")
     model_value, ref_values = class_values(args, card)
     ref = np.isin(ref_all, ref_values)
     args.max_steps = args.max_steps or 3 * image.shape[0]

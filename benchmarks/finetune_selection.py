@@ -73,9 +73,9 @@ def dice(pred: np.ndarray, ref: np.ndarray, where=slice(None)) -> dict:
 
 def segment(weights: Path, volume) -> np.ndarray:
     from napari_vnet.inference import predict
-    from napari_vnet.models import load_checkpoint
+    from napari_vnet.weights import load_weights
 
-    model, card = load_checkpoint(weights)
+    model, card = load_weights(weights)
     return np.asarray(predict(volume, model, card, device="cpu", amp=False).labels)
 
 

@@ -53,9 +53,9 @@ def main() -> int:
     torch.set_num_threads(args.threads)
     from napari_vnet.inference import predict
     from napari_vnet.io import read_volume
-    from napari_vnet.models import load_checkpoint
     from napari_vnet.training import TrainConfig, TrainingPair, finetune
     from napari_vnet.training.data import labels_on_image_grid
+    from napari_vnet.weights import load_weights
 
     ct = read_volume(DATA / "dicom")
     ref_all = labels_on_image_grid(ct, read_volume(DATA / "labels.nii.gz"))
@@ -71,7 +71,7 @@ def main() -> int:
     def scores(labels: np.ndarray, where: list[int]) -> dict[str, float | None]:
         return {name: dice(labels[where], ref[where], v) for v, name in CLASSES.items()}
 
-    model, card = load_checkpoint(args.folder)
+    model, card = load_weights(args.folder)
     load_before = os.getloadavg()[0]
     labels = predict(ct, model, card, device="cpu", amp=False).labels
     before, before_train = scores(labels, others), scores(labels, annotated)
@@ -82,7 +82,7 @@ def main() -> int:
     for _ in finetune([pair], config, base=args.folder, out=out):
         pass
     seconds = time.perf_counter() - t0
-    model2, card2 = load_checkpoint(out)
+    model2, card2 = load_weights(out)
     labels = predict(ct, model2, card2, device="cpu", amp=False).labels
     after, after_train = scores(labels, others), scores(labels, annotated)
     result = {

@@ -84,9 +84,9 @@ def worker(
         seconds = time.perf_counter() - t0
     else:
         from napari_vnet.inference import predict
-        from napari_vnet.models import load_checkpoint
+        from napari_vnet.weights import load_weights
 
-        model, card = load_checkpoint(folder)
+        model, card = load_weights(folder)
         amp = False if engine == "napari-vnet" else "auto"
         t0 = time.perf_counter()
         result = predict(image, model, card, spacing=spacing, device="cpu", amp=amp)

@@ -104,9 +104,9 @@ def predict_timed(weights: Path, image: Path):
     """Labels of ``image`` by napari-vnet's ``predict`` and its seconds and windows."""
     from napari_vnet.inference import predict
     from napari_vnet.io import read_volume
-    from napari_vnet.models import load_checkpoint
+    from napari_vnet.weights import load_weights
 
-    model, card = load_checkpoint(weights, map_location="cpu")
+    model, card = load_weights(weights, map_location="cpu")
     vol = read_volume(image)
     t = time.perf_counter()
     result = predict(vol, model, card)
@@ -119,13 +119,13 @@ def clinical_size_timing(weights: Path) -> dict:
     repeated along z at 1 mm; the engine's cost depends on the grid, not the anatomy)."""
     from napari_vnet.inference import predict
     from napari_vnet.io import Volume
-    from napari_vnet.models import load_checkpoint
+    from napari_vnet.weights import load_weights
 
     vol, _ = sp.load_shared_ct()
     reps = np.resize(np.arange(vol.shape[0]), 300)
     big = Volume(np.asarray(vol.array)[reps], spacing=(1.0, *vol.spacing[1:]),
                  origin=vol.origin, direction=vol.direction)  # fmt: skip
-    model, card = load_checkpoint(weights, map_location="cpu")
+    model, card = load_weights(weights, map_location="cpu")
     t = time.perf_counter()
     result = predict(big, model, card)
     return {"shape": list(big.shape), "seconds": round(time.perf_counter() - t, 1),

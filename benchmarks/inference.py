@@ -190,9 +190,9 @@ def child(args) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    from napari_vnet.models import load_checkpoint
+    from napari_vnet.weights import load_weights
 
-    model, card = load_checkpoint(args.weights)
+    model, card = load_weights(args.weights)
     patch = card.patch_size[0]
     raw = np.load(args.volume)
     values = np.asarray(card.label_values, np.uint8)

@@ -258,9 +258,9 @@ def finish_ours(started) -> dict:
 def predict_ours(weights: Path, image: Path) -> np.ndarray:
     from napari_vnet.inference import predict
     from napari_vnet.io import read_volume
-    from napari_vnet.models import load_checkpoint
+    from napari_vnet.weights import load_weights
 
-    model, card = load_checkpoint(weights, map_location="cpu")
+    model, card = load_weights(weights, map_location="cpu")
     return predict(read_volume(image), model, card).labels
 
 

@@ -297,4 +297,4 @@ def test_shipped_weights_registry(tmp_path, monkeypatch):
     # a folder may hold foreign weights (nnU-Net / MONAI bundle): the loader decides
     assert weights.resolve_weights(tmp_path) == tmp_path
     with pytest.raises(CheckpointError, match="is a folder but neither an nnU-Net"):
-        load_checkpoint(tmp_path)
+        weights.load_weights(tmp_path)

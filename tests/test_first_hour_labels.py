@@ -102,7 +102,7 @@ def predicted(tmp_path_factory):
 
 
 def _expected_colors():
-    from napari_vnet.label_names import class_colors
+    from napari_vnet.io.label_names import class_colors
 
     return class_colors(_card().classes)
 
@@ -112,7 +112,7 @@ def _expected_colors():
 
 def test_cli_predict_outputs_carry_names_and_colours(predicted, tmp_path):
     from napari_vnet._reader import napari_get_reader
-    from napari_vnet.label_names import read_label_classes
+    from napari_vnet.io.label_names import read_label_classes
 
     nii = predicted / "nii"
     for out in (nii / "a.nii.gz", nii / "patient1" / "ct.nii.gz"):

@@ -8,8 +8,8 @@ import nnunetv2  # noqa: F401  (installed by scripts/setup.sh)
 import numpy as np
 
 from napari_vnet.foreign import preprocessing_for
-from napari_vnet.models import load_checkpoint
 from napari_vnet.phantoms import make_phantom
+from napari_vnet.weights import load_weights
 
 FOLDER = (
     Path(__file__).parent
@@ -22,7 +22,7 @@ def test_thin_training_case_is_padded_as_prediction_pads_it():
     for training exactly as for prediction (zeros split evenly on both sides), and the
     padding carries no annotation; another padding makes the fine-tuned network fail at
     prediction, because instance normalisation sees the padding."""
-    _, card = load_checkpoint(FOLDER)
+    _, card = load_weights(FOLDER)
     pre = preprocessing_for(card)
     # 24 slices of 2 mm: about 6 slices at the plan's 8.2 mm, the window has 16
     image, labels, _ = make_phantom(3, shape=(24, 48, 48), spacing=(2.0, 4.5, 4.5))

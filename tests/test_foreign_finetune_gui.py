@@ -29,7 +29,7 @@ def test_finetune_dock_trains_an_nnunet_folder_and_segment_runs_the_result(
     from napari.layers import Labels
 
     from napari_vnet.inference import predict
-    from napari_vnet.models import load_checkpoint
+    from napari_vnet.weights import load_weights
 
     base = tmp_path / FOLDER.parent.name / FOLDER.name  # a copy: tests/data stays as it is
     shutil.copytree(FOLDER, base)
@@ -74,12 +74,12 @@ def test_finetune_dock_trains_an_nnunet_folder_and_segment_runs_the_result(
     assert {p: sha(p) for p in base.rglob("*") if p.is_file()} == hashes  # base untouched
     assert all(np.isfinite(ft.curve.losses)) and len(ft.curve.losses) == 4
 
-    model, card = load_checkpoint(out)  # a napari-vnet weights file, rebuilt from its card
+    model, card = load_weights(out)  # a napari-vnet weights file, rebuilt from its card
     assert card.arch == "nnunet" and card.preprocessing["kind"] == "nnunet"
     assert card.source.get("fine_tuned") is True
     assert [c.name for c in card.classes] == ["background", "liver", "spine"]
     assert card.history["iterations"] == 4
-    base_model, _ = load_checkpoint(base)
+    base_model, _ = load_weights(base)
     trained, original = model.state_dict(), base_model.state_dict()
     assert any(not torch.equal(trained[k], original[k]) for k in original)  # it did train
 

@@ -9,8 +9,8 @@ import pytest
 
 import test_widget_segment_support as support
 from napari_vnet.inference import predict
-from napari_vnet.models import load_checkpoint
 from napari_vnet.phantoms import make_phantom
+from napari_vnet.weights import load_weights
 from test_foreign_nnunet import FOLDER
 from test_widget_segment_support import RUN_TIMEOUT_MS, errors, wait_done
 
@@ -43,7 +43,7 @@ def test_folder_button_picks_an_nnunet_folder_and_run_segments(qtbot, dock, note
     result = blocker.args[0]
     assert not errors(notes)
     assert result.data.shape == image.array.shape
-    model, card = load_checkpoint(FOLDER)
+    model, card = load_weights(FOLDER)
     expected = predict(image, model, card).labels
     assert np.array_equal(np.asarray(result.data), expected)
     assert {1, 2} <= set(np.unique(result.data))

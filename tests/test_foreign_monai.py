@@ -14,8 +14,9 @@ from napari_vnet.cli import main
 from napari_vnet.foreign.monai_bundle import UnsupportedBundleError, load_monai_bundle
 from napari_vnet.inference import predict
 from napari_vnet.io import read_volume, write_volume
-from napari_vnet.models import CheckpointError, load_checkpoint
+from napari_vnet.models import CheckpointError
 from napari_vnet.phantoms import make_phantom
+from napari_vnet.weights import load_weights
 
 
 def _dice(a, b, value):
@@ -39,7 +40,7 @@ def test_bare_state_dict_wrapped_on_the_command_line(tmp_path, capsys):
     assert main(argv) == 0
     assert "MONAI UNet, unet_state.pt, 3 classes" in capsys.readouterr().out
 
-    model, card = load_checkpoint(out)  # rebuilt offline from its card
+    model, card = load_weights(out)  # rebuilt offline from its card
     assert card.origin() == "MONAI UNet, unet_state.pt"
     for k, v in net.state_dict().items():
         assert torch.equal(model.net.state_dict()[k], v)
@@ -114,7 +115,7 @@ def test_bundle_same_labels_as_monai_bundle_inference(tmp_path):
     ref = parser.get_parsed_content("postprocessing")(data)["pred"]
     ref = np.asarray(ref)[0].transpose(2, 1, 0)  # MONAI (x, y, z) -> (z, y, x)
 
-    model, card = load_checkpoint(folder)
+    model, card = load_weights(folder)
     assert card.origin().startswith("MONAI bundle")
     assert [c.name for c in card.classes] == ["background", "liver", "spine"]
     overlap = card.sliding_window["overlap"]  # the bundle inferer's
@@ -137,5 +138,5 @@ def test_bundle_expressions_are_never_evaluated(tmp_path):
     ):
         load_monai_bundle(folder)
     with pytest.raises(CheckpointError):
-        load_checkpoint(folder)
+        load_weights(folder)
     assert not sentinel.exists()

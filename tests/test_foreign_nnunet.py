@@ -18,8 +18,9 @@ import torch
 
 from napari_vnet.foreign.nnunet import UnsupportedNnUNetError, load_nnunet_folder
 from napari_vnet.inference import predict
-from napari_vnet.models import CheckpointError, load_checkpoint, read_card
+from napari_vnet.models import CheckpointError
 from napari_vnet.phantoms import make_phantom
+from napari_vnet.weights import load_weights, read_weights_card
 
 DATA = Path(__file__).parent / "data" / "nnunet" / "Dataset901_TinyPhantom"
 FOLDER = DATA / "nnUNetTrainer__nnUNetPlans__3d_fullres"
@@ -47,7 +48,7 @@ def _nnunet_predict(folder: Path, image, mirror: bool, folds=None) -> np.ndarray
 
 
 def test_folder_card_says_where_it_comes_from():
-    card = read_card(DATA)  # the dataset folder holding one trained model is enough
+    card = read_weights_card(DATA)  # the dataset folder holding one trained model is enough
     assert card.origin() == "nnU-Net v2, Dataset901_TinyPhantom, 3d_fullres, folds 0-1"
     assert [c.name for c in card.classes] == ["background", "liver", "spine"]
     assert card.label_values == [0, 1, 2]
@@ -71,7 +72,7 @@ def test_same_labels_as_nnunet_predictor(seed, shape, spacing, mirror):
     torch.manual_seed(0)
     image, _, _ = make_phantom(seed, shape=shape, spacing=spacing)
     expected = _nnunet_predict(FOLDER, image, mirror)
-    model, card = load_checkpoint(FOLDER)  # both folds, logits averaged
+    model, card = load_weights(FOLDER)  # both folds, logits averaged
     result = predict(image, model, card, device="cpu", amp=False, tta=mirror)
     assert result.labels.shape == expected.shape == image.array.shape
     assert (expected > 0).sum() > 500  # the model does segment something
@@ -106,7 +107,7 @@ def test_unsupported_variants_refused_in_one_line(tmp_path):
         ("2d", two_d, r"is 2D; napari-vnet runs 3D configurations only"),
     ]:
         with pytest.raises(UnsupportedNnUNetError, match=match) as info:
-            load_checkpoint(variant(name, edit))
+            load_weights(variant(name, edit))
         assert "\n" not in str(info.value)
 
 
@@ -117,16 +118,16 @@ def test_plans_cannot_import_outside_the_network_packages(tmp_path):
     plans["configurations"]["3d_fullres"]["architecture"]["arch_kwargs"]["nonlin"] = "os.system"
     (folder / "plans.json").write_text(json.dumps(plans))
     with pytest.raises(CheckpointError, match=r"'os.system' is not inside torch.nn; refusing"):
-        load_checkpoint(folder)
+        load_weights(folder)
 
 
 def test_weights_file_rebuilds_offline_and_exports_back_to_nnunet(tmp_path, capsys):
     from napari_vnet.cli import main
     from napari_vnet.models import save_checkpoint
 
-    model, card = load_checkpoint(FOLDER)
+    model, card = load_weights(FOLDER)
     saved = save_checkpoint(model, card, tmp_path / "tiny-nnunet.pt")
-    model2, card2 = load_checkpoint(saved)  # no folder needed: the card has the plans
+    model2, card2 = load_weights(saved)  # no folder needed: the card has the plans
     assert card2.origin() == card.origin() and card2.preprocessing == card.preprocessing
     x = torch.randn(1, 1, 16, 32, 32)
     with torch.no_grad():
@@ -169,10 +170,10 @@ def test_finetune_an_nnunet_folder_and_hand_it_back(tmp_path):
     argv = ["train", "--image", str(img_path), "--labels", str(lab_path), "--weights",
             str(FOLDER), "--iterations", "6", "--batch-size", "1", "--out", str(out)]  # fmt: skip
     assert main(argv) == 0
-    model, card = load_checkpoint(out)
+    model, card = load_weights(out)
     assert card.arch == "nnunet" and card.preprocessing["kind"] == "nnunet"
     assert card.origin() == "nnU-Net v2, Dataset901_TinyPhantom, 3d_fullres, folds 0-1, fine-tuned"
-    base, _ = load_checkpoint(FOLDER)
+    base, _ = load_weights(FOLDER)
     changed = [k for k, v in base.state_dict().items() if not torch.equal(v, model.state_dict()[k])]
     assert changed  # it trained
     result = predict(image, model, card, device="cpu", amp=False)
@@ -197,6 +198,6 @@ def test_cli_info_and_predict_take_the_folder(tmp_path, capsys):
     src = write_volume(image, tmp_path / "ct.nii.gz")
     out = tmp_path / "mask.nii.gz"
     assert main(["predict", str(src), "--weights", str(FOLDER), "--out", str(out)]) == 0
-    model, card = load_checkpoint(FOLDER)
+    model, card = load_weights(FOLDER)
     expected = predict(read_volume(src), model, card, device="cpu").labels
     assert np.array_equal(read_volume(out).array, expected)

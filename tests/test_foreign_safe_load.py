@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from napari_vnet.foreign.safe_load import UnsafeCheckpointError, safe_torch_load
-from napari_vnet.models import CheckpointError, load_checkpoint, read_card
+from napari_vnet.models import CheckpointError
+from napari_vnet.weights import load_weights, read_weights_card
 
 
 class _RunsCode:
@@ -48,14 +49,14 @@ def _nnunet_looking_folder(root, sentinel):
 def test_crafted_nnunet_folder_does_not_run_code(tmp_path):
     sentinel = tmp_path / "ran"
     folder = _nnunet_looking_folder(tmp_path / "models", sentinel)
-    for load in (load_checkpoint, read_card):
-        target = folder if load is load_checkpoint else folder.parent
+    for load in (load_weights, read_weights_card):
+        target = folder if load is load_weights else folder.parent
         try:
             load(target)
         except CheckpointError:
             pass
     with pytest.raises(UnsafeCheckpointError, match=r"checkpoint_final\.pth: refused.*system"):
-        load_checkpoint(folder)
+        load_weights(folder)
     assert not sentinel.exists()
     # the command line says so in one line and fails, and runs nothing either
     cli = subprocess.run(

@@ -88,11 +88,11 @@ def test_prepared_nnunet_folder_gives_the_same_labels():
     pytest.importorskip("nnunetv2")
     if not NNUNET.is_dir():
         pytest.skip(f"{NNUNET} is absent")
-    from napari_vnet.models import load_checkpoint
     from napari_vnet.phantoms import make_phantom
+    from napari_vnet.weights import load_weights
 
     image, _, _ = make_phantom(9, shape=(10, 40, 44), spacing=(20.0, 4.0, 4.0))
-    model, card = load_checkpoint(NNUNET)
+    model, card = load_weights(NNUNET)
     direct = predict(image, model, card, device="cpu", amp=False)
     staged = predict(prepare(image, card), model, card, device="cpu", amp=False)
     assert (direct.labels > 0).sum() > 100

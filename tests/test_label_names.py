@@ -11,7 +11,7 @@ import pytest
 import SimpleITK as sitk
 
 from napari_vnet._reader import napari_get_reader
-from napari_vnet.label_names import (
+from napari_vnet.io.label_names import (
     LabelSidecarError,
     find_label_sidecar,
     pair_labels_with_images,

@@ -31,7 +31,7 @@ from napari_vnet.io import (
     volume_to_layer_kwargs,
 )
 from napari_vnet.io.headers import has_volume_extension, is_analyze_pair
-from napari_vnet.label_names import LabelSidecarError, labels_display_kwargs, read_label_classes
+from napari_vnet.io.label_names import LabelSidecarError, labels_display_kwargs, read_label_classes
 
 log = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ import json
 import logging
 
 from napari_vnet.io import Volume, display_range, read_volume, volume_to_layer_kwargs
-from napari_vnet.label_names import labels_display_kwargs
+from napari_vnet.io.label_names import labels_display_kwargs
 from napari_vnet.phantoms import CT_WINDOW
 
 log = logging.getLogger(__name__)

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from napari_vnet.io import layer_to_volume, write_volume
-from napari_vnet.label_names import write_label_classes
+from napari_vnet.io.label_names import write_label_classes
 
 
 def _layer_volume(data: Any, meta: dict):

@@ -47,13 +47,15 @@ import traceback
 from collections.abc import Callable, Generator
 from typing import Any
 
+from napari_vnet.errors import NapariVnetError
+
 log = logging.getLogger(__name__)
 
 STOP = "stop"
 DEFAULT_NICE = 10  # below the GUI: under CFS a nice-0 thread weighs ~9x a nice-10 one
 
 
-class ChildJobError(RuntimeError):
+class ChildJobError(NapariVnetError, RuntimeError):
     """The child process failed without a picklable exception (crash, killed, bad exit)."""
 
 

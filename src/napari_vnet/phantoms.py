@@ -34,6 +34,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from scipy import ndimage
@@ -187,7 +188,6 @@ def make_phantom(
         raise ValueError(f"phantom spacing must be 3 positive mm values (z, y, x), got {spacing}")
     rng = np.random.default_rng([int(seed), 20261123])
     shape, spacing, extent, body_ax, body_ay, scale = _draw_geometry(rng, shape, spacing)
-
     margin_x = max(0.0, extent[2] / 2 - body_ax * 1.08)
     margin_y = max(0.0, extent[1] / 2 - body_ay * 1.08)
     center_offset = (
@@ -196,30 +196,54 @@ def make_phantom(
     )
     angle = np.deg2rad(rng.uniform(-8.0, 8.0))
     g = _Sampler(rng, shape, spacing, center_offset, angle)
-    zmax = extent[0] / 2.0
-    x, y = g.x, g.y
+    # every stage draws from ``rng`` in turn: their order makes the phantom of a seed
+    m = _body(g, body_ax, body_ay, scale, extent)
+    _spine(g, m, body_ax, scale)
+    _organs(g, m)
+    _bowel(g, m)
+    image = _intensities(g, m)
+    labels = np.zeros(shape, np.uint8)
+    labels[m["liver"]] = LIVER
+    labels[m["spleen"]] = SPLEEN
+    labels[m["kidneys"]] = KIDNEYS
+    labels[m["spine"]] = SPINE
+    image_vol, labels_vol = _volumes(rng, int(seed), image, labels, spacing, extent)
+    logger.debug("phantom seed %s: shape %s spacing %s", seed, shape, spacing)
+    return image_vol, labels_vol, phantom_classes()
 
-    # -- body outline: an ellipse whose size breathes slowly along z -------------------
+
+def _body(g: _Sampler, body_ax: float, body_ay: float, scale: float, extent) -> dict[str, Any]:
+    """The body outline (an ellipse whose size breathes slowly along z), its muscle wall
+    and the abdominal cavity; the stages after add their parts to the dict returned."""
+    rng, x, y, shape, spacing = g.rng, g.x, g.y, g.shape, g.spacing
     zs = (np.arange(shape[0]) - (shape[0] - 1) / 2.0) * spacing[0]
     phase = rng.uniform(0, 2 * np.pi)
     breathe = (1.0 + 0.04 * np.sin(zs / 60.0 + phase)).astype(np.float32)[:, None, None]
     outline_bump = g.smooth_field(25.0)
     r_body = np.sqrt((x / (body_ax * breathe)) ** 2 + (y / (body_ay * breathe)) ** 2)
     r_body = r_body * (1.0 + 0.015 * outline_bump)
-    body = r_body <= 1.0
     fat_mm = rng.uniform(9.0, 20.0) * scale
     muscle_mm = rng.uniform(7.0, 11.0) * scale
     mean_axis = 0.5 * (body_ax + body_ay)
     r_wall = 1.0 - fat_mm / mean_axis
     r_cavity = r_wall - muscle_mm / mean_axis
-    wall = r_body <= r_wall
-    cavity = r_body <= r_cavity
-    in_ax = body_ax * r_cavity  # cavity semi-axes
-    in_ay = body_ay * r_cavity
+    return {
+        "zs": zs,
+        "zmax": extent[0] / 2.0,
+        "body": r_body <= 1.0,
+        "wall": r_body <= r_wall,
+        "cavity": r_body <= r_cavity,
+        "in_ax": body_ax * r_cavity,  # cavity semi-axes
+        "in_ay": body_ay * r_cavity,
+    }
 
-    # -- spine: vertebral bodies (with discs) and posterior arches ----------------------
+
+def _spine(g: _Sampler, m: dict[str, Any], body_ax: float, scale: float) -> None:
+    """Vertebral bodies (with discs), posterior arches, paraspinal muscles, and the
+    aorta (unlabelled) anterior-left of the spine."""
+    rng, x, y, zs, wall = g.rng, g.x, g.y, m["zs"], m["wall"]
     rv = rng.uniform(0.13, 0.16) * body_ax  # vertebral body radius
-    vy = in_ay - rv * rng.uniform(0.85, 1.05)  # vertebral body centre (posterior)
+    vy = m["in_ay"] - rv * rng.uniform(0.85, 1.05)  # vertebral body centre (posterior)
     vx = rng.uniform(-0.03, 0.03) * body_ax
     vert_body = ((x - vx) / rv) ** 2 + ((y - vy) / (rv * 0.85)) ** 2 <= 1.0
     level = rng.uniform(24.0, 30.0) * scale  # vertebral level height (mm)
@@ -228,25 +252,26 @@ def make_phantom(
     zmod = np.mod(zs + disc_phase, level)
     disc_rows = (zmod < disc_mm)[:, None, None]
     vert_body_bone = vert_body & ~disc_rows
-    disc = vert_body & disc_rows
     arch_y = vy + rv * 1.55
     arch = ((x - vx) / (rv * 1.05)) ** 2 + ((y - arch_y) / (rv * 0.55)) ** 2 <= 1.0
     canal = ((x - vx) / (rv * 0.45)) ** 2 + ((y - (vy + rv * 1.25)) / (rv * 0.35)) ** 2 <= 1.0
     spinous = (np.abs(x - vx) <= rv * 0.22) & (y >= arch_y) & (y <= arch_y + rv * 1.2)
     arch_rows = (zmod >= disc_mm * 0.5)[:, None, None]
-    spine = (vert_body_bone | ((arch | spinous) & ~canal & arch_rows)) & wall
-    paraspinal = (
+    m["spine"] = (vert_body_bone | ((arch | spinous) & ~canal & arch_rows)) & wall
+    m["paraspinal"] = (
         ((np.abs(x - vx) - rv * 1.5) / (rv * 1.1)) ** 2 + ((y - (arch_y + rv * 0.6)) / rv) ** 2
         <= 1.0
     ) & wall
-
-    # -- aorta (unlabelled), anterior-left of the spine ---------------------------------
+    m["vert_body"], m["disc"], m["vx"], m["vy"], m["rv"] = vert_body, vert_body & disc_rows, vx, vy, rv
     ra = rng.uniform(7.0, 10.0) * scale
-    aorta = ((x - (vx + rv * 0.45)) ** 2 + (y - (vy - rv - ra * 1.1)) ** 2) <= ra**2
+    m["aorta"] = ((x - (vx + rv * 0.45)) ** 2 + (y - (vy - rv - ra * 1.1)) ** 2) <= ra**2
 
-    # -- organs --------------------------------------------------------------------------
-    bump_a = g.smooth_field(18.0)
-    bump_b = g.smooth_field(14.0)
+
+def _organs(g: _Sampler, m: dict[str, Any]) -> None:
+    """Liver (with its left lobe across the midline), spleen and the two kidneys."""
+    rng, zmax, in_ax, in_ay, cavity = g.rng, m["zmax"], m["in_ax"], m["in_ay"], m["cavity"]
+    m["bump_a"] = bump_a = g.smooth_field(18.0)
+    m["bump_b"] = bump_b = g.smooth_field(14.0)
 
     def u(lo, hi):
         return float(rng.uniform(lo, hi))
@@ -266,7 +291,7 @@ def make_phantom(
         bump=bump_b,
         bump_amp=0.10,
     )
-    liver = _largest_component(liver & cavity)
+    m["liver"] = liver = _largest_component(liver & cavity)
     spleen = g.ellipsoid(
         center=(zmax * u(0.10, 0.35), in_ay * u(0.15, 0.35), in_ax * u(0.58, 0.68)),
         semi_axes=(zmax * u(0.27, 0.36), in_ay * u(0.38, 0.48), in_ax * u(0.22, 0.28)),
@@ -274,9 +299,10 @@ def make_phantom(
         bump=bump_b,
         bump_amp=0.12,
     )
-    spleen = _largest_component(spleen & cavity & ~liver)
-    kidneys = np.zeros(shape, bool)
+    m["spleen"] = spleen = _largest_component(spleen & cavity & ~liver)
+    kidneys = np.zeros(g.shape, bool)
     kidney_z = zmax * u(-0.30, -0.05)
+    vx, vy, rv = m["vx"], m["vy"], m["rv"]
     for side in (-1.0, 1.0):
         offset = zmax * u(0.0, 0.12) * (1.0 if side > 0 else -1.0)  # left one higher
         kidney = g.ellipsoid(
@@ -290,68 +316,70 @@ def make_phantom(
             bump=bump_a,
             bump_amp=0.08,
         )
-        kidney &= cavity & ~liver & ~spleen & ~vert_body & ~aorta & ~paraspinal
+        kidney &= cavity & ~liver & ~spleen & ~m["vert_body"] & ~m["aorta"] & ~m["paraspinal"]
         kidneys |= _largest_component(kidney)
-    organs = liver | spleen | kidneys
+    m["kidneys"] = kidneys
+    m["organs"] = liver | spleen | kidneys
 
-    # -- bowel loops with gas (unlabelled), in the anterior cavity -------------------------
-    bowel = np.zeros(shape, bool)
+
+def _bowel(g: _Sampler, m: dict[str, Any]) -> None:
+    """Bowel loops with gas (unlabelled), in the anterior cavity."""
+    rng, zmax, in_ax, in_ay = g.rng, m["zmax"], m["in_ax"], m["in_ay"]
+    bowel = np.zeros(g.shape, bool)
     for _ in range(int(rng.integers(8, 14))):
         bowel |= g.ellipsoid(
-            center=(zmax * u(-0.9, 0.3), -in_ay * u(-0.1, 0.7), in_ax * u(-0.6, 0.6)),
-            semi_axes=(zmax * u(0.15, 0.3), in_ay * u(0.14, 0.26), in_ax * u(0.12, 0.22)),
-            angle=np.deg2rad(u(0, 180)),
-            bump=bump_b,
+            center=(
+                zmax * rng.uniform(-0.9, 0.3), -in_ay * rng.uniform(-0.1, 0.7),
+                in_ax * rng.uniform(-0.6, 0.6),
+            ),
+            semi_axes=(
+                zmax * rng.uniform(0.15, 0.3), in_ay * rng.uniform(0.14, 0.26),
+                in_ax * rng.uniform(0.12, 0.22),
+            ),
+            angle=np.deg2rad(rng.uniform(0, 180)),
+            bump=m["bump_b"],
             bump_amp=0.15,
-        )
-    bowel &= cavity & ~organs & ~aorta & ~vert_body
-    gas = bowel & (g.smooth_field(6.0) > 1.6)
+        )  # fmt: skip
+    m["bowel"] = bowel & m["cavity"] & ~m["organs"] & ~m["aorta"] & ~m["vert_body"]
+    m["gas"] = m["bowel"] & (g.smooth_field(6.0) > 1.6)
 
-    # -- intensities (HU) ------------------------------------------------------------------
+
+def _intensities(g: _Sampler, m: dict[str, Any]) -> np.ndarray:
+    """The int16 HU image: each tissue's value, texture, partial-volume blur and noise."""
+    rng = g.rng
     tex = g.smooth_field(3.0)
-    hu = {
-        "fat": u(-110, -90),
-        "visceral": u(-100, -80),
-        "muscle": u(45, 58),
-        "bowel": u(5, 30),
-        "liver": u(95, 110),
-        "spleen": u(120, 135),
-        "kidneys": u(165, 190),
-        "disc": u(60, 85),
-        "bone": u(500, 750),
-        "aorta": u(200, 230),
-    }
-    img = np.full(shape, -1000.0, np.float32)
-    img[body] = hu["fat"]
-    img[wall] = hu["muscle"]
-    img[cavity] = hu["visceral"]
-    img[paraspinal] = hu["muscle"]
-    img[bowel] = hu["bowel"]
-    img[gas] = u(-900, -700)
-    img[aorta & cavity] = hu["aorta"]
-    img[liver] = hu["liver"]
-    img[spleen] = hu["spleen"]
-    img[kidneys] = hu["kidneys"]
-    img[disc & wall] = hu["disc"]
+    names = ("fat", "visceral", "muscle", "bowel", "liver", "spleen", "kidneys", "disc",
+             "bone", "aorta")  # fmt: skip
+    ranges = ((-110, -90), (-100, -80), (45, 58), (5, 30), (95, 110), (120, 135), (165, 190),
+              (60, 85), (500, 750), (200, 230))  # fmt: skip
+    hu = {name: float(rng.uniform(lo, hi)) for name, (lo, hi) in zip(names, ranges, strict=True)}
+    img = np.full(g.shape, -1000.0, np.float32)
+    img[m["body"]] = hu["fat"]
+    img[m["wall"]] = hu["muscle"]
+    img[m["cavity"]] = hu["visceral"]
+    img[m["paraspinal"]] = hu["muscle"]
+    img[m["bowel"]] = hu["bowel"]
+    img[m["gas"]] = float(rng.uniform(-900, -700))
+    img[m["aorta"] & m["cavity"]] = hu["aorta"]
+    for organ in ("liver", "spleen", "kidneys"):
+        img[m[organ]] = hu[organ]
+    img[m["disc"] & m["wall"]] = hu["disc"]
     bone_field = hu["bone"] * (0.9 + 0.1 * np.clip(g.smooth_field(4.0), -2, 2))
-    img[spine] = bone_field[spine]
+    img[m["spine"]] = bone_field[m["spine"]]
     # soft texture inside the body (stronger in bowel, weaker in organs)
-    amp = np.where(body, 8.0, 0.0).astype(np.float32)
-    amp[bowel] = 18.0
-    amp[organs] = 5.0
+    amp = np.where(m["body"], 8.0, 0.0).astype(np.float32)
+    amp[m["bowel"]] = 18.0
+    amp[m["organs"]] = 5.0
     img += amp * tex
     # partial-volume blur (about half a voxel), then scanner noise
     img = ndimage.gaussian_filter(img, sigma=(0.5, 0.6, 0.6))
-    noise_sd = u(6.0, 12.0)
-    img += rng.standard_normal(shape).astype(np.float32) * np.float32(noise_sd)
-    image = np.clip(np.rint(img), -1024, 3071).astype(np.int16)
+    noise_sd = float(rng.uniform(6.0, 12.0))
+    img += rng.standard_normal(g.shape).astype(np.float32) * np.float32(noise_sd)
+    return np.clip(np.rint(img), -1024, 3071).astype(np.int16)
 
-    labels = np.zeros(shape, np.uint8)
-    labels[liver] = LIVER
-    labels[spleen] = SPLEEN
-    labels[kidneys] = KIDNEYS
-    labels[spine] = SPINE
 
+def _volumes(rng, seed: int, image, labels, spacing, extent) -> tuple[Volume, Volume]:
+    """The image and label volumes on one grid (a table position drawn for the origin)."""
     origin = (
         float(rng.uniform(-60.0, 60.0)) - extent[0] / 2.0,  # table position (z)
         -extent[1] / 2.0,
@@ -361,8 +389,8 @@ def make_phantom(
         "modality": "CT",
         "window_center": CT_WINDOW[0],
         "window_width": CT_WINDOW[1],
-        "description": f"napari-vnet synthetic torso CT phantom, seed {int(seed)}",
-        "phantom_seed": int(seed),
+        "description": f"napari-vnet synthetic torso CT phantom, seed {seed}",
+        "phantom_seed": seed,
         "class_names": {c.value: c.name for c in PHANTOM_CLASSES},
     }
     common = dict(spacing=tuple(spacing), origin=origin, direction=np.eye(3))
@@ -375,8 +403,7 @@ def make_phantom(
         metadata={**meta, "is_label": True},
         **common,
     )
-    logger.debug("phantom seed %s: shape %s spacing %s", seed, shape, spacing)
-    return image_vol, labels_vol, phantom_classes()
+    return image_vol, labels_vol
 
 
 def write_phantoms(

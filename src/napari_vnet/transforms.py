@@ -14,6 +14,8 @@ from typing import Any
 
 import numpy as np
 
+from napari_vnet.errors import NapariVnetError
+
 log = logging.getLogger(__name__)
 
 NORMALIZATION_KINDS = ("window", "zscore", "percentile", "ct", "none")
@@ -122,7 +124,7 @@ def resampled_shape(
     )
 
 
-class ResampleMemoryError(MemoryError, ValueError):
+class ResampleMemoryError(NapariVnetError, MemoryError, ValueError):
     """A resampled grid would not fit in memory (refused before allocating); a
     ValueError too, since the input's spacing or the model's decides the size."""
 

@@ -31,6 +31,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from napari_vnet.errors import NapariVnetError
 from napari_vnet.io.headers import (
     DATA_SUFFIXES,
     DICOM_EXTENSIONS,
@@ -40,10 +41,10 @@ from napari_vnet.io.headers import (
     known_suffix,
     split_suffix,
 )
+from napari_vnet.io.label_names import label_files_in_folder
 from napari_vnet.io.paths import printable as _shown
 from napari_vnet.io.paths import slug
 from napari_vnet.io.reading import read_file_header
-from napari_vnet.label_names import label_files_in_folder
 
 logger = logging.getLogger(__name__)
 
@@ -68,7 +69,7 @@ PROJECT_FILENAME = "napari-vnet-scans.json"
 PROJECT_VERSION = 1
 
 
-class ProjectError(RuntimeError):
+class ProjectError(NapariVnetError, RuntimeError):
     """The project file of a work folder cannot be read or written."""
 
 
@@ -872,7 +873,7 @@ def write_labels_file(volume, path: str | os.PathLike, classes: list | None = No
     """Atomic label write with the volume's geometry (smallest unsigned integer type).
 
     ``classes`` (``[{"value", "name", "color"}]``): written after the labels as
-    ``<stem>.labels.json`` beside them (:func:`napari_vnet.label_names.write_label_classes`),
+    ``<stem>.labels.json`` beside them (:func:`napari_vnet.io.label_names.write_label_classes`),
     which restores the names and colours when the file is read again.
     Touches no project state, so it may run in a worker thread; record the file with
     :meth:`ScanProject.record_labels` afterwards.
@@ -883,7 +884,7 @@ def write_labels_file(volume, path: str | os.PathLike, classes: list | None = No
     path.parent.mkdir(parents=True, exist_ok=True)
     write_volume(volume, path, is_label=True, overwrite_source=True)
     if classes:
-        from napari_vnet.label_names import write_label_classes
+        from napari_vnet.io.label_names import write_label_classes
 
         try:
             write_label_classes(path, classes)

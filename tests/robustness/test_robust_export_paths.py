@@ -32,9 +32,10 @@ FOLDER = (
 @pytest.fixture(scope="module")
 def nnunet_pt(tmp_path_factory) -> Path:
     """The tiny nnU-Net test model as a napari-vnet weights file (card holds the plans)."""
-    from napari_vnet.models import load_checkpoint, save_checkpoint
+    from napari_vnet.models import save_checkpoint
+    from napari_vnet.weights import load_weights
 
-    model, card = load_checkpoint(FOLDER)
+    model, card = load_weights(FOLDER)
     return save_checkpoint(model, card, tmp_path_factory.mktemp("w") / "nnunet.pt")
 
 
@@ -251,9 +252,9 @@ def test_import_needs_overwrite_for_an_existing_out(tmp_path, monai_pt, capsys):
     _one_line_error(capsys, "exists; pass --overwrite", str(out))
     assert out.read_bytes() == b"an earlier result the user keeps"
     assert _import(state, out, "--overwrite") == 0
-    from napari_vnet.models import load_checkpoint
+    from napari_vnet.weights import load_weights
 
-    assert load_checkpoint(out)[1].arch == "monai"
+    assert load_weights(out)[1].arch == "monai"
 
 
 def test_import_never_writes_over_its_input(tmp_path, monai_pt, capsys, monkeypatch):

@@ -48,9 +48,9 @@ def report(**kw):
     kw["peak_mib"] = int(hwm[0].split()[1]) / 1024
     print("RESULT " + json.dumps(kw))
 def load(path):
-    from napari_vnet.models import load_checkpoint
+    from napari_vnet.weights import load_weights
     try:
-        load_checkpoint(path)
+        load_weights(path)
         report(outcome="loaded")
     except BaseException as exc:
         report(outcome="refused", message=f"{type(exc).__name__}: {exc}")
@@ -236,9 +236,9 @@ def test_plans_with_a_huge_patch_refused_before_allocating(tmp_path):
         """
         from napari_vnet.inference.predict import prepare
         from napari_vnet.io import read_volume
-        from napari_vnet.models import read_card
+        from napari_vnet.weights import read_weights_card
         try:
-            prepare(read_volume(sys.argv[1]), read_card(sys.argv[2]))
+            prepare(read_volume(sys.argv[1]), read_weights_card(sys.argv[2]))
             report(outcome="prepared")
         except Exception as exc:
             report(outcome="refused", message=f"{type(exc).__name__}: {exc}")
@@ -253,9 +253,10 @@ def test_plans_with_a_huge_patch_refused_before_allocating(tmp_path):
 def test_card_with_a_huge_ensemble_refused_before_building(tmp_path):
     """A card (a weights file) claiming 4,000 fold networks: 153 MB of parameters on a
     pretend 64 MB machine, refused before one member is built for real."""
-    from napari_vnet.models import load_checkpoint, save_checkpoint
+    from napari_vnet.models import save_checkpoint
+    from napari_vnet.weights import load_weights
 
-    model, card = load_checkpoint(FOLDER)
+    model, card = load_weights(FOLDER)
     saved = save_checkpoint(model, card, tmp_path / "nnunet.pt")
     state = torch.load(saved, weights_only=True)
     state["card"]["arch_kwargs"]["members"] = 4_000
@@ -313,8 +314,8 @@ def test_nnunet_training_pair_with_a_tiny_spacing_refused(tmp_path):
         """
         import numpy as np
         from napari_vnet.foreign import preprocessing_for
-        from napari_vnet.models import read_card
-        pre = preprocessing_for(read_card(sys.argv[1]))
+        from napari_vnet.weights import read_weights_card
+        pre = preprocessing_for(read_weights_card(sys.argv[1]))
         img = np.zeros((6, 10, 12), np.float32)
         try:
             pre.prepare_training(img, img.astype(np.uint8), None, (4.0, 4.0, 4.0))

@@ -33,7 +33,7 @@ def unique_layer_name(viewer: napari.Viewer, base: str) -> str:
 
 def class_colors(card: ModelCard) -> dict[int, tuple[float, float, float, float]]:
     """Label value -> RGBA; card colours where given, distinct hues otherwise."""
-    from napari_vnet.label_names import class_colors as colors_of
+    from napari_vnet.io.label_names import class_colors as colors_of
 
     return colors_of(card.classes)
 

@@ -56,7 +56,7 @@ def _paired_label_files(entry: ScanEntry, taken: set[str], problems: list[str]) 
     """The label files discovery paired with this image (``case_seg``, ``labels/``...),
     with class names from their sidecar; an autosave of the same name wins (newer)."""
     from napari_vnet.io import as_label_array, read_volume, volume_to_layer_kwargs
-    from napari_vnet.label_names import labels_display_kwargs, pairing_rule, read_label_classes
+    from napari_vnet.io.label_names import labels_display_kwargs, pairing_rule, read_label_classes
 
     out = []
     for path in getattr(entry, "labels", ()) or ():
@@ -86,7 +86,7 @@ def _paired_label_files(entry: ScanEntry, taken: set[str], problems: list[str]) 
 
 def _saved_classes(path, problems: list[str]) -> list | None:
     """Class names and colours of an autosave (its ``.labels.json``), or None."""
-    from napari_vnet.label_names import read_label_classes
+    from napari_vnet.io.label_names import read_label_classes
 
     try:
         found = read_label_classes(path)
@@ -114,7 +114,7 @@ def load_scan_data(
     """Worker body: read ``entry`` and its labels; ``pending``: layer name -> SaveJob
     whose snapshot is newer than the file (copied here, never shared with a layer)."""
     from napari_vnet.io import display_range, read_volume, volume_to_layer_kwargs
-    from napari_vnet.label_names import labels_display_kwargs
+    from napari_vnet.io.label_names import labels_display_kwargs
     from napari_vnet.worklist import read_scan
 
     if not still_wanted():

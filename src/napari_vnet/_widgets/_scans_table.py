@@ -8,7 +8,7 @@ from qtpy.QtCore import Qt
 from qtpy.QtGui import QColor
 from qtpy.QtWidgets import QAbstractItemView, QHeaderView, QTableWidget, QTableWidgetItem
 
-from napari_vnet.label_names import pairing_rule
+from napari_vnet.io.label_names import pairing_rule
 from napari_vnet.worklist import BROKEN, STATUSES, ScanEntry
 
 COLUMNS = ("Scan", "Status", "Shape (z, y, x)", "Spacing (mm)", "Size")

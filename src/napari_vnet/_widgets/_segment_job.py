@@ -150,11 +150,12 @@ class SegmentJob:
         req = self.request
         t0 = time.perf_counter()
         from napari_vnet.inference import PredictionCancelled, predict
-        from napari_vnet.models import CheckpointError, load_checkpoint
+        from napari_vnet.models import CheckpointError
+        from napari_vnet.weights import load_weights
 
         emit(Message(f"Loading {req.weights.name}…"))
         try:
-            model, card = load_checkpoint(req.weights, map_location="cpu")
+            model, card = load_weights(req.weights, map_location="cpu")
         except (CheckpointError, OSError) as exc:
             return JobFailed(
                 f"Cannot use weights {req.weights.name}: {exc}\n"

@@ -83,9 +83,9 @@ def read_card_cached(path: Path) -> ModelCard:
     key = (str(path.resolve()), st.st_mtime_ns, st.st_size)
     card = _CARD_CACHE.get(key)
     if card is None:
-        from napari_vnet.models import read_card
+        from napari_vnet.weights import read_weights_card
 
-        card = read_card(path)
+        card = read_weights_card(path)
         if len(_CARD_CACHE) > 32:
             _CARD_CACHE.clear()
         _CARD_CACHE[key] = card

@@ -45,13 +45,14 @@ from pathlib import Path
 from typing import Any
 
 from napari_vnet.batch_records import csv_text
+from napari_vnet.errors import NapariVnetError
 
 HELP = "per-class Dice and 95% Hausdorff distance (mm) between predictions and references"
 
 log = logging.getLogger(__name__)
 
 
-class EvaluationError(ValueError):
+class EvaluationError(NapariVnetError, ValueError):
     """A pair of label maps cannot be scored (the message names the files)."""
 
 
@@ -235,7 +236,7 @@ def _read_label_map(path, role: str):
 
 def class_names(label_path) -> dict[int, str]:
     """Value -> name from the reference's sidecar (labels.json, ITK-SNAP, .ctbl, ...)."""
-    from napari_vnet.label_names import LabelSidecarError, read_label_classes
+    from napari_vnet.io.label_names import LabelSidecarError, read_label_classes
 
     try:
         found = read_label_classes(label_path)

@@ -30,11 +30,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from napari_vnet.foreign.export import ExportError, export_monai_bundle, export_nnunet
-    from napari_vnet.models import CheckpointError, load_checkpoint
-    from napari_vnet.weights import resolve_weights
+    from napari_vnet.models import CheckpointError
+    from napari_vnet.weights import load_weights, resolve_weights
 
     try:
-        model, card = load_checkpoint(resolve_weights(args.weights), map_location="cpu")
+        model, card = load_weights(resolve_weights(args.weights), map_location="cpu")
         write = export_nnunet if args.format == "nnunet" else export_monai_bundle
         out = write(model, card, args.out, overwrite=args.overwrite)
     except (CheckpointError, ExportError, OSError) as exc:

@@ -136,16 +136,15 @@ def gather(weights: str) -> dict[str, Any]:
     from napari_vnet.models import (
         count_parameters,
         display_name,
-        load_checkpoint,
         load_checkpoint_state,
         load_discriminator,
     )
-    from napari_vnet.weights import resolve_weights
+    from napari_vnet.weights import load_weights, resolve_weights
 
     path = resolve_weights(weights)
     folder = Path(path).is_dir()  # foreign weights (nnU-Net / MONAI bundle folder)
     state = {} if folder else load_checkpoint_state(path, map_location="cpu")
-    model, card = load_checkpoint(path, map_location="cpu")
+    model, card = load_weights(path, map_location="cpu")
     disc = load_discriminator(path) if state.get("discriminator") else None
     extra = state.get("extra")
     files = [p for p in Path(path).rglob("*") if p.is_file()] if folder else [Path(path)]

@@ -43,11 +43,12 @@ def recent_weights_paths() -> list[Path]:
 
 
 def _row(source: str, name: str, path: Path, description: str = "") -> dict[str, Any]:
-    from napari_vnet.models import display_name, read_card
+    from napari_vnet.models import display_name
+    from napari_vnet.weights import read_weights_card
 
     row: dict[str, Any] = {"source": source, "name": name, "path": str(path)}
     try:
-        card = read_card(path)
+        card = read_weights_card(path)
     except Exception as exc:  # noqa: BLE001 - an unreadable card is listed with its reason
         row["error"] = str(exc)
         return row

@@ -186,9 +186,9 @@ def run_single(args: argparse.Namespace) -> int:
     from napari_vnet.batch import write_class_sidecar
     from napari_vnet.inference import InferenceMemoryError, predict
     from napari_vnet.io import VolumeReadError, VolumeWriteError, read_volume, write_volume
-    from napari_vnet.models import CheckpointError, load_checkpoint
+    from napari_vnet.models import CheckpointError
     from napari_vnet.postprocess import parse_operations
-    from napari_vnet.weights import resolve_weights
+    from napari_vnet.weights import load_weights, resolve_weights
 
     t_start = time.perf_counter()
     out = Path(args.out)
@@ -200,7 +200,7 @@ def run_single(args: argparse.Namespace) -> int:
         return _fail(str(exc))
     try:
         weights = resolve_weights(args.weights)
-        model, card = load_checkpoint(weights, map_location="cpu")
+        model, card = load_weights(weights, map_location="cpu")
     except (CheckpointError, FileNotFoundError, ValueError) as exc:
         return _fail(str(exc))
     try:
@@ -322,9 +322,9 @@ def run_folder(args: argparse.Namespace) -> int:
     """Segment every scan under INPUT into OUT (see the module docstring)."""
     from napari_vnet.batch import distributed_context, predict_cases, shard, write_run_summary
     from napari_vnet.io.dicom_seg import DicomSegUnavailableError, require_highdicom
-    from napari_vnet.models import CheckpointError, load_checkpoint
+    from napari_vnet.models import CheckpointError
     from napari_vnet.postprocess import parse_operations
-    from napari_vnet.weights import resolve_weights
+    from napari_vnet.weights import load_weights, resolve_weights
 
     t_start = time.perf_counter()
     in_dir = Path(args.input).expanduser().resolve()
@@ -348,7 +348,7 @@ def run_folder(args: argparse.Namespace) -> int:
         return _fail(str(exc))
     try:
         weights = resolve_weights(args.weights)
-        model, card = load_checkpoint(weights, map_location="cpu")
+        model, card = load_weights(weights, map_location="cpu")
     except (CheckpointError, FileNotFoundError, ValueError) as exc:
         return _fail(str(exc))
 

@@ -89,7 +89,8 @@ def _checked(path, load, *args, **kwargs):
 
 
 def preprocessing_for(card):
-    """The producer's pre/post-processing object for ``card``, or None for our own."""
+    """The producer's pre/post-processing object for ``card`` (a
+    :class:`napari_vnet.inference.preprocess.Preprocessing`), or None for our own."""
     kind = (card.preprocessing or {}).get("kind")
     if not kind:
         return None
@@ -99,7 +100,7 @@ def preprocessing_for(card):
     if problems:
         raise ValueError("the model card cannot be used: " + "; ".join(problems))
     if kind == "nnunet":
-        from napari_vnet.foreign.nnunet import NnUNetPreprocessing
+        from napari_vnet.foreign.nnunet_preprocessing import NnUNetPreprocessing
 
         return NnUNetPreprocessing(card)
     if kind == "monai_bundle":

@@ -18,6 +18,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from napari_vnet.errors import NapariVnetError
+
 __all__ = [
     "BUNDLE_LAYOUT",
     "NNUNET_LAYOUT",
@@ -32,7 +34,7 @@ __all__ = [
 MAX_NAME_BYTES = 200
 
 
-class ExportError(ValueError):
+class ExportError(NapariVnetError, ValueError):
     """The weights cannot be written in the asked format (says why)."""
 
 

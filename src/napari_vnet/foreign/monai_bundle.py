@@ -87,20 +87,10 @@ def _state_dict_of(obj: Any, path: Path) -> dict[str, torch.Tensor]:
 
 
 def _load_into(net: MonaiNetwork, state: dict[str, torch.Tensor], path: Path) -> None:
-    own = net.net.state_dict()
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
-    bad = [(k, tuple(state[k].shape), tuple(own[k].shape)) for k in own
-           if k in state and state[k].shape != own[k].shape]  # fmt: skip
-    if missing or unexpected or bad:
-        parts = []
-        if missing:
-            parts.append(f"{len(missing)} missing (first {missing[0]!r})")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected (first {unexpected[0]!r})")
-        if bad:
-            parts.append(f"{len(bad)} of another shape (first {bad[0][0]!r}: file {bad[0][1]} "
-                         f"vs network {bad[0][2]})")  # fmt: skip
+    from napari_vnet.models.checkpoint import misfit
+
+    parts = misfit(net.net.state_dict(), state, "network")
+    if parts:
         raise CheckpointError(
             f"{path}: the weights do not fit MONAI {net.arch_kwargs['name']} with "
             f"{net.arch_kwargs['network_kwargs']}: " + "; ".join(parts)
@@ -354,6 +344,9 @@ class BundleContext:
     transforms: Any  # the MONAI Compose to invert
     pad_before: tuple[int, int, int] = (0, 0, 0)
     shape: tuple[int, int, int] = (0, 0, 0)  # the preprocessed grid, before padding
+    nonfinite_replaced: int = 0  # MONAI's transforms see the input as it is
+    resampled: bool | None = None  # as the bundle's Spacingd decides (the grid shape says)
+    input_spacing: tuple[float, float, float] | None = None  # post-processing: the caller's
 
 
 def _affine_ras(spacing, origin, direction) -> np.ndarray:
@@ -370,7 +363,7 @@ def _affine_ras(spacing, origin, direction) -> np.ndarray:
 class MonaiBundlePreprocessing:
     """A bundle's preprocessing with MONAI's array transforms, and its inverse."""
 
-    wants_geometry = True  # Orientationd/Spacingd work on the volume's world affine
+    prepares_training = False  # fine-tuned through napari-vnet's own data pipeline
 
     def __init__(self, card: ModelCard) -> None:
         require("monai", "monai", "MONAI bundles")
@@ -419,7 +412,9 @@ class MonaiBundlePreprocessing:
     def needs_scores(self, ctx: BundleContext) -> bool:
         return True  # the inverse resamples probabilities, then arg-max
 
-    def restore(self, ctx: BundleContext, *, labels=None, scores=None) -> np.ndarray:
+    def restore(
+        self, ctx: BundleContext, *, labels=None, probabilities=None, scores=None
+    ) -> tuple[np.ndarray, None]:
         """Labels on the input grid: the network-grid scores (probabilities) inverted
         through the preprocessing with MONAI's inverse, then arg-maxed (as ``Invertd``
         followed by ``AsDiscreted(argmax=True)``)."""
@@ -436,4 +431,11 @@ class MonaiBundlePreprocessing:
         inv = ctx.transforms.inverse(pred)
         arr = inv.detach().cpu().numpy()
         labels_xyz = np.argmax(arr, axis=0)
-        return np.ascontiguousarray(labels_xyz.transpose(2, 1, 0)).astype(np.uint8)
+        return np.ascontiguousarray(labels_xyz.transpose(2, 1, 0)).astype(np.uint8), None
+
+    def restore_uncertainty(self, ctx: BundleContext, uncertainty: np.ndarray) -> None:
+        """None: the way back inverts probabilities, a map has none."""
+        return None
+
+    def prepare_training(self, image, labels, mask, spacing):
+        raise NotImplementedError("a bundle's pairs are prepared by the training data pipeline")

@@ -173,3 +173,16 @@ class MonaiNetwork(nn.Module):
         if isinstance(out, (list, tuple)):  # deep supervision outputs: the full-size one
             out = out[0]
         return out
+
+
+def _register() -> None:
+    """Cards naming ``nnunet`` or ``monai`` build these networks (parameters and one
+    window's activations sized on ``meta`` first)."""
+    from napari_vnet.foreign.sizing import check_foreign_network
+    from napari_vnet.models.registry import register_architecture
+
+    register_architecture("nnunet", NnUNetEnsemble, check_foreign_network)
+    register_architecture("monai", MonaiNetwork, check_foreign_network)
+
+
+_register()

@@ -1,4 +1,5 @@
-"""nnU-Net v2 trained-model folders: read, check, build, preprocess, restore.
+"""nnU-Net v2 trained-model folders: read, check, build (pre- and post-processing:
+:mod:`napari_vnet.foreign.nnunet_preprocessing`).
 
 A trained-model folder is what ``nnUNetv2_train`` writes (and TotalSegmentator ships)::
 
@@ -42,16 +43,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from napari_vnet.foreign.networks import NnUNetEnsemble, require
+from napari_vnet.foreign.networks import NnUNetEnsemble
 from napari_vnet.foreign.safe_load import read_json_object, safe_torch_load
-from napari_vnet.foreign.sizing import check_nnunet_grid
 from napari_vnet.models.card import ClassInfo, ModelCard
 from napari_vnet.models.errors import CheckpointError
 
 log = logging.getLogger(__name__)
 
 __all__ = [
-    "NnUNetPreprocessing",
     "UnsupportedNnUNetError",
     "is_nnunet_folder",
     "load_nnunet_folder",
@@ -276,6 +275,46 @@ def _open(path: Path, folds, checkpoint, read_weights: bool):
     plans = read_json_object(model_dir / "plans.json")
     dataset_json = read_json_object(model_dir / "dataset.json")
     trainer, plans_name, config_name = _parse_name(model_dir)
+    chosen = _chosen_folds(model_dir, folds)
+    loaded = [_read_fold(model_dir, f, checkpoint) for f in chosen] if read_weights else []
+    if config_name is None:
+        config_name = next((f.configuration for f in loaded if f.configuration), None)
+    if config_name is None:
+        raise CheckpointError(
+            f"{model_dir}: cannot tell the configuration (folder name is not "
+            "<Trainer>__<Plans>__<configuration>)"
+        )
+    cfg = resolve_configuration(plans, config_name, model_dir)
+    _check_supported(model_dir, config_name, cfg, dataset_json)
+    _check_plans(model_dir, plans, config_name, dataset_json)
+    source = {
+        "format": "nnunet",
+        "path": str(model_dir),
+        "dataset": plans.get("dataset_name") or model_dir.parent.name,
+        "configuration": config_name,
+        "trainer": trainer or (loaded[0].trainer if loaded else ""),
+        "plans_name": plans_name or plans.get("plans_name", ""),
+        "folds": chosen,
+        "checkpoint": checkpoint or (loaded[0].checkpoint.name if loaded else ""),
+    }
+    card = _card(model_dir, plans, dataset_json, cfg, source, loaded)
+    from napari_vnet.models.card import card_problems
+    from napari_vnet.models.errors import InvalidCardError
+
+    problems = card_problems(card)  # before anything is built from it
+    if problems:
+        raise InvalidCardError(model_dir, problems)
+    if not read_weights:
+        return None, card
+    net = _build(card, model_dir)
+    _load_folds(net, loaded, model_dir, card)
+    log.info("loaded %s", card.origin())
+    return net, card
+
+
+def _chosen_folds(model_dir: Path, folds) -> list[str]:
+    """The folds asked for (all those present when None); CheckpointError naming any
+    missing, or when there are none."""
     present = _folds_present(model_dir)
     if folds is None:
         chosen = present
@@ -291,17 +330,13 @@ def _open(path: Path, folds, checkpoint, read_weights: bool):
         raise CheckpointError(
             f"{model_dir}: no fold_*/{' or '.join(CHECKPOINT_NAMES)} in this nnU-Net folder"
         )
-    loaded = [_read_fold(model_dir, f, checkpoint) for f in chosen] if read_weights else []
-    if config_name is None:
-        config_name = next((f.configuration for f in loaded if f.configuration), None)
-    if config_name is None:
-        raise CheckpointError(
-            f"{model_dir}: cannot tell the configuration (folder name is not "
-            "<Trainer>__<Plans>__<configuration>)"
-        )
-    cfg = resolve_configuration(plans, config_name, model_dir)
-    _check_supported(model_dir, config_name, cfg, dataset_json)
-    _check_plans(model_dir, plans, config_name, dataset_json)
+    return chosen
+
+
+def _card(model_dir: Path, plans, dataset_json, cfg, source: dict[str, Any], loaded) -> ModelCard:
+    """The card of the configuration ``cfg`` (``source``: where it came from, completed
+    with the channel names); ``loaded``: the folds read, for their mirror axes."""
+    config_name = source["configuration"]
     classes = _classes(dataset_json, model_dir)
     channels = dataset_json.get("channel_names") or dataset_json.get("modality") or {"0": "?"}
     arch = cfg.get("architecture") or {}
@@ -310,13 +345,13 @@ def _open(path: Path, folds, checkpoint, read_weights: bool):
             f"{model_dir}: plans.json has no architecture entry (plans of nnU-Net < 2.3?)"
         )
     mirror = next((f.mirror_axes for f in loaded if f.mirror_axes is not None), (0, 1, 2))
-    card = ModelCard(
+    return ModelCard(
         arch="nnunet",
         arch_kwargs={
             "network_class_name": arch["network_class_name"],
             "network_kwargs": arch.get("arch_kwargs", {}),
             "requires_import": list(arch.get("_kw_requires_import", [])),
-            "members": max(1, len(chosen)),
+            "members": max(1, len(source["folds"])),
         },
         classes=classes,
         in_channels=len(channels),
@@ -324,17 +359,7 @@ def _open(path: Path, folds, checkpoint, read_weights: bool):
         spacing=tuple(float(s) for s in cfg["spacing"]),
         patch_size=tuple(int(p) for p in cfg["patch_size"]),
         description=str(dataset_json.get("description") or dataset_json.get("name") or ""),
-        source={
-            "format": "nnunet",
-            "path": str(model_dir),
-            "dataset": plans.get("dataset_name") or model_dir.parent.name,
-            "configuration": config_name,
-            "trainer": trainer or (loaded[0].trainer if loaded else ""),
-            "plans_name": plans_name or plans.get("plans_name", ""),
-            "folds": chosen,
-            "checkpoint": checkpoint or (loaded[0].checkpoint.name if loaded else ""),
-            "channel_names": {str(k): str(v) for k, v in channels.items()},
-        },
+        source={**source, "channel_names": {str(k): str(v) for k, v in channels.items()}},
         preprocessing={
             "kind": "nnunet",
             "configuration": config_name,
@@ -349,15 +374,11 @@ def _open(path: Path, folds, checkpoint, read_weights: bool):
             "mirror_axes": list(mirror),
         },
     )
-    from napari_vnet.models.card import card_problems
-    from napari_vnet.models.errors import InvalidCardError
 
-    problems = card_problems(card)  # before anything is built from it
-    if problems:
-        raise InvalidCardError(model_dir, problems)
-    if not read_weights:
-        return None, card
-    net = _build(card, model_dir)
+
+def _load_folds(net: NnUNetEnsemble, loaded, model_dir: Path, card: ModelCard) -> None:
+    """The folds' weights into the ensemble's members (eval mode); CheckpointError when
+    they do not fit the network the plans describe."""
     state = {}
     for i, fold in enumerate(loaded):
         state.update({f"members.{i}.{k}": v for k, v in fold.weights.items()})
@@ -375,8 +396,6 @@ def _open(path: Path, folds, checkpoint, read_weights: bool):
         )
     net.load_state_dict(state)
     net.eval()
-    log.info("loaded %s", card.origin())
-    return net, card
 
 
 def _build(card: ModelCard, where: Path) -> NnUNetEnsemble:
@@ -392,195 +411,3 @@ def mirror_flip_sets(axes: list[int] | tuple[int, ...]) -> list[tuple[int, ...]]
     """All flip combinations of nnU-Net's mirroring axes, identity first."""
     axes = tuple(int(a) for a in axes)
     return [c for r in range(len(axes) + 1) for c in itertools.combinations(axes, r)]
-
-
-# --------------------------------------------------------------------------- pre/post
-
-
-@dataclass
-class NnUNetContext:
-    """What :meth:`NnUNetPreprocessing.restore` needs to go back to the input grid."""
-
-    properties: dict[str, Any]
-    network_shape: tuple[int, int, int]
-    needs_resampling: bool
-    pad_before: tuple[int, int, int] = (0, 0, 0)
-    nonfinite_replaced: int = 0
-    resampled: bool = False
-
-
-def _finite(channels: np.ndarray) -> tuple[np.ndarray, int]:
-    """NaN/-inf -> the smallest finite value, +inf -> the largest (per channel)."""
-    channels = np.asarray(channels)
-    if channels.dtype.kind not in "fc":
-        return channels, 0
-    ok = np.isfinite(channels)
-    bad = int(ok.size - np.count_nonzero(ok))
-    if not bad:
-        return channels, 0
-    out = np.array(channels, dtype=np.float32)
-    for c in range(out.shape[0]):
-        good = ok[c]
-        lo, hi = (float(out[c][good].min()), float(out[c][good].max())) if good.any() else (0, 0)
-        out[c] = np.where(np.isposinf(out[c]), hi, np.where(good, out[c], lo))
-    log.warning("replaced %d non-finite voxels before nnU-Net's preprocessing", bad)
-    return out, bad
-
-
-class NnUNetPreprocessing:
-    """nnU-Net's own preprocessing of one case and the way back (see module docstring)."""
-
-    def __init__(self, card: ModelCard) -> None:
-        pre = card.preprocessing
-        if pre.get("kind") != "nnunet":
-            raise ValueError(f"not an nnU-Net card (preprocessing {pre.get('kind')!r})")
-        require("nnunetv2", "nnunet", "nnU-Net weights")
-        from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
-
-        self.plans_manager = PlansManager(copy.deepcopy(pre["plans"]))
-        self.config = self.plans_manager.get_configuration(pre["configuration"])
-        self.dataset_json = pre["dataset_json"]
-        self.patch_size = tuple(int(p) for p in self.config.patch_size)
-
-    def preprocess(
-        self, channels: np.ndarray, spacing: tuple[float, float, float] | None, geometry=None
-    ) -> tuple[np.ndarray, NnUNetContext]:
-        """``(C, z, y, x)`` raw intensities -> ``(C, d, h, w)`` float32 network input."""
-        from nnunetv2.preprocessing.preprocessors.default_preprocessor import (
-            DefaultPreprocessor,
-        )
-
-        if spacing is None:  # no geometry: take the image as already at the target spacing
-            back = self.plans_manager.transpose_backward
-            spacing = tuple(float(self.config.spacing[i]) for i in back)
-        check_nnunet_grid(self, channels.shape, spacing)
-        channels, n_bad = _finite(channels)
-        props: dict[str, Any] = {"spacing": [float(s) for s in spacing]}
-        data, _, props = DefaultPreprocessor(verbose=False).run_case_npy(
-            channels, None, props, self.plans_manager, self.config, self.dataset_json
-        )
-        data = np.ascontiguousarray(data, dtype=np.float32)
-        net_shape = tuple(int(s) for s in data.shape[1:])
-        cropped = tuple(int(s) for s in props["shape_after_cropping_and_before_resampling"])
-        # an image smaller than a window: zeros split evenly on both sides (nnU-Net's
-        # pad_nd_image), so that the engine never pads it its own way
-        short = [max(0, p - s) for p, s in zip(self.patch_size, net_shape, strict=True)]
-        before = tuple(q // 2 for q in short)
-        if any(short):
-            data = np.pad(data, [(0, 0)] + [(b, q - b) for b, q in zip(before, short, strict=True)])
-        ctx = NnUNetContext(
-            props,
-            net_shape,
-            needs_resampling=net_shape != cropped,
-            pad_before=before,  # type: ignore[arg-type]
-            nonfinite_replaced=n_bad,
-            resampled=net_shape != cropped,
-        )
-        return data, ctx
-
-    def prepare_training(self, image: np.ndarray, labels: np.ndarray, mask, spacing):
-        """One training pair as nnU-Net preprocesses it (image, labels with its
-        segmentation resampling, the annotated ``mask`` carried along as one more label
-        value); voxels outside the non-zero crop are background, as nnU-Net trains.
-
-        A case thinner than the window along an axis is padded as :meth:`preprocess`
-        pads it for prediction (zeros split evenly on both sides, unannotated), so that
-        training sees it in the same layout as prediction: with instance normalisation
-        the padding's values change every feature, and a network trained on another
-        padding (e.g. the image minimum at the high end) does not carry over to
-        prediction (measured on a 20-slice CT, 5 slices at the plan's spacing: liver
-        Dice 0 after fine-tuning instead of about 0.4)."""
-        from nnunetv2.preprocessing.preprocessors.default_preprocessor import (
-            DefaultPreprocessor,
-        )
-
-        channels, _ = _finite(image[None] if image.ndim == 3 else image)
-        check_nnunet_grid(self, channels.shape, spacing, extra_channels=1)  # + labels
-        seg = np.asarray(labels).astype(np.int32)
-        marker = None
-        if mask is not None:
-            marker = int(seg.max()) + 1
-            seg = np.where(mask, seg, marker)
-        props: dict[str, Any] = {"spacing": [float(s) for s in spacing]}
-        data, seg, _ = DefaultPreprocessor(verbose=False).run_case_npy(
-            np.asarray(channels, np.float32), seg[None], props, self.plans_manager,
-            self.config, self.dataset_json,
-        )  # fmt: skip
-        seg = np.asarray(seg[0], np.int32)
-        seg[seg < 0] = 0
-        out_mask = None
-        if marker is not None:
-            out_mask = seg != marker
-            seg[~out_mask] = 0
-        data = np.ascontiguousarray(data[0] if data.shape[0] == 1 else data, np.float32)
-        short = [max(0, p - s) for p, s in zip(self.patch_size, seg.shape, strict=True)]
-        if any(short):  # the layout of preprocess(): centred zeros, not annotated
-            pads = [(q // 2, q - q // 2) for q in short]
-            if out_mask is None:
-                out_mask = np.ones(seg.shape, bool)
-            out_mask = np.pad(out_mask, pads)
-            seg = np.pad(seg, pads)
-            data = np.pad(data, ([(0, 0)] if data.ndim == 4 else []) + pads)
-        return data, seg.astype(np.uint16 if seg.max() > 255 else np.uint8), out_mask
-
-    def needs_scores(self, ctx: NnUNetContext) -> bool:
-        """Whether :meth:`restore` needs the blended logits (resampling back), not only
-        the network-grid labels."""
-        return ctx.needs_resampling
-
-    def restore(
-        self,
-        ctx: NnUNetContext,
-        *,
-        labels: np.ndarray | None = None,
-        scores: np.ndarray | None = None,
-    ) -> np.ndarray:
-        """Labels on the input grid, from network-grid ``labels`` (when no resampling was
-        needed) or network-grid blended logits ``scores`` (C, d, h, w)."""
-        from acvl_utils.cropping_and_padding.bounding_boxes import insert_crop_into_image
-
-        props = ctx.properties
-        keep = tuple(
-            slice(b, b + s) for b, s in zip(ctx.pad_before, ctx.network_shape, strict=True)
-        )
-        labels = None if labels is None else labels[keep]
-        scores = None if scores is None else scores[(slice(None), *keep)]
-        if ctx.needs_resampling:
-            if scores is None:
-                raise ValueError("resampling back to the input grid needs the blended logits")
-            labels = self._resample_argmax(scores, props)
-        elif labels is None:
-            assert scores is not None
-            labels = np.argmax(scores, axis=0)
-        dtype = np.uint8 if len(self.dataset_json.get("labels", {})) < 256 else np.uint16
-        full = np.zeros(props["shape_before_cropping"], dtype=dtype)
-        full = insert_crop_into_image(
-            full, labels.astype(dtype, copy=False), props["bbox_used_for_cropping"]
-        )
-        return np.ascontiguousarray(full.transpose(self.plans_manager.transpose_backward))
-
-    def _resample_argmax(self, scores: np.ndarray, props: dict[str, Any]) -> np.ndarray:
-        """nnU-Net's way back: resample the blended logits with the probabilities'
-        resampling, then arg-max. Done one class at a time (nnU-Net's resampling treats
-        channels independently) with a running arg-max, so no float32 ``C x D x H x W``
-        array is held. ``scores`` are the engine's probabilities, the softmax of the
-        blended logits; their logarithm differs from the logits by one value per voxel,
-        the same for every class, and the resampling is linear with the same weights for
-        every class, so the arg-max after resampling is that of the logits."""
-        forward = self.plans_manager.transpose_forward
-        target = [props["spacing"][i] for i in forward]
-        shape = props["shape_after_cropping_and_before_resampling"]
-        fn = self.config.resampling_fn_probabilities
-        best = None
-        labels = np.zeros(shape, dtype=np.uint16)
-        for c in range(scores.shape[0]):
-            log_p = np.log(np.maximum(np.asarray(scores[c : c + 1], np.float32), 1e-7))
-            ch = fn(log_p, shape, self.config.spacing, target)[0]
-            ch = np.asarray(ch, dtype=np.float32)
-            if best is None:
-                best = ch
-            else:
-                better = ch > best
-                labels[better] = c
-                best = np.where(better, ch, best)
-        return labels

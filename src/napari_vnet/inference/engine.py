@@ -11,6 +11,7 @@ raised.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from collections.abc import Callable, Iterator, Sequence
@@ -20,6 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from napari_vnet.errors import NapariVnetError
 from napari_vnet.inference.windows import ZStitcher, flip_sets, importance_map, window_grid
 from napari_vnet.runtime import autocast, is_oom, release_memory
 
@@ -32,7 +34,7 @@ class PredictionCancelled(Exception):
     """Raised by :func:`~napari_vnet.inference.predict` when ``should_stop()`` returned True."""
 
 
-class InferenceMemoryError(MemoryError):
+class InferenceMemoryError(NapariVnetError, MemoryError):
     """Out of memory even with batch size 1 and stitching on the CPU."""
 
 
@@ -154,6 +156,67 @@ class _WindowRunner:
         return out
 
 
+def _plan(grid_shape, patch, overlap, style, batch_size, device):
+    """``(windows, batch size, slab depth)``: the window positions (the producer's
+    ``steps``), the windows per forward pass, and the z extent one batch can span."""
+    windows = window_grid(grid_shape, patch, overlap, steps=str(style.get("steps", "fixed")))
+    n_win = len(windows)
+    bs = int(batch_size) if batch_size else default_batch_size(device, patch)
+    bs = max(1, min(bs, n_win))
+    z_of = [w[0] for w in windows]
+    depth = patch[0] + max(z_of[min(i + bs, n_win) - 1] - z_of[i] for i in range(n_win))
+    return windows, bs, depth
+
+
+@contextlib.contextmanager
+def _running(model: torch.nn.Module, device: torch.device, channels_last: bool):
+    """``model`` in eval mode on ``device`` (channels-last when asked) for the run; its
+    mode and memory format restored after."""
+    was_training = model.training
+    model.eval()
+    model.to(device)
+    if channels_last:
+        model.to(memory_format=torch.channels_last_3d)
+    try:
+        yield
+    finally:
+        model.train(was_training)
+        if channels_last:
+            model.to(memory_format=torch.contiguous_format)
+
+
+def _stitcher(args: tuple, device: torch.device, **kwargs: Any) -> ZStitcher:
+    """The stitching slab on ``device``, or on the CPU when there is no room for it there."""
+    try:
+        return ZStitcher(*args, device=device, **kwargs)
+    except Exception as exc:  # noqa: BLE001 - only OOM is handled
+        if not is_oom(exc) or device.type == "cpu":
+            raise
+        log.warning("no room for the stitching slab on %s; stitching on the CPU", device)
+        return ZStitcher(*args, device=torch.device("cpu"), **kwargs)
+
+
+def _after_oom(exc: BaseException, bs: int, stitcher: ZStitcher, device, patch) -> int:
+    """The batch size to retry with after running out of memory (``exc``): half the
+    batch, else the same with the stitching moved to the CPU; InferenceMemoryError when
+    neither is left."""
+    release_memory(device)
+    if bs > 1:
+        bs = max(1, bs // 2)
+        log.warning("out of memory on %s; retrying with batch size %d", device, bs)
+        return bs
+    if stitcher.device.type != "cpu":
+        log.warning("out of memory on %s; stitching on the CPU instead", device)
+        stitcher.to(torch.device("cpu"))
+        release_memory(device)
+        return bs
+    raise InferenceMemoryError(
+        f"out of memory on {device} running the model on one {patch} patch "
+        "(batch size 1, stitching on the CPU); use device='cpu' or a smaller "
+        "patch size"
+    ) from exc
+
+
 def sliding_window(
     vol: np.ndarray,
     model: torch.nn.Module,
@@ -188,77 +251,47 @@ def sliding_window(
     grid_shape = tuple(int(s) for s in vol.shape[1:])
     if blend not in ("softmax", "logits"):
         raise ValueError(f"blend must be 'softmax' or 'logits', got {blend!r}")
-    windows = window_grid(grid_shape, patch, overlap, steps=str(style.get("steps", "fixed")))
+    windows, bs, depth = _plan(grid_shape, patch, overlap, style, batch_size, device)
     n_win = len(windows)
-    bs = int(batch_size) if batch_size else default_batch_size(device, patch)
-    bs = max(1, min(bs, n_win))
-    z_of = [w[0] for w in windows]
-    depth = patch[0] + max(z_of[min(i + bs, n_win) - 1] - z_of[i] for i in range(n_win))
     n_classes = len(lut)
     gauss = importance_map(
         patch, center=str(style.get("center", "mid")), mode=str(style.get("mode", "gaussian"))
     )
     weights = gauss if (return_probabilities or return_uncertainty) else None
-    stitch_args = (n_classes, grid_shape, depth)
-    stitch_kw = dict(
-        lut=lut, label_dtype=lut.dtype, weights=weights, blend=blend,
-        keep_probabilities=return_probabilities, uncertainty=return_uncertainty,
+    stitcher = _stitcher(
+        (n_classes, grid_shape, depth), device, lut=lut, label_dtype=lut.dtype,
+        weights=weights, blend=blend, keep_probabilities=return_probabilities,
+        uncertainty=return_uncertainty,
     )  # fmt: skip
-    try:
-        stitcher = ZStitcher(*stitch_args, device=device, **stitch_kw)
-    except Exception as exc:  # noqa: BLE001 - only OOM is handled
-        if not is_oom(exc) or device.type == "cpu":
-            raise
-        log.warning("no room for the stitching slab on %s; stitching on the CPU", device)
-        stitcher = ZStitcher(*stitch_args, device=torch.device("cpu"), **stitch_kw)
     runner = _WindowRunner(
         vol, model, patch, device, amp_dtype, n_classes, tta, blend, skip_uniform, gauss
     )
     stop = should_stop or (lambda: False)
-
-    was_training = model.training
-    model.eval()
-    model.to(device)
-    if runner.channels_last:
-        model.to(memory_format=torch.channels_last_3d)
     oom_retries = 0
     done = 0
-    try:
-        with torch.inference_mode():
-            while done < n_win:
-                if stop():
-                    raise PredictionCancelled(f"prediction cancelled after {done}/{n_win} windows")
-                batch = windows[done : done + bs]
-                try:
-                    scores = runner(batch)
-                except Exception as exc:  # noqa: BLE001 - only OOM is handled
-                    if not is_oom(exc):
-                        raise
-                    oom_retries += 1
-                    release_memory(device)
-                    if bs > 1:
-                        bs = max(1, bs // 2)
-                        log.warning("out of memory on %s; retrying with batch size %d", device, bs)
-                        continue
-                    if stitcher.device.type != "cpu":
-                        log.warning("out of memory on %s; stitching on the CPU instead", device)
-                        stitcher.to(torch.device("cpu"))
-                        release_memory(device)
-                        continue
-                    raise InferenceMemoryError(
-                        f"out of memory on {device} running the model on one {patch} patch "
-                        "(batch size 1, stitching on the CPU); use device='cpu' or a smaller "
-                        "patch size"
-                    ) from exc
-                stitcher.add(scores, batch)
-                del scores
-                done += len(batch)
-                stitcher.finalize(windows[done][0] if done < n_win else grid_shape[0])
-                yield done, n_win
-    finally:
-        model.train(was_training)
-        if runner.channels_last:
-            model.to(memory_format=torch.contiguous_format)
+    with _running(model, device, runner.channels_last), torch.inference_mode():
+        while done < n_win:
+            if stop():
+                raise PredictionCancelled(f"prediction cancelled after {done}/{n_win} windows")
+            batch = windows[done : done + bs]
+            try:
+                scores = runner(batch)
+            except Exception as exc:  # noqa: BLE001 - only OOM is handled
+                if not is_oom(exc):
+                    raise
+                oom_retries += 1
+                bs = _after_oom(exc, bs, stitcher, device, patch)
+                continue
+            stitcher.add(scores, batch)
+            del scores
+            done += len(batch)
+            stitcher.finalize(windows[done][0] if done < n_win else grid_shape[0])
+            yield done, n_win
+    return _result(stitcher, runner, n_win, bs, oom_retries)
+
+
+def _result(stitcher: ZStitcher, runner: _WindowRunner, n_win: int, bs: int, oom_retries: int):
+    """The :class:`EngineResult` of a finished run."""
     return EngineResult(
         labels=stitcher.labels,
         probabilities=stitcher.probabilities,

@@ -18,12 +18,18 @@ import numpy as np
 import torch
 
 from napari_vnet.inference.engine import (
+    EngineResult,
     InferenceMemoryError,
     PredictionCancelled,
     default_batch_size,
     sliding_window,
 )
-from napari_vnet.inference.preprocess import CardPreprocessing, blend_for, preprocessing_for
+from napari_vnet.inference.preprocess import (
+    PreparedContext,
+    Preprocessing,
+    blend_for,
+    preprocessing_for,
+)
 from napari_vnet.inference.windows import pad_to_window, window_grid
 from napari_vnet.io.volume import Volume
 from napari_vnet.models.card import ModelCard
@@ -93,8 +99,8 @@ def _check_image(image: np.ndarray, card: ModelCard, overlap, batch_size) -> np.
     return image[None] if image.ndim == 3 else image
 
 
-def _input_spacing(ctx, spacing):
-    given = getattr(ctx, "input_spacing", None)
+def _input_spacing(ctx: PreparedContext, spacing):
+    given = ctx.input_spacing
     return given if given is not None else (None if spacing is None else tuple(spacing))
 
 
@@ -147,8 +153,8 @@ class Prepared:
     """
 
     volume: np.ndarray
-    ctx: Any
-    pre: Any
+    ctx: PreparedContext
+    pre: Preprocessing
     card: ModelCard
     input_shape: tuple[int, int, int]
     spacing: tuple[float, ...] | None
@@ -179,10 +185,7 @@ def prepare(
     channels = _check_image(np.asarray(image), card, overlap, batch_size)
     in_shape = tuple(int(s) for s in channels.shape[1:])
     pre = preprocessing_for(card)
-    if getattr(pre, "wants_geometry", False):  # e.g. a MONAI bundle's Orientationd
-        vol, ctx = pre.preprocess(channels, spacing, geometry=geometry)
-    else:
-        vol, ctx = pre.preprocess(channels, spacing)
+    vol, ctx = pre.preprocess(channels, spacing, geometry=geometry)  # e.g. MONAI's Orientationd
     return Prepared(
         volume=vol,
         ctx=ctx,
@@ -245,124 +248,129 @@ def predict(
     dev = resolve_device(device)  # bad run settings fail before the preprocessing
     amp_dtype = resolve_amp(amp, dev)
     stop = should_stop or (lambda: False)
-    if isinstance(image, Prepared):
-        prepared = image
-        if prepared.card is not card and prepared.card != card:
-            raise ValueError(
-                f"the image was prepared for model {prepared.card.arch!r}, not for the "
-                f"card of {card.arch!r}: call prepare() with this card"
-            )
-        _check_settings(overlap, batch_size)
-        spacing = prepared.spacing if spacing is None else spacing
-        t0 -= prepared.seconds  # the result's seconds include the preprocessing
-    else:
-        prepared = prepare(image, card, spacing=spacing, overlap=overlap, batch_size=batch_size)
-        spacing = prepared.spacing
+    prepared = _prepared(image, card, spacing, overlap, batch_size)
     del image
-
-    # ---- 1. preprocess (the card says how: done by prepare), pad to at least one window
+    t0 -= prepared.seconds  # a given Prepared's preprocessing counts in the result's seconds
+    spacing = prepared.spacing if spacing is None else spacing
+    # ---- 1. preprocessed by prepare(), padded to a window; 2. the engine, on the network grid
     vol, ctx, pre, in_shape = prepared.volume, prepared.ctx, prepared.pre, prepared.input_shape
     del prepared
     work_shape = tuple(int(s) for s in vol.shape[1:])
     if stop():
         raise PredictionCancelled("prediction cancelled before it started")
+    vol = _padded(vol, card, dev, overlap, batch_size, return_probabilities)
+    result = _run_engine(
+        vol, model, card, dev, progress, overlap=overlap, amp_dtype=amp_dtype,
+        batch_size=batch_size, tta=tta, skip_uniform=skip_uniform,
+        return_probabilities=return_probabilities or pre.needs_scores(ctx), should_stop=stop,
+        return_uncertainty=return_uncertainty,
+    )  # fmt: skip
+    del vol
+    # ---- 3. back to the input grid, post-process
+    labels, probs, uncertainty = _to_input_grid(result, pre, ctx, work_shape, in_shape)
+    labels = _postprocessed(labels, card, postprocess, _input_spacing(ctx, spacing))
+    if labels.shape != in_shape:  # pragma: no cover - guarded by resample_to_spacing(shape=)
+        raise RuntimeError(f"internal error: labels {labels.shape} != input {in_shape}")
+    keep = probs is not None and return_probabilities
+    return Prediction(
+        labels=labels, probabilities=np.ascontiguousarray(probs) if keep else None,
+        seconds=time.perf_counter() - t0, device=str(dev), amp=amp_name(amp_dtype),
+        windows=result.windows, batch_size=result.batch_size,
+        stats=_stats(ctx, in_shape, work_shape, result), uncertainty=uncertainty,
+    )  # fmt: skip
+
+
+def _stats(ctx: PreparedContext, in_shape, work_shape, result: EngineResult) -> dict[str, Any]:
+    """What the run did, for :attr:`Prediction.stats`."""
+    resampled = work_shape != in_shape if ctx.resampled is None else ctx.resampled
+    return {
+        "input_shape": list(in_shape),
+        "nonfinite_replaced": int(ctx.nonfinite_replaced),
+        "resampled": bool(resampled),
+        "model_grid_shape": list(work_shape),
+        **result.stats,
+    }
+
+
+def _prepared(image, card: ModelCard, spacing, overlap, batch_size) -> Prepared:
+    """``image`` preprocessed for ``card`` (:func:`prepare`), or the :class:`Prepared`
+    given, checked to be for this card (its ``seconds`` count: the caller's result
+    includes them); a fresh one has ``seconds`` 0 (they are in the caller's clock)."""
+    if not isinstance(image, Prepared):
+        fresh = prepare(image, card, spacing=spacing, overlap=overlap, batch_size=batch_size)
+        fresh.seconds = 0.0
+        return fresh
+    if image.card is not card and image.card != card:
+        raise ValueError(
+            f"the image was prepared for model {image.card.arch!r}, not for the "
+            f"card of {card.arch!r}: call prepare() with this card"
+        )
+    _check_settings(overlap, batch_size)
+    return image
+
+
+def _padded(vol: np.ndarray, card: ModelCard, dev, overlap, batch_size, probabilities):
+    """``vol`` padded to at least one window, after checking that the run fits in memory."""
+    work_shape = tuple(int(s) for s in vol.shape[1:])
     patch = tuple(int(p) for p in card.patch_size)
     grid = tuple(max(s, p) for s, p in zip(work_shape, patch, strict=True))
     bs_est = int(batch_size) if batch_size else default_batch_size(dev, patch)
     n_win = len(window_grid(grid, patch, overlap))
     padded = grid != work_shape
-    check_memory(card, grid, patch, max(1, min(bs_est, n_win)), dev, return_probabilities, padded)
+    check_memory(card, grid, patch, max(1, min(bs_est, n_win)), dev, probabilities, padded)
     if padded:
         vol = np.stack([pad_to_window(c, patch) for c in vol])
+    return vol
 
-    # ---- 2. the engine, on the network grid
+
+def _run_engine(vol, model, card: ModelCard, dev, progress, *, tta, **settings) -> EngineResult:
+    """The sliding-window engine over ``vol`` with the card's window style (its TTA axes
+    when ``tta`` is True), reporting ``progress(done, total)`` after every batch."""
     values = card.label_values
     lut = np.asarray(values, dtype=np.uint8 if max(values) <= 255 else np.uint16)
-    needs_scores = pre.needs_scores(ctx)
-    style = dict(getattr(card, "sliding_window", None) or {})
+    style = dict(card.sliding_window or {})
     if tta is True and style.get("mirror_axes") is not None:  # the producer's own axes
         axes = [int(a) for a in style["mirror_axes"]]
         tta = [c for r in range(len(axes) + 1) for c in itertools.combinations(axes, r)]
+    patch = tuple(int(p) for p in card.patch_size)
     engine = sliding_window(
-        vol, model, patch, lut, overlap=overlap, device=dev, amp_dtype=amp_dtype,
-        batch_size=batch_size, tta=tta, blend=blend_for(card), skip_uniform=skip_uniform,
-        return_probabilities=return_probabilities or needs_scores, should_stop=stop,
-        style=style, return_uncertainty=return_uncertainty,
+        vol, model, patch, lut, device=dev, tta=tta, blend=blend_for(card), style=style,
+        **settings,
     )  # fmt: skip
     while True:
         try:
             done, total = next(engine)
         except StopIteration as end:
-            result = end.value
-            break
+            return end.value
         if progress is not None:
             progress(done, total)
-    del vol
 
-    # ---- 3. back to the input grid, post-process
+
+def _to_input_grid(result: EngineResult, pre: Preprocessing, ctx, work_shape, in_shape):
+    """``(labels, probabilities, uncertainty)`` of the engine's ``result`` (padded network
+    grid) on the input grid; probabilities and uncertainty None where there is no way back."""
     crop = (slice(None), *(slice(0, s) for s in work_shape))
-    labels = result.labels[crop[1:]]
     probs = None if result.probabilities is None else result.probabilities[crop]
-    scores = {"scores": probs} if needs_scores else {}
-    if isinstance(pre, CardPreprocessing):
-        labels, probs = pre.restore(ctx, labels=labels, probabilities=probs)
-    else:  # a producer's own way back: labels only
-        labels, probs = pre.restore(ctx, labels=labels, **scores), None
-    labels = np.ascontiguousarray(labels)
+    scores = {"scores": probs} if pre.needs_scores(ctx) else {}
+    labels, probs = pre.restore(ctx, labels=result.labels[crop[1:]], probabilities=probs, **scores)
     uncertainty = None
     if result.uncertainty is not None:
-        unc = result.uncertainty[crop[1:]]
-        uncertainty = _restore_uncertainty(pre, ctx, unc, needs_scores, in_shape)
+        uncertainty = pre.restore_uncertainty(ctx, result.uncertainty[crop[1:]])
+        if uncertainty is not None:
+            uncertainty = np.ascontiguousarray(uncertainty)
+            uncertainty = uncertainty if uncertainty.shape == tuple(in_shape) else None
+    return np.ascontiguousarray(labels), probs, uncertainty
+
+
+def _postprocessed(labels: np.ndarray, card: ModelCard, postprocess, spacing) -> np.ndarray:
+    """The asked clean-up, then the card's own (chosen on validation) unless
+    ``postprocess`` is False."""
     if postprocess:
         from napari_vnet.postprocess import apply_postprocess
 
-        labels = apply_postprocess(labels, postprocess, spacing=_input_spacing(ctx, spacing))
-    if postprocess is not False and getattr(card, "postprocess", None):
+        labels = apply_postprocess(labels, postprocess, spacing=spacing)
+    if postprocess is not False and card.postprocess:
         from napari_vnet.postprocess import apply_card_postprocess
 
         labels = apply_card_postprocess(labels, card.postprocess)
-    if labels.shape != in_shape:  # pragma: no cover - guarded by resample_to_spacing(shape=)
-        raise RuntimeError(f"internal error: labels {labels.shape} != input {in_shape}")
-    stats = {
-        "input_shape": list(in_shape),
-        "nonfinite_replaced": int(getattr(ctx, "nonfinite_replaced", 0)),
-        "resampled": bool(getattr(ctx, "resampled", work_shape != in_shape)),
-        "model_grid_shape": list(work_shape),
-        **result.stats,
-    }
-    return Prediction(
-        labels=labels,
-        probabilities=(
-            np.ascontiguousarray(probs) if probs is not None and return_probabilities else None
-        ),
-        seconds=time.perf_counter() - t0,
-        device=str(dev),
-        amp=amp_name(amp_dtype),
-        windows=result.windows,
-        batch_size=result.batch_size,
-        stats=stats,
-        uncertainty=uncertainty,
-    )
-
-
-def _restore_uncertainty(pre, ctx, unc: np.ndarray, needs_scores: bool, in_shape):
-    """The network-grid uint8 uncertainty on the input grid (linear when resampled);
-    None when the producer's way back needs scores (it cannot take a map)."""
-    from napari_vnet.inference.preprocess import ArrayOrderPreprocessing
-    from napari_vnet.transforms import resample_to_spacing
-
-    if isinstance(pre, CardPreprocessing):
-        if isinstance(pre, ArrayOrderPreprocessing):
-            unc = unc.transpose(pre.back)
-        if getattr(ctx, "resampled", False):
-            back = resample_to_spacing(
-                unc.astype(np.float32), ctx.model_spacing, ctx.input_spacing,
-                is_label=False, shape=ctx.input_shape,
-            )  # fmt: skip
-            unc = np.clip(np.rint(np.asarray(back)), 0, 255).astype(np.uint8)
-    elif needs_scores:
-        return None
-    else:  # a producer's way back for labels (transpose, crop) serves a uint8 map too
-        unc = np.asarray(pre.restore(ctx, labels=unc)).astype(np.uint8, copy=False)
-    unc = np.ascontiguousarray(unc)
-    return unc if unc.shape == tuple(in_shape) else None
+    return labels

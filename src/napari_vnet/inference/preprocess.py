@@ -16,9 +16,9 @@ then the axes put in the network's order (and back first on the way back).
 
 A card whose ``preprocessing`` names a producer (``{"kind": "nnunet", ...}``) gets that
 producer's object from :func:`napari_vnet.foreign.preprocessing_for` (axis order,
-clipping normalisation, resampling orders...). Every such object has the same three
-methods: ``preprocess(channels, spacing) -> (volume, ctx)``, ``needs_scores(ctx)`` and
-``restore(ctx, labels=..., scores=...)``.
+clipping normalisation, resampling orders...). Every such object is a
+:class:`Preprocessing` (the protocol below); the context its ``preprocess`` returns is a
+:class:`PreparedContext`.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -37,7 +37,77 @@ log = logging.getLogger(__name__)
 
 SPACING_RTOL = 1e-3  # spacings closer than this (relative) count as equal
 
-__all__ = ["SPACING_RTOL", "CardPreprocessing", "PreparedInput", "preprocessing_for"]
+__all__ = [
+    "SPACING_RTOL",
+    "CardPreprocessing",
+    "PreparedContext",
+    "PreparedInput",
+    "Preprocessing",
+    "preprocessing_for",
+]
+
+
+class PreparedContext(Protocol):
+    """What every preprocessing's context tells the caller (it holds more for the way back)."""
+
+    @property
+    def nonfinite_replaced(self) -> int:
+        """Voxels that were NaN or infinite and were replaced before the network."""
+        ...
+
+    @property
+    def resampled(self) -> bool | None:
+        """Whether the volume was resampled to the network's spacing (None: not said)."""
+        ...
+
+    @property
+    def input_spacing(self) -> tuple[float, float, float] | None:
+        """The input's spacing as the preprocessing read it (None: the caller's)."""
+        ...
+
+
+class Preprocessing(Protocol):
+    """Turns a raw ``(C, z, y, x)`` volume into the network input and the network-grid
+    result back into a label map on the input grid."""
+
+    #: :meth:`prepare_training` gives a training pair as the network sees it; False: the
+    #: training data pipeline prepares pairs from the card's normalisation and spacing
+    prepares_training: bool
+
+    def preprocess(
+        self, channels: np.ndarray, spacing: Any, geometry: Any = None
+    ) -> tuple[np.ndarray, Any]:
+        """``(C, z, y, x)`` raw intensities (``spacing`` in mm, ``geometry`` the input's
+        :class:`~napari_vnet.io.Volume` or None) -> ``(network input, context)``."""
+        ...
+
+    def needs_scores(self, ctx: Any) -> bool:
+        """Whether :meth:`restore` needs the blended network-grid scores, not only labels."""
+        ...
+
+    def restore(
+        self,
+        ctx: Any,
+        *,
+        labels: np.ndarray,
+        probabilities: np.ndarray | None = None,
+        scores: np.ndarray | None = None,
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """Network-grid labels (and probabilities, or the scores when
+        :meth:`needs_scores`) -> ``(labels, probabilities or None)`` on the input grid."""
+        ...
+
+    def restore_uncertainty(self, ctx: Any, uncertainty: np.ndarray) -> np.ndarray | None:
+        """A network-grid uint8 map on the input grid; None when there is no way back
+        for it (the way back needs scores)."""
+        ...
+
+    def prepare_training(
+        self, image: np.ndarray, labels: np.ndarray, mask: np.ndarray | None, spacing: Any
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """``(image, labels, mask)`` as the network sees them (only when
+        :attr:`prepares_training`)."""
+        ...
 
 
 def spacing_tuple(spacing: Any, name: str) -> tuple[float, float, float]:
@@ -67,10 +137,14 @@ class PreparedInput:
 class CardPreprocessing:
     """napari-vnet's own pre/post-processing: ``card.normalization`` and ``card.spacing``."""
 
+    prepares_training = False  # the training data pipeline does the same from the card
+
     def __init__(self, card: ModelCard) -> None:
         self.card = card
 
-    def preprocess(self, channels: np.ndarray, spacing) -> tuple[np.ndarray, PreparedInput]:
+    def preprocess(
+        self, channels: np.ndarray, spacing, geometry=None
+    ) -> tuple[np.ndarray, PreparedInput]:
         """``(C, z, y, x)`` raw intensities -> ``(C, d, h, w)`` float32 network input."""
         card = self.card
         prepared = []
@@ -146,9 +220,24 @@ class CardPreprocessing:
             )
         return out, probabilities
 
+    def restore_uncertainty(self, ctx: PreparedInput, uncertainty: np.ndarray) -> np.ndarray:
+        """The uint8 map on the input grid (resampled linearly when the volume was)."""
+        if not ctx.resampled:
+            return uncertainty
+        back = resample_to_spacing(
+            uncertainty.astype(np.float32), ctx.model_spacing, ctx.input_spacing,
+            is_label=False, shape=ctx.input_shape,
+        )  # fmt: skip
+        return np.clip(np.rint(np.asarray(back)), 0, 255).astype(np.uint8)
+
+    def prepare_training(self, image, labels, mask, spacing):
+        raise NotImplementedError("the training data pipeline prepares pairs from the card")
+
 
 class ArrayOrderPreprocessing(CardPreprocessing):
     """:class:`CardPreprocessing`, then the axes in the network's order (``axes``)."""
+
+    prepares_training = True
 
     def __init__(self, card: ModelCard) -> None:
         super().__init__(card)
@@ -157,7 +246,9 @@ class ArrayOrderPreprocessing(CardPreprocessing):
             raise ValueError(f"array_order axes must be a permutation of 0, 1, 2: {self.axes}")
         self.back = [int(a) for a in np.argsort(self.axes)]
 
-    def preprocess(self, channels: np.ndarray, spacing) -> tuple[np.ndarray, PreparedInput]:
+    def preprocess(
+        self, channels: np.ndarray, spacing, geometry=None
+    ) -> tuple[np.ndarray, PreparedInput]:
         vol, ctx = super().preprocess(channels, spacing)
         return np.ascontiguousarray(vol.transpose(0, *[a + 1 for a in self.axes])), ctx
 
@@ -166,6 +257,9 @@ class ArrayOrderPreprocessing(CardPreprocessing):
         if probabilities is not None:
             probabilities = probabilities.transpose(0, *[a + 1 for a in self.back])
         return super().restore(ctx, labels=labels, probabilities=probabilities)
+
+    def restore_uncertainty(self, ctx, uncertainty):
+        return super().restore_uncertainty(ctx, uncertainty.transpose(self.back))
 
     def prepare_training(self, image, labels, mask, spacing):
         """A training pair as the network sees it (as :meth:`preprocess`, labels and
@@ -183,9 +277,9 @@ class ArrayOrderPreprocessing(CardPreprocessing):
         return vol[0], labels, mask
 
 
-def preprocessing_for(card: ModelCard):
+def preprocessing_for(card: ModelCard) -> Preprocessing:
     """The pre/post-processing object for ``card`` (see the module text)."""
-    kind = (getattr(card, "preprocessing", None) or {}).get("kind")
+    kind = (card.preprocessing or {}).get("kind")
     if kind == "array_order":
         return ArrayOrderPreprocessing(card)
     if kind:
@@ -197,5 +291,5 @@ def preprocessing_for(card: ModelCard):
 
 def blend_for(card: ModelCard) -> str:
     """How the card's producer blends windows: ``"softmax"`` (ours, MONAI) or ``"logits"``."""
-    blend = str((getattr(card, "sliding_window", None) or {}).get("blend") or "softmax")
+    blend = str((card.sliding_window or {}).get("blend") or "softmax")
     return "logits" if blend == "logits" else "softmax"

@@ -35,6 +35,7 @@ from typing import Any
 
 import numpy as np
 
+from napari_vnet.errors import NapariVnetError
 from napari_vnet.io.errors import VolumeReadError
 from napari_vnet.io.volume import Volume
 
@@ -312,7 +313,7 @@ def _slice_index(grid, position_zyx, n_slices: int) -> int | None:
 # --------------------------------------------------------------------------- writing
 
 
-class DicomSegUnavailableError(ImportError):
+class DicomSegUnavailableError(NapariVnetError, ImportError):
     """highdicom (the ``dicom-seg`` extra) is not installed."""
 
 
@@ -403,7 +404,7 @@ def _segment_descriptions(hd, card, foreground: list) -> list:
     from pydicom.sr.codedict import codes
 
     from napari_vnet import __version__
-    from napari_vnet.label_names import class_colors
+    from napari_vnet.io.label_names import class_colors
 
     algorithm = hd.AlgorithmIdentificationSequence(
         name=f"napari-vnet {card.arch}",

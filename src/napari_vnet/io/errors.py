@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import os
 
+from napari_vnet.errors import NapariVnetError
 from napari_vnet.io.paths import printable
 
 
-class VolumeReadError(Exception):
+class VolumeReadError(NapariVnetError):
     """A file or folder could not be read as a medical volume.
 
     ``str(err)`` is ``"cannot read <path>: <problem>"``; ``err.path`` and
@@ -23,7 +24,7 @@ class VolumeReadError(Exception):
         return (type(self), (self.path, self.problem))
 
 
-class VolumeWriteError(Exception):
+class VolumeWriteError(NapariVnetError):
     """A volume could not be written (bad extension, geometry, or it would overwrite its source)."""
 
     def __init__(self, path: str | os.PathLike, problem: str):

@@ -75,6 +75,18 @@ class SegmentationNet(nn.Module):
         """Constructor keywords (JSON-compatible) except in/out channels, for a ModelCard."""
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in self._config.items()}
 
+    def _check_io(self, in_channels: Any, out_channels: Any, channels: Any, min_len: int = 2):
+        """Check and set ``in_channels`` / ``out_channels``; the checked ``channels`` widths."""
+        self.in_channels = check_positive(in_channels, "in_channels")
+        self.out_channels = check_positive(out_channels, "out_channels")
+        return check_widths(channels, "channels", min_len=min_len)
+
+    def _check_style(self, norm: Any, dropout: Any, pad_mode: str) -> tuple[str | None, float]:
+        """Check ``norm`` and ``dropout`` (returned) and set ``pad_mode``."""
+        norm, dropout = check_norm(norm), check_dropout(dropout)
+        self.pad_mode = check_pad_mode(pad_mode)
+        return norm, dropout
+
     def forward_padded(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover
         raise NotImplementedError
 

@@ -340,12 +340,8 @@ def load_checkpoint_state(
 
 def read_card(path: str | os.PathLike) -> ModelCard:
     """Only the model card of a checkpoint (no network is built; the tensor data is
-    memory-mapped, not read, so this is fast even for large files). A folder is read as
-    foreign weights (nnU-Net v2 trained model, MONAI bundle; :mod:`napari_vnet.foreign`)."""
-    if Path(path).is_dir():
-        from napari_vnet.foreign import read_foreign_card
-
-        return read_foreign_card(path)
+    memory-mapped, not read, so this is fast even for large files). A folder of foreign
+    weights is read by :func:`napari_vnet.weights.read_weights_card`."""
     return _card_from(Path(path), load_checkpoint_state(path, map_location="cpu", mmap=True))
 
 
@@ -367,7 +363,19 @@ def _card_from(path: Path, state: dict[str, Any]) -> ModelCard:
 
 def _fit(path: Path, what: str, module: nn.Module, weights: dict[str, torch.Tensor]) -> None:
     """Load ``weights`` into ``module``; one-line CheckpointError when they do not fit."""
-    own = module.state_dict()
+    parts = misfit(module.state_dict(), weights, "card")
+    if parts:
+        raise CheckpointError(
+            f"{path}: the weights do not fit the {what} described by the model card: "
+            + "; ".join(parts)
+        )
+    module.load_state_dict(weights)
+
+
+def misfit(own: dict[str, torch.Tensor], weights: dict[str, Any], against: str) -> list[str]:
+    """Why ``weights`` (a file's state dict) do not fit a network whose state dict is
+    ``own``: missing, unexpected and reshaped entries, the first of each named (shapes
+    said as "file ... vs ``against`` ..."); empty when they fit."""
     missing = [k for k in own if k not in weights]
     unexpected = [k for k in weights if k not in own]
     shapes = [
@@ -375,20 +383,15 @@ def _fit(path: Path, what: str, module: nn.Module, weights: dict[str, torch.Tens
         for k in own
         if k in weights and weights[k].shape != own[k].shape
     ]
-    if missing or unexpected or shapes:
-        parts = []
-        if missing:
-            parts.append(f"{len(missing)} missing (first {missing[0]!r})")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected (first {unexpected[0]!r})")
-        if shapes:
-            k, got, want = shapes[0]
-            parts.append(f"{len(shapes)} of another shape (first {k!r}: file {got} vs card {want})")
-        raise CheckpointError(
-            f"{path}: the weights do not fit the {what} described by the model card: "
-            + "; ".join(parts)
-        )
-    module.load_state_dict(weights)
+    parts = []
+    if missing:
+        parts.append(f"{len(missing)} missing (first {missing[0]!r})")
+    if unexpected:
+        parts.append(f"{len(unexpected)} unexpected (first {unexpected[0]!r})")
+    if shapes:
+        k, got, want = shapes[0]
+        parts.append(f"{len(shapes)} of another shape (first {k!r}: file {got} vs {against} {want})")
+    return parts
 
 
 def load_checkpoint(
@@ -397,16 +400,11 @@ def load_checkpoint(
     """Rebuild the network from the card in ``path`` and load its weights.
 
     Returns ``(model, card)`` with the model in eval mode on ``map_location`` (CPU by
-    default). Raises CheckpointError naming the file and the problem. A folder is loaded
-    as foreign weights (nnU-Net v2 trained model, MONAI bundle) by
-    :func:`napari_vnet.foreign.load_foreign`.
+    default). Raises CheckpointError naming the file and the problem. Weights that may be
+    a file or a folder (nnU-Net v2 trained model, MONAI bundle) are loaded by
+    :func:`napari_vnet.weights.load_weights`.
     """
     path = Path(path)
-    if path.is_dir():
-        from napari_vnet.foreign import load_foreign
-
-        model, card = load_foreign(path)
-        return (model if map_location is None else model.to(map_location)), card
     state = load_checkpoint_state(path, map_location="cpu")
     card = _card_from(path, state)
     weights = state["state_dict"]

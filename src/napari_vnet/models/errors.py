@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from napari_vnet.errors import NapariVnetError
 
-class CheckpointError(Exception):
+
+class CheckpointError(NapariVnetError):
     """A weights file cannot be used: missing, unreadable, unsafe, or inconsistent.
 
     The message always names the file and says what is wrong (and, where there is one,

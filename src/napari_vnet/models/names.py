@@ -5,11 +5,13 @@ Menus (widgets) and the CLI can use these without importing torch.
 
 from __future__ import annotations
 
+from napari_vnet.errors import NapariVnetError
+
 #: registry name (stored in ModelCard.arch) -> human name for menus and reports
 DISPLAY_NAMES: dict[str, str] = {"vnet": "V-Net", "unet3d": "3D U-Net", "vox2vox": "Vox2Vox"}
 
 
-class UnknownArchitectureError(ValueError):
+class UnknownArchitectureError(NapariVnetError, ValueError):
     """The card names an architecture this version does not know."""
 
 

@@ -1,12 +1,18 @@
-"""Architecture registry: name -> class, display names, building a network from a card."""
+"""Architecture registry: name -> class, display names, building a network from a card.
+
+napari-vnet's own networks are listed here; networks of other programs (nnU-Net v2 plans,
+MONAI) are added by :func:`register_architecture` when :mod:`napari_vnet.foreign.networks`
+is imported, which the weights dispatch (:mod:`napari_vnet.weights.loading`) does. This
+package never imports ``napari_vnet.foreign``.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from torch import nn
 
-from napari_vnet.foreign.networks import MonaiNetwork, NnUNetEnsemble
 from napari_vnet.models.card import ModelCard
 from napari_vnet.models.names import (  # noqa: F401 (re-exported)
     DISPLAY_NAMES,
@@ -25,12 +31,23 @@ ARCHITECTURES: dict[str, type[nn.Module]] = {
     "vox2vox": Vox2VoxGenerator,
 }
 
+#: ``check(card, cls, reserved, kwargs)``: ValueError with the figures when the network
+#: would not fit in the available memory (called before it is built)
+MemoryCheck = Callable[[ModelCard, type[nn.Module], dict[str, int], dict[str, Any]], None]
+
 #: networks of other programs (nnU-Net v2 plans, MONAI), rebuilt from a card like ours but
-#: not offered for training from scratch; their field libraries are imported on build
-FOREIGN_ARCHITECTURES: dict[str, type[nn.Module]] = {
-    "nnunet": NnUNetEnsemble,
-    "monai": MonaiNetwork,
-}
+#: not offered for training from scratch; filled by :func:`register_architecture`
+FOREIGN_ARCHITECTURES: dict[str, type[nn.Module]] = {}
+_FOREIGN_MEMORY_CHECKS: dict[str, MemoryCheck] = {}
+
+
+def register_architecture(name: str, cls: type[nn.Module], memory_check: MemoryCheck) -> None:
+    """Let cards whose ``arch`` is ``name`` build ``cls`` (a network of another program),
+    sized by ``memory_check`` before it is built. Our own names cannot be replaced."""
+    if name in ARCHITECTURES:
+        raise ValueError(f"architecture {name!r} is napari-vnet's own")
+    FOREIGN_ARCHITECTURES[name] = cls
+    _FOREIGN_MEMORY_CHECKS[name] = memory_check
 
 
 def architecture_class(arch: str) -> type[nn.Module]:
@@ -87,12 +104,8 @@ def build_model(card: ModelCard) -> nn.Module:
     reserved = {"in_channels": card.in_channels, "out_channels": card.out_channels}
     kwargs = _clean_kwargs(card, reserved)
     try:
-        if cls in (VNet, UNet3D, Vox2VoxGenerator):
-            _check_network_memory(card, cls, reserved, kwargs)
-        else:  # nnU-Net / MONAI: parameters and one window's activations, sized on "meta"
-            from napari_vnet.foreign.sizing import check_foreign_network
-
-            check_foreign_network(card, cls, reserved, kwargs)
+        check = _FOREIGN_MEMORY_CHECKS.get(card.arch, _check_network_memory)
+        check(card, cls, reserved, kwargs)
         return cls(**reserved, **kwargs)
     except TypeError as exc:  # unexpected keyword
         raise ValueError(

@@ -20,15 +20,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from napari_vnet.models._layers import (
-    SegmentationNet,
-    check_dropout,
-    check_norm,
-    check_pad_mode,
-    check_positive,
-    check_widths,
-    make_norm,
-)
+from napari_vnet.models._layers import SegmentationNet, make_norm
 
 DEFAULT_CHANNELS = (32, 64, 128, 256)
 
@@ -81,12 +73,8 @@ class UNet3D(SegmentationNet):
         pad_mode: str = "replicate",
     ):
         super().__init__()
-        self.in_channels = check_positive(in_channels, "in_channels")
-        self.out_channels = check_positive(out_channels, "out_channels")
-        widths = check_widths(channels, "channels")
-        norm = check_norm(norm)
-        dropout = check_dropout(dropout)
-        self.pad_mode = check_pad_mode(pad_mode)
+        widths = self._check_io(in_channels, out_channels, channels)
+        norm, dropout = self._check_style(norm, dropout, pad_mode)
         n = len(widths)
         self.size_multiple = 2 ** (n - 1)
         self._config = dict(channels=widths, norm=norm, dropout=dropout, pad_mode=pad_mode)

@@ -22,15 +22,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from napari_vnet.models._layers import (
-    SegmentationNet,
-    check_dropout,
-    check_norm,
-    check_pad_mode,
-    check_positive,
-    check_widths,
-    make_norm,
-)
+from napari_vnet.models._layers import SegmentationNet, check_positive, make_norm
 
 PAPER_CHANNELS = (16, 32, 64, 128, 256)
 PAPER_CONVS = (1, 2, 3, 3, 3)
@@ -134,9 +126,7 @@ class VNet(SegmentationNet):
         pad_mode: str = "replicate",
     ):
         super().__init__()
-        self.in_channels = check_positive(in_channels, "in_channels")
-        self.out_channels = check_positive(out_channels, "out_channels")
-        widths = check_widths(channels, "channels")
+        widths = self._check_io(in_channels, out_channels, channels)
         n = len(widths)
         if convs is None:
             convs = tuple(PAPER_CONVS[min(i, len(PAPER_CONVS) - 1)] for i in range(n))
@@ -148,9 +138,7 @@ class VNet(SegmentationNet):
         kernel_size = check_positive(kernel_size, "kernel_size")
         if kernel_size % 2 == 0:
             raise ValueError(f"kernel_size must be odd, got {kernel_size}")
-        norm = check_norm(norm)
-        dropout = check_dropout(dropout)
-        self.pad_mode = check_pad_mode(pad_mode)
+        norm, dropout = self._check_style(norm, dropout, pad_mode)
         self.size_multiple = 2 ** (n - 1)
         self._config = dict(
             channels=widths, convs=convs, kernel_size=kernel_size, norm=norm,

@@ -32,7 +32,6 @@ from torch import nn
 
 from napari_vnet.models._layers import (
     SegmentationNet,
-    check_dropout,
     check_norm,
     check_pad_mode,
     check_positive,
@@ -103,14 +102,10 @@ class Vox2VoxGenerator(SegmentationNet):
         pad_mode: str = "replicate",
     ):
         super().__init__()
-        self.in_channels = check_positive(in_channels, "in_channels")
-        self.out_channels = check_positive(out_channels, "out_channels")
-        widths = check_widths(channels, "channels", min_len=1)
+        widths = self._check_io(in_channels, out_channels, channels, min_len=1)
         nb = check_positive(bottleneck_blocks, "bottleneck_blocks")
-        norm = check_norm(norm)
-        dropout = check_dropout(dropout)
+        norm, dropout = self._check_style(norm, dropout, pad_mode)
         slope = float(negative_slope)
-        self.pad_mode = check_pad_mode(pad_mode)
         self.size_multiple = 2 ** len(widths)
         self._config = dict(
             channels=widths, bottleneck_blocks=nb, norm=norm, dropout=dropout,

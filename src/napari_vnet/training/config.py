@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from napari_vnet.errors import NapariVnetError
 from napari_vnet.models.card import ClassInfo
 
 __all__ = [
@@ -39,7 +40,7 @@ VOX2VOX_CE_WEIGHT = 1.0
 DEFAULT_PATCH = (48, 48, 48)
 
 
-class TrainingError(ValueError):
+class TrainingError(NapariVnetError, ValueError):
     """The training inputs cannot be used (the message names the input and the problem)."""
 
 

@@ -116,9 +116,10 @@ def _save(model, card, path, disc=None, extra=None) -> None:
 
 
 def _load_resume(path: Path) -> tuple[torch.nn.Module, ModelCard, dict, dict | None]:
-    from napari_vnet.models import load_checkpoint, load_checkpoint_state
+    from napari_vnet.models import load_checkpoint_state
+    from napari_vnet.weights import load_weights
 
-    model, card = load_checkpoint(path, map_location="cpu")
+    model, card = load_weights(path, map_location="cpu")
     state = load_checkpoint_state(path)
     extra = state.get("extra") or {}
     if "resume" not in extra:
@@ -159,7 +160,7 @@ class _Run:
         cases = prepare_cases(
             plan.loaded or pairs, plan.classes, spacing=plan.spacing,
             normalization=plan.normalization, ignore_index=config.ignore_index,
-            producer=producer if hasattr(producer, "prepare_training") else None,
+            producer=producer if producer is not None and producer.prepares_training else None,
             regions=config.augment and config.augment_phase,
         )[0]  # fmt: skip
         self.plan, self.classes = plan, plan.classes
@@ -435,9 +436,10 @@ class _Run:
 def _restamp(path: Path, change, with_model: bool = False) -> None:
     """Rewrite the card of the checkpoint at ``path`` (weights, discriminator and extra
     state kept): ``change(card)``, or ``change(card, model)`` with ``with_model``."""
-    from napari_vnet.models import load_checkpoint, load_checkpoint_state, load_discriminator
+    from napari_vnet.models import load_checkpoint_state, load_discriminator
+    from napari_vnet.weights import load_weights
 
-    model, card = load_checkpoint(path, map_location="cpu")
+    model, card = load_weights(path, map_location="cpu")
     state = load_checkpoint_state(path)
     change(card, model) if with_model else change(card)
     disc = load_discriminator(path, map_location="cpu") if state.get("discriminator") else None

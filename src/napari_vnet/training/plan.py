@@ -108,14 +108,12 @@ def base_card_of(base: Any) -> ModelCard | None:
         return base[1]
     from pathlib import Path
 
-    from napari_vnet.models import read_card
+    from napari_vnet.weights import read_weights_card, resolve_weights
 
     path = Path(base)
     if not path.exists():
-        from napari_vnet.weights import resolve_weights
-
         path = resolve_weights(str(base))
-    return read_card(path)
+    return read_weights_card(path)
 
 
 def trained_patch(card: ModelCard | None) -> tuple[int, int, int] | None:

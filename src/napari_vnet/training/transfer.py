@@ -99,14 +99,13 @@ def load_base(config: TrainConfig, base: Any):
         base_model, base_card = base
         notes["started_from"] = "in-memory model"
     else:
-        from napari_vnet.models import load_checkpoint, load_checkpoint_state
+        from napari_vnet.models import load_checkpoint_state
+        from napari_vnet.weights import load_weights, resolve_weights
 
         path = Path(base)
         if not path.exists():
-            from napari_vnet.weights import resolve_weights
-
             path = resolve_weights(str(base))
-        base_model, base_card = load_checkpoint(path, map_location="cpu")
+        base_model, base_card = load_weights(path, map_location="cpu")
         notes["started_from"] = path.name
         if base_card.arch == "vox2vox":
             disc_entry = load_checkpoint_state(path).get("discriminator") or {}

@@ -4,12 +4,17 @@
 e.g. ``{"vnet-phantom": Path(...), "unet3d-phantom": ..., "vox2vox-phantom": ...}``.
 ``resolve_weights(name_or_path)`` turns what a user typed (a path, or a shipped name)
 into a path, with an error listing the available names otherwise. No torch import here.
+
+``load_weights(path)`` / ``read_weights_card(path)`` (:mod:`napari_vnet.weights.loading`,
+imported with torch on first use) load any weights, a checkpoint file or a foreign weights
+folder (nnU-Net v2 trained model, MONAI bundle): the callers' one door to both.
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 from napari_vnet.models.errors import WeightsNotFoundError
 
@@ -28,9 +33,21 @@ __all__ = [
     "SHIPPED_NAMES",
     "WEIGHTS_DIR",
     "WeightsNotFoundError",
+    "load_weights",
+    "read_weights_card",
     "resolve_weights",
     "shipped_weights",
 ]
+
+_LOADING = ("load_weights", "read_weights_card")
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LOADING:  # torch and the foreign adapters, only when weights are loaded
+        from napari_vnet.weights import loading
+
+        return getattr(loading, name)
+    raise AttributeError(f"module 'napari_vnet.weights' has no attribute {name!r}")
 
 
 def shipped_weights() -> dict[str, Path]:

@@ -33,6 +33,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from napari_vnet.errors import NapariVnetError
+
 log = logging.getLogger(__name__)
 
 __all__ = [
@@ -54,7 +56,7 @@ __all__ = [
 _VOLUME_ENDINGS = (".nii.gz", ".gipl.gz", ".seg.nrrd", ".nii", ".mha", ".mhd", ".nrrd", ".nhdr")
 
 
-class LabelSidecarError(ValueError):
+class LabelSidecarError(NapariVnetError, ValueError):
     """A sidecar file exists but cannot be understood (the message names file and line)."""
 
     def __init__(self, path: str | Path, problem: str):
