@@ -49,8 +49,7 @@ the command line and the docks build a run from) loads without torch.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from napari_vnet._lazy import lazy_getattr
 
 _LAZY = {
     "DEFAULT_PATCH": "config",
@@ -86,13 +85,7 @@ _LAZY = {
 __all__ = sorted(_LAZY)
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'napari_vnet.training' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"napari_vnet.training.{module}"), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_getattr(__name__, _LAZY, globals())
 
 
 def __dir__() -> list[str]:
