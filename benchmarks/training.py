@@ -66,17 +66,16 @@ def child(arch: str, steps: int, warmup: int, patch, batch: int, device_name: st
     )
     from napari_vnet.models import ModelCard, build_discriminator, build_model
     from napari_vnet.phantoms import make_phantom
+    from napari_vnet.runtime import resolve_amp, resolve_device
     from napari_vnet.training import (
         PatchSampler,
         TrainConfig,
         TrainingPair,
-        _amp_dtype,
-        _resolve_device,
         finetune,
         prepare_cases,
     )
 
-    device = _resolve_device(device_name)
+    device = resolve_device(device_name)
     image, labels, classes = make_phantom(3, shape=(48, 96, 96))
     norm = {"kind": "window", "low": -200.0, "high": 300.0}
     config = TrainConfig(
@@ -92,7 +91,7 @@ def child(arch: str, steps: int, warmup: int, patch, batch: int, device_name: st
         eval_seconds=1e12,
         device=device_name,
     )
-    amp_dtype = _amp_dtype(device, config.amp)
+    amp_dtype = resolve_amp(config.amp, device)
 
     # bare loop: same network, same loss and optimiser, batches made in advance
     card = ModelCard(arch=arch, arch_kwargs=ARCH_KWARGS[arch], classes=classes)
@@ -213,9 +212,10 @@ def pipeline_cost(patch, batch: int, repeats: int = 30) -> dict:
     import torch
 
     from napari_vnet.phantoms import make_phantom
-    from napari_vnet.training import PatchSampler, TrainingPair, _resolve_device, prepare_cases
+    from napari_vnet.runtime import resolve_device
+    from napari_vnet.training import PatchSampler, TrainingPair, prepare_cases
 
-    device = _resolve_device("auto")
+    device = resolve_device("auto")
     image, labels, classes = make_phantom(3, shape=(48, 96, 96))
     norm = {"kind": "window", "low": -200.0, "high": 300.0}
     cases, _, _ = prepare_cases(

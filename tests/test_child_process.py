@@ -39,7 +39,7 @@ def unpicklable(*, should_stop):
 def modules(*, should_stop):
     print("stray output must not break the stream")
     os.write(1, b"nor C-level output on fd 1")
-    import napari_vnet.training.job  # the fine-tune job module the child runs
+    import napari_vnet.workflows.finetune  # the fine-tune job module the child runs
     yield sorted(m for m in ("napari", "qtpy", "PyQt6", "PyQt5", "PySide6", "matplotlib")
                  if m in sys.modules)
     return None
@@ -162,10 +162,10 @@ def test_scans_file_pair_training_runs_in_an_interpreter_without_qt(tmp_path, mo
     import numpy as np
     import SimpleITK as sitk
 
-    from napari_vnet._widgets.finetune import _file_item, _Pair
+    from napari_vnet._widgets._finetune_pairs import _file_item, _Pair
     from napari_vnet.models import load_checkpoint
     from napari_vnet.training import TrainConfig
-    from napari_vnet.training.job import training_job
+    from napari_vnet.workflows.finetune import training_job
 
     blocker = tmp_path / "noqt"
     blocker.mkdir()
@@ -190,14 +190,14 @@ def test_scans_file_pair_training_runs_in_an_interpreter_without_qt(tmp_path, mo
     spec = _file_item(_Pair(image_path=paths[0], labels_path=paths[1], annotated=record), True)
     config = TrainConfig(
         arch="unet3d", arch_kwargs={"channels": [4, 8]}, iterations=2, patch_size=(8, 16, 16),
-        batch_size=1, amp=False,
+        batch_size=1, amp=False, class_names={3: "lesion"},
     )  # fmt: skip
     out = tmp_path / "scans-ft.pt"
     # what training_job starts (run_in_child directly: no in-thread fallback here)
-    assert training_job.__module__ == "napari_vnet.training.job"
+    assert training_job.__module__ == "napari_vnet.workflows.finetune"
     events, summary = drain(
         run_in_child(
-            "napari_vnet.training.job:finetune_job", [spec], config, None, out, {3: "lesion"},
+            "napari_vnet.workflows.finetune:finetune_job", [spec], config, None, out,
             stop=threading.Event(),
         )
     )  # fmt: skip

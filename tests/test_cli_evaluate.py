@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from napari_vnet.cli import main
-from napari_vnet.commands.evaluate import EvaluationError, apply_map, parse_map
 from napari_vnet.io import Volume, write_volume
+from napari_vnet.workflows.evaluate import EvaluationError, apply_map, parse_map
 
 SPACING = (2.0, 1.0, 0.5)
 

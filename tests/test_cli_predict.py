@@ -129,12 +129,12 @@ def test_evaluate_scores_and_refuses_mismatched_grids(files, tmp_path, capsys):
 def test_evaluate_real_labels_stored_with_flipped_direction(shared_data, tmp_path, capsys):
     """The shared CT labels are stored with rows flipped relative to the DICOM; put them
     on the DICOM grid and evaluation must need --resample and then agree perfectly."""
-    from napari_vnet.commands.evaluate import resample_like
+    from napari_vnet.io.grid import resample_onto
 
     labels_path = shared_data / "ct-dicom-patient-a" / "labels.nii.gz"
     ct = read_volume(shared_data / "ct-dicom-patient-a" / "dicom")
     labels = read_volume(labels_path)
-    on_ct = resample_like(labels, ct)
+    on_ct = resample_onto(labels, ct)
     assert on_ct.shape == ct.shape
     pred_path = write_volume(on_ct, tmp_path / "on_ct.nii.gz", is_label=True)
     assert main(["evaluate", str(pred_path), str(labels_path), "--labels", "5,1"]) == 1

@@ -91,14 +91,15 @@ def test_settings_folders_follow_the_os(monkeypatch, tmp_path):
     import platformdirs
 
     from napari_vnet import user_dirs
-    from napari_vnet._widgets import _finetune_job, _session
+    from napari_vnet._widgets import _session
+    from napari_vnet.workflows import finetune
 
     monkeypatch.delenv("NAPARI_VNET_CONFIG_DIR", raising=False)
     assert _session.config_dir() == Path(
         platformdirs.user_config_dir("napari-vnet", appauthor=False)
     )
     assert _session.data_dir() == Path(platformdirs.user_data_dir("napari-vnet", appauthor=False))
-    assert _finetune_job.user_weights_dir() == _session.data_dir() / "weights"
+    assert finetune.user_weights_dir() == _session.data_dir() / "weights"
     assert user_dirs.config_dir() == _session.config_dir()
     monkeypatch.setenv("NAPARI_VNET_CONFIG_DIR", str(tmp_path))
     assert _session.config_dir() == tmp_path and _session.data_dir() == tmp_path

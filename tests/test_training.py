@@ -17,13 +17,13 @@ from napari_vnet.training import (
     TrainConfig,
     TrainingError,
     TrainingPair,
-    _transfer_weights,
     finetune,
     parse_classes,
     prepare_cases,
     resume_path,
     run_training,
 )
+from napari_vnet.training.transfer import _transfer_weights
 
 TINY = {
     "unet3d": {"channels": [4, 8, 16]},
@@ -399,7 +399,7 @@ def test_volume_inputs_keep_their_spacing():
 
 
 def test_output_channels_follow_class_names_then_values():
-    from napari_vnet.training import _matching_channels
+    from napari_vnet.training.transfer import _matching_channels
 
     phantom = parse_classes("1=liver,2=spleen,3=kidneys")
     ct = parse_classes("5=liver,1=spleen,6=stomach")
@@ -573,7 +573,7 @@ def test_finetune_on_a_thin_volume_trains_on_the_inference_window(tmp_path):
     volume up to it (data first, then the image minimum). Training must see the same
     windows: the patch is not clipped to the data and the padding matches inference."""
     from napari_vnet.inference import predict
-    from napari_vnet.training import _predict_case
+    from napari_vnet.training.validation import predict_channels as _predict_case
 
     base_card = ModelCard(
         arch="unet3d",

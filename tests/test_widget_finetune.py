@@ -10,13 +10,9 @@ import numpy as np
 import pytest
 
 from napari_vnet._widgets import _edits
-from napari_vnet._widgets._finetune_job import (
-    GeometryMismatch,
-    check_same_geometry,
-    default_output_path,
-    user_weights_dir,
-)
+from napari_vnet._widgets._finetune_pairs import check_same_geometry
 from napari_vnet._widgets.finetune import EDITED, WHOLE, FinetuneWidget
+from napari_vnet.workflows.finetune import GeometryMismatch, default_output_path, user_weights_dir
 
 SCALE = (2.0, 1.0, 1.0)
 TIMEOUT_MS = 150_000
@@ -381,8 +377,8 @@ def test_loss_curve_skips_missing_values_and_fits_the_data(qapp):
 
 
 def test_auto_patch_is_the_patch_the_weights_were_trained_with(tmp_path):
-    from napari_vnet._widgets._finetune_job import trained_patch
     from napari_vnet.models import ClassInfo, ModelCard, build_model, save_checkpoint
+    from napari_vnet.workflows.finetune import trained_patch
 
     plain = save_tiny_weights(tmp_path / "plain.pt")
     assert trained_patch(plain) is None  # no training history: the engine uses the card's
@@ -410,7 +406,7 @@ def test_dock_job_and_cli_train_make_the_same_plan(make_napari_viewer, tmp_path,
 
     from napari_vnet.cli import main
     from napari_vnet.models import ClassInfo, ModelCard, build_model, save_checkpoint
-    from napari_vnet.training.job import plan_job
+    from napari_vnet.workflows.finetune import plan_job
 
     card = ModelCard(
         arch="unet3d", arch_kwargs={"channels": [4, 8]},
@@ -436,7 +432,7 @@ def test_dock_job_and_cli_train_make_the_same_plan(make_napari_viewer, tmp_path,
     ft.voxels_combo.setCurrentText(EDITED)
     specs = ft._training_specs(only_edited=True)
     config = ft.training_config()
-    dock = plan_job(specs, config, ft.base_weights(), {3: "kidney"}).to_dict()
+    dock = plan_job(specs, config, ft.base_weights()).to_dict()
 
     rc = main(
         ["train", "--image", paths[0], "--labels", paths[1], "--weights", str(base),

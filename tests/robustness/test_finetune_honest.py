@@ -149,7 +149,7 @@ def test_dock_status_says_which_weights_were_kept(make_napari_viewer, tmp_path, 
     summary = run_training([TrainingPair(image, labels)], config(val_fraction=0.3), out=out)
     viewer = make_napari_viewer()
     ft = FinetuneWidget(viewer)
-    ft._on_done(summary.to_dict())
+    ft._on_done(summary)  # the TrainingSummary the worker returns
     text = ft.status_label.text()
     assert text.startswith("Saved m.pt: kept the final weights: validation held only")
     assert "best val Dice" not in text

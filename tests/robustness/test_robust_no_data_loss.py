@@ -124,8 +124,8 @@ def test_training_never_overwrites_labels_or_base_weights(make_napari_viewer, qt
 
 def test_finetune_dock_bad_input_gives_messages(make_napari_viewer, qtbot, tiny_weights,
                                                 config_dir, notes, tmp_path):  # fmt: skip
-    from napari_vnet._widgets._finetune_job import GeometryMismatch
     from napari_vnet._widgets.finetune import WHOLE, FinetuneWidget
+    from napari_vnet.workflows.finetune import GeometryMismatch
 
     viewer = make_napari_viewer()
     image_data, truth = blob()

@@ -228,7 +228,7 @@ def test_finetune_labels_with_another_spacing_are_resampled_onto_the_image(tmp_p
 
 
 def test_finetune_label_value_not_in_the_card(tmp_path, tiny_weights, caplog):
-    from napari_vnet._widgets._finetune_job import resolve_classes
+    from napari_vnet.training import plan_training
 
     image, labels = blob_pair()
     labels[2:4, 2:4, 2:4] = 7  # the base card has 0=background, 1=liver only
@@ -241,7 +241,8 @@ def test_finetune_label_value_not_in_the_card(tmp_path, tiny_weights, caplog):
     ]  # fmt: skip
     assert any("new label values become new classes" in r.message for r in caplog.records)
     # named through the config (the Fine-tune dock's "Class names", the CLI's --class-names)
-    classes = resolve_classes(tiny_weights, [pair], {7: "kidney"})
+    classes = plan_training([pair], cfg(arch=None, class_names={7: "kidney"}),
+                            base=tiny_weights).classes  # fmt: skip
     assert [(c.value, c.name) for c in classes] == [(0, "background"), (1, "liver"), (7, "kidney")]
     _, summary = run(finetune([pair], cfg(arch=None, class_names={7: "kidney"}),
                               base=tiny_weights, out=tmp_path / "b.pt"))  # fmt: skip

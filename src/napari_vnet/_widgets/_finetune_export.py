@@ -1,6 +1,6 @@
 """Dataset export of the "Fine-tune model" dock (:class:`FinetuneExportMixin`, mixed into
 :class:`~napari_vnet._widgets.finetune.FinetuneWidget`): the training pairs written as an
-nnU-Net/MSD style folder by :func:`~napari_vnet._widgets._finetune_job.export_job` in a
+nnU-Net/MSD style folder by :func:`~napari_vnet.workflows.finetune.export_job` in a
 thread worker.
 """
 
@@ -12,13 +12,16 @@ import numpy as np
 from qtpy.QtWidgets import QFileDialog
 
 from napari_vnet._widgets import _edits
-from napari_vnet._widgets._finetune_job import (
+from napari_vnet._widgets._finetune_pairs import (
+    CORRECTED,
+    EDITED,
+    _file_item,
     check_same_geometry,
-    export_job,
     layer_volume,
-    parse_class_names,
+    notify,
 )
-from napari_vnet._widgets._finetune_pairs import CORRECTED, EDITED, _file_item, notify
+from napari_vnet.workflows.finetune import export_job
+from napari_vnet.workflows.options import parse_class_names
 
 
 class FinetuneExportMixin:

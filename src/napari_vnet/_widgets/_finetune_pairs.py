@@ -2,9 +2,10 @@
 into :class:`~napari_vnet._widgets.finetune.FinetuneWidget`).
 
 A pair is an (image layer, labels layer) of the viewer or an (image file, labels file)
-handed over by the Scans dock. The pair list, and the copies of the pairs' data the
-training worker gets (taken on the GUI thread; the user's labels are never shared),
-live here.
+handed over by the Scans dock. The pair list, the layers' voxel-grid check (the rule of
+:mod:`napari_vnet.io.grid`, on the layers' geometry) and the copies of the pairs' data the
+training worker gets (taken on the GUI thread; the user's labels are never shared) live
+here.
 """
 
 from __future__ import annotations
@@ -16,11 +17,75 @@ from typing import Any
 import numpy as np
 
 from napari_vnet._widgets import _edits
-from napari_vnet._widgets._finetune_job import check_same_geometry, check_same_grid, layer_volume
+from napari_vnet.io.grid import Grid, grid_differences
+from napari_vnet.workflows.finetune import GeometryMismatch, check_pair_grid
 
 WHOLE, EDITED = "whole volume", "edited / reviewed slices only"
 #: on edited slices, only the labels the user painted or erased (per label and region)
 CORRECTED = "corrected labels only"
+
+
+#: a layer's name for what differs between two grids (napari's transform parameters)
+_LAYER_TERMS = {
+    "spacing": "scale (voxel spacing)",
+    "origin": "translate (origin)",
+    "direction": "direction (rotate, shear, affine)",
+}
+_RESAMPLE_HINT = (
+    " Training needs the labels on the image's voxel grid: load both from the same "
+    "scan, or resample the labels onto the image first."
+)
+
+
+def layer_grid(layer) -> Grid:
+    """The voxel grid a 3D napari layer shows (its data-to-world map)."""
+    from napari_vnet.io import layer_world_matrix
+
+    linear, offset = layer_world_matrix(
+        3, scale=layer.scale, translate=layer.translate, affine=layer.affine,
+        rotate=layer.rotate, shear=layer.shear,
+    )  # fmt: skip
+    return Grid.from_world_matrix(layer.data.shape[:3], linear, offset)
+
+
+def check_same_geometry(image_layer, labels_layer) -> None:
+    """Raise :class:`GeometryMismatch` unless both layers show one voxel grid."""
+    a, b = image_layer, labels_layer
+    if getattr(a, "multiscale", False) or getattr(b, "multiscale", False):
+        raise GeometryMismatch(f"'{a.name}' or '{b.name}' is multiscale; use a single scale.")
+    if getattr(a, "rgb", False):
+        raise GeometryMismatch(f"image layer '{a.name}' is RGB; a grey-value volume is needed.")
+    if a.ndim != 3:
+        raise GeometryMismatch(
+            f"image layer '{a.name}' has {a.ndim} dimensions; fine-tuning needs a 3D volume."
+        )
+    if a.data.shape != b.data.shape:
+        raise GeometryMismatch(
+            f"image layer '{a.name}' has shape {tuple(a.data.shape)} but labels layer "
+            f"'{b.name}' has shape {tuple(b.data.shape)}." + _RESAMPLE_HINT
+        )
+    diffs = grid_differences(layer_grid(a), layer_grid(b))
+    if diffs:
+        what = "; ".join(f"{_LAYER_TERMS[d.what]}: {d.values}" for d in diffs)
+        raise GeometryMismatch(
+            f"image layer '{a.name}' and labels layer '{b.name}' differ in {what}." + _RESAMPLE_HINT
+        )
+
+
+def layer_volume(layer, array):
+    """A core Volume for ``array`` on ``layer``'s grid (via io.layer_to_volume)."""
+    from napari_vnet.io import layer_to_volume
+
+    affine = layer.affine.affine_matrix
+    return layer_to_volume(
+        array,
+        scale=tuple(layer.scale),
+        translate=tuple(layer.translate),
+        affine=None if np.allclose(affine, np.eye(len(affine))) else affine,
+        metadata=dict(layer.metadata),
+        rotate=layer.rotate,
+        shear=layer.shear,
+    )
 
 
 def notify(kind: str, message: str) -> None:
@@ -99,7 +164,7 @@ class FinetunePairsMixin:
                 raise FileNotFoundError(f"training file not found: {p}")
         from napari_vnet.io import read_header
 
-        check_same_grid(read_header(image_path), read_header(labels_path), image_path, labels_path)
+        check_pair_grid(read_header(image_path), read_header(labels_path), image_path, labels_path)
         # the same labels file again (e.g. handed over twice): update its record
         self._pairs = [p for p in self._pairs if p.labels_path != labels_path]
         self._pairs.append(

@@ -1,7 +1,7 @@
 """The training run of the "Fine-tune model" dock (:class:`FinetuneRunMixin`, mixed into
 :class:`~napari_vnet._widgets.finetune.FinetuneWidget`).
 
-Train starts :func:`~napari_vnet._widgets._finetune_job.training_job` (the training
+Train starts :func:`~napari_vnet.workflows.finetune.training_job` (the training
 child process) in a napari thread worker; its events update the loss / val-Dice curve,
 the progress bar and the time-left estimate on the GUI thread, at most every
 :data:`PROGRESS_REFRESH_MS`. The saved weights go to the recent-weights list and are
@@ -14,18 +14,16 @@ import logging
 import time
 from pathlib import Path
 
-from napari_vnet._widgets._finetune_job import (
-    format_seconds,
-    parse_class_names,
-    parse_patch,
-    training_job,
-)
 from napari_vnet._widgets._finetune_pairs import (
     CORRECTED,
     EDITED,
     _count_file_annotated,
     notify,
 )
+from napari_vnet._widgets._session import add_recent_weights
+from napari_vnet.training.events import TrainingStep, TrainingSummary
+from napari_vnet.workflows.finetune import is_base_weights, training_job
+from napari_vnet.workflows.options import format_seconds, parse_class_names, parse_patch
 
 logger = logging.getLogger("napari_vnet._widgets.finetune")
 
@@ -34,15 +32,14 @@ logger = logging.getLogger("napari_vnet._widgets.finetune")
 PROGRESS_REFRESH_MS = 1000
 
 
-def kept_weights_text(summary: dict) -> str:
+def kept_weights_text(summary: TrainingSummary) -> str:
     """Which weights a run kept and why, in words ("kept the final weights: validation
     held only 312 voxels of spleen ...", "kept iteration 60: smoothed validation Dice
     0.712 (final 0.650)")."""
-    selection = summary.get("selection") or {}
+    selection = summary.selection or {}
     if selection.get("message"):
         return str(selection["message"])
-    best = summary.get("val_dice")  # a run of an older engine
-    it = summary.get("best_iteration")
+    best, it = summary.val_dice, summary.best_iteration
     return f"kept iteration {it}" + (f" (val Dice {best:.3f})" if isinstance(best, float) else "")
 
 
@@ -50,7 +47,8 @@ class FinetuneRunMixin:
     """Train / Cancel and the progress of a running training."""
 
     def training_config(self, n_annotated: int | None = None):
-        """A TrainConfig from the dock's settings (classes are settled in the worker)."""
+        """A TrainConfig from the dock's settings, its "Class names" included (the classes
+        themselves are settled by the training plan, in the worker)."""
         from napari_vnet.training import TrainConfig, width_kwargs
 
         by_minutes = self.stop_combo.currentText() == "minutes"
@@ -77,6 +75,7 @@ class FinetuneRunMixin:
             batch_size=self.batch_spin.value(),
             device=self.device_combo.currentData() or "auto",
             val_fraction=val,
+            class_names=parse_class_names(self.class_names_edit.text()) or None,
             **eval_pace,
         )
 
@@ -94,14 +93,13 @@ class FinetuneRunMixin:
                 _count_file_annotated(s["annotated"]) for s in specs if s["annotated"] is not None
             ]
             config = self.training_config(min(counts) if counts else None)
-            names = parse_class_names(self.class_names_edit.text())
             base = self.base_weights() if self.from_base_radio.isChecked() else None
             if self.from_base_radio.isChecked() and base is None:
                 raise ValueError("No base weights: choose weights, or pick 'New model'.")
             out = Path(self.out_edit.text().strip()).expanduser()
             if not self.out_edit.text().strip():
                 raise ValueError("Choose where to save the fine-tuned weights.")
-            if base is not None and out.resolve() == Path(base).resolve():
+            if is_base_weights(out, base):
                 raise ValueError(f"{out} is the base weights file; it is never overwritten.")
             out.parent.mkdir(parents=True, exist_ok=True)
         except (ValueError, OSError) as exc:
@@ -118,7 +116,7 @@ class FinetuneRunMixin:
         self._t0 = time.perf_counter()
         self._budget = 60.0 * config.minutes if config.minutes else None
         worker = thread_worker(training_job, start_thread=False, ignore_errors=True)(
-            specs, config, base, out, self._stop, names
+            specs, config, base, out, self._stop
         )
         worker.yielded.connect(self._on_event)
         worker.returned.connect(self._on_done)
@@ -137,9 +135,9 @@ class FinetuneRunMixin:
             self._stop.set()
             self.status_label.setText("Cancelling (keeping the best checkpoint)...")
 
-    def _on_event(self, ev: dict) -> None:
+    def _on_event(self, ev: TrainingStep) -> None:
         """A training event: stored now, shown at most every PROGRESS_REFRESH_MS."""
-        self.curve.add_point(int(ev.get("iteration", 0)), ev.get("loss"), ev.get("val_dice"))
+        self.curve.add_point(ev.iteration, ev.loss, ev.val_dice)
         self._pending_event = ev
         if not self._progress_timer.isActive():  # the first event at once, then paced
             self._show_pending_progress()
@@ -166,8 +164,8 @@ class FinetuneRunMixin:
             self._progress_timer.stop()
             return
         self.curve.redraw()
-        it, total = int(ev.get("iteration", 0)), ev.get("total")
-        elapsed = float(ev.get("seconds", time.perf_counter() - self._t0))
+        it, total = ev.iteration, ev.total
+        elapsed = float(ev.seconds)
         left = None
         if total and 0 < it <= int(total):
             self._set_progress(int(100 * it / int(total)))
@@ -177,8 +175,8 @@ class FinetuneRunMixin:
             left = min(left, budget - elapsed) if left is not None else budget - elapsed
             self._set_progress(int(100 * min(1.0, elapsed / budget)))
         text = f"iteration {it}" + (f"/{total}" if total and not budget else "")
-        if ev.get("loss") is not None:
-            text += f" · loss {float(ev['loss']):.4f}"
+        if ev.loss is not None:
+            text += f" · loss {float(ev.loss):.4f}"
         if self.curve.val_dice:
             text += f" · val Dice {self.curve.val_dice[-1]:.3f}"
         if left is not None:
@@ -186,10 +184,9 @@ class FinetuneRunMixin:
         if not self._stop.is_set():  # else keep "Cancelling..."
             self.status_label.setText(text)
 
-    def _on_done(self, summary: dict) -> None:
+    def _on_done(self, summary: TrainingSummary) -> None:
         self._show_pending_progress()
-        out = summary.get("out")
-        cancelled = bool(summary.get("cancelled"))
+        out, cancelled = summary.out, summary.cancelled
         if out is None or not Path(out).exists():
             self.status_label.setText("Cancelled before a checkpoint was saved.")
             return
@@ -205,12 +202,7 @@ class FinetuneRunMixin:
 
     def _publish_weights(self, out: Path) -> None:
         """Recent list + select in the Segment dock, then tell listeners."""
-        try:
-            from napari_vnet._widgets._session import add_recent_weights
-
-            add_recent_weights(out)
-        except ImportError:  # pragma: no cover - session helpers not there yet
-            logger.warning("recent-weights list unavailable")
+        add_recent_weights(out)
         seg = self._segment_widget()
         if seg is not None:
             seg.refresh_weights()

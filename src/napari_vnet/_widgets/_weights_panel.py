@@ -21,14 +21,13 @@ from qtpy.QtWidgets import QFileDialog, QLabel, QVBoxLayout, QWidget
 from napari_vnet._widgets import _session
 from napari_vnet._widgets._compact import compact_combo, elide_middle, path_label
 from napari_vnet._widgets._result_layer import class_colors
+from napari_vnet.models.names import DISPLAY_NAMES
 
 if TYPE_CHECKING:
     from napari_vnet.models import ModelCard
 
 log = logging.getLogger(__name__)
 
-#: registry name -> menu name (same as napari_vnet.models.DISPLAY_NAMES, which needs torch)
-ARCH_NAMES = {"vnet": "V-Net", "unet3d": "3D U-Net", "vox2vox": "Vox2Vox"}
 #: networks of other programs (napari_vnet.foreign): chosen by their weights only
 FOREIGN_NAMES = {"nnunet": "nnU-Net v2", "monai": "MONAI"}
 WEIGHTS_FILTER = "PyTorch checkpoints (*.pt *.pth *.ckpt);;All files (*)"
@@ -36,7 +35,7 @@ _NO_WEIGHTS = "(no weights chosen)"
 
 
 def arch_name(arch: str) -> str:
-    return ARCH_NAMES.get(arch) or FOREIGN_NAMES.get(arch, arch)
+    return DISPLAY_NAMES.get(arch) or FOREIGN_NAMES.get(arch, arch)
 
 
 def _network_of(card: ModelCard) -> str:
@@ -195,7 +194,7 @@ class WeightsPanel(QWidget):
 
         self.arch = ComboBox(
             label="Architecture",
-            choices=[(v, k) for k, v in {**ARCH_NAMES, **FOREIGN_NAMES}.items()],
+            choices=[(v, k) for k, v in {**DISPLAY_NAMES, **FOREIGN_NAMES}.items()],
             tooltip="Network type. Choosing weights sets it from their model card.",
         )
         self.weights = ComboBox(
@@ -360,7 +359,7 @@ class WeightsPanel(QWidget):
         try:
             self._reset_choices()
             self.weights.value = None if path is None else str(path)
-            if card is not None and card.arch in {**ARCH_NAMES, **FOREIGN_NAMES}:
+            if card is not None and card.arch in {**DISPLAY_NAMES, **FOREIGN_NAMES}:
                 self.arch.value = card.arch  # what will run, nnU-Net/MONAI included
             # foreign weights bring their own network: nothing to choose then
             foreign = card is not None and card.arch in FOREIGN_NAMES

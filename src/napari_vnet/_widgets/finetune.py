@@ -15,16 +15,16 @@ thread when Train is pressed.
 This module keeps the dock's layout and wiring; the pair list and the training data
 taken from it are in :mod:`._finetune_pairs`, the training run and its progress in
 :mod:`._finetune_run`, dataset export in :mod:`._finetune_export`, and what runs off the
-GUI thread in :mod:`._finetune_job`.
+GUI thread in :mod:`napari_vnet.workflows.finetune` (the use case the command line's
+``train`` runs too).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import threading
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from qtpy.QtCore import Qt, QTimer, Signal
 from qtpy.QtWidgets import (
@@ -50,47 +50,32 @@ from qtpy.QtWidgets import (
 from napari_vnet._widgets import _edits
 from napari_vnet._widgets._compact import Collapsible, elide_middle
 from napari_vnet._widgets._finetune_export import FinetuneExportMixin
-from napari_vnet._widgets._finetune_job import (
-    GeometryMismatch,
-    check_same_geometry,
-    default_output_path,
-)
 from napari_vnet._widgets._finetune_pairs import (
     CORRECTED,
     EDITED,
     WHOLE,
     FinetunePairsMixin,
-    _count_file_annotated,
-    _file_item,
     _Pair,
 )
 from napari_vnet._widgets._finetune_pairs import notify as _notify
 from napari_vnet._widgets._finetune_run import PROGRESS_REFRESH_MS, FinetuneRunMixin
 from napari_vnet._widgets._losscurve import LossCurve
+from napari_vnet._widgets._session import find_dock_widget
 from napari_vnet._widgets._session import first_use_in_napari as _session_first_use
-from napari_vnet._widgets._weights_panel import ARCH_NAMES
+from napari_vnet.models.names import DISPLAY_NAMES
+from napari_vnet.weights import resolve_weights
+from napari_vnet.workflows.finetune import default_output_path
+from napari_vnet.workflows.options import train_defaults
 
 if TYPE_CHECKING:
     import napari
 
 logger = logging.getLogger(__name__)
 
-ARCH_FALLBACK = ("vnet", "unet3d", "vox2vox")
 #: height of the loss curve pinned at the bottom of the dock
 CURVE_HEIGHT = 120
 
-__all__ = [
-    "CORRECTED",
-    "EDITED",
-    "PROGRESS_REFRESH_MS",
-    "WHOLE",
-    "FinetuneWidget",
-    "GeometryMismatch",
-    "_Pair",
-    "_count_file_annotated",
-    "_file_item",
-    "check_same_geometry",
-]
+__all__ = ["CORRECTED", "EDITED", "PROGRESS_REFRESH_MS", "WHOLE", "FinetuneWidget"]
 
 
 # ------------------------------------------------------------------------------ widget
@@ -116,7 +101,7 @@ class FinetuneWidget(FinetunePairsMixin, FinetuneRunMixin, FinetuneExportMixin, 
         self._last_weights: Path | None = None
         self._t0 = 0.0
         self._budget: float | None = None
-        self._config_defaults = _train_config_defaults()
+        self._config_defaults = train_defaults()
         self._build_ui()
         self.destroyed.connect(self._stop.set)  # dock closed: stop training (checkpoint kept)
 
@@ -197,8 +182,8 @@ class FinetuneWidget(FinetunePairsMixin, FinetuneRunMixin, FinetuneExportMixin, 
         row.addWidget(self.choose_base_folder)
         form.addRow(self.from_base_radio, row)
         self.arch_combo = QComboBox()
-        for arch in _architectures():  # "V-Net" shown, "vnet" meant
-            self.arch_combo.addItem(ARCH_NAMES.get(arch, arch), arch)
+        for arch, shown in DISPLAY_NAMES.items():  # "V-Net" shown, "vnet" meant
+            self.arch_combo.addItem(shown, arch)
         self.width_spin = QSpinBox()
         self.width_spin.setRange(0, 64)
         self.width_spin.setPrefix("width ")
@@ -418,13 +403,7 @@ class FinetuneWidget(FinetunePairsMixin, FinetuneRunMixin, FinetuneExportMixin, 
     # ------------------------------------------------------------- base weights
     def set_base_weights(self, path) -> None:
         """Fine-tune these weights (a path or a shipped name)."""
-        try:
-            from napari_vnet.weights import resolve_weights
-
-            path = resolve_weights(path)
-        except (ImportError, AttributeError):  # pragma: no cover - weights not there yet
-            path = Path(path)
-        self._base_weights = Path(path)
+        self._base_weights = Path(resolve_weights(path))
         self.from_base_radio.setChecked(True)
         self.refresh_base_weights()
 
@@ -490,11 +469,8 @@ class FinetuneWidget(FinetunePairsMixin, FinetuneRunMixin, FinetuneExportMixin, 
 
     # ------------------------------------------------------------ hand-over
     def _segment_widget(self):
-        try:
-            from napari_vnet._widgets._session import find_dock_widget
-            from napari_vnet._widgets.segment import SegmentWidget
-        except ImportError:  # pragma: no cover
-            return None
+        from napari_vnet._widgets.segment import SegmentWidget
+
         return find_dock_widget(self.viewer, SegmentWidget)
 
     def segment_with_new_weights(self):
@@ -511,25 +487,3 @@ class FinetuneWidget(FinetunePairsMixin, FinetuneRunMixin, FinetuneExportMixin, 
             seg.set_image_layer(image)
         return seg.run()
 
-
-def _train_config_defaults() -> dict[str, Any]:
-    try:
-        from napari_vnet.training import TrainConfig
-    except ImportError:  # pragma: no cover - engine not there yet
-        return {}
-    out = {}
-    for f in dataclasses.fields(TrainConfig):
-        if f.default is not dataclasses.MISSING:
-            out[f.name] = f.default
-        elif f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
-            out[f.name] = f.default_factory()  # type: ignore[misc]
-    return out
-
-
-def _architectures() -> list[str]:
-    try:
-        from napari_vnet.models import ARCHITECTURES
-
-        return list(ARCHITECTURES)
-    except ImportError:  # pragma: no cover - models not there yet
-        return list(ARCH_FALLBACK)

@@ -48,6 +48,7 @@ from napari_vnet._widgets._segment_job import (
 from napari_vnet._widgets._session import first_use_in_napari as _session_first_use
 from napari_vnet._widgets._weights_panel import WeightsPanel, arch_name
 from napari_vnet.input_check import check_input, demo_note, value_sample
+from napari_vnet.workflows.options import format_seconds
 
 if TYPE_CHECKING:
     import napari
@@ -93,13 +94,6 @@ def _is_volume(layer) -> bool:
 
     volume = isinstance(layer, Image) and layer.ndim == 3 and not layer.rgb
     return volume and not is_uncertainty(layer)
-
-
-def _fmt_seconds(seconds: float) -> str:
-    seconds = max(0, int(round(seconds)))
-    h, rest = divmod(seconds, 3600)
-    m, s = divmod(rest, 60)
-    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
 
 
 class SegmentWidget(QWidget):
@@ -604,11 +598,11 @@ class SegmentWidget(QWidget):
             return
         elapsed = time.perf_counter() - self._t0
         done, total = self._progress
-        text = f"Elapsed {_fmt_seconds(elapsed)}"
+        text = f"Elapsed {format_seconds(elapsed)}"
         if total:
             text += f" · window {done}/{total}"
             if done:
-                text += f" · ≈ {_fmt_seconds(elapsed * (total - done) / done)} left"
+                text += f" · ≈ {format_seconds(elapsed * (total - done) / done)} left"
         self.status.setText(text)
 
     def _on_outcome(self, outcome) -> None:

@@ -65,27 +65,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def parse_class_list(text: str):
     """``background,liver`` or ``0=background,6=liver`` -> ClassInfo per channel."""
     from napari_vnet.models import ClassInfo
+    from napari_vnet.training.config import parse_value_names
 
-    classes = []
-    for i, item in enumerate(t.strip() for t in text.split(",") if t.strip()):
-        value, sep, name = item.partition("=")
-        classes.append(ClassInfo(int(value), name.strip()) if sep else ClassInfo(i, item))
+    classes = [
+        ClassInfo(v, n) for v, n in parse_value_names(text, what="--classes", bare_names=True)
+    ]
     if len(classes) < 2:
         raise ValueError(f"--classes {text!r}: give every output channel (background first)")
     return classes
-
-
-def _normalization(text: str) -> dict:
-    text = text.strip()
-    if text.startswith("{"):
-        return json.loads(text)
-    kind, *vals = text.split(":")
-    norm: dict = {"kind": kind}
-    if vals:
-        if len(vals) != 2:
-            raise ValueError(f"--normalization {text!r}: expected KIND:LOW:HIGH")
-        norm["low"], norm["high"] = float(vals[0]), float(vals[1])
-    return norm
 
 
 def out_problem(state_dict: str, out_arg: str, overwrite: bool) -> str | None:
@@ -106,6 +93,7 @@ def out_problem(state_dict: str, out_arg: str, overwrite: bool) -> str | None:
 def run(args: argparse.Namespace) -> int:
     from napari_vnet.foreign.monai_bundle import monai_card, wrap_monai_state_dict
     from napari_vnet.models import CheckpointError, save_checkpoint
+    from napari_vnet.workflows.options import parse_normalization
 
     problem = out_problem(args.state_dict, args.out, args.overwrite)
     if problem:
@@ -120,7 +108,7 @@ def run(args: argparse.Namespace) -> int:
             kwargs,
             parse_class_list(args.classes),
             in_channels=args.in_channels,
-            normalization=_normalization(args.normalization),
+            normalization=parse_normalization(args.normalization),
             spacing=tuple(args.spacing) if args.spacing else None,
             patch_size=tuple(args.patch_size),
         )

@@ -34,6 +34,7 @@ import time
 from pathlib import Path
 
 from napari_vnet.batch import FORMATS
+from napari_vnet.workflows.options import format_seconds
 
 HELP = (
     "segment a volume (file or DICOM folder) or a whole folder of scans, writing masks "
@@ -274,13 +275,6 @@ def run_single(args: argparse.Namespace) -> int:
 # ------------------------------------------------------------------ folder of scans
 
 
-def _clock(seconds: float) -> str:
-    seconds = int(round(max(seconds, 0.0)))
-    h, rest = divmod(seconds, 3600)
-    m, s = divmod(rest, 60)
-    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
-
-
 def _folder_cases(args: argparse.Namespace, in_dir: Path, out_dir: Path) -> list:
     """The cases under ``in_dir``, named for ``out_dir``: an OUT inside INPUT is not
     walked, outputs of earlier runs written into INPUT are not inputs, and no output
@@ -421,9 +415,8 @@ def run_folder(args: argparse.Namespace) -> int:
                 state["done"] += 1
                 elapsed = time.perf_counter() - state["t0"]
                 left = max(state["n_todo"] - state["done"], 0)
-                eta = (
-                    f" | elapsed {_clock(elapsed)}, ~{_clock(elapsed / state['done'] * left)} left"
-                )
+                rest = format_seconds(elapsed / state["done"] * left)
+                eta = f" | elapsed {format_seconds(elapsed)}, ~{rest} left"
             if res.status == "written":
                 what = f"-> {res.outputs[-1]} ({res.total_seconds:.1f} s)"
             elif res.status == "skipped":
@@ -457,7 +450,7 @@ def run_folder(args: argparse.Namespace) -> int:
         n = {s: sum(r.status == s for r in every) for s in ("written", "skipped", "failed")}
         print(
             f"{len(every)} case(s): {n['written']} written, {n['skipped']} skipped, "
-            f"{n['failed']} failed in {_clock(time.perf_counter() - t_start)}; "
+            f"{n['failed']} failed in {format_seconds(time.perf_counter() - t_start)}; "
             + ", ".join(str(p) for p in files.values())
         )
         for r in every:

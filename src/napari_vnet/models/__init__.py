@@ -10,9 +10,7 @@ All networks return LOGITS (B, C, D, H, W); apply ``softmax(dim=1)`` for probabi
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
-
+from napari_vnet._lazy import lazy_getattr
 from napari_vnet.models.card import CARD_FORMAT_VERSION, ClassInfo, ModelCard
 from napari_vnet.models.errors import CheckpointError, WeightsNotFoundError
 from napari_vnet.models.names import (
@@ -53,13 +51,7 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'napari_vnet.models' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"napari_vnet.models.{module}"), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_getattr(__name__, _LAZY, globals())
 
 
 def __dir__() -> list[str]:

@@ -42,86 +42,51 @@ Pipeline:
 
 Under ``torchrun`` (``WORLD_SIZE > 1``) the model is wrapped in DistributedDataParallel
 (NCCL on GPUs, gloo on CPU); each rank samples its own patches and only rank 0 writes.
+
+The names below are imported on first use, so that ``napari_vnet.training.config`` (what
+the command line and the docks build a run from) loads without torch.
 """
 
-from napari_vnet.runtime import cpu_has_native_bf16, resolve_amp, resolve_device
-from napari_vnet.training.config import (
-    DEFAULT_PATCH,
-    VOX2VOX_CE_WEIGHT,
-    VOX2VOX_LAMBDA,
-    TrainConfig,
-    TrainingCancelled,
-    TrainingError,
-    TrainingPair,
-    lr_factor,
-    parse_classes,
-    resume_path,
-    width_kwargs,
-)
-from napari_vnet.training.data import (
-    LoadedPair,
-    labels_on_image_grid,
-    load_pairs,
-    prepare_cases,
-    same_grid,
-)
-from napari_vnet.training.events import TrainingStep, TrainingSummary
-from napari_vnet.training.loop import finetune, run_training
-from napari_vnet.training.plan import (
-    TrainingPlan,
-    export_lut,
-    plan_training,
-    renumber_for_export,
-    resolve_classes,
-    trained_patch,
-)
-from napari_vnet.training.sampler import PatchSampler
+from __future__ import annotations
 
-# private names that tests and scripts of the single-module engine use
-from napari_vnet.training.transfer import _matching_channels as _matching_channels
-from napari_vnet.training.transfer import _transfer_weights as _transfer_weights
-from napari_vnet.training.validation import predict_channels as _predict_case  # noqa: F401
-from napari_vnet.training.validation import validation_dice
+from napari_vnet._lazy import lazy_getattr
+
+_LAZY = {
+    "DEFAULT_PATCH": "config",
+    "VOX2VOX_CE_WEIGHT": "config",
+    "VOX2VOX_LAMBDA": "config",
+    "TrainConfig": "config",
+    "TrainingCancelled": "config",
+    "TrainingError": "config",
+    "TrainingPair": "config",
+    "lr_factor": "config",
+    "parse_classes": "config",
+    "parse_value_names": "config",
+    "resume_path": "config",
+    "width_kwargs": "config",
+    "LoadedPair": "data",
+    "labels_on_image_grid": "data",
+    "load_pairs": "data",
+    "prepare_cases": "data",
+    "TrainingStep": "events",
+    "TrainingSummary": "events",
+    "finetune": "loop",
+    "run_training": "loop",
+    "TrainingPlan": "plan",
+    "export_lut": "plan",
+    "plan_training": "plan",
+    "renumber_for_export": "plan",
+    "resolve_classes": "plan",
+    "trained_patch": "plan",
+    "PatchSampler": "sampler",
+    "validation_dice": "validation",
+}
+
+__all__ = sorted(_LAZY)
 
 
-def _resolve_device(name, local_rank: int = 0):
-    """(kept for scripts written against the single-module engine)"""
-    return resolve_device(name, local_rank)
+__getattr__ = lazy_getattr(__name__, _LAZY, globals())
 
 
-def _amp_dtype(device, amp):
-    """(kept for scripts written against the single-module engine)"""
-    return resolve_amp(amp, device)
-
-
-__all__ = [
-    "DEFAULT_PATCH",
-    "VOX2VOX_CE_WEIGHT",
-    "VOX2VOX_LAMBDA",
-    "LoadedPair",
-    "PatchSampler",
-    "TrainConfig",
-    "TrainingCancelled",
-    "TrainingError",
-    "TrainingPair",
-    "TrainingPlan",
-    "TrainingStep",
-    "TrainingSummary",
-    "cpu_has_native_bf16",
-    "export_lut",
-    "finetune",
-    "labels_on_image_grid",
-    "load_pairs",
-    "lr_factor",
-    "parse_classes",
-    "plan_training",
-    "prepare_cases",
-    "renumber_for_export",
-    "resolve_classes",
-    "resume_path",
-    "run_training",
-    "same_grid",
-    "trained_patch",
-    "validation_dice",
-    "width_kwargs",
-]
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))

@@ -110,24 +110,8 @@ class Augmenter:
     ):
         """``always``: every enabled transform on every sample (probability 1; to inspect
         or test them), instead of nnU-Net's probabilities."""
-        from batchgeneratorsv2.transforms.intensity.brightness import (
-            MultiplicativeBrightnessTransform,
-        )
-        from batchgeneratorsv2.transforms.intensity.contrast import BGContrast, ContrastTransform
-        from batchgeneratorsv2.transforms.intensity.gamma import GammaTransform
-        from batchgeneratorsv2.transforms.intensity.gaussian_noise import GaussianNoiseTransform
-        from batchgeneratorsv2.transforms.noise.gaussian_blur import GaussianBlurTransform
-        from batchgeneratorsv2.transforms.spatial.low_resolution import (
-            SimulateLowResolutionTransform,
-        )
         from batchgeneratorsv2.transforms.spatial.mirroring import MirrorTransform
-        from batchgeneratorsv2.transforms.spatial.spatial import SpatialTransform
         from batchgeneratorsv2.transforms.utils.compose import ComposeTransforms
-        from batchgeneratorsv2.transforms.utils.pseudo2d import (
-            Convert2DTo3DTransform,
-            Convert3DTo2DTransform,
-        )
-        from batchgeneratorsv2.transforms.utils.random import RandomTransform
 
         def p(x: float) -> float:
             return 1.0 if always and x > 0 else x
@@ -138,113 +122,10 @@ class Augmenter:
         ts: list[Any] = []
         self.crop_size = self.patch
         if spatial or elastic:
-            if self.pseudo_2d:
-                angles = (ROTATION_2D, 0.0, 0.0)
-                extent = np.concatenate(
-                    [
-                        [self.patch[0]],
-                        _rotated_extent((1, *self.patch[1:]), (math.pi / 4, 0, 0))[1:],
-                    ]
-                )
-                spatial_patch = self.patch[1:]
-                rotation = (-ROTATION_2D, ROTATION_2D)
-            else:
-                angles = (ROTATION_3D,) * 3
-                extent = _rotated_extent(self.patch, angles)
-                spatial_patch = self.patch
-                rotation = (-ROTATION_3D, ROTATION_3D)
-            zoom_out = 1.0 / 0.85 if spatial else 1.0  # nnU-Net's get_patch_size
-            size = np.ceil(
-                extent * np.where(np.arange(3) == 0, 1.0 if self.pseudo_2d else zoom_out, zoom_out)
-            )
-            self.crop_size = tuple(int(max(s, p)) for s, p in zip(size, self.patch, strict=True))
-            if self.pseudo_2d:
-                ts.append(Convert3DTo2DTransform())
-            ts.append(
-                SpatialTransform(
-                    spatial_patch,
-                    patch_center_dist_from_border=0,
-                    random_crop=False,
-                    p_elastic_deform=p(0.2) if elastic else 0.0,
-                    p_rotation=p(0.2) if spatial else 0.0,
-                    rotation=rotation,
-                    p_scaling=p(0.2) if spatial else 0.0,
-                    scaling=SCALING,
-                    p_synchronize_scaling_across_axes=1,
-                    border_mode_seg="constant",
-                    padding_value_seg=IGNORE,
-                )  # fmt: skip
-            )
-            if self.pseudo_2d:
-                ts.append(Convert2DTo3DTransform())
+            self.crop_size = _crop_size(self.patch, self.pseudo_2d, spatial)
+            ts += _spatial_transforms(self.patch, self.pseudo_2d, spatial, elastic, p)
         if intensity:
-            ignore_axes = (0,) if self.pseudo_2d else None
-            ts += [
-                RandomTransform(
-                    GaussianNoiseTransform(
-                        noise_variance=(0, 0.1), p_per_channel=1, synchronize_channels=True
-                    ),
-                    apply_probability=p(0.1),
-                ),
-                RandomTransform(
-                    GaussianBlurTransform(
-                        blur_sigma=(0.5, 1.0),
-                        synchronize_channels=False,
-                        synchronize_axes=False,
-                        p_per_channel=0.5,
-                        benchmark=False,
-                    ),  # fmt: skip
-                    apply_probability=p(0.2),
-                ),
-                RandomTransform(
-                    MultiplicativeBrightnessTransform(
-                        multiplier_range=BGContrast((0.75, 1.25)),
-                        synchronize_channels=False,
-                        p_per_channel=1,
-                    ),  # fmt: skip
-                    apply_probability=p(0.15),
-                ),
-                RandomTransform(
-                    ContrastTransform(
-                        contrast_range=BGContrast((0.75, 1.25)),
-                        preserve_range=True,
-                        synchronize_channels=False,
-                        p_per_channel=1,
-                    ),  # fmt: skip
-                    apply_probability=p(0.15),
-                ),
-                RandomTransform(
-                    SimulateLowResolutionTransform(
-                        scale=(0.5, 1),
-                        synchronize_channels=False,
-                        synchronize_axes=True,
-                        ignore_axes=ignore_axes,
-                        allowed_channels=None,
-                        p_per_channel=0.5,
-                    ),  # fmt: skip
-                    apply_probability=p(0.25),
-                ),
-                RandomTransform(
-                    GammaTransform(
-                        gamma=BGContrast((0.7, 1.5)),
-                        p_invert_image=1,
-                        synchronize_channels=False,
-                        p_per_channel=1,
-                        p_retain_stats=1,
-                    ),  # fmt: skip
-                    apply_probability=p(0.1),
-                ),
-                RandomTransform(
-                    GammaTransform(
-                        gamma=BGContrast((0.7, 1.5)),
-                        p_invert_image=0,
-                        synchronize_channels=False,
-                        p_per_channel=1,
-                        p_retain_stats=1,
-                    ),  # fmt: skip
-                    apply_probability=p(0.3),
-                ),
-            ]
+            ts += _intensity_transforms(self.pseudo_2d, p)
         if mirror:
             ts.append(MirrorTransform(allowed_axes=(0, 1, 2)))
         self.transform = ComposeTransforms(ts)
@@ -287,6 +168,88 @@ class Augmenter:
         tgt = tgt.numpy().astype(np.uint8, copy=False)
         known = tgt != IGNORE
         return img, np.where(known, tgt, 0).astype(np.uint8), known
+
+
+def _crop_size(patch: tuple[int, ...], pseudo_2d: bool, spatial: bool) -> tuple[int, ...]:
+    """The crop the spatial transform samples from: the bounding box of the rotated (and,
+    with ``spatial``, zoomed-out) patch, at least the patch."""
+    if pseudo_2d:
+        extent = np.concatenate(
+            [[patch[0]], _rotated_extent((1, *patch[1:]), (math.pi / 4, 0, 0))[1:]]
+        )
+    else:
+        extent = _rotated_extent(patch, (ROTATION_3D,) * 3)
+    zoom_out = 1.0 / 0.85 if spatial else 1.0  # nnU-Net's get_patch_size
+    size = np.ceil(extent * np.where(np.arange(3) == 0, 1.0 if pseudo_2d else zoom_out, zoom_out))
+    return tuple(int(max(s, p)) for s, p in zip(size, patch, strict=True))
+
+
+def _spatial_transforms(patch, pseudo_2d: bool, spatial: bool, elastic: bool, p) -> list[Any]:
+    """Rotation, scaling and elastic deformation (in-plane only for an anisotropic patch)."""
+    from batchgeneratorsv2.transforms.spatial.spatial import SpatialTransform
+    from batchgeneratorsv2.transforms.utils.pseudo2d import (
+        Convert2DTo3DTransform,
+        Convert3DTo2DTransform,
+    )
+
+    angle = ROTATION_2D if pseudo_2d else ROTATION_3D
+    transform = SpatialTransform(
+        patch[1:] if pseudo_2d else patch,
+        patch_center_dist_from_border=0,
+        random_crop=False,
+        p_elastic_deform=p(0.2) if elastic else 0.0,
+        p_rotation=p(0.2) if spatial else 0.0,
+        rotation=(-angle, angle),
+        p_scaling=p(0.2) if spatial else 0.0,
+        scaling=SCALING,
+        p_synchronize_scaling_across_axes=1,
+        border_mode_seg="constant",
+        padding_value_seg=IGNORE,
+    )  # fmt: skip
+    if pseudo_2d:
+        return [Convert3DTo2DTransform(), transform, Convert2DTo3DTransform()]
+    return [transform]
+
+
+def _intensity_transforms(pseudo_2d: bool, p) -> list[Any]:
+    """Noise, blur, brightness, contrast, low resolution and gamma (inverted, then not),
+    with nnU-Net's probabilities."""
+    from batchgeneratorsv2.transforms.intensity.brightness import (
+        MultiplicativeBrightnessTransform,
+    )
+    from batchgeneratorsv2.transforms.intensity.contrast import BGContrast, ContrastTransform
+    from batchgeneratorsv2.transforms.intensity.gamma import GammaTransform
+    from batchgeneratorsv2.transforms.intensity.gaussian_noise import GaussianNoiseTransform
+    from batchgeneratorsv2.transforms.noise.gaussian_blur import GaussianBlurTransform
+    from batchgeneratorsv2.transforms.spatial.low_resolution import (
+        SimulateLowResolutionTransform,
+    )
+    from batchgeneratorsv2.transforms.utils.random import RandomTransform
+
+    steps = [
+        (GaussianNoiseTransform(
+            noise_variance=(0, 0.1), p_per_channel=1, synchronize_channels=True), 0.1),
+        (GaussianBlurTransform(
+            blur_sigma=(0.5, 1.0), synchronize_channels=False, synchronize_axes=False,
+            p_per_channel=0.5, benchmark=False), 0.2),
+        (MultiplicativeBrightnessTransform(
+            multiplier_range=BGContrast((0.75, 1.25)), synchronize_channels=False,
+            p_per_channel=1), 0.15),
+        (ContrastTransform(
+            contrast_range=BGContrast((0.75, 1.25)), preserve_range=True,
+            synchronize_channels=False, p_per_channel=1), 0.15),
+        (SimulateLowResolutionTransform(
+            scale=(0.5, 1), synchronize_channels=False, synchronize_axes=True,
+            ignore_axes=(0,) if pseudo_2d else None, allowed_channels=None,
+            p_per_channel=0.5), 0.25),
+    ]  # fmt: skip
+    for invert, probability in ((1, 0.1), (0, 0.3)):  # gamma on the inverted image, then not
+        gamma = GammaTransform(
+            gamma=BGContrast((0.7, 1.5)), p_invert_image=invert, synchronize_channels=False,
+            p_per_channel=1, p_retain_stats=1,
+        )  # fmt: skip
+        steps.append((gamma, probability))
+    return [RandomTransform(t, apply_probability=p(prob)) for t, prob in steps]
 
 
 def make_augmenter(patch: Sequence[int], config) -> Augmenter | None:

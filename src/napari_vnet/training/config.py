@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ __all__ = [
     "TrainingPair",
     "lr_factor",
     "parse_classes",
+    "parse_value_names",
     "resume_path",
     "width_kwargs",
 ]
@@ -48,8 +50,8 @@ class TrainingCancelled(RuntimeError):
     """Raised by :func:`run_training` with ``raise_on_cancel=True`` when ``should_stop``
     ended the run; ``.summary`` holds the summary (the best checkpoint is on disk)."""
 
-    def __init__(self, summary: dict[str, Any]):
-        super().__init__(f"training cancelled at iteration {summary.get('iterations')}")
+    def __init__(self, summary: Any):
+        super().__init__(f"training cancelled at iteration {summary.iterations}")
         self.summary = summary
 
 
@@ -147,6 +149,35 @@ class TrainConfig:
         return d
 
 
+def parse_value_names(
+    text: str,
+    *,
+    what: str = "class",
+    default_name: Callable[[int], str] | None = None,
+    bare_names: bool = False,
+) -> list[tuple[int, str]]:
+    """``"5=liver, 1=spleen"`` -> ``[(5, "liver"), (1, "spleen")]``, in the order given.
+
+    Items are separated by commas or semicolons; a value is a non-negative integer. An
+    item without a name (``"5"``, ``"5="``) gets ``default_name(value)`` when given (else
+    it is refused);
+    with ``bare_names`` an item without ``=`` is a name whose value is its position
+    (``"background,liver"``). Raises :class:`ValueError` naming the item (``what``).
+    """
+    out: list[tuple[int, str]] = []
+    parts = [p.strip() for p in text.replace(";", ",").split(",")]
+    for i, part in enumerate(filter(None, parts)):
+        value, sep, name = (p.strip() for p in part.partition("="))
+        if bare_names and not sep:
+            value, name = str(i), part
+        if not name and default_name is not None and value.isdigit():
+            name = default_name(int(value))
+        if not value.isdigit() or not name:
+            raise ValueError(f"{what} entry {part!r} is not of the form VALUE=NAME")
+        out.append((int(value), name))
+    return out
+
+
 def parse_classes(spec: Any) -> list[ClassInfo] | None:
     """``"5=liver,1=spleen"`` / ``{5: "liver"}`` / ``[ClassInfo, ...]`` -> card classes.
 
@@ -157,17 +188,10 @@ def parse_classes(spec: Any) -> list[ClassInfo] | None:
         return None
     items: list[tuple[int, str]] = []
     if isinstance(spec, str):
-        for part in spec.split(","):
-            part = part.strip()
-            if not part:
-                continue
-            value, _, name = part.partition("=")
-            try:
-                items.append((int(value), name.strip() or f"class_{int(value)}"))
-            except ValueError:
-                raise TrainingError(
-                    f"cannot parse class {part!r} in {spec!r}; expected VALUE=NAME, e.g. 5=liver"
-                ) from None
+        try:
+            items = parse_value_names(spec, what="class", default_name=lambda v: f"class_{v}")
+        except ValueError as exc:
+            raise TrainingError(f"cannot parse classes {spec!r}: {exc}, e.g. 5=liver") from None
     elif isinstance(spec, dict):
         items = [(int(v), str(n)) for v, n in spec.items()]
     else:

@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from napari_vnet.io.grid import resample_onto, same_grid
 from napari_vnet.io.volume import Volume
 from napari_vnet.models.card import ClassInfo
 from napari_vnet.training.config import TrainingError, TrainingPair
@@ -23,7 +24,6 @@ __all__ = [
     "load_pairs",
     "prepare_cases",
     "intensity_unit",
-    "same_grid",
     "structure_regions",
 ]
 
@@ -60,40 +60,14 @@ def _load(obj: Any, spacing, what: str) -> tuple[np.ndarray, Volume | None]:
     return arr, None
 
 
-def same_grid(a: Volume, b: Volume) -> bool:
-    return (
-        a.shape == b.shape
-        and np.allclose(a.spacing, b.spacing, rtol=1e-4, atol=1e-4)
-        and np.allclose(a.origin, b.origin, atol=1e-3)
-        and np.allclose(np.asarray(a.direction), np.asarray(b.direction), atol=1e-4)
-    )
-
-
 def labels_on_image_grid(image: Volume, labels: Volume) -> np.ndarray:
-    """The label array on the image's voxel grid (nearest neighbour through physical space).
-
-    Returns the labels' own array when both share the grid; otherwise resamples, which
-    also undoes e.g. rows stored flipped (direction diag(1, -1, 1)) in the label file.
-    """
+    """The label array on the image's voxel grid: the labels' own array when both share
+    the grid (:func:`napari_vnet.io.grid.same_grid`), else resampled onto it
+    (:func:`napari_vnet.io.grid.resample_onto`: nearest neighbour through physical space,
+    which also undoes e.g. rows stored flipped, direction diag(1, -1, 1))."""
     if same_grid(image, labels):
         return np.asarray(labels.array)
-    import SimpleITK as sitk
-
-    def to_itk(vol: Volume, arr: np.ndarray):
-        img = sitk.GetImageFromArray(arr)
-        img.SetSpacing([float(s) for s in vol.spacing[::-1]])
-        img.SetOrigin([float(o) for o in vol.origin[::-1]])
-        img.SetDirection([float(d) for d in np.asarray(vol.direction)[::-1, ::-1].ravel()])
-        return img
-
-    lab = np.asarray(labels.array)
-    src = lab.astype(np.int32) if lab.dtype.itemsize == 8 or lab.dtype == np.bool_ else lab
-    moving = to_itk(labels, src)
-    ref = to_itk(image, np.zeros(image.shape, np.uint8))
-    out = sitk.Resample(
-        moving, ref, sitk.Transform(), sitk.sitkNearestNeighbor, 0, moving.GetPixelID()
-    )
-    return sitk.GetArrayFromImage(out).astype(lab.dtype, copy=False)
+    return resample_onto(labels, image).array
 
 
 def _annotated_mask(

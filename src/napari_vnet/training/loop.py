@@ -40,12 +40,12 @@ from napari_vnet.training.deep_supervision import (
 )
 from napari_vnet.training.distributed import Distributed, unwrap
 from napari_vnet.training.events import TrainingStep, TrainingSummary
-from napari_vnet.training.plan import TrainingPlan, plan_training
+from napari_vnet.training.plan import TrainingPlan
 from napari_vnet.training.postprocess_choice import choose_postprocess
 from napari_vnet.training.sampler import PatchSampler
 from napari_vnet.training.selection import learnt_channels, make_selection
 from napari_vnet.training.steps import segmentation_step, vox2vox_step
-from napari_vnet.training.transfer import build_networks, load_base
+from napari_vnet.training.transfer import Start, build_networks, starting_point
 from napari_vnet.training.validation import validation_dice
 
 log = logging.getLogger(__name__)
@@ -115,84 +115,83 @@ def _save(model, card, path, disc=None, extra=None) -> None:
     )
 
 
-def _load_resume(path: Path) -> tuple[torch.nn.Module, ModelCard, dict, dict | None]:
-    from napari_vnet.models import load_checkpoint_state
-    from napari_vnet.weights import load_weights
-
-    model, card = load_weights(path, map_location="cpu")
-    state = load_checkpoint_state(path)
-    extra = state.get("extra") or {}
-    if "resume" not in extra:
-        raise TrainingError(f"{path}: not a napari-vnet resume file (no resume state)")
-    return model, card, extra["resume"], (state.get("discriminator") or {}).get("state_dict")
-
-
 class _Run:
-    """One training run's state (set up in ``__init__``, driven by :func:`finetune`)."""
+    """One training run's state (set up in ``__init__`` from its plan and starting
+    weights, driven by :func:`finetune`)."""
 
-    def __init__(self, pairs, config: TrainConfig, base, out: Path, dist: Distributed):
+    def __init__(self, plan: TrainingPlan, start: Start, out: Path, dist: Distributed):
         t_setup = time.perf_counter()
-        self.config, self.out, self.dist = config, out, dist
-        self.device = device = dist.device
+        config = plan.config
+        self.plan, self.config, self.out, self.dist = plan, config, out, dist
+        self.device = dist.device
         self.rpath = resume_path(out)
-        if dist.is_main:
-            _check_output(out)
-            _remove_orphaned_temps(out, self.rpath)
-        resume_state = None
-        if config.resume and self.rpath.exists():
-            model, card, resume_state, disc_state = _load_resume(self.rpath)
-            plan = TrainingPlan.from_card(card, config)
-            notes = dict(card.history.get("run", {}))
-            log.info("resuming %s at iteration %d", self.rpath, resume_state["iteration"])
-        else:
-            if config.resume:
-                log.warning("--resume: no resume file %s; starting a new run", self.rpath)
-            card, base_info, notes = load_base(config, base)
-            plan = plan_training(
-                pairs, config, base_card=None if base_info is None else base_info[1]
-            )
+        self.classes, self.n_classes, self.patch = plan.classes, len(plan.classes), plan.patch_size
+        cases = self._prepare_cases(start.card)
+        _check_batch_memory(start.card, self.patch, config.batch_size, self.n_classes, self.device)
+        self._build_networks(start)
+        resume_state = start.resume_state
+        self._split_cases(cases, resume_state)
+        self._setup_optimisation(plan.from_scratch, resume_state)
+        self.history = dict(self.card.history)
+        self.run_notes = self._run_notes(start.notes, cases)
+        self.last_eval_it = -1
+        self.best_written = out.exists() and resume_state is not None and self.best["iteration"] > 0
+        log.info(
+            "training %s on %d case(s), patch %s, batch %d x %d rank(s), device %s, amp %s, "
+            "setup %.1fs", self.card.arch, len(self.train_cases), self.patch, config.batch_size,
+            dist.world, self.device, self.amp_dtype, time.perf_counter() - t_setup,
+        )  # fmt: skip
+
+    def _prepare_cases(self, card: ModelCard) -> list:
+        """The plan's pairs as network-ready cases (foreign weights: prepared by their own
+        preprocessing)."""
+        plan, config = self.plan, self.config
         producer = None
         if (card.preprocessing or {}).get("kind"):  # foreign weights: their preprocessing
             from napari_vnet.inference.preprocess import preprocessing_for
 
             producer = preprocessing_for(card)
-            card.source = {**card.source, "fine_tuned": True}
         cases = prepare_cases(
-            plan.loaded or pairs, plan.classes, spacing=plan.spacing,
+            plan.loaded, plan.classes, spacing=plan.spacing,
             normalization=plan.normalization, ignore_index=config.ignore_index,
             producer=producer if producer is not None and producer.prepares_training else None,
             regions=config.augment and config.augment_phase,
         )[0]  # fmt: skip
-        self.plan, self.classes = plan, plan.classes
-        self.n_classes = len(plan.classes)
         _check_foreground(cases, plan.classes)
-        self.patch = plan.patch_size
-        _check_batch_memory(card, self.patch, config.batch_size, self.n_classes, device)
-        card.spacing = tuple(plan.spacing)
-        card.normalization = dict(plan.normalization)
-        card.patch_size = tuple(plan.window)
-        if resume_state is not None:
-            disc = None
+        return cases
+
+    def _build_networks(self, start: Start) -> None:
+        """The trained model's card (:meth:`TrainingPlan.new_card`), its network and, for
+        Vox2Vox, its discriminator: resumed, or built from scratch / the base."""
+        card = self.plan.new_card(start.card)
+        if (card.preprocessing or {}).get("kind"):
+            card.source = {**card.source, "fine_tuned": True}
+        disc = None
+        if start.resume_state is not None:
+            model = start.model
             if card.arch == "vox2vox":
                 from napari_vnet.models import build_discriminator
 
-                disc = build_discriminator(card, **resume_state.get("discriminator_kwargs", {}))
-                if disc_state is not None:
-                    disc.load_state_dict(disc_state)
+                kwargs = start.resume_state.get("discriminator_kwargs", {})
+                disc = build_discriminator(card, **kwargs)
+                if start.disc_state is not None:
+                    disc.load_state_dict(start.disc_state)
         else:
-            card.classes = plan.classes
-            if plan.from_scratch and plan.arch_kwargs:
-                card.arch_kwargs = {**plan.arch_kwargs, **dict(card.arch_kwargs or {})}
-            torch.manual_seed(config.seed)  # a new network's initial weights follow the seed
-            model, disc = build_networks(card, base_info, plan.classes, notes, config)
+            torch.manual_seed(self.config.seed)  # a new network's initial weights follow the seed
+            model, disc = build_networks(
+                card, start.base_info, self.plan.classes, start.notes, self.config
+            )
             card.arch_kwargs = dict(getattr(model, "arch_kwargs", card.arch_kwargs))
         self.card, self.model, self.disc = card, model, disc
         self.disc_kwargs = dict(getattr(disc, "arch_kwargs", {})) if disc is not None else {}
 
+    def _split_cases(self, cases, resume_state) -> None:
+        """Training and validation cases, the checkpoint selection, the patch sampler."""
+        config, dist = self.config, self.dist
         rng = np.random.default_rng([config.seed, 7])
         self.train_cases, self.val_cases = _split_validation(cases, config.val_fraction, rng)
         self.selection = make_selection(
-            cases, self.val_cases, plan.classes, config.min_val_voxels,
+            cases, self.val_cases, self.classes, config.min_val_voxels,
             state=None if resume_state is None else resume_state.get("selection"),
             mode=config.keep,
         )  # fmt: skip
@@ -201,7 +200,7 @@ class _Run:
         learnt = learnt_channels(cases)
         self.open_classes = (
             [ch for ch in range(1, self.n_classes) if ch not in learnt]
-            if config.partial_labels and disc is None
+            if config.partial_labels and self.disc is None
             else []
         )
         start = 0 if resume_state is None else int(resume_state["iteration"])
@@ -211,27 +210,19 @@ class _Run:
             augmenter=make_augmenter(self.patch, config), phase=config.augment_phase,
         )  # fmt: skip
         torch.manual_seed(config.seed + 1000 * dist.rank)
-        self._setup_optimisation(plan.from_scratch, resume_state)
-        self.history = dict(card.history)
-        self.run_notes = dict(notes)
-        self.run_notes.update(
-            {
-                "config": {k: v for k, v in config.to_dict().items() if k != "resume"},
-                "cases": [c.name for c in cases],
-                "validation_cases": [c.name for c in self.val_cases],
-                "world_size": dist.world,
-                "plan": list(plan.reasons),
-                "partial_labels": [self.classes[ch].name for ch in self.open_classes],
-                "device": str(device),
-            }
-        )
-        self.last_eval_it = -1
-        self.best_written = out.exists() and resume_state is not None and self.best["iteration"] > 0
-        log.info(
-            "training %s on %d case(s), patch %s, batch %d x %d rank(s), device %s, amp %s, "
-            "setup %.1fs", card.arch, len(self.train_cases), self.patch, config.batch_size,
-            dist.world, device, self.amp_dtype, time.perf_counter() - t_setup,
-        )  # fmt: skip
+
+    def _run_notes(self, notes: dict[str, Any], cases) -> dict[str, Any]:
+        """What the card's run history records of this run."""
+        return {
+            **notes,
+            "config": {k: v for k, v in self.config.to_dict().items() if k != "resume"},
+            "cases": [c.name for c in cases],
+            "validation_cases": [c.name for c in self.val_cases],
+            "world_size": self.dist.world,
+            "plan": list(self.plan.reasons),
+            "partial_labels": [self.classes[ch].name for ch in self.open_classes],
+            "device": str(self.device),
+        }
 
     def _setup_optimisation(self, from_scratch: bool, resume_state) -> None:
         config, device, model, disc = self.config, self.device, self.model, self.disc
@@ -408,7 +399,6 @@ class _Run:
                 model, self.val_cases, self.patch, self.device, self.amp_dtype, card.classes
             )
             card.postprocess = choice
-            self.card.postprocess = choice
 
         _restamp(self.out, choose, with_model=True)
 
@@ -463,9 +453,14 @@ def finetune(
     with ``out``, ``iterations``, ``final_loss``, ``val_dice``, ``seconds``, ``cancelled``...
     """
     config = config or TrainConfig()
+    out = Path(out)
     dist = Distributed(config.device)
     try:
-        run = _Run(pairs, config, base, Path(out), dist)
+        if dist.is_main:
+            _check_output(out)
+            _remove_orphaned_temps(out, resume_path(out))
+        plan, start = starting_point(pairs, config, base, resume_path(out))
+        run = _Run(plan, start, out, dist)
         with bf16_conv_guard(run.model, run.disc):
             summary = yield from _loop(run, progress, should_stop)
     finally:
@@ -561,16 +556,22 @@ def run_training(
     on_event: Callable[[TrainingStep], Any] | None = None,
     raise_on_cancel: bool = False,
 ) -> TrainingSummary:
-    """Drive :func:`finetune` to its end and return its summary (for scripts and the CLI)."""
+    """Drive :func:`finetune` to its end and return its summary (for scripts and the CLI).
+
+    An exception out of ``on_event`` (or Ctrl-C) closes the run first, which keeps the best
+    checkpoint and the resume file as a cancelled run does."""
     gen = finetune(pairs, config, base=base, out=out, progress=progress, should_stop=should_stop)
-    while True:
-        try:
-            event = next(gen)
-        except StopIteration as stop:
-            summary = stop.value
-            break
-        if on_event is not None:
-            on_event(event)
-    if raise_on_cancel and summary.get("cancelled"):
+    try:
+        while True:
+            try:
+                event = next(gen)
+            except StopIteration as stop:
+                summary = stop.value
+                break
+            if on_event is not None:
+                on_event(event)
+    finally:
+        gen.close()
+    if raise_on_cancel and summary.cancelled:
         raise TrainingCancelled(summary)
     return summary

@@ -22,6 +22,8 @@ the same run wherever they were entered (nnU-Net's "plans" play this part there)
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -55,7 +57,11 @@ __all__ = [
 
 @dataclass
 class TrainingPlan:
-    """What a run will do. Compare two plans with ``==`` (the loaded data is not compared)."""
+    """What a run will do: the training loop's single input (with the starting weights).
+
+    Compare two plans with ``==`` (the loaded data and the configuration are not compared).
+    :meth:`new_card` gives the card of the model the run trains.
+    """
 
     classes: list[ClassInfo]
     new_classes: list[ClassInfo]
@@ -71,6 +77,8 @@ class TrainingPlan:
     arch_kwargs: dict[str, Any] = field(default_factory=dict)
     # why spacing, patch and width are what they are (also in the card's run history)
     reasons: list[str] = field(default_factory=list)
+    # the settings the run was planned from (iterations, optimiser, augmentation, ...)
+    config: TrainConfig = field(default_factory=TrainConfig, compare=False, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-compatible (``napari-vnet train --dry-run --json`` prints it)."""
@@ -89,14 +97,30 @@ class TrainingPlan:
         }
 
     @classmethod
-    def from_card(cls, card: ModelCard, config: TrainConfig) -> TrainingPlan:
+    def from_card(
+        cls, card: ModelCard, config: TrainConfig, pairs: Sequence[TrainingPair | LoadedPair]
+    ) -> TrainingPlan:
         """The plan of a run resumed from its own resume file (the card decided it all)."""
         patch = tuple(int(p) for p in (config.patch_size or card.patch_size))
+        loaded = load_pairs(pairs)
         return cls(
             classes=list(card.classes), new_classes=[], patch_size=patch,  # type: ignore[arg-type]
             window=tuple(card.patch_size), spacing=tuple(card.spacing),  # type: ignore[arg-type]
-            normalization=dict(card.normalization), from_scratch=False, cases=[],
-            annotated_slices=[],
+            normalization=dict(card.normalization), from_scratch=False,
+            cases=[p.name for p in loaded], annotated_slices=[], loaded=loaded, config=config,
+        )  # fmt: skip
+
+    def new_card(self, start: ModelCard) -> ModelCard:
+        """The card of the model this plan trains: a copy of ``start`` (the base's card, a
+        new model's, or a resumed run's) with the plan's classes, spacing, normalisation
+        and inference window (and, from scratch, the network keywords it chose)."""
+        arch_kwargs = dict(start.arch_kwargs or {})
+        if self.from_scratch and self.arch_kwargs:
+            arch_kwargs = {**self.arch_kwargs, **arch_kwargs}
+        return dataclasses.replace(
+            copy.deepcopy(start), classes=list(self.classes), spacing=tuple(self.spacing),
+            normalization=dict(self.normalization), patch_size=tuple(self.window),
+            arch_kwargs=arch_kwargs,
         )  # fmt: skip
 
 
@@ -235,6 +259,7 @@ def plan_training(
     base_card: ModelCard | None = None,
 ) -> TrainingPlan:
     """Read the pairs and decide classes, patch, window, spacing, normalisation."""
+    given = config  # the run's settings; the planned patch below is the plan's
     if config.batch_size < 1:
         raise TrainingError(f"batch_size must be >= 1, got {config.batch_size}")
     if config.iterations is None and not config.minutes:
@@ -275,6 +300,7 @@ def plan_training(
         spacing=spacing, normalization=dict(normalization),  # type: ignore[arg-type]
         from_scratch=base_card is None, cases=[p.name for p in loaded],
         annotated_slices=annotated, loaded=loaded, arch_kwargs=arch_kwargs, reasons=reasons,
+        config=given,
     )  # fmt: skip
 
 

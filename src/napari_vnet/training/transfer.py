@@ -1,10 +1,12 @@
-"""Starting weights: from scratch, or a base network with its output layer mapped onto the
-new classes (classes known to both keep their channel's weights) (no Qt)."""
+"""Starting weights: from scratch, a base network with its output layer mapped onto the
+new classes (classes known to both keep their channel's weights), or an interrupted run's
+resume file (:func:`starting_point`, with the run's plan) (no Qt)."""
 
 from __future__ import annotations
 
 import copy
 import logging
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -12,10 +14,11 @@ import torch
 
 from napari_vnet.models.card import ModelCard
 from napari_vnet.training.config import TrainConfig, TrainingError
+from napari_vnet.training.plan import TrainingPlan, plan_training
 
 log = logging.getLogger(__name__)
 
-__all__ = ["build_networks", "load_base"]
+__all__ = ["Start", "build_networks", "load_base", "starting_point"]
 
 
 def _default_discriminator_kwargs(model: torch.nn.Module) -> dict[str, Any]:
@@ -160,3 +163,46 @@ def build_networks(card: ModelCard, base_info, classes, notes, config: TrainConf
             except (RuntimeError, KeyError) as exc:
                 log.warning("base discriminator weights do not fit (%s); starting it fresh", exc)
     return model, disc
+
+
+def _load_resume(path: Path) -> tuple[torch.nn.Module, ModelCard, dict, dict | None]:
+    """(network, card, resume state, discriminator weights) of a resume file."""
+    from napari_vnet.models import load_checkpoint_state
+    from napari_vnet.weights import load_weights
+
+    model, card = load_weights(path, map_location="cpu")
+    state = load_checkpoint_state(path)
+    extra = state.get("extra") or {}
+    if "resume" not in extra:
+        raise TrainingError(f"{path}: not a napari-vnet resume file (no resume state)")
+    return model, card, extra["resume"], (state.get("discriminator") or {}).get("state_dict")
+
+
+@dataclass
+class Start:
+    """The weights a run starts from: the card (a new model's, the base's or a resumed
+    run's), the base network (None: from scratch; see :func:`load_base`), notes
+    for the card's run history, and a resume file's network and state."""
+
+    card: ModelCard
+    base_info: tuple | None = None
+    notes: dict[str, Any] = field(default_factory=dict)
+    model: torch.nn.Module | None = None
+    resume_state: dict | None = None
+    disc_state: dict | None = None
+
+
+def starting_point(pairs, config: TrainConfig, base, rpath: Path) -> tuple[TrainingPlan, Start]:
+    """The plan and the starting weights: a resume file's (``config.resume``), else the
+    base's or a new model's, planned by :func:`~.plan.plan_training`."""
+    if config.resume and rpath.exists():
+        model, card, resume_state, disc_state = _load_resume(rpath)
+        log.info("resuming %s at iteration %d", rpath, resume_state["iteration"])
+        notes = dict(card.history.get("run", {}))
+        start = Start(card, None, notes, model, resume_state, disc_state)
+        return TrainingPlan.from_card(card, config, pairs), start
+    if config.resume:
+        log.warning("--resume: no resume file %s; starting a new run", rpath)
+    card, base_info, notes = load_base(config, base)
+    plan = plan_training(pairs, config, base_card=None if base_info is None else base_info[1])
+    return plan, Start(card, base_info, notes)
