@@ -2,7 +2,7 @@
 # Set up napari-vnet on a fresh Debian/Ubuntu machine: system libraries for a real
 # napari window (Xvfb + Mesa + Qt xcb), a virtual environment in .venv, the CPU build of
 # torch first (bring your own CUDA build if you have a GPU), then the package with its
-# testing extra. Safe to run again.
+# `test` dependency group (PEP 735; pip >= 25.1). Safe to run again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -34,8 +34,13 @@ echo "== installing torch (CPU build unless a torch is already there)"
 if ! .venv/bin/python -c "import torch" >/dev/null 2>&1; then
     .venv/bin/python -m pip install -q "torch==2.13.0"
 fi
-echo "== installing napari-vnet[testing]"
-.venv/bin/python -m pip install -q -e ".[testing]"
+# pip learnt dependency groups (`--group`) in 25.1; Python's bundled pip may be older
+# (a pip that is new enough is left as it is)
+echo "== pip >= 25.1 (dependency groups)"
+.venv/bin/python -m pip install -q "pip>=25.1"
+echo "== installing napari-vnet (editable) with the test dependency group"
+TORCH_HELD=$(.venv/bin/python -c "import torch; print(torch.__version__.split('+')[0])")
+.venv/bin/python -m pip install -q "torch==$TORCH_HELD" --group test -e .
 # Test oracles for foreign weights (nnU-Net v2). dynamic-network-architectures declares
 # timm, which pulls torchvision and with it a multi-GB CUDA build of torch; the parts
 # nnU-Net's planner, trainer and predictor use do not import timm. So the two packages are

@@ -15,8 +15,8 @@ ROOT = Path(__file__).resolve().parents[1]
 def _tool(name: str) -> str:
     beside = Path(sys.executable).parent / name
     found = str(beside) if beside.exists() else shutil.which(name)
-    if found is None:  # both are in the testing extra: missing is a failure, not a skip
-        pytest.fail(f"{name} is not installed (pip install -e .[testing])")
+    if found is None:  # both are in the test group: missing is a failure, not a skip
+        pytest.fail(f"{name} is not installed (pip install --group test -e .)")
     return found
 
 

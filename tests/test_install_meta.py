@@ -1,11 +1,16 @@
-"""Packaging as plugin users and the napari hub expect: BSD-3-Clause LICENSE in the sdist
-and the wheel, SPDX license and classifiers, sdist with tests/docs/tox.ini, tox arguments
-narrowing the tests, a lint env without torch/napari, per-OS settings folders."""
+"""Packaging as plugin users, PyPI and the napari hub expect: BSD-3-Clause LICENSE in the
+sdist and the wheel, SPDX license and classifiers, project URLs and keywords, extras for
+users only (test tools in a dependency group), the version from git tags, a README that
+renders off GitHub, release files (changelog, citation, contributing, issue templates, the
+release workflow), sdist with tests/docs/tox.ini, tox arguments narrowing the tests, a
+lint env without torch/napari, per-OS settings folders."""
 
 from __future__ import annotations
 
 import configparser
+import re
 import shlex
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -16,6 +21,11 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+# the repository address (a placeholder until the project's public home is settled)
+REPO = "https://github.com/napari-vnet/napari-vnet"
+RAW = "https://raw.githubusercontent.com/napari-vnet/napari-vnet/main/"
+TEST_TOOLS = {"pytest", "ruff", "hypothesis", "import-linter", "build", "tox", "twine",
+              "coverage", "setuptools-scm", "pre-commit"}  # fmt: skip
 
 try:
     import tomllib
@@ -41,6 +51,176 @@ def test_license_and_classifiers():
         assert f"Operating System :: {os_name}" in cls
     assert "Programming Language :: Python :: 3.11" in cls
     assert any(d.startswith("platformdirs") for d in project["dependencies"])
+
+
+def _names(requirements: list) -> set[str]:
+    """Canonical project names of a list of requirement strings."""
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    return {canonicalize_name(Requirement(r).name) for r in requirements if isinstance(r, str)}
+
+
+def _group(groups: dict, name: str) -> list[str]:
+    """A PEP 735 dependency group with its `include-group` entries resolved."""
+    out: list[str] = []
+    for item in groups[name]:
+        out += _group(groups, item["include-group"]) if isinstance(item, dict) else [item]
+    return out
+
+
+def test_urls_keywords_and_summary():
+    project = _pyproject()["project"]
+    urls = project["urls"]
+    for key in ("Source", "Documentation", "Bug Tracker", "User Support"):
+        assert urls[key].startswith(REPO), key
+    keywords = {k.lower() for k in project["keywords"]}
+    for word in ("nnu-net", "monai", "totalsegmentator", "ct", "mri", "segmentation", "napari"):
+        assert word in keywords, word
+    summary = project["description"]
+    assert "\n" not in summary and len(summary) <= 512  # PyPI's one-line summary
+    for runs in ("V-Net", "3D U-Net", "Vox2Vox", "nnU-Net", "MONAI"):
+        assert runs in summary, runs
+
+
+def test_extras_are_for_users_and_tests_use_a_group():
+    pyproject = _pyproject()
+    extras = pyproject["project"]["optional-dependencies"]
+    assert "testing" not in extras
+    for name, requirements in extras.items():
+        names = _names(requirements)
+        assert not any(n.startswith("pytest") for n in names), name
+        assert not names & TEST_TOOLS, (name, names & TEST_TOOLS)
+    everything = _names(extras["all"])
+    for extra in ("qt", "dicom-seg", "monai", "augment"):
+        assert _names(extras[extra]) <= everything, extra
+    # nnunetv2 pulls timm -> torchvision -> an exact torch: never inside [all]
+    assert not everything & {"nnunetv2", "dynamic-network-architectures", "timm", "torchvision"}
+    assert _names(extras["nnunet"]) == {"nnunetv2"}
+    test = _names(_group(pyproject["dependency-groups"], "test"))
+    assert {"pytest", "pytest-qt", "pytest-xvfb", "pytest-timeout", "ruff", "import-linter",
+            "build", "setuptools-scm", "highdicom", "monai", "pyqt6"} <= test  # fmt: skip
+
+
+def test_every_installer_of_the_tests_uses_the_group():
+    setup = (ROOT / "scripts" / "setup.sh").read_text(encoding="utf-8")
+    assert '"pip>=25.1"' in setup  # pip learnt --group in 25.1
+    assert setup.index('"torch==2.13.0"') < setup.index("pip>=25.1") < setup.index("--group test")
+    testenv = _tox()["testenv"]
+    assert testenv["dependency_groups"].split() == ["test"] and "extras" not in testenv
+    assert "tox>=4.22" in _tox()["tox"]["requires"]  # tox's dependency_groups
+    workflow = (ROOT / ".github" / "workflows" / "test.yml").read_text(encoding="utf-8")
+    assert "--group test" in workflow
+    for path in ("scripts/setup.sh", "tox.ini", ".github/workflows/test.yml", ".ci/run",
+                 "README.md", "CONTRIBUTING.md"):  # fmt: skip
+        text = (ROOT / path).read_text(encoding="utf-8")
+        assert "[testing]" not in text, path
+
+
+def test_version_from_git_tags():
+    pyproject = _pyproject()
+    assert "version" not in pyproject["project"]
+    assert pyproject["project"]["dynamic"] == ["version"]
+    assert "setuptools-scm" in _names(pyproject["build-system"]["requires"])
+    # a clone without tags, or a tree without .git, still builds
+    assert pyproject["tool"]["setuptools_scm"]["fallback_version"] == "0.1.0"
+    assert "export-subst" in (ROOT / ".gitattributes").read_text(encoding="utf-8")
+    assert "describe-name" in (ROOT / ".git_archival.txt").read_text(encoding="utf-8")
+    from importlib.metadata import version
+
+    import napari_vnet
+
+    assert napari_vnet.__version__ == version("napari-vnet")
+
+
+def test_every_package_is_in_the_wheel_list():
+    listed = set(_pyproject()["tool"]["setuptools"]["packages"])
+    src = ROOT / "src"
+    found = {".".join(p.parent.relative_to(src).parts) for p in src.rglob("__init__.py")}
+    assert found - listed == set(), "packages missing from [tool.setuptools] packages"
+    assert listed - found == {"napari_vnet.sample_data"}  # mapped from sample_data/
+
+
+def _github_anchor(heading: str) -> str:
+    slug = re.sub(r"[^\w\- ]", "", heading.strip().lower())
+    return slug.replace(" ", "-")
+
+
+def test_readme_renders_off_github():
+    """PyPI and the napari hub show README.md without the repository beside it: every
+    image and link is absolute, and each one into the repository names a file it has."""
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    targets = re.findall(r"\]\(([^)\s]+)\)", text) + re.findall(r'src="([^"]+)"', text)
+    relative = [t for t in targets if not t.startswith(("https://", "http://", "#"))]
+    assert relative == []
+    anchors = {_github_anchor(h) for h in re.findall(r"^#+ (.+)$", text, flags=re.M)}
+    for target in targets:
+        if target.startswith("#"):
+            assert target[1:] in anchors, target
+        for prefix in (f"{REPO}/blob/main/", f"{REPO}/tree/main/", RAW):
+            if target.startswith(prefix):
+                assert (ROOT / target[len(prefix) :].split("#")[0]).exists(), target
+    images = re.findall(r"!\[[^\]]*\]\(([^)\s]+)\)", text)
+    assert images and all(i.startswith(RAW + "docs/") for i in images)
+    top = "\n".join(text.splitlines()[:30])
+    assert "pip install napari-vnet" in top and 'pip install "napari-vnet[all]"' in top
+    # the two commands stay as they are
+    assert "bash scripts/setup.sh && .venv/bin/napari-vnet demo" in text
+    assert "bash scripts/setup.sh && .venv/bin/python -m pytest tests" in text
+
+
+def test_docs_links_point_at_files_that_exist():
+    for md in sorted((ROOT / "docs" / "readme").glob("*.md")):
+        for target in re.findall(r"\]\(([^)\s]+)\)", md.read_text(encoding="utf-8")):
+            if target.startswith(("https://", "http://", "#", "mailto:")):
+                continue
+            assert (md.parent / target.split("#")[0]).exists(), (md.name, target)
+
+
+def test_changelog_citation_contributing_templates():
+    import yaml
+
+    changelog = (ROOT / "CHANGELOG.md").read_text(encoding="utf-8")
+    assert "Keep a Changelog" in changelog and "## [Unreleased]" in changelog
+    cff = yaml.safe_load((ROOT / "CITATION.cff").read_text(encoding="utf-8"))
+    assert cff["cff-version"] == "1.2.0" and cff["license"] == "BSD-3-Clause"
+    dois = {ref["doi"] for ref in cff["references"]}
+    assert {
+        "10.1109/3DV.2016.79",  # V-Net, Milletari et al. 2016
+        "10.1007/978-3-319-46723-8_49",  # 3D U-Net, Cicek et al. 2016
+        "10.1007/978-3-030-72084-1_25",  # Vox2Vox, Cirillo et al. 2020
+        "10.1038/s41592-020-01008-z",  # nnU-Net, Isensee et al. 2021
+        "10.48550/arXiv.2211.02701",  # MONAI, Cardoso et al. 2022
+    } <= dois
+    contributing = (ROOT / "CONTRIBUTING.md").read_text(encoding="utf-8")
+    for must in ("--group test", "lint-imports", "ruff check", "## Layers", "## Adding a network"):
+        assert must in contributing, must
+    templates = ROOT / ".github" / "ISSUE_TEMPLATE"
+    for name in ("bug_report.yml", "feature_request.yml"):
+        form = yaml.safe_load((templates / name).read_text(encoding="utf-8"))
+        assert form["name"] and form["description"] and form["body"], name
+
+
+def test_release_workflow_builds_checks_and_publishes_on_a_tag():
+    import yaml
+
+    text = (ROOT / ".github" / "workflows" / "release.yml").read_text(encoding="utf-8")
+    workflow = yaml.safe_load(text)
+    trigger = workflow.get("on", workflow.get(True))  # YAML 1.1 reads the key `on` as True
+    assert trigger["push"]["tags"] == ["v*"]
+    jobs = workflow["jobs"]
+    build = "\n".join(str(step) for step in jobs["build"]["steps"])
+    assert "'fetch-depth': 0" in build  # setuptools-scm needs the tag
+    assert "python -m build" in build and "twine check" in build
+    check = "\n".join(s.get("run", "") for s in jobs["check"]["steps"])
+    assert "python -m venv" in check
+    assert check.index("download.pytorch.org/whl/cpu") < check.index("napari_vnet-*.whl")
+    assert "napari-vnet --help" in check and "npe2 validate napari-vnet" in check
+    publish = jobs["publish"]
+    assert set(publish["needs"]) == {"build", "check"}
+    assert publish["if"] == "startsWith(github.ref, 'refs/tags/v')"
+    assert publish["permissions"] == {"id-token": "write"}  # trusted publishing, no token
+    assert publish["steps"][-1]["uses"].startswith("pypa/gh-action-pypi-publish@")
 
 
 def _tox() -> configparser.ConfigParser:
@@ -75,6 +255,7 @@ def test_tox_lint_env_is_light():
     assert lint["skip_install"].strip() == "true"
     deps = lint["deps"].split()
     assert set(deps) == {"ruff", "import-linter"}  # no torch, no napari
+    assert lint["dependency_groups"].split() == []  # not [testenv]'s test group either
     assert "PYTHONPATH" in lint["setenv"]
     assert "lint-imports" in lint["commands"]
 
@@ -128,14 +309,26 @@ def test_settings_folders_on_each_os(monkeypatch):
 @pytest.mark.slow
 def test_sdist_and_wheel_carry_the_license(tmp_path):
     out = tmp_path / "dist"
-    proc = subprocess.run(
-        [sys.executable, "-m", "build", "--no-isolation", "--sdist", "--outdir", str(out), str(ROOT)],
-        capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
+    # building in the tree rewrites src/napari_vnet.egg-info, whose version (from git, so it
+    # changes with every commit) later subprocesses of this run would read: put it back
+    egg_info, kept = ROOT / "src" / "napari_vnet.egg-info", tmp_path / "egg-info-before"
+    if egg_info.is_dir():
+        shutil.copytree(egg_info, kept)
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "build", "--no-isolation", "--sdist", "--outdir", str(out),
+             str(ROOT)],
+            capture_output=True, text=True, timeout=600,
+        )  # fmt: skip
+    finally:
+        shutil.rmtree(egg_info, ignore_errors=True)
+        if kept.is_dir():
+            shutil.copytree(kept, egg_info)
     assert proc.returncode == 0, proc.stderr[-3000:]
     (sdist,) = out.glob("napari_vnet-*.tar.gz")
     with tarfile.open(sdist) as tf:
-        names = {n.split("/", 1)[1] for n in tf.getnames() if "/" in n}
+        members = {m.name.split("/", 1)[1]: m.size for m in tf.getmembers() if "/" in m.name}
+    names = set(members)
     for name in (
         "LICENSE",
         "tox.ini",
@@ -144,9 +337,18 @@ def test_sdist_and_wheel_carry_the_license(tmp_path):
         "tests/test_install_meta.py",
         "docs/readme/io.md",
         "README.md",
+        "CHANGELOG.md",
+        "CITATION.cff",
+        "CONTRIBUTING.md",
+        ".github/workflows/release.yml",
+        ".github/ISSUE_TEMPLATE/bug_report.yml",
+        "src/napari_vnet/napari.yaml",
+        "src/napari_vnet/weights/vnet-phantom.pt",
     ):
         assert name in names, name
     assert not any(n.endswith((".pyc", ".resume.pt")) or "__pycache__" in n for n in names)
+    big = {n: size for n, size in members.items() if size > 1024 * 1024}
+    assert all(n.startswith("src/napari_vnet/weights/") for n in big), big  # no test blobs
     # the wheel built from that sdist (as pip does) carries LICENSE and the SPDX metadata
     proc = subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--quiet",
@@ -162,3 +364,11 @@ def test_sdist_and_wheel_carry_the_license(tmp_path):
     assert any(n.endswith(".dist-info/licenses/LICENSE") for n in names)
     assert meta["License-Expression"] == "BSD-3-Clause"
     assert "Framework :: napari" in meta.get_all("Classifier")
+    # what PyPI and the napari hub show: links, keywords, extras, the README as markdown
+    urls = dict(u.split(", ", 1) for u in meta.get_all("Project-URL"))
+    assert {"Source", "Documentation", "Bug Tracker", "User Support"} <= set(urls)
+    assert "nnU-Net" in meta["Keywords"] and "TotalSegmentator" in meta["Keywords"]
+    extras = set(meta.get_all("Provides-Extra"))
+    assert "all" in extras and "testing" not in extras
+    assert meta["Description-Content-Type"] == "text/markdown"
+    assert RAW + "docs/segment_widget.png" in meta.get_payload()

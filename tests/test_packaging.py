@@ -73,6 +73,8 @@ def wheel(tmp_path_factory) -> Path:
     )  # fmt: skip
     wheels = list(out.glob("napari_vnet-*.whl"))
     assert len(wheels) == 1, wheels
+    # a source tree without .git (or tags) builds as setuptools-scm's fallback version
+    assert wheels[0].name.startswith("napari_vnet-0.1.0-"), wheels[0].name
     return wheels[0]
 
 

@@ -4,9 +4,9 @@ One place for the facts that inference and training both need:
 
 * :func:`resolve_device`: ``"auto"`` picks cuda > mps > cpu; names are validated;
 * :func:`resolve_amp`: the autocast dtype for an ``amp`` setting on a device. ``"auto"``
-  means fast where safe: bf16 (fp16 where the GPU lacks bf16) on CUDA, fp16 on MPS, bf16
-  on a CPU only when it computes bf16 natively (:func:`cpu_has_native_bf16`; emulated
-  bf16 is hundreds of times slower than fp32), else fp32;
+  means fast where safe: bf16 (fp16 where the GPU lacks bf16) on CUDA, fp32 on MPS (its
+  ConvTranspose3d runs only in fp32), bf16 on a CPU only when it computes bf16 natively
+  (:func:`cpu_has_native_bf16`; emulated bf16 is hundreds of times slower), else fp32;
 * :func:`bf16_conv_guard`: works around a oneDNN defect in the CPU bf16 *weight gradient*
   of 3-D convolutions (see the function);
 * :func:`is_oom`, :func:`release_memory`: out-of-memory detection and back-off;
@@ -112,7 +112,9 @@ def resolve_amp(amp: Any, device: torch.device) -> torch.dtype | None:
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     if device.type == "mps":
-        return torch.float16
+        # torch's MPS ConvTranspose3d (every shipped decoder) exists in fp32 only (torch >= 2.8;
+        # fp16/bf16 stop with "not supported on MPS"): fp16 only when asked for ("on"/True)
+        return None if auto else torch.float16
     if device.type != "cpu":
         return None
     if auto and not cpu_has_native_bf16():

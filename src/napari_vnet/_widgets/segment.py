@@ -174,7 +174,7 @@ class SegmentWidget(QWidget):
         self.amp = ComboBox(
             label="Mixed precision",
             choices=AMP_CHOICES,
-            tooltip="auto: bf16/fp16 on GPUs, bf16 on CPUs with native bf16, else float32",
+            tooltip="auto: bf16/fp16 on CUDA, bf16 on CPUs with native bf16, else float32",
         )
         self.tta = CheckBox(text="Test-time augmentation (8 flips, 8× slower)", value=False)
         self.uncertainty = CheckBox(
