@@ -15,10 +15,10 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from napari_vnet.batch import discover_cases, shard
 from napari_vnet.cli import main
 from napari_vnet.io import Volume, read_volume, write_volume
 from napari_vnet.models import ClassInfo, ModelCard, build_model, save_checkpoint
+from napari_vnet.workflows.batch import discover_cases, shard
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # fixture in conftest.py
 
@@ -356,7 +356,7 @@ def test_dicom_seg_on_the_real_ct_series(shared_data, tmp_path):
     import highdicom as hd  # testing extra
     import pydicom
 
-    from napari_vnet.batch import write_dicom_seg
+    from napari_vnet.workflows.batch import write_dicom_seg
 
     ct = read_volume(shared_data / "ct-dicom-patient-a" / "dicom")
     mask = np.zeros(ct.shape, np.uint8)

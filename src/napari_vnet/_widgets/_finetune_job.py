@@ -165,14 +165,14 @@ def resolve_classes(base, pairs, names: dict[int, str]):
 
 def export_job(items: list[dict], folder: Path, class_names: dict[int, str]) -> Path:
     """Worker: write the pairs as an nnU-Net v2 / MSD style dataset, as the CLI's
-    ``export-dataset`` does (:func:`napari_vnet.dataset_export.export_pairs`).
+    ``export-dataset`` does (:func:`napari_vnet.workflows.dataset_export.export_pairs`).
 
     Label values are renumbered 1..K; with annotated-slice records, voxels outside the
     annotated slices get nnU-Net's "ignore" label (K + 1), and the records are kept in
     ``napari_vnet_annotated_slices``.
     """
-    from napari_vnet.dataset_export import export_pairs
     from napari_vnet.training import TrainingPair
+    from napari_vnet.workflows.dataset_export import export_pairs
 
     pairs, records = [], {}
     for i, it in enumerate(items):

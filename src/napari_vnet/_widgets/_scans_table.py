@@ -9,7 +9,7 @@ from qtpy.QtGui import QColor
 from qtpy.QtWidgets import QAbstractItemView, QHeaderView, QTableWidget, QTableWidgetItem
 
 from napari_vnet.label_names import pairing_rule
-from napari_vnet.worklist import BROKEN, STATUSES, ScanEntry
+from napari_vnet.workflows.worklist import BROKEN, STATUSES, ScanEntry
 
 COLUMNS = ("Scan", "Status", "Shape (z, y, x)", "Spacing (mm)", "Size")
 COL_SCAN, COL_STATUS = 0, 1

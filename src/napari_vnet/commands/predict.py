@@ -12,12 +12,12 @@ pre/post-processing, excluding file reading/writing), ``total_seconds``, ``voxel
 
 Folder (INPUT is a folder and OUT is a folder, i.e. has no volume file extension):
 every volume file and DICOM series under INPUT (recursively; ``--pattern``) is
-segmented, outputs named after the inputs (:mod:`napari_vnet.batch` states the rule),
+segmented, outputs named after the inputs (:mod:`napari_vnet.workflows.batch` states the rule),
 existing outputs skipped unless ``--overwrite`` - only when made by the same weights
 (``<name>_provenance.json`` beside each mask names them; outputs made by other weights,
 or not by napari-vnet, make the run refuse without ``--overwrite``) - failed cases
 reported and skipped. OUT may be INPUT itself: outputs are then named ``<name>_seg``
-and are never taken for inputs (:mod:`napari_vnet.batch_records`).
+and are never taken for inputs (:mod:`napari_vnet.workflows.batch_records`).
 ``summary.json`` (and ``statistics.csv`` with ``--statistics``) are written into OUT;
 with ``--num-parts N --part-id K`` their names end in ``.part-K-of-N``. Under
 ``torchrun`` each rank takes its share of the cases and rank 0 writes the summary.
@@ -33,7 +33,7 @@ import sys
 import time
 from pathlib import Path
 
-from napari_vnet.batch import FORMATS
+from napari_vnet.workflows.batch import FORMATS
 
 HELP = (
     "segment a volume (file or DICOM folder) or a whole folder of scans, writing masks "
@@ -183,12 +183,12 @@ def _input_refused(name, vol, card) -> bool:
 def run_single(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from napari_vnet.batch import write_class_sidecar
     from napari_vnet.inference import InferenceMemoryError, predict
     from napari_vnet.io import VolumeReadError, VolumeWriteError, read_volume, write_volume
     from napari_vnet.models import CheckpointError, load_checkpoint
     from napari_vnet.postprocess import parse_operations
     from napari_vnet.weights import resolve_weights
+    from napari_vnet.workflows.batch import write_class_sidecar
 
     t_start = time.perf_counter()
     out = Path(args.out)
@@ -284,9 +284,9 @@ def _clock(seconds: float) -> str:
 def _folder_cases(args: argparse.Namespace, in_dir: Path, out_dir: Path) -> list:
     """The cases under ``in_dir``, named for ``out_dir``: an OUT inside INPUT is not
     walked, outputs of earlier runs written into INPUT are not inputs, and no output
-    is named after an input (in place: ``<name>_seg``; see napari_vnet.batch_records)."""
-    from napari_vnet.batch import discover_cases
-    from napari_vnet.batch_records import place_outputs
+    is named after an input (in place: ``<name>_seg``; see napari_vnet.workflows.batch_records)."""
+    from napari_vnet.workflows.batch import discover_cases
+    from napari_vnet.workflows.batch_records import place_outputs
 
     exclude = [out_dir] if out_dir.is_relative_to(in_dir) and out_dir != in_dir else []
     outputs_in = in_dir if in_dir.is_relative_to(out_dir) else None
@@ -298,8 +298,8 @@ def _folder_cases(args: argparse.Namespace, in_dir: Path, out_dir: Path) -> list
 def _outputs_conflict(cases, out_dir: Path, args: argparse.Namespace, model, card) -> bool:
     """Print one line and return True when OUT holds outputs of these cases made by
     other weights (or not by napari-vnet predict); nothing is written then."""
-    from napari_vnet.batch import plan_outputs
-    from napari_vnet.batch_records import output_conflicts, weights_fingerprint
+    from napari_vnet.workflows.batch import plan_outputs
+    from napari_vnet.workflows.batch_records import output_conflicts, weights_fingerprint
 
     plans = [
         (c, plan_outputs(c, out_dir, args.fmt, statistics=args.statistics,
@@ -320,7 +320,10 @@ def _outputs_conflict(cases, out_dir: Path, args: argparse.Namespace, model, car
 
 def run_folder(args: argparse.Namespace) -> int:
     """Segment every scan under INPUT into OUT (see the module docstring)."""
-    from napari_vnet.batch import (
+    from napari_vnet.models import CheckpointError, load_checkpoint
+    from napari_vnet.postprocess import parse_operations
+    from napari_vnet.weights import resolve_weights
+    from napari_vnet.workflows.batch import (
         DicomSegUnavailableError,
         distributed_context,
         predict_cases,
@@ -328,9 +331,6 @@ def run_folder(args: argparse.Namespace) -> int:
         shard,
         write_run_summary,
     )
-    from napari_vnet.models import CheckpointError, load_checkpoint
-    from napari_vnet.postprocess import parse_operations
-    from napari_vnet.weights import resolve_weights
 
     t_start = time.perf_counter()
     in_dir = Path(args.input).expanduser().resolve()
@@ -442,7 +442,7 @@ def run_folder(args: argparse.Namespace) -> int:
         gathered = ctx.gather([r.to_dict() for r in results])
         if ctx.rank != 0:
             return 1 if any(r.status == "failed" for r in results) else 0
-        from napari_vnet.batch import CaseResult
+        from napari_vnet.workflows.batch import CaseResult
 
         every = [CaseResult(**d) for part_results in gathered for d in part_results]
         suffix = f".part-{args.part_id}-of-{args.num_parts}" if args.num_parts > 1 else ""

@@ -3,7 +3,7 @@
 The dock collects *specs* on the GUI thread - copies of layer data, or file paths with
 their annotated-slice records - and hands them to :func:`training_job` in a thread
 worker, which starts :func:`finetune_job` in a child process
-(:func:`napari_vnet.child_process.run_in_child`). Everything the child imports lives in
+(:func:`napari_vnet.workflows.child_process.run_in_child`). Everything the child imports lives in
 the core: this module, :mod:`napari_vnet.training`, :mod:`napari_vnet.annotations`,
 :mod:`napari_vnet.io` - never napari or Qt. The policy (classes, patch, masks) is the
 training plan's (:func:`~napari_vnet.training.plan.plan_training`), as for the CLI.
@@ -119,8 +119,8 @@ def plan_job(specs, config: TrainConfig, base, class_names=None):
 def training_job(specs, config, base, out, stop: threading.Event, class_names=None):
     """Generator run in a thread worker: yields training events, returns the summary.
 
-    The training itself runs in a child process (:func:`napari_vnet.child_process.run_in_child`)
-    so that none of its work (reading files, imports, numpy, checkpoint pickling) can hold
+    The training itself runs in a child process
+    (:func:`napari_vnet.workflows.child_process.run_in_child`) so that none of its work (reading files, imports, numpy, checkpoint pickling) can hold
     the GIL of the napari process and freeze the viewer; this thread only relays the
     events. ``stop`` (the dock's Cancel) ends the run at the next step; the best
     checkpoint so far is kept. Engine errors are raised here with their own message.
@@ -131,7 +131,7 @@ def training_job(specs, config, base, out, stop: threading.Event, class_names=No
     """
     gen = None
     if os.environ.get("NAPARI_VNET_TRAIN_IN_THREAD", "") in ("", "0"):
-        from napari_vnet.child_process import run_in_child
+        from napari_vnet.workflows.child_process import run_in_child
 
         try:
             gen = run_in_child(
@@ -147,7 +147,7 @@ def training_job(specs, config, base, out, stop: threading.Event, class_names=No
 
 def _training_nice() -> int:
     """How much lower the training process's CPU priority is (``NAPARI_VNET_TRAIN_NICE``)."""
-    from napari_vnet.child_process import DEFAULT_NICE
+    from napari_vnet.workflows.child_process import DEFAULT_NICE
 
     text = os.environ.get("NAPARI_VNET_TRAIN_NICE", "").strip()
     try:
@@ -165,8 +165,8 @@ def finetune_job(specs, config, base, out, class_names=None, *, should_stop):
     """
     import torch
 
-    from napari_vnet.child_process import child_threads
     from napari_vnet.training.loop import finetune
+    from napari_vnet.workflows.child_process import child_threads
 
     before = torch.get_num_threads()
     torch.set_num_threads(min(before, child_threads()))

@@ -85,7 +85,7 @@ def weights_fingerprint(model, card) -> str:
 
 def record_path(labels: Path) -> Path:
     """The record of the case whose label map is ``labels``."""
-    from napari_vnet.batch import _volume_ext
+    from napari_vnet.workflows.batch import _volume_ext
 
     ext = _volume_ext(labels.name)
     stem = labels.name[: len(labels.name) - len(ext)] if ext else labels.name
@@ -161,7 +161,7 @@ def place_outputs(cases: Sequence, in_dir: Path, out_dir: Path, fmt: str) -> Non
     folder itself, every name ends in ``_seg`` (``ct.nii.gz`` -> ``ct_seg.nii.gz``);
     there a name held by an existing file that is no output of an earlier run (say the
     user's own ``ct_seg.nii.gz``) gets another ``_seg``."""
-    from napari_vnet.batch import plan_outputs
+    from napari_vnet.workflows.batch import plan_outputs
 
     in_place = _norm(in_dir) == _norm(out_dir)
     ours = recorded_outputs(out_dir)[0] if in_place else set()

@@ -3,7 +3,7 @@
 Qt-free core behind ``napari-vnet predict INPUT_DIR --out OUT_DIR``.
 
 * :func:`discover_cases` lists every volume file and DICOM series under a folder (the
-  worklist's header-only walk, :func:`napari_vnet.worklist.discover_scans`) and names
+  worklist's header-only walk, :func:`napari_vnet.workflows.worklist.discover_scans`) and names
   each case's outputs after its input (see :func:`output_stem`).
 * :func:`shard` gives one process its share of the cases: nnU-Net's
   ``--num-parts N --part-id K`` convention (``cases[K::N]``), then the same split again
@@ -13,7 +13,7 @@ Qt-free core behind ``napari-vnet predict INPUT_DIR --out OUT_DIR``.
   workers do), and the outputs are written by a background thread, each file atomically
   (a temporary file in the same folder, then ``os.replace``), the label map last - so a
   case whose label map exists is complete, and a rerun skips it when the label map's
-  record (``<stem>_provenance.json``, :mod:`napari_vnet.batch_records`) names the same
+  record (``<stem>_provenance.json``, :mod:`napari_vnet.workflows.batch_records`) names the same
   weights; outputs made by other weights are neither skipped nor replaced without
   ``overwrite``.
 * :func:`label_statistics` gives per-class voxel count, volume (ml) and mean/std of
@@ -112,7 +112,7 @@ class Case:
 
 
 def _volume_ext(name: str) -> str:
-    from napari_vnet.worklist import VOLUME_SUFFIXES
+    from napari_vnet.workflows.worklist import VOLUME_SUFFIXES
 
     low = name.lower()
     for suf in VOLUME_SUFFIXES:
@@ -153,12 +153,12 @@ def discover_cases(
     folder is matched. Only headers are read. Output names that would collide get the
     input's extension (files) or the series UID's last digits (DICOM) appended.
     The outputs of earlier runs recorded under ``outputs_in`` (files and DICOM-SEG
-    series, :func:`napari_vnet.batch_records.recorded_outputs`; read after the listing,
+    series, :func:`napari_vnet.workflows.batch_records.recorded_outputs`; read after the listing,
     so that a label map written meanwhile is known too) are left out: outputs are never
     inputs.
     """
-    from napari_vnet.batch_records import _norm, recorded_outputs
-    from napari_vnet.worklist import discover_scans
+    from napari_vnet.workflows.batch_records import _norm, recorded_outputs
+    from napari_vnet.workflows.worklist import discover_scans
 
     root_path = Path(root).expanduser().resolve()
     entries = list(discover_scans(root_path, exclude=exclude))
@@ -301,8 +301,8 @@ class OutputPlan:
 
     @property
     def record(self) -> Path:
-        """Which weights made these outputs (:mod:`napari_vnet.batch_records`)."""
-        from napari_vnet.batch_records import record_path
+        """Which weights made these outputs (:mod:`napari_vnet.workflows.batch_records`)."""
+        from napari_vnet.workflows.batch_records import record_path
 
         return record_path(self.labels)
 
@@ -702,8 +702,8 @@ def _write_outputs(
 ):
     """Write one case's outputs (label map last, between the two writes of its record);
     runs on the writer thread."""
-    from napari_vnet.batch_records import write_record
     from napari_vnet.io import write_volume
+    from napari_vnet.workflows.batch_records import write_record
 
     weights = weights or {}
 
@@ -794,7 +794,7 @@ def _triage(
     """``(results known now, cases to segment)``: a case is skipped only when its outputs
     are complete and its record names the same weights; outputs made by other weights
     (or not by napari-vnet) are neither skipped nor replaced without ``overwrite``."""
-    from napari_vnet.batch_records import read_record, record_mismatch
+    from napari_vnet.workflows.batch_records import read_record, record_mismatch
 
     done: list[CaseResult] = []
     todo: list[tuple[Case, OutputPlan]] = []
@@ -871,7 +871,7 @@ def predict_cases(
     """Segment ``cases`` with one model; yield a :class:`CaseResult` per case.
 
     Each case's outputs get a record naming ``weights`` (the path shown) and the
-    network's :func:`~napari_vnet.batch_records.weights_fingerprint`. Cases whose outputs
+    network's :func:`~napari_vnet.workflows.batch_records.weights_fingerprint`. Cases whose outputs
     all exist, made by the same weights, are skipped (unless ``overwrite``); existing
     outputs made by other weights fail (unless ``overwrite``); a case that cannot
     be read, segmented or written is yielded as ``failed`` and the run goes on. Up to
@@ -885,8 +885,8 @@ def predict_cases(
     cases finish, skipped ones first. ``on_start(case, i, n)`` is called before each
     case is segmented.
     """
-    from napari_vnet.batch_records import weights_fingerprint
     from napari_vnet.inference import predict
+    from napari_vnet.workflows.batch_records import weights_fingerprint
 
     produced_by = {
         "weights": None if weights is None else os.fspath(weights),
@@ -1021,7 +1021,7 @@ def write_run_summary(
     """``summary<suffix>.json`` (every case's result) and, with ``statistics``,
     ``statistics<suffix>.csv`` (one row per case and class) in ``out_dir``; names that
     are not valid UTF-8 appear there with their undecodable bytes as ``\\xNN``."""
-    from napari_vnet.batch_records import csv_text
+    from napari_vnet.workflows.batch_records import csv_text
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
