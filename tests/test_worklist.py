@@ -9,12 +9,8 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from napari_vnet.workflows.worklist import (
-    PROJECT_FILENAME,
-    ScanProject,
-    discover_scans,
-    read_scan,
-)
+from napari_vnet.workflows.worklist import PROJECT_FILENAME, ScanProject
+from napari_vnet.workflows.worklist_scan import discover_scans, read_scan
 
 SPACING_XYZ = (0.5, 0.75, 2.0)
 
@@ -142,7 +138,7 @@ def test_project_merges_per_key_and_rejects_garbage(tmp_path):
 @pytest.mark.parametrize("dtype", [np.uint8, np.int16, np.uint16, np.int32, np.float32, np.float64])
 @pytest.mark.parametrize("suffix", [".nii", ".nii.gz"])
 def test_fast_nifti_header_matches_simpleitk(tmp_path, dtype, suffix):
-    from napari_vnet.workflows.worklist import read_file_header
+    from napari_vnet.workflows.worklist_scan import read_file_header
 
     path = tmp_path / f"v{suffix}"
     img = sitk.GetImageFromArray(np.zeros((5, 7, 9), dtype))
@@ -155,7 +151,7 @@ def test_fast_nifti_header_matches_simpleitk(tmp_path, dtype, suffix):
 
 
 def test_fast_nifti_header_on_real_files(shared_data):
-    from napari_vnet.workflows.worklist import read_file_header
+    from napari_vnet.workflows.worklist_scan import read_file_header
 
     for path in (
         shared_data / "mr" / "mr_small.nii.gz",

@@ -127,7 +127,8 @@ def test_worklist_discovery_with_latin1_names(latin1_folder):
         _run_child(
             """
             import json
-            from napari_vnet.workflows.worklist import ScanProject, discover_scans, read_scan
+            from napari_vnet.workflows.worklist import ScanProject
+            from napari_vnet.workflows.worklist_scan import discover_scans, read_scan
             entries = list(discover_scans(ARGS[0]))
             for e in entries:
                 assert not e.broken, e.error

@@ -55,13 +55,8 @@ from napari_vnet._widgets._scan_edits import ScanEditsMixin
 from napari_vnet._widgets._scan_loading import ScanLoadingMixin
 from napari_vnet._widgets._scans_table import FILTERS, ScanTable
 from napari_vnet._widgets._session import first_use_in_napari as _session_first_use
-from napari_vnet.workflows.worklist import (
-    BROKEN,
-    ProjectError,
-    ScanEntry,
-    ScanProject,
-    discover_scans,
-)
+from napari_vnet.workflows.worklist import BROKEN, ProjectError, ScanProject
+from napari_vnet.workflows.worklist_scan import ScanEntry, discover_scans
 
 if TYPE_CHECKING:
     import napari

@@ -450,7 +450,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _holds_many(folder) -> bool:
     """A folder of label files (not one DICOM series): any volume file directly or below."""
-    from napari_vnet.workflows.worklist import VOLUME_SUFFIXES
+    from napari_vnet.workflows.worklist_scan import VOLUME_SUFFIXES
 
     for dirpath, _dirs, files in os.walk(folder):
         if any(f.lower().endswith(VOLUME_SUFFIXES) for f in files):
@@ -473,7 +473,7 @@ def label_files(folder) -> dict[str, str]:
     A plain walk (hidden entries skipped): every volume file here is a label map, also
     in an nnU-Net ``labelsTr`` folder whose images the scans discovery would pair it with.
     """
-    from napari_vnet.workflows.worklist import VOLUME_SUFFIXES
+    from napari_vnet.workflows.worklist_scan import VOLUME_SUFFIXES
 
     root = Path(folder)
     out: dict[str, str] = {}

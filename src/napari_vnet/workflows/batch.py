@@ -3,7 +3,7 @@
 Qt-free core behind ``napari-vnet predict INPUT_DIR --out OUT_DIR``.
 
 * :func:`discover_cases` lists every volume file and DICOM series under a folder (the
-  worklist's header-only walk, :func:`napari_vnet.workflows.worklist.discover_scans`) and names
+  worklist's header-only walk, :func:`napari_vnet.workflows.worklist_scan.discover_scans`) and names
   each case's outputs after its input (see :func:`output_stem`).
 * :func:`shard` gives one process its share of the cases: nnU-Net's
   ``--num-parts N --part-id K`` convention (``cases[K::N]``), then the same split again
@@ -112,7 +112,7 @@ class Case:
 
 
 def _volume_ext(name: str) -> str:
-    from napari_vnet.workflows.worklist import VOLUME_SUFFIXES
+    from napari_vnet.workflows.worklist_scan import VOLUME_SUFFIXES
 
     low = name.lower()
     for suf in VOLUME_SUFFIXES:
@@ -158,7 +158,7 @@ def discover_cases(
     inputs.
     """
     from napari_vnet.workflows.batch_records import _norm, recorded_outputs
-    from napari_vnet.workflows.worklist import discover_scans
+    from napari_vnet.workflows.worklist_scan import discover_scans
 
     root_path = Path(root).expanduser().resolve()
     entries = list(discover_scans(root_path, exclude=exclude))
