@@ -1,24 +1,20 @@
-"""Batch prediction over a folder of scans: cases, prefetch, background writing, statistics.
+"""A folder of scans: its cases, their outputs, statistics and the run's summary.
 
-Qt-free core behind ``napari-vnet predict INPUT_DIR --out OUT_DIR``.
+Qt-free core behind ``napari-vnet predict INPUT_DIR --out OUT_DIR``; the run itself (read
+ahead, segment each case with :mod:`napari_vnet.workflows.segment`, write in the
+background, share the cases among processes) is :mod:`napari_vnet.workflows.batch_run`.
 
 * :func:`discover_cases` lists every volume file and DICOM series under a folder (the
-  worklist's header-only walk, :func:`napari_vnet.workflows.worklist_scan.discover_scans`) and names
-  each case's outputs after its input (see :func:`output_stem`).
-* :func:`shard` gives one process its share of the cases: nnU-Net's
-  ``--num-parts N --part-id K`` convention (``cases[K::N]``), then the same split again
-  over the ranks of a ``torch.distributed`` job (:func:`distributed_context`).
-* :func:`predict_cases` runs one model over the cases. The next cases are read in a
-  small thread pool while the current one is segmented (as nnU-Net's preprocessing
-  workers do), and the outputs are written by a background thread, each file atomically
-  (a temporary file in the same folder, then ``os.replace``), the label map last - so a
-  case whose label map exists is complete, and a rerun skips it when the label map's
-  record (``<stem>_provenance.json``, :mod:`napari_vnet.workflows.batch_records`) names the same
-  weights; outputs made by other weights are neither skipped nor replaced without
-  ``overwrite``.
+  worklist's header-only walk,
+  :func:`napari_vnet.workflows.worklist_scan.discover_scans`) and names each case's
+  outputs after its input (see :func:`output_stem`).
+* :func:`plan_outputs` says where a case's outputs go; each gets a record
+  (``<stem>_provenance.json``, :mod:`napari_vnet.workflows.batch_records`) naming the
+  weights that made it.
 * :func:`label_statistics` gives per-class voxel count, volume (ml) and mean/std of
   the image intensity; :func:`write_dicom_seg` writes a DICOM Segmentation object
-  referencing the source series (highdicom, optional extra ``napari-vnet[dicom-seg]``).
+  referencing the source series (highdicom, optional extra ``napari-vnet[dicom-seg]``);
+  :func:`write_run_summary` writes ``summary.json`` and ``statistics.csv``.
 
 Output naming (:func:`output_stem`, :func:`plan_outputs`): an input file
 ``INPUT_DIR/a/b/ct.nii.gz`` gives ``OUT_DIR/a/b/ct`` + extension; a DICOM series gives
@@ -34,7 +30,6 @@ as with "same"). Beside each label map: ``<stem>_statistics.json`` and
 from __future__ import annotations
 
 import csv
-import datetime
 import fnmatch
 import io
 import json
@@ -42,10 +37,7 @@ import logging
 import math
 import os
 import re
-import time
-from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -59,16 +51,12 @@ __all__ = [
     "Case",
     "CaseResult",
     "DicomSegUnavailableError",
-    "DistributedContext",
     "OutputPlan",
     "discover_cases",
-    "distributed_context",
     "label_statistics",
     "output_stem",
     "plan_outputs",
-    "predict_cases",
     "require_highdicom",
-    "shard",
     "statistics_rows",
     "write_dicom_seg",
     "write_run_summary",
@@ -206,79 +194,6 @@ def discover_cases(
             )
         )
     return cases
-
-
-# ----------------------------------------------------------------------- partitioning
-
-
-@dataclass
-class DistributedContext:
-    """This process's place in a ``torchrun`` job (world 1 outside one)."""
-
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-    backend: str | None = None
-
-    @property
-    def active(self) -> bool:
-        return self.world_size > 1
-
-    def gather(self, obj: Any) -> list[Any]:
-        """Every rank's ``obj`` on every rank (rank order); ``[obj]`` outside a job."""
-        if not self.active:
-            return [obj]
-        import torch.distributed as dist
-
-        out: list[Any] = [None] * self.world_size
-        dist.all_gather_object(out, obj)
-        return out
-
-    def close(self) -> None:
-        if self.active:
-            import torch.distributed as dist
-
-            if dist.is_initialized():
-                dist.destroy_process_group()
-
-
-def distributed_context(device: str = "auto", timeout_hours: float = 48.0) -> DistributedContext:
-    """Join the ``torch.distributed`` job started by ``torchrun`` (``WORLD_SIZE > 1``).
-
-    NCCL when this rank will run on CUDA, else gloo. The collective timeout is long
-    (``timeout_hours``) because ranks meet only once, at the end, to gather results: a
-    rank that finishes early waits there for the slowest.
-    """
-    world = int(os.environ.get("WORLD_SIZE", "1") or 1)
-    if world <= 1:
-        return DistributedContext()
-    import torch
-    import torch.distributed as dist
-
-    local_rank = int(os.environ.get("LOCAL_RANK", "0") or 0)
-    use_cuda = torch.cuda.is_available() and not str(device).startswith(("cpu", "mps"))
-    backend = "nccl" if use_cuda else "gloo"
-    if use_cuda:
-        torch.cuda.set_device(local_rank)
-    if not dist.is_initialized():
-        dist.init_process_group(
-            backend=backend, timeout=datetime.timedelta(hours=float(timeout_hours))
-        )
-    return DistributedContext(
-        rank=dist.get_rank(),
-        world_size=dist.get_world_size(),
-        local_rank=local_rank,
-        backend=backend,
-    )
-
-
-def shard(items: Sequence[Any], num_parts: int = 1, part_id: int = 0) -> list[Any]:
-    """Part ``part_id`` of ``num_parts`` (round robin: ``items[part_id::num_parts]``)."""
-    if num_parts < 1:
-        raise ValueError(f"num_parts must be >= 1, got {num_parts}")
-    if not 0 <= part_id < num_parts:
-        raise ValueError(f"part_id must be in [0, {num_parts - 1}], got {part_id}")
-    return list(items)[part_id::num_parts]
 
 
 # --------------------------------------------------------------------------- outputs
@@ -433,14 +348,6 @@ def require_highdicom():
             f"(or pip install highdicom) ({exc})"
         ) from exc
     return highdicom, pydicom
-
-
-def write_class_sidecar(label_path: str | os.PathLike, card) -> Path:
-    """``<stem>.labels.json`` beside a written label map: the card's class names with the
-    colours napari-vnet shows them in, so the file reopens with names and colours."""
-    from napari_vnet.label_names import classes_with_colors, write_label_classes
-
-    return write_label_classes(label_path, classes_with_colors(card.classes))
 
 
 def _lab_color(hd, rgba) -> Any:
@@ -616,395 +523,6 @@ class CaseResult:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-def _background_priority() -> None:
-    """Lower this thread's CPU priority (Linux: nice applies per thread), so that reading
-    and writing take idle CPU time and never stall the inference threads' barriers."""
-    import threading
-
-    try:
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
-    except (AttributeError, OSError):  # not Linux, or not allowed: run as is
-        pass
-
-
-class _Deferred(Future):
-    """A future whose job runs in the thread that first asks for its result."""
-
-    def __init__(self, fn, args, kwargs) -> None:
-        super().__init__()
-        self._job = (fn, args, kwargs)
-
-    def _run(self) -> None:
-        if self._job is not None:
-            fn, args, kwargs = self._job
-            self._job = None
-            try:
-                self.set_result(fn(*args, **kwargs))
-            except Exception as exc:  # noqa: BLE001 - delivered through the future
-                self.set_exception(exc)
-
-    def result(self, timeout=None):
-        self._run()
-        return super().result(timeout)
-
-
-class _InlineExecutor:
-    """``workers=0``: jobs run in the calling thread, at once (``lazy=False``) or when
-    their result is asked for (``lazy=True``: a read happens when the case's turn comes)."""
-
-    def __init__(self, lazy: bool) -> None:
-        self.lazy = lazy
-
-    def submit(self, fn, /, *args, **kwargs) -> Future:
-        fut = _Deferred(fn, args, kwargs)
-        if not self.lazy:
-            fut._run()
-        return fut
-
-    def shutdown(self, wait: bool = True, cancel_futures: bool = False) -> None:
-        pass
-
-
-def _read_case(case: Case, card=None, prepare_kwargs: dict[str, Any] | None = None):
-    """Read one case and, given a card, run its preprocessing too (on the read-ahead
-    thread, so that the segmenting thread only runs the engine). Returns
-    ``(volume, read seconds, Prepared or the exception preparing raised, or None)``."""
-    from napari_vnet.io import read_volume
-
-    t0 = time.perf_counter()
-    vol = read_volume(case.path)
-    if vol.array.ndim < 3:
-        raise ValueError(f"{case.path}: not a 3-D volume (shape {vol.shape})")
-    t_read = time.perf_counter() - t0
-    prepared: Any = None
-    if card is not None:
-        from napari_vnet.inference import prepare
-
-        try:
-            prepared = prepare(vol, card, spacing=vol.spacing, **(prepare_kwargs or {}))
-        except Exception as exc:  # noqa: BLE001 - reported when the case's turn comes
-            prepared = exc
-    return vol, t_read, prepared
-
-
-def _write_outputs(
-    case: Case,
-    plan: OutputPlan,
-    vol,
-    pred,
-    card,
-    t_read: float,
-    rank: int,
-    timing: dict,
-    weights: dict[str, Any] | None = None,
-):
-    """Write one case's outputs (label map last, between the two writes of its record);
-    runs on the writer thread."""
-    from napari_vnet.io import write_volume
-    from napari_vnet.workflows.batch_records import write_record
-
-    weights = weights or {}
-
-    t_write = time.perf_counter()
-    stats = None
-    if plan.statistics is not None:
-        stats = label_statistics(pred.labels, vol, card.classes)
-        record = {
-            "case": case.stem,
-            "input": case.path,
-            "shape": list(vol.shape[-3:]),
-            "spacing_mm": [float(s) for s in vol.spacing[-3:]],
-            "voxel_volume_ml": float(np.prod(vol.spacing[-3:])) / 1000.0,
-            "classes": stats,
-        }
-        _write_json(plan.statistics, record)
-    if plan.probabilities is not None and pred.probabilities is not None:
-        probs = np.asarray(pred.probabilities, dtype=np.float16)
-
-        def save(fh) -> None:
-            np.savez(
-                fh,
-                probabilities=probs,
-                label_values=np.asarray(card.label_values, np.int32),
-                class_names=np.asarray([c.name for c in card.classes]),
-                spacing=np.asarray(vol.spacing[-3:], float),
-                origin=np.asarray(vol.origin[-3:], float),
-                direction=np.asarray(vol.direction, float),
-            )
-
-        _atomic_write(plan.probabilities, save, binary=True)
-    plan.labels.parent.mkdir(parents=True, exist_ok=True)
-    extra = {}
-    if plan.fmt == "dicom-seg":
-        extra["series_uid"] = str(require_highdicom()[0].UID())
-    # the record first: a label map is never without one (nor taken for an input)
-    write_record(plan, case, weights, complete=False, **extra)
-    if plan.fmt == "dicom-seg":
-        write_dicom_seg(pred.labels, vol, card, plan.labels, series_uid=extra["series_uid"])
-    else:
-        write_volume(pred.labels, plan.labels, like=vol, is_label=True)
-        write_class_sidecar(plan.labels, card)
-    write_record(plan, case, weights, complete=True, **extra)
-    return CaseResult(
-        key=case.key,
-        stem=case.stem,
-        input=case.path,
-        status="written",
-        outputs=[str(p) for p in plan.files()],
-        seconds=round(float(pred.seconds), 3),
-        total_seconds=round(time.perf_counter() - t_read, 3),
-        shape=[int(s) for s in vol.shape],
-        spacing=[float(s) for s in vol.spacing],
-        statistics=stats,
-        rank=rank,
-        read_s=round(timing.get("read_s", 0.0), 3),
-        prepare_s=round(timing.get("prepare_s", 0.0), 3),
-        read_wait_s=round(timing.get("read_wait_s", 0.0), 3),
-        write_s=round(time.perf_counter() - t_write, 3),
-        weights=weights.get("weights"),
-        weights_sha256=weights.get("weights_sha256"),
-    )
-
-
-def _skipped(case: Case, plan: OutputPlan, rank: int, record: dict) -> CaseResult:
-    stats = None
-    if plan.statistics is not None:
-        try:
-            stats = json.loads(plan.statistics.read_text(encoding="utf-8")).get("classes")
-        except (OSError, ValueError, AttributeError) as exc:
-            log.warning("%s: unreadable statistics from an earlier run: %s", plan.statistics, exc)
-    return CaseResult(
-        key=case.key,
-        stem=case.stem,
-        input=case.path,
-        status="skipped",
-        outputs=[str(p) for p in plan.files()],
-        statistics=stats,
-        rank=rank,
-        weights=record.get("weights"),
-        weights_sha256=record.get("weights_sha256"),
-    )
-
-
-def _triage(
-    cases: Sequence[Case], plans: Sequence[OutputPlan], weights: dict, overwrite: bool, rank: int
-) -> tuple[list[CaseResult], list[tuple[Case, OutputPlan]]]:
-    """``(results known now, cases to segment)``: a case is skipped only when its outputs
-    are complete and its record names the same weights; outputs made by other weights
-    (or not by napari-vnet) are neither skipped nor replaced without ``overwrite``."""
-    from napari_vnet.workflows.batch_records import read_record, record_mismatch
-
-    done: list[CaseResult] = []
-    todo: list[tuple[Case, OutputPlan]] = []
-    for case, plan in zip(cases, plans, strict=True):
-        if case.error:
-            done.append(_failed(case, case.error, rank))
-            continue
-        if not overwrite and plan.labels.exists():
-            why = record_mismatch(plan, weights["weights_sha256"])
-            if why:
-                done.append(_failed(case, f"{why}; use --overwrite to replace it", rank))
-                continue
-            record = read_record(plan.record) or {}
-            if record.get("complete") and plan.complete():
-                done.append(_skipped(case, plan, rank, record))
-                continue
-        todo.append((case, plan))
-    return done, todo
-
-
-def _failed(case: Case, exc: BaseException | str, rank: int, t0: float | None = None) -> CaseResult:
-    text = str(exc) or type(exc).__name__
-    if case.path not in text:
-        text = f"{case.path}: {text}"
-    return CaseResult(
-        key=case.key,
-        stem=case.stem,
-        input=case.path,
-        status="failed",
-        error=text,
-        total_seconds=0.0 if t0 is None else round(time.perf_counter() - t0, 3),
-        rank=rank,
-    )
-
-
-def _check_case(case: Case, vol, card) -> str | None:
-    """Model/image mismatches (napari_vnet.input_check) as warnings in the log; the
-    refusal text when the model cannot take this image (channel count), else None."""
-    from napari_vnet.input_check import check_input, value_sample
-
-    n = len(vol.spacing)
-    issues = check_input(
-        card,
-        shape=tuple(vol.array.shape[:n]),
-        spacing=tuple(vol.spacing),
-        values=value_sample(vol.array),
-        channels=int(vol.array.shape[-1]) if vol.array.ndim > n else 1,
-        modality=str(vol.metadata.get("modality", "")),
-    )
-    for issue in issues:
-        if not issue.refuses:
-            log.warning("%s: %s", case.path, issue.text)
-    refusals = [i.text for i in issues if i.refuses]
-    return "; ".join(refusals) or None
-
-
-def predict_cases(
-    cases: Sequence[Case],
-    model,
-    card,
-    out_dir: str | os.PathLike,
-    *,
-    fmt: str = "same",
-    overwrite: bool = False,
-    statistics: bool = False,
-    save_probabilities: bool = False,
-    workers: int = 2,
-    predict_kwargs: dict[str, Any] | None = None,
-    rank: int = 0,
-    should_stop: Callable[[], bool] | None = None,
-    on_start: Callable[[Case, int, int], Any] | None = None,
-    weights: str | os.PathLike | None = None,
-) -> Iterator[CaseResult]:
-    """Segment ``cases`` with one model; yield a :class:`CaseResult` per case.
-
-    Each case's outputs get a record naming ``weights`` (the path shown) and the
-    network's :func:`~napari_vnet.workflows.batch_records.weights_fingerprint`. Cases whose outputs
-    all exist, made by the same weights, are skipped (unless ``overwrite``); existing
-    outputs made by other weights fail (unless ``overwrite``); a case that cannot
-    be read, segmented or written is yielded as ``failed`` and the run goes on. Up to
-    ``workers`` cases are read ahead in a thread pool while the current one is segmented
-    (reading holds at most ``workers`` volumes in memory); a single background thread
-    writes the outputs (at most two cases wait for it). The read-ahead threads also run
-    the card's preprocessing (:func:`napari_vnet.inference.prepare`: normalisation,
-    resampling), so a case waiting in the pool holds its volume and its float32
-    network input. ``workers=0`` reads, segments
-    and writes one case after the other in the calling thread (no overlap). Results are yielded in the order
-    cases finish, skipped ones first. ``on_start(case, i, n)`` is called before each
-    case is segmented.
-    """
-    from napari_vnet.inference import predict
-    from napari_vnet.workflows.batch_records import weights_fingerprint
-
-    produced_by = {
-        "weights": None if weights is None else os.fspath(weights),
-        "weights_sha256": weights_fingerprint(model, card),
-        "arch": card.arch,
-    }
-    workers = max(0, int(workers))
-    kwargs = dict(predict_kwargs or {})
-    prepare_kwargs = {k: kwargs[k] for k in ("overlap", "batch_size") if k in kwargs}
-    stop = should_stop or (lambda: False)
-    plans = [
-        plan_outputs(c, out_dir, fmt, statistics=statistics, probabilities=save_probabilities)
-        for c in cases
-    ]
-    done, todo = _triage(cases, plans, produced_by, overwrite, rank)
-    yield from done
-    if not todo:
-        return
-
-    if workers == 0:
-        readers, writer = _InlineExecutor(lazy=True), _InlineExecutor(lazy=False)
-    else:
-        readers = ThreadPoolExecutor(
-            max_workers=workers,
-            thread_name_prefix="napari-vnet-read",
-            initializer=_background_priority,
-        )
-        writer = ThreadPoolExecutor(
-            max_workers=1, thread_name_prefix="napari-vnet-write", initializer=_background_priority
-        )
-    lookahead = max(1, workers)
-    reads: deque[tuple[Case, OutputPlan, Future]] = deque()
-    writes: deque[tuple[Case, Future, float]] = deque()
-    upcoming = iter(todo)
-
-    def top_up() -> None:
-        while len(reads) < lookahead:
-            nxt = next(upcoming, None)
-            if nxt is None:
-                return
-            reads.append((nxt[0], nxt[1], readers.submit(_read_case, nxt[0], card, prepare_kwargs)))
-
-    def finished_write(case: Case, fut: Future, t0: float) -> CaseResult:
-        t_wait = time.perf_counter()
-        try:
-            result = fut.result()
-        except Exception as exc:  # noqa: BLE001 - one failed case never stops the run
-            log.debug("writing %s failed", case.path, exc_info=True)
-            return _failed(case, exc, rank, t0)
-        result.write_wait_s = round(time.perf_counter() - t_wait, 3)
-        return result
-
-    try:
-        top_up()
-        i = 0
-        while reads:
-            if stop():
-                break
-            case, plan, fut = reads.popleft()
-            top_up()
-            t0 = time.perf_counter()
-            i += 1
-            try:
-                vol, t_read, prepared = fut.result()
-            except Exception as exc:  # noqa: BLE001 - a broken file is reported, not fatal
-                yield _failed(case, exc, rank, t0)
-                continue
-            timing = {
-                "read_s": t_read,
-                "read_wait_s": time.perf_counter() - t0,
-                "prepare_s": getattr(prepared, "seconds", 0.0),
-            }
-            log.info("read %s (%s) in %.2f s", case.path, vol.shape, t_read)
-            refused = _check_case(case, vol, card)
-            if refused:
-                yield _failed(case, refused, rank, t0)
-                continue
-            if on_start is not None:
-                on_start(case, i, len(todo))
-            try:
-                if isinstance(prepared, Exception):
-                    raise prepared
-                pred = predict(
-                    prepared if prepared is not None else vol,
-                    model,
-                    card,
-                    spacing=vol.spacing,
-                    return_probabilities=save_probabilities,
-                    **kwargs,
-                )
-            except Exception as exc:  # noqa: BLE001 - one failed case never stops the run
-                log.debug("segmenting %s failed", case.path, exc_info=True)
-                yield _failed(case, exc, rank, t0)
-                continue
-            while len(writes) >= 2:  # bound the memory held by pending writes
-                wcase, wfut, wt0 = writes.popleft()
-                yield finished_write(wcase, wfut, wt0)
-            writes.append(
-                (
-                    case,
-                    writer.submit(
-                        _write_outputs, case, plan, vol, pred, card, t0, rank, timing, produced_by
-                    ),
-                    t0,
-                )
-            )
-            del vol, pred, prepared
-            while writes and writes[0][1].done():
-                wcase, wfut, wt0 = writes.popleft()
-                yield finished_write(wcase, wfut, wt0)
-        while writes:
-            wcase, wfut, wt0 = writes.popleft()
-            yield finished_write(wcase, wfut, wt0)
-    finally:
-        for _, _, fut in reads:
-            fut.cancel()
-        readers.shutdown(wait=True, cancel_futures=True)
-        writer.shutdown(wait=True)
 
 
 # --------------------------------------------------------------------------- summaries
