@@ -24,15 +24,8 @@ import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from napari_vnet.workflows.segment import (
-    JobCancelled,
-    JobDone,
-    JobFailed,
-    Message,
-    Progress,
-    RunRequest,
-    segment_request,
-)
+from napari_vnet.workflows import segment as segment_flow
+from napari_vnet.workflows.segment import JobFailed, Outcome, RunRequest
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +64,7 @@ class SegmentJob:
         return self.thread is not None and self.thread.is_alive()
 
     # ---------------------------------------------------------------- generator
-    def events(self) -> Iterator[Progress | Message]:
+    def events(self) -> Iterator[segment_flow.Progress | segment_flow.Message]:
         """Yield Progress/Message items while predicting; return the outcome."""
         q: queue.SimpleQueue = queue.SimpleQueue()
         box: dict[str, Any] = {}
@@ -101,10 +94,12 @@ class SegmentJob:
         self.thread.join()
         return box.get("outcome", JobFailed("Segmentation ended without a result."))
 
-    def _run(self, emit: Callable[[Any], None]) -> JobDone | JobFailed | JobCancelled:
+    def _run(self, emit: Callable[[Any], None]) -> Outcome:
         from napari_vnet._widgets._weights_panel import arch_name
 
-        return segment_request(self.request, emit, self.should_stop, arch_label=arch_name)
+        return segment_flow.segment_request(
+            self.request, emit, self.should_stop, arch_label=arch_name
+        )
 
 
 def _warm_up_imports() -> None:

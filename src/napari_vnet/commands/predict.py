@@ -35,18 +35,17 @@ from pathlib import Path
 
 from napari_vnet.workflows.batch import FORMATS
 
+log = logging.getLogger(__name__)
+
 HELP = (
     "segment a volume (file or DICOM folder) or a whole folder of scans, writing masks "
     "with each input's geometry"
 )
-
-log = logging.getLogger(__name__)
+INPUT_HELP = "image file, DICOM folder, or a folder of scans"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "input", metavar="INPUT", help="image file, DICOM folder, or a folder of scans"
-    )
+    parser.add_argument("input", metavar="INPUT", help=INPUT_HELP)
     parser.add_argument(
         "--weights",
         "-w",

@@ -120,6 +120,10 @@ def _read_case(case: Case, card=None, prepare_kwargs: dict[str, Any] | None = No
     return vol, t_read, prepared
 
 
+def _result(case: Case, status: str, **fields) -> CaseResult:
+    return CaseResult(key=case.key, stem=case.stem, input=case.path, status=status, **fields)
+
+
 def _write_extras(case: Case, plan: OutputPlan, vol, done, card) -> list | None:
     """The statistics and probabilities files a plan asks for; the statistics written."""
     stats = None
@@ -184,11 +188,9 @@ def _write_outputs(
     else:
         write_labels(done.labels, plan.labels, vol, card)
     write_record(plan, case, weights, complete=True, **extra)
-    return CaseResult(
-        key=case.key,
-        stem=case.stem,
-        input=case.path,
-        status="written",
+    return _result(
+        case,
+        "written",
         outputs=[str(p) for p in plan.files()],
         seconds=round(float(done.seconds), 3),
         total_seconds=round(time.perf_counter() - t_read, 3),
@@ -212,11 +214,9 @@ def _skipped(case: Case, plan: OutputPlan, rank: int, record: dict) -> CaseResul
             stats = json.loads(plan.statistics.read_text(encoding="utf-8")).get("classes")
         except (OSError, ValueError, AttributeError) as exc:
             log.warning("%s: unreadable statistics from an earlier run: %s", plan.statistics, exc)
-    return CaseResult(
-        key=case.key,
-        stem=case.stem,
-        input=case.path,
-        status="skipped",
+    return _result(
+        case,
+        "skipped",
         outputs=[str(p) for p in plan.files()],
         statistics=stats,
         rank=rank,
@@ -256,11 +256,9 @@ def _failed(case: Case, exc: BaseException | str, rank: int, t0: float | None = 
     text = str(exc) or type(exc).__name__
     if case.path not in text:
         text = f"{case.path}: {text}"
-    return CaseResult(
-        key=case.key,
-        stem=case.stem,
-        input=case.path,
-        status="failed",
+    return _result(
+        case,
+        "failed",
         error=text,
         total_seconds=0.0 if t0 is None else round(time.perf_counter() - t0, 3),
         rank=rank,
