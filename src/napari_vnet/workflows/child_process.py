@@ -88,7 +88,7 @@ def run_in_child(
     job = {"target": target, "args": args, "kwargs": kwargs, "nice": int(nice)}
     env = dict(os.environ)
     # the child imports this very package, also when it runs from a source checkout
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
     proc = subprocess.Popen(
         [sys.executable, "-m", "napari_vnet.workflows.child_process"],
