@@ -48,6 +48,7 @@ from napari_vnet._widgets._segment_settings import RunSettings, available_device
 from napari_vnet._widgets._session import first_use_in_napari as _session_first_use
 from napari_vnet._widgets._weights_panel import WeightsPanel, arch_name
 from napari_vnet.input_check import demo_note
+from napari_vnet.workflows.options import format_seconds
 from napari_vnet.workflows.segment import (
     JobCancelled,
     JobDone,
@@ -55,7 +56,6 @@ from napari_vnet.workflows.segment import (
     Message,
     Progress,
     RunRequest,
-    format_seconds,
     recommended_settings,
     result_info,
 )

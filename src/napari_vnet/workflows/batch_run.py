@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from napari_vnet.io.dicom_seg import require_highdicom, write_dicom_seg
 from napari_vnet.workflows.batch import (
     Case,
     CaseResult,
@@ -37,8 +38,6 @@ from napari_vnet.workflows.batch import (
     _write_json,
     label_statistics,
     plan_outputs,
-    require_highdicom,
-    write_dicom_seg,
 )
 
 log = logging.getLogger(__name__)
