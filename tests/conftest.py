@@ -25,6 +25,21 @@ def shared_data() -> Path:
     return SHARED_DATA
 
 
+@pytest.fixture
+def make_napari_viewer(make_napari_viewer):
+    """napari's own fixture (settings reset), with napari-vnet not yet activated: each test
+    is a new napari session in which npe2 runs napari-vnet's ``on_activate`` hook again on
+    the first use of one of its contributions (reader preferences, the viewer's session),
+    as it does once per napari process."""
+    from npe2 import PluginManager
+
+    try:
+        PluginManager.instance().deactivate("napari-vnet")
+    except KeyError:  # not discovered yet: napari discovers it with the first viewer
+        pass
+    return make_napari_viewer
+
+
 @pytest.fixture(autouse=True)
 def _few_torch_threads():
     """Keep tests polite on 2-core machines (and deterministic)."""

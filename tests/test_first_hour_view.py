@@ -43,7 +43,7 @@ def _shows(viewer, layer) -> bool:
 
 @pytest.mark.gui
 def test_second_patient_opened_into_the_viewer_is_shown(make_napari_viewer, tmp_path):
-    from napari_vnet._reader import register_reader_preferences
+    from napari_vnet.reader_preferences import register_reader_preferences
 
     viewer = make_napari_viewer()
     register_reader_preferences()

@@ -205,16 +205,7 @@ class FinetuneRunMixin:
 
     def _publish_weights(self, out: Path) -> None:
         """Recent list + select in the Segment dock, then tell listeners."""
-        try:
-            from napari_vnet._widgets._session import add_recent_weights
-
-            add_recent_weights(out)
-        except ImportError:  # pragma: no cover - session helpers not there yet
-            logger.warning("recent-weights list unavailable")
-        seg = self._segment_widget()
-        if seg is not None:
-            seg.refresh_weights()
-            seg.select_weights(out)
+        self.session.publish_weights(out)
         self.segment_btn.setEnabled(True)
         self.refresh_base_weights()  # next default output: the next -ftN
         self.weights_saved.emit(str(out))

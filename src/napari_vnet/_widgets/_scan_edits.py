@@ -24,6 +24,7 @@ from qtpy.QtCore import QEventLoop
 from qtpy.QtWidgets import QApplication
 
 from napari_vnet._widgets._autosave import SaveJob
+from napari_vnet._widgets._edits import EditTracker
 from napari_vnet._writer import layer_classes, layer_state
 from napari_vnet.worklist import STATUSES
 
@@ -88,10 +89,6 @@ class ScanEditsMixin:
     def _track(self, layer) -> None:
         layer.events.paint.connect(self._on_paint)
         layer.events.data.connect(self._on_data)
-        try:
-            from napari_vnet._widgets._edits import EditTracker
-        except ImportError:  # pragma: no cover - edit tracker not installed
-            return
         self._trackers[id(layer)] = EditTracker(layer, parent=self)
 
     def _untrack(self, layer) -> None:

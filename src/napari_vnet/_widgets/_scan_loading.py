@@ -433,18 +433,15 @@ class ScanLoadingMixin:
     def _predict_on_open(self, entry: ScanEntry) -> None:
         if STATUSES.index(self._status(entry.key)) >= STATUSES.index("predicted"):
             return
-        seg = self._segment_widget()
+        seg = self.session.segment
         if seg is None:
             self._notify("warning", "Predict on open: open the 'Segment volume' dock first.")
             return
-        try:
-            if seg.current_weights is None:
-                self._notify("warning", "Predict on open: choose weights in 'Segment volume'.")
-                return
-            seg.set_image_layer(self._image_layer)
-            seg.run()
-        except AttributeError as exc:  # an older Segment widget without the contract
-            self._notify("warning", f"Predict on open is not available: {exc}")
+        if seg.current_weights is None:
+            self._notify("warning", "Predict on open: choose weights in 'Segment volume'.")
+            return
+        seg.set_image_layer(self._image_layer)
+        seg.run()
 
     def _close_current(self) -> None:
         """Autosave the current scan's Labels layers, then remove its layers."""
@@ -475,19 +472,13 @@ class ScanLoadingMixin:
         if key:
             self._refresh_key(key)
 
-    def _segment_widget(self):
-        from napari_vnet._widgets._session import find_dock_widget
-        from napari_vnet._widgets.segment import SegmentWidget
-
-        return find_dock_widget(self.viewer, SegmentWidget)
-
     def _cancel_prediction(self) -> None:
         """A prediction still running on this scan's image would land on the next scan."""
-        seg = self._segment_widget()
+        seg = self.session.segment
         try:
             if seg is not None and seg.is_running and seg.image_layer in self._scan_layers:
                 seg.cancel()
-        except (AttributeError, RuntimeError):  # placeholder or closing widget
+        except RuntimeError:  # the Segment dock is closing
             pass
 
     def next_scan(self):

@@ -67,7 +67,7 @@ from napari_vnet._widgets._finetune_pairs import (
 from napari_vnet._widgets._finetune_pairs import notify as _notify
 from napari_vnet._widgets._finetune_run import PROGRESS_REFRESH_MS, FinetuneRunMixin
 from napari_vnet._widgets._losscurve import LossCurve
-from napari_vnet._widgets._session import first_use_in_napari as _session_first_use
+from napari_vnet._widgets._session import join_session
 from napari_vnet._widgets._weights_panel import ARCH_NAMES
 
 if TYPE_CHECKING:
@@ -75,7 +75,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-ARCH_FALLBACK = ("vnet", "unet3d", "vox2vox")
 #: height of the loss curve pinned at the bottom of the dock
 CURVE_HEIGHT = 120
 
@@ -105,7 +104,7 @@ class FinetuneWidget(FinetunePairsMixin, FinetuneRunMixin, FinetuneExportMixin, 
     def __init__(self, napari_viewer: napari.Viewer, parent: QWidget | None = None):
         super().__init__(parent)
         self.viewer = napari_viewer
-        _session_first_use()
+        self.session = join_session(napari_viewer, "finetune", self)
         self._pairs: list[_Pair] = []
         self._trackers: dict[int, _edits.EditTracker] = {}
         self._named: set[int] = set()
@@ -418,13 +417,9 @@ class FinetuneWidget(FinetunePairsMixin, FinetuneRunMixin, FinetuneExportMixin, 
     # ------------------------------------------------------------- base weights
     def set_base_weights(self, path) -> None:
         """Fine-tune these weights (a path or a shipped name)."""
-        try:
-            from napari_vnet.weights import resolve_weights
+        from napari_vnet.weights import resolve_weights
 
-            path = resolve_weights(path)
-        except (ImportError, AttributeError):  # pragma: no cover - weights not there yet
-            path = Path(path)
-        self._base_weights = Path(path)
+        self._base_weights = Path(resolve_weights(path))
         self.from_base_radio.setChecked(True)
         self.refresh_base_weights()
 
@@ -432,9 +427,7 @@ class FinetuneWidget(FinetunePairsMixin, FinetuneRunMixin, FinetuneExportMixin, 
         """Explicitly set weights, else those selected in the Segment volume dock."""
         if self._base_weights is not None:
             return self._base_weights
-        seg = self._segment_widget()
-        current = getattr(seg, "current_weights", None) if seg is not None else None
-        return Path(current) if current else None
+        return self.session.segment_weights()
 
     def refresh_base_weights(self) -> None:
         base = self.base_weights()
@@ -489,21 +482,11 @@ class FinetuneWidget(FinetunePairsMixin, FinetuneRunMixin, FinetuneExportMixin, 
         self.minutes_spin.setVisible(mode == "minutes")
 
     # ------------------------------------------------------------ hand-over
-    def _segment_widget(self):
-        try:
-            from napari_vnet._widgets._session import find_dock_widget
-            from napari_vnet._widgets.segment import SegmentWidget
-        except ImportError:  # pragma: no cover
-            return None
-        return find_dock_widget(self.viewer, SegmentWidget)
-
     def segment_with_new_weights(self):
         """Select the new weights in the Segment dock (opening it) and run it."""
         if self._last_weights is None:
             return None
-        seg = self._segment_widget()
-        if seg is None:
-            _, seg = self.viewer.window.add_plugin_dock_widget("napari-vnet", "Segment volume")
+        seg = self.session.open_dock("segment")
         seg.refresh_weights()
         seg.select_weights(self._last_weights)
         image = self._pairs[0].image_layer if self._pairs else self.image_combo.currentData()
@@ -513,10 +496,8 @@ class FinetuneWidget(FinetunePairsMixin, FinetuneRunMixin, FinetuneExportMixin, 
 
 
 def _train_config_defaults() -> dict[str, Any]:
-    try:
-        from napari_vnet.training import TrainConfig
-    except ImportError:  # pragma: no cover - engine not there yet
-        return {}
+    from napari_vnet.training import TrainConfig
+
     out = {}
     for f in dataclasses.fields(TrainConfig):
         if f.default is not dataclasses.MISSING:
@@ -527,9 +508,6 @@ def _train_config_defaults() -> dict[str, Any]:
 
 
 def _architectures() -> list[str]:
-    try:
-        from napari_vnet.models import ARCHITECTURES
+    from napari_vnet.models import ARCHITECTURES
 
-        return list(ARCHITECTURES)
-    except ImportError:  # pragma: no cover - models not there yet
-        return list(ARCH_FALLBACK)
+    return list(ARCHITECTURES)

@@ -45,7 +45,7 @@ from napari_vnet._widgets._segment_job import (
     RunRequest,
     SegmentJob,
 )
-from napari_vnet._widgets._session import first_use_in_napari as _session_first_use
+from napari_vnet._widgets._session import join_session
 from napari_vnet._widgets._weights_panel import WeightsPanel, arch_name
 from napari_vnet.input_check import check_input, demo_note, value_sample
 
@@ -122,7 +122,7 @@ class SegmentWidget(QWidget):
     def __init__(self, napari_viewer: napari.Viewer, parent: QWidget | None = None):
         super().__init__(parent)
         self.viewer = napari_viewer
-        _session_first_use()
+        self.session = join_session(napari_viewer, "segment", self)
         self.worker = None
         self._job: SegmentJob | None = None
         self._run_ctx: dict[str, Any] = {}
@@ -516,27 +516,24 @@ class SegmentWidget(QWidget):
     @staticmethod
     def _spacing(layer) -> tuple[float, float, float]:
         """The image's voxel spacing (z, y, x) in mm, via the IO geometry contract."""
+        from napari_vnet.io import layer_to_volume
+
         try:
-            from napari_vnet.io import layer_to_volume
-        except ImportError:
-            layer_to_volume = None
-        if layer_to_volume is not None:
-            try:
-                data = layer.data[0] if layer.multiscale else layer.data
-                # a zero-byte stand-in of the right shape: never compute a dask array here
-                stand_in = np.broadcast_to(np.zeros((), dtype=data.dtype), data.shape)
-                vol = layer_to_volume(
-                    stand_in,
-                    scale=layer.scale,
-                    translate=layer.translate,
-                    affine=layer.affine.affine_matrix,
-                    rotate=layer.rotate,
-                    shear=layer.shear,
-                    metadata=layer.metadata,
-                )
-                return tuple(float(s) for s in vol.spacing)
-            except Exception as exc:  # fall back to the layer scale
-                log.warning("layer_to_volume failed for %r: %s", layer.name, exc)
+            data = layer.data[0] if layer.multiscale else layer.data
+            # a zero-byte stand-in of the right shape: never compute a dask array here
+            stand_in = np.broadcast_to(np.zeros((), dtype=data.dtype), data.shape)
+            vol = layer_to_volume(
+                stand_in,
+                scale=layer.scale,
+                translate=layer.translate,
+                affine=layer.affine.affine_matrix,
+                rotate=layer.rotate,
+                shear=layer.shear,
+                metadata=layer.metadata,
+            )
+            return tuple(float(s) for s in vol.spacing)
+        except Exception as exc:  # fall back to the layer scale
+            log.warning("layer_to_volume failed for %r: %s", layer.name, exc)
         scale = np.abs(np.asarray(layer.scale, dtype=float))
         lin = np.asarray(layer.affine.linear_matrix, dtype=float)
         scale = scale * np.linalg.norm(lin, axis=0)  # column norms: the affine's own scaling
