@@ -25,14 +25,16 @@ from qtpy.QtWidgets import QApplication
 
 from napari_vnet._widgets._autosave import SaveJob
 from napari_vnet._widgets._edits import EditTracker
+from napari_vnet._widgets._scans_state import ScansDockFields
 from napari_vnet._writer import layer_classes, layer_state
 from napari_vnet.worklist import STATUSES
 
 log = logging.getLogger(__name__)
 
 
-class ScanEditsMixin:
-    """Layer tracking and autosaving for the Scans dock (state lives on the widget)."""
+class ScanEditsMixin(ScansDockFields):
+    """Layer tracking and autosaving for the Scans dock (the widget's fields it uses:
+    :class:`~._scans_state.ScansDockFields`)."""
 
     def _on_inserted(self, event) -> None:
         from napari.layers import Labels

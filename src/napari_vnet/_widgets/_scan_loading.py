@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from napari_vnet._widgets._scans_state import ScansDockFields
 from napari_vnet.worklist import STATUSES, ScanEntry
 
 log = logging.getLogger(__name__)
@@ -251,9 +252,17 @@ def _show_whole_scan(viewer, image) -> None:
         log.debug("scan not centred", exc_info=True)
 
 
-class ScanLoadingMixin:
+class ScanLoadingMixin(ScansDockFields):
     """The loading half of :class:`~napari_vnet._widgets.scans.ScansWidget`: requests,
-    prefetch, and showing a :class:`LoadedScan` in the layers already in the viewer."""
+    prefetch, and showing a :class:`LoadedScan` in the layers already in the viewer
+    (the widget's fields it uses: :class:`~._scans_state.ScansDockFields`)."""
+
+    # the edits half's methods used here (:class:`~._scan_edits.ScanEditsMixin`)
+    _status: Callable[[str], str]
+    _mark: Callable[..., bool]
+    _save_layers: Callable[..., list[Path]]
+    _track: Callable[[Any], None]
+    _untrack: Callable[[Any], None]
 
     def _read_args(self, entry: ScanEntry) -> tuple:
         """What the loader reads: saved labels records and unwritten autosave snapshots."""
