@@ -13,10 +13,7 @@ import pytest
 from napari_vnet.commands.demo import launch_demo
 from napari_vnet.weights import resolve_weights
 
-
-@pytest.fixture(autouse=True)
-def _config_dir(tmp_path, monkeypatch):
-    monkeypatch.setenv("NAPARI_VNET_CONFIG_DIR", str(tmp_path / "config"))
+pytestmark = pytest.mark.usefixtures("config_dir")
 
 
 @pytest.mark.gui

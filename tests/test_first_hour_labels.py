@@ -25,9 +25,7 @@ WAIT_MS = 30_000
 ORGAN = (0.8, 0.3, 0.2, 1.0)
 
 
-@pytest.fixture(autouse=True)
-def _config_dir(tmp_path, monkeypatch):
-    monkeypatch.setenv("NAPARI_VNET_CONFIG_DIR", str(tmp_path / "config"))
+pytestmark = pytest.mark.usefixtures("config_dir")
 
 
 def _card():

@@ -17,12 +17,10 @@ from test_widget_segment_support import (
 )
 
 # the shared fixtures, made visible to pytest in this module
-_config = support._config
 ckpt = support.ckpt
 dock = support.dock
-notes = support.notes
 
-pytestmark = pytest.mark.gui
+pytestmark = [pytest.mark.gui, pytest.mark.usefixtures("config_dir")]
 
 
 def test_bad_weights_file_is_refused_with_a_notification(qtbot, dock, tmp_path, notes):
