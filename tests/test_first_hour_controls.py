@@ -53,7 +53,9 @@ def test_architecture_box_shows_nnunet_for_an_nnunet_folder(make_napari_viewer):
 
 
 @pytest.mark.gui
-def test_segment_status_names_the_scan_shown_after_next(tiny_checkpoint, make_napari_viewer, qtbot, tmp_path):
+def test_segment_status_names_the_scan_shown_after_next(
+    tiny_checkpoint, make_napari_viewer, qtbot, tmp_path
+):
     from napari_vnet._widgets.scans import ScansWidget
     from napari_vnet._widgets.segment import SegmentWidget
 
@@ -90,7 +92,9 @@ def test_segment_status_names_the_scan_shown_after_next(tiny_checkpoint, make_na
 
 
 @pytest.mark.gui
-def test_finetune_proposes_no_output_without_start_weights(tiny_checkpoint, make_napari_viewer, tmp_path):
+def test_finetune_proposes_no_output_without_start_weights(
+    tiny_checkpoint, make_napari_viewer, tmp_path
+):
     from napari_vnet._widgets.finetune import FinetuneWidget
 
     viewer = make_napari_viewer()
@@ -114,7 +118,9 @@ def test_finetune_proposes_no_output_without_start_weights(tiny_checkpoint, make
 # ------------------------------------------------------------------ info
 
 
-def test_info_summarises_histories_and_shows_nnunet_preprocessing(tiny_checkpoint, tmp_path, capsys):
+def test_info_summarises_histories_and_shows_nnunet_preprocessing(
+    tiny_checkpoint, tmp_path, capsys
+):
     losses = [round(1.0 / (i + 1), 4) for i in range(400)]
     history = {
         "iterations": 400,
