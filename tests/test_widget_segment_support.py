@@ -1,5 +1,6 @@
 """Shared helpers and fixtures of the "Segment volume" dock tests (no tests here): a tiny
-real checkpoint saved in tmp_path, a docked widget in a real viewer, notifications."""
+real three-class checkpoint saved in tmp_path, a docked widget in a real viewer, the
+errors among the notifications (the ``notes`` and ``config_dir`` fixtures: conftest.py)."""
 
 from __future__ import annotations
 
