@@ -10,15 +10,14 @@ steps. It ends by *returning* a :class:`~napari_vnet.workflows.segment.JobDone`,
 generator worker as "worker deleted" and silently drops it, which would hide e.g. a torch
 OOM).
 
-Inside the helper thread torch's intra-op threads are limited (one core is left for the
-GUI) and restored afterwards.
+The use case limits torch's intra-op threads in the helper thread (one core is kept for
+the GUI; :func:`napari_vnet.runtime.use_threads`) and restores them afterwards.
 """
 
 from __future__ import annotations
 
 import importlib
 import logging
-import os
 import queue
 import threading
 from collections.abc import Callable, Iterator
@@ -30,11 +29,6 @@ from napari_vnet.workflows.segment import JobFailed, Outcome, RunRequest
 log = logging.getLogger(__name__)
 
 _DONE = object()
-
-
-def default_threads() -> int:
-    """Torch intra-op threads for inference in the GUI: all cores but one."""
-    return max(1, (os.cpu_count() or 2) - 1)
 
 
 class SegmentJob:
@@ -70,17 +64,12 @@ class SegmentJob:
         box: dict[str, Any] = {}
 
         def target() -> None:
-            import torch
-
-            before = torch.get_num_threads()
-            torch.set_num_threads(self.request.threads or default_threads())
             try:
                 box["outcome"] = self._run(q.put)
             except BaseException as exc:  # noqa: BLE001 - reported to the GUI
                 log.exception("segmentation of %r failed", self.request.image_name)
                 box["outcome"] = JobFailed(_unexpected_message(self.request, exc), exc)
             finally:
-                torch.set_num_threads(before)
                 q.put(_DONE)
 
         self.thread = threading.Thread(target=target, name="napari-vnet-predict", daemon=True)

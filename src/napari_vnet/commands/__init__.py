@@ -18,3 +18,13 @@ COMMANDS = {
     "demo": "demo",
     "napari-readers": "napari_readers",
 }
+
+
+def add_threads_argument(parser) -> None:
+    """``--threads N`` (predict, train, evaluate): the run's compute threads."""
+    parser.add_argument(
+        "--threads", type=int, default=None, metavar="N",
+        help="compute threads (torch intra-op, SimpleITK); default or 0: chosen from the "
+        "cores this process may use (affinity, cgroup quota), its helper threads and the "
+        "load (-v logs the choice)",
+    )  # fmt: skip

@@ -42,6 +42,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from napari_vnet.commands import add_threads_argument
 from napari_vnet.workflows.batch_records import csv_text
 from napari_vnet.workflows.evaluate import (
     EvaluationError,
@@ -87,6 +88,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="resample PRED onto GT's grid (nearest) when the grids differ",
     )
+    add_threads_argument(parser)
     parser.add_argument("--json", action="store_true", help="print a JSON summary as last line")
     parser.add_argument(
         "--out-json", default=None, help="write the results as JSON here (folders: default "
@@ -175,8 +177,9 @@ def run(args: argparse.Namespace) -> int:
             return _fail(why)
     try:
         result = score_pair(
-            args.pred, args.gt, labels=labels, mapping=mapping, resample=args.resample
-        )
+            args.pred, args.gt, labels=labels, mapping=mapping, resample=args.resample,
+            threads=args.threads,
+        )  # fmt: skip
     except (EvaluationError, VolumeReadError, FileNotFoundError) as exc:
         return _fail(str(exc))
     _warn_absent(result, mapping)
@@ -204,7 +207,7 @@ def run_folders(args: argparse.Namespace, labels, mapping) -> int:
             return _fail(why)
     scores = score_folders(
         args.pred, args.gt, labels=labels, mapping=mapping, resample=args.resample,
-        on_case=_print_case,
+        on_case=_print_case, threads=args.threads,
     )  # fmt: skip
     if not scores.results and not scores.failed:
         return _fail(f"no prediction in {args.pred} has a reference of the same name in {args.gt}")

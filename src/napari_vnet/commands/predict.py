@@ -8,7 +8,8 @@
 Single case (OUT names a file): the mask is written with the input's geometry. With
 ``--json`` the last line of stdout is one JSON object: ``seconds`` (inference, incl.
 pre/post-processing, excluding file reading/writing), ``total_seconds``, ``voxels``,
-``device``, ``output``, ``amp``, ``windows``, ``labels`` (value -> voxel count).
+``device``, ``output``, ``amp``, ``windows``, ``threads`` (torch's intra-op threads),
+``labels`` (value -> voxel count).
 
 Folder (INPUT is a folder and OUT is a folder, i.e. has no volume file extension):
 every volume file and DICOM series under INPUT (recursively; ``--pattern``) is
@@ -33,6 +34,7 @@ import sys
 import time
 from pathlib import Path
 
+from napari_vnet.commands import add_threads_argument
 from napari_vnet.workflows.batch import FORMATS
 
 log = logging.getLogger(__name__)
@@ -62,6 +64,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda, cuda:N, mps"
     )
+    add_threads_argument(parser)
     parser.add_argument(
         "--overlap", type=float, default=0.5, help="window overlap in [0, 1) (default 0.5)"
     )
@@ -197,6 +200,7 @@ def _model_and_settings(args: argparse.Namespace):
         "amp": False if args.no_amp else "auto",
         "tta": args.tta,
         "postprocess": post,
+        "threads": args.threads,
     }
     return seg, settings
 

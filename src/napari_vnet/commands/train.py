@@ -13,6 +13,7 @@ import json
 import os
 import sys
 
+from napari_vnet.commands import add_threads_argument
 from napari_vnet.models.names import DISPLAY_NAMES
 from napari_vnet.workflows.options import train_defaults
 
@@ -167,6 +168,7 @@ def _optimisation_arguments(run_, d: dict) -> None:
     )  # fmt: skip
     run_.add_argument("--device", default=d["device"], help="auto, cpu, cuda, cuda:1, mps")
     run_.add_argument("--amp", choices=("auto", "on", "off"), default="auto")
+    add_threads_argument(run_)
     run_.add_argument("--seed", type=int, default=d["seed"])
     run_.add_argument(
         "--resume", action="store_true", help="continue an interrupted run writing --out"
@@ -357,7 +359,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         summary = train(
             pairs, config, base=args.weights, out=args.out,
-            on_event=_event_printer(say) if rank == 0 else None,
+            on_event=_event_printer(say) if rank == 0 else None, threads=args.threads,
         )  # fmt: skip
     except KeyboardInterrupt:  # the engine wrote the best checkpoint and the resume file
         say(f"interrupted; continue with --resume (state in {args.out})")

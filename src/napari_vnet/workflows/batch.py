@@ -327,6 +327,7 @@ class CaseResult:
     outputs: list[str] = field(default_factory=list)
     error: str | None = None
     seconds: float = 0.0  # inference (incl. pre/post-processing)
+    threads: int | None = None  # torch intra-op threads of the inference
     total_seconds: float = 0.0  # read to written
     shape: list[int] | None = None
     spacing: list[float] | None = None

@@ -192,6 +192,7 @@ def _write_outputs(
         "written",
         outputs=[str(p) for p in plan.files()],
         seconds=round(float(done.seconds), 3),
+        threads=done.threads,
         total_seconds=round(time.perf_counter() - t_read, 3),
         shape=[int(s) for s in vol.shape],
         spacing=[float(s) for s in vol.spacing],
@@ -336,7 +337,14 @@ class _Pipeline:
     written by one background thread (``workers=0``: all in the calling thread)."""
 
     def __init__(self, seg, todo, settings, workers: int, rank: int, produced_by: dict):
-        self.seg, self.settings, self.rank, self.produced_by = seg, settings, rank, produced_by
+        from napari_vnet.threads import thread_choice
+
+        self.seg, self.rank, self.produced_by = seg, rank, produced_by
+        # chosen once per run: the read-ahead and writer threads run beside the engine
+        helpers = workers + 1 if workers else 0
+        threads = thread_choice(settings.get("threads"), helpers=helpers,
+                                helpers_note="read-ahead and writer threads")  # fmt: skip
+        self.settings = {**settings, "threads": threads}
         self.n = len(todo)
         self.upcoming = iter(todo)
         self.prepare_kwargs = {k: settings[k] for k in ("overlap", "batch_size") if k in settings}

@@ -59,15 +59,6 @@ class ChildJobError(NapariVnetError, RuntimeError):
     """The child process failed without a picklable exception (crash, killed, bad exit)."""
 
 
-def child_threads() -> int:
-    """Cores this process may use, minus one left for the GUI (at least 1)."""
-    try:
-        n = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):  # pragma: no cover - not Linux
-        n = os.cpu_count() or 2
-    return max(1, n - 1)
-
-
 def run_in_child(
     target: str,
     *args: Any,

@@ -177,10 +177,20 @@ def score_pair(
     labels: list[int] | None = None,
     mapping: dict[int, int] | None = None,
     resample: bool = False,
+    threads: int | None = None,
 ) -> dict[str, Any]:
     """Dice and HD95 (mm) per label of one prediction against its reference.
 
-    Raises :class:`EvaluationError` (or the reader's errors) naming the files."""
+    ``threads``: SimpleITK's threads (resampling; 0/None: chosen for this machine,
+    :func:`napari_vnet.threads.use_threads`). Raises :class:`EvaluationError` (or the
+    reader's errors) naming the files."""
+    from napari_vnet.threads import use_threads
+
+    with use_threads(threads):
+        return _score_pair(pred_path, gt_path, labels=labels, mapping=mapping, resample=resample)
+
+
+def _score_pair(pred_path, gt_path, *, labels, mapping, resample) -> dict[str, Any]:
     import numpy as np
 
     from napari_vnet.metrics import dice_per_class, hd95_per_class, label_values
@@ -440,27 +450,37 @@ class FolderScores:
 
 
 def score_folders(
-    pred_dir, gt_dir, *, labels=None, mapping=None, resample=False, on_case=None
+    pred_dir, gt_dir, *, labels=None, mapping=None, resample=False, on_case=None, threads=None
 ) -> FolderScores:
     """Score every prediction under ``pred_dir`` that has a reference of the same name
     under ``gt_dir`` (:func:`pair_cases`). A pair that cannot be scored is recorded in
-    ``failed``, not fatal; ``on_case(case, result_or_None, error_or_None)`` hears of each."""
-    from napari_vnet.io import VolumeReadError
+    ``failed``, not fatal; ``on_case(case, result_or_None, error_or_None)`` hears of each.
+    ``threads`` as for :func:`score_pair`."""
+    from napari_vnet.threads import use_threads
 
     pairs, unpaired_pred, unpaired_gt = pair_cases(pred_dir, gt_dir)
     scores = FolderScores(unpaired_pred=unpaired_pred, unpaired_gt=unpaired_gt)
-    for case, pred_path, gt_path in pairs:
-        try:
-            r = score_pair(pred_path, gt_path, labels=labels, mapping=mapping, resample=resample)
-        except (EvaluationError, VolumeReadError, FileNotFoundError, OSError) as exc:
-            scores.failed[case] = str(exc)
-            if on_case is not None:
-                on_case(case, None, exc)
-            continue
-        for side in ("pred", "gt"):
-            for v in r["absent"][side]:
-                scores.absent[side][v] = scores.absent[side].get(v, 0) + 1
-        scores.results.append((case, r))
-        if on_case is not None:
-            on_case(case, r, None)
+    with use_threads(threads):
+        for case, pred_path, gt_path in pairs:
+            _score_case(scores, case, pred_path, gt_path, on_case,
+                        labels=labels, mapping=mapping, resample=resample)  # fmt: skip
     return scores
+
+
+def _score_case(scores: FolderScores, case, pred_path, gt_path, on_case, **how) -> None:
+    """Score one pair of a folder into ``scores``."""
+    from napari_vnet.io import VolumeReadError
+
+    try:
+        r = _score_pair(pred_path, gt_path, **how)
+    except (EvaluationError, VolumeReadError, FileNotFoundError, OSError) as exc:
+        scores.failed[case] = str(exc)
+        if on_case is not None:
+            on_case(case, None, exc)
+        return
+    for side in ("pred", "gt"):
+        for v in r["absent"][side]:
+            scores.absent[side][v] = scores.absent[side].get(v, 0) + 1
+    scores.results.append((case, r))
+    if on_case is not None:
+        on_case(case, r, None)

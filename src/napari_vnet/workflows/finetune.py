@@ -190,15 +190,19 @@ def train(
     out: str | os.PathLike,
     on_event: Callable[[Any], Any] | None = None,
     should_stop: Callable[[], bool] | None = None,
+    threads: int | None = None,
 ):
     """Train on ``pairs`` to the end; each :class:`~napari_vnet.training.TrainingStep` goes
     to ``on_event``; returns the :class:`~napari_vnet.training.TrainingSummary`. Ctrl-C keeps
-    the best checkpoint and the resume file (``config.resume`` continues)."""
+    the best checkpoint and the resume file (``config.resume`` continues). ``threads``:
+    torch's intra-op threads (0/None: :func:`napari_vnet.threads.thread_choice`)."""
+    from napari_vnet.threads import use_threads
     from napari_vnet.training.loop import run_training
 
-    return run_training(
-        pairs, config, base=base, out=out, on_event=on_event, should_stop=should_stop
-    )
+    with use_threads(threads):
+        return run_training(
+            pairs, config, base=base, out=out, on_event=on_event, should_stop=should_stop
+        )
 
 
 def training_job(specs, config: TrainConfig, base, out, stop: threading.Event):
@@ -246,20 +250,14 @@ def _training_nice() -> int:
 def finetune_job(specs, config: TrainConfig, base, out, *, should_stop):
     """The training proper (in the child process): pairs from specs, then
     :func:`~napari_vnet.training.finetune` (whose plan settles classes and patch as for
-    the command line). Torch gets one core fewer than this process may use, so the GUI
-    keeps one."""
-    import torch
-
+    the command line). Torch's threads are chosen keeping one core for the GUI
+    (:func:`napari_vnet.threads.use_threads`)."""
+    from napari_vnet.threads import use_threads
     from napari_vnet.training.loop import finetune
-    from napari_vnet.workflows.child_process import child_threads
 
-    before = torch.get_num_threads()
-    torch.set_num_threads(min(before, child_threads()))
-    try:
+    with use_threads(None, reserve=1):
         pairs = [spec_to_pair(s) for s in specs]
         return (yield from finetune(pairs, config, base=base, out=out, should_stop=should_stop))
-    finally:
-        torch.set_num_threads(before)
 
 
 def export_job(items: list[dict], folder: Path, class_names: dict[int, str]) -> Path:

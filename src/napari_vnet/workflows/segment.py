@@ -84,6 +84,7 @@ class JobDone:
     windows: int
     uncertainty: np.ndarray | None = None  # uint8, when the settings asked for it
     probabilities: np.ndarray | None = None  # when the settings asked for them
+    threads: int | None = None  # torch intra-op threads the run used
 
 
 @dataclass
@@ -110,7 +111,7 @@ class RunRequest:
     weights: Path
     arch: str  # architecture chosen in the dock (must match the file's card)
     settings: dict[str, Any] = field(default_factory=dict)  # predict keyword arguments
-    threads: int | None = None  # torch intra-op threads in the worker (None: cpus - 1)
+    threads: int | None = None  # torch intra-op threads (None: automatic, a core kept for the GUI)
 
 
 class WeightsUnusable(NapariVnetError):
@@ -170,21 +171,27 @@ class Segmenter:
         settings: dict[str, Any] | None = None,
         progress: Callable[[int, int], Any] | None = None,
         should_stop: Callable[[], bool] | None = None,
+        reserve: int = 0,
     ) -> Outcome:
         """Run :func:`napari_vnet.inference.predict` on ``image`` (an array, a Volume or a
-        prepared input) with ``settings`` (its keyword arguments). ``seconds`` of the
-        outcome: inference, pre- and post-processing included."""
+        prepared input) with ``settings`` (its keyword arguments, and ``threads``: a
+        :class:`~napari_vnet.runtime.ThreadChoice`, or a count, 0/None for the automatic
+        choice keeping ``reserve`` cores free: :func:`napari_vnet.runtime.use_threads`).
+        ``seconds`` of the outcome: inference, pre- and post-processing included."""
         from napari_vnet.inference import PredictionCancelled, predict
         from napari_vnet.runtime import is_oom
+        from napari_vnet.threads import use_threads
 
         t0 = time.perf_counter()
         kwargs = dict(settings or {})
+        threads = kwargs.pop("threads", None)
         if progress is not None:
             kwargs["progress"] = progress
         if should_stop is not None:
             kwargs["should_stop"] = should_stop
         try:
-            pred = predict(image, self.model, self.card, spacing=spacing, **kwargs)
+            with use_threads(threads, reserve=reserve) as used:
+                pred = predict(image, self.model, self.card, spacing=spacing, **kwargs)
         except PredictionCancelled:
             return JobCancelled(time.perf_counter() - t0)
         except (MemoryError, RuntimeError) as exc:  # torch.OutOfMemoryError is both
@@ -207,6 +214,7 @@ class Segmenter:
             windows=int(pred.windows),
             uncertainty=pred.uncertainty,
             probabilities=pred.probabilities,
+            threads=used.threads,
         )
 
 
@@ -298,9 +306,10 @@ def segment_request(
         image,
         name=req.image_name,
         spacing=req.spacing,
-        settings=req.settings,
+        settings={**req.settings, "threads": req.threads},
         progress=lambda done, total: emit(Progress(int(done), int(total))),
         should_stop=should_stop,
+        reserve=1,  # the GUI's core
     )
     if not isinstance(outcome, JobFailed):
         outcome.seconds = time.perf_counter() - t0
@@ -426,6 +435,7 @@ def _file_summary(seg, source, written, vol, done: JobDone, settings, started) -
         "device": done.device,
         "amp": done.amp,
         "windows": done.windows,
+        "threads": done.threads,
         "tta": bool(settings.get("tta")),
         "postprocess": settings.get("postprocess") or [],
         "labels": {str(int(v)): int(c) for v, c in zip(values, counts, strict=True)},
