@@ -219,16 +219,16 @@ def run_benchmark(
     import torch
     from napari.qt import get_qapp
 
-    from napari_vnet._widgets._segment_job import default_threads
     from napari_vnet._widgets.segment import SegmentWidget
     from napari_vnet.models import read_card
+    from napari_vnet.threads import thread_choice
 
     get_qapp()
     tmpdir = Path(tempfile.mkdtemp(prefix="napari-vnet-bench-"))
     os.environ.setdefault("NAPARI_VNET_CONFIG_DIR", str(tmpdir / "config"))
     weights, model_desc = _model_for_benchmark(tmpdir)
     card = read_card(weights)
-    threads = default_threads()
+    threads = thread_choice(None, reserve=1).threads  # the dock's choice
     per_window, patch = _seconds_per_window(weights, threads)
     # windows along z only (overlap 0.5): n windows cover patch * (n + 1) / 2 slices
     n_windows = max(2, int(round(seconds / per_window)))

@@ -15,7 +15,18 @@ that peak RSS (``VmHWM``) is the engine's own:
 * ``naive``: a plain loop over the same windows, fp32, full-size float32 probability and
   count maps, uniform averaging.
 
+* ``napari-vnet-fp32``: the same with ``amp=False`` (the fp32 case on a CPU with bf16);
+  ``napari-vnet-noskip``: without the reuse of uniform windows.
+
 Label agreement is the mean foreground Dice between each engine's labels and MONAI's.
+
+Roofline (``benchmarks/roofline.py``): each engine's convolution FLOPs (FlopCounterMode on
+one window, times the windows the network computed), the achieved GFLOP/s (those FLOPs
+over the engine's seconds, and over the seconds inside the convolutions) and the
+fraction of the machine's peak, measured as a 2048^2 matmul on the same threads in fp32
+(bf16 too where the CPU computes it natively; a bf16 run is compared with the bf16
+peak), plus where the time went: reading, preprocessing, convolutions, the network's
+other layers, and the rest (window extraction, stitching, argmax, restoring the grid).
 The network is a V-Net (paper structure: 5x5x5 convolutions, PReLU, residual stages) whose
 width is ``--channels`` (default quarter width 4-8-16-32-64: the paper's 16-256 needs
 ~250 GFLOP per 64^3 window, an hour per volume on 2 shared CPU cores). It is trained for
@@ -190,20 +201,29 @@ def child(args) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    from roofline import Profile, run_flops
+
     from napari_vnet.weights import load_weights
 
     model, card = load_weights(args.weights)
     patch = card.patch_size[0]
+    t_io = time.perf_counter()
     raw = np.load(args.volume)
+    io_s = time.perf_counter() - t_io
     values = np.asarray(card.label_values, np.uint8)
     base_rss = current_rss_mb()
-    times = []
+    times, best = [], None
     for _ in range(max(1, args.repeats)):
         t0 = time.perf_counter()
-        labels, extra = run_engine(args, raw, model, card, values, patch)
+        with Profile(model) as prof:
+            labels, extra = run_engine(args, raw, model, card, values, patch)
         times.append(time.perf_counter() - t0)
+        if times[-1] == min(times):
+            best = (prof, extra)
     seconds = min(times)
+    prof, extra = best
     np.save(args.labels_out, labels)
+    pre_s = extra.pop("preprocess_s", 0.0)
     result = {
         "engine": args.child,
         "seconds": seconds,
@@ -212,6 +232,18 @@ def child(args) -> int:
         "peak_rss_mb": peak_rss_mb(),
         "rss_before_mb": base_rss,
         "threads": torch.get_num_threads(),
+        "conv_gflop": run_flops(model, prof.shapes) / 1e9,
+        "windows_computed": prof.windows,
+        # where the time went (the fastest run): reading the .npy (not in "seconds"),
+        # normalisation/resampling, the network (its convolutions, its other layers),
+        # and the rest: window extraction, stitching/blending, argmax, restoring the grid
+        "breakdown_s": {
+            "io_read": io_s,
+            "preprocess": pre_s,
+            "convolutions": prof.conv_s,
+            "other_layers": prof.network_s - prof.conv_s,
+            "stitching_and_rest": seconds - pre_s - prof.network_s,
+        },
         **extra,
     }
     print(json.dumps(result))
@@ -224,19 +256,23 @@ def run_engine(args, raw, model, card, values, patch):
     from napari_vnet.transforms import normalize_intensity
 
     if args.child.startswith("napari-vnet"):
-        from napari_vnet.inference import predict
+        from napari_vnet.inference import predict, prepare
 
+        t0 = time.perf_counter()
+        prepared = prepare(raw, card, spacing=None, overlap=args.overlap)
+        pre_s = time.perf_counter() - t0
         pred = predict(
-            raw,
+            prepared,
             model,
             card,
-            spacing=None,
             overlap=args.overlap,
             device="cpu",
+            amp=False if args.child == "napari-vnet-fp32" else "auto",
             skip_uniform=args.child != "napari-vnet-noskip",
         )
         labels = pred.labels
         extra = {
+            "preprocess_s": pre_s,
             "amp": pred.amp,
             "batch_size": pred.batch_size,
             "windows": pred.windows,
@@ -244,7 +280,9 @@ def run_engine(args, raw, model, card, values, patch):
             "channels_last": pred.stats.get("channels_last"),
         }
     else:
+        t0 = time.perf_counter()
         x = torch.from_numpy(normalize_intensity(raw, card.normalization))[None, None]
+        pre_s = time.perf_counter() - t0
         if args.child == "monai":
             from monai.inferers import sliding_window_inference
 
@@ -261,7 +299,7 @@ def run_engine(args, raw, model, card, values, patch):
             del out
         else:
             labels = values[run_naive(x, model, patch, args.overlap, len(values))]
-        extra = {}
+        extra = {"amp": None, "preprocess_s": pre_s}
     return labels, extra
 
 
@@ -305,6 +343,53 @@ def agreement(a, b) -> dict:
     }
 
 
+# --------------------------------------------------------------------------- roofline
+
+
+def roofline_row(res: dict, peaks: dict) -> dict:
+    """Achieved GFLOP/s (convolution FLOPs over the engine's seconds) and the fraction of
+    the matmul peak of the run's dtype (bf16 where it ran bf16 and the CPU has it)."""
+    gflops = res["conv_gflop"] / res["seconds"]
+    conv_s = res["breakdown_s"]["convolutions"]
+    bf16 = res.get("amp") == "bf16" and peaks.get("bf16_gflops")
+    peak = peaks["bf16_gflops"] if bf16 else peaks["fp32_gflops"]
+    return {
+        "gflops": gflops,
+        "gflops_in_convolutions": res["conv_gflop"] / conv_s if conv_s > 0 else None,
+        "peak_dtype": "bf16" if bf16 else "fp32",
+        "fraction_of_peak": gflops / peak,
+        "fraction_of_fp32_peak": gflops / peaks["fp32_gflops"],
+    }
+
+
+def print_table(rows: list[dict]) -> None:
+    print(
+        f"{'volume':>14} {'engine':>18} {'amp':>5} {'s':>7} {'Mvox/s':>7} {'xMONAI':>6} "
+        f"{'peakRSS MB':>10} {'Dice/MONAI':>10} {'fg %':>5} {'GFLOP':>7} {'GFLOP/s':>7} "
+        f"{'%peak':>6}"
+    )
+    for r in rows:
+        print(
+            f"{'x'.join(map(str, r['shape'])):>14} {r['engine']:>18} {r.get('amp') or 'fp32':>5} "
+            f"{r['seconds']:>7.1f} {r['voxels_per_s'] / 1e6:>7.3f} "
+            f"{r.get('speed_vs_monai', float('nan')):>6.2f} {r['peak_rss_mb']:>10.0f} "
+            f"{r.get('dice_vs_monai', float('nan')):>10.4f} "
+            f"{100 * r['foreground_fraction']:>5.1f} {r['conv_gflop']:>7.1f} "
+            f"{r['gflops']:>7.1f} {100 * r['fraction_of_peak']:>5.1f}%"
+        )
+
+
+def print_breakdown(rows: list[dict]) -> None:
+    keys = ("io_read", "preprocess", "convolutions", "other_layers", "stitching_and_rest")
+    print(f"\n{'volume':>14} {'engine':>18} " + " ".join(f"{k:>18}" for k in keys) + "  (s)")
+    for r in rows:
+        b = r["breakdown_s"]
+        print(
+            f"{'x'.join(map(str, r['shape'])):>14} {r['engine']:>18} "
+            + " ".join(f"{b[k]:>18.2f}" for k in keys)
+        )
+
+
 # --------------------------------------------------------------------------- main
 
 
@@ -320,7 +405,9 @@ def main() -> int:
     p.add_argument("--overlap", type=float, default=0.25, help="MONAI's default, for all")
     p.add_argument("--train-steps", type=int, default=100)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch default)")
-    p.add_argument("--engines", default="napari-vnet,napari-vnet-noskip,monai,naive")
+    p.add_argument(
+        "--engines", default="napari-vnet,napari-vnet-fp32,napari-vnet-noskip,monai,naive"
+    )
     p.add_argument(
         "--naive-max-voxels", type=int, default=96**3, help="skip the naive loop above this"
     )
@@ -355,7 +442,14 @@ def main() -> int:
         if args.weights
         else train_weights(channels, kernel, patch, args.train_steps, shapes)
     )
-    print(f"weights {weights}; threads {threads}; overlap {args.overlap}", file=sys.stderr)
+    from roofline import machine_peaks
+
+    from napari_vnet.runtime import cpu_has_native_bf16
+
+    native_bf16 = cpu_has_native_bf16()
+    peaks = machine_peaks(native_bf16)
+    print(f"weights {weights}; threads {threads}; overlap {args.overlap}; native bf16 "
+          f"{native_bf16}; matmul peaks {peaks}", file=sys.stderr)  # fmt: skip
     rows = []
     for shape in shapes:
         vol = volume_path(shape)
@@ -370,6 +464,7 @@ def main() -> int:
             )
             res["shape"] = list(shape)
             res["voxels_per_s"] = res["voxels"] / res["seconds"]
+            res.update(roofline_row(res, peaks))
             labels[engine] = np.load(out)
             res["foreground_fraction"] = float(
                 np.count_nonzero(labels[engine]) / labels[engine].size
@@ -386,15 +481,8 @@ def main() -> int:
                 )
                 res["speed_vs_monai"] = res["voxels_per_s"] / monai_row["voxels_per_s"]
 
-    header = f"{'volume':>14} {'engine':>18} {'s':>8} {'Mvox/s':>8} {'xMONAI':>7} {'peakRSS MB':>11} {'Dice vs MONAI':>14} {'fg %':>6}"
-    print(header)
-    for r in rows:
-        print(
-            f"{'x'.join(map(str, r['shape'])):>14} {r['engine']:>18} {r['seconds']:>8.1f} "
-            f"{r['voxels_per_s'] / 1e6:>8.3f} {r.get('speed_vs_monai', float('nan')):>7.2f} "
-            f"{r['peak_rss_mb']:>11.0f} {r.get('dice_vs_monai', float('nan')):>14.4f} "
-            f"{100 * r['foreground_fraction']:>6.2f}"
-        )
+    print_table(rows)
+    print_breakdown(rows)
     import monai  # noqa: F401 - version in the record
 
     record = {
@@ -406,6 +494,8 @@ def main() -> int:
             "torch": torch.__version__,
             "monai": sys.modules["monai"].__version__,
             "threads": threads,
+            "native_bf16": native_bf16,
+            "matmul_peak_gflops": peaks,
             "load_average_at_end": os.getloadavg(),
             "note": "shared machine: other engineers' jobs ran at the same time",
         },
