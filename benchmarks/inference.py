@@ -38,7 +38,7 @@ width is ``--channels`` (default quarter width 4-8-16-32-64: the paper's 16-256 
                                                       # 300 x 512 x 512 with a small model
 
 Prints a table and writes ``benchmarks/results/inference.json`` (``inference_big_rss.json``
-for ``--big-rss``). Timings on a shared machine are disturbed by other processes.
+for ``--big-rss``; ``--out`` another path). Timings on a shared machine are disturbed by other processes.
 """
 
 from __future__ import annotations
@@ -418,6 +418,7 @@ def main() -> int:
     p.add_argument("--big-rss", action="store_true", help="only our engine on 300 x 512 x 512")
     p.add_argument("--timeout", type=int, default=3600)
     p.add_argument("--repeats", type=int, default=2, help="runs per engine; the fastest counts")
+    p.add_argument("--out", type=Path, default=None, help="JSON path (default: results/...)")
     args = p.parse_args()
     if args.child:
         return child(args)
@@ -511,8 +512,9 @@ def main() -> int:
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
     name = "inference_big_rss.json" if args.big_rss else "inference.json"
-    (RESULTS / name).write_text(json.dumps(record, indent=2))
-    print(f"wrote {RESULTS / name}", file=sys.stderr)
+    out = args.out or RESULTS / name
+    out.write_text(json.dumps(record, indent=2))
+    print(f"wrote {out}", file=sys.stderr)
     return 0
 
 

@@ -50,7 +50,7 @@ def run_once(args, threads: int | None, out: Path) -> dict:
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stderr[-3000:]}")
     summary = json.loads(proc.stdout.strip().splitlines()[-1])
-    why = [ln.split("threads: ", 1)[1] for ln in proc.stderr.splitlines() if "threads: " in ln]
+    why = [ln.rsplit("threads: ", 1)[1] for ln in proc.stderr.splitlines() if "threads: " in ln]
     return {
         "setting": "auto" if threads is None else f"--threads {threads}",
         "threads": summary.get("threads"),
