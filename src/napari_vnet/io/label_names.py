@@ -311,13 +311,13 @@ def _value_and_color(c: Any) -> tuple[int, Any]:
     return int(c.value), getattr(c, "color", None)
 
 
-def class_colors(classes: Iterable[Any]) -> dict[int, tuple[float, float, float, float]]:
+def class_colors(classes: Iterable[Any]) -> dict[int, tuple[float, ...]]:
     """Label value -> RGBA for classes (dicts or ``ClassInfo``): their own colour where
     given, otherwise distinct hues (golden-ratio steps). The colours napari-vnet shows a
     prediction in; also written into sidecars and DICOM-SEG display colours."""
     import colorsys
 
-    colors: dict[int, tuple[float, float, float, float]] = {}
+    colors: dict[int, tuple[float, ...]] = {}
     hue = 0.08
     for c in classes:
         value, color = _value_and_color(c)
