@@ -162,10 +162,10 @@ def run(
     from napari.layers import Image, Labels
     from qtpy.QtWidgets import QApplication
 
-    from napari_vnet._widgets._segment_job import JobDone
     from napari_vnet._widgets.scans import ScansWidget
     from napari_vnet._widgets.segment import SegmentWidget
     from napari_vnet.models import ClassInfo, ModelCard
+    from napari_vnet.workflows.segment import JobDone
 
     tmp = Path(tempfile.mkdtemp(prefix="napari-vnet-clinical-"))
     os.environ["NAPARI_VNET_CONFIG_DIR"] = str(tmp / "config")

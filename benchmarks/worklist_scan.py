@@ -3,10 +3,10 @@
 Generates N (default 500) small volumes in mixed formats (.nii, .nii.gz, .mha, .mhd+.raw,
 .nrrd; 24 x 64 x 64 int16, ~190 kB of pixels each) in a temporary folder, then:
 
-1. lists them with :func:`napari_vnet.worklist.discover_scans` (headers only), timing the
-   whole listing and the first entry, and counting the bytes the process read from disk
-   for each entry (Linux ``/proc/self/io`` ``rchar``: every read(2), SimpleITK's C++
-   reads included);
+1. lists them with :func:`napari_vnet.workflows.worklist_scan.discover_scans` (headers
+   only), timing the whole listing and the first entry, and counting the bytes the
+   process read from disk for each entry (Linux ``/proc/self/io`` ``rchar``: every
+   read(2), SimpleITK's C++ reads included);
 2. does the same for 10 big volumes (96 x 256 x 256 int16, 12.6 MB of pixels each): a
    header-only reader reads about as many bytes from a big file as from a small one;
 3. deletes the pixel data (removes every ``.raw``, truncates ``.nii``/``.mha``/``.nrrd`` to
@@ -104,7 +104,7 @@ def strip_pixel_data(folder: Path) -> int:
 
 def list_folder(folder: Path):
     """Entries, seconds, seconds to the first entry, {entry path: bytes read for it}."""
-    from napari_vnet.worklist import discover_scans
+    from napari_vnet.workflows.worklist_scan import discover_scans
 
     per_entry: dict[str, int] = {}
     t0 = time.perf_counter()

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from napari_vnet.child_process import ChildJobError, child_threads, run_in_child
+from napari_vnet.workflows.child_process import ChildJobError, child_threads, run_in_child
 
 JOBS = """
 import os, sys, time
@@ -128,7 +128,7 @@ def test_runner_module_imports_no_gui():
     import subprocess
 
     code = (
-        "import sys, napari_vnet.child_process; "
+        "import sys, napari_vnet.workflows.child_process; "
         "print([m for m in ('napari', 'qtpy', 'PyQt6', 'magicgui') if m in sys.modules])"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
@@ -219,7 +219,7 @@ def test_child_exits_cleanly_while_its_stop_reader_waits_on_stdin(tmp_path):
     job = {"target": "fake_jobs:count", "args": (3,), "kwargs": {}, "nice": 0}
     for _ in range(5):
         proc = subprocess.Popen(
-            [sys.executable, "-m", "napari_vnet.child_process"],
+            [sys.executable, "-m", "napari_vnet.workflows.child_process"],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,

@@ -15,10 +15,11 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from napari_vnet.batch import discover_cases, shard
 from napari_vnet.cli import main
 from napari_vnet.io import Volume, read_volume, write_volume
 from napari_vnet.models import ClassInfo, ModelCard, build_model, save_checkpoint
+from napari_vnet.workflows.batch import discover_cases
+from napari_vnet.workflows.batch_folder import shard
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # fixture in conftest.py
 

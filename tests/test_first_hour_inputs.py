@@ -94,7 +94,7 @@ def _write(path, arr):
 
 
 def test_no_pairing_with_a_folder_beside_the_chosen_one(tmp_path):
-    from napari_vnet.worklist import discover_scans
+    from napari_vnet.workflows.worklist_scan import discover_scans
 
     data = tmp_path / "data"
     _write(data / "scans" / "p1.nii.gz", _ct())

@@ -87,7 +87,7 @@ def test_scans_next_shows_a_scan_on_another_grid(make_napari_viewer, qtbot, tmp_
 
 def test_autosave_names_read_scan_and_model(tmp_path):
     from napari_vnet.io import Volume
-    from napari_vnet.worklist import ScanProject
+    from napari_vnet.workflows.worklist import ScanProject
 
     project = ScanProject(tmp_path / "work")
     vol = Volume(np.ones((3, 4, 5), np.uint8), spacing=(2.0, 1.0, 1.0))

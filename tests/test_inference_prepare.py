@@ -103,8 +103,9 @@ def test_prepared_nnunet_folder_gives_the_same_labels():
 def test_batch_prepares_on_the_read_ahead_threads(tmp_path, workers):
     """The folder pipeline preprocesses each case when it reads it (``prepare_s`` is
     recorded) and writes the same labels as ``predict`` on the volume."""
-    from napari_vnet.batch import discover_cases, predict_cases
     from napari_vnet.io import read_volume, write_volume
+    from napari_vnet.workflows.batch import discover_cases
+    from napari_vnet.workflows.batch_run import predict_cases
 
     rng = np.random.default_rng(5)
     src = tmp_path / "in"

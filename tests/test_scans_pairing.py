@@ -8,7 +8,7 @@ import json
 import numpy as np
 import SimpleITK as sitk
 
-from napari_vnet.worklist import discover_scans
+from napari_vnet.workflows.worklist_scan import discover_scans
 
 
 def _write(path, arr):

@@ -42,7 +42,7 @@ def _read(path):
 
 def test_background_autosave_writes_what_a_synchronous_save_writes(qtbot, tmp_path):
     from napari_vnet._widgets._autosave import BackgroundSaver, SaveJob
-    from napari_vnet.worklist import ScanProject
+    from napari_vnet.workflows.worklist import ScanProject
 
     vol = _labels_volume()
     sync = ScanProject(tmp_path / "sync")
@@ -70,7 +70,7 @@ def test_background_autosave_writes_what_a_synchronous_save_writes(qtbot, tmp_pa
 
 def test_queued_snapshots_of_one_file_coalesce_newest_wins(qtbot, tmp_path):
     from napari_vnet._widgets._autosave import BackgroundSaver, SaveJob
-    from napari_vnet.worklist import ScanProject
+    from napari_vnet.workflows.worklist import ScanProject
 
     project = ScanProject(tmp_path / "work")
     saver = BackgroundSaver()
@@ -94,7 +94,7 @@ _CHILD = textwrap.dedent(
     from qtpy.QtCore import QCoreApplication
     from napari_vnet._widgets._autosave import BackgroundSaver, SaveJob
     from napari_vnet.io import Volume
-    from napari_vnet.worklist import ScanProject
+    from napari_vnet.workflows.worklist import ScanProject
 
     app = QCoreApplication([])
     project = ScanProject(sys.argv[1])
@@ -111,7 +111,7 @@ _CHILD = textwrap.dedent(
 
 @pytest.mark.skipif(sys.platform == "win32", reason="SIGKILL is POSIX")
 def test_sigkill_during_a_background_write_leaves_the_previous_autosave(tmp_path):
-    from napari_vnet.worklist import ScanProject
+    from napari_vnet.workflows.worklist import ScanProject
 
     work = tmp_path / "work"
     project = ScanProject(work)

@@ -9,14 +9,14 @@ import numpy as np
 import pytest
 import torch
 
-from napari_vnet._widgets._segment_job import (
+from napari_vnet._widgets._segment_job import SegmentJob
+from napari_vnet.workflows.segment import (
     JobCancelled,
     JobDone,
     JobFailed,
     Message,
     Progress,
     RunRequest,
-    SegmentJob,
 )
 from test_widget_segment_support import save_tiny, volume
 

@@ -9,12 +9,8 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from napari_vnet.worklist import (
-    PROJECT_FILENAME,
-    ScanProject,
-    discover_scans,
-    read_scan,
-)
+from napari_vnet.workflows.worklist import PROJECT_FILENAME, ScanProject
+from napari_vnet.workflows.worklist_scan import discover_scans, read_scan
 
 SPACING_XYZ = (0.5, 0.75, 2.0)
 

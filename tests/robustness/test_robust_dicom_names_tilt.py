@@ -107,7 +107,7 @@ def test_non_utf8_slice_name_reads_as_the_same_series(tmp_path, uid):
 def test_non_utf8_slice_name_lists_one_scan(tmp_path):
     """The scan list (worklist) shows the folder as one readable series, not one broken
     entry per slice."""
-    from napari_vnet.worklist import discover_scans
+    from napari_vnet.workflows.worklist_scan import discover_scans
 
     array = volume_data()
     positions = [np.array([0.0, 0.0, 2.0 * k]) for k in range(len(array))]

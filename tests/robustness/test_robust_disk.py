@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from napari_vnet.io import VolumeWriteError, read_volume, write_volume
-from napari_vnet.worklist import ScanProject
+from napari_vnet.workflows.worklist import ScanProject
 
 
 def _noise(shape=(64, 128, 128)) -> np.ndarray:

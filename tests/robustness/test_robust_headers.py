@@ -22,7 +22,7 @@ _CHILD = textwrap.dedent(
     """
     import json, sys
     from napari_vnet.io import VolumeReadError, read_header, read_volume
-    from napari_vnet.worklist import discover_scans
+    from napari_vnet.workflows.worklist_scan import discover_scans
     out = {}
     path = sys.argv[1]
     for name, call in (("read_volume", read_volume), ("read_header", read_header)):

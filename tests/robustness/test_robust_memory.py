@@ -98,7 +98,7 @@ def test_gzip_bomb_listed_by_discovery_without_reading(tmp_path):
     _gzip_bomb(tmp_path / "bomb.nii.gz")
     out = _child(
         """
-        from napari_vnet.worklist import discover_scans
+        from napari_vnet.workflows.worklist_scan import discover_scans
         (entry,) = discover_scans(sys.argv[1])
         report(shape=list(entry.shape), broken=entry.broken)
         """,
@@ -268,7 +268,7 @@ def test_dicom_slice_with_a_huge_element_length_refused_before_decoding(tmp_path
     out = _child(
         """
         from napari_vnet.io import VolumeReadError, read_volume
-        from napari_vnet.worklist import discover_scans
+        from napari_vnet.workflows.worklist_scan import discover_scans
         try:
             read_volume(sys.argv[1])
             outcome, message = "read", ""

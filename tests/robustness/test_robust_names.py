@@ -25,10 +25,7 @@ def _bytes_path(base: Path, *parts: bytes) -> bytes:
 def _run_child(code: str, *args: bytes, timeout: float = 240) -> subprocess.CompletedProcess:
     """Run ``code`` in a fresh interpreter; ``args`` (raw bytes paths) arrive as hex in
     ``ARGS`` (decoded with the file system encoding, as Python decodes real names)."""
-    prelude = (
-        "import os, sys\n"
-        "ARGS = [os.fsdecode(bytes.fromhex(a)) for a in sys.argv[1:]]\n"
-    )
+    prelude = "import os, sys\nARGS = [os.fsdecode(bytes.fromhex(a)) for a in sys.argv[1:]]\n"
     return subprocess.run(
         [sys.executable, "-c", prelude + textwrap.dedent(code), *(a.hex() for a in args)],
         capture_output=True,
@@ -130,7 +127,8 @@ def test_worklist_discovery_with_latin1_names(latin1_folder):
         _run_child(
             """
             import json
-            from napari_vnet.worklist import ScanProject, discover_scans, read_scan
+            from napari_vnet.workflows.worklist import ScanProject
+            from napari_vnet.workflows.worklist_scan import discover_scans, read_scan
             entries = list(discover_scans(ARGS[0]))
             for e in entries:
                 assert not e.broken, e.error
@@ -256,9 +254,15 @@ def test_scans_dock_lists_and_opens_latin1_names(latin1_folder, tmp_path):
         print("OK")
     """
     proc = subprocess.run(
-        ["xvfb-run", "-a", sys.executable, "-c",
-         "import os, sys\nARGS = [os.fsdecode(bytes.fromhex(a)) for a in sys.argv[1:]]\n"
-         + textwrap.dedent(code), latin1_folder.hex()],
+        [
+            "xvfb-run",
+            "-a",
+            sys.executable,
+            "-c",
+            "import os, sys\nARGS = [os.fsdecode(bytes.fromhex(a)) for a in sys.argv[1:]]\n"
+            + textwrap.dedent(code),
+            latin1_folder.hex(),
+        ],
         capture_output=True,
         text=True,
         timeout=300,

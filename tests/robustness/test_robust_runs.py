@@ -93,7 +93,8 @@ def test_image_with_nan_and_inf(model_card):
 
 
 def _job(image, weights, **settings):
-    from napari_vnet._widgets._segment_job import RunRequest, SegmentJob
+    from napari_vnet._widgets._segment_job import SegmentJob
+    from napari_vnet.workflows.segment import RunRequest
 
     request = RunRequest(
         image=image,
@@ -118,7 +119,7 @@ def _outcome(job):
 
 
 def test_nan_image_in_the_segment_job(tiny_weights):
-    from napari_vnet._widgets._segment_job import JobDone, JobFailed, Message
+    from napari_vnet.workflows.segment import JobDone, JobFailed, Message
 
     some = np.random.default_rng(0).normal(size=(12, 12, 12)).astype(np.float32)
     some[0] = np.nan
@@ -147,7 +148,7 @@ def test_cancel_inference_midway(model_card):
 
 
 def test_cancel_segment_job_midway(tiny_weights):
-    from napari_vnet._widgets._segment_job import JobCancelled, Progress
+    from napari_vnet.workflows.segment import JobCancelled, Progress
 
     job = _job(np.random.default_rng(0).normal(size=(40, 40, 40)).astype(np.float32), tiny_weights)
     gen = job.events()
@@ -187,7 +188,7 @@ def test_absurd_patch_or_batch_is_refused_before_allocating(model_card, patch, b
 
 
 def test_absurd_patch_in_the_segment_job_gives_advice(tmp_path):
-    from napari_vnet._widgets._segment_job import JobFailed
+    from napari_vnet.workflows.segment import JobFailed
 
     card = tiny_card(patch=(2048, 2048, 2048))
     weights = save_checkpoint(build_model(card), card, tmp_path / "huge_patch.pt")

@@ -16,12 +16,8 @@ import pytest
 
 from conftest import small_volume, write_image
 from napari_vnet.io import Volume, read_volume
-from napari_vnet.worklist import (
-    PROJECT_FILENAME,
-    ProjectError,
-    ScanProject,
-    discover_scans,
-)
+from napari_vnet.workflows.worklist import PROJECT_FILENAME, ProjectError, ScanProject
+from napari_vnet.workflows.worklist_scan import discover_scans
 
 
 def _labels(value: int) -> Volume:
@@ -54,7 +50,7 @@ def test_project_belongs_to_one_scans_folder(tmp_path):
 
 _MARKER = """
 import sys
-from napari_vnet.worklist import ScanProject
+from napari_vnet.workflows.worklist import ScanProject
 work, who, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
 project = ScanProject(work)
 sys.stdin.readline()  # start together
@@ -183,7 +179,7 @@ def _discover_in_child(root: Path, seconds: float = 60) -> str:
     code = textwrap.dedent(
         """
         import sys
-        from napari_vnet.worklist import discover_scans
+        from napari_vnet.workflows.worklist_scan import discover_scans
         print(" ".join(e.key for e in discover_scans(sys.argv[1])))
         """
     )

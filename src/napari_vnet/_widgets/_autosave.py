@@ -7,12 +7,13 @@ about to get another scan's data, else copied first thing in the writer thread:
 
 * one writer thread: two writes of the same file never overlap, and a snapshot queued
   behind a newer one of the same file is dropped (the newer one is written);
-* each file is written atomically (:func:`napari_vnet.worklist.write_labels_file`: a
-  temporary file in the same folder, then ``os.replace``), so a process killed during a
-  write leaves the previous autosave intact;
+* each file is written atomically
+  (:func:`napari_vnet.workflows.worklist.write_labels_file`: a temporary file in the
+  same folder, then ``os.replace``), so a process killed during a write leaves the
+  previous autosave intact;
 * the project file is updated in the same thread after the write
-  (:meth:`~napari_vnet.worklist.ScanProject.record_labels`), never before; status
-  changes go through the same thread (:meth:`BackgroundSaver.run`): the project file is
+  (:meth:`~napari_vnet.workflows.worklist.ScanProject.record_labels`), never before;
+  status changes go through the same thread (:meth:`BackgroundSaver.run`): the project file is
   written with ``fsync``, which can wait seconds while a big label file is written;
 * until then the snapshot stays available (:meth:`BackgroundSaver.pending`), so a scan
   reopened while its autosave is still being written shows the newest labels.
@@ -34,7 +35,7 @@ from typing import Any
 import numpy as np
 from qtpy.QtCore import QObject, Signal
 
-from napari_vnet.worklist import write_labels_file
+from napari_vnet.workflows.worklist import write_labels_file
 
 log = logging.getLogger(__name__)
 

@@ -165,3 +165,33 @@ def replace_result(
     if reset is not None:
         reset()
     return layer
+
+
+def place_result(
+    viewer: napari.Viewer,
+    image_layer,
+    labels: np.ndarray,
+    card: ModelCard,
+    info,
+    geometry,
+    *,
+    model_name: str,
+    replace: bool,
+):
+    """Show a result of ``image_layer``: in its previous unedited result layer of this
+    model when ``replace`` finds one (:func:`previous_result`), else in a new Labels
+    layer added to the viewer. Returns ``(layer, True when an existing layer was
+    updated)``."""
+    previous = None
+    if replace:
+        previous = previous_result(viewer, image_layer, card.arch, labels.shape)
+    if previous is not None:
+        name = None
+        if (previous.metadata.get("napari_vnet") or {}).get("placeholder"):
+            name = unique_layer_name(viewer, f"{image_layer.name} [{model_name}]")
+        return replace_result(previous, image_layer, labels, card, info, geometry, name), True
+    layer = make_labels_layer(
+        viewer, image_layer, labels, card, info, model_name=model_name, geometry=geometry
+    )
+    viewer.add_layer(layer)
+    return layer, False

@@ -25,7 +25,7 @@ from qtpy.QtWidgets import QApplication
 
 from napari_vnet._widgets._autosave import SaveJob
 from napari_vnet._writer import layer_classes, layer_state
-from napari_vnet.worklist import STATUSES
+from napari_vnet.workflows.worklist import STATUSES
 
 log = logging.getLogger(__name__)
 

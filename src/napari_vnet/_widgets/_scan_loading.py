@@ -27,7 +27,8 @@ from typing import Any
 
 import numpy as np
 
-from napari_vnet.worklist import STATUSES, ScanEntry
+from napari_vnet.workflows.worklist import STATUSES
+from napari_vnet.workflows.worklist_scan import ScanEntry
 
 log = logging.getLogger(__name__)
 
@@ -115,7 +116,7 @@ def load_scan_data(
     whose snapshot is newer than the file (copied here, never shared with a layer)."""
     from napari_vnet.io import display_range, read_volume, volume_to_layer_kwargs
     from napari_vnet.io.label_names import labels_display_kwargs
-    from napari_vnet.worklist import read_scan
+    from napari_vnet.workflows.worklist_scan import read_scan
 
     if not still_wanted():
         raise Superseded(entry.key)

@@ -9,7 +9,8 @@ from qtpy.QtGui import QColor
 from qtpy.QtWidgets import QAbstractItemView, QHeaderView, QTableWidget, QTableWidgetItem
 
 from napari_vnet.io.label_names import pairing_rule
-from napari_vnet.worklist import BROKEN, STATUSES, ScanEntry
+from napari_vnet.workflows.worklist import BROKEN, STATUSES
+from napari_vnet.workflows.worklist_scan import ScanEntry
 
 COLUMNS = ("Scan", "Status", "Shape (z, y, x)", "Spacing (mm)", "Size")
 COL_SCAN, COL_STATUS = 0, 1

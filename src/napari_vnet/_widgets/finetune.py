@@ -2,7 +2,7 @@
 
 The dock collects (image, labels) pairs, tracks which slices the user painted or marked
 reviewed (:mod:`._edits`), and runs :func:`napari_vnet.training.finetune` in a child
-process (:mod:`napari_vnet.child_process`, so no training work can hold the viewer's
+process (:mod:`napari_vnet.workflows.child_process`, so no training work can hold the viewer's
 GIL) whose events a napari generator thread worker relays. Each training event updates
 the live loss / val-Dice curve, the progress bar and the time-left estimate on the GUI
 thread. When training

@@ -4,7 +4,7 @@ The dock lists every volume of a scans folder (headers only, in a worker thread,
 list filling as it goes), loads one scan at a time (click, Previous/Next buttons,
 PageUp/PageDown in the viewer), and keeps each scan's status, weights, time stamps and
 autosaved Labels layers in a project file inside a work folder
-(:class:`napari_vnet.worklist.ScanProject`).
+(:class:`napari_vnet.workflows.worklist.ScanProject`).
 
 Stepping through scans of clinical size stays fluid because the GUI thread does only
 what napari itself must do:
@@ -56,13 +56,8 @@ from napari_vnet._widgets._scan_loading import ScanLoadingMixin
 from napari_vnet._widgets._scans_table import FILTERS, ScanTable
 from napari_vnet._widgets._session import first_use_in_napari as _session_first_use
 from napari_vnet.io.paths import printable
-from napari_vnet.worklist import (
-    BROKEN,
-    ProjectError,
-    ScanEntry,
-    ScanProject,
-    discover_scans,
-)
+from napari_vnet.workflows.worklist import BROKEN, ProjectError, ScanProject
+from napari_vnet.workflows.worklist_scan import ScanEntry, discover_scans
 
 if TYPE_CHECKING:
     import napari

@@ -6,8 +6,8 @@ chooser with a file dialog, the model card; :mod:`._weights_panel`); run setting
 Run/Cancel; progress with elapsed and remaining time.
 
 Run starts a napari generator ``thread_worker`` over :class:`._segment_job.SegmentJob`
-(which calls :func:`napari_vnet.inference.predict` off the GUI thread with fewer torch
-threads than cores). Only the GUI thread touches the viewer: the result is added as a new
+(which runs :func:`napari_vnet.workflows.segment.segment_request` off the GUI thread with
+fewer torch threads than cores). Only the GUI thread touches the viewer: the result is added as a new
 Labels layer (:mod:`._result_layer`) by the ``returned`` handler, so a cancelled or failed
 run leaves every layer as it was.
 """
@@ -21,8 +21,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-from magicgui.widgets import CheckBox, ComboBox, Container, FloatSpinBox, ProgressBar
+from magicgui.widgets import ComboBox, Container, ProgressBar
 from qtpy.QtCore import QTimer, Signal
 from qtpy.QtWidgets import (
     QCheckBox,
@@ -36,64 +35,35 @@ from qtpy.QtWidgets import (
 
 from napari_vnet._widgets import _result_layer
 from napari_vnet._widgets._compact import Collapsible
-from napari_vnet._widgets._segment_job import (
+from napari_vnet._widgets._segment_inputs import (
+    is_image,
+    is_volume,
+    layer_issues,
+    layer_spacing,
+    looks_like_ct,
+    refusal,
+)
+from napari_vnet._widgets._segment_job import SegmentJob
+from napari_vnet._widgets._segment_settings import RunSettings, available_devices
+from napari_vnet._widgets._session import first_use_in_napari as _session_first_use
+from napari_vnet._widgets._weights_panel import WeightsPanel, arch_name
+from napari_vnet.input_check import demo_note
+from napari_vnet.workflows.segment import (
     JobCancelled,
     JobDone,
     JobFailed,
     Message,
     Progress,
     RunRequest,
-    SegmentJob,
+    format_seconds,
+    recommended_settings,
+    result_info,
 )
-from napari_vnet._widgets._session import first_use_in_napari as _session_first_use
-from napari_vnet._widgets._weights_panel import WeightsPanel, arch_name
-from napari_vnet.input_check import check_input, demo_note, value_sample
-from napari_vnet.workflows.options import format_seconds
 
 if TYPE_CHECKING:
     import napari
 
 log = logging.getLogger(__name__)
-
-AMP_CHOICES = [
-    ("auto (fast where exact enough)", "auto"),
-    ("off (float32)", False),
-    ("bfloat16", "bf16"),
-    ("float16", "fp16"),
-]
-POSTPROCESS_TIPS = {
-    "largest_component": "Removes every piece of a class but the largest: right for single "
-    "organs (liver, spleen), wrong for paired or repeated ones (kidneys, vertebrae).",
-    "fill_holes": "Fills background cavities fully enclosed by one class with that class.",
-}
-BATCH_CHOICES = [("auto", None)] + [(str(n), n) for n in (1, 2, 4, 8, 16)]
-POSTPROCESS = {
-    "largest_component": "Keep the largest component of each class",
-    "fill_holes": "Fill holes",
-}
-
-
-def available_devices() -> list[tuple[str, str]]:
-    """(label, value) of the devices this machine has; "auto" first."""
-    import torch
-
-    found = ["cpu"]
-    if torch.cuda.is_available():
-        found.append("cuda")
-    mps = getattr(torch.backends, "mps", None)
-    if mps is not None and mps.is_available():
-        found.append("mps")
-    auto = "cuda" if "cuda" in found else ("mps" if "mps" in found else "cpu")
-    return [(f"auto ({auto})", "auto")] + [(d, d) for d in found]
-
-
-def _is_volume(layer) -> bool:
-    from napari.layers import Image
-
-    from napari_vnet._widgets._uncertainty_layer import is_uncertainty
-
-    volume = isinstance(layer, Image) and layer.ndim == 3 and not layer.rgb
-    return volume and not is_uncertainty(layer)
 
 
 class SegmentWidget(QWidget):
@@ -157,48 +127,11 @@ class SegmentWidget(QWidget):
         self._issues: list = []
 
         # ---- settings
-        self.device = ComboBox(label="Device", choices=available_devices())
-        self.overlap = FloatSpinBox(
-            label="Overlap",
-            value=0.5,
-            min=0.0,
-            max=0.9,
-            step=0.05,
-            tooltip="Fraction of a patch shared by neighbouring windows (more = smoother, slower)",
-        )
-        self.batch_size = ComboBox(
-            label="Batch size",
-            choices=BATCH_CHOICES,
-            tooltip="Windows per forward pass; auto = 1 on CPU, from free memory on a GPU",
-        )
-        self.amp = ComboBox(
-            label="Mixed precision",
-            choices=AMP_CHOICES,
-            tooltip="auto: bf16/fp16 on CUDA, bf16 on CPUs with native bf16, else float32",
-        )
-        self.tta = CheckBox(text="Test-time augmentation (8 flips, 8× slower)", value=False)
-        self.uncertainty = CheckBox(
-            text="Uncertainty layer",
-            value=False,
-            tooltip="Also show where the model is unsure (entropy of its class "
-            "probabilities, one byte a voxel); the Correct dock jumps to the most "
-            "uncertain slices",
-        )
-        self.post = {
-            op: CheckBox(text=text, value=False, tooltip=POSTPROCESS_TIPS[op])
-            for op, text in POSTPROCESS.items()
-        }
-        self._settings = Container(
-            widgets=[
-                self.device,
-                self.overlap,
-                self.batch_size,
-                self.amp,
-                self.tta,
-                self.uncertainty,
-                *self.post.values(),
-            ]
-        )
+        st = self._settings = RunSettings(available_devices())
+        self.device, self.overlap, self.batch_size, self.amp = (
+            st.device, st.overlap, st.batch_size, st.amp
+        )  # fmt: skip
+        self.tta, self.uncertainty, self.post = st.tta, st.uncertainty, st.post
 
         # ---- run + progress
         self.run_button = QPushButton("Run")
@@ -289,7 +222,7 @@ class SegmentWidget(QWidget):
         """Choose the image to segment; a non-3D layer is refused with a warning."""
         from napari.utils.notifications import show_warning
 
-        if not _is_volume(layer):
+        if not is_volume(layer):
             show_warning(self._refusal(layer))
             return False
         self.image.reset_choices()
@@ -324,7 +257,7 @@ class SegmentWidget(QWidget):
         request = RunRequest(
             image=layer.data[0] if layer.multiscale else layer.data,
             image_name=layer.name,
-            spacing=self._spacing(layer),
+            spacing=layer_spacing(layer),
             weights=self.model.current_weights,
             arch=self.model.current_arch,
             settings=self.settings(),
@@ -361,21 +294,11 @@ class SegmentWidget(QWidget):
 
     def settings(self) -> dict[str, Any]:
         """The run settings as :func:`napari_vnet.inference.predict` keyword arguments."""
-        settings = {
-            "device": self.device.value,
-            "overlap": float(self.overlap.value),
-            "batch_size": self.batch_size.value,
-            "amp": self.amp.value,
-            "tta": bool(self.tta.value),
-            "postprocess": [op for op, box in self.post.items() if box.value] or None,
-        }
-        if self.uncertainty.value:
-            settings["return_uncertainty"] = True
-        return settings
+        return self._settings.values()
 
     # ================================================================ state
     def _image_choices(self, _widget=None) -> list[tuple[str, Any]]:
-        return [(layer.name, layer) for layer in self.viewer.layers if _is_volume(layer)]
+        return [(layer.name, layer) for layer in self.viewer.layers if is_volume(layer)]
 
     def _on_layers_changed(self, event=None) -> None:
         if event is not None and getattr(event, "type", "") == "inserted":
@@ -388,18 +311,7 @@ class SegmentWidget(QWidget):
         self._update_state()
 
     def _refusal(self, layer) -> str:
-        from napari.layers import Image
-
-        if not isinstance(layer, Image):
-            kind = type(layer).__name__
-            return f"'{getattr(layer, 'name', layer)}' is a {kind} layer; choose a 3D image layer."
-        if layer.rgb:
-            return f"'{layer.name}' is an RGB image; Segment volume needs a 3D grey-value volume."
-        shape = "×".join(str(s) for s in layer.data.shape) if not layer.multiscale else "?"
-        return (
-            f"'{layer.name}' is a {layer.ndim}D image ({shape}); Segment volume needs a 3D "
-            "volume (z, y, x). Open a CT/MR volume or a 3D sample (File ▸ Open Sample)."
-        )
+        return refusal(layer)
 
     def _on_model_changed(self) -> None:
         card = self.model.card
@@ -411,17 +323,11 @@ class SegmentWidget(QWidget):
 
     def _apply_card_defaults(self, card) -> None:
         """Settings a card may recommend under ``history["inference"]``; else the defaults."""
-        rec = card.history.get("inference", {}) if isinstance(card.history, dict) else {}
-        rec = rec if isinstance(rec, dict) else {}
-        self.overlap.value = float(rec.get("overlap", 0.5))
-        self.tta.value = bool(rec.get("tta", False))
-        ops = rec.get("postprocess")
-        for op, box in self.post.items():
-            box.value = ops is True or (isinstance(ops, list | tuple) and op in ops)
+        self._settings.apply(recommended_settings(card))
 
     def _problem(self) -> str | None:
         if self.image.value is None:
-            others = [lyr for lyr in self.viewer.layers if _is_image(lyr)]
+            others = [lyr for lyr in self.viewer.layers if is_image(lyr)]
             if others:
                 return self._refusal(others[0])
             return "Open a 3D image first (File ▸ Open, or File ▸ Open Sample ▸ napari-vnet)."
@@ -439,19 +345,7 @@ class SegmentWidget(QWidget):
             return []
         key = (id(layer), id(layer.data), self.model.current_weights)
         if key != self._check_key:
-            meta = (layer.metadata or {}).get("napari_vnet", {}).get("metadata", {})
-            try:
-                self._issues = check_input(
-                    card,
-                    shape=tuple(layer.data.shape) if not layer.multiscale else (0, 0, 0),
-                    spacing=self._spacing(layer),
-                    values=None if layer.multiscale else value_sample(layer.data),
-                    channels=1,
-                    modality=str(meta.get("modality", "")),
-                )
-            except Exception as exc:  # a check must never break the dock
-                log.warning("input check failed: %s", exc)
-                self._issues = []
+            self._issues = layer_issues(layer, card)
             self._check_key = key
         return self._issues
 
@@ -470,12 +364,8 @@ class SegmentWidget(QWidget):
         layer = self.image.value
         if layer is None or self.is_running:
             return
-        try:
-            from napari_vnet.io.layers import looks_like_hu
-
-            data = layer.data[-1] if layer.multiscale else layer.data
-            ct = looks_like_hu(np.asarray(data[data.shape[0] // 2]) if data.ndim >= 3 else data)
-        except Exception:  # noqa: BLE001 - an unreadable layer keeps the current choice
+        ct = looks_like_ct(layer)
+        if ct is None:  # an unreadable layer keeps the current choice
             return
         self.model.prefer_for_image(ct, phantom=bool(layer.metadata.get("synthetic_phantom")))
 
@@ -506,35 +396,6 @@ class SegmentWidget(QWidget):
             self.image_note.show()
         else:
             self.image_note.hide()
-
-    @staticmethod
-    def _spacing(layer) -> tuple[float, float, float]:
-        """The image's voxel spacing (z, y, x) in mm, via the IO geometry contract."""
-        try:
-            from napari_vnet.io import layer_to_volume
-        except ImportError:
-            layer_to_volume = None
-        if layer_to_volume is not None:
-            try:
-                data = layer.data[0] if layer.multiscale else layer.data
-                # a zero-byte stand-in of the right shape: never compute a dask array here
-                stand_in = np.broadcast_to(np.zeros((), dtype=data.dtype), data.shape)
-                vol = layer_to_volume(
-                    stand_in,
-                    scale=layer.scale,
-                    translate=layer.translate,
-                    affine=layer.affine.affine_matrix,
-                    rotate=layer.rotate,
-                    shear=layer.shear,
-                    metadata=layer.metadata,
-                )
-                return tuple(float(s) for s in vol.spacing)
-            except Exception as exc:  # fall back to the layer scale
-                log.warning("layer_to_volume failed for %r: %s", layer.name, exc)
-        scale = np.abs(np.asarray(layer.scale, dtype=float))
-        lin = np.asarray(layer.affine.linear_matrix, dtype=float)
-        scale = scale * np.linalg.norm(lin, axis=0)  # column norms: the affine's own scaling
-        return tuple(float(s) for s in scale)
 
     # ================================================================ running
     def _on_run_clicked(self) -> None:
@@ -640,51 +501,15 @@ class SegmentWidget(QWidget):
         card = outcome.card
         if image_layer.data is not ctx.get("data", image_layer.data):
             return None
-        info = {
-            "model": card.arch,
-            "model_name": arch_name(card.arch),
-            "weights": str(ctx["weights"]),
-            "description": card.description,
-            "settings": {
-                **{
-                    k: (v if not isinstance(v, list) else list(v))
-                    for k, v in ctx["settings"].items()
-                },
-                "spacing": list(ctx["spacing"]) if ctx["spacing"] else None,
-            },
-            "run": {
-                "seconds": round(outcome.seconds, 3),
-                "device": outcome.device,
-                "amp": outcome.amp,
-                "batch_size": outcome.batch_size,
-                "windows": outcome.windows,
-            },
-        }
-        previous = None
-        if self.replace_check.isChecked():
-            previous = _result_layer.previous_result(
-                self.viewer, image_layer, card.arch, outcome.labels.shape
-            )
-        if previous is not None:
-            name = None
-            if (previous.metadata.get("napari_vnet") or {}).get("placeholder"):
-                base = f"{image_layer.name} [{arch_name(card.arch)}]"
-                name = _result_layer.unique_layer_name(self.viewer, base)
-            layer = _result_layer.replace_result(
-                previous, image_layer, outcome.labels, card, info, ctx["geometry"], name
-            )
+        info = result_info(card, arch_name(card.arch), ctx["weights"], ctx["settings"],
+                           ctx["spacing"], outcome)  # fmt: skip
+        layer, updated = _result_layer.place_result(
+            self.viewer, image_layer, outcome.labels, card, info, ctx["geometry"],
+            model_name=arch_name(card.arch), replace=self.replace_check.isChecked(),
+        )  # fmt: skip
+        if updated:
             self._last_status = f"Updated '{layer.name}' in {outcome.seconds:.1f} s."
         else:
-            layer = _result_layer.make_labels_layer(
-                self.viewer,
-                image_layer,
-                outcome.labels,
-                card,
-                info,
-                model_name=arch_name(card.arch),
-                geometry=ctx["geometry"],
-            )
-            self.viewer.add_layer(layer)
             self._last_status = f"Done in {outcome.seconds:.1f} s: '{layer.name}'."
         self._show_uncertainty(layer, outcome)
         self.prediction_added.emit(layer)
@@ -723,9 +548,3 @@ class SegmentWidget(QWidget):
 def _stop_jobs(jobs: list[SegmentJob], *_args) -> None:
     for job in jobs:
         job.stop()
-
-
-def _is_image(layer) -> bool:
-    from napari.layers import Image
-
-    return isinstance(layer, Image)

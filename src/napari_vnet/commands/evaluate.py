@@ -42,7 +42,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from napari_vnet.batch_records import csv_text
+from napari_vnet.workflows.batch_records import csv_text
 from napari_vnet.workflows.evaluate import (
     EvaluationError,
     FolderScores,

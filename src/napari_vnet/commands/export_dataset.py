@@ -42,9 +42,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from napari_vnet.dataset_export import export_pairs
     from napari_vnet.io import VolumeReadError
     from napari_vnet.training import TrainingError, TrainingPair
+    from napari_vnet.workflows.dataset_export import export_pairs
 
     if len(args.image) != len(args.labels):
         print(f"error: {len(args.image)} --image but {len(args.labels)} --labels", file=sys.stderr)

@@ -12,12 +12,12 @@ pre/post-processing, excluding file reading/writing), ``total_seconds``, ``voxel
 
 Folder (INPUT is a folder and OUT is a folder, i.e. has no volume file extension):
 every volume file and DICOM series under INPUT (recursively; ``--pattern``) is
-segmented, outputs named after the inputs (:mod:`napari_vnet.batch` states the rule),
+segmented, outputs named after the inputs (:mod:`napari_vnet.workflows.batch` states the rule),
 existing outputs skipped unless ``--overwrite`` - only when made by the same weights
 (``<name>_provenance.json`` beside each mask names them; outputs made by other weights,
 or not by napari-vnet, make the run refuse without ``--overwrite``) - failed cases
 reported and skipped. OUT may be INPUT itself: outputs are then named ``<name>_seg``
-and are never taken for inputs (:mod:`napari_vnet.batch_records`).
+and are never taken for inputs (:mod:`napari_vnet.workflows.batch_records`).
 ``summary.json`` (and ``statistics.csv`` with ``--statistics``) are written into OUT;
 with ``--num-parts N --part-id K`` their names end in ``.part-K-of-N``. Under
 ``torchrun`` each rank takes its share of the cases and rank 0 writes the summary.
@@ -33,21 +33,19 @@ import sys
 import time
 from pathlib import Path
 
-from napari_vnet.batch import FORMATS
-from napari_vnet.workflows.options import format_seconds
+from napari_vnet.workflows.batch import FORMATS
+
+log = logging.getLogger(__name__)
 
 HELP = (
     "segment a volume (file or DICOM folder) or a whole folder of scans, writing masks "
     "with each input's geometry"
 )
-
-log = logging.getLogger(__name__)
+INPUT_HELP = "image file, DICOM folder, or a folder of scans"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "input", metavar="INPUT", help="image file, DICOM folder, or a folder of scans"
-    )
+    parser.add_argument("input", metavar="INPUT", help=INPUT_HELP)
     parser.add_argument(
         "--weights",
         "-w",
@@ -130,8 +128,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _say(message: str) -> None:
+    for line in message.splitlines():
+        print(f"napari-vnet predict: {line}", file=sys.stderr)
+
+
 def _fail(message: str) -> int:
-    print(f"napari-vnet predict: {message}", file=sys.stderr)
+    _say(message)
     return 1
 
 
@@ -163,55 +166,8 @@ def run(args: argparse.Namespace) -> int:
     return run_single(args)
 
 
-def _input_refused(name, vol, card) -> bool:
-    """Print model/image mismatches (see napari_vnet.input_check); True when refused."""
-    from napari_vnet.input_check import check_input, format_issues, value_sample
-
-    n = vol.ndim
-    issues = check_input(
-        card,
-        shape=tuple(vol.array.shape[:n]),
-        spacing=tuple(vol.spacing),
-        values=value_sample(vol.array),
-        channels=int(vol.array.shape[-1]) if vol.array.ndim > n else 1,
-        modality=str(vol.metadata.get("modality", "")),
-    )
-    for line in format_issues(issues):
-        print(f"napari-vnet predict: {name}: {line}", file=sys.stderr)
-    return any(i.refuses for i in issues)
-
-
-def run_single(args: argparse.Namespace) -> int:
-    import numpy as np
-
-    from napari_vnet.batch import write_class_sidecar
-    from napari_vnet.inference import InferenceMemoryError, predict
-    from napari_vnet.io import VolumeReadError, VolumeWriteError, read_volume, write_volume
-    from napari_vnet.models import CheckpointError
-    from napari_vnet.postprocess import parse_operations
-    from napari_vnet.weights import load_weights, resolve_weights
-
-    t_start = time.perf_counter()
-    out = Path(args.out)
-    if out.exists() and not args.overwrite:
-        return _fail(f"{out}: exists (use --overwrite to replace it)")
-    try:
-        post = parse_operations(args.postprocess) if args.postprocess else None
-    except ValueError as exc:
-        return _fail(str(exc))
-    try:
-        weights = resolve_weights(args.weights)
-        model, card = load_weights(weights, map_location="cpu")
-    except (CheckpointError, FileNotFoundError, ValueError) as exc:
-        return _fail(str(exc))
-    try:
-        vol = read_volume(args.input)
-    except (VolumeReadError, FileNotFoundError) as exc:
-        return _fail(str(exc))
-    log.info("read %s: shape %s, spacing %s mm", args.input, vol.shape, vol.spacing)
-    if _input_refused(args.input, vol, card):
-        return 1
-
+def _window_log():
+    """A ``progress(done, total)`` that logs the windows done at most every 2 s."""
     last = {"t": 0.0}
 
     def progress(done: int, total: int) -> None:
@@ -220,52 +176,50 @@ def run_single(args: argparse.Namespace) -> int:
             last["t"] = now
             log.info("windows %d/%d", done, total)
 
-    try:
-        pred = predict(
-            vol.array,
-            model,
-            card,
-            spacing=vol.spacing,
-            device=args.device,
-            overlap=args.overlap,
-            batch_size=args.batch_size,
-            amp=False if args.no_amp else "auto",
-            tta=args.tta,
-            postprocess=post,
-            progress=progress,
-        )
-    except (ValueError, InferenceMemoryError) as exc:
-        return _fail(f"{args.input}: {exc}")
-    try:
-        written = write_volume(pred.labels, out, like=vol, is_label=True)
-        write_class_sidecar(written, card)  # names and colours when reopened
-    except (VolumeWriteError, OSError, ValueError) as exc:
-        return _fail(str(exc))
+    return progress
 
-    values, counts = np.unique(pred.labels, return_counts=True)
-    summary = {
-        "input": str(args.input),
-        "output": str(written),
-        "weights": str(weights),
-        "arch": card.arch,
-        "seconds": round(pred.seconds, 3),
-        "total_seconds": round(time.perf_counter() - t_start, 3),
-        "voxels": int(np.prod(vol.shape)),
-        "shape": list(vol.shape),
-        "spacing": [float(s) for s in vol.spacing],
-        "device": pred.device,
-        "amp": pred.amp,
-        "windows": pred.windows,
-        "tta": bool(args.tta),
-        "postprocess": post or [],
-        "labels": {str(int(v)): int(c) for v, c in zip(values, counts, strict=True)},
+
+def _model_and_settings(args: argparse.Namespace):
+    """The weights loaded and the ``predict`` settings of the options; raises
+    SegmentRefused saying what is wrong with them."""
+    from napari_vnet.postprocess import parse_operations
+    from napari_vnet.workflows.segment import Segmenter, SegmentRefused, WeightsUnusable
+
+    try:
+        post = parse_operations(args.postprocess) if args.postprocess else None
+        seg = Segmenter.load(args.weights)
+    except (ValueError, WeightsUnusable) as exc:
+        raise SegmentRefused(str(exc)) from exc
+    settings = {
+        "device": args.device,
+        "overlap": args.overlap,
+        "batch_size": args.batch_size,
+        "amp": False if args.no_amp else "auto",
+        "tta": args.tta,
+        "postprocess": post,
     }
-    names = card.class_names
+    return seg, settings
+
+
+def run_single(args: argparse.Namespace) -> int:
+    from napari_vnet.workflows.segment import SegmentRefused, segment_file
+
+    t_start = time.perf_counter()
+    out = Path(args.out)
+    if out.exists() and not args.overwrite:
+        return _fail(f"{out}: exists (use --overwrite to replace it)")
+    try:
+        seg, settings = _model_and_settings(args)
+        summary = segment_file(seg, args.input, out, settings=settings, progress=_window_log(),
+                               note=_say, started=t_start)  # fmt: skip
+    except SegmentRefused as exc:
+        return _fail(str(exc))
+    names = seg.card.class_names
     print(
-        f"{written}: {vol.shape} in {pred.seconds:.1f} s on {pred.device}"
-        f" ({pred.windows} windows, amp {pred.amp or 'off'})"
+        f"{summary['output']}: {tuple(summary['shape'])} in {summary['seconds']:.1f} s on "
+        f"{summary['device']} ({summary['windows']} windows, amp {summary['amp'] or 'off'})"
     )
-    for v, c in zip(values, counts, strict=True):
+    for v, c in summary["labels"].items():
         print(f"  {int(v):>5} {names.get(int(v), '?'):<20} {int(c):>12} voxels")
     if args.json:
         print(json.dumps(summary))
@@ -275,193 +229,119 @@ def run_single(args: argparse.Namespace) -> int:
 # ------------------------------------------------------------------ folder of scans
 
 
-def _folder_cases(args: argparse.Namespace, in_dir: Path, out_dir: Path) -> list:
-    """The cases under ``in_dir``, named for ``out_dir``: an OUT inside INPUT is not
-    walked, outputs of earlier runs written into INPUT are not inputs, and no output
-    is named after an input (in place: ``<name>_seg``; see napari_vnet.batch_records)."""
-    from napari_vnet.batch import discover_cases
-    from napari_vnet.batch_records import place_outputs
-
-    exclude = [out_dir] if out_dir.is_relative_to(in_dir) and out_dir != in_dir else []
-    outputs_in = in_dir if in_dir.is_relative_to(out_dir) else None
-    cases = discover_cases(in_dir, pattern=args.pattern, exclude=exclude, outputs_in=outputs_in)
-    place_outputs(cases, in_dir, out_dir, args.fmt)
-    return cases
-
-
-def _outputs_conflict(cases, out_dir: Path, args: argparse.Namespace, model, card) -> bool:
-    """Print one line and return True when OUT holds outputs of these cases made by
-    other weights (or not by napari-vnet predict); nothing is written then."""
-    from napari_vnet.batch import plan_outputs
-    from napari_vnet.batch_records import output_conflicts, weights_fingerprint
-
-    plans = [
-        (c, plan_outputs(c, out_dir, args.fmt, statistics=args.statistics,
-                         probabilities=args.save_probabilities))
-        for c in cases
-    ]  # fmt: skip
-    found = output_conflicts(plans, weights_fingerprint(model, card))
-    if not found:
-        return False
-    stem, why = found[0]
-    more = f" (and {len(found) - 1} more case(s))" if len(found) > 1 else ""
-    _fail(
-        f"{out_dir}: outputs of {len(found)} case(s) exist and were not made by "
-        f"{args.weights}: {why}{more}; use --overwrite to replace them, or another --out"
-    )
-    return True
-
-
-def run_folder(args: argparse.Namespace) -> int:
-    """Segment every scan under INPUT into OUT (see the module docstring)."""
-    from napari_vnet.batch import distributed_context, predict_cases, shard, write_run_summary
+def _folder_refusal(args: argparse.Namespace, out_dir: Path) -> str | None:
+    """What is wrong with the folder options, before anything is loaded."""
     from napari_vnet.io.dicom_seg import DicomSegUnavailableError, require_highdicom
-    from napari_vnet.models import CheckpointError
-    from napari_vnet.postprocess import parse_operations
-    from napari_vnet.weights import load_weights, resolve_weights
 
-    t_start = time.perf_counter()
-    in_dir = Path(args.input).expanduser().resolve()
-    out_dir = Path(args.out).expanduser().resolve()
     if args.workers < 0:
-        return _fail(f"--workers must be >= 0, got {args.workers}")
+        return f"--workers must be >= 0, got {args.workers}"
     if args.num_parts < 1 or not 0 <= args.part_id < args.num_parts:
-        return _fail(
-            f"--part-id must be in [0, {args.num_parts - 1}] for --num-parts {args.num_parts}"
-        )
+        return f"--part-id must be in [0, {args.num_parts - 1}] for --num-parts {args.num_parts}"
     if out_dir.exists() and not out_dir.is_dir():
-        return _fail(f"{out_dir}: exists and is not a folder")
+        return f"{out_dir}: exists and is not a folder"
     if args.fmt == "dicom-seg":
         try:
             require_highdicom()
         except DicomSegUnavailableError as exc:
-            return _fail(str(exc))
-    try:
-        post = parse_operations(args.postprocess) if args.postprocess else None
-    except ValueError as exc:
-        return _fail(str(exc))
-    try:
-        weights = resolve_weights(args.weights)
-        model, card = load_weights(weights, map_location="cpu")
-    except (CheckpointError, FileNotFoundError, ValueError) as exc:
-        return _fail(str(exc))
+            return str(exc)
+    return None
 
+
+def _conflict_message(found: list, out_dir: Path, weights: str) -> str:
+    stem, why = found[0]
+    more = f" (and {len(found) - 1} more case(s))" if len(found) > 1 else ""
+    return (
+        f"{out_dir}: outputs of {len(found)} case(s) exist and were not made by "
+        f"{weights}: {why}{more}; use --overwrite to replace them, or another --out"
+    )
+
+
+def run_folder(args: argparse.Namespace) -> int:
+    """Segment every scan under INPUT into OUT (see the module docstring)."""
+    from napari_vnet.workflows.batch_folder import FolderRun, distributed_context, shard
+    from napari_vnet.workflows.segment import SegmentRefused
+
+    t_start = time.perf_counter()
+    in_dir = Path(args.input).expanduser().resolve()
+    out_dir = Path(args.out).expanduser().resolve()
+    problem = _folder_refusal(args, out_dir)
+    if problem:
+        return _fail(problem)
+    try:
+        seg, settings = _model_and_settings(args)
+    except SegmentRefused as exc:
+        return _fail(str(exc))
+    job = FolderRun(
+        in_dir, out_dir, seg, {**settings, "progress": _window_log()}, fmt=args.fmt,
+        pattern=args.pattern, overwrite=args.overwrite, statistics=args.statistics,
+        save_probabilities=args.save_probabilities, workers=args.workers,
+        num_parts=args.num_parts, part_id=args.part_id,
+    )  # fmt: skip
     ctx = distributed_context(args.device)
     try:
-        device = args.device
-        if ctx.active and ctx.backend == "nccl" and device in ("auto", "cuda"):
-            device = f"cuda:{ctx.local_rank}"  # one GPU per rank
-        cases = _folder_cases(args, in_dir, out_dir)
-        part = shard(cases, args.num_parts, args.part_id)
+        cases = job.cases()
+        part = job.part(cases)
         mine = shard(part, ctx.world_size, ctx.rank)
         who = f"[rank {ctx.rank}/{ctx.world_size}] " if ctx.active else ""
-        where = (
-            f" (part {args.part_id + 1} of {args.num_parts}: {len(part)})"
-            if args.num_parts > 1
-            else ""
-        )
+        where = f" (part {args.part_id + 1} of {args.num_parts}: {len(part)})"
+        where = where if args.num_parts > 1 else ""
         print(f"{who}{len(cases)} case(s) under {in_dir}{where}; this process: {len(mine)}")
-        if not args.overwrite and _outputs_conflict(part, out_dir, args, model, card):
-            return 1
+        found = [] if args.overwrite else job.conflicts(part)
+        if found:
+            return _fail(_conflict_message(found, out_dir, args.weights))
         out_dir.mkdir(parents=True, exist_ok=True)
-
-        last = {"t": 0.0}
-
-        def window_progress(done: int, total: int) -> None:
-            now = time.perf_counter()
-            if done == total or now - last["t"] > 2.0:
-                last["t"] = now
-                log.info("windows %d/%d", done, total)
-
-        state = {"done": 0, "t0": None, "n_todo": 0}
-
-        def on_start(case, i: int, n: int) -> None:
-            state["n_todo"] = n
-            if state["t0"] is None:
-                state["t0"] = time.perf_counter()
-            log.info("case %d/%d: %s", i, n, case.path)
-
-        results = []
-        n_mine = len(mine)
-        for k, res in enumerate(
-            predict_cases(
-                mine,
-                model,
-                card,
-                out_dir,
-                fmt=args.fmt,
-                overwrite=args.overwrite,
-                statistics=args.statistics,
-                save_probabilities=args.save_probabilities,
-                workers=args.workers,
-                rank=ctx.rank,
-                on_start=on_start,
-                weights=weights,
-                predict_kwargs={
-                    "device": device,
-                    "overlap": args.overlap,
-                    "batch_size": args.batch_size,
-                    "amp": False if args.no_amp else "auto",
-                    "tta": args.tta,
-                    "postprocess": post,
-                    "progress": window_progress,
-                },
-            ),
-            start=1,
-        ):
-            results.append(res)
-            eta = ""
-            if res.status != "skipped" and state["t0"] is not None:
-                state["done"] += 1
-                elapsed = time.perf_counter() - state["t0"]
-                left = max(state["n_todo"] - state["done"], 0)
-                rest = format_seconds(elapsed / state["done"] * left)
-                eta = f" | elapsed {format_seconds(elapsed)}, ~{rest} left"
-            if res.status == "written":
-                what = f"-> {res.outputs[-1]} ({res.total_seconds:.1f} s)"
-            elif res.status == "skipped":
-                what = "outputs exist (--overwrite to redo)"
-            else:
-                what = res.error
-            line = f"{who}[{k}/{n_mine}] {res.status:<7} {res.stem}: {what}{eta}"
-            print(line, file=sys.stderr if res.status == "failed" else sys.stdout, flush=True)
-
-        gathered = ctx.gather([r.to_dict() for r in results])
-        if ctx.rank != 0:
+        results = _segment_cases(job, mine, ctx, who)
+        done = job.finish(results, ctx, started=t_start)
+        if done is None:  # not rank 0: rank 0 reports
             return 1 if any(r.status == "failed" for r in results) else 0
-        from napari_vnet.batch import CaseResult
-
-        every = [CaseResult(**d) for part_results in gathered for d in part_results]
-        suffix = f".part-{args.part_id}-of-{args.num_parts}" if args.num_parts > 1 else ""
-        info = {
-            "input_dir": str(in_dir),
-            "output_dir": str(out_dir),
-            "weights": str(weights),
-            "arch": card.arch,
-            "format": args.fmt,
-            "num_parts": args.num_parts,
-            "part_id": args.part_id,
-            "world_size": ctx.world_size,
-            "total_seconds": round(time.perf_counter() - t_start, 3),
-        }
-        files = write_run_summary(
-            every, out_dir, suffix=suffix, info=info, statistics=args.statistics
-        )
-        n = {s: sum(r.status == s for r in every) for s in ("written", "skipped", "failed")}
-        print(
-            f"{len(every)} case(s): {n['written']} written, {n['skipped']} skipped, "
-            f"{n['failed']} failed in {format_seconds(time.perf_counter() - t_start)}; "
-            + ", ".join(str(p) for p in files.values())
-        )
-        for r in every:
-            if r.status == "failed":
-                print(f"  failed: {r.error}", file=sys.stderr)
-        if args.json:
-            print(
-                json.dumps(
-                    {**info, **n, "cases": len(every), **{k: str(v) for k, v in files.items()}}
-                )
-            )
-        return 1 if n["failed"] else 0
+        return _report_folder(args, *done, seconds=time.perf_counter() - t_start)
     finally:
         ctx.close()
+
+
+def _segment_cases(job, mine, ctx, who: str) -> list:
+    """Run this process's cases, printing a line (with the time left) after each."""
+    from napari_vnet.workflows.batch_folder import Eta
+    from napari_vnet.workflows.options import format_seconds
+
+    eta = Eta()
+
+    def on_start(case, i: int, n: int) -> None:
+        eta.started(n)
+        log.info("case %d/%d: %s", i, n, case.path)
+
+    results = []
+    for k, res in enumerate(job.results(mine, ctx, on_start), start=1):
+        results.append(res)
+        times = eta.finished(res)
+        left = (
+            f" | elapsed {format_seconds(times[0])}, ~{format_seconds(times[1])} left" if times else ""
+        )
+        if res.status == "written":
+            what = f"-> {res.outputs[-1]} ({res.total_seconds:.1f} s)"
+        elif res.status == "skipped":
+            what = "outputs exist (--overwrite to redo)"
+        else:
+            what = res.error
+        line = f"{who}[{k}/{len(mine)}] {res.status:<7} {res.stem}: {what}{left}"
+        print(line, file=sys.stderr if res.status == "failed" else sys.stdout, flush=True)
+    return results
+
+
+def _report_folder(args, every, files, info, *, seconds: float) -> int:
+    """Print the run's counts and failures (and its JSON summary); the exit status."""
+    from napari_vnet.workflows.options import format_seconds
+
+    n = {s: sum(r.status == s for r in every) for s in ("written", "skipped", "failed")}
+    print(
+        f"{len(every)} case(s): {n['written']} written, {n['skipped']} skipped, "
+        f"{n['failed']} failed in {format_seconds(seconds)}; "
+        + ", ".join(str(p) for p in files.values())
+    )
+    for r in every:
+        if r.status == "failed":
+            print(f"  failed: {r.error}", file=sys.stderr)
+    if args.json:
+        paths = {k: str(v) for k, v in files.items()}
+        print(json.dumps({**info, **n, "cases": len(every), **paths}))
+    return 1 if n["failed"] else 0

@@ -175,7 +175,7 @@ def _grid_of_frames(ds, n_rows: int, n_cols: int) -> Volume:
 
 def _recorded_input(path: Path) -> Path | None:
     """The input ``napari-vnet predict`` recorded for this output
-    (``<stem>_provenance.json`` beside it, see :mod:`napari_vnet.batch_records`)."""
+    (``<stem>_provenance.json`` beside it, see :mod:`napari_vnet.workflows.batch_records`)."""
     import json
 
     stem = path.name[: -len(".dcm")] if path.name.lower().endswith(".dcm") else path.stem

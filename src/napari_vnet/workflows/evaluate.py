@@ -26,9 +26,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from napari_vnet.batch_records import csv_text
 from napari_vnet.errors import NapariVnetError
 from napari_vnet.io.grid import grid_differences, resample_onto
+from napari_vnet.workflows.batch_records import csv_text
 
 log = logging.getLogger(__name__)
 
@@ -282,7 +282,7 @@ def refuse_output(path: Path, flag: str, own) -> str | None:
 
 def holds_many(folder) -> bool:
     """A folder of label files (not one DICOM series): any volume file directly or below."""
-    from napari_vnet.worklist import VOLUME_SUFFIXES
+    from napari_vnet.io.headers import VOLUME_SUFFIXES
 
     for dirpath, _dirs, files in os.walk(folder):
         if any(f.lower().endswith(VOLUME_SUFFIXES) for f in files):
@@ -305,7 +305,7 @@ def label_files(folder) -> dict[str, str]:
     A plain walk (hidden entries skipped): every volume file here is a label map, also
     in an nnU-Net ``labelsTr`` folder whose images the scans discovery would pair it with.
     """
-    from napari_vnet.worklist import VOLUME_SUFFIXES
+    from napari_vnet.io.headers import VOLUME_SUFFIXES
 
     root = Path(folder)
     out: dict[str, str] = {}

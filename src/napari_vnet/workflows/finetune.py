@@ -205,7 +205,7 @@ def training_job(specs, config: TrainConfig, base, out, stop: threading.Event):
     """Generator run in the dock's thread worker: yields training events, returns the
     summary.
 
-    The training itself runs in a child process (:func:`napari_vnet.child_process.run_in_child`)
+    The training itself runs in a child process (:func:`napari_vnet.workflows.child_process.run_in_child`)
     so that none of its work (reading files, imports, numpy, checkpoint pickling) can hold
     the GIL of the napari process and freeze the viewer; this thread only relays the
     events. ``stop`` (the dock's Cancel) ends the run at the next step; the best
@@ -217,7 +217,7 @@ def training_job(specs, config: TrainConfig, base, out, stop: threading.Event):
     """
     gen = None
     if os.environ.get("NAPARI_VNET_TRAIN_IN_THREAD", "") in ("", "0"):
-        from napari_vnet.child_process import run_in_child
+        from napari_vnet.workflows.child_process import run_in_child
 
         try:
             gen = run_in_child(
@@ -233,7 +233,7 @@ def training_job(specs, config: TrainConfig, base, out, stop: threading.Event):
 
 def _training_nice() -> int:
     """How much lower the training process's CPU priority is (``NAPARI_VNET_TRAIN_NICE``)."""
-    from napari_vnet.child_process import DEFAULT_NICE
+    from napari_vnet.workflows.child_process import DEFAULT_NICE
 
     text = os.environ.get("NAPARI_VNET_TRAIN_NICE", "").strip()
     try:
@@ -250,8 +250,8 @@ def finetune_job(specs, config: TrainConfig, base, out, *, should_stop):
     keeps one."""
     import torch
 
-    from napari_vnet.child_process import child_threads
     from napari_vnet.training.loop import finetune
+    from napari_vnet.workflows.child_process import child_threads
 
     before = torch.get_num_threads()
     torch.set_num_threads(min(before, child_threads()))
@@ -264,14 +264,14 @@ def finetune_job(specs, config: TrainConfig, base, out, *, should_stop):
 
 def export_job(items: list[dict], folder: Path, class_names: dict[int, str]) -> Path:
     """Write the dock's pairs as an nnU-Net v2 / MSD style dataset, as the command line's
-    ``export-dataset`` does (:func:`napari_vnet.dataset_export.export_pairs`).
+    ``export-dataset`` does (:func:`napari_vnet.workflows.dataset_export.export_pairs`).
 
     Label values are renumbered 1..K; with annotated-slice records, voxels outside the
     annotated slices get nnU-Net's "ignore" label (K + 1), and the records are kept in
     ``napari_vnet_annotated_slices``.
     """
     from napari_vnet.annotations import mask_from_record
-    from napari_vnet.dataset_export import export_pairs
+    from napari_vnet.workflows.dataset_export import export_pairs
 
     pairs, records = [], {}
     for i, it in enumerate(items):

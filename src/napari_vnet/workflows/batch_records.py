@@ -161,7 +161,7 @@ def place_outputs(cases: Sequence, in_dir: Path, out_dir: Path, fmt: str) -> Non
     folder itself, every name ends in ``_seg`` (``ct.nii.gz`` -> ``ct_seg.nii.gz``);
     there a name held by an existing file that is no output of an earlier run (say the
     user's own ``ct_seg.nii.gz``) gets another ``_seg``."""
-    from napari_vnet.batch import plan_outputs
+    from napari_vnet.workflows.batch import plan_outputs
 
     in_place = _norm(in_dir) == _norm(out_dir)
     ours = recorded_outputs(out_dir)[0] if in_place else set()

@@ -15,7 +15,7 @@ The target is named as ``"module:function"`` (imported in the child); it must be
 generator function taking a keyword ``should_stop`` (a callable returning True once a
 stop was asked for). Arguments and yielded values must be picklable.
 
-Protocol: the child is ``python -m napari_vnet.child_process``; the parent writes the
+Protocol: the child is ``python -m napari_vnet.workflows.child_process``; the parent writes the
 job (one pickle) and later, to cancel, ``"stop"`` (another pickle) to the child's stdin;
 the child writes one pickle per message to its original stdout (its fd 1 then points at
 stderr, so stray prints cannot corrupt the stream): ``("event", value)``, then
@@ -90,10 +90,10 @@ def run_in_child(
     job = {"target": target, "args": args, "kwargs": kwargs, "nice": int(nice)}
     env = dict(os.environ)
     # the child imports this very package, also when it runs from a source checkout
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "napari_vnet.child_process"],
+        [sys.executable, "-m", "napari_vnet.workflows.child_process"],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         env=env,

@@ -1,19 +1,12 @@
-"""A worklist of scans: folder discovery (headers only) and a per-project status store.
+"""A worklist of scans: the status store of a work folder.
 
 Qt-free core behind the "Scans" dock (:mod:`napari_vnet._widgets.scans`).
-
-* :func:`discover_scans` walks a folder and *yields* one :class:`ScanEntry` per volume
-  file (every format the reader supports) and per DICOM series found in sub-folders.
-  Only headers are read (SimpleITK ``ReadImageInformation``, GDCM's header scanner),
-  never pixel data, so hundreds of files list in seconds. A file that cannot be read is
-  yielded as a *broken* entry (``entry.error``) and the walk goes on.
-* :class:`ScanProject` keeps, in a work folder of the user's choice (the scans folder
-  may be read-only), a small JSON project file (written atomically) with each scan's
-  status (``not opened`` -> ``opened`` -> ``predicted`` -> ``corrected`` ->
-  ``reviewed``), the weights used, time stamps, the autosaved label volumes and their
-  edited-slice records.
-
-Geometry follows :mod:`napari_vnet.io.volume`: shapes and spacings are ``(z, y, x)``.
+:class:`ScanProject` keeps, in a work folder of the user's choice (the scans folder may be
+read-only), a small JSON project file (written atomically) with each scan's status
+(``not opened`` -> ``opened`` -> ``predicted`` -> ``corrected`` -> ``reviewed``), the
+weights used, time stamps, the autosaved label volumes and their edited-slice records.
+The scans themselves are listed by
+:func:`napari_vnet.workflows.worklist_scan.discover_scans` (headers only).
 """
 
 from __future__ import annotations
@@ -23,8 +16,7 @@ import json
 import logging
 import os
 import re
-import stat
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
@@ -32,19 +24,9 @@ from pathlib import Path
 from typing import Any
 
 from napari_vnet.errors import NapariVnetError
-from napari_vnet.io.headers import (
-    DATA_SUFFIXES,
-    DICOM_EXTENSIONS,
-    IGNORED_SUFFIXES,
-    VOLUME_SUFFIXES,
-    has_dicom_magic,
-    known_suffix,
-    split_suffix,
-)
-from napari_vnet.io.label_names import label_files_in_folder
-from napari_vnet.io.paths import printable as _shown
-from napari_vnet.io.paths import slug
-from napari_vnet.io.reading import read_file_header
+from napari_vnet.io.headers import DICOM_EXTENSIONS, VOLUME_SUFFIXES, split_suffix
+from napari_vnet.io.paths import printable, slug
+from napari_vnet.workflows.worklist_scan import ScanEntry
 
 logger = logging.getLogger(__name__)
 
@@ -54,10 +36,7 @@ __all__ = [
     "STATUSES",
     "ProjectError",
     "ProjectMismatchError",
-    "ScanEntry",
     "ScanProject",
-    "discover_scans",
-    "read_scan",
     "write_labels_file",
 ]
 
@@ -71,306 +50,6 @@ PROJECT_VERSION = 1
 
 class ProjectError(NapariVnetError, RuntimeError):
     """The project file of a work folder cannot be read or written."""
-
-
-@dataclass
-class ScanEntry:
-    """One scan of the worklist: a volume file or a DICOM series.
-
-    ``key`` is stable across sessions (the path relative to the scans folder, plus the
-    series UID for DICOM) and indexes the project's records. ``path`` is what
-    :func:`napari_vnet.io.read_volume` opens: a file, or for DICOM the series' folder
-    when it holds only that series, else the series' first file (which reads the
-    whole series).
-    """
-
-    key: str
-    path: str
-    name: str
-    kind: str = "file"  # "file" | "dicom"
-    shape: tuple[int, ...] | None = None  # (z, y, x)
-    spacing: tuple[float, ...] | None = None  # (z, y, x) mm
-    pixel_type: str = ""
-    components: int = 1
-    size_bytes: int = 0
-    n_files: int = 1
-    modality: str = ""
-    series_uid: str = ""
-    error: str | None = None
-    #: label files paired with this image (``case_seg``, ``labels/`` beside ``images/``,
-    #: nnU-Net ``labelsTr/case`` for ``imagesTr/case_0000``): opened as Labels with it
-    labels: tuple[str, ...] = ()
-
-    @property
-    def broken(self) -> bool:
-        return self.error is not None
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-def read_scan(entry: ScanEntry):
-    """Read the pixel data of a worklist entry as a :class:`~napari_vnet.io.Volume`."""
-    from napari_vnet.io import read_volume
-
-    if entry.broken:
-        raise ValueError(entry.error)
-    return read_volume(entry.path)
-
-
-# --------------------------------------------------------------------------- headers
-
-
-def _series_name(info: dict[str, Any], folder_rel: str) -> str:
-    parts = Path(folder_rel).parts
-    patient = info["patient"] or info["patient_id"] or (parts[0] if parts else "DICOM")
-    desc = info["description"] or info["study"]
-    if not desc:
-        bits = [info["modality"] or "DICOM"]
-        if info["series_number"]:
-            bits.append(f"series {info['series_number']}")
-        desc = " ".join(bits)
-    return f"{patient} / {desc}"
-
-
-# ------------------------------------------------------------------------- discovery
-
-
-def _file_entry(path: str, rel: str) -> ScanEntry:
-    try:
-        st = os.stat(path)
-        size_bytes = st.st_size
-    except OSError:
-        st, size_bytes = None, 0
-    entry = ScanEntry(key=rel, path=path, name=_shown(rel), size_bytes=size_bytes)
-    if st is not None and not stat.S_ISREG(st.st_mode):
-        entry.error = f"{_shown(path)}: not a regular file (a device, FIFO or socket); skipped"
-        return entry
-    try:
-        head = read_file_header(path)
-    except Exception as exc:  # noqa: BLE001 - any unreadable header is a broken entry
-        shown = _shown(path)
-        entry.error = str(exc) if shown in str(exc) else f"{shown}: {exc}"
-        logger.info("broken scan %s: %s", path, exc)
-        return entry
-    entry.shape = tuple(int(v) for v in head["shape"])
-    entry.spacing = tuple(float(v) for v in head["spacing"])
-    entry.pixel_type = head.get("pixel_type", "")
-    entry.components = int(head.get("components", head.get("n_components", 1)))
-    entry.modality = head.get("modality", "") or ""
-    return entry
-
-
-def _series_infos(folder: str) -> list[dict[str, Any]]:
-    """The series of one folder as dicts (io's lister when present, GDCM fallback)."""
-    from napari_vnet.io import list_dicom_series
-
-    out = []
-    for s in list_dicom_series(folder):
-        out.append(
-            {
-                "uid": s.key,
-                "files": list(s.files),
-                "shape": tuple(s.shape),
-                "spacing": tuple(s.spacing),
-                "pixel_type": "",
-                "components": 1,
-                "patient": s.patient_name,
-                "patient_id": s.patient_id,
-                "description": s.description,
-                "study": s.study_description,
-                "modality": s.modality,
-                "series_number": "" if s.series_number is None else str(s.series_number),
-            }
-        )
-    if not out:
-        raise ValueError(f"{folder}: no readable DICOM series found")
-    return out
-
-
-def _broken_dicom(path: str, rel_dir: str, problem: str) -> ScanEntry:
-    """A list entry for a DICOM file that belongs to no readable series."""
-    name = os.path.basename(path)
-    rel = name if rel_dir == "." else f"{rel_dir}/{name}"
-    return ScanEntry(
-        key=rel, path=path, name=_shown(rel), kind="dicom", error=f"{_shown(path)}: {problem}"
-    )
-
-
-def _dicom_entries(folder: str, rel_dir: str, candidates: list[str]) -> Iterator[ScanEntry]:
-    try:
-        series = _series_infos(folder)
-    except Exception as exc:  # noqa: BLE001 - a broken folder must not stop the walk
-        for path in candidates:
-            yield _broken_dicom(path, rel_dir, f"not a readable DICOM series ({exc})")
-        return
-    used: set[str] = set()
-    for info in series:
-        files = info["files"]
-        used.update(os.path.normpath(f) for f in files)
-        size_bytes = 0
-        for f in files:
-            try:
-                size_bytes += os.path.getsize(f)
-            except OSError:
-                pass
-        yield ScanEntry(
-            key=f"{rel_dir}#{info['uid']}",
-            path=folder if len(series) == 1 else files[0],
-            name=_shown(_series_name(info, rel_dir)),
-            kind="dicom",
-            shape=tuple(info["shape"]),
-            spacing=tuple(info["spacing"]),
-            pixel_type=info["pixel_type"],
-            components=info["components"],
-            size_bytes=size_bytes,
-            n_files=len(files),
-            modality=info["modality"],
-            series_uid=info["uid"],
-        )
-    for path in candidates:
-        if os.path.normpath(path) not in used:
-            yield _broken_dicom(path, rel_dir, "DICOM file not part of any readable image series")
-
-
-#: Bounds of one listing: folder depth below the scans folder, and directory entries seen.
-MAX_DEPTH = 40
-MAX_ENTRIES = 200_000
-
-
-def discover_scans(
-    root: str | os.PathLike,
-    *,
-    recursive: bool = True,
-    exclude: Iterable[str | os.PathLike] = (),
-    should_stop=None,
-    max_depth: int = MAX_DEPTH,
-    max_entries: int = MAX_ENTRIES,
-) -> Iterator[ScanEntry]:
-    """Yield the scans under ``root`` one by one, reading headers only.
-
-    Volume files (see :data:`VOLUME_SUFFIXES`) give one entry each; folders holding
-    DICOM files (``.dcm``/``.ima`` or extension-less files with the ``DICM`` marker)
-    give one entry per series, named "patient / series description". Files whose
-    header cannot be read are yielded with ``error`` set. Hidden entries and the
-    folders in ``exclude`` (e.g. a work folder inside the scans folder) are skipped.
-    ``should_stop()`` is polled between files so a worker can be cancelled.
-
-    Symbolic links are followed at most once per real path (a link back to a parent
-    folder, or two links to one file, list nothing twice); below ``max_depth`` folders
-    or after ``max_entries`` directory entries the walk stops with a broken entry
-    saying so (key ``"<listing stopped>"``).
-    """
-    root_path = Path(root).expanduser().resolve()
-    if not root_path.is_dir():
-        raise NotADirectoryError(f"{_shown(str(root_path))}: scans folder does not exist")
-    excluded = {os.path.normpath(str(Path(p).expanduser().resolve())) for p in exclude}
-    seen_dirs: set[str] = set()
-    seen_files: set[str] = set()
-    counted = 0
-
-    class _Stop(Exception):
-        pass
-
-    def stop_entry(why: str) -> ScanEntry:
-        return ScanEntry(
-            key="<listing stopped>",
-            path=str(root_path),
-            name="(listing stopped)",
-            error=f"{_shown(str(root_path))}: listing stopped: {why}",
-        )
-
-    def walk(folder: str, depth: int) -> Iterator[ScanEntry]:
-        nonlocal counted
-        real = os.path.realpath(folder)
-        if real in seen_dirs:
-            logger.warning(
-                "%s: already listed as %s (a symbolic link loop or a second link); skipped",
-                _shown(folder),
-                _shown(real),
-            )
-            return
-        seen_dirs.add(real)
-        try:
-            with os.scandir(folder) as it:
-                items = []
-                for e in it:
-                    counted += 1
-                    if counted > max_entries:
-                        raise _Stop(
-                            f"more than {max_entries} files and folders; choose a smaller folder"
-                        )
-                    items.append(e)
-            items.sort(key=lambda e: e.name.lower())
-        except OSError as exc:
-            rel = os.path.relpath(folder, root_path)
-            yield ScanEntry(
-                key=rel, path=folder, name=_shown(rel), error=f"{_shown(folder)}: {exc}"
-            )
-            return
-        rel_dir = os.path.relpath(folder, root_path).replace(os.sep, "/")
-        names = {e.name.lower() for e in items}
-        label_of = label_files_in_folder(
-            folder, [e.path for e in items if known_suffix(e.name) in VOLUME_SUFFIXES], root_path
-        )
-        dicom_candidates: list[str] = []
-        subdirs: list[str] = []
-        for item in items:
-            if should_stop is not None and should_stop():
-                return
-            if item.name.startswith("."):
-                continue
-            try:
-                is_dir = item.is_dir()
-            except OSError:
-                is_dir = False
-            if is_dir:
-                if os.path.normpath(item.path) not in excluded:
-                    subdirs.append(item.path)
-                continue
-            target = os.path.realpath(item.path)
-            if target in seen_files:
-                continue  # the same file through another link
-            seen_files.add(target)
-            suf = known_suffix(item.name)
-            rel = item.name if rel_dir == "." else f"{rel_dir}/{item.name}"
-            if suf in VOLUME_SUFFIXES:
-                if item.path in label_of:
-                    continue  # a label file: listed with its image, not as a scan
-                entry = _file_entry(item.path, rel)
-                entry.labels = tuple(sorted(k for k, v in label_of.items() if v == item.path))
-                yield entry
-            elif suf in DATA_SUFFIXES:
-                stem = item.name[: -len(suf)].lower()
-                if suf in (".img", ".img.gz") and f"{stem}.hdr" not in names:
-                    yield ScanEntry(
-                        key=rel,
-                        path=item.path,
-                        name=_shown(rel),
-                        error=f"{_shown(item.path)}: image data without its .hdr header",
-                    )
-                # .raw / .img companions of a header are read through the header
-            elif suf in DICOM_EXTENSIONS or (
-                suf not in IGNORED_SUFFIXES and has_dicom_magic(item.path)
-            ):
-                dicom_candidates.append(item.path)
-        if dicom_candidates:
-            yield from _dicom_entries(folder, rel_dir, dicom_candidates)
-        if recursive:  # real folders before links to folders: real paths win
-            subdirs.sort(key=os.path.islink)
-            for sub in subdirs:
-                if depth + 1 > max_depth:
-                    raise _Stop(f"folders nested deeper than {max_depth} levels ({_shown(sub)})")
-                yield from walk(sub, depth + 1)
-
-    try:
-        yield from walk(str(root_path), 0)
-    except _Stop as stop:
-        logger.warning("%s", stop)
-        yield stop_entry(str(stop))
-
-
-# --------------------------------------------------------------------------- project
 
 
 def _now() -> str:
@@ -512,8 +191,8 @@ class ScanProject:
             stored = self._stored_root
             if stored and stored != root:
                 raise ProjectMismatchError(
-                    f"{_shown(str(self.work_dir))}: this work folder holds the project of the "
-                    f"scans folder {_shown(stored)}, not {_shown(root)}; choose another work "
+                    f"{printable(str(self.work_dir))}: this work folder holds the project of the "
+                    f"scans folder {printable(stored)}, not {printable(root)}; choose another work "
                     "folder"
                 )
             self.scans_root = root
@@ -567,8 +246,8 @@ class ScanProject:
             self.scans_root = self._stored_root
         elif check and self._stored_root and self._stored_root != self.scans_root:
             raise ProjectMismatchError(
-                f"{_shown(str(self.work_dir))}: this work folder holds the project of the scans "
-                f"folder {_shown(self._stored_root)}, not {_shown(self.scans_root)}; choose "
+                f"{printable(str(self.work_dir))}: this work folder holds the project of the scans "
+                f"folder {printable(self._stored_root)}, not {printable(self.scans_root)}; choose "
                 "another work folder"
             )
 
@@ -582,7 +261,7 @@ class ScanProject:
                 f"{self.path}: the scans project is damaged ({exc}) and cannot be set aside ({err})"
             ) from exc
         self.notice = (
-            f"The scans project {_shown(str(self.path))} was damaged ({exc}); it was set aside "
+            f"The scans project {printable(str(self.path))} was damaged ({exc}); it was set aside "
             f"as {aside.name} and a new project started."
         )
         logger.warning("%s", self.notice)
@@ -655,7 +334,7 @@ class ScanProject:
             fh.close()
             return (
                 f"Another napari-vnet session ({other}) is using the work folder "
-                f"{_shown(str(self.work_dir))}. Changes of both are merged, but edits of one "
+                f"{printable(str(self.work_dir))}. Changes of both are merged, but edits of one "
                 "scan in two sessions may confuse; close the other session if you can."
             )
         import socket
