@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from napari_vnet.io.dicom_seg import require_highdicom, write_dicom_seg
 from napari_vnet.workflows.batch import (
     Case,
     CaseResult,
@@ -37,8 +38,6 @@ from napari_vnet.workflows.batch import (
     _write_json,
     label_statistics,
     plan_outputs,
-    require_highdicom,
-    write_dicom_seg,
 )
 
 log = logging.getLogger(__name__)
@@ -65,7 +64,7 @@ class _Deferred(Future):
 
     def __init__(self, fn, args, kwargs) -> None:
         super().__init__()
-        self._job = (fn, args, kwargs)
+        self._job: tuple[Callable[..., Any], tuple, dict] | None = (fn, args, kwargs)
 
     def _run(self) -> None:
         if self._job is not None:
@@ -341,6 +340,8 @@ class _Pipeline:
         self.n = len(todo)
         self.upcoming = iter(todo)
         self.prepare_kwargs = {k: settings[k] for k in ("overlap", "batch_size") if k in settings}
+        self.readers: _InlineExecutor | ThreadPoolExecutor
+        self.writer: _InlineExecutor | ThreadPoolExecutor
         if workers == 0:
             self.readers, self.writer = _InlineExecutor(lazy=True), _InlineExecutor(lazy=False)
         else:

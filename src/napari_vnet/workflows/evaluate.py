@@ -158,7 +158,7 @@ def read_label_map(path, role: str):
 
 def class_names(label_path) -> dict[int, str]:
     """Value -> name from the reference's sidecar (labels.json, ITK-SNAP, .ctbl, ...)."""
-    from napari_vnet.label_names import LabelSidecarError, read_label_classes
+    from napari_vnet.io.label_names import LabelSidecarError, read_label_classes
 
     try:
         found = read_label_classes(label_path)

@@ -351,7 +351,7 @@ def result_info(
 def write_class_sidecar(label_path: str | os.PathLike, card) -> Path:
     """``<stem>.labels.json`` beside a written label map: the card's class names with the
     colours napari-vnet shows them in, so the file reopens with names and colours."""
-    from napari_vnet.label_names import classes_with_colors, write_label_classes
+    from napari_vnet.io.label_names import classes_with_colors, write_label_classes
 
     return write_label_classes(label_path, classes_with_colors(card.classes))
 
