@@ -130,7 +130,7 @@ def shot_docks():
 
 
 def main(which: list[str]) -> int:
-    from napari_vnet._reader import register_reader_preferences
+    from napari_vnet.reader_preferences import register_reader_preferences
 
     if not DATA.is_dir():
         print(f"no shared data at {DATA}", file=sys.stderr)  # noqa: T201 - a script reporting what it wrote

@@ -57,16 +57,7 @@ def jobs_module(tmp_path, monkeypatch):
     monkeypatch.syspath_prepend(str(tmp_path))  # the parent can rebuild its exceptions
 
 
-def drain(gen):
-    events = []
-    while True:
-        try:
-            events.append(next(gen))
-        except StopIteration as done:
-            return events, done.value
-
-
-def test_events_and_return_value_come_from_another_process():
+def test_events_and_return_value_come_from_another_process(drain):
     events, result = drain(run_in_child("fake_jobs:count", 4, nice=3))
     assert [e["i"] for e in events] == [0, 1, 2, 3]
     assert {e["pid"] for e in events} == {result["pid"]} and result["pid"] != os.getpid()
@@ -74,7 +65,7 @@ def test_events_and_return_value_come_from_another_process():
     assert result["nice"] >= os.nice(0) + 3  # the child runs at a lower priority
 
 
-def test_stop_event_reaches_the_child_and_the_job_ends_its_own_way():
+def test_stop_event_reaches_the_child_and_the_job_ends_its_own_way(drain):
     stop = threading.Event()
     gen = run_in_child("fake_jobs:count", 10_000, stop=stop, sleep=0.01)
     first = next(gen)
@@ -106,7 +97,7 @@ def test_unpicklable_exception_and_crash_give_a_clear_error():
         next(gen)
 
 
-def test_the_child_stays_free_of_qt_and_napari_and_stdout_noise_is_harmless():
+def test_the_child_stays_free_of_qt_and_napari_and_stdout_noise_is_harmless(drain):
     events, _ = drain(run_in_child("fake_jobs:modules"))
     assert events == [[]]
 
@@ -152,7 +143,7 @@ sys.meta_path.insert(0, _NoGui())
 """
 
 
-def test_scans_file_pair_training_runs_in_an_interpreter_without_qt(tmp_path, monkeypatch):
+def test_scans_file_pair_training_runs_in_an_interpreter_without_qt(drain, tmp_path, monkeypatch):
     """The Scans dock's "Fine-tune on corrected scans" hands file pairs with their
     annotated-slice records to the Fine-tune dock, whose job trains them in a child
     process. That child must never import Qt or napari: here it runs in an interpreter

@@ -13,10 +13,7 @@ import pytest
 from napari_vnet.commands.demo import launch_demo
 from napari_vnet.weights import resolve_weights
 
-
-@pytest.fixture(autouse=True)
-def _config_dir(tmp_path, monkeypatch):
-    monkeypatch.setenv("NAPARI_VNET_CONFIG_DIR", str(tmp_path / "config"))
+pytestmark = pytest.mark.usefixtures("config_dir")
 
 
 @pytest.mark.gui
@@ -25,15 +22,13 @@ def test_demo_sets_up_and_one_click_segments(make_napari_viewer, qtbot):
     from napari.layers import Image, Labels
     from qtpy.QtCore import Qt
 
-    from napari_vnet._widgets._session import find_dock_widget
-    from napari_vnet._widgets.finetune import FinetuneWidget
-    from napari_vnet._widgets.segment import SegmentWidget
+    from napari_vnet._widgets._session import Session
 
     viewer = make_napari_viewer()
     demo = launch_demo(viewer)
     assert isinstance(demo.image, Image) and isinstance(demo.labels, Labels)
-    assert find_dock_widget(viewer, SegmentWidget) is demo.segment
-    assert find_dock_widget(viewer, FinetuneWidget) is demo.finetune
+    assert Session.of(viewer).segment is demo.segment
+    assert Session.of(viewer).finetune is demo.finetune
     assert demo.segment.current_weights == resolve_weights("vnet-phantom")
     assert demo.segment.image_layer is demo.image
     assert viewer.layers.selection.active is demo.image

@@ -13,7 +13,7 @@ DOCKS = ("Segment volume", "Fine-tune model", "Scans")
 def test_three_docks_fit_1080p(make_napari_viewer, qtbot):
     from qtpy.QtWidgets import QApplication
 
-    from napari_vnet._widgets._session import find_dock_widget
+    from napari_vnet._widgets._session import Session
     from napari_vnet._widgets.finetune import FinetuneWidget
     from napari_vnet._widgets.scans import ScansWidget
     from napari_vnet._widgets.segment import SegmentWidget
@@ -39,9 +39,10 @@ def test_three_docks_fit_1080p(make_napari_viewer, qtbot):
     # the dock objects pass through to the widgets inside
     seg = widgets["Segment volume"][1]
     assert seg.select_weights("unet3d-phantom") and seg.current_weights is not None
-    assert isinstance(find_dock_widget(viewer, SegmentWidget), SegmentWidget)
-    assert isinstance(find_dock_widget(viewer, FinetuneWidget), FinetuneWidget)
-    assert isinstance(find_dock_widget(viewer, ScansWidget), ScansWidget)
+    session = Session.of(viewer)
+    assert isinstance(session.segment, SegmentWidget)
+    assert isinstance(session.finetune, FinetuneWidget)
+    assert isinstance(session.scans, ScansWidget)
     with pytest.raises(AttributeError):
         seg.no_such_attribute  # noqa: B018
 

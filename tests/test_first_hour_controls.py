@@ -17,7 +17,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
-import torch
 
 from napari_vnet.cli import main
 
@@ -28,26 +27,7 @@ NNUNET = (
 )  # fmt: skip
 
 
-@pytest.fixture(autouse=True)
-def _config_dir(tmp_path, monkeypatch):
-    monkeypatch.setenv("NAPARI_VNET_CONFIG_DIR", str(tmp_path / "config"))
-
-
-def _tiny(path, history=None):
-    from napari_vnet.models import ClassInfo, ModelCard, build_model, save_checkpoint
-
-    card = ModelCard(
-        arch="vnet",
-        arch_kwargs={"channels": [4, 8], "kernel_size": 3},
-        classes=[ClassInfo(0, "background"), ClassInfo(1, "organ", (0.8, 0.3, 0.2, 1.0))],
-        normalization={"kind": "zscore"},
-        spacing=(2.0, 1.0, 1.0),
-        patch_size=(16, 16, 16),
-        history=history or {},
-        description="tiny test network",
-    )
-    torch.manual_seed(0)
-    return save_checkpoint(build_model(card), card, path)
+pytestmark = pytest.mark.usefixtures("config_dir")
 
 
 # ------------------------------------------------------------------ Segment dock
@@ -73,7 +53,9 @@ def test_architecture_box_shows_nnunet_for_an_nnunet_folder(make_napari_viewer):
 
 
 @pytest.mark.gui
-def test_segment_status_names_the_scan_shown_after_next(make_napari_viewer, qtbot, tmp_path):
+def test_segment_status_names_the_scan_shown_after_next(
+    tiny_checkpoint, make_napari_viewer, qtbot, tmp_path
+):
     from napari_vnet._widgets.scans import ScansWidget
     from napari_vnet._widgets.segment import SegmentWidget
 
@@ -89,7 +71,7 @@ def test_segment_status_names_the_scan_shown_after_next(make_napari_viewer, qtbo
     viewer.window.add_dock_widget(seg, name="Segment volume")
     widget = ScansWidget(viewer)
     viewer.window.add_dock_widget(widget, name="Scans")
-    assert seg.select_weights(_tiny(tmp_path / "tiny.pt"))
+    assert seg.select_weights(tiny_checkpoint(tmp_path / "tiny.pt"))
     widget.set_work_folder(tmp_path / "work")
     with qtbot.waitSignal(widget.discovery_finished, timeout=WAIT_MS):
         widget.set_scans_folder(scans)
@@ -110,7 +92,9 @@ def test_segment_status_names_the_scan_shown_after_next(make_napari_viewer, qtbo
 
 
 @pytest.mark.gui
-def test_finetune_proposes_no_output_without_start_weights(make_napari_viewer, tmp_path):
+def test_finetune_proposes_no_output_without_start_weights(
+    tiny_checkpoint, make_napari_viewer, tmp_path
+):
     from napari_vnet._widgets.finetune import FinetuneWidget
 
     viewer = make_napari_viewer()
@@ -127,21 +111,23 @@ def test_finetune_proposes_no_output_without_start_weights(make_napari_viewer, t
     assert Path(ft.out_edit.text()).name == "unet3d-new-ft1.pt"
     assert ft.training_config().arch == "unet3d"  # the registry name reaches training
     ft.from_base_radio.setChecked(True)
-    ft.set_base_weights(_tiny(tmp_path / "base.pt"))
+    ft.set_base_weights(tiny_checkpoint(tmp_path / "base.pt"))
     assert Path(ft.out_edit.text()) == tmp_path / "base-ft1.pt"
 
 
 # ------------------------------------------------------------------ info
 
 
-def test_info_summarises_histories_and_shows_nnunet_preprocessing(tmp_path, capsys):
+def test_info_summarises_histories_and_shows_nnunet_preprocessing(
+    tiny_checkpoint, tmp_path, capsys
+):
     losses = [round(1.0 / (i + 1), 4) for i in range(400)]
     history = {
         "iterations": 400,
         "loss": losses,
         "run": {"config": {f"key{i}": i for i in range(40)}, "device": "cpu"},
     }
-    weights = _tiny(tmp_path / "hist.pt", history)
+    weights = tiny_checkpoint(tmp_path / "hist.pt", history)
     assert main(["info", str(weights)]) == 0
     out = capsys.readouterr().out
     assert "iterations: 400" in out

@@ -13,9 +13,7 @@ from napari_vnet.input_check import check_input
 WAIT_MS = 30_000
 
 
-@pytest.fixture(autouse=True)
-def _config_dir(tmp_path, monkeypatch):
-    monkeypatch.setenv("NAPARI_VNET_CONFIG_DIR", str(tmp_path / "config"))
+pytestmark = pytest.mark.usefixtures("config_dir")
 
 
 def _labels(shape=(8, 24, 24)):

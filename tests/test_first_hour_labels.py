@@ -25,9 +25,7 @@ WAIT_MS = 30_000
 ORGAN = (0.8, 0.3, 0.2, 1.0)
 
 
-@pytest.fixture(autouse=True)
-def _config_dir(tmp_path, monkeypatch):
-    monkeypatch.setenv("NAPARI_VNET_CONFIG_DIR", str(tmp_path / "config"))
+pytestmark = pytest.mark.usefixtures("config_dir")
 
 
 def _card():
@@ -200,7 +198,7 @@ def test_evaluate_takes_a_seg_as_pred_or_gt(predicted, capsys):
 def test_seg_opens_in_the_viewer_with_names_and_colours(make_napari_viewer, predicted):
     from napari.layers import Labels
 
-    from napari_vnet._reader import register_reader_preferences
+    from napari_vnet.reader_preferences import register_reader_preferences
 
     viewer = make_napari_viewer()
     register_reader_preferences()
@@ -224,7 +222,7 @@ def test_file_save_keeps_the_colours_shown(make_napari_viewer, tmp_path):
     its metadata) writes the colours it is shown in; File > Open restores both."""
     from napari.utils.colormaps import DirectLabelColormap
 
-    from napari_vnet._reader import register_reader_preferences
+    from napari_vnet.reader_preferences import register_reader_preferences
 
     viewer = make_napari_viewer()
     register_reader_preferences()

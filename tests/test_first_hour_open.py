@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from napari_vnet._reader import PLUGIN_NAME
+from napari_vnet.reader_preferences import PLUGIN_NAME
 
 pytestmark = pytest.mark.gui
 ROOT = Path(__file__).resolve().parents[1]

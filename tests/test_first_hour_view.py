@@ -11,9 +11,7 @@ import SimpleITK as sitk
 WAIT_MS = 30_000
 
 
-@pytest.fixture(autouse=True)
-def _config_dir(tmp_path, monkeypatch):
-    monkeypatch.setenv("NAPARI_VNET_CONFIG_DIR", str(tmp_path / "config"))
+pytestmark = pytest.mark.usefixtures("config_dir")
 
 
 def _patient(path, origin_xyz, shape=(8, 16, 16), spacing_xyz=(1.0, 1.0, 2.0), value=0):
@@ -43,7 +41,7 @@ def _shows(viewer, layer) -> bool:
 
 @pytest.mark.gui
 def test_second_patient_opened_into_the_viewer_is_shown(make_napari_viewer, tmp_path):
-    from napari_vnet._reader import register_reader_preferences
+    from napari_vnet.reader_preferences import register_reader_preferences
 
     viewer = make_napari_viewer()
     register_reader_preferences()

@@ -15,12 +15,7 @@ from napari_vnet.phantoms import make_phantom
 from test_foreign_finetune import FOLDER
 from test_widget_finetune import TIMEOUT_MS, open_docks, sha
 
-pytestmark = [pytest.mark.gui, pytest.mark.slow]
-
-
-@pytest.fixture(autouse=True)
-def _config_dir(tmp_path, monkeypatch):
-    monkeypatch.setenv("NAPARI_VNET_CONFIG_DIR", str(tmp_path / "config"))
+pytestmark = [pytest.mark.gui, pytest.mark.slow, pytest.mark.usefixtures("config_dir")]
 
 
 def test_finetune_dock_trains_an_nnunet_folder_and_segment_runs_the_result(

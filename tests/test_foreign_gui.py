@@ -14,11 +14,9 @@ from napari_vnet.weights import load_weights
 from test_foreign_nnunet import FOLDER
 from test_widget_segment_support import RUN_TIMEOUT_MS, errors, wait_done
 
-_config = support._config
 dock = support.dock
-notes = support.notes
 
-pytestmark = pytest.mark.gui
+pytestmark = [pytest.mark.gui, pytest.mark.usefixtures("config_dir")]
 
 
 def test_folder_button_picks_an_nnunet_folder_and_run_segments(qtbot, dock, notes, monkeypatch):

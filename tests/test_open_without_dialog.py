@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from napari_vnet._reader import (
+from napari_vnet._reader import napari_get_reader
+from napari_vnet.reader_preferences import (
     PLUGIN_NAME,
     PREFERRED_PATTERNS,
-    napari_get_reader,
     register_reader_preferences,
 )
 

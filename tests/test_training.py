@@ -56,18 +56,9 @@ def config(arch="unet3d", **kw):
     return TrainConfig(**base)
 
 
-def drain(gen):
-    events = []
-    while True:
-        try:
-            events.append(next(gen))
-        except StopIteration as stop:
-            return events, stop.value
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("arch", ["unet3d", "vnet", "vox2vox"])
-def test_loss_decreases_for_each_architecture(arch, tmp_path):
+def test_loss_decreases_for_each_architecture(drain, arch, tmp_path):
     image, labels = sphere_pair()
     cfg = config(arch, iterations=10, augment=False, eval_every=10)
     events, summary = drain(finetune([TrainingPair(image, labels)], cfg, out=tmp_path / "m.pt"))
@@ -90,7 +81,7 @@ def test_loss_decreases_for_each_architecture(arch, tmp_path):
 
 
 @pytest.mark.slow
-def test_sparse_labels_train_and_unannotated_voxels_are_invisible(tmp_path):
+def test_sparse_labels_train_and_unannotated_voxels_are_invisible(drain, tmp_path):
     image, labels = sphere_pair()
     annotated = [5, 8, 11]  # three annotated z slices
     garbage = labels.copy()
@@ -129,7 +120,7 @@ def test_ignore_index_is_unannotated():
     assert not cases[0].mask[:4].any() and cases[0].mask[4:].all()
 
 
-def test_cancel_keeps_best_checkpoint_and_resume_continues(tmp_path):
+def test_cancel_keeps_best_checkpoint_and_resume_continues(drain, tmp_path):
     image, labels = sphere_pair()
     out = tmp_path / "m.pt"
     seen = []
@@ -196,7 +187,7 @@ def test_failed_checkpoint_write_keeps_old_file_and_leaves_no_temp(tmp_path, mon
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.pt"]
 
 
-def test_time_budget_stops_the_run(tmp_path):
+def test_time_budget_stops_the_run(drain, tmp_path):
     image, labels = sphere_pair()
     events, summary = drain(
         finetune(
@@ -210,7 +201,7 @@ def test_time_budget_stops_the_run(tmp_path):
     assert (tmp_path / "m.pt").exists()
 
 
-def test_validation_split_reports_dice(tmp_path):
+def test_validation_split_reports_dice(drain, tmp_path):
     image, labels = sphere_pair()
     events, summary = drain(
         finetune(
@@ -227,7 +218,7 @@ def test_validation_split_reports_dice(tmp_path):
     assert card.history["run"]["validation_cases"] == ["pair 0 (validation slab)"]
 
 
-def test_finetune_with_new_classes_reinitialises_the_output_layer(tmp_path):
+def test_finetune_with_new_classes_reinitialises_the_output_layer(drain, tmp_path):
     base_card = ModelCard(arch="unet3d", arch_kwargs=TINY["unet3d"], spacing=(1.0, 1.0, 1.0))
     base_card.classes = parse_classes("1=organ")
     base_model = build_model(base_card)
@@ -361,7 +352,7 @@ def test_sparse_slices_resampled_to_a_coarser_spacing_are_all_kept():
     np.testing.assert_array_equal(dense[0].target[7], labels[13])  # round(7 * 1.925) = 13
 
 
-def test_small_volume_is_padded_to_the_patch(tmp_path):
+def test_small_volume_is_padded_to_the_patch(drain, tmp_path):
     image, labels = sphere_pair(shape=(6, 20, 20))
     events, summary = drain(
         finetune(
@@ -374,7 +365,7 @@ def test_small_volume_is_padded_to_the_patch(tmp_path):
     assert np.isfinite(events[-1]["loss"])
 
 
-def test_bad_inputs_raise_specific_errors(tmp_path):
+def test_bad_inputs_raise_specific_errors(drain, tmp_path):
     image, labels = sphere_pair()
     with pytest.raises(TrainingError, match="pair 0: labels shape"):
         prepare_cases([TrainingPair(image, labels[:-1])], None, spacing=None, normalization={})
@@ -420,7 +411,7 @@ def test_output_channels_follow_class_names_then_values():
 
 
 @pytest.mark.slow
-def test_vox2vox_adversarial_loss_ignores_unannotated_voxels(tmp_path):
+def test_vox2vox_adversarial_loss_ignores_unannotated_voxels(drain, tmp_path):
     """The discriminator sees segmentations masked to the annotated voxels, so the
     adversarial terms (generator and discriminator) are invariant too."""
     image, labels = sphere_pair()
@@ -466,7 +457,7 @@ def test_a_collapsed_class_gets_gradient_from_cross_entropy_not_from_generalized
 
 
 @pytest.mark.slow
-def test_vox2vox_generator_loss_weights_cross_entropy_inside_lambda(tmp_path):
+def test_vox2vox_generator_loss_weights_cross_entropy_inside_lambda(drain, tmp_path):
     """loss = adversarial + gan_lambda * (gdl + gan_ce_weight * ce); gan_ce_weight = 0 is
     the paper's loss (no "ce" part)."""
     image, labels = sphere_pair()
@@ -568,7 +559,7 @@ def test_finetune_keeps_matched_class_channels_bit_identical_at_iteration_0(tmp_
     ]
 
 
-def test_finetune_on_a_thin_volume_trains_on_the_inference_window(tmp_path):
+def test_finetune_on_a_thin_volume_trains_on_the_inference_window(drain, tmp_path):
     """A fine-tuned model keeps its base's inference window, and inference pads a thin
     volume up to it (data first, then the image minimum). Training must see the same
     windows: the patch is not clipped to the data and the padding matches inference."""
@@ -659,7 +650,7 @@ def test_bf16_weight_gradient_of_a_conv_on_few_slices_matches_fp32(kernel, depth
 
 
 @pytest.mark.slow
-def test_forced_bf16_training_stays_finite_and_predicts_like_fp32(tmp_path):
+def test_forced_bf16_training_stays_finite_and_predicts_like_fp32(drain, tmp_path):
     """A 4-level U-Net on 8-slice patches (2 slices at its bottom: the shape that made
     ``train`` go NaN in 2 runs of 3 on CPUs with native bf16) trained under bf16 autocast,
     emulated where the CPU has no bf16, for three initialisations. Tolerance: bf16 keeps 8

@@ -15,11 +15,9 @@ from napari_vnet._widgets.segment import SegmentWidget
 from napari_vnet.correct import Scope, tools
 from test_widget_segment_support import RUN_TIMEOUT_MS, errors, volume, wait_done
 
-_config = support._config
 ckpt = support.ckpt
-notes = support.notes
 
-pytestmark = pytest.mark.gui
+pytestmark = [pytest.mark.gui, pytest.mark.usefixtures("config_dir")]
 
 
 @pytest.fixture

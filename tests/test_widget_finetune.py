@@ -18,9 +18,7 @@ SCALE = (2.0, 1.0, 1.0)
 TIMEOUT_MS = 150_000
 
 
-@pytest.fixture(autouse=True)
-def _config_dir(tmp_path, monkeypatch):
-    monkeypatch.setenv("NAPARI_VNET_CONFIG_DIR", str(tmp_path / "config"))
+pytestmark = pytest.mark.usefixtures("config_dir")
 
 
 def blob_volume(seed: int = 0):

@@ -8,14 +8,9 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-pytestmark = pytest.mark.gui
+pytestmark = [pytest.mark.gui, pytest.mark.usefixtures("config_dir")]
 
 WAIT_MS = 30_000
-
-
-@pytest.fixture(autouse=True)
-def _config_dir(tmp_path, monkeypatch):
-    monkeypatch.setenv("NAPARI_VNET_CONFIG_DIR", str(tmp_path / "config"))
 
 
 def _write(path, shape, spacing, value):

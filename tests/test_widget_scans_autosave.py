@@ -17,9 +17,7 @@ import SimpleITK as sitk
 WAIT_MS = 30_000
 
 
-@pytest.fixture(autouse=True)
-def _config_dir(tmp_path, monkeypatch):
-    monkeypatch.setenv("NAPARI_VNET_CONFIG_DIR", str(tmp_path / "config"))
+pytestmark = pytest.mark.usefixtures("config_dir")
 
 
 def _labels_volume(shape=(7, 20, 18), seed=0):

@@ -6,35 +6,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import SimpleITK as sitk
-import torch
 
-pytestmark = pytest.mark.gui
+pytestmark = [pytest.mark.gui, pytest.mark.usefixtures("config_dir")]
 
 WAIT_MS = 60_000
 
 
-@pytest.fixture(autouse=True)
-def _config_dir(tmp_path, monkeypatch):
-    monkeypatch.setenv("NAPARI_VNET_CONFIG_DIR", str(tmp_path / "config"))
-
-
 @pytest.fixture
-def ckpt(tmp_path):
-    from napari_vnet.models import ClassInfo, ModelCard, build_model, save_checkpoint
-
-    card = ModelCard(
-        arch="vnet",
-        arch_kwargs={"channels": [4, 8], "kernel_size": 3},
-        classes=[ClassInfo(0, "background"), ClassInfo(1, "organ", (0.8, 0.3, 0.2, 1.0))],
-        normalization={"kind": "zscore"},
-        spacing=(2.0, 1.0, 1.0),
-        patch_size=(16, 16, 16),
-        description="tiny test network",
-    )
-    torch.manual_seed(0)
-    path = tmp_path / "tiny.pt"
-    save_checkpoint(build_model(card), card, path)
-    return path
+def ckpt(tmp_path, tiny_checkpoint):
+    return tiny_checkpoint(tmp_path / "tiny.pt")
 
 
 @pytest.fixture

@@ -18,12 +18,10 @@ from test_widget_segment_support import (
 )
 
 # the shared fixtures, made visible to pytest in this module
-_config = support._config
 ckpt = support.ckpt
 dock = support.dock
-notes = support.notes
 
-pytestmark = pytest.mark.gui
+pytestmark = [pytest.mark.gui, pytest.mark.usefixtures("config_dir")]
 
 
 def test_run_real_thread_adds_labels_with_geometry_and_classes(qtbot, dock, ckpt, notes):

@@ -17,12 +17,10 @@ from test_widget_segment_support import (
 )
 
 # the shared fixtures, made visible to pytest in this module
-_config = support._config
 ckpt = support.ckpt
 dock = support.dock
-notes = support.notes
 
-pytestmark = pytest.mark.gui
+pytestmark = [pytest.mark.gui, pytest.mark.usefixtures("config_dir")]
 
 
 def test_bad_weights_file_is_refused_with_a_notification(qtbot, dock, tmp_path, notes):
@@ -82,7 +80,7 @@ def test_weights_list_devices_and_find_dock(qtbot, dock, ckpt, tmp_path):
     devices = [v for _, v in available_devices()]
     assert devices[0] == "auto" and "cpu" in devices
     assert ("cuda" in devices) == torch.cuda.is_available()
-    assert _session.find_dock_widget(viewer, SegmentWidget) is w
+    assert _session.Session.of(viewer).segment is w
     # a new dock starts with the most recently used weights
     fresh = SegmentWidget(viewer)
     assert fresh.current_weights == other.resolve()

@@ -1,5 +1,6 @@
 """Shared helpers and fixtures of the "Segment volume" dock tests (no tests here): a tiny
-real checkpoint saved in tmp_path, a docked widget in a real viewer, notifications."""
+real three-class checkpoint saved in tmp_path, a docked widget in a real viewer, the
+errors among the notifications (the ``notes`` and ``config_dir`` fixtures: conftest.py)."""
 
 from __future__ import annotations
 
@@ -7,9 +8,8 @@ import napari  # noqa: F401
 import numpy as np
 import pytest
 import torch
-from napari.utils.notifications import NotificationSeverity, notification_manager
+from napari.utils.notifications import NotificationSeverity
 
-from napari_vnet._widgets import _session
 from napari_vnet._widgets.segment import SegmentWidget
 from napari_vnet.models import ClassInfo, ModelCard
 
@@ -41,24 +41,6 @@ def save_tiny(path, arch: str = "vnet"):
     card = tiny_card(arch)
     save_checkpoint(build_model(card), card, path)
     return path
-
-
-@pytest.fixture(autouse=True)
-def _config(tmp_path, monkeypatch):
-    monkeypatch.setenv(_session.CONFIG_ENV, str(tmp_path / "config"))
-
-
-@pytest.fixture
-def notes():
-    """Notifications dispatched during the test: list of (severity, message)."""
-    got: list[tuple[str, str]] = []
-
-    def grab(n):
-        got.append((n.severity, str(n.message)))
-
-    notification_manager.notification_ready.connect(grab)
-    yield got
-    notification_manager.notification_ready.disconnect(grab)
 
 
 @pytest.fixture

@@ -4,6 +4,9 @@
 bytes of a DICOM preamble); it never raises. The reader it returns raises
 :class:`napari_vnet.io.VolumeReadError` with the file and the problem for broken input.
 Geometry: world coordinates are LPS millimetres (z, y, x), see ``napari_vnet.io.layers``.
+Reading returns layer data and nothing else: napari's reader preferences are written by the
+plugin's activation and ``napari-vnet napari-readers`` (:mod:`napari_vnet.reader_preferences`),
+and the viewer's camera is kept radiological by the docks' session (:mod:`._widgets._session`).
 """
 
 from __future__ import annotations
@@ -60,73 +63,6 @@ def _folder_has_dicom(folder: Path, depth: int = 2) -> bool:
     return probe(folder, 0)
 
 
-#: Reader preferences napari-vnet writes into napari's settings
-#: (``plugins.extension2reader``) the first time it runs inside napari. napari's own
-#: builtin reader also claims these endings (through imageio, which cannot read them),
-#: and napari asks "Choose reader" whenever two readers match and no preference exists.
-#: ``.hdr``/``.img`` are also Radiance HDR and raw images: napari-vnet reads an Analyze
-#: pair (its header starts with the int32 348) and hands any other such file to napari's
-#: own reader. ``*/`` is every folder: DICOM folders open with napari-vnet and other
-#: folders are handed to napari's own folder reader.
-PREFERRED_PATTERNS = (
-    "*.nii",
-    "*.nii.gz",
-    "*.mha",
-    "*.mhd",
-    "*.nrrd",
-    "*.nhdr",
-    "*.gipl",
-    "*.gipl.gz",
-    "*.dcm",
-    "*.DCM",
-    "*.dicom",
-    "*.ima",
-    "*.IMA",
-    "*.hdr",
-    "*.img",
-)
-PLUGIN_NAME = "napari-vnet"
-
-
-def _folder_pattern() -> str:
-    return "*" + os.sep  # napari matches folders as "<realpath><sep>"
-
-
-def register_reader_preferences(settings=None) -> list[str]:
-    """Make napari open medical volumes and DICOM folders with napari-vnet, no dialog.
-
-    Adds ``pattern: "napari-vnet"`` to napari's ``plugins.extension2reader`` for each of
-    :data:`PREFERRED_PATTERNS` and for folders, only where the user has no preference for
-    that pattern yet (a choice made in napari's dialog or in Preferences > Plugins is never
-    overwritten). Returns the patterns added. Never raises: a failure is logged and the
-    worst case is napari's usual "Choose reader" dialog.
-    """
-    try:
-        if settings is None:
-            from napari.settings import get_settings
-
-            settings = get_settings()
-        current = dict(settings.plugins.extension2reader)
-        wanted = [*PREFERRED_PATTERNS, _folder_pattern()]
-        added = [p for p in wanted if p not in current]
-        if added:
-            settings.plugins.extension2reader = {
-                **current,
-                **dict.fromkeys(added, PLUGIN_NAME),
-            }
-            log.info("napari reader preference set to napari-vnet for %s", ", ".join(added))
-        return added
-    except Exception:  # a settings problem must never stop a file from opening
-        log.debug("could not write napari reader preferences", exc_info=True)
-        return []
-
-
-def on_activate(context=None) -> None:
-    """npe2's activation hook (``on_activate`` in napari.yaml): napari calls it once per
-    session, on the first use of any napari-vnet contribution (a dock, the reader, the
-    sample, a writer, the CT window menu). Writes the reader preferences (never over a
-    choice the user made) so that the next File > Open asks nothing."""
-    register_reader_preferences()
 
 
 def _napari_folder_reader(path):
@@ -143,7 +79,7 @@ def napari_get_reader(path):
     """Return :func:`read_medical` if ``path`` looks like something we read, else None.
 
     A folder without DICOM files gets napari's own folder reader (napari-vnet is the
-    preferred reader for folders, see :func:`register_reader_preferences`)."""
+    preferred reader for folders, see :mod:`napari_vnet.reader_preferences`)."""
     try:
         if isinstance(path, (list, tuple)):
             if len(path) != 1:
@@ -241,26 +177,13 @@ def volume_layer_data(vol: Volume, name: str) -> list[tuple[Any, dict, str]]:
 
 
 def read_medical(path) -> list[tuple[Any, dict, str]]:
-    """Read a file, one DICOM file (its whole series) or a folder (one layer per series)."""
-    register_reader_preferences()  # napari ran us: open such files without asking next time
-    layers = _read_medical(path)
-    _radiological_view()
-    return layers
+    """Read a file, one DICOM file (its whole series) or a folder (one layer per series).
 
-
-def _radiological_view() -> None:
-    """Radiological camera orientation in the viewer the layers go to (napari only)."""
-    try:
-        from napari_vnet._widgets._display import install_in_current_viewer
-
-        install_in_current_viewer()
-    except ImportError:  # napari/Qt not available: a plain Python caller
-        log.debug("no napari viewer to orient", exc_info=True)
-
-
-def _read_medical(path) -> list[tuple[Any, dict, str]]:
+    Returns layer data only: no napari setting and no viewer is touched here (reader
+    preferences: :mod:`napari_vnet.reader_preferences`; the camera of the viewer the layers
+    go to: :class:`napari_vnet._widgets._session.Session`)."""
     if isinstance(path, (list, tuple)):
-        return [layer for p in path for layer in _read_medical(p)]
+        return [layer for p in path for layer in read_medical(p)]
     p = Path(path)
     if p.is_dir():
         series = list_dicom_series(p) or list_dicom_series(p, recursive=True)

@@ -5,7 +5,8 @@
 LayerDataTuples, an Image in Hounsfield units and a Labels layer, on the same physical
 grid (LPS mm, via :func:`napari_vnet.io.volume_to_layer_kwargs`). If the files are
 missing (e.g. a source tree where they were deleted) the same phantom is generated.
-No napari import here: napari builds the layers from the tuples.
+No napari import and no side effect here: napari builds the layers from the tuples
+(the plugin's activation sets up the viewer: ``napari_vnet._widgets._session``).
 """
 
 from __future__ import annotations
@@ -55,10 +56,6 @@ def _sample_seed() -> int:
 def phantom_ct() -> list[tuple]:
     """The phantom CT (Image, soft-tissue window) and its ground truth (Labels)."""
     image, labels, classes = _load_sample()
-    from napari_vnet._reader import _radiological_view, register_reader_preferences
-
-    register_reader_preferences()  # napari ran napari-vnet: open its formats without a dialog
-    _radiological_view()
     img_kw = volume_to_layer_kwargs(image, is_label=False)
     img_kw.update(name=IMAGE_NAME, colormap="gray", contrast_limits=display_range(image))
     img_kw.setdefault("metadata", {})["synthetic_phantom"] = True  # its models are the default

@@ -172,15 +172,6 @@ def make_bad_file(kind: str, folder: Path) -> Path:
 TINY_VNET = {"channels": [4, 8], "convs": [1, 1], "kernel_size": 3}
 
 
-@pytest.fixture
-def config_dir(tmp_path, monkeypatch) -> Path:
-    """NAPARI_VNET_CONFIG_DIR in tmp_path (recent-weights list, fine-tuned weights)."""
-    d = tmp_path / "config"
-    d.mkdir()
-    monkeypatch.setenv("NAPARI_VNET_CONFIG_DIR", str(d))
-    return d
-
-
 def tiny_card(classes=((0, "background"), (1, "liver")), patch=(16, 16, 16), arch="vnet"):
     from napari_vnet.models import ClassInfo, ModelCard
 

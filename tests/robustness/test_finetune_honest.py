@@ -40,15 +40,6 @@ def config(**kw):
     return TrainConfig(**base)
 
 
-def drain(gen):
-    events = []
-    while True:
-        try:
-            events.append(next(gen))
-        except StopIteration as stop:
-            return events, stop.value
-
-
 def state_of(path):
     return load_checkpoint_state(path)["state_dict"]
 
@@ -88,7 +79,7 @@ def test_a_real_drop_keeps_the_earlier_checkpoint_and_says_so():
     assert d["best_val_dice_smoothed"] - d["final_val_dice_smoothed"] > d["noise_margin"]
 
 
-def test_too_small_validation_keeps_the_final_weights_and_names_the_class(tmp_path):
+def test_too_small_validation_keeps_the_final_weights_and_names_the_class(drain, tmp_path):
     image, labels = sphere_pair()
     out = tmp_path / "m.pt"
     events, summary = drain(
@@ -110,7 +101,7 @@ def test_too_small_validation_keeps_the_final_weights_and_names_the_class(tmp_pa
     assert summary["val_dice"] == vals[-1]
 
 
-def test_no_validation_keeps_the_final_weights(tmp_path):
+def test_no_validation_keeps_the_final_weights(drain, tmp_path):
     image, labels = sphere_pair()
     out = tmp_path / "m.pt"
     _, summary = drain(finetune([TrainingPair(image, labels)], config(keep_resume=True), out=out))
@@ -118,7 +109,7 @@ def test_no_validation_keeps_the_final_weights(tmp_path):
     assert same_weights(state_of(out), state_of(resume_path(out)))
 
 
-def test_an_earlier_checkpoint_is_kept_when_validation_shows_it(tmp_path, monkeypatch):
+def test_an_earlier_checkpoint_is_kept_when_validation_shows_it(drain, tmp_path, monkeypatch):
     """Training, files and the choice are real; the validation scores are scripted (a
     drop no tiny run shows on demand)."""
     import napari_vnet.training.loop as loop

@@ -22,20 +22,6 @@ def sha(path: Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
-@pytest.fixture
-def notes():
-    from napari.utils.notifications import notification_manager
-
-    got: list[tuple[str, str]] = []
-
-    def grab(n):
-        got.append((str(n.severity), str(n.message)))
-
-    notification_manager.notification_ready.connect(grab)
-    yield got
-    notification_manager.notification_ready.disconnect(grab)
-
-
 def errors(notes):
     return [m for s, m in notes if s.lower() == "error"]
 

@@ -45,15 +45,6 @@ def cfg(**kw) -> TrainConfig:
     return TrainConfig(**base)
 
 
-def run(gen):
-    events = []
-    while True:
-        try:
-            events.append(next(gen))
-        except StopIteration as stop:
-            return events, stop.value
-
-
 @pytest.fixture
 def model_card():
     torch.manual_seed(0)
@@ -202,33 +193,33 @@ def test_absurd_patch_in_the_segment_job_gives_advice(tmp_path):
 
 
 @pytest.mark.parametrize("base", [False, True])
-def test_finetune_with_empty_labels_is_refused(tmp_path, tiny_weights, base):
+def test_finetune_with_empty_labels_is_refused(drain, tmp_path, tiny_weights, base):
     image, labels = blob_pair()
     pair = TrainingPair(image, np.zeros_like(labels), (1.0, 1.0, 1.0))
     kw = {"base": tiny_weights} if base else {}
     config = cfg(arch=None, arch_kwargs={}) if base else cfg()
     with pytest.raises(TrainingError, match="no foreground value|empty or only background"):
-        run(finetune([pair], config, out=tmp_path / "out.pt", **kw))
+        drain(finetune([pair], config, out=tmp_path / "out.pt", **kw))
     assert not (tmp_path / "out.pt").exists()
 
 
-def test_finetune_labels_of_another_shape_are_refused(tmp_path):
+def test_finetune_labels_of_another_shape_are_refused(drain, tmp_path):
     image, labels = blob_pair()
     pair = TrainingPair(image, labels[:, :-2], (1.0, 1.0, 1.0), name="case7")
     with pytest.raises(TrainingError, match=r"case7: labels shape \(16, 14, 16\) differs"):
-        run(finetune([pair], cfg(), out=tmp_path / "out.pt"))
+        drain(finetune([pair], cfg(), out=tmp_path / "out.pt"))
 
 
-def test_finetune_labels_with_another_spacing_are_resampled_onto_the_image(tmp_path):
+def test_finetune_labels_with_another_spacing_are_resampled_onto_the_image(drain, tmp_path):
     image, labels = blob_pair((16, 16, 16))
     img = Volume(image, spacing=(1.0, 1.0, 1.0), origin=(0, 0, 0), direction=np.eye(3))
     lab = Volume(labels[::2, ::2, ::2].copy(), spacing=(2.0, 2.0, 2.0), origin=(0.5, 0.5, 0.5),
                  direction=np.eye(3))  # fmt: skip
-    _, summary = run(finetune([TrainingPair(img, lab)], cfg(), out=tmp_path / "out.pt"))
+    _, summary = drain(finetune([TrainingPair(img, lab)], cfg(), out=tmp_path / "out.pt"))
     assert summary["iterations"] == 3 and (tmp_path / "out.pt").exists()
 
 
-def test_finetune_label_value_not_in_the_card(tmp_path, tiny_weights, caplog):
+def test_finetune_label_value_not_in_the_card(drain, tmp_path, tiny_weights, caplog):
     from napari_vnet.training import plan_training
 
     image, labels = blob_pair()
@@ -236,7 +227,9 @@ def test_finetune_label_value_not_in_the_card(tmp_path, tiny_weights, caplog):
     pair = TrainingPair(image, labels, (1.0, 1.0, 1.0), name="case with kidney")
     # the engine's training plan (CLI and dock alike): the value becomes a new class
     with caplog.at_level(logging.INFO, logger="napari_vnet.training"):
-        _, summary = run(finetune([pair], cfg(arch=None), base=tiny_weights, out=tmp_path / "a.pt"))
+        _, summary = drain(
+            finetune([pair], cfg(arch=None), base=tiny_weights, out=tmp_path / "a.pt")
+        )
     assert [(c["value"], c["name"]) for c in summary["classes"]] == [
         (0, "background"), (1, "liver"), (7, "class_7"),
     ]  # fmt: skip
@@ -245,13 +238,13 @@ def test_finetune_label_value_not_in_the_card(tmp_path, tiny_weights, caplog):
     classes = plan_training([pair], cfg(arch=None, class_names={7: "kidney"}),
                             base=tiny_weights).classes  # fmt: skip
     assert [(c.value, c.name) for c in classes] == [(0, "background"), (1, "liver"), (7, "kidney")]
-    _, summary = run(finetune([pair], cfg(arch=None, class_names={7: "kidney"}),
+    _, summary = drain(finetune([pair], cfg(arch=None, class_names={7: "kidney"}),
                               base=tiny_weights, out=tmp_path / "b.pt"))  # fmt: skip
     model, card = load_checkpoint(tmp_path / "b.pt")
     assert card.label_values == [0, 1, 7] and model.head.out_channels == 3
 
 
-def test_cancel_finetune_midway_keeps_a_loadable_checkpoint(tmp_path):
+def test_cancel_finetune_midway_keeps_a_loadable_checkpoint(drain, tmp_path):
     image, labels = blob_pair()
     stop_after = {"n": 0}
 
@@ -260,8 +253,14 @@ def test_cancel_finetune_midway_keeps_a_loadable_checkpoint(tmp_path):
         return stop_after["n"] > 3
 
     out = tmp_path / "run.pt"
-    events, summary = run(finetune([TrainingPair(image, labels, (1.0, 1.0, 1.0))],
-                                   cfg(iterations=50), out=out, should_stop=should_stop))  # fmt: skip
+    events, summary = drain(
+        finetune(
+            [TrainingPair(image, labels, (1.0, 1.0, 1.0))],
+            cfg(iterations=50),
+            out=out,
+            should_stop=should_stop,
+        )
+    )
     assert summary["cancelled"] and summary["iterations"] == len(events) == 3
     model, card = load_checkpoint(out)
     assert card.label_values == [0, 1]
@@ -282,12 +281,17 @@ def test_closing_the_finetune_generator_midway(tmp_path):
     assert not list(tmp_path.glob(".*.tmp"))
 
 
-def test_absurd_training_batch_is_refused_before_allocating(tmp_path):
+def test_absurd_training_batch_is_refused_before_allocating(drain, tmp_path):
     image, labels = blob_pair((32, 32, 32))
     t0 = time.perf_counter()
     with pytest.raises(TrainingError, match="not enough memory: batch size 100000000") as err:
-        run(finetune([TrainingPair(image, labels, (1.0, 1.0, 1.0))],
-                     cfg(batch_size=10**8, patch_size=(32, 32, 32)), out=tmp_path / "x.pt"))  # fmt: skip
+        drain(
+            finetune(
+                [TrainingPair(image, labels, (1.0, 1.0, 1.0))],
+                cfg(batch_size=10**8, patch_size=(32, 32, 32)),
+                out=tmp_path / "x.pt",
+            )
+        )
     assert "use a batch size of 2-4" in str(err.value)
     assert time.perf_counter() - t0 < 30
     assert not (tmp_path / "x.pt").exists()
@@ -387,18 +391,20 @@ def test_disk_full_during_checkpoint_save_keeps_the_old_one(tmp_path, model_card
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.pt"]  # no temp litter
 
 
-def test_disk_full_during_training_keeps_the_previous_weights(tmp_path, tiny_weights, monkeypatch):
+def test_disk_full_during_training_keeps_the_previous_weights(
+    drain, tmp_path, tiny_weights, monkeypatch
+):
     image, labels = blob_pair()
     out = tmp_path / "weights" / "tuned.pt"
     pair = TrainingPair(image, labels, (1.0, 1.0, 1.0))
-    run(finetune([pair], cfg(arch=None), base=tiny_weights, out=out))  # a first, good run
+    drain(finetune([pair], cfg(arch=None), base=tiny_weights, out=out))  # a first, good run
     before = out.read_bytes()
     real_save = torch.serialization.save
     monkeypatch.setattr(
         torch, "save", lambda obj, f, *a, **k: real_save(obj, _DiskFills(f, 3000), *a, **k)
     )
     with pytest.raises(OSError) as err:
-        run(finetune([pair], cfg(arch=None), base=tiny_weights, out=out))
+        drain(finetune([pair], cfg(arch=None), base=tiny_weights, out=out))
     assert err.value.errno == errno.ENOSPC and "tuned" in str(err.value)
     assert out.read_bytes() == before
     load_checkpoint(out)

@@ -13,7 +13,8 @@ keeps the camera in the radiological convention whatever axes are displayed:
   mirrored (the view from the feet, as an axial slice is read).
 
 It only acts while the viewer holds a layer opened by napari-vnet and gives the camera
-back to napari's default orientation when the last one is removed.
+back to napari's default orientation when the last one is removed. The viewer's
+:class:`~napari_vnet._widgets._session.Session` installs it (once per viewer).
 
 The window presets are npe2 commands (Layers > Visualize > CT window ...) acting on the
 selected Image layer.
@@ -150,14 +151,6 @@ def install_radiological_view(viewer: napari.Viewer | None) -> None:
 
     viewer.layers.events.inserted.connect(_new_layer)
     _update()
-
-
-def install_in_current_viewer() -> None:
-    """:func:`install_radiological_view` on napari's current viewer, if there is one."""
-    try:
-        install_radiological_view(napari.current_viewer())
-    except Exception:
-        log.debug("no current viewer to set up", exc_info=True)
 
 
 # ------------------------------------------------------------------ window presets

@@ -14,7 +14,8 @@ bottom of the dock. Advanced settings sit in collapsed groups (:mod:`._compact`)
 The npe2 widget commands point at the dock classes below. A ScrollDock passes attribute
 access through to its content, so ``_, seg = viewer.window.add_plugin_dock_widget(
 "napari-vnet", "Segment volume")`` followed by ``seg.select_weights(...)`` works as
-before, and :func:`napari_vnet._widgets._session.find_dock_widget` finds the content.
+before. The content registers itself with the viewer's
+:class:`~napari_vnet._widgets._session.Session`, where the other docks find it.
 """
 
 from __future__ import annotations

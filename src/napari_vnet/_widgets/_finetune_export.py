@@ -6,7 +6,9 @@ thread worker.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from qtpy.QtWidgets import QFileDialog
@@ -16,6 +18,7 @@ from napari_vnet._widgets._finetune_pairs import (
     CORRECTED,
     EDITED,
     _file_item,
+    _Pair,
     check_same_geometry,
     layer_volume,
     notify,
@@ -23,9 +26,19 @@ from napari_vnet._widgets._finetune_pairs import (
 from napari_vnet.workflows.finetune import export_job
 from napari_vnet.workflows.options import parse_class_names
 
+if TYPE_CHECKING:
+    from qtpy.QtCore import Signal
+    from qtpy.QtWidgets import QComboBox, QLineEdit
+
 
 class FinetuneExportMixin:
     """Export dataset... and what it writes."""
+
+    # what FinetuneWidget owns and this half uses (set in its __init__ and _build_ui)
+    voxels_combo: QComboBox  # which voxels count: EDITED, CORRECTED or WHOLE
+    class_names_edit: QLineEdit  # "3=kidney, 4=spleen"
+    dataset_exported: Signal  # emitted with the folder once written
+    _pairs_or_chosen: Callable[[str], list[_Pair]]  # FinetunePairsMixin
 
     def _on_export_clicked(self) -> None:
         folder = QFileDialog.getExistingDirectory(self, "Export training pairs to folder")

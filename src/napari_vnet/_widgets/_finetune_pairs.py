@@ -12,13 +12,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from napari_vnet._widgets import _edits
 from napari_vnet.io.grid import Grid, grid_differences
 from napari_vnet.workflows.finetune import GeometryMismatch, check_pair_grid
+
+if TYPE_CHECKING:
+    from qtpy.QtWidgets import QComboBox, QListWidget
 
 WHOLE, EDITED = "whole volume", "edited / reviewed slices only"
 #: on edited slices, only the labels the user painted or erased (per label and region)
@@ -142,6 +145,12 @@ def _file_item(p: _Pair, only_edited: bool, regions: bool = False) -> dict:
 
 class FinetunePairsMixin:
     """The pair list and the training data taken from it."""
+
+    # what FinetuneWidget owns and this half uses (set in its __init__ and _build_ui)
+    _pairs: list[_Pair]
+    image_combo: QComboBox  # image layers of the viewer
+    labels_combo: QComboBox  # labels layers of the viewer
+    pair_list: QListWidget  # the pairs, as described by _Pair.describe
 
     def add_pair(self, image_layer, labels_layer) -> None:
         """Add an (image layer, labels layer) training pair; raises GeometryMismatch."""

@@ -20,7 +20,6 @@ from napari_vnet._widgets._finetune_pairs import (
     _count_file_annotated,
     notify,
 )
-from napari_vnet._widgets._session import add_recent_weights
 from napari_vnet.training.events import TrainingStep, TrainingSummary
 from napari_vnet.workflows.finetune import is_base_weights, training_job
 from napari_vnet.workflows.options import format_seconds, parse_class_names, parse_patch
@@ -202,11 +201,7 @@ class FinetuneRunMixin:
 
     def _publish_weights(self, out: Path) -> None:
         """Recent list + select in the Segment dock, then tell listeners."""
-        add_recent_weights(out)
-        seg = self._segment_widget()
-        if seg is not None:
-            seg.refresh_weights()
-            seg.select_weights(out)
+        self.session.publish_weights(out)
         self.segment_btn.setEnabled(True)
         self.refresh_base_weights()  # next default output: the next -ftN
         self.weights_saved.emit(str(out))

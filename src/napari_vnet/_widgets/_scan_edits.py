@@ -24,14 +24,17 @@ from qtpy.QtCore import QEventLoop
 from qtpy.QtWidgets import QApplication
 
 from napari_vnet._widgets._autosave import SaveJob
+from napari_vnet._widgets._edits import EditTracker
+from napari_vnet._widgets._scans_state import ScansDockFields
 from napari_vnet._writer import layer_classes, layer_state
 from napari_vnet.workflows.worklist import STATUSES
 
 log = logging.getLogger(__name__)
 
 
-class ScanEditsMixin:
-    """Layer tracking and autosaving for the Scans dock (state lives on the widget)."""
+class ScanEditsMixin(ScansDockFields):
+    """Layer tracking and autosaving for the Scans dock (the widget's fields it uses:
+    :class:`~._scans_state.ScansDockFields`)."""
 
     def _on_inserted(self, event) -> None:
         from napari.layers import Labels
@@ -88,10 +91,6 @@ class ScanEditsMixin:
     def _track(self, layer) -> None:
         layer.events.paint.connect(self._on_paint)
         layer.events.data.connect(self._on_data)
-        try:
-            from napari_vnet._widgets._edits import EditTracker
-        except ImportError:  # pragma: no cover - edit tracker not installed
-            return
         self._trackers[id(layer)] = EditTracker(layer, parent=self)
 
     def _untrack(self, layer) -> None:

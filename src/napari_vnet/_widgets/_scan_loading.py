@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from napari_vnet._widgets._scans_state import ScansDockFields
 from napari_vnet.workflows.worklist import STATUSES
 from napari_vnet.workflows.worklist_scan import ScanEntry
 
@@ -252,9 +253,17 @@ def _show_whole_scan(viewer, image) -> None:
         log.debug("scan not centred", exc_info=True)
 
 
-class ScanLoadingMixin:
+class ScanLoadingMixin(ScansDockFields):
     """The loading half of :class:`~napari_vnet._widgets.scans.ScansWidget`: requests,
-    prefetch, and showing a :class:`LoadedScan` in the layers already in the viewer."""
+    prefetch, and showing a :class:`LoadedScan` in the layers already in the viewer
+    (the widget's fields it uses: :class:`~._scans_state.ScansDockFields`)."""
+
+    # the edits half's methods used here (:class:`~._scan_edits.ScanEditsMixin`)
+    _status: Callable[[str], str]
+    _mark: Callable[..., bool]
+    _save_layers: Callable[..., list[Path]]
+    _track: Callable[[Any], None]
+    _untrack: Callable[[Any], None]
 
     def _read_args(self, entry: ScanEntry) -> tuple:
         """What the loader reads: saved labels records and unwritten autosave snapshots."""
@@ -434,18 +443,15 @@ class ScanLoadingMixin:
     def _predict_on_open(self, entry: ScanEntry) -> None:
         if STATUSES.index(self._status(entry.key)) >= STATUSES.index("predicted"):
             return
-        seg = self._segment_widget()
+        seg = self.session.segment
         if seg is None:
             self._notify("warning", "Predict on open: open the 'Segment volume' dock first.")
             return
-        try:
-            if seg.current_weights is None:
-                self._notify("warning", "Predict on open: choose weights in 'Segment volume'.")
-                return
-            seg.set_image_layer(self._image_layer)
-            seg.run()
-        except AttributeError as exc:  # an older Segment widget without the contract
-            self._notify("warning", f"Predict on open is not available: {exc}")
+        if seg.current_weights is None:
+            self._notify("warning", "Predict on open: choose weights in 'Segment volume'.")
+            return
+        seg.set_image_layer(self._image_layer)
+        seg.run()
 
     def _close_current(self) -> None:
         """Autosave the current scan's Labels layers, then remove its layers."""
@@ -476,19 +482,13 @@ class ScanLoadingMixin:
         if key:
             self._refresh_key(key)
 
-    def _segment_widget(self):
-        from napari_vnet._widgets._session import find_dock_widget
-        from napari_vnet._widgets.segment import SegmentWidget
-
-        return find_dock_widget(self.viewer, SegmentWidget)
-
     def _cancel_prediction(self) -> None:
         """A prediction still running on this scan's image would land on the next scan."""
-        seg = self._segment_widget()
+        seg = self.session.segment
         try:
             if seg is not None and seg.is_running and seg.image_layer in self._scan_layers:
                 seg.cancel()
-        except (AttributeError, RuntimeError):  # placeholder or closing widget
+        except RuntimeError:  # the Segment dock is closing
             pass
 
     def next_scan(self):

@@ -1,4 +1,12 @@
-"""GUI state shared by the docks: recently used weights and finding a sibling dock.
+"""What the docks of one viewer share: the :class:`Session`, and recently used weights.
+
+A :class:`Session` belongs to one napari viewer (:meth:`Session.of`). Each dock registers
+itself with it when it is built; the docks reach each other only through it (the Segment
+dock's weights, "Predict on open", handing corrected scans to Fine-tune, selecting newly
+trained weights). Creating a viewer's session also keeps that viewer's camera radiological
+and shows a newly opened patient (:mod:`._display`): the npe2 reader only returns layer
+data. npe2's activation hook (:func:`on_activate`, on the first use of any napari-vnet
+contribution) writes napari's reader preferences and opens the current viewer's session.
 
 Recent weights are kept as a small JSON file in the config folder
 ``$NAPARI_VNET_CONFIG_DIR`` (default: the operating system's place for settings, from
@@ -13,14 +21,21 @@ from __future__ import annotations
 import json
 import logging
 import os
+import weakref
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from napari_vnet import user_dirs
 from napari_vnet._atomic import atomic_write_text
+from napari_vnet.reader_preferences import PLUGIN_NAME, register_reader_preferences
 
 if TYPE_CHECKING:
     import napari
+
+    from napari_vnet._widgets.correct import CorrectWidget
+    from napari_vnet._widgets.finetune import FinetuneWidget
+    from napari_vnet._widgets.scans import ScansWidget
+    from napari_vnet._widgets.segment import SegmentWidget
 
 log = logging.getLogger(__name__)
 
@@ -80,68 +95,133 @@ def forget_recent_weights(path: str | os.PathLike) -> None:
         _write_recent([i for i in items if i != p])
 
 
-def first_use_in_napari() -> None:
-    """napari-vnet runs inside napari: let File > Open read medical volumes and DICOM
-    folders with napari-vnet from now on (napari's reader preferences, written once and
-    never over a choice the user made; see ``napari_vnet._reader``) and keep the
-    current viewer's camera radiological (``_display``)."""
-    from napari_vnet._reader import register_reader_preferences
-    from napari_vnet._widgets._display import install_in_current_viewer
-
-    register_reader_preferences()
-    install_in_current_viewer()
+#: the dock roles and the npe2 widget titles (napari.yaml) that open them
+DOCK_TITLES = {
+    "segment": "Segment volume",
+    "finetune": "Fine-tune model",
+    "scans": "Scans",
+    "correct": "Correct",
+}
 
 
-def find_dock_widget(viewer: napari.Viewer, cls: type) -> Any | None:
-    """The docked instance of widget class ``cls`` in ``viewer``'s window, or None.
+class Session:
+    """The napari-vnet docks of one viewer and what they hand each other.
 
-    Looks through the window's dock widgets (the public ``window.dock_widgets`` mapping
-    of napari >= 0.6, else the Qt dock widgets of the private Qt window) and also one level
-    inside magicgui containers.
+    Get it with :meth:`of` (one per viewer, made on first use). A dock calls
+    :meth:`register` with its role ("segment", "finetune", "scans", "correct") when it is
+    built; the others find it as :attr:`segment`, :attr:`finetune`, :attr:`scans` or
+    :attr:`correct` (None while there is none, or after it was closed), or open it with
+    :meth:`open_dock`. Docks are held weakly: a closed dock is never kept alive here, and
+    when the newest dock of a role was closed, the one before it is found again.
     """
-    window = getattr(viewer, "window", None)
-    if window is None:
+
+    def __init__(self, viewer: napari.Viewer):
+        from napari_vnet._widgets._display import install_radiological_view
+
+        self._viewer = weakref.ref(viewer)
+        self._docks: dict[str, list[weakref.ref]] = {}
+        # every layer opened into this viewer (File > Open, a dock, the sample): the camera
+        # stays radiological and a second patient is shown (layers.events.inserted hooks)
+        install_radiological_view(viewer)
+
+    @classmethod
+    def of(cls, viewer: napari.Viewer) -> Session:
+        """``viewer``'s session (made, with its display hooks, the first time)."""
+        session = _SESSIONS.get(viewer)
+        if session is None:
+            session = _SESSIONS[viewer] = cls(viewer)
+        return session
+
+    @property
+    def viewer(self) -> napari.Viewer | None:
+        return self._viewer()
+
+    def register(self, role: str, dock: Any) -> None:
+        """``dock`` is this viewer's ``role`` dock from now on (the newest one wins)."""
+        if role not in DOCK_TITLES:
+            raise ValueError(f"unknown dock role {role!r}; one of {', '.join(DOCK_TITLES)}")
+        self._docks.setdefault(role, []).append(weakref.ref(dock))
+
+    def dock(self, role: str) -> Any | None:
+        """The newest registered ``role`` dock still open, or None."""
+        refs = self._docks.get(role, [])
+        while refs:
+            widget = refs[-1]()
+            try:
+                if widget is not None:
+                    widget.objectName()
+                    return widget
+            except RuntimeError:  # its Qt side was deleted with its dock
+                pass
+            refs.pop()
         return None
-    candidates: list[Any] = []
-    docks = getattr(window, "dock_widgets", None)
-    if docks is not None:
-        try:
-            candidates.extend(docks.values())
-        except AttributeError:
-            candidates.extend(docks)
-    # napari < 0.6 has no public mapping: fall back to the Qt window's dock widgets
-    qt_window = getattr(window, "_qt_window", None) if docks is None else None
-    if qt_window is not None:
-        try:
-            from qtpy.QtWidgets import QDockWidget
 
-            for dock in qt_window.findChildren(QDockWidget):
-                inner = dock.widget()
-                if inner is not None:
-                    candidates.append(inner)
-        except (ImportError, RuntimeError):  # pragma: no cover - window closing
-            pass
-    for cand in candidates:
-        for obj in _unwrap(cand):
-            if isinstance(obj, cls):
-                return obj
-    return None
+    @property
+    def segment(self) -> SegmentWidget | None:
+        return self.dock("segment")
+
+    @property
+    def finetune(self) -> FinetuneWidget | None:
+        return self.dock("finetune")
+
+    @property
+    def scans(self) -> ScansWidget | None:
+        return self.dock("scans")
+
+    @property
+    def correct(self) -> CorrectWidget | None:
+        return self.dock("correct")
+
+    def open_dock(self, role: str) -> Any:
+        """The ``role`` dock, added to the viewer's window first when there is none."""
+        widget = self.dock(role)
+        if widget is None:
+            self.viewer.window.add_plugin_dock_widget(PLUGIN_NAME, DOCK_TITLES[role])
+            widget = self.dock(role)  # registered while napari built it
+        return widget
+
+    def segment_weights(self) -> Path | None:
+        """The weights chosen in the Segment volume dock (None: no dock or no weights)."""
+        seg = self.segment
+        current = seg.current_weights if seg is not None else None
+        return Path(current) if current else None
+
+    def publish_weights(self, path: str | os.PathLike) -> None:
+        """Newly written weights: first in the recent list and chosen in the Segment
+        volume dock (when it is open)."""
+        add_recent_weights(path)
+        seg = self.segment
+        if seg is not None:
+            seg.refresh_weights()
+            seg.select_weights(path)
 
 
-def _unwrap(widget: Any) -> list[Any]:
-    """The widget itself, its magicgui wrapper/native and its direct Qt children."""
-    out = [widget]
-    native = getattr(widget, "native", None)
-    if native is not None:
-        out.append(native)
-    magic = getattr(widget, "_magic_widget", None)
-    if magic is not None:
-        out.append(magic)
+#: each viewer's session, for as long as the viewer lives (viewers hash by identity)
+_SESSIONS: weakref.WeakKeyDictionary[Any, Session] = weakref.WeakKeyDictionary()
+
+
+def on_activate(context=None) -> None:
+    """npe2's activation hook (``on_activate`` in napari.yaml): napari calls it once per
+    napari session, on the first use of any napari-vnet contribution (a dock, the reader,
+    the sample, a writer, the CT window menu). Writes napari's reader preferences (never
+    over a choice the user made) so that the next File > Open asks nothing, and opens the
+    current viewer's :class:`Session` (radiological camera, new patients shown)."""
+    register_reader_preferences()
     try:
-        from qtpy.QtWidgets import QWidget
+        import napari
 
-        if isinstance(widget, QWidget):
-            out.extend(widget.findChildren(QWidget))
-    except ImportError:  # pragma: no cover
-        pass
-    return out
+        viewer = napari.current_viewer()
+    except Exception:  # noqa: BLE001 - no viewer (a headless use of a writer): nothing to set up
+        log.debug("no current napari viewer", exc_info=True)
+        return
+    if viewer is not None:
+        Session.of(viewer)
+
+
+def join_session(viewer: napari.Viewer, role: str, dock: Any) -> Session:
+    """What each dock does when it is built: napari-vnet has run inside napari (reader
+    preferences, see :func:`on_activate`), and ``dock`` joins ``viewer``'s session."""
+    register_reader_preferences()
+    session = Session.of(viewer)
+    session.register(role, dock)
+    return session

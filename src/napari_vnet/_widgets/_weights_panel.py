@@ -45,11 +45,9 @@ def _network_of(card: ModelCard) -> str:
 
 
 def shipped() -> dict[str, Path]:
-    """Shipped weights by name ({} if the weights package offers none yet)."""
-    try:
-        from napari_vnet.weights import shipped_weights
-    except ImportError:
-        return {}
+    """Shipped weights by name ({} when they cannot be listed: a broken install)."""
+    from napari_vnet.weights import shipped_weights
+
     try:
         return dict(shipped_weights())
     except Exception as exc:  # a broken install must not break the dock
@@ -58,19 +56,10 @@ def shipped() -> dict[str, Path]:
 
 
 def resolve(name_or_path: str | os.PathLike) -> Path:
-    """A shipped weights name or a file path -> the file (CheckpointError if neither)."""
-    try:
-        from napari_vnet.weights import resolve_weights
-    except ImportError:
-        resolve_weights = None
-    if resolve_weights is not None:
-        return Path(resolve_weights(name_or_path))
-    path = Path(name_or_path).expanduser()
-    if not path.is_file():
-        from napari_vnet.models import CheckpointError
+    """A shipped weights name or a path -> the file or folder (CheckpointError if neither)."""
+    from napari_vnet.weights import resolve_weights
 
-        raise CheckpointError(f"{path}: no such weights file")
-    return path
+    return Path(resolve_weights(name_or_path))
 
 
 _CARD_CACHE: dict[tuple[str, int, int], ModelCard] = {}

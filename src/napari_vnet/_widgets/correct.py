@@ -30,6 +30,7 @@ from qtpy.QtWidgets import QGridLayout, QGroupBox, QLabel, QPushButton, QVBoxLay
 
 from napari_vnet import annotations
 from napari_vnet._widgets import _edits
+from napari_vnet._widgets._session import join_session
 from napari_vnet._widgets._uncertainty_layer import find_uncertainty, is_uncertainty
 from napari_vnet.correct import tools
 from napari_vnet.correct.uncertainty import SliceQueue, slice_scores
@@ -76,6 +77,7 @@ class CorrectWidget(QWidget):
     def __init__(self, napari_viewer: napari.Viewer, parent: QWidget | None = None):
         super().__init__(parent)
         self.viewer = napari_viewer
+        self.session = join_session(napari_viewer, "correct", self)
         self._queue: SliceQueue | None = None
         self._queue_key: tuple | None = None
         self._hooked = None  # the Labels layer whose brush is range-limited

@@ -60,8 +60,7 @@ from napari_vnet._widgets._finetune_pairs import (
 from napari_vnet._widgets._finetune_pairs import notify as _notify
 from napari_vnet._widgets._finetune_run import PROGRESS_REFRESH_MS, FinetuneRunMixin
 from napari_vnet._widgets._losscurve import LossCurve
-from napari_vnet._widgets._session import find_dock_widget
-from napari_vnet._widgets._session import first_use_in_napari as _session_first_use
+from napari_vnet._widgets._session import join_session
 from napari_vnet.models.names import DISPLAY_NAMES
 from napari_vnet.weights import resolve_weights
 from napari_vnet.workflows.finetune import default_output_path
@@ -90,7 +89,7 @@ class FinetuneWidget(FinetunePairsMixin, FinetuneRunMixin, FinetuneExportMixin, 
     def __init__(self, napari_viewer: napari.Viewer, parent: QWidget | None = None):
         super().__init__(parent)
         self.viewer = napari_viewer
-        _session_first_use()
+        self.session = join_session(napari_viewer, "finetune", self)
         self._pairs: list[_Pair] = []
         self._trackers: dict[int, _edits.EditTracker] = {}
         self._named: set[int] = set()
@@ -411,9 +410,7 @@ class FinetuneWidget(FinetunePairsMixin, FinetuneRunMixin, FinetuneExportMixin, 
         """Explicitly set weights, else those selected in the Segment volume dock."""
         if self._base_weights is not None:
             return self._base_weights
-        seg = self._segment_widget()
-        current = getattr(seg, "current_weights", None) if seg is not None else None
-        return Path(current) if current else None
+        return self.session.segment_weights()
 
     def refresh_base_weights(self) -> None:
         base = self.base_weights()
@@ -468,18 +465,11 @@ class FinetuneWidget(FinetunePairsMixin, FinetuneRunMixin, FinetuneExportMixin, 
         self.minutes_spin.setVisible(mode == "minutes")
 
     # ------------------------------------------------------------ hand-over
-    def _segment_widget(self):
-        from napari_vnet._widgets.segment import SegmentWidget
-
-        return find_dock_widget(self.viewer, SegmentWidget)
-
     def segment_with_new_weights(self):
         """Select the new weights in the Segment dock (opening it) and run it."""
         if self._last_weights is None:
             return None
-        seg = self._segment_widget()
-        if seg is None:
-            _, seg = self.viewer.window.add_plugin_dock_widget("napari-vnet", "Segment volume")
+        seg = self.session.open_dock("segment")
         seg.refresh_weights()
         seg.select_weights(self._last_weights)
         image = self._pairs[0].image_layer if self._pairs else self.image_combo.currentData()

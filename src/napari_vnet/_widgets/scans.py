@@ -54,7 +54,7 @@ from napari_vnet._widgets._compact import Collapsible
 from napari_vnet._widgets._scan_edits import ScanEditsMixin
 from napari_vnet._widgets._scan_loading import ScanLoadingMixin
 from napari_vnet._widgets._scans_table import FILTERS, ScanTable
-from napari_vnet._widgets._session import first_use_in_napari as _session_first_use
+from napari_vnet._widgets._session import join_session
 from napari_vnet.io.paths import printable
 from napari_vnet.workflows.worklist import BROKEN, ProjectError, ScanProject
 from napari_vnet.workflows.worklist_scan import ScanEntry, discover_scans
@@ -131,7 +131,7 @@ class ScansWidget(ScanLoadingMixin, ScanEditsMixin, QWidget):
     def __init__(self, napari_viewer: napari.Viewer, parent=None):
         super().__init__(parent)
         self.viewer = napari_viewer
-        _session_first_use()
+        self.session = join_session(napari_viewer, "scans", self)
         self.project: ScanProject | None = None
         self.scans_folder: Path | None = None
         self.work_folder: Path | None = None
@@ -486,14 +486,7 @@ class ScansWidget(ScanLoadingMixin, ScanEditsMixin, QWidget):
         if not pairs:
             self._notify("info", "No corrected or reviewed scan with saved labels yet.")
             return 0
-        from napari_vnet._widgets._session import find_dock_widget
-        from napari_vnet._widgets.finetune import FinetuneWidget
-
-        widget = find_dock_widget(self.viewer, FinetuneWidget)
-        if widget is None:
-            _dock, widget = self.viewer.window.add_plugin_dock_widget(
-                "napari-vnet", "Fine-tune model"
-            )
+        widget = self.session.open_dock("finetune")
         added = 0
         for pair in pairs:
             try:

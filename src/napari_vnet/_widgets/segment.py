@@ -45,9 +45,10 @@ from napari_vnet._widgets._segment_inputs import (
 )
 from napari_vnet._widgets._segment_job import SegmentJob
 from napari_vnet._widgets._segment_settings import RunSettings, available_devices
-from napari_vnet._widgets._session import first_use_in_napari as _session_first_use
+from napari_vnet._widgets._session import join_session
 from napari_vnet._widgets._weights_panel import WeightsPanel, arch_name
 from napari_vnet.input_check import demo_note
+from napari_vnet.workflows.options import format_seconds
 from napari_vnet.workflows.segment import (
     JobCancelled,
     JobDone,
@@ -55,7 +56,6 @@ from napari_vnet.workflows.segment import (
     Message,
     Progress,
     RunRequest,
-    format_seconds,
     recommended_settings,
     result_info,
 )
@@ -86,7 +86,7 @@ class SegmentWidget(QWidget):
     def __init__(self, napari_viewer: napari.Viewer, parent: QWidget | None = None):
         super().__init__(parent)
         self.viewer = napari_viewer
-        _session_first_use()
+        self.session = join_session(napari_viewer, "segment", self)
         self.worker = None
         self._job: SegmentJob | None = None
         self._run_ctx: dict[str, Any] = {}

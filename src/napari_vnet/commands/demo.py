@@ -156,7 +156,7 @@ def run(args: argparse.Namespace) -> int:
     import napari
     from qtpy.QtCore import QTimer
 
-    from napari_vnet._reader import register_reader_preferences
+    from napari_vnet.reader_preferences import register_reader_preferences
 
     # before the window opens: File > Open reads medical volumes with napari-vnet from now
     # on (the user's own preferences are kept)

@@ -28,15 +28,15 @@ def run(args: argparse.Namespace) -> int:
     except ImportError as exc:
         print(f"napari-vnet napari-readers: napari is not installed ({exc})", file=sys.stderr)
         return 2
-    from napari_vnet._reader import PLUGIN_NAME, register_reader_preferences
+    from napari_vnet.reader_preferences import (
+        PLUGIN_NAME,
+        register_reader_preferences,
+        remove_reader_preferences,
+    )
 
     settings = get_settings()
     if args.remove:
-        prefs = dict(settings.plugins.extension2reader)
-        ours = [p for p, plugin in prefs.items() if plugin == PLUGIN_NAME]
-        settings.plugins.extension2reader = {
-            p: plugin for p, plugin in prefs.items() if plugin != PLUGIN_NAME
-        }
+        ours = remove_reader_preferences(settings)
         print(f"removed {len(ours)} reader preference(s): {' '.join(ours) or '-'}")
         return 0
     added = register_reader_preferences(settings)
