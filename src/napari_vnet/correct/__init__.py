@@ -3,6 +3,8 @@
 :mod:`.uncertainty`: per-voxel uncertainty, per-slice scores, the queue of slices to
 review. :mod:`.tools`: fill between slices, islands, holes, smoothing, intensity-limited
 edits and region growing, each returning a :class:`~.tools.Change` on one label.
+:mod:`.propagate`: adapt the model to the corrected slices and re-predict the voxels the
+user has not touched (imported as a module: it loads the training engine).
 """
 
 from napari_vnet.correct.tools import (
