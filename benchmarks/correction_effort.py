@@ -248,16 +248,22 @@ def parse(argv=None) -> argparse.Namespace:
     return ap.parse_args(argv)
 
 
+def read_case(args):
+    """``--image`` and its reference ``--labels`` on the image's grid."""
+    from napari_vnet.io import read_volume
+    from napari_vnet.training import labels_on_image_grid
+
+    image = read_volume(args.image)
+    return image, labels_on_image_grid(image, read_volume(args.labels))
+
+
 def main(argv=None) -> int:
     args = parse(argv)
     from napari_vnet.inference import predict
-    from napari_vnet.io import read_volume
     from napari_vnet.models import load_checkpoint
-    from napari_vnet.training import labels_on_image_grid
     from napari_vnet.weights import resolve_weights
 
-    image = read_volume(args.image)
-    ref_all = labels_on_image_grid(image, read_volume(args.labels))
+    image, ref_all = read_case(args)
     args.weights_path = str(resolve_weights(args.weights))
     model, card = load_checkpoint(args.weights_path, map_location="cpu")
     model_value, ref_values = class_values(args, card)

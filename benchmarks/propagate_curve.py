@@ -32,7 +32,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from correction_effort import CT, RESULTS, class_values, dice  # noqa: E402
+from correction_effort import CT, RESULTS, class_values, dice, read_case  # noqa: E402
 
 WEIGHTS = ("vnet-phantom", "unet3d-ct-starter")
 
@@ -151,11 +151,7 @@ def main(argv=None) -> int:
     args = parse(argv)
     import torch
 
-    from napari_vnet.io import read_volume
-    from napari_vnet.training import labels_on_image_grid
-
-    image = read_volume(args.image)
-    ref_all = labels_on_image_grid(image, read_volume(args.labels))
+    image, ref_all = read_case(args)
     results = {w: run_weights(w, image, ref_all, args) for w in args.weights}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -249,14 +249,15 @@ def propagate(
         np.asarray(image), labels, kept, spacing, weights, config, predict_settings,
         should_stop=should_stop or (lambda: False),
     )  # fmt: skip
-    while True:
-        try:
-            event = next(gen)
-        except StopIteration as done:
-            result = done.value
-            break
+    box: dict[str, PropagateResult] = {}
+
+    def run():  # the job's events, its result kept in ``box``
+        box["result"] = yield from gen
+
+    for event in run():
         if progress is not None:
             progress(event)
+    result = box["result"]
     if result.prediction is None:
         empty = tuple(np.empty(0, np.intp) for _ in labels.shape)
         return Change(empty, np.empty(0, labels.dtype)), result
