@@ -58,7 +58,8 @@ def one_point(k, image, start, ref, spacing, weights, value, args) -> dict:
     untouched = np.ones(ref.shape[0], bool)
     untouched[slices] = False
     labels = cur.astype(np.uint8) * np.uint8(value)
-    config = propagate_config(args.iterations, args.minutes or None, seed=args.seed)
+    lr = {"lr": args.lr} if args.lr else {}
+    config = propagate_config(args.iterations, args.minutes or None, seed=args.seed, **lr)
     t0, c0 = time.perf_counter(), time.process_time()
     change, result = propagate(
         image, labels, {"axis": 0, "slices": slices}, weights=weights, spacing=spacing,
@@ -141,6 +142,7 @@ def parse(argv=None) -> argparse.Namespace:
         default=MINUTES,
         help="fine-tune time cap (0: none, the iterations alone end it)",
     )
+    ap.add_argument("--lr", type=float, default=None, help="default: the dock's")
     ap.add_argument("--overlap", type=float, default=0.5)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=str(RESULTS / "propagate_curve.json"))
