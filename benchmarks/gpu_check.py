@@ -318,10 +318,14 @@ def main() -> int:
             record["steps"][name] = run_step(name, min(CAPS[name], left))
         print(f"{name}: {record['steps'][name]['status']}", file=sys.stderr)
     record["seconds"] = round(time.perf_counter() - t0, 1)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(record, indent=2))
-    print(f"wrote {args.out}", file=sys.stderr)
+    write_record(record, args.out)
     return 0
+
+
+def write_record(record: dict, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(record, indent=2) + "\n")
+    print(f"wrote {path} ({record['seconds']} s)", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -214,18 +214,14 @@ def _predict(image, model, card, spacing, device, settings, should_stop, t0):
 
 
 def child_job(*args: Any, should_stop: Callable[[], bool], **kwargs: Any):
-    """:func:`propagate_job` as the training child process runs it: torch leaves one core
-    to the viewer (:func:`napari_vnet.workflows.child_process.child_threads`)."""
-    import torch
+    """:func:`propagate_job` as the training child process runs it: torch's threads are
+    chosen keeping one core for the viewer (:func:`napari_vnet.threads.use_threads`)."""
+    import torch  # noqa: F401 - imported before the threads are chosen, so they apply to it
 
-    from napari_vnet.workflows.child_process import child_threads
+    from napari_vnet.threads import use_threads
 
-    before = torch.get_num_threads()
-    torch.set_num_threads(min(before, child_threads()))
-    try:
+    with use_threads(None, reserve=1):
         return (yield from propagate_job(*args, should_stop=should_stop, **kwargs))
-    finally:
-        torch.set_num_threads(before)
 
 
 def propagate(
