@@ -13,8 +13,7 @@ from napari_vnet import annotations
 from napari_vnet._widgets.correct import CorrectWidget
 from test_widget_segment_support import volume
 
-_config = support._config
-pytestmark = pytest.mark.gui
+pytestmark = [pytest.mark.gui, pytest.mark.usefixtures("config_dir")]
 TIMEOUT_MS = 180_000
 EDITED = 12
 
