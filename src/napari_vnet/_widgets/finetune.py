@@ -328,7 +328,7 @@ class FinetuneWidget(FinetunePairsMixin, FinetuneRunMixin, FinetuneExportMixin, 
         self.curve = LossCurve(self, redraw_ms=0)  # redrawn with the progress (below)
         self.curve.setMinimumHeight(CURVE_HEIGHT)
         self.curve.hide()  # shown from the first training run on
-        self._pending_event: dict | None = None
+        self._pending_event = None
         self._progress_timer = QTimer(self)
         self._progress_timer.setInterval(PROGRESS_REFRESH_MS)
         self._progress_timer.timeout.connect(self._show_pending_progress)
