@@ -369,7 +369,7 @@ class WeightsPanel(QWidget):
         if value is None:
             self._set(None, None)
             return
-        self._select_or_refuse(value)
+        self.try_select(value)
 
     def _browse_start(self) -> str:
         """Where the file dialogs open: the current weights' folder, else the home folder."""
@@ -380,21 +380,24 @@ class WeightsPanel(QWidget):
             self, "Open model weights", self._browse_start(), WEIGHTS_FILTER
         )
         if filename:
-            self._select_or_refuse(filename)
+            self.try_select(filename)
 
     def _on_browse_folder(self, _=None) -> None:
         folder = QFileDialog.getExistingDirectory(
             self, "Open a model folder", self._browse_start()
         )
         if folder:
-            self._select_or_refuse(folder)
+            self.try_select(folder)
 
-    def _select_or_refuse(self, value) -> None:
-        """:meth:`select` ``value``; a file it cannot use is refused with a message."""
+    def try_select(self, value) -> bool:
+        """:meth:`select` ``value`` (a path or a shipped name); False when it cannot be used
+        (an error notification says why)."""
         try:
             self.select(value)
         except Exception as exc:
-            self._refuse_file(Path(value), exc)
+            self._refuse_file(Path(str(value)), exc)
+            return False
+        return True
 
     def _refuse_file(self, path: Path, exc: BaseException) -> None:
         from napari.utils.notifications import show_error
