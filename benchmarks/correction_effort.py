@@ -13,7 +13,10 @@ uncertainty map), correct it with one strategy, until the class Dice against the
 * ``scribble+grow``: scribble inside the organ on that slice (its skeleton: the voxels
   painted), "Grow from seeds" within ``--lo..--hi`` HU, fill holes, then brush what is
   still wrong there (a grow that made the slice worse is undone and the slice brushed);
-* ``scribble+grow+fill``: the key slices of ``brush+fill`` corrected by scribble + grow.
+* ``scribble+grow+fill``: the key slices of ``brush+fill`` corrected by scribble + grow;
+* ``brush+propagate``: brush the worst slice; every ``--propagate-every``-th slice,
+  "Propagate corrections" (a short fine-tune of ``--weights`` on the brushed slices, the
+  other slices re-predicted; :mod:`napari_vnet.workflows.propagate`).
 
 Each strategy reports the slices touched, voxels painted, actions (a brushed slice costs
 one stroke per connected error region; each tool use one action) and the seconds the
@@ -46,6 +49,7 @@ CT = DATA / "ct-dicom-patient-a"
 RESULTS = ROOT / "benchmarks" / "results"
 #: TotalSegmentator v2 values of the classes the shipped models know
 TOTALSEG = {"spleen": 1, "liver": 5, "stomach": 6, "pancreas": 7, "kidneys": (2, 3)}
+STRATEGIES = ("brush", "brush+fill", "scribble+grow", "scribble+grow+fill", "brush+propagate")
 
 from napari_vnet.correct import Scope, fill_between, fill_holes, grow_from_seeds  # noqa: E402
 from napari_vnet.correct.uncertainty import SliceQueue, slice_scores  # noqa: E402
@@ -122,6 +126,21 @@ class User:
             self.actions += 1
         self.brush(z)
 
+    def propagate(self) -> None:
+        """Fine-tune on the slices touched so far (kept as they are), re-predict the rest."""
+        from napari_vnet.workflows.propagate import propagate, propagate_config
+
+        t0 = time.perf_counter()
+        value = np.uint8(self.args.model_value)
+        labels = self.cur.astype(np.uint8) * value
+        config = propagate_config(self.args.propagate_iterations, None)
+        change, _ = propagate(self.image, labels, sorted(self.touched), config=config,
+                              weights=self.args.weights_path, spacing=self.spacing)  # fmt: skip
+        change.apply(labels)
+        self.cur = (labels == value).astype(np.uint8)
+        self.seconds += time.perf_counter() - t0
+        self.actions += 1
+
     def fill(self) -> None:
         zs = np.flatnonzero(self.ref.any(axis=(1, 2)))
         keys = sorted(k for k in self.keys if zs[0] <= k <= zs[-1])
@@ -140,6 +159,7 @@ def run_strategy(name: str, start, ref, image, spacing, args, uncertainty) -> di
     user = User(start, ref, image, spacing, args, uncertainty)
     correct = user.grow if "grow" in name else user.brush
     interpolate = "fill" in name
+    every = args.propagate_every if "propagate" in name else 0
     d0 = user.dice()
     steps = 0
     if interpolate and user.dice() < args.target:
@@ -159,6 +179,8 @@ def run_strategy(name: str, start, ref, image, spacing, args, uncertainty) -> di
         steps += 1
         if interpolate:
             user.fill()
+        if every and steps % every == 0 and user.dice() < args.target:
+            user.propagate()
     return {
         "slices_touched": len(user.touched),
         "voxels_painted": user.painted,
@@ -206,6 +228,19 @@ def parse(argv=None) -> argparse.Namespace:
     ap.add_argument("--max-steps", type=int, default=None, help="default: 3 x slices")
     ap.add_argument("--every", type=int, default=4, help="key slice spacing (brush+fill)")
     ap.add_argument("--pick", choices=("error", "uncertain"), default="error")
+    ap.add_argument("--strategies", nargs="+", choices=STRATEGIES, default=list(STRATEGIES))
+    ap.add_argument(
+        "--propagate-every",
+        type=int,
+        default=3,
+        help="brush+propagate: propagate after every N-th brushed slice",
+    )
+    ap.add_argument(
+        "--propagate-iterations",
+        type=int,
+        default=None,
+        help="brush+propagate: fine-tune iterations (default: the dock's)",
+    )
     ap.add_argument("--lo", type=float, default=40.0, help="grow: lowest HU")
     ap.add_argument("--hi", type=float, default=200.0, help="grow: highest HU")
     ap.add_argument("--opening", type=int, default=2, help="grow: leak barrier (voxels)")
@@ -213,17 +248,29 @@ def parse(argv=None) -> argparse.Namespace:
     return ap.parse_args(argv)
 
 
+def read_case(args):
+    """``--image`` and its reference ``--labels`` on the image's grid."""
+    from napari_vnet.io import read_volume
+    from napari_vnet.training import labels_on_image_grid
+
+    image = read_volume(args.image)
+    return image, labels_on_image_grid(image, read_volume(args.labels))
+
+
 def main(argv=None) -> int:
     args = parse(argv)
     from napari_vnet.inference import predict
-    from napari_vnet.io import read_volume
-    from napari_vnet.training import labels_on_image_grid
     from napari_vnet.weights import load_weights, resolve_weights
 
-    image = read_volume(args.image)
-    ref_all = labels_on_image_grid(image, read_volume(args.labels))
-    model, card = load_weights(resolve_weights(args.weights), map_location="cpu")
+    image, ref_all = read_case(args)
+    args.weights_path = str(resolve_weights(args.weights))
+    model, card = load_weights(args.weights_path, map_location="cpu")
     model_value, ref_values = class_values(args, card)
+    args.model_value = model_value
+    if args.propagate_iterations is None:
+        from napari_vnet.workflows.propagate import ITERATIONS
+
+        args.propagate_iterations = ITERATIONS
     ref = np.isin(ref_all, ref_values)
     args.max_steps = args.max_steps or 3 * image.shape[0]
     t0 = time.perf_counter()
@@ -232,9 +279,8 @@ def main(argv=None) -> int:
     start = pred.labels == model_value
     arr = np.asarray(image.array)
     spacing = tuple(float(s) for s in image.spacing)
-    names = ("brush", "brush+fill", "scribble+grow", "scribble+grow+fill")
     strategies = {}
-    for name in names:
+    for name in args.strategies:
         strategies[name] = run_strategy(name, start, ref, arr, spacing, args, pred.uncertainty)
         print(f"{name}: {json.dumps(strategies[name])}", flush=True)
     summary = summarise(strategies)
@@ -258,9 +304,9 @@ def main(argv=None) -> int:
 
 
 def summarise(strategies: dict) -> dict:
-    brush = strategies["brush"]
+    brush = strategies.get("brush")
     ok = {k: v for k, v in strategies.items() if v["reached_target"] and k != "brush"}
-    if not ok or not brush["reached_target"]:
+    if not ok or not brush or not brush["reached_target"]:
         return {"voxels": None, "slices": None, "best": None}
     best = min(ok, key=lambda k: ok[k]["voxels_painted"])
     b = ok[best]

@@ -25,6 +25,7 @@ from the labels left as predicted on the same slice. The record follows undo and
 from __future__ import annotations
 
 import logging
+from contextlib import contextmanager
 
 import numpy as np
 from qtpy.QtCore import QObject, Signal
@@ -42,6 +43,26 @@ from napari_vnet.annotations import (  # noqa: F401 - re-exported for the docks
 )
 
 logger = logging.getLogger(__name__)
+
+
+#: ids of the layers being written by the plugin itself (not the user's edits)
+_NOT_EDITS: set[int] = set()
+
+
+@contextmanager
+def not_user_edits(layer):
+    """Changes written to ``layer`` inside are not the user's (e.g. Propagate's new
+    prediction): edit trackers leave them out of the record; napari's undo still has them."""
+    _NOT_EDITS.add(id(layer))
+    try:
+        yield
+    finally:
+        _NOT_EDITS.discard(id(layer))
+
+
+def is_user_edit(layer) -> bool:
+    """False while :func:`not_user_edits` writes to ``layer``."""
+    return id(layer) not in _NOT_EDITS
 
 
 def viewing_axis(layer, default: int = 0) -> int:
@@ -106,7 +127,8 @@ class EditTracker(QObject):
                 pass
 
     def _on_paint(self, event) -> None:
-        self._record(event.value or [])
+        if is_user_edit(self.layer):
+            self._record(event.value or [])
 
     def _on_set_data(self, _event=None) -> None:
         if self.recorder.bases:  # an undo or redo of this session's edits

@@ -11,7 +11,9 @@ the most uncertain slice not yet visited, using the uncertainty layer the Segmen
 *Tools* (each one napari undo step, Ctrl-Z): fill between slices, remove islands, keep the
 largest piece, fill holes, smooth, clip to an intensity range, grow from seeds; and "Brush
 paints only within range", which takes back what a brush stroke painted outside lo..hi.
-The tools' core is :mod:`napari_vnet.correct.tools` (no Qt). Every change goes through
+*Propagate corrections* fine-tunes the model on the corrected slices and re-predicts the
+voxels not touched (:mod:`._propagate`). The tools' core is :mod:`napari_vnet.correct.tools`
+(no Qt). Every change goes through
 ``Labels.data_setitem`` (napari's undo history) and its slices are added to the layer's
 edit record (:mod:`napari_vnet.annotations`), so autosave and fine-tuning see them.
 """
@@ -30,6 +32,7 @@ from qtpy.QtWidgets import QGridLayout, QGroupBox, QLabel, QPushButton, QVBoxLay
 
 from napari_vnet import annotations
 from napari_vnet._widgets import _edits
+from napari_vnet._widgets._propagate import PropagatePanel
 from napari_vnet._widgets._session import join_session
 from napari_vnet._widgets._uncertainty_layer import find_uncertainty, is_uncertainty
 from napari_vnet.correct import tools
@@ -107,6 +110,8 @@ class CorrectWidget(QWidget):
         layout.addWidget(top.native)
         layout.addWidget(self._look_group())
         layout.addWidget(self._tools_group(params))
+        self.propagate = PropagatePanel(self)  # fine-tune on the edits, re-predict the rest
+        layout.addWidget(self.propagate)
         layout.addWidget(self.status)
         layout.addStretch(1)
         self._connect()
@@ -295,6 +300,8 @@ class CorrectWidget(QWidget):
         """After a stroke, take back what it painted outside lo..hi (in the same undo
         step). Deferred: napari reports a brush dab before it writes the voxels."""
         if self._in_hook or self._hooked is None or not self.brush_in_range.value:
+            return
+        if not _edits.is_user_edit(self._hooked):  # e.g. Propagate's new prediction
             return
         item = event.value
         QTimer.singleShot(0, functools.partial(self._take_back, self._hooked, item))

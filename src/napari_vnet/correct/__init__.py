@@ -3,6 +3,8 @@
 :mod:`.uncertainty`: per-voxel uncertainty, per-slice scores, the queue of slices to
 review. :mod:`.tools`: fill between slices, islands, holes, smoothing, intensity-limited
 edits and region growing, each returning a :class:`~.tools.Change` on one label.
+:mod:`napari_vnet.workflows.propagate` (a use case above the training engine) adapts the
+model to the corrected slices and re-predicts the voxels the user has not touched.
 """
 
 from napari_vnet.correct.tools import (

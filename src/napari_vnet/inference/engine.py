@@ -93,32 +93,33 @@ class _WindowRunner:
     def forward(self, x: np.ndarray) -> torch.Tensor:
         """Gaussian-weighted (TTA-averaged) softmax - or logits - of a stack of windows."""
         xt = torch.from_numpy(x).to(self.device).contiguous(memory_format=self.mem_format)
-        total = None
-        n = self.n_classes
-        for axes in self.flips:
-            dims = [a + 2 for a in axes]
-            inp = xt.flip(dims) if dims else xt
-            with autocast(self.device, self.amp_dtype):
-                logits = self.model(inp)
-            if logits.ndim != 5 or logits.shape[1] != n:
-                raise ValueError(
-                    f"model returned shape {tuple(logits.shape)} for input {tuple(inp.shape)}; "
-                    f"the card lists {n} classes: expected (B, {n}, D, H, W)"
-                )
-            if tuple(logits.shape[2:]) != self.patch:
-                raise ValueError(
-                    f"model returned spatial size {tuple(logits.shape[2:])} for a patch "
-                    f"{self.patch}"
-                )
-            out = logits.float() if self.blend == "logits" else torch.softmax(logits.float(), 1)
-            if dims:
-                out = out.flip(dims)
-            total = out if total is None else total.add_(out)
+        total = self._scores(xt, self.flips[0])  # flip_sets always holds at least one pass
+        for axes in self.flips[1:]:
+            total.add_(self._scores(xt, axes))
         if len(self.flips) > 1:
             total.div_(len(self.flips))
         return total.mul_(self.gauss).contiguous()
 
-    def __call__(self, batch: list[tuple[int, int, int]]) -> torch.Tensor:
+    def _scores(self, xt: torch.Tensor, axes: tuple[int, ...]) -> torch.Tensor:
+        """Softmax (or logits) of the windows ``xt`` flipped along ``axes`` and back."""
+        n = self.n_classes
+        dims = [a + 2 for a in axes]
+        inp = xt.flip(dims) if dims else xt
+        with autocast(self.device, self.amp_dtype):
+            logits = self.model(inp)
+        if logits.ndim != 5 or logits.shape[1] != n:
+            raise ValueError(
+                f"model returned shape {tuple(logits.shape)} for input {tuple(inp.shape)}; "
+                f"the card lists {n} classes: expected (B, {n}, D, H, W)"
+            )
+        if tuple(logits.shape[2:]) != self.patch:
+            raise ValueError(
+                f"model returned spatial size {tuple(logits.shape[2:])} for a patch {self.patch}"
+            )
+        out = logits.float() if self.blend == "logits" else torch.softmax(logits.float(), 1)
+        return out.flip(dims) if dims else out
+
+    def __call__(self, batch: list[tuple[int, ...]]) -> torch.Tensor:
         p = self.patch
         crops = [self.vol[:, z : z + p[0], y : y + p[1], q : q + p[2]] for z, y, q in batch]
         keys: list[tuple[float, ...] | None] = []
@@ -136,21 +137,21 @@ class _WindowRunner:
                 if key is not None:
                     seen.add(key)
         computed = self.forward(np.stack([crops[i] for i in todo])) if todo else None
-        if len(todo) == len(batch):
+        if computed is not None and len(todo) == len(batch):
             return computed
         out = torch.empty((len(batch), self.n_classes, *p), device=self.gauss.device)
+        fresh = {}
         if computed is not None:
             out[todo] = computed
-        fresh = {}
-        for j, i in enumerate(todo):
-            key = keys[i]
-            if key is not None:
-                fresh[key] = computed[j]
-                if len(self.uniform_cache) < 16:
-                    self.uniform_cache[key] = computed[j].clone()
+            for j, i in enumerate(todo):
+                key = keys[i]
+                if key is not None:
+                    fresh[key] = computed[j]
+                    if len(self.uniform_cache) < 16:
+                        self.uniform_cache[key] = computed[j].clone()
         done_here = set(todo)
         for i, key in enumerate(keys):
-            if i not in done_here:
+            if i not in done_here and key is not None:  # not run here: a uniform window
                 out[i] = fresh[key] if key in fresh else self.uniform_cache[key]
                 self.uniform_reused += 1
         return out
@@ -175,25 +176,27 @@ def _running(model: torch.nn.Module, device: torch.device, channels_last: bool):
     was_training = model.training
     model.eval()
     model.to(device)
+    # the ignores: torch's stubs for Module.to omit memory_format= (valid at runtime)
     if channels_last:
-        model.to(memory_format=torch.channels_last_3d)
+        model.to(memory_format=torch.channels_last_3d)  # type: ignore[call-overload]
     try:
         yield
     finally:
         model.train(was_training)
         if channels_last:
-            model.to(memory_format=torch.contiguous_format)
+            model.to(memory_format=torch.contiguous_format)  # type: ignore[call-overload]
 
 
 def _stitcher(args: tuple, device: torch.device, **kwargs: Any) -> ZStitcher:
     """The stitching slab on ``device``, or on the CPU when there is no room for it there."""
+    n_classes, shape, depth = args
     try:
-        return ZStitcher(*args, device=device, **kwargs)
+        return ZStitcher(n_classes, shape, depth, device=device, **kwargs)
     except Exception as exc:  # noqa: BLE001 - only OOM is handled
         if not is_oom(exc) or device.type == "cpu":
             raise
         log.warning("no room for the stitching slab on %s; stitching on the CPU", device)
-        return ZStitcher(*args, device=torch.device("cpu"), **kwargs)
+        return ZStitcher(n_classes, shape, depth, device=torch.device("cpu"), **kwargs)
 
 
 def _after_oom(exc: BaseException, bs: int, stitcher: ZStitcher, device, patch) -> int:

@@ -114,7 +114,7 @@ def spacing_tuple(spacing: Any, name: str) -> tuple[float, float, float]:
     sp = tuple(float(s) for s in spacing)
     if len(sp) != 3 or not all(math.isfinite(s) and s > 0 for s in sp):
         raise ValueError(f"{name} must be three positive numbers (z, y, x) in mm, got {spacing!r}")
-    return sp  # type: ignore[return-value]
+    return sp
 
 
 def _count_nonfinite(array: np.ndarray) -> int:
@@ -132,6 +132,13 @@ class PreparedInput:
     model_spacing: tuple[float, float, float] | None
     resampled: bool
     nonfinite_replaced: int
+
+    @property
+    def resampling(self) -> tuple[tuple[float, float, float], tuple[float, float, float]] | None:
+        """``(input spacing, model spacing)`` when the input was resampled, else None."""
+        if not self.resampled or self.input_spacing is None or self.model_spacing is None:
+            return None
+        return self.input_spacing, self.model_spacing
 
 
 class CardPreprocessing:
@@ -162,22 +169,21 @@ class CardPreprocessing:
         model_spacing = (
             None if card.spacing is None else spacing_tuple(card.spacing, "card.spacing")
         )
-        resample = (
-            in_spacing is not None
-            and model_spacing is not None
-            and not np.allclose(in_spacing, model_spacing, rtol=SPACING_RTOL, atol=0)
-        )
-        if resample:
-            prepared = [
-                np.asarray(
-                    resample_to_spacing(p, in_spacing, model_spacing, is_label=False), np.float32
-                )
-                for p in prepared
-            ]
-            log.info(
-                "resampled %s @ %s mm -> %s @ %s mm",
-                in_shape, in_spacing, prepared[0].shape, model_spacing,
-            )  # fmt: skip
+        resample = False
+        if in_spacing is not None and model_spacing is not None:
+            resample = not np.allclose(in_spacing, model_spacing, rtol=SPACING_RTOL, atol=0)
+            if resample:
+                prepared = [
+                    np.asarray(
+                        resample_to_spacing(p, in_spacing, model_spacing, is_label=False),
+                        np.float32,
+                    )
+                    for p in prepared
+                ]
+                log.info(
+                    "resampled %s @ %s mm -> %s @ %s mm",
+                    in_shape, in_spacing, prepared[0].shape, model_spacing,
+                )  # fmt: skip
         vol = prepared[0][None] if len(prepared) == 1 else np.stack(prepared)
         ctx = PreparedInput(in_shape, in_spacing, model_spacing, bool(resample), n_bad)  # type: ignore[arg-type]
         return vol, ctx
@@ -195,11 +201,12 @@ class CardPreprocessing:
         scores: np.ndarray | None = None,
     ) -> tuple[np.ndarray, np.ndarray | None]:
         """Network-grid labels (and probabilities) -> the input grid."""
-        if not ctx.resampled:
+        if ctx.resampling is None:
             return labels, probabilities
+        in_spacing, model_spacing = ctx.resampling
         out = np.asarray(
             resample_to_spacing(
-                labels, ctx.model_spacing, ctx.input_spacing, is_label=True, shape=ctx.input_shape
+                labels, model_spacing, in_spacing, is_label=True, shape=ctx.input_shape
             )
         ).astype(labels.dtype, copy=False)
         if probabilities is not None:
@@ -208,8 +215,8 @@ class CardPreprocessing:
                     np.asarray(
                         resample_to_spacing(
                             p.astype(np.float32),
-                            ctx.model_spacing,
-                            ctx.input_spacing,
+                            model_spacing,
+                            in_spacing,
                             is_label=False,
                             shape=ctx.input_shape,
                         ),
@@ -222,10 +229,11 @@ class CardPreprocessing:
 
     def restore_uncertainty(self, ctx: PreparedInput, uncertainty: np.ndarray) -> np.ndarray:
         """The uint8 map on the input grid (resampled linearly when the volume was)."""
-        if not ctx.resampled:
+        if ctx.resampling is None:
             return uncertainty
+        in_spacing, model_spacing = ctx.resampling
         back = resample_to_spacing(
-            uncertainty.astype(np.float32), ctx.model_spacing, ctx.input_spacing,
+            uncertainty.astype(np.float32), model_spacing, in_spacing,
             is_label=False, shape=ctx.input_shape,
         )  # fmt: skip
         return np.clip(np.rint(np.asarray(back)), 0, 255).astype(np.uint8)
@@ -265,9 +273,9 @@ class ArrayOrderPreprocessing(CardPreprocessing):
         """A training pair as the network sees it (as :meth:`preprocess`, labels and
         mask resampled nearest), in the network's axis order."""
         vol, ctx = self.preprocess(image[None], spacing)
-        if ctx.resampled:
+        if ctx.resampling is not None:
             shape = tuple(vol.shape[1:][a] for a in self.back)
-            sp, target = ctx.input_spacing, ctx.model_spacing
+            sp, target = ctx.resampling
             labels = resample_to_spacing(labels, sp, target, is_label=True, shape=shape)
             if mask is not None:
                 mask = resample_to_spacing(mask, sp, target, is_label=True, shape=shape)

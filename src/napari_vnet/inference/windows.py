@@ -64,7 +64,7 @@ def even_window_starts(length: int, patch: int, overlap: float) -> list[int]:
 
 def window_grid(
     shape: Sequence[int], patch: Sequence[int], overlap: float, steps: str = "fixed"
-) -> list[tuple[int, int, int]]:
+) -> list[tuple[int, ...]]:
     """All window starts ``(z, y, x)`` in z-major order (the stitching slab rolls along z).
     ``steps``: "fixed" (MONAI's positions) or "even" (nnU-Net's)."""
     starts = even_window_starts if steps == "even" else sliding_window_starts

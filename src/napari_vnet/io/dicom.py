@@ -16,7 +16,7 @@ import os
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, overload
 
 import numpy as np
 
@@ -74,6 +74,10 @@ def _floats(text: str) -> list[float]:
     return out
 
 
+@overload
+def _int(text: str) -> int | None: ...
+@overload
+def _int(text: str, default: int) -> int: ...
 def _int(text: str, default: int | None = None) -> int | None:
     try:
         return int(float(text.strip()))
@@ -99,6 +103,17 @@ class _FileInfo:
     def position(self) -> tuple[float, ...] | None:
         v = _floats(self.tags.get("position", ""))
         return tuple(v) if len(v) == 3 else None
+
+
+def _positions(infos: list[_FileInfo]) -> list[tuple[float, ...]] | None:
+    """The image position of each slice, or None when one has none."""
+    positions = []
+    for info in infos:
+        position = info.position
+        if position is None:
+            return None
+        positions.append(position)
+    return positions
 
 
 # ------------------------------------------------- element lengths before GDCM
@@ -339,35 +354,38 @@ def _series_geometry(infos: list[_FileInfo]):
         )
     o = first.orientation
     shear = None
-    if o is not None and all(i.position is not None for i in infos):
+    positions = _positions(infos)
+    if o is not None and positions is not None:
         n = _normal(o)
-        proj = {id(i): float(np.dot(i.position, n)) for i in infos}
+        where = {id(i): p for i, p in zip(infos, positions, strict=True)}
+        proj = {id(i): float(np.dot(p, n)) for i, p in zip(infos, positions, strict=True)}
         infos = sorted(
             infos, key=lambda i: (proj[id(i)], _int(i.tags.get("instance_number", ""), 0))
         )
+        positions = [where[id(i)] for i in infos]
         steps = np.diff([proj[id(i)] for i in infos])
         dz = float(np.median(steps)) if len(steps) else 0.0
         r = np.asarray(o[:3], float)
         c = np.asarray(o[3:], float)
         d_itk = np.stack([r, c, n], axis=1)
-        origin_itk = infos[0].position
+        origin_itk = np.asarray(positions[0], float)
     else:  # no positions: order by instance number, identity geometry along the stack
         infos = sorted(infos, key=lambda i: _int(i.tags.get("instance_number", ""), 0))
         dz = 0.0
         d_itk = np.asarray(first.direction, float).reshape(3, 3)
-        origin_itk = first.origin
+        origin_itk = np.asarray(first.origin, float)
     if dz <= 1e-6:
         dz = (_floats(first.tags.get("slice_thickness", "")) or [1.0])[0]
     ps = _floats(first.tags.get("pixel_spacing", ""))  # (row spacing = dy, column spacing = dx)
     dy, dx = (ps[0], ps[1]) if len(ps) == 2 else (first.spacing[1], first.spacing[0])
     rows = _int(first.tags.get("rows", ""), first.size[1])
     cols = _int(first.tags.get("columns", ""), first.size[0])
-    if o is not None and all(i.position is not None for i in infos):
-        shear = slice_shear([i.position for i in infos], o, (dy, dx), (rows, cols))
+    if o is not None and positions is not None:
+        shear = slice_shear(positions, o, (dy, dx), (rows, cols))
     if shear is not None:  # the grid widened to hold every slice at its true place
         rows, cols = shear.shape
         j0, i0 = shear.start
-        origin_itk = np.asarray(origin_itk, float) + i0 * dx * d_itk[:, 0] + j0 * dy * d_itk[:, 1]
+        origin_itk = origin_itk + i0 * dx * d_itk[:, 0] + j0 * dy * d_itk[:, 1]
     return (
         infos,
         (len(infos), rows, cols),
@@ -383,13 +401,17 @@ def _drop_duplicate_slices(infos: list[_FileInfo]) -> tuple[list[_FileInfo], str
     re-sent slice) left out, keeping the lowest instance number; with a note saying which.
     Without that, the duplicate made a zero step, a wrong slice spacing and a "missing
     slice" warning."""
-    if len(infos) < 2 or any(i.position is None for i in infos):
+    positions = _positions(infos)
+    if len(infos) < 2 or positions is None:
         return infos, None
-    ordered = sorted(infos, key=lambda i: (_int(i.tags.get("instance_number", ""), 0), i.path))
+    ordered = sorted(
+        zip(infos, positions, strict=True),
+        key=lambda ip: (_int(ip[0].tags.get("instance_number", ""), 0), ip[0].path),
+    )
     kept: dict[tuple, _FileInfo] = {}
     dropped: list[str] = []
-    for info in ordered:
-        key = tuple(round(v, 3) for v in info.position)
+    for info, position in ordered:
+        key = tuple(round(v, 3) for v in position)
         if key in kept:
             dropped.append(os.path.basename(info.path))
         else:
@@ -407,10 +429,11 @@ def _irregular_spacing(infos: list[_FileInfo]) -> str | None:
     """Why the slice distances of a position-ordered series are not uniform (a missing
     slice, a duplicated one), or None when they are."""
     o = infos[0].orientation
-    if len(infos) < 3 or o is None or any(i.position is None for i in infos):
+    positions = _positions(infos)
+    if len(infos) < 3 or o is None or positions is None:
         return None
     n = _normal(o)
-    steps = np.diff([float(np.dot(i.position, n)) for i in infos])
+    steps = np.diff([float(np.dot(p, n)) for p in positions])
     dz = float(np.median(steps))
     bad = np.flatnonzero(np.abs(steps - dz) > max(0.1 * abs(dz), 1e-3))
     if not len(bad):

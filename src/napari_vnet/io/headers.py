@@ -172,8 +172,8 @@ NIFTI_SCALAR_TYPES = {
     1280: ("u8", "64-bit unsigned integer"),
 }
 
-# header size -> (offset, struct format) of each field used, and the magic's offset
-_NIFTI_LAYOUT = {
+# header size -> (offset, struct format) of each field used
+_NIFTI_LAYOUT: dict[int, dict[str, tuple[int, str]]] = {
     348: {
         "dim": (40, "8h"),
         "datatype": (70, "h"),
@@ -181,7 +181,6 @@ _NIFTI_LAYOUT = {
         "pixdim": (76, "8f"),
         "vox_offset": (108, "f"),
         "scaling": (112, "2f"),
-        "magic": 344,
     },
     540: {
         "datatype": (12, "h"),
@@ -190,9 +189,10 @@ _NIFTI_LAYOUT = {
         "pixdim": (104, "8d"),
         "vox_offset": (168, "q"),
         "scaling": (176, "2d"),
-        "magic": 4,
     },
 }
+# header size -> offset of the 4-byte magic
+_NIFTI_MAGIC_OFFSET = {348: 344, 540: 4}
 
 
 @dataclass(frozen=True)
@@ -231,7 +231,7 @@ def parse_nifti_header(head: bytes) -> NiftiHeader | None:
         offset, fmt = layout[name]
         return struct.unpack_from(endian + fmt, head, offset)
 
-    magic = layout["magic"]
+    magic = _NIFTI_MAGIC_OFFSET[size]
     return NiftiHeader(
         byteorder=endian,
         size=size,

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import shlex
 from collections.abc import Iterable, Iterator
@@ -235,7 +236,7 @@ def _candidates(label_path: Path) -> list[Path]:
     return c
 
 
-def find_label_sidecar(label_path: str | Path) -> Path | None:
+def find_label_sidecar(label_path: str | os.PathLike[str]) -> Path | None:
     """The sidecar file naming ``label_path``'s classes (see module docstring), or None."""
     p = Path(label_path)
     if p.name.lower().endswith(".seg.nrrd"):
@@ -255,7 +256,9 @@ def _dataset_json_has_labels(path: Path) -> bool:
         return False
 
 
-def read_label_classes(label_path: str | Path) -> tuple[list[dict[str, Any]], Path] | None:
+def read_label_classes(
+    label_path: str | os.PathLike[str],
+) -> tuple[list[dict[str, Any]], Path] | None:
     """(classes, sidecar path) for a label file, or None when no sidecar is found.
 
     Raises :class:`LabelSidecarError` when a sidecar exists but cannot be read.
@@ -282,7 +285,7 @@ def read_label_classes(label_path: str | Path) -> tuple[list[dict[str, Any]], Pa
     return parse_itksnap(text, sidecar), sidecar
 
 
-def write_label_classes(label_path: str | Path, classes: list[dict[str, Any]]) -> Path:
+def write_label_classes(label_path: str | os.PathLike[str], classes: list[dict[str, Any]]) -> Path:
     """Write ``<stem>.labels.json`` beside a label file (atomically), in the
     ``{"classes": [...]}`` form :func:`read_label_classes` reads first."""
     from napari_vnet._atomic import atomic_write_text
@@ -314,13 +317,13 @@ def _value_and_color(c: Any) -> tuple[int, Any]:
     return int(c.value), getattr(c, "color", None)
 
 
-def class_colors(classes: Iterable[Any]) -> dict[int, tuple[float, float, float, float]]:
+def class_colors(classes: Iterable[Any]) -> dict[int, tuple[float, ...]]:
     """Label value -> RGBA for classes (dicts or ``ClassInfo``): their own colour where
     given, otherwise distinct hues (golden-ratio steps). The colours napari-vnet shows a
     prediction in; also written into sidecars and DICOM-SEG display colours."""
     import colorsys
 
-    colors: dict[int, tuple[float, float, float, float]] = {}
+    colors: dict[int, tuple[float, ...]] = {}
     hue = 0.08
     for c in classes:
         value, color = _value_and_color(c)

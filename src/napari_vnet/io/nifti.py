@@ -77,7 +77,7 @@ def read_nifti_voxels(path: Path, reader) -> np.ndarray | None:
             fh.seek(offset)
             pos = 0
             while pos < flat.size:
-                got = fh.readinto(memoryview(flat[pos : pos + _CHUNK]))
+                got = fh.readinto(flat[pos : pos + _CHUNK].data)
                 if not got:
                     break
                 pos += got

@@ -101,7 +101,7 @@ def _clean_itk_message(exc: Exception) -> str:
     lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
     if lines and lines[0].startswith("Exception thrown in SimpleITK"):
         lines = lines[1:]
-    cleaned = []
+    cleaned: list[str] = []
     for ln in lines:
         ln = re.sub(r"^(ITK ERROR|sitk::ERROR):\s*(\w+\(0x[0-9a-fA-F]+\):\s*)?", "", ln)
         if ln.startswith("Reason:") and cleaned and "cannot be read" in cleaned[-1]:

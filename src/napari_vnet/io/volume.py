@@ -48,7 +48,7 @@ class Volume:
 
     def with_array(self, array: np.ndarray, **changes) -> Volume:
         """A volume on the same grid holding another array (e.g. a predicted mask)."""
-        kw = dict(
+        kw: dict[str, Any] = dict(
             spacing=self.spacing,
             origin=self.origin,
             direction=self.direction,

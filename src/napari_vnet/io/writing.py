@@ -127,7 +127,8 @@ def source_files(vol: Volume | None) -> list[Path]:
     if vol is None:
         return []
     out: list[Path] = [Path(f) for f in vol.metadata.get("source_files", []) or []]
-    for src in {vol.path, vol.metadata.get("source_path")} - {None, ""}:
+    named = (vol.path, vol.metadata.get("source_path"))
+    for src in {s for s in named if s is not None and s != ""}:
         p = Path(src)
         out.append(p)
         low = p.name.lower()
@@ -468,6 +469,8 @@ def write_volume(
     if path.is_dir():
         raise VolumeWriteError(path, "a folder has this name")
 
+    vol: Volume | None
+    geometry: Volume | None
     if isinstance(array_or_volume, Volume):
         vol = array_or_volume
         array = np.asarray(vol.array)

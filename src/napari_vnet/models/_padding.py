@@ -57,7 +57,8 @@ def pad_to_multiple(
 
 def crop(y: torch.Tensor, slices: tuple[slice, slice, slice]) -> torch.Tensor:
     """Undo :func:`pad_to_multiple` on a network output (B, C, D, H, W)."""
-    return y[(slice(None), slice(None), *slices)]
+    index = (slice(None), slice(None), *slices)
+    return y[index]
 
 
 def check_input(x: torch.Tensor, in_channels: int, name: str) -> None:

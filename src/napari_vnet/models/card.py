@@ -45,7 +45,7 @@ class ClassInfo:
 
     value: int  # label value written into label maps for this channel
     name: str
-    color: tuple[float, float, float, float] | None = None  # RGBA in [0, 1]
+    color: tuple[float, ...] | None = None  # RGBA (or RGB) in [0, 1]
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -81,8 +81,8 @@ class ModelCard:
     )
     in_channels: int = 1
     normalization: dict[str, Any] = field(default_factory=lambda: {"kind": "zscore"})
-    spacing: tuple[float, float, float] | None = None  # training voxel spacing (z, y, x) mm
-    patch_size: tuple[int, int, int] = (64, 64, 64)  # recommended sliding-window patch (z, y, x)
+    spacing: tuple[float, ...] | None = None  # training voxel spacing (z, y, x) mm
+    patch_size: tuple[int, ...] = (64, 64, 64)  # recommended sliding-window patch (z, y, x)
     history: dict[str, Any] = field(default_factory=dict)  # iterations, data, final metrics...
     description: str = ""
     source: dict[str, Any] = field(default_factory=dict)  # origin of foreign weights

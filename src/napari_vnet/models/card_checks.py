@@ -21,7 +21,7 @@ from __future__ import annotations
 import math
 import numbers
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeGuard
 
 __all__ = [
     "BUNDLE_TRANSFORMS",
@@ -33,7 +33,7 @@ __all__ = [
 Check = tuple[str, Callable[[Any], bool]]
 
 
-def is_number(v: Any) -> bool:
+def is_number(v: Any) -> TypeGuard[float]:
     """A finite int or float (not a bool)."""
     return isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v)
 

@@ -57,8 +57,9 @@ _WRAP_HINT = (
 def _unwrap(model: nn.Module) -> nn.Module:
     """The bare network inside DistributedDataParallel / DataParallel / torch.compile."""
     for _ in range(4):
-        if hasattr(model, "_orig_mod"):
-            model = model._orig_mod
+        compiled = getattr(model, "_orig_mod", None)  # torch.compile's wrapper
+        if isinstance(compiled, nn.Module):
+            model = compiled
         elif isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
             model = model.module
         else:

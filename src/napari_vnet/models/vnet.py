@@ -71,7 +71,7 @@ class InputStage(nn.Module):
         self.project = None if self.repeat else nn.Conv3d(cin, width, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        skip = x.repeat(1, self.repeat, 1, 1, 1) if self.repeat else self.project(x)
+        skip = x.repeat(1, self.repeat, 1, 1, 1) if self.project is None else self.project(x)
         convs = [self.first, *self.rest]
         h = x
         for i, (conv, act) in enumerate(zip(convs, self.acts, strict=True)):

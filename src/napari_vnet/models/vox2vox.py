@@ -134,10 +134,9 @@ class Vox2VoxGenerator(SegmentationNet):
             h = block(h)
             skips.append(h)
         skips.pop()
-        prev = None
-        for block in self.bottleneck:
-            inp = h if prev is None else torch.cat([prev, h], dim=1)
-            prev, h = h, block(inp)
+        prev, h = h, self.bottleneck[0](h)  # the first block takes the encoder's output
+        for block in self.bottleneck[1:]:
+            prev, h = h, block(torch.cat([prev, h], dim=1))
         h = torch.cat([prev, h], dim=1)  # the last block's input and output
         for block in self.decoder:
             h = block(h, skips.pop())

@@ -68,7 +68,7 @@ class TrainingPair:
 
     image: Any
     labels: Any
-    spacing: tuple[float, float, float] | None = None
+    spacing: tuple[float, ...] | None = None  # (z, y, x) mm
     annotated: Any = None
     name: str = ""
 

@@ -131,7 +131,7 @@ def _norm(path: str | os.PathLike) -> str:
     return os.path.normcase(os.path.normpath(os.path.abspath(os.fspath(path)))).lower()
 
 
-def recorded_outputs(folder: str | os.PathLike) -> tuple[set[str], set[str]]:
+def recorded_outputs(folder: str | os.PathLike[str]) -> tuple[set[str], set[str]]:
     """``(output files, DICOM-SEG series UIDs)`` named by the records under ``folder``
     (normalised paths): outputs of earlier runs, never inputs."""
     files: set[str] = set()

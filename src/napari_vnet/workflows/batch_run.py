@@ -64,7 +64,7 @@ class _Deferred(Future):
 
     def __init__(self, fn, args, kwargs) -> None:
         super().__init__()
-        self._job = (fn, args, kwargs)
+        self._job: tuple[Callable[..., Any], tuple, dict] | None = (fn, args, kwargs)
 
     def _run(self) -> None:
         if self._job is not None:
@@ -340,6 +340,8 @@ class _Pipeline:
         self.n = len(todo)
         self.upcoming = iter(todo)
         self.prepare_kwargs = {k: settings[k] for k in ("overlap", "batch_size") if k in settings}
+        self.readers: _InlineExecutor | ThreadPoolExecutor
+        self.writer: _InlineExecutor | ThreadPoolExecutor
         if workers == 0:
             self.readers, self.writer = _InlineExecutor(lazy=True), _InlineExecutor(lazy=False)
         else:

@@ -45,7 +45,7 @@ import threading
 import time
 import traceback
 from collections.abc import Callable, Generator
-from typing import Any
+from typing import IO, Any
 
 from napari_vnet.errors import NapariVnetError
 
@@ -102,15 +102,23 @@ def run_in_child(
     return _relay(proc, job, stop, stop_grace_s)
 
 
+def _pipes(proc: subprocess.Popen) -> tuple[IO[bytes], IO[bytes]]:
+    """The child's stdin and stdout (:func:`run_in_child` starts it with both piped)."""
+    if proc.stdin is None or proc.stdout is None:
+        raise ValueError("the child process was started without stdin and stdout pipes")
+    return proc.stdin, proc.stdout
+
+
 def _relay(proc: subprocess.Popen, job: dict, stop, stop_grace_s: float):
     sent_stop = threading.Event()
     lock = threading.Lock()
+    to_child, from_child = _pipes(proc)
 
     def send(obj) -> None:
         with lock:
             try:
-                pickle.dump(obj, proc.stdin, protocol=pickle.HIGHEST_PROTOCOL)
-                proc.stdin.flush()
+                pickle.dump(obj, to_child, protocol=pickle.HIGHEST_PROTOCOL)
+                to_child.flush()
             except (BrokenPipeError, OSError, ValueError):  # child gone: its exit says why
                 pass
 
@@ -135,7 +143,7 @@ def _relay(proc: subprocess.Popen, job: dict, stop, stop_grace_s: float):
     try:
         while True:
             try:
-                msg = pickle.load(proc.stdout)
+                msg = pickle.load(from_child)
             except EOFError:
                 rc = proc.wait()
                 raise ChildJobError(
@@ -155,7 +163,7 @@ def _relay(proc: subprocess.Popen, job: dict, stop, stop_grace_s: float):
                 except Exception:  # noqa: BLE001 - its class is not importable here
                     exc = None
                 if isinstance(exc, BaseException):
-                    exc.add_note(f"in the training process:\n{tb}")
+                    _add_note(exc, f"in the training process:\n{tb}")
                     raise exc
                 raise ChildJobError(f"{type_name}: {message}")
             else:  # pragma: no cover - protocol error
@@ -170,14 +178,24 @@ def _relay(proc: subprocess.Popen, job: dict, stop, stop_grace_s: float):
     return result
 
 
+def _add_note(exc: BaseException, note: str) -> None:
+    """``exc.add_note(note)`` (PEP 678); Python 3.10 has no add_note, so there the
+    ``__notes__`` list it would fill is filled by hand."""
+    if sys.version_info >= (3, 11):
+        exc.add_note(note)
+    else:
+        exc.__dict__.setdefault("__notes__", []).append(note)
+
+
 def _drain(proc: subprocess.Popen, timeout_s: float) -> None:
     """Read (and drop) the child's remaining messages until it exits or time is up."""
     deadline = time.monotonic() + timeout_s
+    from_child = _pipes(proc)[1]
 
     def reader():
         try:
             while True:
-                pickle.load(proc.stdout)
+                pickle.load(from_child)
         except Exception:  # noqa: BLE001 - EOF or a broken stream: the child is done
             pass
 
@@ -187,8 +205,9 @@ def _drain(proc: subprocess.Popen, timeout_s: float) -> None:
 
 
 def _close(proc: subprocess.Popen) -> None:
+    to_child, from_child = _pipes(proc)
     try:
-        proc.stdin.close()  # end of stdin: a child still running stops
+        to_child.close()  # end of stdin: a child still running stops
     except OSError:
         pass
     try:
@@ -197,7 +216,7 @@ def _close(proc: subprocess.Popen) -> None:
         log.warning("training process %d did not stop; killing it", proc.pid)
         proc.kill()
         proc.wait()
-    proc.stdout.close()
+    from_child.close()
 
 
 # ------------------------------------------------------------------ the child's side
@@ -247,8 +266,9 @@ def _child_main() -> int:
             send(("event", value))
     except BaseException as exc:  # noqa: BLE001 - everything goes back to the parent
         tb = traceback.format_exc()
+        payload: bytes | None
         try:
-            payload: bytes | None = pickle.dumps(exc, protocol=pickle.HIGHEST_PROTOCOL)
+            payload = pickle.dumps(exc, protocol=pickle.HIGHEST_PROTOCOL)
             pickle.loads(payload)
         except Exception:  # noqa: BLE001 - unpicklable exception: type and message only
             payload = None

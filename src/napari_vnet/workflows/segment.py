@@ -28,6 +28,8 @@ from typing import Any
 
 import numpy as np
 
+from napari_vnet.errors import NapariVnetError
+
 log = logging.getLogger(__name__)
 
 __all__ = [
@@ -111,11 +113,11 @@ class RunRequest:
     threads: int | None = None  # torch intra-op threads in the worker (None: cpus - 1)
 
 
-class WeightsUnusable(Exception):
+class WeightsUnusable(NapariVnetError):
     """The weights cannot be found or loaded; the message says why."""
 
 
-class SegmentRefused(Exception):
+class SegmentRefused(NapariVnetError):
     """A scan that was not segmented; the message (one or more lines) says why."""
 
 

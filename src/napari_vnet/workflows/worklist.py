@@ -16,12 +16,13 @@ import json
 import logging
 import os
 import re
+import sys
 from collections.abc import Iterable
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from napari_vnet.errors import NapariVnetError
 from napari_vnet.io.headers import DICOM_EXTENSIONS, VOLUME_SUFFIXES, split_suffix
@@ -74,9 +75,7 @@ _STALE_SECONDS = 3600
 def _lock_file(fh, *, blocking: bool = True) -> bool:
     """An exclusive lock on an open file (fcntl on POSIX, msvcrt on Windows); False when
     ``blocking`` is False and another process (or open file) holds it."""
-    try:
-        import fcntl
-    except ImportError:  # Windows
+    if sys.platform == "win32":
         import msvcrt
 
         mode = msvcrt.LK_LOCK if blocking else msvcrt.LK_NBLCK
@@ -86,6 +85,8 @@ def _lock_file(fh, *, blocking: bool = True) -> bool:
         except OSError:
             return False
         return True
+    import fcntl
+
     try:
         fcntl.flock(fh.fileno(), fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
     except BlockingIOError:
@@ -94,9 +95,7 @@ def _lock_file(fh, *, blocking: bool = True) -> bool:
 
 
 def _unlock_file(fh) -> None:
-    try:
-        import fcntl
-    except ImportError:
+    if sys.platform == "win32":
         import msvcrt
 
         try:
@@ -105,6 +104,8 @@ def _unlock_file(fh) -> None:
         except OSError:
             pass
         return
+    import fcntl
+
     fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
 
 
@@ -175,7 +176,7 @@ class ScanProject:
         self.scans_root = str(Path(scans_root).expanduser().resolve()) if scans_root else None
         self.records: dict[str, dict[str, Any]] = {}
         self.notice: str | None = None
-        self._session = None
+        self._session: IO[bytes] | None = None
         #: folder / file names given out this session (casefolded) -> scan key / layer name
         self._claimed: dict[str, str] = {}
         self._clean_orphans()
