@@ -17,6 +17,7 @@ HALVES = [  # (module of the half, the half, module of the dock, the dock)
     (f"{W}._scan_edits", "ScanEditsMixin", f"{W}.scans", "ScansWidget"),
     (f"{W}._finetune_pairs", "FinetunePairsMixin", f"{W}.finetune", "FinetuneWidget"),
     (f"{W}._finetune_export", "FinetuneExportMixin", f"{W}.finetune", "FinetuneWidget"),
+    (f"{W}._finetune_run", "FinetuneRunMixin", f"{W}.finetune", "FinetuneWidget"),
 ]
 
 

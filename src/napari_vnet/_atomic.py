@@ -96,6 +96,25 @@ def _fsync_file(path: Path) -> None:
         os.fsync(fh.fileno())
 
 
+@contextlib.contextmanager
+def _replacing(path: Path, verify: Verify | None) -> Iterator[tuple[int, Path]]:
+    """``with _replacing(path, verify) as (fd, tmp):`` write the data to ``tmp`` (``fd`` is
+    its open descriptor, for the block to use or close) and make it reach the disk; on
+    leaving the block ``tmp`` gets the usual mode, ``verify(tmp)`` runs and ``tmp`` replaces
+    ``path``. An error anywhere removes ``tmp`` and leaves ``path`` as it was."""
+    fd, tmp = _temp_beside(path)
+    try:
+        yield fd, tmp
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; use the usual mode
+        if verify is not None:
+            verify(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+
+
 def atomic_write(
     path: str | os.PathLike,
     write: Callable[[Path], Any],
@@ -113,19 +132,10 @@ def atomic_write(
     path = Path(path)
     if mkdir:
         path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = _temp_beside(path)
-    os.close(fd)
-    try:
+    with _replacing(path, verify) as (fd, tmp):
+        os.close(fd)
         write(tmp)
         _fsync_file(tmp)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; use the usual mode
-        if verify is not None:
-            verify(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
     return path
 
 
@@ -145,21 +155,12 @@ def atomic_open(
     binary = mode == "wb"
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = _temp_beside(path)
-    try:
+    with _replacing(path, verify) as (fd, tmp):
         kwargs = {} if binary else {"encoding": encoding, "newline": newline}
         with os.fdopen(fd, mode, **kwargs) as fh:
             yield fh
             fh.flush()
             os.fsync(fh.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())
-        if verify is not None:
-            verify(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
 
 
 def atomic_write_bytes(

@@ -111,18 +111,24 @@ def soft_dice_loss(
     return 1.0 - dice.mean()
 
 
+def _annotated_mean(loss: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """Mean of a per-voxel loss over the voxels ``mask`` marks (all without a mask; 0 when
+    none is marked)."""
+    if mask is None:
+        return loss.mean()
+    w = mask.to(loss.dtype)
+    # where() rather than multiply so that a non-finite value at an unannotated voxel
+    # cannot leak in as 0 * inf = nan.
+    return torch.where(w > 0, loss, torch.zeros_like(loss)).sum() / w.sum().clamp_min(1.0)
+
+
 def cross_entropy_loss(
     logits: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None
 ) -> torch.Tensor:
     """Mean cross entropy over annotated voxels (0 when nothing is annotated)."""
     _check(logits, target, mask)
     ce = F.cross_entropy(_upcast(logits), target.long(), reduction="none")
-    if mask is None:
-        return ce.mean()
-    w = mask.to(ce.dtype)
-    # where() rather than multiply so that a non-finite value at an unannotated voxel
-    # cannot leak in as 0 * inf = nan.
-    return torch.where(w > 0, ce, torch.zeros_like(ce)).sum() / w.sum().clamp_min(1.0)
+    return _annotated_mean(ce, mask)
 
 
 def marginal_cross_entropy_loss(
@@ -142,10 +148,7 @@ def marginal_cross_entropy_loss(
     merged = torch.logsumexp(x[:, [0, *open_classes]], dim=1)
     ce_bg = torch.logsumexp(x, dim=1) - merged
     ce = torch.where(target == 0, ce_bg, ce)
-    if mask is None:
-        return ce.mean()
-    w = mask.to(ce.dtype)
-    return torch.where(w > 0, ce, torch.zeros_like(ce)).sum() / w.sum().clamp_min(1.0)
+    return _annotated_mean(ce, mask)
 
 
 def generalized_dice_loss(

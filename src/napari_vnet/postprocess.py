@@ -7,7 +7,7 @@ Both work class by class inside each class's bounding box, so they stay cheap on
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import numpy as np
@@ -50,27 +50,29 @@ def parse_operations(spec: Any) -> list[str]:
     return out
 
 
-def _class_boxes(labels: np.ndarray) -> dict[int, tuple[slice, ...]]:
-    """Bounding box (grown by one voxel) of every non-zero label value."""
-    boxes = {}
-    for index, box in enumerate(ndimage.find_objects(labels), start=1):
-        if box is None:
+def _class_regions(
+    labels: np.ndarray, values: Iterable[int] | None
+) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+    """``(value, sub, mask)`` per class in ``values`` (default: every non-zero value):
+    ``sub`` a view of ``labels`` in the class's bounding box grown by one voxel (the boxes
+    are found before the first class is changed; write into ``sub`` to change ``labels``),
+    ``mask`` where ``sub`` holds the class."""
+    wanted = None if values is None else {int(v) for v in values}
+    boxes = ndimage.find_objects(labels)
+    for value, box in enumerate(boxes, start=1):
+        if box is None or (wanted is not None and value not in wanted):
             continue
-        boxes[index] = tuple(
+        grown = tuple(
             slice(max(0, s.start - 1), min(n, s.stop + 1))
             for s, n in zip(box, labels.shape, strict=True)
         )
-    return boxes
+        sub = labels[grown]
+        yield value, sub, sub == value
 
 
 def keep_largest_component(labels: np.ndarray, values: Iterable[int] | None = None) -> np.ndarray:
     """Keep only the largest 26-connected component of each class (others -> 0). In place."""
-    wanted = None if values is None else {int(v) for v in values}
-    for value, box in _class_boxes(labels).items():
-        if wanted is not None and value not in wanted:
-            continue
-        sub = labels[box]
-        mask = sub == value
+    for _, sub, mask in _class_regions(labels, values):
         comp, n = ndimage.label(mask, structure=_STRUCTURE_26)
         if n <= 1:
             continue
@@ -85,12 +87,7 @@ def fill_holes(labels: np.ndarray, values: Iterable[int] | None = None) -> np.nd
 
     Only background voxels change, so a structure of another class inside an organ stays.
     """
-    wanted = None if values is None else {int(v) for v in values}
-    for value, box in _class_boxes(labels).items():
-        if wanted is not None and value not in wanted:
-            continue
-        sub = labels[box]
-        mask = sub == value
+    for value, sub, mask in _class_regions(labels, values):
         holes = ndimage.binary_fill_holes(mask) & ~mask & (sub == 0)
         sub[holes] = value
     return labels

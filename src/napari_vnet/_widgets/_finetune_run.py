@@ -11,8 +11,11 @@ selected in the "Segment volume" dock.
 from __future__ import annotations
 
 import logging
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from napari_vnet._widgets._finetune_pairs import (
     CORRECTED,
@@ -23,6 +26,23 @@ from napari_vnet._widgets._finetune_pairs import (
 from napari_vnet.training.events import TrainingStep, TrainingSummary
 from napari_vnet.workflows.finetune import is_base_weights, training_job
 from napari_vnet.workflows.options import format_seconds, parse_class_names, parse_patch
+
+if TYPE_CHECKING:
+    import napari
+    from qtpy.QtCore import QTimer, Signal
+    from qtpy.QtWidgets import (
+        QComboBox,
+        QDoubleSpinBox,
+        QLabel,
+        QLineEdit,
+        QProgressBar,
+        QPushButton,
+        QRadioButton,
+        QSpinBox,
+    )
+
+    from napari_vnet._widgets._losscurve import LossCurve
+    from napari_vnet._widgets._session import Session
 
 logger = logging.getLogger("napari_vnet._widgets.finetune")
 
@@ -44,6 +64,45 @@ def kept_weights_text(summary: TrainingSummary) -> str:
 
 class FinetuneRunMixin:
     """Train / Cancel and the progress of a running training."""
+
+    # what FinetuneWidget owns and this half uses (set in its __init__ and _build_ui)
+    # --- the viewer, the session and the run's state
+    viewer: napari.Viewer
+    session: Session  # publishes the new weights to the Segment dock
+    _worker: Any  # the running training's thread worker, None when idle
+    _stop: threading.Event  # set: stop at the next step (Cancel, dock closed)
+    _t0: float  # perf_counter() when Train was pressed
+    _budget: float | None  # the time budget in seconds ("Stop after" minutes)
+    _last_weights: Path | None  # the weights the last run saved
+    _pending_event: TrainingStep | None  # the newest event not shown yet
+    _progress_timer: QTimer  # paces the progress display (PROGRESS_REFRESH_MS)
+    # --- model and training settings
+    from_base_radio: QRadioButton  # "Start from weights" (else "New model")
+    width_spin: QSpinBox  # New model's base width (0: planned)
+    class_names_edit: QLineEdit  # "3=kidney, 4=spleen"
+    voxels_combo: QComboBox  # which voxels count: EDITED, CORRECTED or WHOLE
+    stop_combo: QComboBox  # "iterations" or "minutes"
+    iterations_spin: QSpinBox
+    minutes_spin: QDoubleSpinBox
+    lr_spin: QDoubleSpinBox  # 0: auto
+    patch_edit: QLineEdit  # "z,y,x" or one number; empty: auto
+    batch_spin: QSpinBox
+    val_spin: QSpinBox  # validation percent (0: off)
+    device_combo: QComboBox  # its data: "auto", "cpu", "cuda:0", ...
+    out_edit: QLineEdit  # where the new weights go
+    # --- actions and progress
+    train_btn: QPushButton
+    cancel_btn: QPushButton
+    segment_btn: QPushButton  # "Segment with new weights"
+    progress: QProgressBar
+    status_label: QLabel
+    curve: LossCurve  # loss / val Dice per iteration
+    weights_saved: Signal  # emitted with the path of the saved weights
+    # --- methods of the widget and its other halves
+    base_weights: Callable[[], Path | None]
+    current_arch: Callable[[], str]
+    refresh_base_weights: Callable[[], None]
+    _training_specs: Callable[..., list[dict]]  # FinetunePairsMixin
 
     def training_config(self, n_annotated: int | None = None):
         """A TrainConfig from the dock's settings, its "Class names" included (the classes

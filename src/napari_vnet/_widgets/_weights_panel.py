@@ -369,30 +369,35 @@ class WeightsPanel(QWidget):
         if value is None:
             self._set(None, None)
             return
+        self.try_select(value)
+
+    def _browse_start(self) -> str:
+        """Where the file dialogs open: the current weights' folder, else the home folder."""
+        return str(self._weights.parent) if self._weights is not None else str(Path.home())
+
+    def _on_browse(self, _=None) -> None:
+        filename, _ = QFileDialog.getOpenFileName(
+            self, "Open model weights", self._browse_start(), WEIGHTS_FILTER
+        )
+        if filename:
+            self.try_select(filename)
+
+    def _on_browse_folder(self, _=None) -> None:
+        folder = QFileDialog.getExistingDirectory(
+            self, "Open a model folder", self._browse_start()
+        )
+        if folder:
+            self.try_select(folder)
+
+    def try_select(self, value) -> bool:
+        """:meth:`select` ``value`` (a path or a shipped name); False when it cannot be used
+        (an error notification says why)."""
         try:
             self.select(value)
         except Exception as exc:
-            self._refuse_file(Path(value), exc)
-
-    def _on_browse(self, _=None) -> None:
-        start = str(self._weights.parent) if self._weights is not None else str(Path.home())
-        filename, _ = QFileDialog.getOpenFileName(self, "Open model weights", start, WEIGHTS_FILTER)
-        if not filename:
-            return
-        try:
-            self.select(filename)
-        except Exception as exc:
-            self._refuse_file(Path(filename), exc)
-
-    def _on_browse_folder(self, _=None) -> None:
-        start = str(self._weights.parent) if self._weights is not None else str(Path.home())
-        folder = QFileDialog.getExistingDirectory(self, "Open a model folder", start)
-        if not folder:
-            return
-        try:
-            self.select(folder)
-        except Exception as exc:
-            self._refuse_file(Path(folder), exc)
+            self._refuse_file(Path(str(value)), exc)
+            return False
+        return True
 
     def _refuse_file(self, path: Path, exc: BaseException) -> None:
         from napari.utils.notifications import show_error

@@ -114,7 +114,15 @@ class FinetuneWidget(FinetunePairsMixin, FinetuneRunMixin, FinetuneExportMixin, 
     # ------------------------------------------------------------------ UI
     def _build_ui(self) -> None:
         root = QVBoxLayout(self)
+        root.addWidget(self._data_group())
+        root.addWidget(self._model_group())
+        root.addWidget(self._training_group())
+        root.addLayout(self._actions_row())
+        root.addStretch(1)
+        self._build_footer(root)
 
+    def _data_group(self) -> QGroupBox:
+        """Image / labels pickers, the pair list, which voxels count, reviewed slices."""
         data = QGroupBox("Training data")
         form = QFormLayout(data)
         self.image_combo, self.labels_combo = QComboBox(), QComboBox()
@@ -155,8 +163,10 @@ class FinetuneWidget(FinetunePairsMixin, FinetuneRunMixin, FinetuneExportMixin, 
         form.addRow(row)
         self.count_label = QLabel("")
         form.addRow(self.count_label)
-        root.addWidget(data)
+        return data
 
+    def _model_group(self) -> QGroupBox:
+        """Start from weights (and which) or a new model (architecture, width); class names."""
         model = QGroupBox("Model")
         form = QFormLayout(model)
         self.from_base_radio = QRadioButton("Start from weights")
@@ -207,8 +217,10 @@ class FinetuneWidget(FinetunePairsMixin, FinetuneRunMixin, FinetuneExportMixin, 
         form.addRow("Class names", self.class_names_edit)
         self.from_base_radio.toggled.connect(self._update_default_output)
         self.arch_combo.currentIndexChanged.connect(self._update_default_output)
-        root.addWidget(model)
+        return model
 
+    def _training_group(self) -> QGroupBox:
+        """Stop after N iterations / M minutes, where to save, and the Advanced settings."""
         settings = QGroupBox("Training")
         form = QFormLayout(settings)
         d = self._config_defaults
@@ -228,6 +240,24 @@ class FinetuneWidget(FinetunePairsMixin, FinetuneRunMixin, FinetuneExportMixin, 
         row.addWidget(self.stop_combo)
         self.minutes_spin.hide()
         form.addRow("Stop after", row)
+        advanced = self._advanced_settings()
+        row = QHBoxLayout()
+        self.out_edit = QLineEdit()
+        self.out_edit.textEdited.connect(self._on_out_edited)
+        out_btn = QPushButton("...")
+        out_btn.setMaximumWidth(30)
+        out_btn.clicked.connect(self._on_choose_out)
+        row.addWidget(self.out_edit, 1)
+        row.addWidget(out_btn)
+        form.addRow("Save to", row)
+        # learning rate, batch, patch, validation, device: closed by default
+        self.advanced_group = Collapsible("Advanced", advanced)
+        form.addRow(self.advanced_group)
+        return settings
+
+    def _advanced_settings(self) -> QWidget:
+        """Learning rate, batch, patch, validation, device (in the closed "Advanced" box)."""
+        d = self._config_defaults
         advanced = QWidget()
         adv = QFormLayout(advanced)
         adv.setContentsMargins(0, 0, 0, 0)
@@ -273,19 +303,10 @@ class FinetuneWidget(FinetunePairsMixin, FinetuneRunMixin, FinetuneExportMixin, 
         for label, value in available_devices():  # the same list as Segment volume
             self.device_combo.addItem(label, value)
         adv.addRow("Device", self.device_combo)
-        row = QHBoxLayout()
-        self.out_edit = QLineEdit()
-        self.out_edit.textEdited.connect(self._on_out_edited)
-        out_btn = QPushButton("...")
-        out_btn.setMaximumWidth(30)
-        out_btn.clicked.connect(self._on_choose_out)
-        row.addWidget(self.out_edit, 1)
-        row.addWidget(out_btn)
-        form.addRow("Save to", row)
-        # learning rate, batch, patch, validation, device: closed by default
-        self.advanced_group = Collapsible("Advanced", advanced)
-        form.addRow(self.advanced_group)
-        root.addWidget(settings)
+        return advanced
+
+    def _actions_row(self) -> QHBoxLayout:
+        """Segment with the new weights; export the pairs as a dataset."""
         row = QHBoxLayout()
         self.segment_btn = QPushButton("Segment with new weights")
         self.segment_btn.setEnabled(False)
@@ -295,9 +316,7 @@ class FinetuneWidget(FinetunePairsMixin, FinetuneRunMixin, FinetuneExportMixin, 
         self.export_btn.clicked.connect(self._on_export_clicked)
         row.addWidget(self.segment_btn)
         row.addWidget(self.export_btn)
-        root.addLayout(row)
-        root.addStretch(1)
-        self._build_footer(root)
+        return row
 
     def _build_footer(self, root: QVBoxLayout) -> None:
         """Train / Cancel, progress, status and the loss curve: pinned below the scroll
@@ -328,7 +347,7 @@ class FinetuneWidget(FinetunePairsMixin, FinetuneRunMixin, FinetuneExportMixin, 
         self.curve = LossCurve(self, redraw_ms=0)  # redrawn with the progress (below)
         self.curve.setMinimumHeight(CURVE_HEIGHT)
         self.curve.hide()  # shown from the first training run on
-        self._pending_event: dict | None = None
+        self._pending_event = None
         self._progress_timer = QTimer(self)
         self._progress_timer.setInterval(PROGRESS_REFRESH_MS)
         self._progress_timer.timeout.connect(self._show_pending_progress)

@@ -103,7 +103,17 @@ class SegmentWidget(QWidget):
         self._jobs: list[SegmentJob] = []
         self.destroyed.connect(functools.partial(_stop_jobs, self._jobs))
 
-        # ---- image picker
+        self._build_inputs()
+        self._build_settings()
+        self._build_run()
+        self._lay_out()
+        self._connect()
+        self._on_model_changed()
+        self._on_layers_changed()
+
+    # ================================================================ UI
+    def _build_inputs(self) -> None:
+        """The image picker and the model section, each with its note."""
         self.image = ComboBox(
             label="Image",
             choices=self._image_choices,
@@ -115,7 +125,6 @@ class SegmentWidget(QWidget):
         self.image_note.setStyleSheet("color: #e0a03d")
         self.image_note.hide()
 
-        # ---- model
         self.model = WeightsPanel(self)
         # model/image mismatch warnings and the demo-model note, shown before Run
         self.check_note = QLabel()
@@ -126,14 +135,16 @@ class SegmentWidget(QWidget):
         self._check_key: tuple = ()
         self._issues: list = []
 
-        # ---- settings
+    def _build_settings(self) -> None:
+        """Device, overlap, batch, precision, TTA, uncertainty, post-processing."""
         st = self._settings = RunSettings(available_devices())
         self.device, self.overlap, self.batch_size, self.amp = (
             st.device, st.overlap, st.batch_size, st.amp
         )  # fmt: skip
         self.tta, self.uncertainty, self.post = st.tta, st.uncertainty, st.post
 
-        # ---- run + progress
+    def _build_run(self) -> None:
+        """Run, "replace the previous result", progress and status."""
         self.run_button = QPushButton("Run")
         self.run_button.setObjectName("napari_vnet_run")
         self.run_button.clicked.connect(self._on_run_clicked)
@@ -152,6 +163,7 @@ class SegmentWidget(QWidget):
         self._clock.setInterval(1000)
         self._clock.timeout.connect(self._update_times)
 
+    def _lay_out(self) -> None:
         layout = QVBoxLayout(self)
         top = Container(widgets=[self.image])
         top.margins = (0, 0, 0, 0)
@@ -171,6 +183,8 @@ class SegmentWidget(QWidget):
             pinned.addWidget(w)
         layout.addWidget(self.footer)
 
+    def _connect(self) -> None:
+        """Follow the image choice, the model choice and the viewer's layers."""
         self.image.changed.connect(self._follow_image)
         self.image.changed.connect(self._update_state)
         self.model.changed.connect(self._on_model_changed)
@@ -180,8 +194,6 @@ class SegmentWidget(QWidget):
         events.reordered.connect(self._on_layers_changed)
         for layer in self.viewer.layers:
             layer.events.name.connect(self._on_layers_changed)
-        self._on_model_changed()
-        self._on_layers_changed()
 
     @staticmethod
     def _group(title: str, widget: QWidget) -> QGroupBox:
@@ -207,12 +219,7 @@ class SegmentWidget(QWidget):
     def select_weights(self, path_or_name: str | os.PathLike) -> bool:
         """Choose weights (shipped name or file) and show their card; False if refused
         (an error notification says why)."""
-        try:
-            self.model.select(path_or_name)
-        except Exception as exc:
-            self.model._refuse_file(Path(str(path_or_name)), exc)
-            return False
-        return True
+        return self.model.try_select(path_or_name)
 
     def refresh_weights(self) -> None:
         """Re-list the shipped and recently used weights."""

@@ -78,12 +78,10 @@ def parse_class_list(text: str):
 def out_problem(state_dict: str, out_arg: str, overwrite: bool) -> str | None:
     """Why ``--out`` must not be written: it is the input file itself (any spelling: a
     link, a relative path, a hard link), or it exists and ``--overwrite`` was not given."""
-    out, source = Path(out_arg), Path(state_dict)
-    try:
-        same = out.exists() and source.exists() and os.path.samefile(out, source)
-    except OSError:
-        same = False
-    if same or out.resolve() == source.resolve():
+    from napari_vnet.io.paths import same_file
+
+    out = Path(out_arg)
+    if same_file(out, state_dict):
         return f"--out {out} is the STATE_DICT being imported; choose another file name"
     if os.path.lexists(out) and not overwrite:
         return f"--out {out} exists; pass --overwrite to replace it (or choose another name)"

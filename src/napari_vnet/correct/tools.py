@@ -28,18 +28,6 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-__all__ = [
-    "Change",
-    "Scope",
-    "fill_between",
-    "fill_holes",
-    "grow_from_seeds",
-    "keep_largest",
-    "remove_islands",
-    "restrict_to_range",
-    "smooth",
-]
-
 
 @dataclass(frozen=True)
 class Scope:

@@ -30,7 +30,7 @@ import logging
 import os
 import re
 import shlex
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -128,13 +128,19 @@ def _is_int(x: Any) -> bool:
     return isinstance(x, str) and re.fullmatch(r"\s*\d+\s*", x) is not None
 
 
+def _table_lines(text: str) -> Iterator[tuple[int, str]]:
+    """``(line number, stripped line)`` of a colour table, without blanks and ``#``
+    comments."""
+    for n, line in enumerate(text.splitlines(), 1):
+        line = line.strip()
+        if line and not line.startswith("#"):
+            yield n, line
+
+
 def parse_itksnap(text: str, path: str | Path = "labels.txt") -> list[dict[str, Any]]:
     """ITK-SNAP label description: ``IDX R G B A VIS MSH "LABEL"`` (``#`` comments)."""
     out = []
-    for n, line in enumerate(text.splitlines(), 1):
-        line = line.strip()
-        if not line or line.startswith("#"):
-            continue
+    for n, line in _table_lines(text):
         try:
             parts = shlex.split(line)
             value, r, g, b, a = int(parts[0]), *map(float, parts[1:5])
@@ -150,10 +156,7 @@ def parse_itksnap(text: str, path: str | Path = "labels.txt") -> list[dict[str, 
 def parse_ctbl(text: str, path: str | Path = "colors.ctbl") -> list[dict[str, Any]]:
     """3D Slicer colour table: ``value name R G B A`` (0..255, ``#`` comments)."""
     out = []
-    for n, line in enumerate(text.splitlines(), 1):
-        line = line.strip()
-        if not line or line.startswith("#"):
-            continue
+    for n, line in _table_lines(text):
         parts = line.split()
         try:
             value = int(parts[0])

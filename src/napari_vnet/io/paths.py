@@ -11,7 +11,7 @@ are linked beside them under the names the header uses).
 
 :func:`printable` turns any path into text that can be printed and shown in Qt (the
 undecodable bytes become ``\\xe9`` escapes); :func:`slug` makes a safe file name part
-from any text.
+from any text; :func:`same_file` says whether two names (any spelling) are one file.
 """
 
 from __future__ import annotations
@@ -37,6 +37,17 @@ def slug(text: str, *, fallback: str, limit: int = 60) -> str:
     ``limit`` characters; ``fallback`` when nothing is left."""
     s = re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("._")
     return s[:limit] or fallback
+
+
+def same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
+    """Whether ``a`` and ``b`` name the same file, in any spelling (relative paths,
+    symbolic or hard links); for names not (both) there yet, whether they resolve alike."""
+    try:
+        if os.path.exists(a) and os.path.exists(b):
+            return os.path.samefile(a, b)
+    except OSError:
+        pass
+    return os.path.realpath(a) == os.path.realpath(b)
 
 
 def itk_safe(path: str | os.PathLike) -> bool:

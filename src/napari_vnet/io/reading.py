@@ -9,6 +9,7 @@ detected from their headers and sizes.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import gzip
 import logging
@@ -18,6 +19,7 @@ import stat
 import struct
 import warnings
 import zlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -300,18 +302,13 @@ def read_dicom_series(series: DicomSeries) -> Volume:
             folder, f"DICOM series {series.name!r}: {_clean_itk_message(exc)}"
         ) from exc
     meta = _dicom_metadata(series)
-    duplicates = series.extra.get("duplicate_slices")
-    if duplicates:
-        meta["duplicate_slices"] = duplicates
-        message = f"{folder}: DICOM series {series.name!r}: {duplicates}"
-        log.warning(message)
-        warnings.warn(message, UserWarning, stacklevel=2)
-    irregular = series.extra.get("irregular_spacing")
-    if irregular:
-        meta["irregular_spacing"] = irregular
-        message = f"{folder}: DICOM series {series.name!r}: {irregular}"
-        log.warning(message)
-        warnings.warn(message, UserWarning, stacklevel=2)
+    for key in ("duplicate_slices", "irregular_spacing"):  # found while sorting the slices
+        problem = series.extra.get(key)
+        if problem:
+            meta[key] = problem
+            message = f"{folder}: DICOM series {series.name!r}: {problem}"
+            log.warning(message)
+            warnings.warn(message, UserWarning, stacklevel=2)
     if series.extra.get("shear") is not None:  # gantry tilt: re-gridded, with a warning
         meta["n_components"] = int(image.GetNumberOfComponentsPerPixel())
         return unsheared_volume(image_array(image), image.GetPixelIDTypeAsString(), series, meta)
@@ -361,6 +358,24 @@ def _volume_from_reader(reader, array: np.ndarray, path: Path, metadata: dict) -
     )
 
 
+@contextlib.contextmanager
+def _header_read(path: Path, companions) -> Iterator[Any]:
+    """``with _header_read(path, companion_files(path)) as reader:`` a SimpleITK
+    ImageFileReader of ``path`` with its header read; the file stays reachable under the
+    reader's name inside the block (``reader.Execute()`` reads the voxels). ITK's
+    ``RuntimeError``, there or in the block, becomes a :class:`VolumeReadError`."""
+    import SimpleITK as sitk
+
+    reader = sitk.ImageFileReader()
+    try:
+        with itk_name(path, companions) as itk_path:
+            reader.SetFileName(itk_path)
+            reader.ReadImageInformation()
+            yield reader
+    except RuntimeError as exc:
+        raise VolumeReadError(path, _clean_itk_message(exc)) from exc
+
+
 def read_volume(
     path: str | os.PathLike,
     *,
@@ -381,8 +396,6 @@ def read_volume(
 
     Raises :class:`VolumeReadError` naming the file and the problem.
     """
-    import SimpleITK as sitk
-
     path = Path(path)
     _check_file(path)
     if path.is_dir():
@@ -399,11 +412,8 @@ def read_volume(
     name, ext = split_extension(path)
     meta = {"format": ext.lower(), "name": name, "source_path": str(path)}
     companions = companion_files(path)
-    reader = sitk.ImageFileReader()
     try:
-        with itk_name(path, companions) as itk_path:
-            reader.SetFileName(itk_path)
-            reader.ReadImageInformation()
+        with _header_read(path, companions) as reader:
             if 0 in reader.GetSize():
                 size = " x ".join(str(int(n)) for n in reversed(reader.GetSize()))
                 raise VolumeReadError(
@@ -418,8 +428,6 @@ def read_volume(
                 if array is not None:
                     return _volume_from_reader(reader, array, path, meta)
             image = reader.Execute()
-    except RuntimeError as exc:
-        raise VolumeReadError(path, _clean_itk_message(exc)) from exc
     except (OSError, EOFError, zlib.error) as exc:
         raise VolumeReadError(path, f"the file is truncated or corrupt ({exc})") from exc
     return image_to_volume(image, path=path, metadata=meta)
@@ -442,14 +450,8 @@ def read_header(path: str | os.PathLike, *, series=None) -> dict[str, Any]:
         return _dicom_series(path, series).header()
     if not has_volume_extension(path):
         raise VolumeReadError(path, f"unsupported file type {split_extension(path)[1]!r}")
-    companions = companion_files(path)
-    reader = sitk.ImageFileReader()
-    try:
-        with itk_name(path, companions) as itk_path:
-            reader.SetFileName(itk_path)
-            reader.ReadImageInformation()
-    except RuntimeError as exc:
-        raise VolumeReadError(path, _clean_itk_message(exc)) from exc
+    with _header_read(path, companion_files(path)) as reader:
+        pass  # the header is all that is read
     ncomp = int(reader.GetNumberOfComponents())
     shape = tuple(int(s) for s in reversed(reader.GetSize()))
     if ncomp > 1:

@@ -17,6 +17,7 @@ import numpy as np
 
 from napari_vnet.io.errors import VolumeWriteError
 from napari_vnet.io.headers import header_data_files, nifti_data_size
+from napari_vnet.io.paths import same_file
 from napari_vnet.io.volume import Volume
 
 log = logging.getLogger(__name__)
@@ -140,15 +141,6 @@ def source_files(vol: Volume | None) -> list[Path]:
         elif low.endswith(".img"):
             out.append(p.with_suffix(".hdr"))
     return [p for p in out if not p.is_dir()]
-
-
-def _same_file(a: Path, b: Path) -> bool:
-    try:
-        if a.exists() and b.exists():
-            return os.path.samefile(a, b)
-    except OSError:
-        pass
-    return os.path.realpath(a) == os.path.realpath(b)
 
 
 def _files_written(path: Path, ext: str) -> list[Path]:
@@ -509,7 +501,7 @@ def write_volume(
     if not overwrite_source:
         targets = _files_written(path, ext)
         for src in source_files(vol) + source_files(like):
-            if any(_same_file(t, src) for t in targets):
+            if any(same_file(t, src) for t in targets):
                 raise VolumeWriteError(
                     path,
                     f"this would overwrite the source image {src}; choose another file name "

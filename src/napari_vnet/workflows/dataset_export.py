@@ -86,10 +86,7 @@ def export_pairs(
     classes: Any = None,
     class_names: dict[int, str] | None = None,
     ignore_index: int | None = None,
-    name: str | None = None,
-    channel: str | None = None,
-    extra: dict[str, Any] | None = None,
-    sources: Sequence[str | None] | None = None,
+    **dataset: Any,
 ) -> Path:
     """Export training pairs (:class:`~napari_vnet.training.TrainingPair`: files, Volumes
     or arrays, with optional annotated-slice records) the way training reads them.
@@ -99,7 +96,8 @@ def export_pairs(
     background) or every value in annotated voxels, named from ``class_names``; values
     are renumbered 1..K in class order (:func:`napari_vnet.training.renumber_for_export`).
     Voxels outside the annotated slices, or equal to ``ignore_index``, get nnU-Net's
-    "ignore" label K + 1. Returns the dataset.json path.
+    "ignore" label K + 1. ``dataset``: :func:`write_nnunet_dataset`'s ``name``,
+    ``channel``, ``extra`` and ``sources``. Returns the dataset.json path.
     """
     from napari_vnet.training.data import annotated_label_values, load_pairs
     from napari_vnet.training.plan import renumber_for_export, resolve_classes
@@ -123,8 +121,5 @@ def export_pairs(
         written,
         [(c.name, c.value) for c in chosen],
         ignore_index=ignore,
-        name=name,
-        channel=channel,
-        extra=extra,
-        sources=sources,
+        **dataset,
     )

@@ -29,6 +29,7 @@ import numpy as np
 
 from napari_vnet.io.errors import VolumeReadError
 from napari_vnet.io.grid import grid_differences
+from napari_vnet.io.paths import same_file
 from napari_vnet.models.errors import CheckpointError
 from napari_vnet.training.config import TrainConfig, TrainingError, TrainingPair
 
@@ -117,19 +118,13 @@ def is_base_weights(out: str | os.PathLike, base: Any) -> bool:
     spelling of the same file: links, relative paths)."""
     if base is None or isinstance(base, tuple):
         return False
-    out = Path(out)
     try:
         from napari_vnet.weights import resolve_weights
 
         path = resolve_weights(str(base))
     except Exception:  # noqa: BLE001 - the run words a bad base itself
         path = Path(base)
-    try:
-        if out.exists() and path.exists() and os.path.samefile(out, path):
-            return True
-    except OSError:
-        pass
-    return out.resolve() == Path(path).resolve()
+    return same_file(out, path)
 
 
 def user_weights_dir() -> Path:
