@@ -9,7 +9,7 @@ budget, the dock's validation pace). Two behaviours:
   predictions on them are learnt as if corrected), and the checkpoint of the highest
   raw validation Dice is kept (``keep="best-raw"``);
 * **new** (the dock's *corrected labels only*): the slices count per label and region (the liver the user painted or erased,
-  the changed voxels and a band around them: :func:`napari_vnet.annotations.training_mask`
+  the changed voxels and a band around them: :func:`napari_vnet.training.annotations.training_mask`
   of the record the real edit recorder writes; the classes no annotated voxel shows are
   kept by the marginal loss, ``partial_labels``), and the weights are chosen by the
   smoothed validation Dice, or the final ones when validation is too small to decide
@@ -85,8 +85,8 @@ def correct_liver(predicted: np.ndarray, ref: np.ndarray, slices) -> tuple[np.nd
     Fine-tune dock trains from). Returns the corrected labels and the record."""
     from napari.layers import Labels
 
-    from napari_vnet.annotation_regions import EditRecorder
-    from napari_vnet.annotations import KEY
+    from napari_vnet.training.annotation_regions import EditRecorder
+    from napari_vnet.training.annotations import KEY
 
     layer = Labels(predicted.copy())
     recorder = EditRecorder(layer)

@@ -221,7 +221,7 @@ def run_benchmark(
 
     from napari_vnet._widgets.segment import SegmentWidget
     from napari_vnet.models import read_card
-    from napari_vnet.threads import thread_choice
+    from napari_vnet.workflows.threads import thread_choice
 
     get_qapp()
     tmpdir = Path(tempfile.mkdtemp(prefix="napari-vnet-bench-"))

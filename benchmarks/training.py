@@ -58,12 +58,6 @@ def peak_rss_mb() -> float:
 def child(arch: str, steps: int, warmup: int, patch, batch: int, device_name: str) -> dict:
     import torch
 
-    from napari_vnet.losses import (
-        DiceCELoss,
-        generalized_dice_loss,
-        least_squares_gan_loss,
-        one_hot,
-    )
     from napari_vnet.models import ModelCard, build_discriminator, build_model
     from napari_vnet.phantoms import make_phantom
     from napari_vnet.runtime import resolve_amp, resolve_device
@@ -73,6 +67,12 @@ def child(arch: str, steps: int, warmup: int, patch, batch: int, device_name: st
         TrainingPair,
         finetune,
         prepare_cases,
+    )
+    from napari_vnet.training.losses import (
+        DiceCELoss,
+        generalized_dice_loss,
+        least_squares_gan_loss,
+        one_hot,
     )
 
     device = resolve_device(device_name)

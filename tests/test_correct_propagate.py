@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from napari_vnet.annotation_regions import encode_runs, training_mask
 from napari_vnet.models import ClassInfo, ModelCard, build_model
+from napari_vnet.training.annotation_regions import encode_runs, training_mask
 from napari_vnet.workflows.propagate import (
     kept_mask,
     merge,

@@ -28,8 +28,8 @@ def test_starters_are_shipped_and_the_wheel_stays_small():
 
 @pytest.mark.parametrize("name", STARTERS)
 def test_card_says_where_the_weights_come_from(name):
-    from napari_vnet.input_check import demo_note
     from napari_vnet.models import read_card
+    from napari_vnet.workflows.input_check import demo_note
 
     card = read_card(resolve_weights(name))
     assert CORE <= set(card.class_names.values())

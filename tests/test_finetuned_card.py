@@ -6,9 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from napari_vnet.input_check import demo_note
 from napari_vnet.models import ClassInfo, ModelCard, build_model, load_checkpoint, save_checkpoint
 from napari_vnet.training import TrainConfig, TrainingPair, finetune
+from napari_vnet.workflows.input_check import demo_note
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from napari_vnet.input_check import check_input
+from napari_vnet.workflows.input_check import check_input
 
 WAIT_MS = 30_000
 
@@ -46,7 +46,7 @@ def _card():
 
 
 def test_label_map_values_tells_label_maps_from_scans():
-    from napari_vnet.input_check import label_map_values
+    from napari_vnet.workflows.input_check import label_map_values
 
     assert label_map_values(_labels()) == [0.0, 1.0, 3.0, 4.0]
     assert label_map_values(_labels().astype(np.float32)) == [0.0, 1.0, 3.0, 4.0]

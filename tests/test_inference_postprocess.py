@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from napari_vnet.postprocess import (
+from napari_vnet.inference.postprocess import (
     apply_postprocess,
     fill_holes,
     keep_largest_component,

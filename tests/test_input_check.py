@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from napari_vnet.input_check import check_input, demo_note, expects_hu
 from napari_vnet.models import ClassInfo, ModelCard
+from napari_vnet.workflows.input_check import check_input, demo_note, expects_hu
 
 
 def _card(**kw):

@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from napari_vnet.losses import (
+from napari_vnet.training.losses import (
     DiceCELoss,
     cross_entropy_loss,
     generalized_dice_loss,

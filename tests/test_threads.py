@@ -1,4 +1,4 @@
-"""Thread counts that do not oversubscribe the cores (napari_vnet.threads): the pure
+"""Thread counts that do not oversubscribe the cores (napari_vnet.workflows.threads): the pure
 choice with fake facts, cgroup quotas from fake files, the block that applies and
 restores them, and ``--threads`` on the command line."""
 
@@ -10,7 +10,7 @@ import logging
 import pytest
 import torch
 
-from napari_vnet.threads import (
+from napari_vnet.workflows.threads import (
     ThreadChoice,
     choose_threads,
     cpu_quota,
@@ -105,7 +105,7 @@ def test_use_threads_applies_logs_and_restores(caplog):
 
     torch.set_num_threads(2)
     sitk_before = sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()
-    with caplog.at_level(logging.INFO, logger="napari_vnet.threads"):
+    with caplog.at_level(logging.INFO, logger="napari_vnet.workflows.threads"):
         with use_threads(1) as used:
             assert torch.get_num_threads() == 1 == used.threads
             assert sitk.ProcessObject.GetGlobalDefaultNumberOfThreads() == 1
@@ -130,7 +130,7 @@ def test_predict_threads_option_is_applied(tmp_path, capsys, caplog):
                      normalization={"kind": "zscore"}, patch_size=(8, 16, 16))  # fmt: skip
     ckpt = save_checkpoint(build_model(card), card, tmp_path / "tiny.pt")
     argv = ["predict", str(img), "-w", str(ckpt), "--json", "--threads"]
-    with caplog.at_level(logging.INFO, logger="napari_vnet.threads"):
+    with caplog.at_level(logging.INFO, logger="napari_vnet.workflows.threads"):
         assert main(["-v", *argv, "1", "-o", str(tmp_path / "a.nii.gz")]) == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert summary["threads"] == 1

@@ -438,7 +438,7 @@ def test_a_collapsed_class_gets_gradient_from_cross_entropy_not_from_generalized
     vanishes (through p * (1 - p)), so the class never comes back; the cross entropy's
     does not vanish. (The shipped Vox2Vox weights trained without it had liver and spleen
     Dice 0.000.)"""
-    from napari_vnet.losses import cross_entropy_loss, generalized_dice_loss
+    from napari_vnet.training.losses import cross_entropy_loss, generalized_dice_loss
 
     gen = torch.Generator().manual_seed(0)
     target = torch.zeros(1, 8, 8, 8, dtype=torch.long)

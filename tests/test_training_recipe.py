@@ -12,7 +12,6 @@ import torch
 from napari_vnet.inference import predict
 from napari_vnet.inference.preprocess import preprocessing_for
 from napari_vnet.io import Volume
-from napari_vnet.losses import DiceCELoss, soft_dice_loss
 from napari_vnet.models import ModelCard, build_model, load_checkpoint, read_card
 from napari_vnet.models.card import ClassInfo
 from napari_vnet.training import TrainConfig, TrainingPair, run_training
@@ -21,6 +20,7 @@ from napari_vnet.training.deep_supervision import (
     DeepSupervision,
     DeepSupervisionLoss,
 )
+from napari_vnet.training.losses import DiceCELoss, soft_dice_loss
 from napari_vnet.training.plan import plan_training
 from napari_vnet.training.recipe import (
     foreground_intensity_stats,

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 
 import test_widget_segment_support as support
-from napari_vnet import annotations
 from napari_vnet._widgets.correct import KEY_NEXT, CorrectWidget
 from napari_vnet._widgets.segment import SegmentWidget
 from napari_vnet.correct import Scope, tools
+from napari_vnet.training import annotations
 from test_widget_segment_support import RUN_TIMEOUT_MS, errors, volume, wait_done
 
 ckpt = support.ckpt

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 import test_widget_segment_support as support
-from napari_vnet import annotations
 from napari_vnet._widgets.correct import CorrectWidget
+from napari_vnet.training import annotations
 from test_widget_segment_support import volume
 
 pytestmark = [pytest.mark.gui, pytest.mark.usefixtures("config_dir")]

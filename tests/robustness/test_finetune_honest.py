@@ -168,7 +168,7 @@ def predicted(qapp):
 
 
 def _mask(layer):
-    from napari_vnet.annotations import training_mask
+    from napari_vnet.training.annotations import training_mask
 
     return training_mask(np.asarray(layer.data), layer.metadata)
 
@@ -187,7 +187,7 @@ def test_only_the_corrected_label_counts_on_an_edited_slice(predicted):
     assert not mask[3][layer.data[3] == SPLEEN].any()  # the spleen was not corrected
     assert mask[3, 16, 8] and not mask[3, 30, 2]  # a band around the liver, not the slice
     # marking the slice reviewed: every label on it counts
-    from napari_vnet.annotations import add_slices, remove_slices
+    from napari_vnet.training.annotations import add_slices, remove_slices
 
     add_slices(layer, 0, [3])
     assert _mask(layer)[3].all()
@@ -255,7 +255,7 @@ def test_fine_tune_dock_trains_on_the_regions(make_napari_viewer, predicted):
 
 
 def test_records_of_whole_slices_still_count_whole():
-    from napari_vnet.annotation_regions import training_mask
+    from napari_vnet.training.annotation_regions import training_mask
 
     labels = np.zeros((4, 8, 8), np.uint8)
     labels[:, 2:4, 2:4] = 1

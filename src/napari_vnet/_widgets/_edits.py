@@ -8,7 +8,7 @@ saves and restores it with its autosaves)::
 ``axis`` is a data axis of the layer; ``slices`` are sorted indices along it. When the
 user also edits while looking along another axis, those slices go to an optional
 ``"more": [{"axis": 1, "slices": [...]}, ...]`` list. The record and its functions are
-core (:mod:`napari_vnet.annotations`, re-exported here); this module adds the parts that
+core (:mod:`napari_vnet.training.annotations`, re-exported here); this module adds the parts that
 need napari and Qt.
 
 :class:`EditTracker` keeps the record up to date by listening to the layer's ``paint``
@@ -17,7 +17,7 @@ event, which napari emits once per brush stroke, fill or polygon (and for
 changed, so the slices are exact, not guessed from the viewer position. Edits made
 before the tracker was attached are recovered from the layer's undo history. Each edited
 slice also records the labels and voxels its edits changed
-(:class:`napari_vnet.annotation_regions.EditRecorder`): training learns from those, not
+(:class:`napari_vnet.training.annotation_regions.EditRecorder`): training learns from those, not
 from the labels left as predicted on the same slice. The record follows undo and redo
 (napari's ``set_data`` event) and starts afresh when the layer gets new data.
 """
@@ -31,7 +31,7 @@ import numpy as np
 from qtpy.QtCore import QObject, Signal
 
 # the record itself is core (no Qt): the training child reads it
-from napari_vnet.annotations import (  # noqa: F401 - re-exported for the docks
+from napari_vnet.training.annotations import (  # noqa: F401 - re-exported for the docks
     KEY,
     add_slices,
     annotated_mask,
@@ -93,7 +93,7 @@ class EditTracker(QObject):
 
     def __init__(self, layer, parent: QObject | None = None):
         super().__init__(parent)
-        from napari_vnet.annotation_regions import EditRecorder
+        from napari_vnet.training.annotation_regions import EditRecorder
 
         self.layer = layer
         self.recorder = EditRecorder(layer)

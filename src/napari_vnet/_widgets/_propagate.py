@@ -27,8 +27,8 @@ from qtpy.QtWidgets import (
     QSpinBox,
 )
 
-from napari_vnet import annotations
 from napari_vnet._widgets import _edits
+from napari_vnet.training import annotations
 from napari_vnet.workflows import propagate as core
 
 if TYPE_CHECKING:

@@ -72,7 +72,7 @@ def layer_spacing(layer) -> tuple[float, float, float]:
 def layer_issues(layer, card) -> list:
     """Mismatches between an image layer and a model card (``[]`` when the check fails:
     a check must never break the dock)."""
-    from napari_vnet.input_check import check_input, value_sample
+    from napari_vnet.workflows.input_check import check_input, value_sample
 
     meta = (layer.metadata or {}).get("napari_vnet", {}).get("metadata", {})
     try:

@@ -15,7 +15,7 @@ paints only within range", which takes back what a brush stroke painted outside 
 voxels not touched (:mod:`._propagate`). The tools' core is :mod:`napari_vnet.correct.tools`
 (no Qt). Every change goes through
 ``Labels.data_setitem`` (napari's undo history) and its slices are added to the layer's
-edit record (:mod:`napari_vnet.annotations`), so autosave and fine-tuning see them.
+edit record (:mod:`napari_vnet.training.annotations`), so autosave and fine-tuning see them.
 """
 
 from __future__ import annotations
@@ -30,13 +30,13 @@ from magicgui.widgets import CheckBox, ComboBox, Container, FloatSpinBox, SpinBo
 from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import QGridLayout, QGroupBox, QLabel, QPushButton, QVBoxLayout, QWidget
 
-from napari_vnet import annotations
 from napari_vnet._widgets import _edits
 from napari_vnet._widgets._propagate import PropagatePanel
 from napari_vnet._widgets._session import join_session
 from napari_vnet._widgets._uncertainty_layer import find_uncertainty, is_uncertainty
 from napari_vnet.correct import tools
 from napari_vnet.correct.uncertainty import SliceQueue, slice_scores
+from napari_vnet.training import annotations
 
 if TYPE_CHECKING:
     import napari

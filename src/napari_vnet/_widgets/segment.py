@@ -47,7 +47,7 @@ from napari_vnet._widgets._segment_job import SegmentJob
 from napari_vnet._widgets._segment_settings import RunSettings, available_devices
 from napari_vnet._widgets._session import join_session
 from napari_vnet._widgets._weights_panel import WeightsPanel, arch_name
-from napari_vnet.input_check import demo_note
+from napari_vnet.workflows.input_check import demo_note
 from napari_vnet.workflows.options import format_seconds
 from napari_vnet.workflows.segment import (
     JobCancelled,

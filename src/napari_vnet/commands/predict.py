@@ -185,7 +185,7 @@ def _window_log():
 def _model_and_settings(args: argparse.Namespace):
     """The weights loaded and the ``predict`` settings of the options; raises
     SegmentRefused saying what is wrong with them."""
-    from napari_vnet.postprocess import parse_operations
+    from napari_vnet.inference.postprocess import parse_operations
     from napari_vnet.workflows.segment import Segmenter, SegmentRefused, WeightsUnusable
 
     try:

@@ -29,7 +29,7 @@ image):
    are asked for, and then only in float16; their normaliser, the sum of the window
    weights, is one more channel of the slab);
 5. optional flip test-time augmentation (8 flips, softmax averaged) and post-processing
-   (:mod:`napari_vnet.postprocess`).
+   (:mod:`napari_vnet.inference.postprocess`).
 
 Device ``"auto"`` picks cuda > mps > cpu. Mixed precision ``amp="auto"``: bf16 (or fp16)
 autocast on CUDA, fp16 on MPS, bf16 on a CPU only when it has native bf16 instructions

@@ -232,7 +232,7 @@ def predict(
         amp: "auto", True, False, "bf16" or "fp16" (see :func:`napari_vnet.runtime.resolve_amp`).
         tta: True for the 8 axis-flip combinations, or a list of axis tuples to flip.
         postprocess: None/False, True (largest component + fill holes) or a list of
-            operation names from :data:`napari_vnet.postprocess.OPERATIONS`. The
+            operation names from :data:`napari_vnet.inference.postprocess.OPERATIONS`. The
             clean-up recorded in the card (``card.postprocess``, chosen on validation
             when it was trained) is applied too, unless ``postprocess`` is False.
         progress: called as ``progress(done, total)`` windows after every batch.
@@ -366,11 +366,11 @@ def _postprocessed(labels: np.ndarray, card: ModelCard, postprocess, spacing) ->
     """The asked clean-up, then the card's own (chosen on validation) unless
     ``postprocess`` is False."""
     if postprocess:
-        from napari_vnet.postprocess import apply_postprocess
+        from napari_vnet.inference.postprocess import apply_postprocess
 
         labels = apply_postprocess(labels, postprocess, spacing=spacing)
     if postprocess is not False and card.postprocess:
-        from napari_vnet.postprocess import apply_card_postprocess
+        from napari_vnet.inference.postprocess import apply_card_postprocess
 
         labels = apply_card_postprocess(labels, card.postprocess)
     return labels

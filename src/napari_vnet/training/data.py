@@ -76,7 +76,7 @@ def _annotated_mask(
     if annotated is None:
         return None
     if isinstance(annotated, dict):  # an edit record: edited slices per label and region
-        from napari_vnet.annotations import mask_from_record
+        from napari_vnet.training.annotations import mask_from_record
 
         return mask_from_record(annotated, shape, labels)
     a = np.asarray(annotated)

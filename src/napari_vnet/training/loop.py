@@ -20,7 +20,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from napari_vnet.losses import DiceCELoss
 from napari_vnet.models.card import ModelCard
 from napari_vnet.runtime import available_memory, bf16_conv_guard, resolve_amp
 from napari_vnet.training.augment import make_augmenter
@@ -40,6 +39,7 @@ from napari_vnet.training.deep_supervision import (
 )
 from napari_vnet.training.distributed import Distributed, unwrap
 from napari_vnet.training.events import TrainingStep, TrainingSummary
+from napari_vnet.training.losses import DiceCELoss
 from napari_vnet.training.plan import TrainingPlan
 from napari_vnet.training.postprocess_choice import choose_postprocess
 from napari_vnet.training.sampler import PatchSampler

@@ -1,7 +1,7 @@
 """Post-processing chosen on validation data, as nnU-Net v2 chooses it (no Qt).
 
 After training, the best model segments the validation cases; for each class, keeping
-only its largest connected component (:func:`napari_vnet.postprocess.keep_largest_component`,
+only its largest connected component (:func:`napari_vnet.inference.postprocess.keep_largest_component`,
 scipy.ndimage, 26-connectivity) is adopted when it raises that class's validation Dice
 (nnU-Net's ``determine_postprocessing``, per class). The choice is recorded in the model
 card (``postprocess``) and :func:`napari_vnet.inference.predict` applies it.
@@ -13,8 +13,8 @@ import logging
 
 import numpy as np
 
+from napari_vnet.inference.postprocess import keep_largest_component
 from napari_vnet.metrics import dice_per_class
-from napari_vnet.postprocess import keep_largest_component
 from napari_vnet.training.validation import predict_channels, validation_region
 
 log = logging.getLogger(__name__)

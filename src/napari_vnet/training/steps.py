@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from napari_vnet.losses import (
+from napari_vnet.training.losses import (
     cross_entropy_loss,
     generalized_dice_loss,
     least_squares_gan_loss,

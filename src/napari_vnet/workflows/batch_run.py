@@ -266,7 +266,7 @@ def _failed(case: Case, exc: BaseException | str, rank: int, t0: float | None = 
 
 
 def _check_case(seg, case: Case, vol) -> str | None:
-    """Model/image mismatches (napari_vnet.input_check) as warnings in the log; the
+    """Model/image mismatches (napari_vnet.workflows.input_check) as warnings in the log; the
     refusal text when the model cannot take this image (channel count), else None."""
     from napari_vnet.workflows.segment import refusal_text
 
@@ -337,7 +337,7 @@ class _Pipeline:
     written by one background thread (``workers=0``: all in the calling thread)."""
 
     def __init__(self, seg, todo, settings, workers: int, rank: int, produced_by: dict):
-        from napari_vnet.threads import thread_choice
+        from napari_vnet.workflows.threads import thread_choice
 
         self.seg, self.rank, self.produced_by = seg, rank, produced_by
         # chosen once per run: the read-ahead and writer threads run beside the engine

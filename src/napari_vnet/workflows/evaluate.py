@@ -182,9 +182,9 @@ def score_pair(
     """Dice and HD95 (mm) per label of one prediction against its reference.
 
     ``threads``: SimpleITK's threads (resampling; 0/None: chosen for this machine,
-    :func:`napari_vnet.threads.use_threads`). Raises :class:`EvaluationError` (or the
+    :func:`napari_vnet.workflows.threads.use_threads`). Raises :class:`EvaluationError` (or the
     reader's errors) naming the files."""
-    from napari_vnet.threads import use_threads
+    from napari_vnet.workflows.threads import use_threads
 
     with use_threads(threads):
         return _score_pair(pred_path, gt_path, labels=labels, mapping=mapping, resample=resample)
@@ -456,7 +456,7 @@ def score_folders(
     under ``gt_dir`` (:func:`pair_cases`). A pair that cannot be scored is recorded in
     ``failed``, not fatal; ``on_case(case, result_or_None, error_or_None)`` hears of each.
     ``threads`` as for :func:`score_pair`."""
-    from napari_vnet.threads import use_threads
+    from napari_vnet.workflows.threads import use_threads
 
     pairs, unpaired_pred, unpaired_gt = pair_cases(pred_dir, gt_dir)
     scores = FolderScores(unpaired_pred=unpaired_pred, unpaired_gt=unpaired_gt)

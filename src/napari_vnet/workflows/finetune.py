@@ -95,8 +95,8 @@ def spec_to_pair(spec: dict) -> TrainingPair:
             spec["image"], spec["labels"], spec["spacing"], annotated=spec["annotated"],
             name=spec.get("name", ""),
         )  # fmt: skip
-    from napari_vnet.annotations import mask_from_record
     from napari_vnet.io import read_volume
+    from napari_vnet.training.annotations import mask_from_record
 
     img, lab = read_volume(spec["image_path"]), read_volume(spec["labels_path"])
     check_pair_grid(img, lab, spec["image_path"], spec["labels_path"])
@@ -190,9 +190,9 @@ def train(
     """Train on ``pairs`` to the end; each :class:`~napari_vnet.training.TrainingStep` goes
     to ``on_event``; returns the :class:`~napari_vnet.training.TrainingSummary`. Ctrl-C keeps
     the best checkpoint and the resume file (``config.resume`` continues). ``threads``:
-    torch's intra-op threads (0/None: :func:`napari_vnet.threads.thread_choice`)."""
-    from napari_vnet.threads import use_threads
+    torch's intra-op threads (0/None: :func:`napari_vnet.workflows.threads.thread_choice`)."""
     from napari_vnet.training.loop import run_training
+    from napari_vnet.workflows.threads import use_threads
 
     with use_threads(threads):
         return run_training(
@@ -246,9 +246,9 @@ def finetune_job(specs, config: TrainConfig, base, out, *, should_stop):
     """The training proper (in the child process): pairs from specs, then
     :func:`~napari_vnet.training.finetune` (whose plan settles classes and patch as for
     the command line). Torch's threads are chosen keeping one core for the GUI
-    (:func:`napari_vnet.threads.use_threads`)."""
-    from napari_vnet.threads import use_threads
+    (:func:`napari_vnet.workflows.threads.use_threads`)."""
     from napari_vnet.training.loop import finetune
+    from napari_vnet.workflows.threads import use_threads
 
     with use_threads(None, reserve=1):
         pairs = [spec_to_pair(s) for s in specs]
@@ -263,7 +263,7 @@ def export_job(items: list[dict], folder: Path, class_names: dict[int, str]) -> 
     annotated slices get nnU-Net's "ignore" label (K + 1), and the records are kept in
     ``napari_vnet_annotated_slices``.
     """
-    from napari_vnet.annotations import mask_from_record
+    from napari_vnet.training.annotations import mask_from_record
     from napari_vnet.workflows.dataset_export import export_pairs
 
     pairs, records = [], {}

@@ -106,9 +106,9 @@ def propagate_config(
 def kept_mask(labels: np.ndarray, edited: Any) -> np.ndarray:
     """The voxels a propagate keeps (and learns from): ``edited`` is the layer's edit
     record (``metadata["annotated_slices"]``: per label and region, see
-    :func:`napari_vnet.annotation_regions.training_mask`), a bool mask of the labels'
+    :func:`napari_vnet.training.annotation_regions.training_mask`), a bool mask of the labels'
     shape, or z-slice indices. All False when nothing is recorded."""
-    from napari_vnet.annotations import mask_from_record
+    from napari_vnet.training.annotations import mask_from_record
 
     labels = np.asarray(labels)
     mask = mask_from_record(edited, labels.shape, labels)
@@ -215,10 +215,10 @@ def _predict(image, model, card, spacing, device, settings, should_stop, t0):
 
 def child_job(*args: Any, should_stop: Callable[[], bool], **kwargs: Any):
     """:func:`propagate_job` as the training child process runs it: torch's threads are
-    chosen keeping one core for the viewer (:func:`napari_vnet.threads.use_threads`)."""
+    chosen keeping one core for the viewer (:func:`napari_vnet.workflows.threads.use_threads`)."""
     import torch  # noqa: F401 - imported before the threads are chosen, so they apply to it
 
-    from napari_vnet.threads import use_threads
+    from napari_vnet.workflows.threads import use_threads
 
     with use_threads(None, reserve=1):
         return (yield from propagate_job(*args, should_stop=should_stop, **kwargs))

@@ -149,8 +149,8 @@ class Segmenter:
 
     def input_issues(self, vol) -> list:
         """Mismatches between a :class:`~napari_vnet.io.Volume` and the card
-        (:func:`napari_vnet.input_check.check_input`)."""
-        from napari_vnet.input_check import check_input, value_sample
+        (:func:`napari_vnet.workflows.input_check.check_input`)."""
+        from napari_vnet.workflows.input_check import check_input, value_sample
 
         n = vol.ndim
         return check_input(
@@ -180,7 +180,7 @@ class Segmenter:
         ``seconds`` of the outcome: inference, pre- and post-processing included."""
         from napari_vnet.inference import PredictionCancelled, predict
         from napari_vnet.runtime import is_oom
-        from napari_vnet.threads import use_threads
+        from napari_vnet.workflows.threads import use_threads
 
         t0 = time.perf_counter()
         kwargs = dict(settings or {})
@@ -319,7 +319,7 @@ def segment_request(
 def recommended_settings(card) -> dict[str, Any]:
     """The run settings a card recommends under ``history["inference"]`` (else the
     defaults): ``overlap``, ``tta`` and the post-processing ``postprocess`` operations."""
-    from napari_vnet.postprocess import OPERATIONS
+    from napari_vnet.inference.postprocess import OPERATIONS
 
     rec = card.history.get("inference", {}) if isinstance(card.history, dict) else {}
     rec = rec if isinstance(rec, dict) else {}
@@ -391,8 +391,8 @@ def segment_file(
     ``total_seconds``: since ``started``, a ``time.perf_counter()`` value, or since this
     call). Issues of an image the model takes go to ``note``, one line each; raises
     :class:`SegmentRefused` naming the input when it is not segmented."""
-    from napari_vnet.input_check import format_issues
     from napari_vnet.io import VolumeReadError, VolumeWriteError, read_volume
+    from napari_vnet.workflows.input_check import format_issues
 
     started = time.perf_counter() if started is None else started
     try:

@@ -107,7 +107,7 @@ def choose_threads(
     share = max(1, int(share))
     cores = affinity if quota is None else max(1, min(affinity, int(quota)))
     cores = max(1, cores // share)
-    facts = dict(cores=cores, affinity=affinity, quota=quota, helpers=helpers,
+    facts: dict[str, Any] = dict(cores=cores, affinity=affinity, quota=quota, helpers=helpers,
                  helpers_note=helpers_note, reserve=reserve, load=load, own_load=own_load,
                  ceiling=ceiling, share=share)  # fmt: skip
     if requested is not None and requested > 0:

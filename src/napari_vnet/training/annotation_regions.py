@@ -1,6 +1,6 @@
 """What the user corrected, per label and region, not whole slices (no Qt).
 
-The record of :mod:`napari_vnet.annotations` lists the slices the user edited or marked
+The record of :mod:`napari_vnet.training.annotations` lists the slices the user edited or marked
 reviewed. An edited slice also says *what* was edited::
 
     {"axis": 0, "slices": [3, 4, 17], "reviewed": [17],
@@ -214,7 +214,7 @@ class EditRecorder:
         self.bases: dict[tuple[int, int], Any] = {}
 
     def take(self, atoms, axis: int) -> None:
-        from napari_vnet.annotations import slice_state, touched_slices
+        from napari_vnet.training.annotations import slice_state, touched_slices
 
         shape = tuple(self.layer.data.shape)
         if shape != self.log.shape:
@@ -229,7 +229,7 @@ class EditRecorder:
 
     def update(self) -> bool:
         """Write this session's edits into the record; True when it changed."""
-        from napari_vnet.annotations import WHOLE, apply_edits
+        from napari_vnet.training.annotations import WHOLE, apply_edits
 
         changed = False
         for axis in sorted({a for a, _ in self.bases}):

@@ -11,7 +11,7 @@ user also edits while looking along another axis, those slices go to an optional
 ``"more": [{"axis": 1, "slices": [...]}, ...]`` list; :func:`annotated_mask` takes the
 union of all of them. Each entry may also say what was edited on a slice (``"edits"``,
 per label and region) and which slices were marked reviewed (``"reviewed"``, counted
-whole): :mod:`napari_vnet.annotation_regions` turns that into the voxels training learns
+whole): :mod:`napari_vnet.training.annotation_regions` turns that into the voxels training learns
 from (:func:`training_mask`). The GUI's edit tracker (``_widgets._edits.EditTracker``) keeps the
 record up to date from napari's ``paint`` events; everything here is plain data and runs
 in the training child process, which never imports Qt.
@@ -202,7 +202,7 @@ def apply_edits(layer, axis: int, updates: dict[int, Any]) -> bool:
 def training_mask(labels, metadata) -> np.ndarray | None:
     """The voxels of ``labels`` training learns from under the layer's record (edited
     slices per label and region, reviewed slices whole), None when nothing is recorded."""
-    from napari_vnet.annotation_regions import training_mask as regions_mask
+    from napari_vnet.training.annotation_regions import training_mask as regions_mask
 
     return regions_mask(labels, (metadata or {}).get(KEY))
 
