@@ -11,13 +11,13 @@ import pytest
 import torch
 
 from napari_vnet.annotation_regions import encode_runs, training_mask
+from napari_vnet.models import ClassInfo, ModelCard, build_model
 from napari_vnet.workflows.propagate import (
     kept_mask,
     merge,
     propagate,
     propagate_config,
 )
-from napari_vnet.models import ClassInfo, ModelCard, build_model
 
 SPACING = (2.0, 1.0, 1.0)
 CORRECTED = [4, 8, 12]
