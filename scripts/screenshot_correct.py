@@ -27,14 +27,8 @@ SHARED = Path(os.environ.get("NAPARI_VNET_SHARED_DATA", ROOT.parent / "shared" /
 CT = SHARED / "ct-dicom-patient-a" / "dicom"
 WIDTH, HEIGHT = 1920, 1080
 
-
-def _wait(app, condition, timeout=900.0, what="the Segment volume dock") -> None:
-    end = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > end:
-            raise TimeoutError(f"timed out waiting for {what}")
-        app.processEvents()
-        time.sleep(0.02)
+sys.path.insert(0, str(ROOT / "scripts"))
+from screenshot_segment import _wait  # noqa: E402  (the sibling script's event-loop wait)
 
 
 def _settle(app, seconds: float = 1.0) -> None:
