@@ -12,7 +12,7 @@ import torch
 from scipy import ndimage
 from torch import nn
 
-from napari_vnet.correct import SliceQueue, entropy_map, slice_scores
+from napari_vnet.correct import SliceQueue, entropy_map, scan_score, slice_scores
 from napari_vnet.inference import predict
 from napari_vnet.models.card import ClassInfo, ModelCard
 
@@ -99,3 +99,52 @@ def test_slice_scores_and_queue_skip_reviewed():
     assert q.next(reviewed={1, 4}) == 3  # all visited: a new round from the top
     assert q.remaining({1, 4}) == 3
     assert q.next(reviewed={0, 1, 3, 4, 5}) is None
+
+
+def test_scan_score_is_the_mean_uncertainty_in_the_foreground_box():
+    """From probabilities: the entropy map, then the mean inside the predicted foreground's
+    bounding box (background far away, certain, does not dilute it)."""
+    probs = np.zeros((2, 6, 20, 20), np.float32)
+    probs[0] = 1.0  # certain background everywhere ...
+    probs[:, 2:4, 5:10, 5:10] = 0.5  # ... but a box where both classes are equally likely
+    probs[:, 2:4, 5:10, 5] = [[[0.1]], [[0.9]]]  # its first column: fairly sure of class 1
+    labels = probs.argmax(0).astype(np.uint8)
+    u = entropy_map(probs)
+    box = (slice(2, 4), slice(5, 10), slice(5, 6))
+    assert labels[box].all() and labels.sum() == labels[box].size  # the foreground's box
+    expected = u[box].mean() / 255
+    assert scan_score(u, labels) == pytest.approx(expected)
+    assert 0.4 < expected < 0.5  # entropy of (0.1, 0.9) / log 2 = 0.469
+    # no foreground: the whole volume's mean; without labels too
+    assert scan_score(u, np.zeros_like(labels)) == pytest.approx(u.mean() / 255)
+    assert scan_score(u) == pytest.approx(u.mean() / 255)
+    # a wider uncertain region in the box makes the scan less certain
+    more = probs.copy()
+    more[:, 2:4, 5:10, 5:8] = 0.5
+    more[1, 2:4, 5:10, 5:8] += 1e-3  # argmax: class 1 there (the same box)
+    assert scan_score(entropy_map(more), more.argmax(0)) > scan_score(u, labels)
+    assert scan_score(np.zeros((3, 4, 4), np.uint8), np.ones((3, 4, 4))) == 0.0
+    with pytest.raises(ValueError, match="differ"):
+        scan_score(u, labels[:3])
+    with pytest.raises(ValueError, match="3-D"):
+        scan_score(u[0])
+
+
+def test_predict_with_uncertainty_gives_the_scan_score():
+    """The Segment workflow's outcome carries the scan score (cheap: from the uint8 map
+    the engine computes slab by slab), and the result layer's record holds it."""
+    from napari_vnet.workflows.segment import JobDone, Segmenter, result_info
+
+    img = np.random.default_rng(0).normal(0, 1, (10, 12, 12)).astype(np.float32)
+    seg = Segmenter(Net(), card())
+    done = seg.segment(img, name="x", spacing=(1.0, 1.0, 1.0),
+                       settings={"device": "cpu", "return_uncertainty": True})  # fmt: skip
+    assert isinstance(done, JobDone) and done.uncertainty is not None
+    assert done.uncertainty_score == pytest.approx(scan_score(done.uncertainty, done.labels))
+    assert 0.0 < done.uncertainty_score < 1.0
+    info = result_info(card(), "tiny", "w.pt", {}, (1.0, 1.0, 1.0), done)
+    assert info["uncertainty_score"] == pytest.approx(done.uncertainty_score, abs=1e-5)
+    plain = seg.segment(img, name="x", spacing=(1.0, 1.0, 1.0), settings={"device": "cpu"})
+    assert plain.uncertainty_score is None
+    assert np.array_equal(plain.labels, done.labels)  # the map changes no label
+    assert "uncertainty_score" not in result_info(card(), "tiny", "w", {}, None, plain)

@@ -10,7 +10,7 @@ import pytest
 import SimpleITK as sitk
 
 from napari_vnet.workflows.worklist import PROJECT_FILENAME, ScanProject
-from napari_vnet.workflows.worklist_scan import discover_scans, read_scan
+from napari_vnet.workflows.worklist_scan import discover_scans, order_scans, read_scan
 
 SPACING_XYZ = (0.5, 0.75, 2.0)
 
@@ -118,6 +118,32 @@ def test_project_statuses_labels_and_training_pairs(scans, tmp_path):
     assert pair["annotated_slices"] == ann
     with pytest.raises(ValueError, match="unknown scan status"):
         reopened.mark(entry.key, "done")
+
+
+def test_project_keeps_the_uncertainty_score_of_the_newest_scored_prediction(tmp_path):
+    project = ScanProject(tmp_path / "work", tmp_path)
+    assert project.uncertainty("a") is None  # never predicted
+    project.mark("a", "predicted", weights="w.pt", uncertainty=0.123456789)
+    assert project.uncertainty("a") == pytest.approx(0.12346)
+    project.mark("a", "corrected")  # no score given: the last one stays
+    project.mark("b", "predicted", weights="w.pt")  # predicted without a score
+    reopened = ScanProject(tmp_path / "work")
+    assert reopened.uncertainty("a") == pytest.approx(0.12346)
+    assert reopened.record("a")["uncertainty"] == pytest.approx(0.12346)
+    assert reopened.uncertainty("b") is None
+    reopened.mark("a", "predicted", uncertainty=0.5)  # a new prediction: its score
+    assert ScanProject(tmp_path / "work").uncertainty("a") == 0.5
+
+
+def test_order_least_certain_first_puts_unpredicted_scans_last():
+    scores = {"a": 0.2, "b": None, "c": 0.7, "d": 0.2, "e": None, "f": 0.0}
+    keys = list(scores)
+    assert order_scans(keys, scores.get, "folder") == keys
+    # highest uncertainty first; ties and unscored scans keep the listing order
+    assert order_scans(keys, scores.get, "least certain first") == ["c", "a", "d", "f", "b", "e"]
+    assert order_scans([], scores.get, "least certain first") == []
+    with pytest.raises(ValueError, match="unknown order"):
+        order_scans(keys, scores.get, "random")
 
 
 def test_project_merges_per_key_and_rejects_garbage(tmp_path):

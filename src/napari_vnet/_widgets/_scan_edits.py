@@ -58,31 +58,44 @@ class ScanEditsMixin(ScansDockFields):
         if source and image is not None and source != image.name:
             weights = None  # a prediction of some other image: not this scan's
         if weights and self.current is not None and self.project is not None:
-            self._mark(self.current.key, "predicted", entry=self.current, weights=weights)
+            score = record.get("uncertainty_score")
+            self._mark(
+                self.current.key, "predicted", entry=self.current, weights=weights,
+                uncertainty=score if isinstance(score, int | float) else None,
+            )  # fmt: skip
 
     def _status(self, key: str) -> str:
         """A scan's status, including changes still being written to the project."""
         ahead = self._status_ahead.get(key)
         return ahead if ahead is not None else self.project.status(key)
 
-    def _mark(self, key: str, status: str, *, entry=None, weights=None) -> bool:
-        """Move a scan's status now (table, signal) and in its project file in the
-        writer thread (the file is written with fsync: never on the GUI thread)."""
+    def _mark(self, key: str, status: str, *, entry=None, weights=None, uncertainty=None) -> bool:
+        """Move a scan's status (and its uncertainty score, when given) now (table,
+        signal) and in its project file in the writer thread (the file is written with
+        fsync: never on the GUI thread)."""
         project = self.project
         changed = STATUSES.index(status) > STATUSES.index(self._status(key))
         if changed:
             self._status_ahead[key] = status
+        if uncertainty is not None:
+            self._score_ahead[key] = float(uncertainty)
 
         def written(_result, key=key, project=project):
             ahead = self._status_ahead.get(key)
             if ahead is not None and project is self.project:
                 if STATUSES.index(project.status(key)) >= STATUSES.index(ahead):
                     del self._status_ahead[key]
+            if uncertainty is not None and project is self.project:
+                if self._score_ahead.get(key) == uncertainty:  # on disk now (a newer
+                    del self._score_ahead[key]  # score stays ahead)
             self._refresh_key(key)
 
-        self.saver.run(
-            lambda: project.mark(key, status, entry=entry, weights=weights), then=written
-        )
+        def write():
+            return project.mark(
+                key, status, entry=entry, weights=weights, uncertainty=uncertainty
+            )
+
+        self.saver.run(write, then=written)
         if changed:
             self.status_changed.emit(key, status)
         self._refresh_key(key)

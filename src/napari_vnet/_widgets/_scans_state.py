@@ -55,6 +55,7 @@ class ScansDockFields:
     _dirty: set[int]  # id() of edited Labels layers
     _trackers: dict[int, Any]  # id() of a Labels layer -> its EditTracker
     _status_ahead: dict[str, str]  # statuses still being written
+    _score_ahead: dict[str, float]  # uncertainty scores still being written
     _restoring: bool  # layers being filled by the dock itself (not user edits)
     _closing: bool  # layers being removed by the dock itself
     # --- loading

@@ -1,4 +1,10 @@
-"""The table of the "Scans" dock: one row per scan, its status colour and the filter."""
+"""The table of the "Scans" dock: one row per scan, its status colour and uncertainty, the
+filter and the order.
+
+Ordering moves rows only in the view (the vertical header's sections): a row's index, the
+``entries`` list and ``row_of`` keep the listing order; :meth:`ScanTable.visual_rows` gives
+the rows top to bottom.
+"""
 
 from __future__ import annotations
 
@@ -10,12 +16,13 @@ from qtpy.QtWidgets import QAbstractItemView, QHeaderView, QTableWidget, QTableW
 
 from napari_vnet.io.label_names import pairing_rule
 from napari_vnet.workflows.worklist import BROKEN, STATUSES
-from napari_vnet.workflows.worklist_scan import ScanEntry
+from napari_vnet.workflows.worklist_scan import ScanEntry, order_scans
 
-COLUMNS = ("Scan", "Status", "Shape (z, y, x)", "Spacing (mm)", "Size")
-COL_SCAN, COL_STATUS = 0, 1
-#: columns hidden first when the dock is narrow (size, spacing, shape): what remains fits
-OPTIONAL_COLUMNS = (4, 3, 2)
+COLUMNS = ("Scan", "Status", "Shape (z, y, x)", "Spacing (mm)", "Size", "Uncertainty")
+COL_SCAN, COL_STATUS, COL_UNCERTAINTY = 0, 1, 5
+#: columns hidden first when the dock is narrow (size, spacing, shape, uncertainty): what
+#: remains fits
+OPTIONAL_COLUMNS = (4, 3, 2, 5)
 #: the narrowest the scan-name column gets before an optional column is hidden
 MIN_SCAN_WIDTH = 130
 STATUS_COLORS = {
@@ -26,6 +33,7 @@ STATUS_COLORS = {
     "reviewed": "#5cc46b",
     BROKEN: "#e05050",
 }
+_RIGHT = Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter
 #: the choices of the "Show" filter
 FILTERS = ("all", "to do (not reviewed)", *STATUSES, BROKEN)
 
@@ -49,14 +57,22 @@ def matches(status: str, wanted: str) -> bool:
 
 
 class ScanTable(QTableWidget):
-    """The scans of a worklist, in listing order; ``status_of(entry)`` gives each status."""
+    """The scans of a worklist; ``status_of(entry)`` gives each status and
+    ``uncertainty_of(entry)`` its uncertainty score (None: not predicted)."""
 
-    def __init__(self, status_of: Callable[[ScanEntry], str], parent=None):
+    def __init__(
+        self,
+        status_of: Callable[[ScanEntry], str],
+        uncertainty_of: Callable[[ScanEntry], float | None] = lambda _e: None,
+        parent=None,
+    ):
         super().__init__(0, len(COLUMNS), parent)
         self.status_of = status_of
+        self.uncertainty_of = uncertainty_of
         self.entries: list[ScanEntry] = []
         self.row_of: dict[str, int] = {}
         self.current_key: str | None = None
+        self.order = "folder"
         self.setHorizontalHeaderLabels(COLUMNS)
         self.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
         self.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
@@ -69,6 +85,7 @@ class ScanTable(QTableWidget):
         header.setStretchLastSection(False)
         self.setTextElideMode(Qt.TextElideMode.ElideMiddle)
         self.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        header.moveSection(COL_UNCERTAINTY, COL_STATUS + 1)  # shown beside the status
 
     def _column_width(self, col: int) -> int:
         """The width the column's texts need (also while it is hidden; the first 200
@@ -115,6 +132,8 @@ class ScanTable(QTableWidget):
                 self._fill_row(row, entry)
         finally:
             self.setUpdatesEnabled(True)
+        if self.order != "folder":
+            self.apply_order()
         self.fit_columns()
 
     def _fill_row(self, row: int, entry: ScanEntry) -> None:
@@ -127,7 +146,7 @@ class ScanTable(QTableWidget):
         tip += f"\n{shape} voxels, {spacing} mm, {size}"
         for lab in getattr(entry, "labels", ()) or ():  # where its labels come from
             tip += f"\nlabels: {pairing_rule(lab, entry.path)}"
-        for col, text in enumerate((entry.name, "", shape, spacing, size)):
+        for col, text in enumerate((entry.name, "", shape, spacing, size, "")):
             item = QTableWidgetItem(text)
             item.setToolTip(tip)
             if col == COL_SCAN:
@@ -144,6 +163,11 @@ class ScanTable(QTableWidget):
         if item is None:
             return
         item.setText(status)
+        score = None if entry.broken else self.uncertainty_of(entry)
+        score_item = self.item(row, COL_UNCERTAINTY)
+        if score_item is not None:
+            score_item.setText("—" if score is None else f"{score:.3f}")
+            score_item.setTextAlignment(_RIGHT)
         color = STATUS_COLORS.get(status)
         bold = self.current_key is not None and entry.key == self.current_key
         for col in range(len(COLUMNS)):
@@ -176,17 +200,48 @@ class ScanTable(QTableWidget):
                 self.setRowHidden(row, hide)
 
     def visible_entries(self) -> list[ScanEntry]:
-        return [e for r, e in enumerate(self.entries) if not self.isRowHidden(r)]
+        """The shown scans, top to bottom."""
+        return [self.entries[r] for r in self.visual_rows() if not self.isRowHidden(r)]
+
+    # ---------------------------------------------------------------- order
+    def visual_rows(self) -> list[int]:
+        """Every row, in the order shown (top to bottom)."""
+        header = self.verticalHeader()
+        return [header.logicalIndex(v) for v in range(self.rowCount())]
+
+    def set_order(self, order: str) -> None:
+        """Show the rows in ``order`` (one of
+        :data:`~napari_vnet.workflows.worklist_scan.ORDERS`)."""
+        order_scans((), self.uncertainty_of, order)  # refuses an unknown order
+        self.order = order
+        self.apply_order()
+
+    def apply_order(self) -> None:
+        """Move the rows (in the view only) to the current order, e.g. after a new score."""
+        by_key = {e.key: e for e in self.entries}
+        keys = order_scans(
+            by_key, lambda k: None if by_key[k].broken else self.uncertainty_of(by_key[k]),
+            self.order,
+        )  # fmt: skip
+        header = self.verticalHeader()
+        for visual, key in enumerate(keys):
+            row = self.row_of[key]
+            if header.visualIndex(row) != visual:
+                header.moveSection(header.visualIndex(row), visual)
 
     def step_target(self, from_key: str | None, direction: int) -> ScanEntry | None:
-        """The next shown, readable scan after ``from_key`` (``direction`` +1 or -1)."""
-        rows = [r for r, e in enumerate(self.entries) if not self.isRowHidden(r) and not e.broken]
+        """The next shown, readable scan after ``from_key`` in the order shown
+        (``direction`` +1 or -1)."""
+        order = self.visual_rows()
+        rows = [r for r in order if not self.isRowHidden(r) and not self.entries[r].broken]
         if not rows:
             return None
         here = self.row_of.get(from_key) if from_key is not None else None
         if here is None:
             return self.entries[rows[0] if direction > 0 else rows[-1]]
-        after = [r for r in rows if (r - here) * direction > 0]
+        header = self.verticalHeader()
+        at = header.visualIndex(here)
+        after = [r for r in rows if (header.visualIndex(r) - at) * direction > 0]
         if not after:
             return None
         return self.entries[after[0] if direction > 0 else after[-1]]

@@ -6,6 +6,12 @@ PageUp/PageDown in the viewer), and keeps each scan's status, weights, time stam
 autosaved Labels layers in a project file inside a work folder
 (:class:`napari_vnet.workflows.worklist.ScanProject`).
 
+A scan predicted while it is shown here gets an uncertainty score (the Segment dock then
+computes the uncertainty map, whether or not it shows it as a layer;
+:func:`napari_vnet.correct.uncertainty.scan_score`), kept in the project and shown in the
+"Uncertainty" column; "Order: least certain first" lists (and steps through) the least
+certain scans first, the ones not predicted yet last.
+
 Stepping through scans of clinical size stays fluid because the GUI thread does only
 what napari itself must do:
 
@@ -57,7 +63,7 @@ from napari_vnet._widgets._scans_table import FILTERS, ScanTable
 from napari_vnet._widgets._session import join_session
 from napari_vnet.io.paths import printable
 from napari_vnet.workflows.worklist import BROKEN, ProjectError, ScanProject
-from napari_vnet.workflows.worklist_scan import ScanEntry, discover_scans
+from napari_vnet.workflows.worklist_scan import ORDERS, ScanEntry, discover_scans
 
 if TYPE_CHECKING:
     import napari
@@ -152,6 +158,7 @@ class ScansWidget(ScanLoadingMixin, ScanEditsMixin, QWidget):
         self._syncing = False
         self.saver = BackgroundSaver(self)
         self._status_ahead: dict[str, str] = {}  # statuses still being written
+        self._score_ahead: dict[str, float] = {}  # uncertainty scores still being written
         self.saver.saved.connect(self._on_saved)
         self.saver.failed.connect(self._on_save_failed)
         self._build()
@@ -195,8 +202,19 @@ class ScansWidget(ScanLoadingMixin, ScanEditsMixin, QWidget):
         self.rescan_button.clicked.connect(self.rescan)
         row.addWidget(self.rescan_button)
         layout.addLayout(row)
+        row = QHBoxLayout()
+        row.addWidget(QLabel("Order"))
+        self.order_combo = QComboBox()
+        self.order_combo.addItems(list(ORDERS))
+        self.order_combo.setToolTip(
+            "folder: as listed; least certain first: the scans whose prediction the model is "
+            "least sure of first (review those first), scans not predicted yet last"
+        )
+        self.order_combo.currentTextChanged.connect(self._on_order)
+        row.addWidget(self.order_combo, 1)
+        layout.addLayout(row)
 
-        self.table = ScanTable(self.status_of)
+        self.table = ScanTable(self.status_of, self.uncertainty_of)
         self.table.itemSelectionChanged.connect(self._on_selection)
         layout.addWidget(self.table, 1)
 
@@ -289,6 +307,7 @@ class ScansWidget(ScanLoadingMixin, ScanEditsMixin, QWidget):
             "work_folder": str(self.work_folder) if self.work_folder else None,
             "predict_on_open": self.predict_check.isChecked(),
             "autosave_minutes": self.autosave_spin.value(),
+            "order": self.order_combo.currentText(),
         }
         path = self._settings_path()
         try:
@@ -305,6 +324,8 @@ class ScansWidget(ScanLoadingMixin, ScanEditsMixin, QWidget):
             return
         self.predict_check.setChecked(bool(data.get("predict_on_open", False)))
         self.autosave_spin.setValue(int(data.get("autosave_minutes", 2) or 2))
+        if data.get("order") in ORDERS:
+            self.order_combo.setCurrentText(data["order"])
         scans, work = data.get("scans_folder"), data.get("work_folder")
         try:  # a remembered folder that cannot be listed must never stop the dock
             if scans and Path(scans).is_dir():
@@ -350,11 +371,13 @@ class ScansWidget(ScanLoadingMixin, ScanEditsMixin, QWidget):
             self.project.release_session()
         self.work_folder, self.project = work, project
         self._status_ahead.clear()
+        self._score_ahead.clear()
         self.work_edit.setText(printable(self.work_folder))
         for notice in (project.notice, project.acquire_session("napari")):
             if notice:
                 self._notify("warning", notice)
         self.table.refresh_all()
+        self.table.apply_order()
         self._apply_filter()
         if save:
             self._save_settings()
@@ -416,9 +439,37 @@ class ScansWidget(ScanLoadingMixin, ScanEditsMixin, QWidget):
             return BROKEN
         return self._status(entry.key) if self.project else "not opened"
 
+    def uncertainty_of(self, entry: ScanEntry) -> float | None:
+        """The scan's uncertainty score (0..1), None when it was not predicted (with a
+        score) yet; a score still being written counts."""
+        if entry.key in self._score_ahead:
+            return self._score_ahead[entry.key]
+        return self.project.uncertainty(entry.key) if self.project else None
+
+    def scores_image(self, layer) -> bool:
+        """Whether a prediction of ``layer`` gets an uncertainty score here (it shows the
+        current scan)."""
+        shown = self.current is not None and layer is self._image_layer
+        return self.project is not None and shown
+
+    def set_order(self, order: str) -> None:
+        """List (and step through) the scans in ``order``: "folder" or "least certain
+        first"."""
+        index = self.order_combo.findText(order)
+        if index < 0:
+            raise ValueError(f"unknown order {order!r}; expected one of {ORDERS}")
+        self.order_combo.setCurrentIndex(index)
+
+    def _on_order(self, order: str) -> None:
+        self.table.set_order(order)
+        self._prefetch = None  # the scan after this one may be another now
+        self._save_settings()
+
     def _refresh_key(self, key: str) -> None:
         self.table.current_key = self.current.key if self.current else None
         self.table.refresh_key(key)
+        if self.table.order != "folder":
+            self.table.apply_order()
         self._apply_filter()
         self._update_summary(scanning=self._discovery is not None)
 

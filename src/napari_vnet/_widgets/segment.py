@@ -261,13 +261,14 @@ class SegmentWidget(QWidget):
             show_error(problem)
             return None
         layer = self.image.value
+        settings = self.settings()
         request = RunRequest(
             image=layer.data[0] if layer.multiscale else layer.data,
             image_name=layer.name,
             spacing=layer_spacing(layer),
             weights=self.model.current_weights,
             arch=self.model.current_arch,
-            settings=self.settings(),
+            settings=self._job_settings(layer, settings),
         )
         self._job = job = SegmentJob(request)
         self._jobs.append(job)
@@ -277,7 +278,7 @@ class SegmentWidget(QWidget):
             "data": layer.data,
             "weights": request.weights,
             "arch": request.arch,
-            "settings": dict(request.settings),
+            "settings": dict(settings),  # the user's: the uncertainty layer only if asked
             "spacing": request.spacing,
         }
         worker = thread_worker(job.events, start_thread=False)()
@@ -289,6 +290,14 @@ class SegmentWidget(QWidget):
         self._set_running(True)
         worker.start()
         return worker
+
+    def _job_settings(self, layer, settings: dict[str, Any]) -> dict[str, Any]:
+        """``settings``, with the uncertainty map when the Scans dock scores this image
+        (its "Uncertainty" column; the layer is shown only when the user asked for it)."""
+        scans = self.session.scans
+        if scans is not None and scans.scores_image(layer):
+            return {**settings, "return_uncertainty": True}
+        return settings
 
     def cancel(self) -> None:
         """Stop the running segmentation at its next batch; no layer is added."""

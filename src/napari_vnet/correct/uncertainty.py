@@ -8,7 +8,9 @@ probability array.
 
 A slice's score (:func:`slice_scores`) is the mean uncertainty of its voxels (0..1); a
 :class:`SliceQueue` walks the slices from the most uncertain down, skipping the slices
-the user has reviewed (edited), and back again.
+the user has reviewed (edited), and back again. A scan's score (:func:`scan_score`, the
+Scans dock's "Uncertainty" column) is the mean uncertainty inside the bounding box of the
+predicted foreground.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from collections.abc import Iterable
 
 import numpy as np
 
-__all__ = ["SCALE", "SliceQueue", "entropy_map", "slice_scores", "to_unit"]
+__all__ = ["SCALE", "SliceQueue", "entropy_map", "scan_score", "slice_scores", "to_unit"]
 
 #: the uint8 value of the largest uncertainty (all classes equally likely)
 SCALE = 255
@@ -53,6 +55,38 @@ def slice_scores(uncertainty: np.ndarray, axis: int = 0) -> np.ndarray:
         raise ValueError(f"the uncertainty map must be 3-D, got shape {u.shape}")
     others = tuple(a for a in range(3) if a != axis)
     return u.astype(np.float64).mean(axis=others) / SCALE
+
+
+def foreground_box(labels: np.ndarray) -> tuple[slice, ...] | None:
+    """The bounding box of the non-zero voxels of a 3-D label map; None when all are 0."""
+    lab = np.asarray(labels)
+    zs = np.flatnonzero(lab.any(axis=(1, 2)))
+    if zs.size == 0:
+        return None
+    slab = lab[zs[0] : zs[-1] + 1]  # the y and x extents from the occupied slices only
+    ys = np.flatnonzero(slab.any(axis=(0, 2)))
+    xs = np.flatnonzero(slab.any(axis=(0, 1)))
+    return tuple(slice(int(a[0]), int(a[-1]) + 1) for a in (zs, ys, xs))
+
+
+def scan_score(uncertainty: np.ndarray, labels: np.ndarray | None = None) -> float:
+    """How uncertain a whole prediction is (0..1): the mean of the uint8 ``uncertainty``
+    map (:func:`entropy_map`) inside the bounding box of the predicted foreground
+    (``labels != 0``); over the whole volume when ``labels`` is None or all background.
+
+    The box, not the whole volume, so that the air and table around a patient (certain
+    background) do not dilute the score of a scan with a large field of view.
+    """
+    u = np.asarray(uncertainty)
+    if u.ndim != 3:
+        raise ValueError(f"the uncertainty map must be 3-D, got shape {u.shape}")
+    box = None
+    if labels is not None:
+        if tuple(np.shape(labels)) != u.shape:
+            raise ValueError(f"labels {np.shape(labels)} and uncertainty {u.shape} differ")
+        box = foreground_box(labels)
+    region = u if box is None else u[box]
+    return float(region.mean(dtype=np.float64) / SCALE) if region.size else 0.0
 
 
 class SliceQueue:

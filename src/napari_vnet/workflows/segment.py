@@ -85,6 +85,9 @@ class JobDone:
     uncertainty: np.ndarray | None = None  # uint8, when the settings asked for it
     probabilities: np.ndarray | None = None  # when the settings asked for them
     threads: int | None = None  # torch intra-op threads the run used
+    #: the scan's score (0..1, :func:`napari_vnet.correct.uncertainty.scan_score`), with
+    #: the uncertainty map
+    uncertainty_score: float | None = None
 
 
 @dataclass
@@ -215,7 +218,17 @@ class Segmenter:
             uncertainty=pred.uncertainty,
             probabilities=pred.probabilities,
             threads=used.threads,
+            uncertainty_score=_scan_score(pred.uncertainty, pred.labels),
         )
+
+
+def _scan_score(uncertainty: np.ndarray | None, labels: np.ndarray) -> float | None:
+    """The uncertainty score of a prediction (None without an uncertainty map)."""
+    if uncertainty is None:
+        return None
+    from napari_vnet.correct.uncertainty import scan_score
+
+    return scan_score(uncertainty, labels if labels.shape == uncertainty.shape else None)
 
 
 def refusal_text(issues) -> str | None:
@@ -336,8 +349,9 @@ def recommended_settings(card) -> dict[str, Any]:
 def result_info(
     card, model_name: str, weights, settings: dict[str, Any], spacing, done: JobDone
 ) -> dict[str, Any]:
-    """What a result layer records of its run (``metadata["napari_vnet"]``)."""
-    return {
+    """What a result layer records of its run (``metadata["napari_vnet"]``); with the
+    run's ``uncertainty_score`` when it has one."""
+    info = {
         "model": card.arch,
         "model_name": model_name,
         "weights": str(weights),
@@ -354,6 +368,9 @@ def result_info(
             "windows": done.windows,
         },
     }
+    if done.uncertainty_score is not None:
+        info["uncertainty_score"] = round(float(done.uncertainty_score), 5)
+    return info
 
 
 # ------------------------------------------------------------------------ one file

@@ -4,7 +4,7 @@ Qt-free core behind the "Scans" dock (:mod:`napari_vnet._widgets.scans`).
 :class:`ScanProject` keeps, in a work folder of the user's choice (the scans folder may be
 read-only), a small JSON project file (written atomically) with each scan's status
 (``not opened`` -> ``opened`` -> ``predicted`` -> ``corrected`` -> ``reviewed``), the
-weights used, time stamps, the autosaved label volumes and their edited-slice records.
+weights used, the prediction's uncertainty score, time stamps, the autosaved label volumes and their edited-slice records.
 The scans themselves are listed by
 :func:`napari_vnet.workflows.worklist_scan.discover_scans` (headers only).
 """
@@ -374,6 +374,12 @@ class ScanProject:
         rec = self.records.get(key)
         return rec["status"] if rec else "not opened"
 
+    def uncertainty(self, key: str) -> float | None:
+        """The scan's uncertainty score (0..1) from its newest scored prediction; None
+        when it has none."""
+        value = (self.records.get(key) or {}).get("uncertainty")
+        return float(value) if isinstance(value, int | float) else None
+
     def mark(
         self,
         key: str,
@@ -382,13 +388,16 @@ class ScanProject:
         entry: ScanEntry | None = None,
         weights: str | os.PathLike | None = None,
         force: bool = False,
+        uncertainty: float | None = None,
     ) -> bool:
         """Move a scan to ``status`` (forward only unless ``force``); returns True if changed.
 
         The time stamp of the status is recorded (``times[status]``) even when the status
         does not move (e.g. a second prediction updates ``times["predicted"]`` and weights).
-        The change is applied to the record as it is on disk (another session's later
-        status is kept).
+        ``uncertainty``: the prediction's score
+        (:func:`napari_vnet.correct.uncertainty.scan_score`), kept as the record's
+        ``uncertainty`` until a newer prediction brings one. The change is applied to the
+        record as it is on disk (another session's later status is kept).
         """
         if status not in STATUSES:
             raise ValueError(f"unknown scan status {status!r}; expected one of {STATUSES}")
@@ -398,6 +407,8 @@ class ScanProject:
             rec["times"]["updated"] = now
             if weights is not None:
                 rec["weights"] = str(weights)
+            if uncertainty is not None:
+                rec["uncertainty"] = round(float(uncertainty), 5)
             changed = force or STATUSES.index(status) > STATUSES.index(rec["status"])
             if changed:
                 rec["status"] = status

@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import os
 import stat
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,10 +38,15 @@ from napari_vnet.io.reading import read_file_header
 logger = logging.getLogger(__name__)
 
 __all__ = [
+    "ORDERS",
     "ScanEntry",
     "discover_scans",
+    "order_scans",
     "read_scan",
 ]
+
+#: how the Scans dock orders its list: as listed, or the least certain prediction first
+ORDERS = ("folder", "least certain first")
 
 
 @dataclass
@@ -385,3 +390,23 @@ def _file_scan(
                 error=f"{printable(item.path)}: image data without its .hdr header",
             )
         # .raw / .img companions of a header are read through the header
+
+
+def order_scans(
+    keys: Iterable[str], scores: Callable[[str], float | None], order: str = "folder"
+) -> list[str]:
+    """The scan ``keys`` in the order ``order`` (one of :data:`ORDERS`).
+
+    ``"folder"``: as given (the listing order). ``"least certain first"``: by
+    ``scores(key)`` (a scan's uncertainty, 0..1) from the highest down, as active learning
+    picks the scans to annotate; scans without a score (not predicted yet) come last; ties
+    and unscored scans keep the listing order.
+    """
+    if order not in ORDERS:
+        raise ValueError(f"unknown order {order!r}; expected one of {ORDERS}")
+    keys = list(keys)
+    if order == "folder":
+        return keys
+    scored = [(scores(k), i, k) for i, k in enumerate(keys)]
+    known = sorted((-s, i, k) for s, i, k in scored if s is not None)
+    return [k for _s, _i, k in known] + [k for s, _i, k in scored if s is None]
