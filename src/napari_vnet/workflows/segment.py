@@ -133,15 +133,19 @@ class Segmenter:
     weights: Path | None = None
 
     @classmethod
-    def load(cls, weights: str | os.PathLike) -> Segmenter:
-        """Load ``weights`` (a path or a shipped name) on the CPU; raises
-        :class:`WeightsUnusable` when they cannot be found or read."""
+    def load(
+        cls, weights: str | os.PathLike, *, folds: Any = None, checkpoint: str | None = None
+    ) -> Segmenter:
+        """Load ``weights`` (a path or a shipped name) on the CPU (``folds``, ``checkpoint``:
+        inside an nnU-Net folder); raises :class:`WeightsUnusable` when they cannot be
+        found or read."""
         from napari_vnet.models import CheckpointError
         from napari_vnet.weights import load_weights, resolve_weights
 
         try:
             path = resolve_weights(weights)
-            model, card = load_weights(path, map_location="cpu")
+            model, card = load_weights(path, map_location="cpu", folds=folds,
+                                       checkpoint=checkpoint)  # fmt: skip
         except (CheckpointError, OSError, ValueError) as exc:
             raise WeightsUnusable(str(exc)) from exc
         return cls(model, card, path)
@@ -172,13 +176,16 @@ class Segmenter:
         should_stop: Callable[[], bool] | None = None,
     ) -> Outcome:
         """Run :func:`napari_vnet.inference.predict` on ``image`` (an array, a Volume or a
-        prepared input) with ``settings`` (its keyword arguments). ``seconds`` of the
+        prepared input) with ``settings`` (its keyword arguments, and the label options
+        of :func:`napari_vnet.workflows.outputs.clean_labels`). ``seconds`` of the
         outcome: inference, pre- and post-processing included."""
         from napari_vnet.inference import PredictionCancelled, predict
         from napari_vnet.runtime import is_oom
+        from napari_vnet.workflows.outputs import clean_labels, pop_label_options
 
         t0 = time.perf_counter()
         kwargs = dict(settings or {})
+        cleanup = pop_label_options(kwargs)
         if progress is not None:
             kwargs["progress"] = progress
         if should_stop is not None:
@@ -197,6 +204,9 @@ class Segmenter:
             return JobFailed(f"Cannot segment '{name}' with {shown}: {exc}", exc)
         if should_stop is not None and should_stop():  # cancelled during the last batch
             return JobCancelled(time.perf_counter() - t0)
+        if cleanup:
+            where = spacing if spacing is not None else getattr(image, "spacing", None)
+            pred.labels = clean_labels(pred.labels, spacing=where, **cleanup)
         return JobDone(
             labels=pred.labels,
             card=self.card,
@@ -376,14 +386,17 @@ def segment_file(
     progress: Callable[[int, int], Any] | None = None,
     note: Callable[[str], Any] | None = None,
     started: float | None = None,
+    extras: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Read ``source``, check it against the card, segment it and write the label map to
-    ``out``; the run's summary (``seconds``: inference with pre/post-processing;
+    ``out`` (and the files ``extras`` asks for: :func:`napari_vnet.workflows.outputs.write_extras`,
+    their paths in the summary); the run's summary (``seconds``: inference with pre/post-processing;
     ``total_seconds``: since ``started``, a ``time.perf_counter()`` value, or since this
     call). Issues of an image the model takes go to ``note``, one line each; raises
     :class:`SegmentRefused` naming the input when it is not segmented."""
     from napari_vnet.input_check import format_issues
     from napari_vnet.io import VolumeReadError, VolumeWriteError, read_volume
+    from napari_vnet.workflows.outputs import write_extras
 
     started = time.perf_counter() if started is None else started
     try:
@@ -406,9 +419,10 @@ def segment_file(
         raise SegmentRefused(f"{source}: cancelled")
     try:
         written = write_labels(done.labels, out, vol, seg.card)
+        more = write_extras(done.labels, written, vol, seg.card, str(source), extras or {})
     except (VolumeWriteError, OSError, ValueError) as exc:
         raise SegmentRefused(str(exc)) from exc
-    return _file_summary(seg, source, written, vol, done, settings, started)
+    return {**_file_summary(seg, source, written, vol, done, settings, started), **more}
 
 
 def _file_summary(seg, source, written, vol, done: JobDone, settings, started) -> dict[str, Any]:
