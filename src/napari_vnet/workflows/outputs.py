@@ -192,9 +192,8 @@ def write_png(path: str | Path, rgb: np.ndarray) -> Path:
     return path
 
 
-def _square_pixels(plane: np.ndarray, rows_mm: float, cols_mm: float) -> np.ndarray:
-    """``plane`` resampled (nearest) so that its pixels are square on screen."""
-    step = min(rows_mm, cols_mm)
+def _square_pixels(plane: np.ndarray, rows_mm: float, cols_mm: float, step: float) -> np.ndarray:
+    """``plane`` resampled (nearest) to square pixels of ``step`` mm."""
     h = max(1, int(round(plane.shape[0] * rows_mm / step)))
     w = max(1, int(round(plane.shape[1] * cols_mm / step)))
     ri = np.minimum((np.arange(h) * plane.shape[0]) // h, plane.shape[0] - 1)
@@ -204,8 +203,9 @@ def _square_pixels(plane: np.ndarray, rows_mm: float, cols_mm: float) -> np.ndar
 
 def preview_image(image: np.ndarray, labels: np.ndarray, spacing, card) -> np.ndarray:
     """``(h, w, 3)`` uint8: axial, coronal and sagittal slices through the centre of the
-    mask (of the volume when the mask is empty), the image in grey (1st-99th percentile)
-    and each class in its colour at half opacity."""
+    mask (of the volume when the mask is empty), side by side at one scale (square pixels
+    of the finest spacing), the image in grey (1st-99th percentile) and each class in its
+    colour at half opacity."""
     from napari_vnet.io.label_names import class_colors
 
     image = np.asarray(image, dtype=np.float32)
@@ -227,8 +227,10 @@ def preview_image(image: np.ndarray, labels: np.ndarray, spacing, card) -> np.nd
         (grey[:, :, x][::-1], labels[:, :, x][::-1], sz, sy),
     ]
     panels = []
+    step = min(sz, sy, sx)  # one scale for the three views
     for g, lab, rows_mm, cols_mm in views:
-        g, lab = _square_pixels(g, rows_mm, cols_mm), _square_pixels(lab, rows_mm, cols_mm)
+        g = _square_pixels(g, rows_mm, cols_mm, step)
+        lab = _square_pixels(lab, rows_mm, cols_mm, step)
         rgb = np.repeat(g[..., None], 3, axis=2)
         on = lab > 0
         rgb[on] = 0.5 * rgb[on] + 0.5 * lut[lab[on]]
