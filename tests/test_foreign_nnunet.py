@@ -270,6 +270,8 @@ def test_postprocessing_pkl_written_by_nnunet_is_applied(tmp_path):
     from batchgenerators.utilities.file_and_folder_operations import save_pickle
     from nnunetv2.postprocessing.remove_connected_components import (
         apply_postprocessing,
+    )
+    from nnunetv2.postprocessing.remove_connected_components import (
         remove_all_but_largest_component_from_segmentation as largest,
     )
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
