@@ -111,6 +111,8 @@ class RunRequest:
     arch: str  # architecture chosen in the dock (must match the file's card)
     settings: dict[str, Any] = field(default_factory=dict)  # predict keyword arguments
     threads: int | None = None  # torch intra-op threads in the worker (None: cpus - 1)
+    folds: list[str] | None = None  # nnU-Net folder: the folds to ensemble (None: all)
+    checkpoint: str | None = None  # nnU-Net folder: checkpoint file name in each fold
 
 
 class WeightsUnusable(NapariVnetError):
@@ -281,7 +283,7 @@ def segment_request(
     t0 = time.perf_counter()
     emit(Message(f"Loading {req.weights.name}…"))
     try:
-        seg = Segmenter.load(req.weights)
+        seg = Segmenter.load(req.weights, folds=req.folds, checkpoint=req.checkpoint)
     except WeightsUnusable as exc:
         return JobFailed(
             f"Cannot use weights {req.weights.name}: {exc}\n"
@@ -317,17 +319,23 @@ def segment_request(
     return outcome
 
 
-def recommended_settings(card) -> dict[str, Any]:
+def recommended_settings(card, device: Any = "auto") -> dict[str, Any]:
     """The run settings a card recommends under ``history["inference"]`` (else the
-    defaults): ``overlap``, ``tta`` and the post-processing ``postprocess`` operations."""
+    defaults): ``overlap``, ``tta``, ``amp`` and the post-processing ``postprocess``
+    operations; for foreign weights ``tta`` and ``amp`` are their producer's on ``device``
+    and ``producer`` says so (:func:`napari_vnet.workflows.producer.producer_defaults`)."""
     from napari_vnet.postprocess import OPERATIONS
+    from napari_vnet.workflows.producer import producer_defaults
 
     rec = card.history.get("inference", {}) if isinstance(card.history, dict) else {}
     rec = rec if isinstance(rec, dict) else {}
     ops = rec.get("postprocess")
+    own = producer_defaults(card, device)
     return {
         "overlap": float(rec.get("overlap", 0.5)),
-        "tta": bool(rec.get("tta", False)),
+        "tta": own.tta if own else bool(rec.get("tta", False)),
+        "amp": own.amp if own else "auto",
+        "producer": own.describe() if own else "",
         "postprocess": [
             op for op in OPERATIONS if ops is True or (isinstance(ops, list | tuple) and op in ops)
         ],
