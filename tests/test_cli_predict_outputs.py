@@ -155,7 +155,14 @@ def test_png_writer_and_preview_image():
 
 
 def test_single_file_only_options_refused_for_folders(case, tmp_path, capsys):
-    src, ckpt, _ = case
-    argv = ["predict", str(src.parent), "-w", str(ckpt), "-o", str(tmp_path / "outdir")]
+    src, ckpt, full = case
+    scans = tmp_path / "scans"
+    scans.mkdir()
+    src.rename(scans / src.name)
+    argv = ["predict", str(scans), "-w", str(ckpt), "-o", str(tmp_path / "outdir"), "--no-amp"]
     assert main([*argv, "--split-masks", "--preview"]) == 1
     assert "--split-masks, --preview: only for a single file" in capsys.readouterr().err
+    # --roi-subset and --remove-small hold for every case of a folder
+    assert main([*argv, "--roi-subset", "spleen", "--remove-small", "20"]) == 0
+    expected = clean_labels(full, keep_classes=[7], remove_small_mm3=20, spacing=SPACING)
+    assert np.array_equal(read_volume(tmp_path / "outdir" / "ct.nii.gz").array, expected)

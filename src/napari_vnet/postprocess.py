@@ -65,8 +65,9 @@ def _class_boxes(labels: np.ndarray) -> dict[int, tuple[slice, ...]]:
     return boxes
 
 
-def keep_largest_component(labels: np.ndarray, values: Iterable[int] | None = None) -> np.ndarray:
-    """Keep only the largest 26-connected component of each class (others -> 0). In place."""
+def _class_components(labels: np.ndarray, values: Iterable[int] | None):
+    """``(sub, mask, components, n)`` per class (those in ``values``, or all): the class's
+    box of ``labels`` (a view), its mask there and 26-connected components."""
     wanted = None if values is None else {int(v) for v in values}
     for value, box in _class_boxes(labels).items():
         if wanted is not None and value not in wanted:
@@ -74,6 +75,12 @@ def keep_largest_component(labels: np.ndarray, values: Iterable[int] | None = No
         sub = labels[box]
         mask = sub == value
         comp, n = ndimage.label(mask, structure=_STRUCTURE_26)
+        yield sub, mask, comp, n
+
+
+def keep_largest_component(labels: np.ndarray, values: Iterable[int] | None = None) -> np.ndarray:
+    """Keep only the largest 26-connected component of each class (others -> 0). In place."""
+    for sub, mask, comp, n in _class_components(labels, values):
         if n <= 1:
             continue
         sizes = np.bincount(comp.ravel())
@@ -136,13 +143,7 @@ def remove_small_components(
     """Set to 0 every 26-connected component of each class smaller than ``min_mm3`` cubic
     millimetres (``spacing`` in mm, ``(z, y, x)``; None: 1 mm voxels). In place."""
     voxel = float(np.prod([float(s) for s in spacing])) if spacing is not None else 1.0
-    wanted = None if values is None else {int(v) for v in values}
-    for value, box in _class_boxes(labels).items():
-        if wanted is not None and value not in wanted:
-            continue
-        sub = labels[box]
-        mask = sub == value
-        comp, n = ndimage.label(mask, structure=_STRUCTURE_26)
+    for sub, mask, comp, n in _class_components(labels, values):
         if n == 0:
             continue
         small = np.flatnonzero(np.bincount(comp.ravel()) * voxel < float(min_mm3))

@@ -10,6 +10,13 @@ Single case (OUT names a file): the mask is written with the input's geometry. W
 pre/post-processing, excluding file reading/writing), ``total_seconds``, ``voxels``,
 ``device``, ``output``, ``amp``, ``windows``, ``labels`` (value -> voxel count).
 
+Foreign weights run by default as their own tool runs them (an nnU-Net folder mirrored,
+float32 on a CPU: :mod:`napari_vnet.workflows.producer`); ``--disable-tta``, ``--fast`` and
+``--no-amp`` change that. ``--folds``/``--checkpoint`` choose inside an nnU-Net folder.
+``--roi-subset``, ``--remove-small`` (also for a folder), ``--split-masks``,
+``--statistics`` and ``--preview`` are TotalSegmentator's conveniences
+(:mod:`napari_vnet.workflows.outputs`).
+
 Folder (INPUT is a folder and OUT is a folder, i.e. has no volume file extension):
 every volume file and DICOM series under INPUT (recursively; ``--pattern``) is
 segmented, outputs named after the inputs (:mod:`napari_vnet.workflows.batch` states the rule),
