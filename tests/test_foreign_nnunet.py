@@ -239,6 +239,9 @@ def test_producer_defaults_per_weights_and_device():
     assert run_defaults(native, "cpu") == {"tta": False, "amp": "auto"}
     card.source["fine_tuned"] = True  # fine-tuned here: napari-vnet's defaults
     assert producer_defaults(card) is None
+    bundle = ModelCard(arch="monai", classes=native.classes,
+                       source={"format": "monai_bundle", "amp": True})  # fmt: skip
+    assert producer_defaults(bundle, "cpu").describe() == "MONAI bundle default: mirroring off, float32"
 
 
 def test_cli_folds_and_checkpoint(tmp_path, capsys):
