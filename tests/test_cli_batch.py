@@ -290,10 +290,10 @@ def test_batch_only_flags_are_refused_for_one_file(scans, tmp_path, capsys):
     src, ckpt = scans
     rc, _, err = run_cli(
         ["predict", str(src / "a.nii.gz"), "-w", str(ckpt), "-o", str(tmp_path / "m.nii.gz"),
-         "--statistics"],
+         "--save-probabilities"],
         capsys,
-    )  # fmt: skip
-    assert rc == 1 and "--statistics" in err and "folder" in err
+    )  # fmt: skip  (--statistics is for one file too since issue 29)
+    assert rc == 1 and "--save-probabilities" in err and "folder" in err
 
 
 def test_dicom_seg_reads_back_as_the_same_mask(scans, tmp_path, capsys):

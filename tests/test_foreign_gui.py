@@ -34,6 +34,11 @@ def test_folder_button_picks_an_nnunet_folder_and_run_segments(qtbot, dock, note
     assert "liver" in text and "spine" in text and "nnU-Net's own" in text
     assert w.model.problem is None
     assert w.image.value is layer
+    # nnU-Net's own defaults (mirroring, float32 on the CPU), said in the settings
+    settings = w._settings
+    assert settings.tta.value is True and settings.amp.value is False
+    assert settings.producer.value == "nnU-Net default: mirroring on (8x slower), float32"
+    assert w.model.fold_choice() == {"folds": None, "checkpoint": None}
 
     with qtbot.waitSignal(w.prediction_added, timeout=RUN_TIMEOUT_MS) as blocker:
         assert w.run() is not None
@@ -42,6 +47,23 @@ def test_folder_button_picks_an_nnunet_folder_and_run_segments(qtbot, dock, note
     assert not errors(notes)
     assert result.data.shape == image.array.shape
     model, card = load_weights(FOLDER)
-    expected = predict(image, model, card).labels
+    expected = predict(image, model, card, tta=True, amp=False).labels
     assert np.array_equal(np.asarray(result.data), expected)
     assert {1, 2} <= set(np.unique(result.data))
+
+    # one fold, its final checkpoint, no mirroring: what the dock runs
+    w.model.folds.value = "1"
+    w.model.checkpoint.value = "checkpoint_final.pth"
+    settings.tta.value = False
+    assert w.model.fold_choice() == {"folds": ["1"], "checkpoint": "checkpoint_final.pth"}
+    with qtbot.waitSignal(w.prediction_added, timeout=RUN_TIMEOUT_MS) as blocker:
+        assert w.run() is not None
+    wait_done(qtbot, w)
+    model, card = load_weights(FOLDER, folds=["1"], checkpoint="checkpoint_final.pth")
+    expected = predict(image, model, card, tta=False, amp=False).labels
+    assert np.array_equal(np.asarray(blocker.args[0].data), expected)
+    assert not errors(notes)
+    # shipped napari-vnet weights: their defaults as before, no folds, no producer line
+    w.model.select("vnet-phantom")
+    assert settings.tta.value is False and settings.amp.value == "auto"
+    assert settings.producer.value == "" and w.model.fold_choice() == {}

@@ -197,7 +197,150 @@ def test_cli_info_and_predict_take_the_folder(tmp_path, capsys):
     image, _, _ = make_phantom(7, shape=(24, 48, 48))
     src = write_volume(image, tmp_path / "ct.nii.gz")
     out = tmp_path / "mask.nii.gz"
+    # by default as nnUNetv2_predict: mirrored over the checkpoint's axes, float32 on a CPU
     assert main(["predict", str(src), "--weights", str(FOLDER), "--out", str(out)]) == 0
+    assert "nnU-Net default: mirroring on (8x slower), float32" in capsys.readouterr().err
+    theirs = _nnunet_predict(FOLDER, read_volume(src), mirror=True)
+    ours = read_volume(out).array
+    assert np.count_nonzero(ours != theirs) <= 0.0001 * ours.size  # float rounding only
+    for value in (1, 2):
+        assert _dice(ours, theirs, value) >= 0.995, value
     model, card = load_weights(FOLDER)
-    expected = predict(read_volume(src), model, card, device="cpu").labels
+    vol = read_volume(src)
+    expected = predict(vol, model, card, device="cpu", amp=False, tta=True).labels
+    assert np.array_equal(ours, expected)
+    # --disable-tta (nnU-Net's spelling too): one pass, still float32
+    argv = ["predict", str(src), "-w", str(FOLDER), "-o", str(out), "--overwrite", "--json"]
+    assert main([*argv, "--disable_tta"]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["tta"] is False and summary["amp"] is None
+    expected = predict(vol, model, card, device="cpu", amp=False, tta=False).labels
     assert np.array_equal(read_volume(out).array, expected)
+    # --fast: napari-vnet's own defaults (no mirroring, mixed precision where fast)
+    assert main([*argv, "--fast"]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["tta"] is False
+    expected = predict(vol, model, card, device="cpu", amp="auto", tta=False).labels
+    assert np.array_equal(read_volume(out).array, expected)
+
+
+def test_producer_defaults_per_weights_and_device():
+    from napari_vnet.models import ClassInfo, ModelCard
+    from napari_vnet.workflows.producer import producer_defaults, run_defaults
+
+    card = read_weights_card(FOLDER)
+    own = producer_defaults(card, "cpu")
+    assert (own.tta, own.amp, own.passes) == (True, False, 8)
+    assert run_defaults(card, "cpu") == {"tta": True, "amp": False}
+    assert run_defaults(card, "cpu", tta=False) == {"tta": False, "amp": False}
+    assert run_defaults(card, "cpu", fast=True) == {"tta": False, "amp": "auto"}
+    native = ModelCard(arch="vnet", classes=[ClassInfo(0, "bg"), ClassInfo(1, "x")])
+    assert producer_defaults(native) is None
+    assert run_defaults(native, "cpu") == {"tta": False, "amp": "auto"}
+    card.source["fine_tuned"] = True  # fine-tuned here: napari-vnet's defaults
+    assert producer_defaults(card) is None
+    bundle = ModelCard(arch="monai", classes=native.classes,
+                       source={"format": "monai_bundle", "amp": True})  # fmt: skip
+    assert producer_defaults(bundle, "cpu").describe() == "MONAI bundle default: mirroring off, float32"
+
+
+def test_cli_folds_and_checkpoint(tmp_path, capsys):
+    from napari_vnet.cli import main
+    from napari_vnet.io import read_volume, write_volume
+
+    image, _, _ = make_phantom(7, shape=(24, 48, 48))
+    src = write_volume(image, tmp_path / "ct.nii.gz")
+    out = tmp_path / "mask.nii.gz"
+    argv = ["predict", str(src), "-w", str(FOLDER), "-o", str(out), "--disable-tta"]
+    assert main([*argv, "--folds", "1", "--checkpoint", "final"]) == 0
+    model, card = load_nnunet_folder(FOLDER, folds=["1"], checkpoint="checkpoint_final.pth")
+    expected = predict(image, model, card, device="cpu", amp=False).labels
+    assert np.array_equal(read_volume(out).array, expected)
+    capsys.readouterr()
+    assert main([*argv, "--overwrite", "--folds", "3"]) == 1
+    assert "fold(s) 3 not found (present: 0, 1)" in capsys.readouterr().err
+    assert main([*argv, "--overwrite", "--checkpoint", "best"]) == 1
+    assert "no checkpoint_best.pth" in capsys.readouterr().err
+
+
+def _model_copy(tmp_path: Path) -> Path:
+    folder = tmp_path / FOLDER.name
+    shutil.copytree(FOLDER, folder)
+    return folder
+
+
+def test_postprocessing_pkl_written_by_nnunet_is_applied(tmp_path):
+    from batchgenerators.utilities.file_and_folder_operations import save_pickle
+    from nnunetv2.postprocessing.remove_connected_components import (
+        apply_postprocessing,
+    )
+    from nnunetv2.postprocessing.remove_connected_components import (
+        remove_all_but_largest_component_from_segmentation as largest,
+    )
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+    folder = _model_copy(tmp_path)
+    plans = json.loads((folder / "plans.json").read_text())
+    dataset = json.loads((folder / "dataset.json").read_text())
+    fg = PlansManager(plans).get_label_manager(dataset).foreground_labels  # numpy ints
+    fns, kwargs = [largest, largest], [{"labels_or_regions": fg}, {"labels_or_regions": fg[0]}]
+    crossval = folder / "crossval_results_folds_0_1"
+    crossval.mkdir()
+    save_pickle((fns, kwargs), crossval / "postprocessing.pkl")  # where nnU-Net writes it
+
+    card = read_weights_card(folder)
+    assert card.postprocess == {"largest_region": [[1, 2], [1]]}
+    assert card.source["postprocessing"].endswith("applied (largest component of 1+2; "
+                                                  "largest component of 1)")  # fmt: skip
+    model, card = load_weights(folder)
+    image, _, _ = make_phantom(7, shape=(24, 48, 48))
+    raw = predict(image, model, card, device="cpu", amp=False, postprocess=False).labels
+    stray = raw.copy()
+    stray[0:2, 0:2, 0:2] = 1  # a liver blob apart from the liver
+    stray[-2:, -2:, -2:] = 2  # a spine blob apart from everything
+    from napari_vnet.inference.postprocess import apply_card_postprocess
+
+    assert np.array_equal(
+        apply_card_postprocess(stray, card.postprocess), apply_postprocessing(stray, fns, kwargs)
+    )
+    with_pp = predict(image, model, card, device="cpu", amp=False).labels
+    assert np.array_equal(with_pp, apply_postprocessing(raw, fns, kwargs))
+    # only for the folds it was made for
+    assert read_weights_card(folder).postprocess and not load_nnunet_folder(
+        folder, folds=["1"]
+    )[1].postprocess
+
+
+def test_malicious_postprocessing_pkl_is_refused_without_running(tmp_path, capsys):
+    import os
+    import pickle
+
+    from napari_vnet.cli import main
+    from napari_vnet.io import write_volume
+
+    marker = tmp_path / "ran"
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    folder = _model_copy(tmp_path)
+    (folder / "postprocessing.pkl").write_bytes(pickle.dumps(([Evil()], [{}])))
+    card = read_weights_card(folder)
+    assert not marker.exists() and card.postprocess == {}
+    reason = card.source["postprocessing"]
+    assert "not applied, refused" in reason and "system" in reason and "\n" not in reason
+    image, _, _ = make_phantom(7, shape=(24, 48, 48))
+    src = write_volume(image, tmp_path / "ct.nii.gz")
+    argv = ["predict", str(src), "-w", str(folder), "-o", str(tmp_path / "m.nii.gz"), "--fast"]
+    assert main(argv) == 0  # predicted without it, saying so
+    assert "postprocessing.pkl" in capsys.readouterr().err and not marker.exists()
+    # other shapes of pickle: refused with their reason
+    for data, why in [
+        (pickle.dumps({"a": 1}), "not the (functions, keyword arguments) pair"),
+        (pickle.dumps(([print], [{}])), "builtins.print"),
+        (b"not a pickle", ""),
+    ]:
+        (folder / "postprocessing.pkl").write_bytes(data)
+        card = read_weights_card(folder)
+        assert card.postprocess == {} and why in card.source["postprocessing"]

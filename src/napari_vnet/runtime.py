@@ -62,10 +62,14 @@ def resolve_device(device: str | torch.device | None = "auto", local_rank: int =
         if mps is not None and mps.is_available():
             return torch.device("mps")
         return torch.device("cpu")
+    if isinstance(device, str) and device.lower().split(":")[0] == "gpu":  # gpu, gpu:N
+        device = "cuda" + device[3:]
     try:
         dev = torch.device(device)
     except (RuntimeError, TypeError) as exc:
-        raise ValueError(f"unknown device {device!r}: use auto, cpu, cuda, cuda:N or mps") from exc
+        raise ValueError(
+            f"unknown device {device!r}: use auto, cpu, cuda, cuda:N (or gpu, gpu:N) or mps"
+        ) from exc
     if dev.type == "cuda":
         if not torch.cuda.is_available():
             raise ValueError(f"device {device!r} requested but CUDA is not available here")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from magicgui.widgets import CheckBox, ComboBox, Container, FloatSpinBox
+from magicgui.widgets import CheckBox, ComboBox, Container, FloatSpinBox, Label
 
 AMP_CHOICES = [
     ("auto (fast where exact enough)", "auto"),
@@ -67,6 +67,8 @@ class RunSettings:
             tooltip="auto: bf16/fp16 on CUDA, bf16 on CPUs with native bf16, else float32",
         )
         self.tta = CheckBox(text="Test-time augmentation (8 flips, 8× slower)", value=False)
+        self.producer = Label(value="")  # foreign weights: their own tool's defaults
+        self.producer.visible = False
         self.uncertainty = CheckBox(
             text="Uncertainty layer",
             value=False,
@@ -85,6 +87,7 @@ class RunSettings:
                 self.batch_size,
                 self.amp,
                 self.tta,
+                self.producer,
                 self.uncertainty,
                 *self.post.values(),
             ]
@@ -121,5 +124,14 @@ class RunSettings:
         (:func:`napari_vnet.workflows.segment.recommended_settings`)."""
         self.overlap.value = recommended["overlap"]
         self.tta.value = recommended["tta"]
+        if "amp" in recommended:
+            self.amp.value = recommended["amp"]
+        note = recommended.get("producer", "")
+        self.producer.value = note  # e.g. "nnU-Net default: mirroring on (8x slower), float32"
+        self.producer.tooltip = (
+            "What the weights' own tool does by default; turn test-time augmentation off "
+            "or choose mixed precision for speed" if note else ""
+        )
+        self.producer.visible = bool(note)
         for op, box in self.post.items():
             box.value = op in recommended["postprocess"]

@@ -14,7 +14,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from magicgui.widgets import ComboBox, Container, PushButton
+from magicgui.widgets import ComboBox, Container, LineEdit, PushButton
 from qtpy.QtCore import Qt, Signal
 from qtpy.QtWidgets import QFileDialog, QLabel, QVBoxLayout, QWidget
 
@@ -32,6 +32,12 @@ log = logging.getLogger(__name__)
 FOREIGN_NAMES = {"nnunet": "nnU-Net v2", "monai": "MONAI"}
 WEIGHTS_FILTER = "PyTorch checkpoints (*.pt *.pth *.ckpt);;All files (*)"
 _NO_WEIGHTS = "(no weights chosen)"
+#: an nnU-Net folder's checkpoint choice (file name in each fold; None: final, else best)
+NNUNET_CHECKPOINTS = [
+    ("final (else best)", None),
+    ("final", "checkpoint_final.pth"),
+    ("best", "checkpoint_best.pth"),
+]
 
 
 def arch_name(arch: str) -> str:
@@ -179,6 +185,7 @@ class WeightsPanel(QWidget):
         self.problem: str | None = "Choose model weights."
         self._weights: Path | None = None
         self._updating = False
+        self._nnunet_folder = False  # an nnU-Net folder is chosen (folds, checkpoint shown)
         self.auto_chosen = False  # True while the choice is the dock's own default
 
         self.arch = ComboBox(
@@ -205,7 +212,17 @@ class WeightsPanel(QWidget):
             label="Weights",
         )
         row.margins = (0, 0, 0, 0)
-        self._form = Container(widgets=[self.arch, row])
+        self.folds = LineEdit(
+            label="Folds",
+            value="",
+            tooltip="nnU-Net folds to ensemble, e.g. 0 1 2 (empty: every fold present)",
+        )
+        self.checkpoint = ComboBox(
+            label="Checkpoint",
+            choices=NNUNET_CHECKPOINTS,
+            tooltip="The checkpoint of each fold nnU-Net saved: final or best (on validation)",
+        )
+        self._form = Container(widgets=[self.arch, row, self.folds, self.checkpoint])
         self._form.margins = (0, 0, 0, 0)
         self.info = QLabel()
         self.info.setWordWrap(True)
@@ -352,6 +369,11 @@ class WeightsPanel(QWidget):
                 self.arch.value = card.arch  # what will run, nnU-Net/MONAI included
             # foreign weights bring their own network: nothing to choose then
             foreign = card is not None and card.arch in FOREIGN_NAMES
+            nnunet = path is not None and path.is_dir() and card is not None and (
+                card.source or {}
+            ).get("format") == "nnunet"
+            self._nnunet_folder = nnunet
+            self.folds.visible = self.checkpoint.visible = nnunet
             self.arch.enabled = not foreign
             self.arch.tooltip = (
                 f"{arch_name(card.arch)} weights bring their own network: "
@@ -362,6 +384,14 @@ class WeightsPanel(QWidget):
         finally:
             self._updating = False
         self._validate()
+
+    def fold_choice(self) -> dict[str, object]:
+        """``folds`` and ``checkpoint`` for :class:`~napari_vnet.workflows.segment.RunRequest`
+        (empty unless an nnU-Net folder is chosen)."""
+        if not self._nnunet_folder:
+            return {}
+        folds = self.folds.value.replace(",", " ").split()
+        return {"folds": folds or None, "checkpoint": self.checkpoint.value}
 
     def _on_weights_combo(self, value) -> None:
         if self._updating:

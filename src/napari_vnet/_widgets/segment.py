@@ -269,6 +269,7 @@ class SegmentWidget(QWidget):
             weights=self.model.current_weights,
             arch=self.model.current_arch,
             settings=self._job_settings(layer, settings),
+            **self.model.fold_choice(),
         )
         self._job = job = SegmentJob(request)
         self._jobs.append(job)
@@ -339,7 +340,7 @@ class SegmentWidget(QWidget):
 
     def _apply_card_defaults(self, card) -> None:
         """Settings a card may recommend under ``history["inference"]``; else the defaults."""
-        self._settings.apply(recommended_settings(card))
+        self._settings.apply(recommended_settings(card, self._settings.device.value))
 
     def _problem(self) -> str | None:
         if self.image.value is None:

@@ -11,6 +11,13 @@ pre/post-processing, excluding file reading/writing), ``total_seconds``, ``voxel
 ``device``, ``output``, ``amp``, ``windows``, ``threads`` (torch's intra-op threads),
 ``labels`` (value -> voxel count).
 
+Foreign weights run by default as their own tool runs them (an nnU-Net folder mirrored,
+float32 on a CPU: :mod:`napari_vnet.workflows.producer`); ``--disable-tta``, ``--fast`` and
+``--no-amp`` change that. ``--folds``/``--checkpoint`` choose inside an nnU-Net folder.
+``--roi-subset``, ``--remove-small`` (also for a folder), ``--split-masks``,
+``--statistics`` and ``--preview`` are TotalSegmentator's conveniences
+(:mod:`napari_vnet.workflows.outputs`).
+
 Folder (INPUT is a folder and OUT is a folder, i.e. has no volume file extension):
 every volume file and DICOM series under INPUT (recursively; ``--pattern``) is
 segmented, outputs named after the inputs (:mod:`napari_vnet.workflows.batch` states the rule),
@@ -62,7 +69,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "when INPUT is a folder of scans",
     )
     parser.add_argument(
-        "--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda, cuda:N, mps"
+        "--device",
+        default="auto",
+        help="auto (cuda > mps > cpu), cpu, cuda, cuda:N (gpu, gpu:N alike), mps",
     )
     add_threads_argument(parser)
     parser.add_argument(
@@ -71,10 +80,64 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--batch-size", type=int, default=None, help="windows per forward pass (default: auto)"
     )
-    parser.add_argument("--tta", action="store_true", help="average the 8 axis-flipped passes")
-    parser.add_argument(
-        "--no-amp", action="store_true", help="plain fp32 (default: mixed precision where fast)"
+    mirror = parser.add_mutually_exclusive_group()
+    mirror.add_argument(
+        "--tta",
+        action="store_const",
+        const=True,
+        default=None,
+        help="average the axis-flipped passes (8; an nnU-Net model: its mirroring axes). "
+        "Default: on for an nnU-Net folder (as nnUNetv2_predict), off otherwise",
     )
+    mirror.add_argument(
+        "--disable-tta",
+        "--disable_tta",
+        dest="tta",
+        action="store_const",
+        const=False,
+        help="no flipped passes, also for an nnU-Net folder (nnUNetv2_predict's --disable_tta)",
+    )
+    parser.add_argument(
+        "--fast",
+        action="store_true",
+        help="napari-vnet's fast defaults for foreign weights too: no mirroring, mixed "
+        "precision where fast (default for an nnU-Net folder or MONAI bundle: their own, "
+        "e.g. nnU-Net mirrors and runs float32 on a CPU)",
+    )
+    parser.add_argument(
+        "--no-amp",
+        action="store_true",
+        help="plain fp32 (default: mixed precision where fast; foreign weights: as their "
+        "own tool runs them)",
+    )
+    nnunet = parser.add_argument_group("nnU-Net folder (--weights names one)")
+    nnunet.add_argument(
+        "--folds", "-f", nargs="+", default=None, metavar="FOLD",
+        help="folds to ensemble, e.g. 0 1 2 or all (default: every fold_* present)",
+    )  # fmt: skip
+    nnunet.add_argument(
+        "--checkpoint", "-chk", choices=("final", "best"), default=None,
+        help="checkpoint_final.pth or checkpoint_best.pth of each fold (default: final, "
+        "else best)",
+    )  # fmt: skip
+    extra = parser.add_argument_group("outputs (TotalSegmentator style)")
+    extra.add_argument(
+        "--roi-subset", "--roi_subset", nargs="+", default=None, metavar="NAME",
+        help="predict all classes, keep only these (class names of the model card)",
+    )  # fmt: skip
+    extra.add_argument(
+        "--remove-small", "--remove_small", type=float, default=None, metavar="MM3",
+        help="drop each class's connected components smaller than MM3 cubic millimetres",
+    )  # fmt: skip
+    extra.add_argument(
+        "--split-masks", action="store_true",
+        help="also one 0/1 mask per class, named after it, in <OUT stem>_masks/",
+    )  # fmt: skip
+    extra.add_argument(
+        "--preview", nargs="?", const=True, default=None, metavar="PNG",
+        help="also a PNG of three orthogonal slices through the mask with it overlaid "
+        "(default file: <OUT stem>_preview.png)",
+    )  # fmt: skip
     parser.add_argument(
         "--postprocess",
         nargs="?",
@@ -116,7 +179,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--statistics",
         action="store_true",
         help="per case and class: voxels, volume (ml), mean/std intensity "
-        "(<case>_statistics.json and OUT/statistics.csv)",
+        "(<case>_statistics.json, and OUT/statistics.csv for a folder; a single file too)",
     )
     batch.add_argument(
         "--save-probabilities",
@@ -144,7 +207,6 @@ def _fail(message: str) -> int:
 _BATCH_ONLY = {
     "pattern": None,
     "fmt": "same",
-    "statistics": False,
     "save_probabilities": False,
     "num_parts": 1,
     "part_id": 0,
@@ -159,8 +221,15 @@ def _is_batch(args: argparse.Namespace) -> bool:
     return Path(args.input).is_dir() and (out.is_dir() or write_extension(out) is None)
 
 
+_SINGLE_ONLY = {"split_masks": False, "preview": None}
+
+
 def run(args: argparse.Namespace) -> int:
     if _is_batch(args):
+        given = [k for k, default in _SINGLE_ONLY.items() if getattr(args, k) != default]
+        if given:
+            flags = ", ".join("--" + k.replace("_", "-") for k in given)
+            return _fail(f"{flags}: only for a single file (OUT a label file)")
         return run_folder(args)
     given = [k for k, default in _BATCH_ONLY.items() if getattr(args, k, default) != default]
     if given:
@@ -182,26 +251,44 @@ def _window_log():
     return progress
 
 
+_CHECKPOINTS = {"final": "checkpoint_final.pth", "best": "checkpoint_best.pth"}
+
+
 def _model_and_settings(args: argparse.Namespace):
-    """The weights loaded and the ``predict`` settings of the options; raises
-    SegmentRefused saying what is wrong with them."""
+    """The weights loaded and the ``predict`` settings of the options (the producer's
+    defaults for foreign weights, said on stderr); raises SegmentRefused saying what is
+    wrong with them."""
     from napari_vnet.inference.postprocess import parse_operations
+    from napari_vnet.workflows.outputs import class_values
+    from napari_vnet.workflows.producer import producer_defaults, run_defaults
     from napari_vnet.workflows.segment import Segmenter, SegmentRefused, WeightsUnusable
 
     try:
+        if args.remove_small is not None and not args.remove_small > 0:
+            raise ValueError(f"--remove-small must be > 0 mm3, got {args.remove_small:g}")
         post = parse_operations(args.postprocess) if args.postprocess else None
-        seg = Segmenter.load(args.weights)
+        chk = _CHECKPOINTS.get(args.checkpoint) if args.checkpoint else None
+        seg = Segmenter.load(args.weights, folds=args.folds, checkpoint=chk)
+        keep = class_values(seg.card, args.roi_subset) if args.roi_subset else None
     except (ValueError, WeightsUnusable) as exc:
         raise SegmentRefused(str(exc)) from exc
+    amp = False if args.no_amp else None
     settings = {
         "device": args.device,
         "overlap": args.overlap,
         "batch_size": args.batch_size,
-        "amp": False if args.no_amp else "auto",
-        "tta": args.tta,
+        **run_defaults(seg.card, args.device, tta=args.tta, amp=amp, fast=args.fast),
         "postprocess": post,
         "threads": args.threads,
+        "keep_classes": keep,
+        "remove_small_mm3": args.remove_small,
     }
+    own = producer_defaults(seg.card, args.device)
+    if own is not None and not args.fast and (args.tta is None or args.no_amp is False):
+        _say(f"{own.describe()} (--disable-tta, --fast or --no-amp to change)")
+    pp = (seg.card.source or {}).get("postprocessing")
+    if pp:
+        _say(f"nnU-Net postprocessing.pkl {pp}")
     return seg, settings
 
 
@@ -215,7 +302,7 @@ def run_single(args: argparse.Namespace) -> int:
     try:
         seg, settings = _model_and_settings(args)
         summary = segment_file(seg, args.input, out, settings=settings, progress=_window_log(),
-                               note=_say, started=t_start)  # fmt: skip
+                               note=_say, started=t_start, extras=_extras(args, out, settings))  # fmt: skip
     except SegmentRefused as exc:
         return _fail(str(exc))
     names = seg.card.class_names
@@ -225,9 +312,28 @@ def run_single(args: argparse.Namespace) -> int:
     )
     for v, c in summary["labels"].items():
         print(f"  {int(v):>5} {names.get(int(v), '?'):<20} {int(c):>12} voxels")
+    for key in ("statistics", "preview"):
+        if key in summary:
+            print(f"{key}: {summary[key]}")
+    if "split_masks" in summary:
+        masks = summary["split_masks"]
+        print(f"{len(masks)} class mask(s)" + (f" in {Path(masks[0]).parent}" if masks else ""))
     if args.json:
         print(json.dumps(summary))
     return 0
+
+
+def _extras(args: argparse.Namespace, out: Path, settings: dict) -> dict:
+    """What :func:`napari_vnet.workflows.outputs.write_extras` writes beside OUT."""
+    from napari_vnet.workflows.outputs import beside
+
+    preview = beside(out, "_preview.png") if args.preview is True else args.preview
+    return {
+        "split_masks": args.split_masks,
+        "keep_classes": settings.get("keep_classes"),
+        "statistics": args.statistics,
+        "preview": preview,
+    }
 
 
 # ------------------------------------------------------------------ folder of scans

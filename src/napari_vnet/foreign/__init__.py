@@ -43,11 +43,14 @@ def load_foreign(path: str | os.PathLike, *, folds: Any = None, checkpoint: str 
         from napari_vnet.foreign.nnunet import load_nnunet_folder
 
         return _checked(path, load_nnunet_folder, path, folds=folds, checkpoint=checkpoint)
+    from napari_vnet.models.errors import CheckpointError
+
     if kind == "monai_bundle":
         from napari_vnet.foreign.monai_bundle import load_monai_bundle
 
+        if folds is not None or checkpoint is not None:
+            raise CheckpointError(f"{path}: a MONAI bundle has no folds or checkpoint choice")
         return _checked(path, load_monai_bundle, path)
-    from napari_vnet.models.errors import CheckpointError
 
     raise CheckpointError(
         f"{path}: is a folder but neither an nnU-Net v2 trained-model folder (plans.json, "

@@ -210,6 +210,15 @@ PASSIVE = ("LoadImaged", "LoadImage", "EnsureChannelFirstd", "EnsureTyped", "Cas
 _ENTRY_KEYS = ("_target_", "keys", "_desc_", "_disabled_")
 
 
+def _evaluator_amp(config: dict) -> bool:
+    """Whether the bundle's evaluator runs under autocast (MONAI's ``amp``, CUDA only)."""
+    evaluator = config.get("evaluator")
+    amp = evaluator.get("amp") if isinstance(evaluator, dict) else None
+    if isinstance(amp, str) and amp.startswith("@"):  # a reference, e.g. "@amp"
+        amp = config.get(amp[1:])
+    return (config.get("amp") if amp is None else amp) is True
+
+
 def _bundle_transforms(config: dict[str, Any], where: Path) -> list[dict[str, Any]]:
     from napari_vnet.models.card_checks import bundle_step_problems
 
@@ -319,6 +328,7 @@ def _load_bundle(root: Path) -> tuple[MonaiNetwork, ModelCard]:
             "path": str(root),
             "name": str(meta.get("name", root.name)),
             "version": str(meta.get("version", "")),
+            "amp": _evaluator_amp(config),
         },  # fmt: skip
         preprocessing={"kind": "monai_bundle", "transforms": transforms},
         sliding_window={

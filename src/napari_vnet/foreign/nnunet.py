@@ -24,6 +24,10 @@ back on the input grid the blended logits are resampled with the probabilities' 
 between is this project's engine, told by ``card.sliding_window`` to blend logits with
 nnU-Net's Gaussian on nnU-Net's window grid (tile step 0.5).
 
+``postprocessing.pkl`` beside the folds (or in ``crossval_results_folds_<folds>``), as
+``nnUNetv2_find_best_configuration`` writes it, becomes the card's clean-up, read by an unpickler
+that builds plain data only (:mod:`napari_vnet.foreign.nnunet_postprocessing`).
+
 Refused with one line: cascades (a configuration with ``previous_stage``), region-based
 training (``regions_class_order``), 2D configurations, and preprocessors other than
 nnU-Net's default one.
@@ -298,6 +302,7 @@ def _open(path: Path, folds, checkpoint, read_weights: bool):
         "checkpoint": checkpoint or (loaded[0].checkpoint.name if loaded else ""),
     }
     card = _card(model_dir, plans, dataset_json, cfg, source, loaded)
+    _attach_postprocessing(card, model_dir, chosen)
     from napari_vnet.models.card import card_problems
     from napari_vnet.models.errors import InvalidCardError
 
@@ -310,6 +315,30 @@ def _open(path: Path, folds, checkpoint, read_weights: bool):
     _load_folds(net, loaded, model_dir, card)
     log.info("loaded %s", card.origin())
     return net, card
+
+
+def _attach_postprocessing(card: ModelCard, model_dir: Path, folds: list[str]) -> None:
+    """nnU-Net's ``postprocessing.pkl`` (when present) as the card's ``largest_region``
+    clean-up, read safely (:mod:`napari_vnet.foreign.nnunet_postprocessing`); what was
+    done with it, applied or refused with the reason, is ``card.source["postprocessing"]``."""
+    from napari_vnet.foreign.nnunet_postprocessing import (
+        PostprocessingRefused,
+        find_postprocessing,
+        read_postprocessing,
+    )
+
+    path = find_postprocessing(model_dir, folds)
+    if path is None:
+        return
+    try:
+        steps = read_postprocessing(path, card.label_values)
+    except PostprocessingRefused as exc:
+        card.source["postprocessing"] = f"{path}: not applied, refused: {exc}"
+        log.warning("%s", card.source["postprocessing"])
+        return
+    card.postprocess = {"largest_region": steps} if steps else {}
+    what = "; ".join("largest component of " + "+".join(map(str, g)) for g in steps)
+    card.source["postprocessing"] = f"{path}: applied ({what or 'no steps'})"
 
 
 def _chosen_folds(model_dir: Path, folds) -> list[str]:

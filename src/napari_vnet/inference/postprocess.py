@@ -1,4 +1,6 @@
-"""Label-map clean-up after prediction (no Qt): largest component per class, fill holes.
+"""Label-map clean-up after prediction (no Qt): largest component per class, fill holes,
+largest component of a group of classes (nnU-Net's ``postprocessing.pkl`` steps), small
+components by volume.
 
 Both work class by class inside each class's bounding box, so they stay cheap on a
 512 x 512 x 300 CT whose organs fill a small part of it.
@@ -70,10 +72,18 @@ def _class_regions(
         yield value, sub, sub == value
 
 
-def keep_largest_component(labels: np.ndarray, values: Iterable[int] | None = None) -> np.ndarray:
-    """Keep only the largest 26-connected component of each class (others -> 0). In place."""
+def _class_components(labels: np.ndarray, values: Iterable[int] | None):
+    """``(sub, mask, components, n)`` per class (those in ``values``, or all): the class's
+    box of ``labels`` (a view, :func:`_class_regions`), its mask there and 26-connected
+    components."""
     for _, sub, mask in _class_regions(labels, values):
         comp, n = ndimage.label(mask, structure=_STRUCTURE_26)
+        yield sub, mask, comp, n
+
+
+def keep_largest_component(labels: np.ndarray, values: Iterable[int] | None = None) -> np.ndarray:
+    """Keep only the largest 26-connected component of each class (others -> 0). In place."""
+    for sub, mask, comp, n in _class_components(labels, values):
         if n <= 1:
             continue
         sizes = np.bincount(comp.ravel())
@@ -110,12 +120,49 @@ def apply_postprocess(labels: np.ndarray, spec: Any, spacing: Any = None) -> np.
     return out
 
 
-def apply_card_postprocess(labels: np.ndarray, choice: Any) -> np.ndarray:
-    """Apply a model card's ``postprocess`` (chosen on validation when it was trained,
-    e.g. ``{"largest_component": [5, 1]}``) to a copy of ``labels``."""
-    values = list((choice or {}).get("largest_component") or [])
-    if not values:
+def keep_largest_region(labels: np.ndarray, values: Iterable[int]) -> np.ndarray:
+    """The voxels of ``values`` taken as one region: keep its largest 26-connected
+    component(s) (all of them when several share the largest size), the rest -> 0. In place.
+    nnU-Net's ``remove_all_but_largest_component_from_segmentation`` does the same."""
+    mask = np.isin(labels, np.asarray(sorted({int(v) for v in values})))
+    comp, n = ndimage.label(mask, structure=_STRUCTURE_26)
+    if n <= 1:
         return labels
-    out = keep_largest_component(np.array(labels, copy=True), values)
-    log.info("post-processing of the model card applied: largest component of %s", values)
+    sizes = np.bincount(comp.ravel())
+    sizes[0] = 0
+    keep = np.flatnonzero(sizes == sizes.max())
+    labels[mask & ~np.isin(comp, keep)] = 0
+    return labels
+
+
+def remove_small_components(
+    labels: np.ndarray, min_mm3: float, spacing: Any = None, values: Iterable[int] | None = None
+) -> np.ndarray:
+    """Set to 0 every 26-connected component of each class smaller than ``min_mm3`` cubic
+    millimetres (``spacing`` in mm, ``(z, y, x)``; None: 1 mm voxels). In place."""
+    voxel = float(np.prod([float(s) for s in spacing])) if spacing is not None else 1.0
+    for sub, mask, comp, n in _class_components(labels, values):
+        if n == 0:
+            continue
+        small = np.flatnonzero(np.bincount(comp.ravel()) * voxel < float(min_mm3))
+        sub[mask & np.isin(comp, small[small > 0])] = 0
+    return labels
+
+
+def apply_card_postprocess(labels: np.ndarray, choice: Any) -> np.ndarray:
+    """Apply a model card's ``postprocess`` to a copy of ``labels``: ``largest_region``
+    (a list of label-value groups, each kept to its largest component in turn: nnU-Net's
+    ``postprocessing.pkl``), then ``largest_component`` (values, each kept to its own
+    largest component: chosen on validation when it was trained, e.g. ``[5, 1]``)."""
+    groups = [list(g) for g in (choice or {}).get("largest_region") or []]
+    values = list((choice or {}).get("largest_component") or [])
+    if not values and not groups:
+        return labels
+    out = np.array(labels, copy=True)
+    for group in groups:
+        keep_largest_region(out, group)
+        log.info("post-processing of the model card applied: largest region of %s", group)
+    if values:
+        keep_largest_component(out, values)
+        log.info("post-processing of the model card applied: largest component of %s", values)
     return out

@@ -28,15 +28,24 @@ __all__ = ["foreign_kind", "load_weights", "read_weights_card"]
 
 
 def load_weights(
-    path: str | os.PathLike, map_location: Any = None
+    path: str | os.PathLike,
+    map_location: Any = None,
+    *,
+    folds: Any = None,
+    checkpoint: str | None = None,
 ) -> tuple[nn.Module, ModelCard]:
     """``(model, card)`` of the weights at ``path`` (a checkpoint file or a foreign weights
-    folder), the model in eval mode on ``map_location`` (CPU by default). Raises
-    CheckpointError naming the file or folder and the problem."""
+    folder), the model in eval mode on ``map_location`` (CPU by default). ``folds`` and
+    ``checkpoint`` choose inside an nnU-Net folder (:func:`napari_vnet.foreign.load_foreign`).
+    Raises CheckpointError naming the file or folder and the problem."""
     path = Path(path)
     if path.is_dir():
-        model, card = load_foreign(path)
+        model, card = load_foreign(path, folds=folds, checkpoint=checkpoint)
         return (model if map_location is None else model.to(map_location)), card
+    if folds is not None or checkpoint is not None:
+        from napari_vnet.models.errors import CheckpointError
+
+        raise CheckpointError(f"{path}: folds and checkpoint choose inside an nnU-Net folder")
     return load_checkpoint(path, map_location)
 
 

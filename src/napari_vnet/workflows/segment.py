@@ -115,6 +115,8 @@ class RunRequest:
     arch: str  # architecture chosen in the dock (must match the file's card)
     settings: dict[str, Any] = field(default_factory=dict)  # predict keyword arguments
     threads: int | None = None  # torch intra-op threads (None: automatic, a core kept for the GUI)
+    folds: list[str] | None = None  # nnU-Net folder: the folds to ensemble (None: all)
+    checkpoint: str | None = None  # nnU-Net folder: checkpoint file name in each fold
 
 
 class WeightsUnusable(NapariVnetError):
@@ -137,15 +139,19 @@ class Segmenter:
     weights: Path | None = None
 
     @classmethod
-    def load(cls, weights: str | os.PathLike) -> Segmenter:
-        """Load ``weights`` (a path or a shipped name) on the CPU; raises
-        :class:`WeightsUnusable` when they cannot be found or read."""
+    def load(
+        cls, weights: str | os.PathLike, *, folds: Any = None, checkpoint: str | None = None
+    ) -> Segmenter:
+        """Load ``weights`` (a path or a shipped name) on the CPU (``folds``, ``checkpoint``:
+        inside an nnU-Net folder); raises :class:`WeightsUnusable` when they cannot be
+        found or read."""
         from napari_vnet.models import CheckpointError
         from napari_vnet.weights import load_weights, resolve_weights
 
         try:
             path = resolve_weights(weights)
-            model, card = load_weights(path, map_location="cpu")
+            model, card = load_weights(path, map_location="cpu", folds=folds,
+                                       checkpoint=checkpoint)  # fmt: skip
         except (CheckpointError, OSError, ValueError) as exc:
             raise WeightsUnusable(str(exc)) from exc
         return cls(model, card, path)
@@ -177,17 +183,20 @@ class Segmenter:
         reserve: int = 0,
     ) -> Outcome:
         """Run :func:`napari_vnet.inference.predict` on ``image`` (an array, a Volume or a
-        prepared input) with ``settings`` (its keyword arguments, and ``threads``: a
+        prepared input) with ``settings`` (its keyword arguments, the label options of
+        :func:`napari_vnet.workflows.outputs.clean_labels`, and ``threads``: a
         :class:`~napari_vnet.runtime.ThreadChoice`, or a count, 0/None for the automatic
-        choice keeping ``reserve`` cores free: :func:`napari_vnet.runtime.use_threads`).
+        choice keeping ``reserve`` cores free: :func:`napari_vnet.workflows.threads.use_threads`).
         ``seconds`` of the outcome: inference, pre- and post-processing included."""
         from napari_vnet.inference import PredictionCancelled, predict
         from napari_vnet.runtime import is_oom
+        from napari_vnet.workflows.outputs import clean_labels, pop_label_options
         from napari_vnet.workflows.threads import use_threads
 
         t0 = time.perf_counter()
         kwargs = dict(settings or {})
         threads = kwargs.pop("threads", None)
+        cleanup = pop_label_options(kwargs)
         if progress is not None:
             kwargs["progress"] = progress
         if should_stop is not None:
@@ -207,6 +216,9 @@ class Segmenter:
             return JobFailed(f"Cannot segment '{name}' with {shown}: {exc}", exc)
         if should_stop is not None and should_stop():  # cancelled during the last batch
             return JobCancelled(time.perf_counter() - t0)
+        if cleanup:
+            where = spacing if spacing is not None else getattr(image, "spacing", None)
+            pred.labels = clean_labels(pred.labels, spacing=where, **cleanup)
         return JobDone(
             labels=pred.labels,
             card=self.card,
@@ -292,7 +304,7 @@ def segment_request(
     t0 = time.perf_counter()
     emit(Message(f"Loading {req.weights.name}…"))
     try:
-        seg = Segmenter.load(req.weights)
+        seg = Segmenter.load(req.weights, folds=req.folds, checkpoint=req.checkpoint)
     except WeightsUnusable as exc:
         return JobFailed(
             f"Cannot use weights {req.weights.name}: {exc}\n"
@@ -329,17 +341,23 @@ def segment_request(
     return outcome
 
 
-def recommended_settings(card) -> dict[str, Any]:
+def recommended_settings(card, device: Any = "auto") -> dict[str, Any]:
     """The run settings a card recommends under ``history["inference"]`` (else the
-    defaults): ``overlap``, ``tta`` and the post-processing ``postprocess`` operations."""
+    defaults): ``overlap``, ``tta``, ``amp`` and the post-processing ``postprocess``
+    operations; for foreign weights ``tta`` and ``amp`` are their producer's on ``device``
+    and ``producer`` says so (:func:`napari_vnet.workflows.producer.producer_defaults`)."""
     from napari_vnet.inference.postprocess import OPERATIONS
+    from napari_vnet.workflows.producer import producer_defaults
 
     rec = card.history.get("inference", {}) if isinstance(card.history, dict) else {}
     rec = rec if isinstance(rec, dict) else {}
     ops = rec.get("postprocess")
+    own = producer_defaults(card, device)
     return {
         "overlap": float(rec.get("overlap", 0.5)),
-        "tta": bool(rec.get("tta", False)),
+        "tta": own.tta if own else bool(rec.get("tta", False)),
+        "amp": own.amp if own else "auto",
+        "producer": own.describe() if own else "",
         "postprocess": [
             op for op in OPERATIONS if ops is True or (isinstance(ops, list | tuple) and op in ops)
         ],
@@ -402,14 +420,17 @@ def segment_file(
     progress: Callable[[int, int], Any] | None = None,
     note: Callable[[str], Any] | None = None,
     started: float | None = None,
+    extras: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Read ``source``, check it against the card, segment it and write the label map to
-    ``out``; the run's summary (``seconds``: inference with pre/post-processing;
+    ``out`` (and the files ``extras`` asks for: :func:`napari_vnet.workflows.outputs.write_extras`,
+    their paths in the summary); the run's summary (``seconds``: inference with pre/post-processing;
     ``total_seconds``: since ``started``, a ``time.perf_counter()`` value, or since this
     call). Issues of an image the model takes go to ``note``, one line each; raises
     :class:`SegmentRefused` naming the input when it is not segmented."""
     from napari_vnet.io import VolumeReadError, VolumeWriteError, read_volume
     from napari_vnet.workflows.input_check import format_issues
+    from napari_vnet.workflows.outputs import write_extras
 
     started = time.perf_counter() if started is None else started
     try:
@@ -432,9 +453,10 @@ def segment_file(
         raise SegmentRefused(f"{source}: cancelled")
     try:
         written = write_labels(done.labels, out, vol, seg.card)
+        more = write_extras(done.labels, written, vol, seg.card, str(source), extras or {})
     except (VolumeWriteError, OSError, ValueError) as exc:
         raise SegmentRefused(str(exc)) from exc
-    return _file_summary(seg, source, written, vol, done, settings, started)
+    return {**_file_summary(seg, source, written, vol, done, settings, started), **more}
 
 
 def _file_summary(seg, source, written, vol, done: JobDone, settings, started) -> dict[str, Any]:
