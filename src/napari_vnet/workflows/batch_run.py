@@ -185,6 +185,10 @@ def _write_outputs(
     if plan.fmt == "dicom-seg":
         write_dicom_seg(done.labels, vol, card, plan.labels, series_uid=extra["series_uid"],
                         weights=weights.get("weights"))  # fmt: skip
+    elif plan.fmt == "dicom-rtstruct":
+        from napari_vnet.io.dicom_rtstruct import write_rtstruct
+
+        write_rtstruct(done.labels, vol, card, plan.labels, weights=weights.get("weights"))
     else:
         write_labels(done.labels, plan.labels, vol, card)
     write_record(plan, case, weights, complete=True, **extra)
