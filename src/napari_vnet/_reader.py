@@ -201,7 +201,7 @@ def read_medical(path) -> list[tuple[Any, dict, str]]:
             return volume_layer_data(read_dicom_seg(p), split_extension(p)[0])
         s = find_series_of_file(p)
         if s is None:
-            from napari_vnet.io.dicom import dicom_length_problem
+            from napari_vnet.io.dicom_lengths import dicom_length_problem
 
             problem = dicom_length_problem(p) or "not a readable DICOM image file"
             raise VolumeReadError(p, problem)

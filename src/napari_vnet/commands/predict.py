@@ -166,7 +166,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default="same",
         choices=FORMATS,
         help="output format: 'same' (the input's format when writable, else .nii.gz; "
-        "default), an extension, or 'dicom-seg' (DICOM inputs; needs highdicom)",
+        "default), an extension, 'dicom-seg' or 'dicom-rtstruct' (DICOM inputs; needs "
+        "highdicom)",
     )
     batch.add_argument(
         "--workers",
@@ -349,7 +350,7 @@ def _folder_refusal(args: argparse.Namespace, out_dir: Path) -> str | None:
         return f"--part-id must be in [0, {args.num_parts - 1}] for --num-parts {args.num_parts}"
     if out_dir.exists() and not out_dir.is_dir():
         return f"{out_dir}: exists and is not a folder"
-    if args.fmt == "dicom-seg":
+    if args.fmt in ("dicom-seg", "dicom-rtstruct"):
         try:
             require_highdicom()
         except DicomSegUnavailableError as exc:

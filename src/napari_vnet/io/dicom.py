@@ -13,13 +13,13 @@ import functools
 import hashlib
 import logging
 import os
-import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, overload
 
 import numpy as np
 
+from napari_vnet.io.dicom_lengths import dicom_length_problem
 from napari_vnet.io.dicom_tilt import slice_shear
 from napari_vnet.io.errors import VolumeReadError
 from napari_vnet.io.headers import DICOM_EXTENSIONS, dicom_preamble, read_head
@@ -114,82 +114,6 @@ def _positions(infos: list[_FileInfo]) -> list[tuple[float, ...]] | None:
             return None
         positions.append(position)
     return positions
-
-
-# ------------------------------------------------- element lengths before GDCM
-# GDCM allocates what an element's length field says before it finds that the file is
-# shorter: one flipped byte in a header, or a truncated JPEG-2000 slice, makes a "header
-# only" read allocate gigabytes. So the element lengths are walked here first (a few
-# hundred elements, no values read) and a length beyond the end of the file is refused.
-
-_UNDEFINED = 0xFFFFFFFF
-_LONG_VRS = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR",
-             b"UT", b"UV"}  # fmt: skip
-_ITEM_TAGS = {(0xFFFE, 0xE000), (0xFFFE, 0xE00D), (0xFFFE, 0xE0DD)}
-_PIXEL_DATA = (0x7FE0, 0x0010)
-
-
-def dicom_length_problem(path: str | os.PathLike, limit: int = 1 << 16) -> str | None:
-    """Why ``path``'s data elements cannot be as long as they say (an element running past
-    the end of the file), or None. Walks at most ``limit`` element headers."""
-    try:
-        with open(path, "rb") as fh:
-            data = fh.read()
-    except OSError:
-        return None
-    size = len(data)
-    pos = 132 if data[128:132] == b"DICM" else 0
-    ts_explicit, ts_little = True, True  # transfer syntax of the data set
-    in_pixels = False
-    for _ in range(limit):
-        if pos + 8 > size:
-            break
-        meta = struct.unpack_from("<H", data, pos)[0] == 0x0002  # always explicit LE
-        explicit, little = (True, True) if meta else (ts_explicit, ts_little)
-        order = "<" if little else ">"
-        tag = struct.unpack_from(order + "HH", data, pos)
-        if tag in _ITEM_TAGS:
-            length = struct.unpack_from(order + "I", data, pos + 4)[0]
-            pos += 8
-            if in_pixels and tag == (0xFFFE, 0xE000) and length != _UNDEFINED:
-                if length > size - pos:
-                    return _too_long(tag, length, size - pos)
-                pos += length  # an encapsulated pixel fragment
-            continue  # a sequence item: its elements follow
-        in_pixels = tag == _PIXEL_DATA
-        vr = data[pos + 4 : pos + 6]
-        if explicit and vr.isalpha() and vr.isupper():
-            if vr in _LONG_VRS:
-                if pos + 12 > size:
-                    break
-                length = struct.unpack_from(order + "I", data, pos + 8)[0]
-                pos += 12
-            else:
-                length = struct.unpack_from(order + "H", data, pos + 6)[0]
-                pos += 8
-        else:
-            vr = b""
-            length = struct.unpack_from(order + "I", data, pos + 4)[0]
-            pos += 8
-        if length == _UNDEFINED or vr == b"SQ":
-            continue  # a sequence or encapsulated pixel data: walk into it
-        if length > size - pos:
-            return _too_long(tag, length, size - pos)
-        if tag == (0x0002, 0x0010):
-            uid = data[pos : pos + length].rstrip(b"\0 ").decode("ascii", "replace")
-            ts_explicit = uid != "1.2.840.10008.1.2"
-            ts_little = uid != "1.2.840.10008.1.2.2"
-        if in_pixels:
-            break
-        pos += length
-    return None
-
-
-def _too_long(tag, length: int, left: int) -> str:
-    return (
-        f"the DICOM element ({tag[0]:04X},{tag[1]:04X}) claims {length} bytes but only {left} "
-        "remain in the file (truncated or corrupt); refused before decoding"
-    )
 
 
 def _read_file_info(path: str) -> _FileInfo | None:

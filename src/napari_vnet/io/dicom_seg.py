@@ -2,7 +2,8 @@
 
 :func:`write_dicom_seg` (highdicom, the optional extra ``napari-vnet[dicom-seg]``)
 writes one BINARY segment per foreground class of a model card, its frames referencing
-the source series' images.
+the source series' images; each segment is coded (SNOMED CT anatomy from the class name,
+:mod:`napari_vnet.io.dicom_codes`) and names napari-vnet, its version and the model.
 
 A SEG (``napari-vnet predict --format dicom-seg``, 3D Slicer, OHIF, highdicom) holds one
 binary (or fractional) frame per segment and source slice; each frame says which segment
@@ -398,34 +399,58 @@ def _segment_frames(frames: np.ndarray, foreground: list) -> np.ndarray:
     return lut[frames].astype(np.uint8 if len(foreground) < 256 else np.uint16)
 
 
-def _segment_descriptions(hd, card, foreground: list) -> list:
-    """One description per foreground class: its name, napari's colour for it and its
-    label value in ``TrackingID`` (so :func:`read_dicom_seg` gives the values back)."""
+def model_name(card, weights: str | os.PathLike | None = None) -> str:
+    """The name of the model a segmentation came from: the weights' name (a shipped name
+    or the file's stem), else where foreign weights come from, else the network."""
+    if weights is not None and str(weights):
+        path = Path(weights)
+        name = path.name if path.is_dir() else path.stem
+        origin = card.origin()
+        return f"{name} ({origin})" if origin and origin != name else name
+    return card.origin() or f"napari-vnet {card.arch}"
+
+
+def _segment_descriptions(hd, card, foreground: list, model: str) -> list:
+    """One description per foreground class: its name, coded anatomy (SNOMED CT, from
+    the class name; "Tissue" when nothing fits), napari's colour for it, napari-vnet and
+    its version as the algorithm (the model's name among its parameters), and its label
+    value in ``TrackingID`` (so :func:`read_dicom_seg` gives the values back)."""
     from pydicom.sr.codedict import codes
 
     from napari_vnet import __version__
+    from napari_vnet.io.dicom_codes import segment_codes
     from napari_vnet.io.label_names import class_colors
 
     algorithm = hd.AlgorithmIdentificationSequence(
-        name=f"napari-vnet {card.arch}",
+        name="napari-vnet",
         family=codes.cid7162.ArtificialIntelligence,
         version=__version__,
+        source=model[:64],
+        parameters={"model": model, "network": card.arch},
     )
     colors = class_colors(card.classes)  # every segment gets the colour napari shows
-    return [
-        hd.seg.SegmentDescription(
+    out = []
+    for n, c in enumerate(foreground, start=1):
+        coded = segment_codes(c.name)
+        segment = hd.seg.SegmentDescription(
             segment_number=n,
             segment_label=str(c.name)[:64] or f"label {c.value}",
-            segmented_property_category=codes.SCT.Tissue,
-            segmented_property_type=codes.SCT.Tissue,
+            segmented_property_category=coded.category,
+            segmented_property_type=coded.type,
             algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
             algorithm_identification=algorithm,
             tracking_id=f"label {int(c.value)}",
             tracking_uid=hd.UID(),
             display_color=_lab_color(hd, colors[int(c.value)]),
         )
-        for n, c in enumerate(foreground, start=1)
-    ]
+        if coded.modifier is not None:  # left, right, or both of a paired organ
+            m = coded.modifier
+            type_item = segment.SegmentedPropertyTypeCodeSequence[0]
+            type_item.SegmentedPropertyTypeModifierCodeSequence = [
+                hd.sr.CodedConcept(m.value, m.scheme_designator, m.meaning)
+            ]
+        out.append(segment)
+    return out
 
 
 def _pixel_measures(hd, volume, sources: list):
@@ -443,11 +468,18 @@ def _pixel_measures(hd, volume, sources: list):
 
 
 def write_dicom_seg(
-    labels: np.ndarray, volume, card, path: str | os.PathLike, *, series_uid: str | None = None
+    labels: np.ndarray,
+    volume,
+    card,
+    path: str | os.PathLike,
+    *,
+    series_uid: str | None = None,
+    weights: str | os.PathLike | None = None,
 ) -> Path:
     """Write ``labels`` (on ``volume``'s grid, read from a DICOM series) as DICOM-SEG.
 
-    One segment per foreground class of the card (its name and colour), a BINARY
+    One segment per foreground class of the card (its name, SNOMED CT codes and colour;
+    ``weights``: the weights' path or shipped name, for the model's name), a BINARY
     segmentation whose frames reference the source images (matched by their slice
     position, so the order the files were listed in does not matter). Readable by
     pydicom, highdicom, 3D Slicer (QuantitativeReporting) and OHIF. The file is
@@ -465,11 +497,12 @@ def write_dicom_seg(
         raise ValueError("the model card lists no foreground class")
     if len(foreground) > 65535:
         raise ValueError("too many classes for one DICOM-SEG")
+    model = model_name(card, weights)
     seg = hd.seg.Segmentation(
         source_images=sources,
         pixel_array=_segment_frames(frames, foreground),
         segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
-        segment_descriptions=_segment_descriptions(hd, card, foreground),
+        segment_descriptions=_segment_descriptions(hd, card, foreground, model),
         series_instance_uid=series_uid or hd.UID(),
         series_number=int(getattr(sources[0], "SeriesNumber", 0) or 0) + 1000,
         sop_instance_uid=hd.UID(),

@@ -27,12 +27,12 @@ import numpy as np
 
 from napari_vnet.io.dicom import (
     DicomSeries,
-    dicom_length_problem,
     find_series_of_file,
     is_dicom_file,
     list_dicom_series,
     select_series,
 )
+from napari_vnet.io.dicom_lengths import dicom_length_problem
 from napari_vnet.io.dicom_tilt import unsheared_volume
 from napari_vnet.io.errors import VolumeReadError
 from napari_vnet.io.headers import (

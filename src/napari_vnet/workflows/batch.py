@@ -22,8 +22,8 @@ its folder's relative path (``OUT_DIR/a/series``; the input folder's own name wh
 series lies directly in INPUT_DIR; ``<folder>/<series description>`` when one folder
 holds several series). The extension is the input's own when it is a writable format
 (.nii.gz, .nii, .nrrd, .mha, .mhd), else .nii.gz (DICOM, .nhdr, .hdr, .gipl), unless
-``fmt`` names one; ``fmt="dicom-seg"`` writes ``<stem>.dcm`` for DICOM inputs (others
-as with "same"). Beside each label map: ``<stem>_statistics.json`` and
+``fmt`` names one; ``fmt="dicom-seg"`` (or ``"dicom-rtstruct"``) writes ``<stem>.dcm``
+for DICOM inputs (others as with "same"). Beside each label map: ``<stem>_statistics.json`` and
 ``<stem>_probabilities.npz`` when asked for.
 """
 
@@ -61,8 +61,9 @@ __all__ = [
 ]
 
 #: ``--format`` choices: "same" (the input's own format when writable, else .nii.gz),
-#: a writable extension, or "dicom-seg" (DICOM inputs only).
-FORMATS = ("same", ".nii.gz", ".nii", ".nrrd", ".mha", ".mhd", "dicom-seg")
+#: a writable extension, "dicom-seg" or "dicom-rtstruct" (DICOM inputs only).
+FORMATS = ("same", ".nii.gz", ".nii", ".nrrd", ".mha", ".mhd", "dicom-seg", "dicom-rtstruct")
+DICOM_FORMATS = ("dicom-seg", "dicom-rtstruct")  # written for DICOM inputs only
 
 STATISTICS_SUFFIX = "_statistics.json"
 PROBABILITIES_SUFFIX = "_probabilities.npz"
@@ -183,7 +184,7 @@ class OutputPlan:
     """The files one case produces (the label map is written last)."""
 
     labels: Path
-    fmt: str  # extension or "dicom-seg"
+    fmt: str  # extension, "dicom-seg" or "dicom-rtstruct"
     statistics: Path | None = None
     probabilities: Path | None = None
 
@@ -214,11 +215,11 @@ def plan_outputs(
 
     if fmt not in FORMATS:
         raise ValueError(f"unknown output format {fmt!r}; choose from {', '.join(FORMATS)}")
-    if fmt == "dicom-seg" and case.kind == "dicom":
+    if fmt in DICOM_FORMATS and case.kind == "dicom":
         ext = ".dcm"
-        kind = "dicom-seg"
+        kind = fmt
     else:
-        if fmt in ("same", "dicom-seg"):
+        if fmt in ("same", *DICOM_FORMATS):
             ext = case.source_ext if case.source_ext in WRITE_EXTENSIONS else ".nii.gz"
         else:
             ext = fmt

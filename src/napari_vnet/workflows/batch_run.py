@@ -183,7 +183,12 @@ def _write_outputs(
     # the record first: a label map is never without one (nor taken for an input)
     write_record(plan, case, weights, complete=False, **extra)
     if plan.fmt == "dicom-seg":
-        write_dicom_seg(done.labels, vol, card, plan.labels, series_uid=extra["series_uid"])
+        write_dicom_seg(done.labels, vol, card, plan.labels, series_uid=extra["series_uid"],
+                        weights=weights.get("weights"))  # fmt: skip
+    elif plan.fmt == "dicom-rtstruct":
+        from napari_vnet.io.dicom_rtstruct import write_rtstruct
+
+        write_rtstruct(done.labels, vol, card, plan.labels, weights=weights.get("weights"))
     else:
         write_labels(done.labels, plan.labels, vol, card)
     write_record(plan, case, weights, complete=True, **extra)
