@@ -80,6 +80,29 @@ def test_same_labels_as_nnunet_predictor(seed, shape, spacing, mirror):
         assert _dice(result.labels, expected, value) >= 0.99, value
 
 
+def test_fast_way_back_and_batched_windows_keep_the_labels(monkeypatch):
+    """The way back resamples the blended logits once, in torch (plan's linear
+    resampling, no separate z here): the same labels as nnU-Net's own resampling
+    function and as nnU-Net itself; windows batched on the CPU (the default for a small
+    patch) give the same labels as one window per pass."""
+    from napari_vnet.foreign.nnunet_preprocessing import NnUNetPreprocessing
+
+    torch.manual_seed(0)
+    image, _, _ = make_phantom(5, shape=(16, 64, 72), spacing=(6.0, 3.0, 3.0))
+    model, card = load_weights(FOLDER)
+    fast = predict(image, model, card, device="cpu", amp=False)
+    assert fast.stats["resampled"] and fast.batch_size > 1
+    one = predict(image, model, card, device="cpu", amp=False, batch_size=1)
+    monkeypatch.setattr(NnUNetPreprocessing, "_linear_way_back", lambda self, target: False)
+    slow = predict(image, model, card, device="cpu", amp=False, batch_size=1)
+    assert (fast.labels > 0).sum() > 500
+    np.testing.assert_array_equal(fast.labels, one.labels)
+    assert (fast.labels != slow.labels).sum() <= 1e-4 * fast.labels.size
+    expected = _nnunet_predict(FOLDER, image, mirror=False)
+    for value in (1, 2):
+        assert _dice(fast.labels, expected, value) >= 0.99, value
+
+
 def test_unsupported_variants_refused_in_one_line(tmp_path):
     def variant(name: str, edit) -> Path:
         folder = tmp_path / name / FOLDER.name

@@ -202,23 +202,24 @@ class NnUNetPreprocessing:
         return self.restore(ctx, labels=uncertainty)[0].astype(np.uint8, copy=False)
 
     def _resample_argmax(self, scores: np.ndarray, props: dict[str, Any]) -> np.ndarray:
-        """nnU-Net's way back: resample the blended logits with the probabilities'
-        resampling, then arg-max. Done one class at a time (nnU-Net's resampling treats
-        channels independently) with a running arg-max, so no float32 ``C x D x H x W``
-        array is held. ``scores`` are the engine's probabilities, the softmax of the
-        blended logits; their logarithm differs from the logits by one value per voxel,
-        the same for every class, and the resampling is linear with the same weights for
-        every class, so the arg-max after resampling is that of the logits."""
+        """nnU-Net's way back: resample the blended logits ``scores`` (C, d, h, w) once,
+        with the probabilities' resampling, then arg-max (nnU-Net's softmax before its
+        arg-max changes no arg-max). The plan's usual resampling (linear, no separate z)
+        is done here in torch, plane by plane then along z - the same interpolation as
+        nnU-Net's (skimage's ``resize``, order 1, edge mode: separable), without a
+        float64 ``C x D x H x W`` copy; any other resampling calls nnU-Net's function
+        one class at a time with a running arg-max."""
         forward = self.plans_manager.transpose_forward
         target = [props["spacing"][i] for i in forward]
-        shape = props["shape_after_cropping_and_before_resampling"]
+        shape = tuple(int(s) for s in props["shape_after_cropping_and_before_resampling"])
+        if self._linear_way_back(target):
+            return linear_resample_argmax(scores, shape)
         fn = self.config.resampling_fn_probabilities
         best = None
         labels = np.zeros(shape, dtype=np.uint16)
         for c in range(scores.shape[0]):
-            log_p = np.log(np.maximum(np.asarray(scores[c : c + 1], np.float32), 1e-7))
-            ch = fn(log_p, shape, self.config.spacing, target)[0]
-            ch = np.asarray(ch, dtype=np.float32)
+            ch = fn(np.asarray(scores[c : c + 1], np.float32), shape, self.config.spacing, target)
+            ch = np.asarray(ch[0], dtype=np.float32)
             if best is None:
                 best = ch
             else:
@@ -226,3 +227,47 @@ class NnUNetPreprocessing:
                 labels[better] = c
                 best = np.where(better, ch, best)
         return labels
+
+    def _linear_way_back(self, target: list[float]) -> bool:
+        """Is the plan's probability resampling nnU-Net's default one, linear, without
+        separate z for these spacings (what :func:`linear_resample_argmax` reproduces)?"""
+        from nnunetv2.preprocessing.resampling.default_resampling import (
+            determine_do_sep_z_and_axis,
+        )
+
+        cfg = self.config.configuration
+        kwargs = dict(cfg.get("resampling_fn_probabilities_kwargs") or {})
+        if cfg.get("resampling_fn_probabilities") != "resample_data_or_seg_to_shape":
+            return False
+        if kwargs.get("is_seg") or int(kwargs.get("order", 3)) != 1:
+            return False
+        separate, _ = determine_do_sep_z_and_axis(
+            kwargs.get("force_separate_z"), self.config.spacing, target
+        )
+        return not separate
+
+
+def linear_resample_argmax(scores: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """Arg-max over classes of ``scores`` (C, d, h, w) resampled linearly to ``shape``
+    (D, H, W) with half-voxel alignment and edge values outside (scipy's ``zoom``,
+    ``grid_mode=True``, ``mode="nearest"``, order 1, as nnU-Net calls it): each plane
+    bilinear, then linear along z, a few output slices at a time (no ``C x D x H x W``
+    array). uint16 channel indices."""
+    import torch
+    import torch.nn.functional as F
+
+    d, (depth, height, width) = int(scores.shape[1]), shape
+    x = torch.from_numpy(np.ascontiguousarray(scores, dtype=np.float32)).transpose(0, 1)
+    if tuple(x.shape[2:]) != (height, width):
+        x = F.interpolate(x, size=(height, width), mode="bilinear", align_corners=False)
+    src = ((np.arange(depth) + 0.5) * (d / depth) - 0.5).clip(0, d - 1)
+    lo = np.floor(src).astype(np.int64)
+    frac = torch.from_numpy((src - lo).astype(np.float32))
+    lo_t, hi_t = torch.from_numpy(lo), torch.from_numpy(np.minimum(lo + 1, d - 1))
+    labels = np.zeros(shape, dtype=np.uint16)
+    for z0 in range(0, depth, 8):
+        z = slice(z0, min(z0 + 8, depth))
+        w = frac[z].view(-1, 1, 1, 1)
+        out = x[lo_t[z]] * (1 - w) + x[hi_t[z]] * w
+        labels[z] = out.argmax(1).numpy()
+    return labels

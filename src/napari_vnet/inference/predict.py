@@ -262,8 +262,8 @@ def predict(
     result = _run_engine(
         vol, model, card, dev, progress, overlap=overlap, amp_dtype=amp_dtype,
         batch_size=batch_size, tta=tta, skip_uniform=skip_uniform,
-        return_probabilities=return_probabilities or pre.needs_scores(ctx), should_stop=stop,
-        return_uncertainty=return_uncertainty,
+        return_probabilities=return_probabilities, return_scores=pre.needs_scores(ctx),
+        should_stop=stop, return_uncertainty=return_uncertainty,
     )  # fmt: skip
     del vol
     # ---- 3. back to the input grid, post-process
@@ -351,7 +351,7 @@ def _to_input_grid(result: EngineResult, pre: Preprocessing, ctx, work_shape, in
     grid) on the input grid; probabilities and uncertainty None where there is no way back."""
     crop = (slice(None), *(slice(0, s) for s in work_shape))
     probs = None if result.probabilities is None else result.probabilities[crop]
-    scores = {"scores": probs} if pre.needs_scores(ctx) else {}
+    scores = {"scores": result.scores[crop]} if result.scores is not None else {}
     labels, probs = pre.restore(ctx, labels=result.labels[crop[1:]], probabilities=probs, **scores)
     uncertainty = None
     if result.uncertainty is not None:

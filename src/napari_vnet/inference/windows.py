@@ -156,7 +156,9 @@ class ZStitcher:
     ``blend="softmax"`` (default) sums Gaussian-weighted probabilities; ``"logits"`` sums
     weighted logits (nnU-Net's way), whose probabilities are the softmax of the weighted
     mean. ``weights`` (the window weight map) is needed for probabilities: summed in one
-    more slab channel, it normalises the weighted scores exactly.
+    more slab channel, it normalises the weighted scores exactly. ``keep_scores``: also
+    keep those normalised scores (the blended logits, or probabilities) as float32
+    ``scores``, for a way back that resamples them (nnU-Net resamples logits once).
     """
 
     def __init__(
@@ -171,6 +173,7 @@ class ZStitcher:
         blend: str = "softmax",
         keep_probabilities: bool = True,
         uncertainty: bool = False,
+        keep_scores: bool = False,
     ) -> None:
         self.shape = shape
         self.depth = depth
@@ -184,6 +187,11 @@ class ZStitcher:
             None
             if weights is None or not keep_probabilities
             else np.zeros((n_classes, *shape), dtype=np.float16)
+        )
+        self.scores = (
+            np.zeros((n_classes, *shape), dtype=np.float32)
+            if keep_scores and weights is not None
+            else None
         )
         # normalised entropy of the blended probabilities, 0..255 (uint8: one byte a voxel)
         self.uncertainty = np.zeros(shape, dtype=np.uint8) if uncertainty else None
@@ -219,9 +227,12 @@ class ZStitcher:
         slab = self.acc[: self.n_classes, :n]
         idx = torch.argmax(slab, dim=0).to("cpu", torch.int64).numpy()
         self.labels[self.base : until] = self.lut[idx]
-        if self.probabilities is not None or self.uncertainty is not None:
+        wanted = self.probabilities is not None or self.uncertainty is not None
+        if wanted or self.scores is not None:
             probs = slab / self.acc[self.n_classes, :n].clamp_min(1e-12)
-            if self.blend == "logits":
+            if self.scores is not None:
+                self.scores[:, self.base : until] = probs.to("cpu", torch.float32).numpy()
+            if self.blend == "logits" and wanted:
                 probs = torch.softmax(probs, dim=0)
             if self.probabilities is not None:
                 self.probabilities[:, self.base : until] = probs.to("cpu", torch.float32).numpy()
