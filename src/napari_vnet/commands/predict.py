@@ -54,6 +54,13 @@ INPUT_HELP = "image file, DICOM folder, or a folder of scans"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    _run_arguments(parser)
+    _nnunet_arguments(parser)
+    _output_arguments(parser)
+    _folder_arguments(parser)
+
+
+def _run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("input", metavar="INPUT", help=INPUT_HELP)
     parser.add_argument(
         "--weights",
@@ -110,6 +117,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="plain fp32 (default: mixed precision where fast; foreign weights: as their "
         "own tool runs them)",
     )
+    parser.add_argument(
+        "--postprocess",
+        nargs="?",
+        const="all",
+        default=None,
+        metavar="OPS",
+        help="clean the mask: 'all' (default when given) or comma list of "
+        "largest_component, fill_holes",
+    )
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an existing OUT file (folder: redo cases whose outputs exist)",
+    )
+    parser.add_argument("--json", action="store_true", help="print a JSON summary as last line")
+
+
+def _nnunet_arguments(parser: argparse.ArgumentParser) -> None:
     nnunet = parser.add_argument_group("nnU-Net folder (--weights names one)")
     nnunet.add_argument(
         "--folds", "-f", nargs="+", default=None, metavar="FOLD",
@@ -120,6 +145,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="checkpoint_final.pth or checkpoint_best.pth of each fold (default: final, "
         "else best)",
     )  # fmt: skip
+
+
+def _output_arguments(parser: argparse.ArgumentParser) -> None:
     extra = parser.add_argument_group("outputs (TotalSegmentator style)")
     extra.add_argument(
         "--roi-subset", "--roi_subset", nargs="+", default=None, metavar="NAME",
@@ -138,21 +166,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="also a PNG of three orthogonal slices through the mask with it overlaid "
         "(default file: <OUT stem>_preview.png)",
     )  # fmt: skip
-    parser.add_argument(
-        "--postprocess",
-        nargs="?",
-        const="all",
-        default=None,
-        metavar="OPS",
-        help="clean the mask: 'all' (default when given) or comma list of "
-        "largest_component, fill_holes",
-    )
-    parser.add_argument(
-        "--overwrite",
-        action="store_true",
-        help="replace an existing OUT file (folder: redo cases whose outputs exist)",
-    )
-    parser.add_argument("--json", action="store_true", help="print a JSON summary as last line")
+
+
+def _folder_arguments(parser: argparse.ArgumentParser) -> None:
     batch = parser.add_argument_group("folder of scans (INPUT and OUT are folders)")
     batch.add_argument(
         "--pattern",

@@ -437,6 +437,24 @@ def _rename_mhd_data(header: Path, data_name: str) -> None:
     os.replace(header.parent / old, os.path.join(os.fsencode(header.parent), new_bytes))
 
 
+def _check_target(path: Path) -> str:
+    """The write extension of ``path``; raises :class:`VolumeWriteError` when it is not
+    writable there (unknown extension, missing folder, a folder of that name)."""
+    ext = write_extension(path)
+    if ext is None:
+        raise VolumeWriteError(
+            path, "unsupported extension (use one of " + ", ".join(WRITE_EXTENSIONS) + ")"
+        )
+    if not path.parent.is_dir():
+        parent = next((p for p in path.parents if p.exists()), None)
+        if parent is not None and not parent.is_dir():
+            raise VolumeWriteError(path, f"{parent} is a file, not a folder")
+        raise VolumeWriteError(path, f"the folder {path.parent} does not exist")
+    if path.is_dir():
+        raise VolumeWriteError(path, "a folder has this name")
+    return ext
+
+
 def write_volume(
     array_or_volume: np.ndarray | Volume,
     path: str | os.PathLike,
@@ -456,19 +474,7 @@ def write_volume(
     ``like`` was read from raises :class:`VolumeWriteError` unless ``overwrite_source``.
     """
     path = Path(path)
-    ext = write_extension(path)
-    if ext is None:
-        raise VolumeWriteError(
-            path, "unsupported extension (use one of " + ", ".join(WRITE_EXTENSIONS) + ")"
-        )
-    if not path.parent.is_dir():
-        parent = next((p for p in path.parents if p.exists()), None)
-        if parent is not None and not parent.is_dir():
-            raise VolumeWriteError(path, f"{parent} is a file, not a folder")
-        raise VolumeWriteError(path, f"the folder {path.parent} does not exist")
-    if path.is_dir():
-        raise VolumeWriteError(path, "a folder has this name")
-
+    ext = _check_target(path)
     vol: Volume | None
     geometry: Volume | None
     if isinstance(array_or_volume, Volume):
