@@ -84,7 +84,11 @@ def _child(code: str, *args: str, limit: str | None = "512M") -> dict:
 
 def _refused_in_one_line(out: dict, *words: str) -> None:
     """Refused, with one error line (``predict`` may warn about the input first)."""
-    lines = [ln for ln in out["message"].strip().splitlines() if ": warning: " not in ln]
+    # warnings and notes (e.g. which defaults a foreign model runs with) are not errors
+    lines = [
+        ln for ln in out["message"].strip().splitlines()
+        if ": warning: " not in ln and ": note: " not in ln
+    ]
     assert out.get("rc", 1) not in (0, -1) and out.get("outcome") != "loaded", out
     assert len(lines) == 1 and "Traceback" not in out["message"], out
     text = lines[0]

@@ -131,9 +131,10 @@ def test_cancel_inference_midway(model_card):
         return len(seen) >= 3
 
     with pytest.raises(PredictionCancelled, match="after 3/"):
-        predict(
+        predict(  # one window a pass: Cancel is checked between passes
             image, model, card, spacing=(1, 1, 1), device="cpu", skip_uniform=False,
-            progress=lambda done, total: seen.append((done, total)), should_stop=stop,
+            batch_size=1, progress=lambda done, total: seen.append((done, total)),
+            should_stop=stop,
         )  # fmt: skip
     assert len(seen) == 3 and seen[-1][0] < seen[-1][1]
 
@@ -141,7 +142,8 @@ def test_cancel_inference_midway(model_card):
 def test_cancel_segment_job_midway(tiny_weights):
     from napari_vnet.workflows.segment import JobCancelled, Progress
 
-    job = _job(np.random.default_rng(0).normal(size=(40, 40, 40)).astype(np.float32), tiny_weights)
+    image = np.random.default_rng(0).normal(size=(40, 40, 40)).astype(np.float32)
+    job = _job(image, tiny_weights, batch_size=1)  # Cancel is checked between passes
     gen = job.events()
     progress = []
     try:

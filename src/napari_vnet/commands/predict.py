@@ -302,7 +302,7 @@ def _model_and_settings(args: argparse.Namespace):
     }
     own = producer_defaults(seg.card, args.device)
     if own is not None and not args.fast and (args.tta is None or args.no_amp is False):
-        _say(f"{own.describe()} (--disable-tta, --fast or --no-amp to change)")
+        _say(f"note: {own.describe()} (--disable-tta, --fast or --no-amp to change)")
     pp = (seg.card.source or {}).get("postprocessing")
     if pp:
         _say(f"nnU-Net postprocessing.pkl {pp}")
