@@ -20,7 +20,7 @@ import pytest
 import torch
 
 from napari_vnet.annotation_regions import training_weights
-from napari_vnet.losses import DiceCELoss, cross_entropy_loss, soft_dice_loss
+from napari_vnet.losses import cross_entropy_loss, soft_dice_loss
 from napari_vnet.training import TrainConfig, TrainingPair, prepare_cases, run_training
 
 LIVER, SPLEEN = 5, 1
@@ -357,3 +357,35 @@ def test_an_exported_dataset_keeps_the_corrections_and_ignores_the_rest(tmp_path
     assert (out[10][labels[10] == SPLEEN] == ignore).all()
     assert (out[9] == ignore).all()
     assert f"class_{SPLEEN}" not in meta["labels"]  # shown nowhere that counts
+
+
+def test_foreign_preprocessing_carries_the_weights():
+    """nnU-Net's own preparation (resampling, padding) takes the weights along as a
+    second label map: the same three levels, none on the padding."""
+    pytest.importorskip("nnunetv2")
+    from pathlib import Path
+
+    from napari_vnet.foreign import preprocessing_for
+    from napari_vnet.weights import load_weights
+
+    folder = (
+        Path(__file__).parents[1]
+        / "data/nnunet/Dataset901_TinyPhantom/nnUNetTrainer__nnUNetPlans__3d_fullres"
+    )
+    _, card = load_weights(folder)
+    pre = preprocessing_for(card)
+    labels = np.zeros((24, 48, 48), np.uint8)
+    labels[:, 8:20, 8:20] = 1
+    labels[:, 28:40, 28:40] = 2
+    slices = list(range(4, 20))  # contiguous: the plan's 8.2-mm slices keep some
+    record = {"axis": 0, "slices": slices,
+              "edits": {str(s): {"labels": [1], "changed": [[8 * 48 + 8, 2]]}
+                        for s in slices}}  # fmt: skip
+    image = np.random.default_rng(0).normal(0, 1, labels.shape).astype(np.float32)
+    (case,), _, _ = prepare_cases(
+        [TrainingPair(image, labels, spacing=(2.0, 4.5, 4.5), annotated=record)],
+        card.classes, spacing=None, normalization={}, producer=pre, uncorrected_weight=0.25,
+    )  # fmt: skip
+    assert set(np.unique(case.weight)) == {0, 64, 255}
+    np.testing.assert_array_equal(case.mask, case.weight > 0)
+    assert (case.weight[case.target == 2] != 255).all()  # class 2 was left as predicted
