@@ -3,17 +3,19 @@
 A user corrects only the liver on a few slices of a model's prediction of the shared CT
 (the spleen, stomach and spine predicted on those slices stay as predicted, right or
 wrong), then fine-tunes with the Fine-tune dock's settings (validation 20 %, a time
-budget, the dock's validation pace). Two behaviours:
+budget, the dock's validation pace). The variants:
 
 * **old**: the corrected slices count whole (the uncorrected spleen, stomach and spine
   predictions on them are learnt as if corrected), and the checkpoint of the highest
   raw validation Dice is kept (``keep="best-raw"``);
-* **new** (the dock's *corrected labels only*): the slices count per label and region (the liver the user painted or erased,
-  the changed voxels and a band around them: :func:`napari_vnet.training.annotations.training_mask`
-  of the record the real edit recorder writes; the classes no annotated voxel shows are
-  kept by the marginal loss, ``partial_labels``), and the weights are chosen by the
-  smoothed validation Dice, or the final ones when validation is too small to decide
-  (``keep="auto"``).
+* **wW** (e.g. ``w0.25``; the dock's *what I corrected*): the slices weigh per label
+  and region - the liver the user painted or erased, the changed voxels and a band
+  around them weigh 1 (:func:`napari_vnet.training.annotation_regions.training_weights` of the
+  record the real edit recorder writes), the labels left as predicted on those slices
+  weigh ``W`` (``TrainConfig.uncorrected_weight``: ``w0`` is the corrections only, whose
+  classes no counted voxel shows are kept by the marginal loss, ``partial_labels``;
+  ``w1`` the slices whole); the weights are chosen by the smoothed validation Dice, or
+  the final ones when validation is too small to decide (``keep="auto"``).
 
 Where a run keeps an earlier checkpoint, the final weights are scored too.
 
@@ -25,6 +27,7 @@ on the uncorrected slices of that half and on another scan
 contrast phase and kernel changed).
 
     nice python benchmarks/finetune_selection.py [--base-minutes 3] [--minutes 2.5]
+        [--variants w0,w0.1,w0.25,w1]
 
 Writes ``benchmarks/results/finetune_selection.json`` and prints a table. CPU times on a
 shared machine: the iterations reached in a time budget depend on the other load.
@@ -107,14 +110,23 @@ def correct_liver(predicted: np.ndarray, ref: np.ndarray, slices) -> tuple[np.nd
     return np.array(layer.data), json.loads(json.dumps(layer.metadata[KEY]))
 
 
+def variant_settings(variant: str, record, slices) -> tuple[object, float, str]:
+    """``(annotated, uncorrected_weight, keep)`` of a variant: ``old`` or ``w<weight>``
+    (``new``: ``w0``, the corrections only, as earlier runs of this benchmark named it)."""
+    if variant == "old":
+        return list(slices), 1.0, "best-raw"
+    weight = 0.0 if variant == "new" else float(variant.removeprefix("w"))
+    return record, weight, "auto"
+
+
 def fine_tune(variant: str, ct, corrected, record, slices, base: Path, args, workdir) -> dict:
     from napari_vnet.training import TrainConfig, TrainingPair, run_training
 
-    annotated = record if variant == "new" else list(slices)
+    annotated, weight, keep = variant_settings(variant, record, slices)
     config = TrainConfig(
         iterations=None, minutes=args.minutes, val_fraction=0.2, seed=args.seed,
         eval_seconds=min(60.0, max(15.0, 60.0 * args.minutes / 8)),
-        keep="auto" if variant == "new" else "best-raw", keep_resume=True,
+        keep=keep, keep_resume=True, uncorrected_weight=weight,
     )  # fmt: skip
     out = workdir / f"{variant}.pt"
     vals = []
@@ -133,6 +145,8 @@ def fine_tune(variant: str, ct, corrected, record, slices, base: Path, args, wor
     return {
         "out": out,
         "final": resume_path(out),  # the weights of the last iteration
+        "uncorrected_weight": weight,
+        "voxels": (summary.get("voxels") or {}).get("message"),
         "iterations": summary["iterations"],
         "seconds": round(summary["seconds"], 1),
         "kept_iteration": summary["best_iteration"],
@@ -164,10 +178,14 @@ def main() -> int:
     ap.add_argument("--base-minutes", type=float, default=3.0)
     ap.add_argument("--minutes", type=float, default=2.5, help="each fine-tune")
     ap.add_argument("--slices", type=int, nargs="+", default=[11, 13, 15, 17, 19])
-    ap.add_argument("--variants", default="old,new")
+    ap.add_argument("--variants", default="w0,w0.1,w0.25,w1")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default=str(RESULTS / "finetune_selection.json"))
+    ap.add_argument(
+        "--base", help="the base weights of an earlier run (not trained again: its "
+        "'before' scores must match those in --out, whose variants are kept and added to)",
+    )  # fmt: skip
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
     import torch
@@ -183,7 +201,7 @@ def main() -> int:
     other_img, other_ts, params = make_second_patient(ct, ts, seed=1)
     other_ref = to_classes(np.asarray(other_ts.array))
     workdir = Path(tempfile.mkdtemp(prefix="ft-selection-"))
-    base = train_base(ct, ref, args, workdir)
+    base = Path(args.base) if args.base else train_base(ct, ref, args, workdir)
     predicted = segment(base, ct)
     corrected, record = correct_liver(predicted, ref, args.slices)
     uncorrected = [z for z in range(10, ct.shape[0]) if z not in args.slices]
@@ -206,6 +224,15 @@ def main() -> int:
         },
         "before": scores(base),
     }  # fmt: skip
+    variants = args.variants.split(",")
+    if args.base:  # add to the runs of that base
+        earlier = json.loads(Path(args.out).read_text())
+        if earlier["before"] != result["before"]:
+            print(f"{args.base} is not the base of {args.out}", file=sys.stderr)
+            return 1
+        result = {**earlier, **{k: v for k, v in result.items() if k != "setup"}}
+        result["setup"]["added_with_the_same_base"] = variants
+        variants = [k for k in earlier if k not in ("setup", "before")] + variants
     for variant in args.variants.split(","):
         run = fine_tune(variant, ct, corrected, record, args.slices, base, args, workdir)
         run["after"] = scores(run.pop("out"))
@@ -215,7 +242,7 @@ def main() -> int:
         result[variant] = run
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
-    print_table(result, args.variants.split(","))
+    print_table(result, list(dict.fromkeys(variants)))
     print(f"wrote {args.out}")
     return 0
 
@@ -229,10 +256,10 @@ def print_table(result: dict, variants) -> None:
     names = [*CLASSES.values(), "mean"]
     for where in ("uncorrected_slices", "other_scan"):
         print(f"\nDice on {where.replace('_', ' ')}")
-        print(f"{'':16s}" + "".join(f"{n:>9s}" for n in names))
+        print(f"{'':18s}" + "".join(f"{n:>9s}" for n in names))
         for label, s in rows:
             cells = "".join(f"{'-' if s[where][n] is None else s[where][n]:>9}" for n in names)
-            print(f"{label:16s}{cells}")
+            print(f"{label:18s}{cells}")
     for v in variants:
         r = result[v]
         print(f"{v}: {r['iterations']} it, kept {r['kept_iteration']} ({r['selection_message']})")

@@ -11,7 +11,7 @@ import pytest
 
 from napari_vnet._widgets import _edits
 from napari_vnet._widgets._finetune_pairs import check_same_geometry
-from napari_vnet._widgets.finetune import EDITED, WHOLE, FinetuneWidget
+from napari_vnet._widgets.finetune import CORRECTED, EDITED, WHOLE, FinetuneWidget
 from napari_vnet.workflows.finetune import GeometryMismatch, default_output_path, user_weights_dir
 
 SCALE = (2.0, 1.0, 1.0)
@@ -98,7 +98,7 @@ def test_train_on_painted_slices_then_resegment(make_napari_viewer, qtbot, base_
     assert _edits.records(labels.metadata) == [(0, [5, 8, 11])]
     assert "3" in ft.count_label.text()
     ft.add_pair(image, labels)
-    assert ft.voxels_combo.currentText() == EDITED
+    assert ft.voxels_combo.currentText() == CORRECTED
     small_settings(ft, iterations=6)
     labels_before = labels.data.copy()
     base_hash = sha(base_weights)
@@ -304,6 +304,7 @@ def test_export_dataset_writes_nnunet_layout(make_napari_viewer, qtbot, tmp_path
     with pytest.raises(GeometryMismatch, match="origin"):
         ft.add_file_pair(img_path, moved)
     ft.class_names_edit.setText("1=blob, 2=blob2")
+    ft.voxels_combo.setCurrentText(EDITED)  # the edited slices whole
     with qtbot.waitSignal(ft.dataset_exported, timeout=60_000) as done:
         assert ft.export_dataset(tmp_path / "ds") is not None
     ds = Path(done.args[0])

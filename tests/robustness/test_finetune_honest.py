@@ -229,14 +229,25 @@ def test_regions_travel_as_json_and_train_the_same_way(predicted, tmp_path):
     image = np.random.default_rng(0).normal(0, 1, layer.data.shape).astype(np.float32)
     cases, _, _ = prepare_cases(
         [TrainingPair(image, np.array(layer.data), annotated=record)], None, spacing=None,
-        normalization={"kind": "zscore"},
+        normalization={"kind": "zscore"}, uncorrected_weight=0.0,
     )  # fmt: skip
     np.testing.assert_array_equal(cases[0].mask, _mask(layer))
     assert not cases[0].mask[4][layer.data[4] == SPLEEN].any()
+    # at a weight above 0 the spleen counts too, at that weight (the default)
+    cases, _, _ = prepare_cases(
+        [TrainingPair(image, np.array(layer.data), annotated=record)], None, spacing=None,
+        normalization={"kind": "zscore"}, uncorrected_weight=0.25,
+    )  # fmt: skip
+    weight = cases[0].weight
+    assert (weight[4][_mask(layer)[4]] == 255).all()
+    assert (weight[4][layer.data[4] == SPLEEN] == 64).all()
+    assert not weight[[0, 1, 2, 3, 5]].any()
 
 
 def test_fine_tune_dock_trains_on_the_regions(make_napari_viewer, predicted):
     from napari_vnet._widgets.finetune import CORRECTED, EDITED, FinetuneWidget
+    from napari_vnet.training.data import load_pairs
+    from napari_vnet.workflows.finetune import spec_to_pair
 
     viewer = make_napari_viewer()
     image = viewer.add_image(np.zeros(predicted.data.shape, np.float32), name="ct")
@@ -244,14 +255,17 @@ def test_fine_tune_dock_trains_on_the_regions(make_napari_viewer, predicted):
     ft = FinetuneWidget(viewer)
     labels.paint((2, 16, 8), LIVER)
     ft.add_pair(image, labels)
-    assert ft.voxels_combo.currentText() == EDITED  # the default: edited slices whole
+    assert ft.voxels_combo.currentText() == CORRECTED  # the default: per label and region
+    ft.voxels_combo.setCurrentText(EDITED)
     (spec,) = ft._training_specs(True)
     assert spec["annotated"][2].all() and not spec["annotated"][[0, 1, 3]].any()
     ft.voxels_combo.setCurrentText(CORRECTED)
     (spec,) = ft._training_specs(True, regions=True)
-    mask = spec["annotated"]
+    (loaded,) = load_pairs([spec_to_pair(spec)])  # the record, read with the labels
+    mask = loaded.counted(0.0)  # what counts at weight 1
     assert mask[2][labels.data[2] == LIVER].all()
-    assert not mask[2][labels.data[2] == SPLEEN].any()  # left as predicted: not learnt
+    assert not mask[2][labels.data[2] == SPLEEN].any()  # left as predicted: not corrected
+    assert loaded.mask[2].all()  # ... but on the edited slice, kept at the low weight
 
 
 def test_records_of_whole_slices_still_count_whole():

@@ -49,9 +49,11 @@ class FinetuneExportMixin:
         """Write the session's pairs as an nnU-Net/MSD style folder in a thread worker.
 
         ``imagesTr/case_NNN_0000.nii.gz``, ``labelsTr/case_NNN.nii.gz`` and a
-        ``dataset.json``. With "edited / reviewed slices only", voxels outside the
-        annotated slices get nnU-Net's "ignore" label. Returns the worker, or None when
-        refused; ``dataset_exported(folder)`` is emitted when it is written.
+        ``dataset.json``. With "whole edited / reviewed slices", voxels outside the
+        annotated slices get nnU-Net's "ignore" label; with "what I corrected" so do the
+        labels left as predicted on them (a dataset has no loss weights). Returns the
+        worker, or None when refused; ``dataset_exported(folder)`` is emitted when it is
+        written.
         """
         from napari.qt.threading import thread_worker
 

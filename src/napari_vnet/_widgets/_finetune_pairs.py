@@ -10,6 +10,7 @@ here.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -23,9 +24,11 @@ from napari_vnet.workflows.finetune import GeometryMismatch, check_pair_grid
 if TYPE_CHECKING:
     from qtpy.QtWidgets import QComboBox, QListWidget
 
-WHOLE, EDITED = "whole volume", "edited / reviewed slices only"
-#: on edited slices, only the labels the user painted or erased (per label and region)
-CORRECTED = "corrected labels only"
+#: "Train on": what the user corrected or reviewed (per label and region; the labels left
+#: as predicted on those slices kept at the small "untouched labels weight"), the default
+CORRECTED = "what I corrected (untouched labels kept at low weight)"
+#: ... the edited or reviewed slices whole; every voxel
+EDITED, WHOLE = "whole edited / reviewed slices", "whole volume"
 
 
 #: a layer's name for what differs between two grids (napari's transform parameters)
@@ -218,7 +221,10 @@ class FinetunePairsMixin:
 
     def _training_specs(self, only_edited: bool, regions: bool = False) -> list[dict]:
         """Copies of the pairs' data for the worker (GUI thread; labels never shared).
-        ``regions``: on edited slices only the labels the user painted or erased count."""
+        ``regions``: the edit record goes with the labels, so that training weighs what
+        the user corrected or reviewed against what was left as predicted
+        (:func:`napari_vnet.training.annotation_regions.training_weights`); else the edited
+        slices count whole."""
         pairs = self._pairs_or_chosen("No training data: choose an image and a labels layer.")
         specs = []
         for p in pairs:
@@ -230,17 +236,18 @@ class FinetunePairsMixin:
             mask = None
             if only_edited:
                 meta = p.labels_layer.metadata
-                mask = (  # per label and region, reviewed slices whole; or whole slices
-                    _edits.training_mask(labels, meta)
-                    if regions
-                    else _edits.annotated_mask(labels.shape, meta)
-                )
-                if mask is None or not mask.any():
+                if _edits.count_annotated(meta) == 0:
                     raise ValueError(
                         f"Labels layer '{p.labels_layer.name}' has no edited or reviewed "
                         "slices. Paint corrections or press 'Mark slice reviewed', or set "
-                        f"'Voxels that count' to '{WHOLE}'."
+                        f"'Train on' to '{WHOLE}'."
                     )
+                # the record (JSON, per label and region) or the listed slices whole
+                mask = (
+                    json.loads(json.dumps(meta[_edits.KEY]))
+                    if regions
+                    else _edits.annotated_mask(labels.shape, meta)
+                )
             vol = layer_volume(p.image_layer, np.asarray(p.image_layer.data))
             specs.append(
                 {

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from napari_vnet._widgets._finetune_pairs import (
     CORRECTED,
     EDITED,
+    WHOLE,
     _count_file_annotated,
     notify,
 )
@@ -60,6 +61,14 @@ def kept_weights_text(summary: TrainingSummary) -> str:
         return str(selection["message"])
     best, it = summary.val_dice, summary.best_iteration
     return f"kept iteration {it}" + (f" (val Dice {best:.3f})" if isinstance(best, float) else "")
+
+
+#: what a run learnt from, by the dock's "Train on" (when the run says nothing finer)
+TRAINED_ON = {
+    CORRECTED: "trained on what you corrected or reviewed",
+    EDITED: "trained on the edited / reviewed slices whole",
+    WHOLE: "trained on every voxel",
+}
 
 
 class FinetuneRunMixin:
@@ -103,6 +112,7 @@ class FinetuneRunMixin:
     current_arch: Callable[[], str]
     refresh_base_weights: Callable[[], None]
     _training_specs: Callable[..., list[dict]]  # FinetunePairsMixin
+    _train_on: str | None = None  # the "Train on" choice of the last run started
 
     def training_config(self, n_annotated: int | None = None):
         """A TrainConfig from the dock's settings, its "Class names" included (the classes
@@ -134,8 +144,16 @@ class FinetuneRunMixin:
             device=self.device_combo.currentData() or "auto",
             val_fraction=val,
             class_names=parse_class_names(self.class_names_edit.text()) or None,
+            uncorrected_weight=self.uncorrected_weight(),
             **eval_pace,
         )
+
+    def uncorrected_weight(self) -> float:
+        """The loss weight of labels left as predicted on edited slices: the dock's
+        setting with "what I corrected", 1 with the edited slices whole."""
+        if self.voxels_combo.currentText() == CORRECTED:
+            return float(self.uncorrected_spin.value())
+        return 1.0
 
     def train(self):
         """Start fine-tuning in a thread worker and return it (None if refused)."""
@@ -147,6 +165,7 @@ class FinetuneRunMixin:
         try:
             mode = self.voxels_combo.currentText()
             specs = self._training_specs(mode in (EDITED, CORRECTED), regions=mode == CORRECTED)
+            self._train_on = mode
             counts = [
                 _count_file_annotated(s["annotated"]) for s in specs if s["annotated"] is not None
             ]
@@ -254,6 +273,9 @@ class FinetuneRunMixin:
             self._set_progress(100)
         verb = "Cancelled; saved" if cancelled else "Saved"
         text = f"{verb} {out.name}: {kept_weights_text(summary)}."
+        note = summary.voxels["message"] if summary.voxels else TRAINED_ON.get(self._train_on)
+        if note:  # which voxels it learnt from, at which weight
+            text += f" {note[0].upper()}{note[1:]}."
         self.status_label.setText(text)
         self.status_label.setToolTip(text)
         self._publish_weights(out)

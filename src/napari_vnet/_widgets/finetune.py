@@ -142,20 +142,24 @@ class FinetuneWidget(FinetunePairsMixin, FinetuneRunMixin, FinetuneExportMixin, 
         self.pair_list.setToolTip("Pairs to train on (empty: the pair selected above)")
         form.addRow(self.pair_list)
         self.voxels_combo = QComboBox()
-        self.voxels_combo.addItems([EDITED, CORRECTED, WHOLE])
+        self.voxels_combo.addItems([CORRECTED, EDITED, WHOLE])
         self.voxels_combo.setToolTip(
-            "Edited / reviewed: every slice you painted, filled, erased or marked reviewed "
-            "counts whole. Corrected labels only: on an edited slice only the labels you "
-            "painted or erased count (with the voxels around them), not those left as "
-            "predicted; slices marked reviewed count whole. Whole volume: every voxel."
+            "What I corrected (default): on a slice you edited, the labels you painted or "
+            "erased (with the voxels around them) count fully; the labels you left as "
+            "predicted are kept at the small 'Untouched labels weight' (Advanced), so the "
+            "model keeps them without taking them for corrections. Slices marked reviewed "
+            "count whole. Whole edited / reviewed slices: every voxel of those slices counts "
+            "as corrected. Whole volume: every voxel."
         )
-        form.addRow("Voxels that count", self.voxels_combo)
+        self.voxels_combo.currentTextChanged.connect(self._on_train_on)
+        form.addRow("Train on", self.voxels_combo)
         row = QHBoxLayout()
         self.mark_btn = QPushButton("Mark slice reviewed")
         self.mark_btn.setToolTip(
             "Every label on the slice shown is correct as it is: train on all of it"
         )
-        self.mark_btn.clicked.connect(self.mark_current_slice)
+        # (clicked passes checked=False: it would unmark)
+        self.mark_btn.clicked.connect(lambda: self.mark_current_slice(reviewed=True))
         self.unmark_btn = QPushButton("Unmark")
         self.unmark_btn.clicked.connect(lambda: self.mark_current_slice(reviewed=False))
         row.addWidget(self.mark_btn)
@@ -297,6 +301,18 @@ class FinetuneWidget(FinetunePairsMixin, FinetuneRunMixin, FinetuneExportMixin, 
         row.addWidget(self.patch_edit, 1)
         row.addWidget(self.val_spin)
         adv.addRow("Patch size", row)
+        self.uncorrected_spin = QDoubleSpinBox()
+        self.uncorrected_spin.setRange(0.0, 1.0)
+        self.uncorrected_spin.setDecimals(2)
+        self.uncorrected_spin.setSingleStep(0.05)
+        self.uncorrected_spin.setValue(float(d.get("uncorrected_weight", 0.25)))
+        self.uncorrected_spin.setToolTip(
+            "With 'what I corrected': the loss weight of the labels you left as predicted "
+            "on the slices you edited (what you corrected or reviewed weighs 1). 0: your "
+            "corrections only (classes shown nowhere else are forgotten); 1: the edited "
+            "slices whole"
+        )
+        adv.addRow("Untouched labels weight", self.uncorrected_spin)
         self.device_combo = QComboBox()
         from napari_vnet._widgets.segment import available_devices
 
@@ -478,6 +494,9 @@ class FinetuneWidget(FinetunePairsMixin, FinetuneRunMixin, FinetuneExportMixin, 
     def set_output_path(self, path) -> None:
         self.out_edit.setText(str(path))
         self._out_user_set = True
+
+    def _on_train_on(self, mode: str) -> None:
+        self.uncorrected_spin.setEnabled(mode == CORRECTED)
 
     def _on_stop_mode(self, mode: str) -> None:
         self.iterations_spin.setVisible(mode == "iterations")

@@ -48,7 +48,7 @@ _OFF_SWITCHES = (
 _AS_GIVEN = (
     "ignore_index", "val_fraction", "batch_size", "lr", "schedule", "gan_lambda",
     "gan_ce_weight", "device", "seed", "resume", "augment_elastic", "postprocess",
-    "classes", "minutes",
+    "classes", "minutes", "uncorrected_weight",
 )  # fmt: skip
 
 
@@ -88,9 +88,17 @@ def _data_arguments(data, d: dict) -> None:
         help="label map for the preceding --image (resampled onto the image grid if needed)",
     )  # fmt: skip
     data.add_argument(
-        "--annotated-slices", action="append", metavar="Z,Z,...",
+        "--annotated-slices", action="append", metavar="Z,Z,...|RECORD.json",
         help="sparse annotation: only these z slices of the pair (one option per pair, in "
-        "order; 'all' for a fully labelled pair) count; others contribute nothing",
+        "order; 'all' for a fully labelled pair) count; others contribute nothing. A .json "
+        "file holding the docks' edit record (axis, slices, edits, reviewed) counts what "
+        "was corrected per label and region, reviewed slices whole",
+    )  # fmt: skip
+    data.add_argument(
+        "--uncorrected-weight", type=float, default=d["uncorrected_weight"], metavar="W",
+        help="with an edit record: loss weight of the voxels of its slices left as "
+        "predicted (corrected or reviewed ones weigh 1; 0: corrections only, 1: the "
+        f"edited slices whole; default {d['uncorrected_weight']:g})",
     )  # fmt: skip
     data.add_argument(
         "--classes", metavar="V=NAME,...",
@@ -325,6 +333,7 @@ def _print_summary(summary, as_json: bool) -> None:
         "spacing": summary.spacing,
         "patch_size": summary.patch_size,
         "selection": summary.selection,
+        "voxels": summary.voxels,
     }
     if as_json:
         print(json.dumps(result))
@@ -334,6 +343,8 @@ def _print_summary(summary, as_json: bool) -> None:
         f"trained {result['iterations']} iterations in {result['seconds']:.1f}s "
         f"(loss {result['final_loss']:.4f}); wrote {result['out']}" + (f"; {kept}" if kept else "")
     )
+    if summary.voxels:
+        print(summary.voxels["message"])
 
 
 def run(args: argparse.Namespace) -> int:

@@ -18,6 +18,9 @@ records written before edits were recorded read the same way).
 edited slice, the touched labels' voxels, the changed voxels, and a band of unlabelled
 voxels around them (the boundary the user looked at while correcting); the voxels of
 labels the user did not touch on that slice (an organ still as predicted) do not count.
+:func:`training_weights` weighs them instead: 1 on those voxels, ``uncorrected_weight``
+on the voxels of the same slices the user left as predicted (kept at a small weight, so
+the model keeps what it said there but trusts the corrections much more), 0 elsewhere.
 
 :class:`EditLog` keeps the record of one layer's edits *undo-safe*: it remembers each
 voxel's value before this session first changed it, so the record follows the labels as
@@ -38,6 +41,8 @@ __all__ = [
     "encode_runs",
     "slice_region",
     "training_mask",
+    "training_regions",
+    "training_weights",
 ]
 
 #: width (in-plane voxels) of the band of unlabelled voxels around a corrected label that
@@ -87,16 +92,18 @@ def _entries(record: dict[str, Any] | None) -> list[dict[str, Any]]:
     return [e for e in [record, *record.get("more", [])] if "axis" in e and e.get("slices")]
 
 
-def training_mask(
+def training_regions(
     labels: np.ndarray, record: dict[str, Any] | None, band: int = BAND_VOXELS
-) -> np.ndarray | None:
-    """The voxels of ``labels`` that training learns from under ``record`` (see the
-    module docstring), or None when the record lists nothing."""
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """``(listed, corrected)`` voxels of ``labels`` under ``record``: every voxel of the
+    slices it lists, and of those the voxels the user corrected or reviewed
+    (:func:`training_mask`); None when the record lists nothing."""
     entries = _entries(record)
     if not entries:
         return None
     labels = np.asarray(labels)
-    mask = np.zeros(labels.shape, bool)
+    listed = np.zeros(labels.shape, bool)
+    corrected = np.zeros(labels.shape, bool)
     for e in entries:
         axis = int(e["axis"])
         edits, reviewed = e.get("edits") or {}, {int(s) for s in e.get("reviewed", [])}
@@ -106,12 +113,42 @@ def training_mask(
             index: list[Any] = [slice(None)] * labels.ndim
             index[axis] = s
             key = tuple(index)
+            listed[key] = True
             edit = edits.get(str(s))
             if edit is None or s in reviewed:
-                mask[key] = True
+                corrected[key] = True
             else:
-                mask[key] |= slice_region(labels[key], edit, band)
-    return mask
+                corrected[key] |= slice_region(labels[key], edit, band)
+    return listed, corrected
+
+
+def training_mask(
+    labels: np.ndarray, record: dict[str, Any] | None, band: int = BAND_VOXELS
+) -> np.ndarray | None:
+    """The voxels of ``labels`` that training learns from under ``record`` (see the
+    module docstring), or None when the record lists nothing."""
+    regions = training_regions(labels, record, band)
+    return None if regions is None else regions[1]
+
+
+def training_weights(
+    labels: np.ndarray,
+    record: dict[str, Any] | None,
+    uncorrected_weight: float,
+    band: int = BAND_VOXELS,
+) -> np.ndarray | None:
+    """Per-voxel loss weights (float32) under ``record``: 1 where the user corrected or
+    reviewed (:func:`training_mask`), ``uncorrected_weight`` on the other voxels of the
+    slices the record lists (labels left as predicted), 0 elsewhere; None when the record
+    lists nothing. ``uncorrected_weight`` 0 trains on the corrections only, 1 on the
+    edited slices whole."""
+    regions = training_regions(labels, record, band)
+    if regions is None:
+        return None
+    listed, corrected = regions
+    out = np.where(listed, np.float32(uncorrected_weight), np.float32(0.0))
+    out[corrected] = 1.0
+    return out
 
 
 class EditLog:

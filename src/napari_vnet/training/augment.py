@@ -131,19 +131,29 @@ class Augmenter:
         self.transform = ComposeTransforms(ts)
 
     def __call__(
-        self, image: np.ndarray, target: np.ndarray, seed: int | None = None
+        self,
+        image: np.ndarray,
+        target: np.ndarray,
+        seed: int | None = None,
+        weight: np.ndarray | None = None,
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """``crop_size`` image and target (IGNORE = unknown) -> ``patch``-sized image,
         target (IGNORE -> 0) and mask of known labels. ``seed``: batchgeneratorsv2 draws
         from numpy's and torch's global generators; with a seed they are seeded for this
-        call and restored after it (runs repeat exactly, other users are not disturbed)."""
+        call and restored after it (runs repeat exactly, other users are not disturbed).
+        ``weight``: uint8 loss weights in 1/255 of the crop, transformed with the target
+        as a second label map; the mask returned is then float32 weights (0 where the
+        label is not known)."""
         import torch
 
         if tuple(image.shape) != self.crop_size:
             raise ValueError(f"expected a {self.crop_size} crop, got {image.shape}")
+        seg = np.ascontiguousarray(target, np.uint8)[None]
+        if weight is not None:
+            seg = np.ascontiguousarray(np.stack([seg[0], np.asarray(weight, np.uint8)]))
         data = dict(
             image=torch.from_numpy(np.ascontiguousarray(image, np.float32))[None],
-            segmentation=torch.from_numpy(np.ascontiguousarray(target, np.uint8))[None],
+            segmentation=torch.from_numpy(seg),
         )
         if seed is None:
             out = self.transform(**data)
@@ -157,17 +167,21 @@ class Augmenter:
             finally:
                 np.random.set_state(state)
         img = out["image"][0]
-        tgt = out["segmentation"][0]
+        segs = out["segmentation"]
         if tuple(img.shape) != self.patch:  # no spatial transform: centre crop
             sl = tuple(
                 slice((s - p) // 2, (s - p) // 2 + p)
                 for s, p in zip(img.shape, self.patch, strict=True)
             )
-            img, tgt = img[sl], tgt[sl]
+            img, segs = img[sl], segs[(slice(None), *sl)]
         img = img.numpy().astype(np.float32, copy=False)
-        tgt = tgt.numpy().astype(np.uint8, copy=False)
+        tgt = segs[0].numpy().astype(np.uint8, copy=False)
         known = tgt != IGNORE
-        return img, np.where(known, tgt, 0).astype(np.uint8), known
+        tgt = np.where(known, tgt, 0).astype(np.uint8)
+        if weight is None:
+            return img, tgt, known
+        w = segs[1].numpy().astype(np.float32) / np.float32(255)
+        return img, tgt, np.where(known, w, np.float32(0))
 
 
 def _crop_size(patch: tuple[int, ...], pseudo_2d: bool, spatial: bool) -> tuple[int, ...]:

@@ -107,6 +107,13 @@ class TrainConfig:
     # corrected) are not learnt as background: a background voxel may be any of them
     # (marginal cross entropy, no Dice term for them; losses.marginal_cross_entropy_loss)
     partial_labels: bool = True
+    # an edit record's slices: the voxels the user corrected or reviewed weigh 1 in the
+    # loss, the others of those slices (labels left as predicted) this much: the model
+    # keeps what it said there but trusts the corrections more (0: the corrections only,
+    # and the classes shown nowhere else are forgotten; 1: the edited slices whole, the
+    # uncorrected predictions learnt as if corrected). Chosen by
+    # benchmarks/finetune_selection.py.
+    uncorrected_weight: float = 0.25
     eval_every: int | None = None  # iterations between validation/checkpoint points
     eval_seconds: float = 60.0  # ... or at most this many seconds between them
     seed: int = 0

@@ -19,6 +19,8 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "LoadedPair",
+    "weight_code",
+    "weighting_note",
     "annotated_label_values",
     "labels_on_image_grid",
     "load_pairs",
@@ -72,27 +74,38 @@ def labels_on_image_grid(image: Volume, labels: Volume) -> np.ndarray:
 
 def _annotated_mask(
     annotated: Any, shape: tuple[int, ...], name: str, labels: np.ndarray | None = None
-) -> np.ndarray | None:
+) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """``(mask, corrected)``: the voxels that count, and of those the ones the user
+    corrected or reviewed (None: all of them). Only an edit record (a dict) read with its
+    ``labels`` tells the two apart (:func:`napari_vnet.training.annotation_regions.training_regions`)."""
     if annotated is None:
-        return None
+        return None, None
     if isinstance(annotated, dict):  # an edit record: edited slices per label and region
         from napari_vnet.training.annotations import mask_from_record
 
-        return mask_from_record(annotated, shape, labels)
+        if labels is None:
+            return mask_from_record(annotated, shape, None), None
+        from napari_vnet.training.annotation_regions import training_regions
+
+        regions = training_regions(labels, annotated)
+        if regions is None:
+            return None, None
+        listed, corrected = regions
+        return listed, None if np.array_equal(listed, corrected) else corrected
     a = np.asarray(annotated)
     if a.shape == shape:
-        return a.astype(bool)
+        return a.astype(bool), None
     mask = np.zeros(shape, bool)
     if a.dtype == np.bool_ and a.ndim == 1 and a.shape[0] == shape[0]:
         mask[a] = True
-        return mask
+        return mask, None
     if a.ndim == 1 and a.dtype.kind in "iu":
         if a.size and (a.min() < 0 or a.max() >= shape[0]):
             raise TrainingError(
                 f"{name}: annotated slice indices {a.tolist()} outside 0..{shape[0] - 1}"
             )
         mask[a] = True
-        return mask
+        return mask, None
     raise TrainingError(
         f"{name}: 'annotated' must be a bool mask of shape {shape}, a per-slice bool vector of "
         f"length {shape[0]}, or a list of z-slice indices; got shape {a.shape} dtype {a.dtype}"
@@ -107,6 +120,9 @@ class _Case:
     image: np.ndarray  # float32 (z, y, x), normalised
     target: np.ndarray  # uint8 channel indices
     mask: np.ndarray | None  # bool, None = all annotated
+    # loss weight of each voxel in 1/255 (uint8, :func:`weight_code`); None: 1 wherever
+    # the mask is. Only the voxels of the mask count, whatever their weight here.
+    weight: np.ndarray | None = None
     fg_coords: dict[int, np.ndarray] = field(default_factory=dict)  # channel -> (N, 3)
     annotated_coords: np.ndarray | None = None  # (N, 3) sample of annotated voxels
     # structures of the label map (every non-zero label value, also those not learnt, as
@@ -150,6 +166,15 @@ class LoadedPair:
     spacing: tuple[float, float, float]
     mask: np.ndarray | None
     volume: Volume | None = None  # the image's Volume when it came from a file / Volume
+    # of the mask's voxels, those the user corrected or reviewed (an edit record's
+    # regions); None: every voxel of the mask
+    corrected: np.ndarray | None = None
+
+    def counted(self, uncorrected_weight: float) -> np.ndarray | None:
+        """The voxels that count when the untouched ones weigh ``uncorrected_weight``."""
+        if self.corrected is None or uncorrected_weight > 0:
+            return self.mask
+        return self.corrected
 
 
 def load_pairs(pairs: Sequence[TrainingPair]) -> list[LoadedPair]:
@@ -187,16 +212,52 @@ def load_pairs(pairs: Sequence[TrainingPair]) -> list[LoadedPair]:
         sp = tuple(float(s) for s in sp)
         if len(sp) != 3 or any(s <= 0 for s in sp):
             raise TrainingError(f"{name}: spacing must be 3 positive values, got {sp}")
-        mask = _annotated_mask(pair.annotated, lab.shape, name, lab)
-        out.append(LoadedPair(name, img, lab, sp, mask, img_vol))  # type: ignore[arg-type]
+        mask, corrected = _annotated_mask(pair.annotated, lab.shape, name, lab)
+        out.append(
+            LoadedPair(name, img, lab, sp, mask, img_vol, corrected=corrected)  # type: ignore[arg-type]
+        )
     return out
 
 
-def annotated_label_values(loaded: Sequence[LoadedPair], ignore_index: int | None) -> set[int]:
-    """Non-zero label values present in annotated voxels (the ignore value excluded)."""
+def weighting_note(loaded: Sequence[LoadedPair], uncorrected_weight: float) -> dict | None:
+    """What a run learns from on the slices of edit records, in numbers and words (None
+    when no pair has voxels left as predicted on its edited slices)."""
+    corrected = untouched = 0
+    for p in loaded:
+        if p.corrected is not None and p.mask is not None:
+            corrected += int(np.count_nonzero(p.corrected & p.mask))
+            untouched += int(np.count_nonzero(p.mask & ~p.corrected))
+    if not untouched:
+        return None
+    w = float(uncorrected_weight)
+    if w <= 0:
+        words = (
+            f"trained on the {corrected:,} voxels you corrected or reviewed only; the "
+            f"{untouched:,} left as predicted on those slices did not count (weight 0)"
+        )
+    elif w >= 1:
+        words = (
+            f"trained on the edited slices whole: the {untouched:,} voxels left as "
+            f"predicted counted as much as the {corrected:,} you corrected (weight 1)"
+        )
+    else:
+        words = (
+            f"trained on the {corrected:,} voxels you corrected or reviewed (weight 1) and "
+            f"the {untouched:,} left as predicted on those slices at weight {w:g}"
+        )
+    return {"corrected": corrected, "uncorrected": untouched, "uncorrected_weight": w,
+            "message": words}  # fmt: skip
+
+
+def annotated_label_values(
+    loaded: Sequence[LoadedPair], ignore_index: int | None, uncorrected_weight: float = 1.0
+) -> set[int]:
+    """Non-zero label values present in the voxels that count (the ignore value
+    excluded; :meth:`LoadedPair.counted`)."""
     values: set[int] = set()
     for p in loaded:
-        arr = (p.labels if p.mask is None else p.labels[p.mask]).ravel()
+        mask = p.counted(uncorrected_weight)
+        arr = (p.labels if mask is None else p.labels[mask]).ravel()
         if arr.dtype.kind in "ub" and arr.dtype.itemsize <= 2:  # fast for big uint8 maps
             values |= {int(v) for v in np.flatnonzero(np.bincount(arr.astype(np.intp)))}
         else:
@@ -205,6 +266,24 @@ def annotated_label_values(loaded: Sequence[LoadedPair], ignore_index: int | Non
     if ignore_index is not None:
         values.discard(int(ignore_index))
     return values
+
+
+def weight_code(
+    mask: np.ndarray | None, corrected: np.ndarray | None, uncorrected_weight: float
+) -> np.ndarray | None:
+    """What counts, as one array resampled like a label map: the bool ``mask`` when every
+    voxel of it weighs 1 (no ``corrected`` part, or ``uncorrected_weight`` 1), the
+    ``corrected`` voxels alone when the others weigh 0, else uint8 loss weights in 1/255:
+    255 on the corrected voxels, ``uncorrected_weight`` (at least 1/255) on the others of
+    the mask, 0 outside it."""
+    if mask is None or corrected is None or uncorrected_weight >= 1.0:
+        return mask
+    if uncorrected_weight <= 0.0:
+        return mask & corrected
+    code = np.zeros(mask.shape, np.uint8)
+    code[mask] = max(1, min(254, int(round(255 * float(uncorrected_weight)))))
+    code[corrected & mask] = 255
+    return code
 
 
 def prepare_cases(
@@ -216,6 +295,7 @@ def prepare_cases(
     ignore_index: int | None = None,
     producer: Any = None,
     regions: bool = True,
+    uncorrected_weight: float = 1.0,
 ) -> tuple[list[_Case], list[ClassInfo], tuple[float, float, float]]:
     """Load, align, resample and normalise the pairs; map label values to channels.
 
@@ -225,28 +305,33 @@ def prepare_cases(
     :func:`napari_vnet.foreign.preprocessing_for`), used instead of ours through its
     ``prepare_training(image, labels, mask, spacing)``. ``regions``: keep each case's
     structure map (:func:`structure_regions`) for the contrast-phase augmentation.
+    ``uncorrected_weight``: the loss weight of the voxels of an edit record's slices the
+    user left as predicted (:attr:`TrainConfig.uncorrected_weight`; :func:`weight_code`).
     """
     from napari_vnet.transforms import normalize_intensity, resample_to_spacing
 
-    raw = [(p.name, p.image, p.labels, p.spacing, p.mask) for p in load_pairs(pairs)]
+    loaded = load_pairs(pairs)
+    raw = [
+        (p.name, p.image, p.labels, p.spacing, weight_code(p.mask, p.corrected, uncorrected_weight))
+        for p in loaded
+    ]
     if classes is None:
-        classes = _classes_from_labels([(r[2], r[4]) for r in raw], ignore_index)
+        classes = _classes_from_labels(
+            [(r[2], None if r[4] is None else r[4] > 0) for r in raw], ignore_index
+        )
     target_spacing = tuple(float(s) for s in (spacing or raw[0][3]))
     lut_values = [c.value for c in classes]
     _check_label_values(raw, classes, ignore_index)
     cases = []
-    for name, img, lab, sp, mask in raw:
+    for name, img, lab, sp, annot in raw:
         if producer is not None:  # the weights' producer prepares image, labels and mask
-            image, lab, mask = producer.prepare_training(img, lab, mask, sp)
+            image, lab, annot = _produce(producer, img, lab, annot, sp)
         elif not np.allclose(sp, target_spacing, rtol=1e-3):
             img = resample_to_spacing(img, sp, target_spacing, is_label=False)
-            lab, mask = _resample_annotations(name, lab, mask, sp, target_spacing, img.shape)
+            lab, annot = _resample_annotations(name, lab, annot, sp, target_spacing, img.shape)
         if producer is None:
             image = normalize_intensity(img, normalization)
-        if ignore_index is not None:
-            ignored = lab == ignore_index
-            if ignored.any():
-                mask = ~ignored if mask is None else (mask & ~ignored)
+        mask, weight = _mask_and_weight(annot, lab, ignore_index)
         target = np.zeros(lab.shape, np.uint8)
         for ch, value in enumerate(lut_values):
             if ch:
@@ -255,12 +340,39 @@ def prepare_cases(
             raise TrainingError(f"{name}: no annotated voxel (after resampling/ignore value)")
         cases.append(
             _Case(
-                name, np.ascontiguousarray(image, np.float32), target, mask,
+                name, np.ascontiguousarray(image, np.float32), target, mask, weight=weight,
                 regions=structure_regions(lab, ignore_index, mask) if regions else None,
                 intensity_unit=intensity_unit(normalization) if producer is None else None,
             )
         )  # fmt: skip
     return cases, classes, target_spacing  # type: ignore[return-value]
+
+
+def _produce(producer, img, lab, annot, sp):
+    """The foreign producer's ``(image, labels, what counts)``; uint8 weights travel as
+    a second label map through the same preparation."""
+    if annot is None or annot.dtype == np.bool_:
+        return producer.prepare_training(img, lab, annot, sp)
+    image, lab, mask = producer.prepare_training(img, lab, annot > 0, sp)
+    code = producer.prepare_training(img, annot, None, sp)[1]
+    return image, lab, np.where(mask, code, 0).astype(np.uint8)
+
+
+def _mask_and_weight(annot, lab, ignore_index):
+    """The bool mask and the uint8 weights (None: 1 on the mask) of what counts, without
+    the voxels of the ignore value."""
+    weight = None
+    mask = annot
+    if annot is not None and annot.dtype != np.bool_:
+        weight = np.asarray(annot, np.uint8)
+        mask = weight > 0
+    if ignore_index is not None:
+        ignored = lab == ignore_index
+        if ignored.any():
+            mask = ~ignored if mask is None else (mask & ~ignored)
+            if weight is not None:
+                weight = np.where(ignored, 0, weight).astype(np.uint8)
+    return mask, weight
 
 
 def structure_regions(
@@ -323,7 +435,8 @@ def _sparse_slice_sources(
 
 
 def _resample_annotations(name, lab, mask, sp, target_spacing, shape):
-    """Labels and annotated mask onto the resampled image grid (nearest neighbour).
+    """Labels and annotated mask (or uint8 weights) onto the resampled image grid
+    (nearest neighbour).
 
     With sparse annotated slices and a coarser target z spacing (fine-tuning a model of
     coarser spacing on a few corrected slices), the z axis takes the annotated slices
@@ -333,7 +446,7 @@ def _resample_annotations(name, lab, mask, sp, target_spacing, shape):
 
     sp = tuple(float(v) for v in sp)
     if mask is not None and target_spacing[0] > sp[0] * (1 + 1e-3):
-        per_slice = mask.reshape(mask.shape[0], -1).sum(1)
+        per_slice = (mask > 0).reshape(mask.shape[0], -1).sum(1)
         if 0 < np.count_nonzero(per_slice) < len(per_slice):
             src = _sparse_slice_sources(per_slice, sp[0], target_spacing[0], shape[0])
             kept = len(set(src.tolist()) & set(np.flatnonzero(per_slice).tolist()))
@@ -356,7 +469,7 @@ def _check_label_values(raw, classes: list[ClassInfo], ignore_index: int | None)
     see also :func:`_check_foreground`."""
     known = {c.value for c in classes}
     for name, _img, lab, _sp, mask in raw:
-        arr = (lab if mask is None else lab[mask]).ravel()
+        arr = (lab if mask is None else lab[mask > 0]).ravel()
         if arr.dtype.kind in "ub" and arr.dtype.itemsize <= 2:  # fast for big uint8 maps
             values = {int(v) for v in np.flatnonzero(np.bincount(arr.astype(np.intp)))}
         else:

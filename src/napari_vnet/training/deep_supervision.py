@@ -114,7 +114,9 @@ class DeepSupervisionLoss(nn.Module):
             t, m = target, mask
             if tuple(out.shape[2:]) != tuple(target.shape[1:]):
                 t = _down(target, out.shape[2:]).to(target.dtype)
-                m = None if mask is None else _down(mask, out.shape[2:]) > 0.5
+                m = None if mask is None else _down(mask, out.shape[2:])  # weights kept
+                if m is not None and mask.dtype == torch.bool:
+                    m = m > 0.5
             loss, p = self.base(out, t, m)
             if k == 0:
                 parts = p

@@ -86,5 +86,8 @@ class TrainingSummary(_ReadsLikeADict):
     # which weights were kept and why (training/selection.py): "kept", "iteration",
     # "reason", "message" (one line for the user), the smoothed scores
     selection: dict[str, Any] | None = None
+    # what it learnt from on edited slices (training/data.weighting_note): the voxels
+    # corrected, those left as predicted, their weight, "message"
+    voxels: dict[str, Any] | None = None
 
-    _optional = ("selection",)
+    _optional = ("selection", "voxels")

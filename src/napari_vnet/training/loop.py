@@ -31,7 +31,12 @@ from napari_vnet.training.config import (
     lr_factor,
     resume_path,
 )
-from napari_vnet.training.data import _check_foreground, _split_validation, prepare_cases
+from napari_vnet.training.data import (
+    _check_foreground,
+    _split_validation,
+    prepare_cases,
+    weighting_note,
+)
 from napari_vnet.training.deep_supervision import (
     DeepSupervision,
     DeepSupervisionLoss,
@@ -127,6 +132,9 @@ class _Run:
         self.rpath = resume_path(out)
         self.classes, self.n_classes, self.patch = plan.classes, len(plan.classes), plan.patch_size
         cases = self._prepare_cases(start.card)
+        self.voxels = weighting_note(plan.loaded, config.uncorrected_weight)
+        if self.voxels:
+            log.info("%s", self.voxels["message"])
         _check_batch_memory(start.card, self.patch, config.batch_size, self.n_classes, self.device)
         self._build_networks(start)
         resume_state = start.resume_state
@@ -156,6 +164,7 @@ class _Run:
             normalization=plan.normalization, ignore_index=config.ignore_index,
             producer=producer if producer is not None and producer.prepares_training else None,
             regions=config.augment and config.augment_phase,
+            uncorrected_weight=config.uncorrected_weight,
         )[0]  # fmt: skip
         _check_foreground(cases, plan.classes)
         return cases
@@ -221,6 +230,7 @@ class _Run:
             "world_size": self.dist.world,
             "plan": list(self.plan.reasons),
             "partial_labels": [self.classes[ch].name for ch in self.open_classes],
+            "voxels": self.voxels,
             "device": str(self.device),
         }
 
@@ -420,6 +430,7 @@ class _Run:
             spacing=list(self.card.spacing),
             patch_size=list(self.patch),
             selection=self.decision,
+            voxels=self.voxels,
         )
 
 

@@ -2,10 +2,15 @@
 
 Every loss takes raw network ``logits`` of shape ``(B, C, D, H, W)``, an integer
 ``target`` of shape ``(B, D, H, W)`` holding *channel indices* (0 = background) and an
-optional ``mask`` of shape ``(B, D, H, W)`` (bool or 0/1 float): voxels where the mask is
-0 contribute nothing, neither to the value nor to the gradient, whatever label value
-they hold. This is what makes training from sparse annotations (a few drawn slices,
-Cicek et al. 2016) work.
+optional ``mask`` of shape ``(B, D, H, W)`` (bool, or float weights in [0, 1]): voxels
+where the mask is 0 contribute nothing, neither to the value nor to the gradient,
+whatever label value they hold. This is what makes training from sparse annotations (a
+few drawn slices, Cicek et al. 2016) work. A float mask weighs each voxel: the cross
+entropy is the weighted sum over the number of voxels that count (weight > 0), the Dice
+sums are weighted, and each class's Dice term is scaled by the mean weight of its
+reference voxels (a class shown only at weight 0.1 pulls with a tenth of the force,
+which the Dice ratio alone would not do: scaling all of a class's voxels leaves it
+unchanged). A bool mask, or weights of 0 and 1 only, gives the unweighted losses.
 
 * :func:`soft_dice_loss`: Milletari et al. 2016 (V-Net), ``D = 2 sum(p g) / (sum p^2 +
   sum g^2)`` per class with an epsilon in numerator and denominator (an absent class
@@ -71,13 +76,12 @@ def _weights(target: torch.Tensor, mask: torch.Tensor | None, dtype) -> torch.Te
     return mask.to(dtype).unsqueeze(1)
 
 
-def _probs_and_onehot(logits, target, mask):
-    """Softmax probabilities and one-hot targets, both zeroed outside the mask."""
+def _probs_onehot_weights(logits, target, mask):
+    """Softmax probabilities, one-hot targets and the per-voxel weights ``(B, 1, ...)``."""
     probs = torch.softmax(_upcast(logits), dim=1)
-    w = _weights(target, mask, probs.dtype)
-    # The one-hot of an unannotated voxel is multiplied by 0, so its label value
-    # (whatever it is) never reaches the loss.
-    return probs * w, one_hot(target, logits.shape[1], probs.dtype) * w
+    # the one-hot of an unannotated voxel is multiplied by its weight 0 in every sum, so
+    # its label value (whatever it is) never reaches the loss
+    return probs, one_hot(target, logits.shape[1], probs.dtype), _weights(target, mask, probs.dtype)
 
 
 def soft_dice_loss(
@@ -97,38 +101,50 @@ def soft_dice_loss(
     stable estimate; without it each patch gets its own Dice and the mean is taken over
     patches and classes. With ``include_background=False`` the mean runs over the
     foreground channels only (if there are any). ``skip``: channels left out of the mean
-    (classes the partial labels never show).
+    (classes the partial labels never show). Float weights: ``sum w p g / (sum w p^2 +
+    sum w g)``, each class's ``1 - D`` times the mean weight of its reference voxels.
     """
     _check(logits, target, mask)
-    p, g = _probs_and_onehot(logits, target, mask)
+    p, g, w = _probs_onehot_weights(logits, target, mask)
     dims = (0, *range(2, p.ndim)) if batch_dice else tuple(range(2, p.ndim))
-    inter = (p * g).sum(dims)
-    denom = (p * p).sum(dims) + (g * g).sum(dims)
+    pw = p * w
+    gw_sum = (g * w).sum(dims)
+    inter = (pw * g).sum(dims)
+    denom = (pw * p).sum(dims) + gw_sum
     dice = (2.0 * inter + eps) / (denom + eps)
+    trust = None
+    if mask is not None and mask.is_floating_point():
+        counted = (g * (w > 0)).sum(dims)
+        trust = torch.where(counted > 0, gw_sum / counted.clamp_min(1.0), 1.0).detach()
     keep = [c for c in range(dice.shape[-1]) if c not in skip and (include_background or c)]
     if keep and len(keep) < dice.shape[-1]:
         dice = dice[..., keep]
-    return 1.0 - dice.mean()
+        trust = None if trust is None else trust[..., keep]
+    if trust is None:
+        return 1.0 - dice.mean()
+    return (trust * (1.0 - dice)).mean()
 
 
-def _annotated_mean(loss: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-    """Mean of a per-voxel loss over the voxels ``mask`` marks (all without a mask; 0 when
-    none is marked)."""
+def _weighted_mean(ce: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """``sum w ce`` over the voxels that count (weight > 0), over their number."""
     if mask is None:
-        return loss.mean()
-    w = mask.to(loss.dtype)
-    # where() rather than multiply so that a non-finite value at an unannotated voxel
-    # cannot leak in as 0 * inf = nan.
-    return torch.where(w > 0, loss, torch.zeros_like(loss)).sum() / w.sum().clamp_min(1.0)
+        return ce.mean()
+    w = mask.to(ce.dtype)
+    # where() first so that a non-finite value at an unannotated voxel cannot leak in as
+    # 0 * inf = nan
+    counted = w > 0
+    total = (torch.where(counted, ce, torch.zeros_like(ce)) * w).sum()
+    return total / counted.sum().clamp_min(1).to(ce.dtype)
 
 
 def cross_entropy_loss(
     logits: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None
 ) -> torch.Tensor:
-    """Mean cross entropy over annotated voxels (0 when nothing is annotated)."""
+    """Mean cross entropy over annotated voxels (0 when nothing is annotated; float
+    weights: the weighted sum over the number of voxels that count)."""
     _check(logits, target, mask)
     ce = F.cross_entropy(_upcast(logits), target.long(), reduction="none")
-    return _annotated_mean(ce, mask)
+    return _weighted_mean(ce, mask)
 
 
 def marginal_cross_entropy_loss(
@@ -148,7 +164,7 @@ def marginal_cross_entropy_loss(
     merged = torch.logsumexp(x[:, [0, *open_classes]], dim=1)
     ce_bg = torch.logsumexp(x, dim=1) - merged
     ce = torch.where(target == 0, ce_bg, ce)
-    return _annotated_mean(ce, mask)
+    return _weighted_mean(ce, mask)
 
 
 def generalized_dice_loss(
@@ -162,11 +178,12 @@ def generalized_dice_loss(
 
     Classes absent from the (annotated part of the) batch would get an infinite weight;
     they get the largest finite weight instead, so predicting them still costs something.
+    Float voxel weights weigh the sums; the class weights count the voxels that count.
     """
     _check(logits, target, mask)
-    p, g = _probs_and_onehot(logits, target, mask)
+    p, g, vw = _probs_onehot_weights(logits, target, mask)
     dims = (0, *range(2, p.ndim))
-    ref = g.sum(dims)
+    ref = (g * (vw > 0)).sum(dims)
     w = 1.0 / (ref * ref).clamp_min(eps)
     present = ref > 0
     if bool(present.any()):
@@ -175,8 +192,8 @@ def generalized_dice_loss(
     else:
         w = torch.ones_like(w)
     w = w.detach()
-    inter = (w * (p * g).sum(dims)).sum()
-    denom = (w * (p + g).sum(dims)).sum()
+    inter = (w * (p * g * vw).sum(dims)).sum()
+    denom = (w * ((p + g) * vw).sum(dims)).sum()
     return 1.0 - (2.0 * inter + eps) / (denom + eps)
 
 

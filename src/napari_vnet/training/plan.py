@@ -266,8 +266,12 @@ def plan_training(
         raise TrainingError("give iterations, minutes, or both")
     if base_card is None:
         base_card = base_card_of(base)
+    if not 0.0 <= float(config.uncorrected_weight) <= 1.0:
+        raise TrainingError(
+            f"uncorrected_weight must be in [0, 1], got {config.uncorrected_weight}"
+        )
     loaded = load_pairs(pairs)
-    values = annotated_label_values(loaded, config.ignore_index)
+    values = annotated_label_values(loaded, config.ignore_index, config.uncorrected_weight)
     classes, new = resolve_classes(config.classes, config.class_names, base_card, values)
     if len(classes) < 2:
         raise TrainingError("need at least one foreground class besides background")

@@ -61,7 +61,10 @@ class PatchSampler:
         self.rng = np.random.default_rng(seed)
         self.foreground_fraction = float(foreground_fraction)
         self.augment = augment
-        self.cases = [self._pad(c) for c in cases]
+        # loss weights (TrainConfig.uncorrected_weight): when a case has them, every case
+        # gets them and the batch's masks are float32 weights
+        self.weighted = any(c.weight is not None for c in cases)
+        self.cases = [self._pad(_with_weight(c) if self.weighted else c) for c in cases]
         for c in self.cases:
             _index_case(c, self.rng)
 
@@ -74,7 +77,8 @@ class PatchSampler:
         mask = np.ones(case.shape, bool) if case.mask is None else case.mask
         mask = np.pad(mask, pads)
         regions = None if case.regions is None else np.pad(case.regions, pads)
-        return _Case(case.name, image, target, mask, regions=regions,
+        weight = None if case.weight is None else np.pad(case.weight, pads)
+        return _Case(case.name, image, target, mask, weight=weight, regions=regions,
                      intensity_unit=case.intensity_unit)  # fmt: skip
 
     def _start(self, case: _Case) -> tuple[int, ...]:
@@ -134,7 +138,8 @@ class PatchSampler:
         return img + lut[regions]
 
     def sample(self, batch_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-        """``(B, 1, *patch)`` float32 images, ``(B, *patch)`` int64 targets, bool masks."""
+        """``(B, 1, *patch)`` float32 images, ``(B, *patch)`` int64 targets, bool masks
+        (float32 loss weights when the cases have weights)."""
         imgs, tgts, msks = [], [], []
         any_mask = any(c.mask is not None for c in self.cases)
         for _ in range(batch_size):
@@ -154,7 +159,10 @@ class PatchSampler:
                 )
                 if self.phase and case.regions is not None:
                     img = self._phase_shift(img, _crop(case.regions, center, size), case)
-                img, tgt, msk = self.augmenter(img, tgt, seed=int(self.rng.integers(2**31)))
+                weight = None if case.weight is None else _crop(case.weight, center, size)
+                img, tgt, msk = self.augmenter(
+                    img, tgt, seed=int(self.rng.integers(2**31)), weight=weight
+                )
                 any_mask = True
                 imgs.append(img)
                 tgts.append(tgt)
@@ -162,13 +170,28 @@ class PatchSampler:
                 continue
             img, tgt = case.image[sl], case.target[sl]
             msk = case.mask[sl] if case.mask is not None else None
+            if case.weight is not None:  # the weights, 0 outside the mask
+                msk = case.weight[sl]
             if self.augment and self.phase and case.regions is not None:
                 img = self._phase_shift(img, case.regions[sl], case)
             if self.augment:
                 img, tgt, msk = self._augment(img, tgt, msk)
+            if case.weight is not None:
+                msk = msk.astype(np.float32) / np.float32(255)
             imgs.append(np.ascontiguousarray(img, np.float32))
             tgts.append(np.ascontiguousarray(tgt))
             if any_mask:
                 msks.append(np.ones(self.patch, bool) if msk is None else np.ascontiguousarray(msk))
         masks = np.stack(msks) if any_mask else None
         return np.stack(imgs)[:, None], np.stack(tgts).astype(np.int64), masks
+
+
+def _with_weight(case: _Case) -> _Case:
+    """``case`` with uint8 weights (1/255) that are 0 outside its mask (255 on the mask
+    where it had none)."""
+    from dataclasses import replace
+
+    weight = np.full(case.shape, 255, np.uint8) if case.weight is None else case.weight
+    if case.mask is not None:
+        weight = np.where(case.mask, weight, 0).astype(np.uint8)
+    return replace(case, weight=weight)

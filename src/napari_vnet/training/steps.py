@@ -60,7 +60,8 @@ def vox2vox_step(
     ac = dict(
         device_type=device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None
     )
-    w = torch.ones_like(y, dtype=torch.float32)[:, None] if m is None else m.float()[:, None]
+    # the discriminator sees what counts (weight > 0); the weights act in the GDL and CE
+    w = torch.ones_like(y, dtype=torch.float32)[:, None] if m is None else (m > 0).float()[:, None]
     with torch.autocast(**ac):
         logits = G(x)
     probs = torch.softmax(logits.float(), 1) * w

@@ -96,14 +96,16 @@ def export_pairs(
     background) or every value in annotated voxels, named from ``class_names``; values
     are renumbered 1..K in class order (:func:`napari_vnet.training.renumber_for_export`).
     Voxels outside the annotated slices, or equal to ``ignore_index``, get nnU-Net's
-    "ignore" label K + 1. ``dataset``: :func:`write_nnunet_dataset`'s ``name``,
-    ``channel``, ``extra`` and ``sources``. Returns the dataset.json path.
+    "ignore" label K + 1; so do the voxels an edit record's slices left as predicted
+    (a dataset has no loss weights: it keeps what the user corrected or reviewed).
+    ``dataset``: :func:`write_nnunet_dataset`'s ``name``, ``channel``, ``extra`` and
+    ``sources``. Returns the dataset.json path.
     """
     from napari_vnet.training.data import annotated_label_values, load_pairs
     from napari_vnet.training.plan import renumber_for_export, resolve_classes
 
     loaded = load_pairs(pairs)
-    values = annotated_label_values(loaded, ignore_index)
+    values = annotated_label_values(loaded, ignore_index, uncorrected_weight=0.0)
     chosen, _ = resolve_classes(classes, class_names, None, values)
     sparse = any(p.mask is not None for p in loaded)
     ignore = len(chosen) if (sparse or ignore_index is not None) else None
@@ -113,7 +115,8 @@ def export_pairs(
         if image.shape != p.labels.shape:  # pragma: no cover - load_pairs checked it
             raise ValueError(f"{p.name}: labels and image disagree in shape")
         new = renumber_for_export(
-            p.labels, chosen, mask=p.mask, ignore_index=ignore_index, ignore_label=ignore
+            p.labels, chosen, mask=p.counted(0.0), ignore_index=ignore_index,
+            ignore_label=ignore,
         )
         written.append((f"case_{i:03d}", image, new))
     return write_nnunet_dataset(

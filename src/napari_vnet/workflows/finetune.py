@@ -25,8 +25,6 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from napari_vnet.io.errors import VolumeReadError
 from napari_vnet.io.grid import grid_differences
 from napari_vnet.io.paths import same_file
@@ -77,10 +75,12 @@ def check_pair_grid(image, labels, image_name, labels_name) -> None:
 
 
 def pairs_from_files(
-    images: Sequence[str], labels: Sequence[str], annotated: Sequence[list[int] | None] = ()
+    images: Sequence[str],
+    labels: Sequence[str],
+    annotated: Sequence[list[int] | dict | None] = (),
 ) -> list[TrainingPair]:
-    """One pair per (image, labels) path, in order, with its annotated z slices (None or
-    ``annotated`` empty: every slice)."""
+    """One pair per (image, labels) path, in order, with its annotated z slices or edit
+    record (None or ``annotated`` empty: every slice)."""
     slices = list(annotated) or [None] * len(images)
     return [
         TrainingPair(img, lab, annotated=sl, name=str(img))
@@ -100,10 +100,10 @@ def spec_to_pair(spec: dict) -> TrainingPair:
 
     img, lab = read_volume(spec["image_path"]), read_volume(spec["labels_path"])
     check_pair_grid(img, lab, spec["image_path"], spec["labels_path"])
-    annotated = None
-    if spec["only_edited"]:
-        per_label = np.asarray(lab.array) if spec.get("regions") else None
-        annotated = mask_from_record(spec["annotated"], img.shape, per_label)
+    annotated = spec["annotated"] if spec["only_edited"] else None
+    if annotated is not None and not (spec.get("regions") and isinstance(annotated, dict)):
+        annotated = mask_from_record(annotated, img.shape, None)  # the slices whole
+    # (a record with regions: load_pairs reads it per label and region, with the labels)
     return TrainingPair(
         img.array, lab.array, tuple(img.spacing), annotated=annotated,
         name=Path(spec["labels_path"]).name,

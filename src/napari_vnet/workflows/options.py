@@ -66,10 +66,23 @@ def parse_normalization(text: str | None, flag: str = "--normalization") -> dict
     return norm
 
 
-def parse_slices(text: str | None) -> list[int] | None:
-    """``"3,7,12"`` -> [3, 7, 12]; ``"all"`` or nothing -> None (every slice counts)."""
+def parse_slices(text: str | None) -> list[int] | dict | None:
+    """``"3,7,12"`` -> [3, 7, 12]; ``"all"`` or nothing -> None (every slice counts); the
+    path of a ``.json`` file -> the edit record in it (``{"axis", "slices", "edits",
+    "reviewed"}``, alone or under ``"annotated_slices"``: what the docks record)."""
     if text is None or text.strip().lower() in ("", "all"):
         return None
+    if text.strip().lower().endswith(".json"):
+        from pathlib import Path
+
+        try:
+            data = json.loads(Path(text.strip()).expanduser().read_text())
+        except (OSError, ValueError) as exc:
+            raise ValueError(f"cannot read the edit record {text.strip()}: {exc}") from None
+        record = data.get("annotated_slices", data) if isinstance(data, dict) else None
+        if not isinstance(record, dict) or "slices" not in record:
+            raise ValueError(f"{text.strip()} holds no edit record (axis, slices, edits)")
+        return record
     return [int(v) for v in text.replace(" ", "").split(",") if v]
 
 
