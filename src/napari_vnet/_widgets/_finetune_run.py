@@ -94,6 +94,7 @@ class FinetuneRunMixin:
     iterations_spin: QSpinBox
     minutes_spin: QDoubleSpinBox
     lr_spin: QDoubleSpinBox  # 0: auto
+    uncorrected_spin: QDoubleSpinBox  # weight of the labels left as predicted on edited slices
     patch_edit: QLineEdit  # "z,y,x" or one number; empty: auto
     batch_spin: QSpinBox
     val_spin: QSpinBox  # validation percent (0: off)
