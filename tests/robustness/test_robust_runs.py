@@ -99,26 +99,16 @@ def _job(image, weights, **settings):
     return SegmentJob(request)
 
 
-def _outcome(job):
-    gen = job.events()
-    items = []
-    while True:
-        try:
-            items.append(next(gen))
-        except StopIteration as stop:
-            return items, stop.value
-
-
-def test_nan_image_in_the_segment_job(tiny_weights):
+def test_nan_image_in_the_segment_job(drain, tiny_weights):
     from napari_vnet.workflows.segment import JobDone, JobFailed, Message
 
     some = np.random.default_rng(0).normal(size=(12, 12, 12)).astype(np.float32)
     some[0] = np.nan
-    items, outcome = _outcome(_job(some, tiny_weights))
+    items, outcome = drain(_job(some, tiny_weights).events())
     assert isinstance(outcome, JobDone) and outcome.labels.shape == some.shape
     warnings = [m.text for m in items if isinstance(m, Message) and m.level == "warning"]
     assert warnings and "NaN/infinite" in warnings[0]
-    _, outcome = _outcome(_job(np.full((12, 12, 12), np.nan, np.float32), tiny_weights))
+    _, outcome = drain(_job(np.full((12, 12, 12), np.nan, np.float32), tiny_weights).events())
     assert isinstance(outcome, JobFailed) and "no finite values" in outcome.message
 
 
@@ -180,12 +170,12 @@ def test_absurd_patch_or_batch_is_refused_before_allocating(model_card, patch, b
     assert "smaller patch size" in message and "batch size 1" in message
 
 
-def test_absurd_patch_in_the_segment_job_gives_advice(tmp_path):
+def test_absurd_patch_in_the_segment_job_gives_advice(drain, tmp_path):
     from napari_vnet.workflows.segment import JobFailed
 
     card = tiny_card(patch=(2048, 2048, 2048))
     weights = save_checkpoint(build_model(card), card, tmp_path / "huge_patch.pt")
-    _, outcome = _outcome(_job(np.zeros((16, 16, 16), np.float32), weights))
+    _, outcome = drain(_job(np.zeros((16, 16, 16), np.float32), weights).events())
     assert isinstance(outcome, JobFailed)
     assert "Out of memory while segmenting 'scan'" in outcome.message
     assert "smaller patch size" in outcome.message and "Try:" in outcome.message
