@@ -18,10 +18,10 @@ import json
 import numpy as np
 import pytest
 import torch
-from napari_vnet.training.annotation_regions import training_weights
-from napari_vnet.training.losses import cross_entropy_loss, soft_dice_loss
 
 from napari_vnet.training import TrainConfig, TrainingPair, prepare_cases, run_training
+from napari_vnet.training.annotation_regions import training_weights
+from napari_vnet.training.losses import cross_entropy_loss, soft_dice_loss
 
 LIVER, SPLEEN = 5, 1
 S = 32
