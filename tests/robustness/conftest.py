@@ -10,6 +10,7 @@ import gzip
 import os
 import shutil
 import struct
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +19,44 @@ import SimpleITK as sitk
 
 # --------------------------------------------------------------------------- files
 
+
+
+#: the tiny nnU-Net v2 model folder (made by nnU-Net's own planner and trainer)
+NNUNET_FOLDER = (
+    Path(__file__).parents[1]
+    / "data"
+    / "nnunet"
+    / "Dataset901_TinyPhantom"
+    / "nnUNetTrainer__nnUNetPlans__3d_fullres"
+)
+
+
+def inflate_tensor_claim(plain: Path, dest: Path, marker: int, numel: int) -> Path:
+    """A zip bomb: ``plain`` (a ``torch.save`` archive holding one ``marker``-element
+    float32 tensor) rewritten as ``dest``, where that tensor claims ``numel`` elements and
+    its record is ``numel`` deflated zeros (zeros compress about 1000:1)."""
+    big_key = None
+    with zipfile.ZipFile(plain) as src, zipfile.ZipFile(dest, "w") as dst:
+        for info in src.infolist():
+            data = src.read(info)
+            if info.filename.endswith("data.pkl"):
+                old = b"J" + struct.pack("<i", marker)
+                assert old in data
+                data = data.replace(old, b"J" + struct.pack("<i", numel))
+            if len(data) == marker * 4:
+                big_key = info.filename
+                continue
+            dst.writestr(info, data, compress_type=info.compress_type)
+    assert big_key is not None
+    with zipfile.ZipFile(dest, "a", compression=zipfile.ZIP_DEFLATED) as dst:
+        info = zipfile.ZipInfo(big_key)
+        info.compress_type = zipfile.ZIP_DEFLATED
+        with dst.open(info, "w", force_zip64=True) as fh:
+            chunk = b"\0" * (64 << 20)
+            for _ in range(numel * 4 // len(chunk)):
+                fh.write(chunk)
+            fh.write(b"\0" * (numel * 4 % len(chunk)))
+    return dest
 
 def write_image(path: Path, array: np.ndarray, *, vector: bool = False, spacing=None) -> Path:
     """Write ``array`` (numpy z, y, x order) with SimpleITK; returns the path."""

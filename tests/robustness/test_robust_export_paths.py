@@ -18,15 +18,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import NNUNET_FOLDER as FOLDER
 from napari_vnet.cli import main
-
-FOLDER = (
-    Path(__file__).parents[1]
-    / "data"
-    / "nnunet"
-    / "Dataset901_TinyPhantom"
-    / "nnUNetTrainer__nnUNetPlans__3d_fullres"
-)
 
 
 @pytest.fixture(scope="module")

@@ -19,25 +19,16 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import struct
 import subprocess
 import sys
 import textwrap
-import zipfile
 from pathlib import Path
 
 import pytest
 import torch
 
-from conftest import small_volume, write_image
-
-FOLDER = (
-    Path(__file__).parents[1]
-    / "data"
-    / "nnunet"
-    / "Dataset901_TinyPhantom"
-    / "nnUNetTrainer__nnUNetPlans__3d_fullres"
-)
+from conftest import NNUNET_FOLDER as FOLDER
+from conftest import inflate_tensor_claim, small_volume, write_image
 
 _PRELUDE = """
 import contextlib, io, json, os, resource, sys
@@ -105,27 +96,7 @@ NUMEL = 300_000_000  # 1.1 GiB of float32 zeros, deflated to about a megabyte
 def _bomb(plain: Path, dest: Path) -> Path:
     """``plain`` (a torch.save holding one ``MARKER``-element zero tensor) rewritten so
     that this tensor claims ``NUMEL`` elements, its record deflated."""
-    big_key = None
-    with zipfile.ZipFile(plain) as src, zipfile.ZipFile(dest, "w") as dst:
-        for info in src.infolist():
-            data = src.read(info)
-            if info.filename.endswith("data.pkl"):
-                old = b"J" + struct.pack("<i", MARKER)
-                assert old in data
-                data = data.replace(old, b"J" + struct.pack("<i", NUMEL))
-            if len(data) == MARKER * 4:
-                big_key = info.filename
-                continue
-            dst.writestr(info, data, compress_type=info.compress_type)
-    assert big_key is not None
-    with zipfile.ZipFile(dest, "a", compression=zipfile.ZIP_DEFLATED) as dst:
-        info = zipfile.ZipInfo(big_key)
-        info.compress_type = zipfile.ZIP_DEFLATED
-        with dst.open(info, "w", force_zip64=True) as fh:
-            chunk = b"\0" * (64 << 20)
-            for _ in range(NUMEL * 4 // len(chunk)):
-                fh.write(chunk)
-            fh.write(b"\0" * (NUMEL * 4 % len(chunk)))
+    inflate_tensor_claim(plain, dest, MARKER, NUMEL)
     plain.unlink()
     assert dest.stat().st_size < 5_000_000
     return dest

@@ -17,13 +17,12 @@ import struct
 import subprocess
 import sys
 import textwrap
-import zipfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from conftest import small_volume, tiny_card, write_dicom_series, write_image
+from conftest import inflate_tensor_claim, small_volume, tiny_card, write_dicom_series, write_image
 
 _PRELUDE = """
 import json, os, resource, sys
@@ -120,29 +119,8 @@ def _zip_bomb_checkpoint(tmp_path: Path, numel: int = 300_000_000) -> Path:
     state["state_dict"]["padding"] = torch.zeros(marker)
     plain = tmp_path / "plain.pt"
     torch.save(state, plain)
-    bomb = tmp_path / "bomb.pt"
-    with zipfile.ZipFile(plain) as src, zipfile.ZipFile(bomb, "w") as dst:
-        big_key = None
-        for info in src.infolist():
-            data = src.read(info)
-            if info.filename.endswith("data.pkl"):
-                old = b"J" + struct.pack("<i", marker)
-                assert old in data
-                data = data.replace(old, b"J" + struct.pack("<i", numel))
-            if len(data) == marker * 4:
-                big_key = info.filename
-                continue
-            dst.writestr(info, data, compress_type=info.compress_type)
-        assert big_key is not None
     # the big record, deflated: zeros compress about 1000:1
-    with zipfile.ZipFile(bomb, "a", compression=zipfile.ZIP_DEFLATED) as dst:
-        info = zipfile.ZipInfo(big_key)
-        info.compress_type = zipfile.ZIP_DEFLATED
-        with dst.open(info, "w", force_zip64=True) as fh:
-            chunk = b"\0" * (64 << 20)
-            for _ in range(numel * 4 // len(chunk)):
-                fh.write(chunk)
-            fh.write(b"\0" * (numel * 4 % len(chunk)))
+    bomb = inflate_tensor_claim(plain, tmp_path / "bomb.pt", marker, numel)
     return bomb
 
 
