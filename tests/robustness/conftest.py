@@ -7,9 +7,13 @@ series is copied into tmp_path when a DICOM case needs it), never checked in.
 from __future__ import annotations
 
 import gzip
+import json
 import os
 import shutil
 import struct
+import subprocess
+import sys
+import textwrap
 import zipfile
 from pathlib import Path
 
@@ -57,6 +61,25 @@ def inflate_tensor_claim(plain: Path, dest: Path, marker: int, numel: int) -> Pa
                 fh.write(chunk)
             fh.write(b"\0" * (numel * 4 % len(chunk)))
     return dest
+
+
+def run_limited_child(prelude: str, code: str, *args: str, limit: str | None = "512M") -> dict:
+    """Run ``prelude`` + ``code`` (dedented) in a fresh Python with ``args`` as its argv and
+    ``NAPARI_VNET_MEMORY_LIMIT=limit`` (none: unset); the dict its last ``RESULT {json}``
+    line reports."""
+    env = {k: v for k, v in os.environ.items() if k != "NAPARI_VNET_MEMORY_LIMIT"}
+    if limit:
+        env["NAPARI_VNET_MEMORY_LIMIT"] = limit
+    proc = subprocess.run(
+        [sys.executable, "-c", prelude + textwrap.dedent(code), *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+    assert lines, f"rc {proc.returncode}\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}"
+    return json.loads(lines[-1][len("RESULT ") :])
 
 def write_image(path: Path, array: np.ndarray, *, vector: bool = False, spacing=None) -> Path:
     """Write ``array`` (numpy z, y, x order) with SimpleITK; returns the path."""

@@ -17,18 +17,14 @@ where a case needs it.
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
-import sys
-import textwrap
 from pathlib import Path
 
 import pytest
 import torch
 
 from conftest import NNUNET_FOLDER as FOLDER
-from conftest import inflate_tensor_claim, small_volume, write_image
+from conftest import inflate_tensor_claim, run_limited_child, small_volume, write_image
 
 _PRELUDE = """
 import contextlib, io, json, os, resource, sys
@@ -58,19 +54,7 @@ def cli(*argv):
 
 
 def _child(code: str, *args: str, limit: str | None = "512M") -> dict:
-    env = {k: v for k, v in os.environ.items() if k != "NAPARI_VNET_MEMORY_LIMIT"}
-    if limit:
-        env["NAPARI_VNET_MEMORY_LIMIT"] = limit
-    proc = subprocess.run(
-        [sys.executable, "-c", _PRELUDE + textwrap.dedent(code), *args],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env=env,
-    )
-    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
-    assert lines, f"rc {proc.returncode}\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}"
-    return json.loads(lines[-1][len("RESULT ") :])
+    return run_limited_child(_PRELUDE, code, *args, limit=limit)
 
 
 def _refused_in_one_line(out: dict, *words: str) -> None:

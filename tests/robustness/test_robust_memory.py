@@ -11,18 +11,20 @@ pretends to be a smaller machine (the child also carries an address-space limit 
 from __future__ import annotations
 
 import gzip
-import json
-import os
 import struct
-import subprocess
-import sys
-import textwrap
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from conftest import inflate_tensor_claim, small_volume, tiny_card, write_dicom_series, write_image
+from conftest import (
+    inflate_tensor_claim,
+    run_limited_child,
+    small_volume,
+    tiny_card,
+    write_dicom_series,
+    write_image,
+)
 
 _PRELUDE = """
 import json, os, resource, sys
@@ -38,19 +40,7 @@ def report(**kw):
 
 
 def _child(code: str, *args: str, limit: str | None = "512M") -> dict:
-    env = {k: v for k, v in os.environ.items() if k != "NAPARI_VNET_MEMORY_LIMIT"}
-    if limit:
-        env["NAPARI_VNET_MEMORY_LIMIT"] = limit
-    proc = subprocess.run(
-        [sys.executable, "-c", _PRELUDE + textwrap.dedent(code), *args],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env=env,
-    )
-    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
-    assert lines, f"rc {proc.returncode}\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}"
-    return json.loads(lines[-1][len("RESULT ") :])
+    return run_limited_child(_PRELUDE, code, *args, limit=limit)
 
 
 def _gzip_bomb(path: Path, shape_xyz=(1024, 1024, 1024)) -> Path:
