@@ -9,11 +9,11 @@ import zipfile
 
 import numpy as np
 import pytest
-from test_io_dicom import write_dicom_series
 
 from napari_vnet._reader import napari_get_reader, read_medical
 from napari_vnet.cli import main
 from napari_vnet.io import VolumeReadError, read_volume
+from test_io_dicom import write_dicom_series
 
 
 def _zip_folder(folder, dest, prefix=""):
@@ -58,8 +58,8 @@ def test_real_ct_zip_reads_as_its_folder(shared_data, tmp_path):
     assert not any(os.path.exists(f) for f in files)  # then removed
     # the napari reader claims it (by peeking) and gives the folder's layer
     assert napari_get_reader(str(zipped)) is read_medical
-    (data, kw, kind), = read_medical(str(zipped))
-    (fdata, fkw, _), = read_medical(str(folder))
+    ((data, kw, kind),) = read_medical(str(zipped))
+    ((fdata, fkw, _),) = read_medical(str(folder))
     assert kind == "image" and kw["name"] == fkw["name"]
     np.testing.assert_array_equal(data, fdata)
     np.testing.assert_allclose(kw["affine"] if "affine" in kw else kw["scale"],
@@ -74,7 +74,9 @@ def test_zip_with_several_series_picks_as_a_folder(two_series, tmp_path):
     assert str(zipped) in text and "2 DICOM series" in text and "venous" in text
     assert "napari-vnet-zip-" not in text  # the temporary folder is not what is named
     for which in (0, 1, "1.2.826.0.1.99.2"):
-        _assert_same_volume(read_volume(zipped, series=which), read_volume(two_series, series=which))
+        _assert_same_volume(
+            read_volume(zipped, series=which), read_volume(two_series, series=which)
+        )
     assert len(read_medical(str(zipped))) == 2  # napari: one layer per series, as a folder
 
 
@@ -86,7 +88,9 @@ def test_predict_takes_a_zip(two_series, tmp_path, tiny_checkpoint, capsys):
     zipped = _zip_folder(one, tmp_path / "scan.zip")
     ckpt = tiny_checkpoint(tmp_path / "tiny.pt")
     out_zip, out_dir = tmp_path / "from_zip.nii.gz", tmp_path / "from_dir.nii.gz"
-    assert main(["predict", str(zipped), "-w", str(ckpt), "-o", str(out_zip), "--device", "cpu"]) == 0
+    assert (
+        main(["predict", str(zipped), "-w", str(ckpt), "-o", str(out_zip), "--device", "cpu"]) == 0
+    )
     assert main(["predict", str(one), "-w", str(ckpt), "-o", str(out_dir), "--device", "cpu"]) == 0
     capsys.readouterr()
     _assert_same_volume(read_volume(out_zip), read_volume(out_dir))

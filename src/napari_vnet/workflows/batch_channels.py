@@ -33,7 +33,14 @@ import numpy as np
 from napari_vnet.io.headers import VOLUME_SUFFIXES, known_suffix
 from napari_vnet.io.paths import printable
 
-__all__ = ["ChannelGroup", "channel_groups", "channel_part", "channels_first", "read_case_channels"]
+__all__ = [
+    "ChannelGroup",
+    "channel_groups",
+    "channel_part",
+    "channels_first",
+    "image_channels",
+    "read_case_channels",
+]
 
 _CHANNEL = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
 
@@ -133,7 +140,8 @@ def channel_groups(entries: Sequence[Any], in_channels: int | None = None) -> li
 def read_case_channels(paths: Sequence[str]):
     """The channel files ``paths`` of one case as one :class:`~napari_vnet.io.Volume`
     (array ``(z, y, x, C)``, the geometry and metadata of channel 0; the files in
-    ``metadata["channel_files"]``); one path reads as :func:`~napari_vnet.io.read_volume`.
+    ``metadata["channel_files"]``, their DICOM modalities in ``"channel_modalities"``);
+    one path reads as :func:`~napari_vnet.io.read_volume`.
     Raises :class:`~napari_vnet.io.VolumeReadError` naming the file when a channel is not a
     3-D volume or lies on another voxel grid than channel 0."""
     from napari_vnet.io import Volume, VolumeReadError, read_volume
@@ -142,7 +150,7 @@ def read_case_channels(paths: Sequence[str]):
     first = read_volume(paths[0])
     if len(paths) == 1:
         return first
-    arrays = []
+    arrays, modalities = [], []
     for i, path in enumerate(paths):
         vol = first if i == 0 else read_volume(path)
         if vol.array.ndim != 3:
@@ -152,14 +160,16 @@ def read_case_channels(paths: Sequence[str]):
             raise VolumeReadError(
                 path,
                 f"channel {i} lies on another voxel grid than channel 0 "
-                f"({os.path.basename(paths[0])}): " + "; ".join(str(d) for d in diffs)
+                f"({os.path.basename(paths[0])}): "
+                + "; ".join(str(d) for d in diffs)
                 + "; the channel files of a case must share one grid",
             )
         arrays.append(vol.array)
+        modalities.append(str(vol.metadata.get("modality") or ""))
     stacked = np.stack(arrays)  # (C, z, y, x), contiguous for the engine
     del arrays
     meta = {**first.metadata, "channel_files": [str(p) for p in paths],
-            "n_components": len(paths)}  # fmt: skip
+            "channel_modalities": modalities, "n_components": len(paths)}  # fmt: skip
     return Volume(
         array=np.moveaxis(stacked, 0, -1),
         spacing=first.spacing,
@@ -169,6 +179,25 @@ def read_case_channels(paths: Sequence[str]):
         metadata=meta,
         path=first.path,
     )
+
+
+def image_channels(image: str | os.PathLike) -> list[str]:
+    """The channel files of one image argument: ``a.nii.gz`` + ``os.pathsep`` +
+    ``b.nii.gz`` (a list; ``:`` on Linux and macOS, ``;`` on Windows), or ``CASE_0000.ext``
+    with its siblings ``CASE_0001.ext``, ``CASE_0002.ext``... (nnU-Net's channel files,
+    up to the first one missing), else the image alone."""
+    text = os.fspath(image)
+    if os.pathsep in text and not os.path.exists(text):
+        return [p for p in text.split(os.pathsep) if p]
+    part = channel_part(os.path.basename(text))
+    if part is None or part[1] != 0 or not os.path.isfile(text):
+        return [text]
+    ext = known_suffix(os.path.basename(text), VOLUME_SUFFIXES)
+    base = text[: len(text) - len(ext) - 4]  # ".../CASE_"
+    files = [text]
+    while os.path.isfile(nxt := f"{base}{len(files):04d}{ext}"):
+        files.append(nxt)
+    return files
 
 
 def channels_first(vol):
