@@ -88,8 +88,8 @@ def test_two_channel_cases_grouped_in_order_and_a_broken_case_fails_alone(
     assert "lonely_0001" in cases[2].error and "lonely_0000.nii.gz" in cases[2].error
 
     out = tmp_path / "out"
-    rc, stdout, err = _run(["predict", str(src), "-w", str(channel1_model), "--out", str(out),
-                            "--device", "cpu", "--save-probabilities", "--json"], capsys)  # fmt: skip
+    argv = ["predict", str(src), "-w", str(channel1_model), "--out", str(out), "--device", "cpu"]
+    rc, stdout, err = _run([*argv, "--save-probabilities", "--statistics", "--json"], capsys)
     assert rc == 1  # two cases failed, the others were written
     summary = json.loads((out / "summary.json").read_text())
     status = {r["stem"]: r for r in summary["results"]}
@@ -104,6 +104,12 @@ def test_two_channel_cases_grouped_in_order_and_a_broken_case_fails_alone(
     for case, (c0, c1) in chans.items():
         mask = read_volume(out / f"{case}.nii.gz")
         assert mask.shape == SHAPE
+        stats = json.loads((out / f"{case}_statistics.json").read_text())
+        assert stats["shape"] == list(SHAPE)  # intensities: channel 0
+        lesion = stats["classes"][0]
+        if lesion["voxels"]:
+            mean = float(c0[mask.array == 1].astype(np.float64).mean())
+            assert lesion["intensity_mean"] == pytest.approx(mean, rel=1e-5, abs=1e-4)
         np.testing.assert_allclose(mask.origin, ORIGIN, atol=1e-4)
         with np.load(out / f"{case}_probabilities.npz") as npz:
             got = npz["probabilities"].astype(np.float32)

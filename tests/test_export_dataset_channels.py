@@ -110,7 +110,8 @@ def test_ct_channel_named_ct_from_dicom_or_card(tmp_path, capsys):
     nifti = _write(tmp_path / "ct.nii.gz", arr)
     nlab = _write(tmp_path / "ct_labels.nii.gz", _labels(1))
     card = ModelCard(
-        arch="vnet", arch_kwargs={"channels": [2, 4]}, classes=[ClassInfo(0, "bg"), ClassInfo(1, "x")],
+        arch="vnet", arch_kwargs={"channels": [2, 4]},
+        classes=[ClassInfo(0, "bg"), ClassInfo(1, "x")],
         normalization={"kind": "window", "low": -200.0, "high": 400.0}, patch_size=(8, 8, 8),
     )  # fmt: skip
     weights = save_checkpoint(build_model(card), card, tmp_path / "hu.pt")

@@ -38,8 +38,9 @@ def two_series(tmp_path):
     rng = np.random.default_rng(0)
     for i, desc in enumerate(("arterial", "venous")):
         arr = rng.integers(-100, 300, size=(5 + i, 12, 10)).astype(np.int16)
-        write_dicom_series(folder, arr, uid=f"1.2.826.0.1.99.{i + 1}", description=desc,
-                           number=i + 1, names=[f"s{i}_{k:03d}.dcm" for k in range(5 + i)])  # fmt: skip
+        names = [f"s{i}_{k:03d}.dcm" for k in range(5 + i)]
+        uid = f"1.2.826.0.1.99.{i + 1}"
+        write_dicom_series(folder, arr, uid=uid, description=desc, number=i + 1, names=names)
     return folder
 
 

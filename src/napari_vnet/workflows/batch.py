@@ -117,6 +117,21 @@ def output_stem(entry, root: Path, n_series_in_folder: int = 1) -> str:
     return entry.key[: len(entry.key) - len(ext)] if ext else entry.key
 
 
+def _not_outputs(entries: list, outputs_in: str | os.PathLike | None) -> list:
+    """The worklist ``entries`` that are no output recorded under ``outputs_in``."""
+    from napari_vnet.workflows.batch_records import _norm, recorded_outputs
+
+    if outputs_in is None:
+        return entries
+    files, uids = recorded_outputs(outputs_in)
+    return [
+        e
+        for e in entries
+        if not (e.kind == "dicom" and e.series_uid and e.series_uid in uids)
+        and not (e.kind != "dicom" and _norm(e.path) in files)
+    ]
+
+
 def discover_cases(
     root: str | os.PathLike,
     *,
@@ -140,19 +155,10 @@ def discover_cases(
     inputs.
     """
     from napari_vnet.workflows.batch_channels import channel_groups
-    from napari_vnet.workflows.batch_records import _norm, recorded_outputs
     from napari_vnet.workflows.worklist_scan import discover_scans
 
     root_path = Path(root).expanduser().resolve()
-    entries = list(discover_scans(root_path, exclude=exclude))
-    if outputs_in is not None:
-        files, uids = recorded_outputs(outputs_in)
-        entries = [
-            e
-            for e in entries
-            if not (e.kind == "dicom" and e.series_uid and e.series_uid in uids)
-            and not (e.kind != "dicom" and _norm(e.path) in files)
-        ]
+    entries = _not_outputs(list(discover_scans(root_path, exclude=exclude)), outputs_in)
     per_folder: dict[str, int] = {}
     for e in entries:
         if e.kind == "dicom" and not e.broken:
