@@ -148,7 +148,7 @@ def test_manifest_claims_only_what_the_reader_reads():
     for p in patterns:
         if p.startswith("*."):  # every claimed ending gets a reader function
             name = "x" + p[1:]
-            assert napari_get_reader(name) is not None or p in {"*.dcm", "*.dicom", "*.ima"}, p
+            assert napari_get_reader(name) is not None or p in {"*.dcm", "*.dicom", "*.ima", "*.zip"}, p
     # no ending napari's own reader (imageio/tifffile) reads is claimed
     from fnmatch import fnmatch
 

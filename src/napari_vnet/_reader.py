@@ -1,7 +1,9 @@
-"""npe2 reader: medical volumes (NIfTI, MHA/MHD, NRRD, Analyze, GIPL) and DICOM series.
+"""npe2 reader: medical volumes (NIfTI, MHA/MHD, NRRD, Analyze, GIPL), DICOM series and
+zips of DICOM files.
 
 ``napari_get_reader`` only looks at the name (and, for extension-less files, the 132
-bytes of a DICOM preamble); it never raises. The reader it returns raises
+bytes of a DICOM preamble; for a zip, its member names and the first bytes of a few
+members); it never raises. The reader it returns raises
 :class:`napari_vnet.io.VolumeReadError` with the file and the problem for broken input.
 Geometry: world coordinates are LPS millimetres (z, y, x), see ``napari_vnet.io.layers``.
 Reading returns layer data and nothing else: napari's reader preferences are written by the
@@ -33,6 +35,7 @@ from napari_vnet.io import (
     split_extension,
     volume_to_layer_kwargs,
 )
+from napari_vnet.io.dicom_zip import extracted_zip, is_zip_name, zip_holds_dicom
 from napari_vnet.io.headers import has_volume_extension, is_analyze_pair
 from napari_vnet.io.label_names import LabelSidecarError, labels_display_kwargs, read_label_classes
 
@@ -92,6 +95,8 @@ def napari_get_reader(path):
             return _napari_folder_reader(str(p))  # Radiance HDR, raw images: napari's reader
         if has_volume_extension(p) or (p.is_file() and is_dicom_file(p)):
             return read_medical
+        if is_zip_name(p) and p.is_file():  # only a zip of DICOM files is claimed
+            return read_medical if zip_holds_dicom(p) else None
     except Exception:  # never raise from here (napari tries every reader)
         log.debug("napari_get_reader(%r) failed", path, exc_info=True)
     return None
@@ -176,8 +181,32 @@ def volume_layer_data(vol: Volume, name: str) -> list[tuple[Any, dict, str]]:
     return [(array, kw, "image")]
 
 
+def _dicom_folder_layers(folder: Path) -> list[tuple[Any, dict, str]]:
+    """One layer per DICOM series in ``folder`` (or, when it holds none, its subfolders)."""
+    series = list_dicom_series(folder) or list_dicom_series(folder, recursive=True)
+    if not series:
+        raise VolumeReadError(folder, "no DICOM image series found in this folder")
+    used: set[str] = set()
+    layers = []
+    for s in series:
+        layers += volume_layer_data(read_dicom_series(s), _unique(s.name, used))
+    return layers
+
+
+def _dicom_zip_layers(path: Path) -> list[tuple[Any, dict, str]]:
+    """The layers of the DICOM folder zipped in ``path`` (checked and unpacked into a
+    temporary folder: :mod:`napari_vnet.io.dicom_zip`); errors name the zip."""
+    with extracted_zip(path) as folder:
+        try:
+            return _dicom_folder_layers(folder)
+        except VolumeReadError as exc:
+            problem = exc.problem.replace("this folder", "the zip")
+            raise VolumeReadError(path, problem) from exc
+
+
 def read_medical(path) -> list[tuple[Any, dict, str]]:
-    """Read a file, one DICOM file (its whole series) or a folder (one layer per series).
+    """Read a file, one DICOM file (its whole series), a folder or a zip of DICOM files
+    (one layer per series).
 
     Returns layer data only: no napari setting and no viewer is touched here (reader
     preferences: :mod:`napari_vnet.reader_preferences`; the camera of the viewer the layers
@@ -186,14 +215,9 @@ def read_medical(path) -> list[tuple[Any, dict, str]]:
         return [layer for p in path for layer in read_medical(p)]
     p = Path(path)
     if p.is_dir():
-        series = list_dicom_series(p) or list_dicom_series(p, recursive=True)
-        if not series:
-            raise VolumeReadError(p, "no DICOM image series found in this folder")
-        used: set[str] = set()
-        layers = []
-        for s in series:
-            layers += volume_layer_data(read_dicom_series(s), _unique(s.name, used))
-        return layers
+        return _dicom_folder_layers(p)
+    if is_zip_name(p) and not has_volume_extension(p):
+        return _dicom_zip_layers(p)
     if not has_volume_extension(p) and is_dicom_file(p):
         from napari_vnet.io.dicom_seg import is_dicom_seg, read_dicom_seg
 

@@ -34,6 +34,7 @@ from napari_vnet.io.dicom import (
 )
 from napari_vnet.io.dicom_lengths import dicom_length_problem
 from napari_vnet.io.dicom_tilt import unsheared_volume
+from napari_vnet.io.dicom_zip import is_zip_name
 from napari_vnet.io.errors import VolumeReadError
 from napari_vnet.io.headers import (
     IMAGE_IO,
@@ -382,8 +383,9 @@ def read_volume(
     series: int | str | DicomSeries | None = None,
     fast_nifti: bool | None = None,
 ) -> Volume:
-    """Read a medical volume: a file (NIfTI, MHA/MHD, NRRD, Analyze, GIPL, DICOM) or a
-    DICOM folder. One DICOM file reads its whole series (slices ordered by position).
+    """Read a medical volume: a file (NIfTI, MHA/MHD, NRRD, Analyze, GIPL, DICOM), a
+    DICOM folder or a zip of one (:mod:`napari_vnet.io.dicom_zip`). One DICOM file reads
+    its whole series (slices ordered by position).
 
     ``series`` picks one series (index, SeriesInstanceUID or :class:`DicomSeries` key)
     when a folder holds several; without it such a folder raises an error listing them.
@@ -403,11 +405,15 @@ def read_volume(
     if not has_volume_extension(path):
         if is_dicom_file(path):
             return _read_dicom_path(path, series)
+        if is_zip_name(path):  # a zipped DICOM folder (napari_vnet.io.dicom_zip)
+            from napari_vnet.io.dicom_zip import read_dicom_zip
+
+            return read_dicom_zip(path, series)
         raise VolumeReadError(
             path,
             f"unsupported file type {split_extension(path)[1]!r} (supported: "
             + ", ".join(READ_EXTENSIONS)
-            + ", DICOM files and folders)",
+            + ", DICOM files and folders, zips of a DICOM folder)",
         )
     name, ext = split_extension(path)
     meta = {"format": ext.lower(), "name": name, "source_path": str(path)}

@@ -17,7 +17,9 @@ background, share the cases among processes) is :mod:`napari_vnet.workflows.batc
   ``napari-vnet[dicom-seg]``).
 
 Output naming (:func:`output_stem`, :func:`plan_outputs`): an input file
-``INPUT_DIR/a/b/ct.nii.gz`` gives ``OUT_DIR/a/b/ct`` + extension; a DICOM series gives
+``INPUT_DIR/a/b/ct.nii.gz`` gives ``OUT_DIR/a/b/ct`` + extension; nnU-Net's channel
+files ``a/CASE_0000.nii.gz``, ``a/CASE_0001.nii.gz``... (one case,
+:mod:`napari_vnet.workflows.batch_channels`) give ``OUT_DIR/a/CASE``; a DICOM series gives
 its folder's relative path (``OUT_DIR/a/series``; the input folder's own name when the
 series lies directly in INPUT_DIR; ``<folder>/<series description>`` when one folder
 holds several series). The extension is the input's own when it is a writable format
@@ -92,6 +94,14 @@ class Case:
     stem: str  # output name relative to the output folder, without extension ("a/b/ct")
     source_ext: str = ""  # the input's extension (".nii.gz"...), "" for DICOM
     error: str | None = None  # header unreadable: reported, never predicted
+    #: nnU-Net's channel files of the case (``CASE_0000``, ``CASE_0001``... in channel
+    #: order; ``path`` is the first): read as one multi-channel volume
+    channels: tuple[str, ...] = ()
+
+    @property
+    def files(self) -> tuple[str, ...]:
+        """Every input file of the case."""
+        return self.channels or (self.path,)
 
 
 def output_stem(entry, root: Path, n_series_in_folder: int = 1) -> str:
@@ -107,37 +117,48 @@ def output_stem(entry, root: Path, n_series_in_folder: int = 1) -> str:
     return entry.key[: len(entry.key) - len(ext)] if ext else entry.key
 
 
+def _not_outputs(entries: list, outputs_in: str | os.PathLike | None) -> list:
+    """The worklist ``entries`` that are no output recorded under ``outputs_in``."""
+    from napari_vnet.workflows.batch_records import _norm, recorded_outputs
+
+    if outputs_in is None:
+        return entries
+    files, uids = recorded_outputs(outputs_in)
+    return [
+        e
+        for e in entries
+        if not (e.kind == "dicom" and e.series_uid and e.series_uid in uids)
+        and not (e.kind != "dicom" and _norm(e.path) in files)
+    ]
+
+
 def discover_cases(
     root: str | os.PathLike,
     *,
     pattern: str | None = None,
     exclude: Iterable[str | os.PathLike] = (),
     outputs_in: str | os.PathLike | None = None,
+    in_channels: int | None = None,
 ) -> list[Case]:
     """Every volume file and DICOM series under ``root`` (recursively), sorted by key.
 
     ``pattern`` (shell wildcards, e.g. ``"*.nii.gz"`` or ``"patient*/*"``) keeps the
-    cases whose relative path - or file name - matches; for a DICOM series the relative
-    folder is matched. Only headers are read. Output names that would collide get the
-    input's extension (files) or the series UID's last digits (DICOM) appended.
+    cases whose relative path - or file name - matches (a multi-channel case: any of its
+    files); for a DICOM series the relative folder is matched. Only headers are read.
+    Output names that would collide get the input's extension (files) or the series
+    UID's last digits (DICOM) appended. nnU-Net's channel files ``CASE_0000``,
+    ``CASE_0001``... become one case named ``CASE`` (``in_channels``: the model's input
+    channels; :func:`napari_vnet.workflows.batch_channels.channel_groups` states when).
     The outputs of earlier runs recorded under ``outputs_in`` (files and DICOM-SEG
     series, :func:`napari_vnet.workflows.batch_records.recorded_outputs`; read after the listing,
     so that a label map written meanwhile is known too) are left out: outputs are never
     inputs.
     """
-    from napari_vnet.workflows.batch_records import _norm, recorded_outputs
+    from napari_vnet.workflows.batch_channels import channel_groups
     from napari_vnet.workflows.worklist_scan import discover_scans
 
     root_path = Path(root).expanduser().resolve()
-    entries = list(discover_scans(root_path, exclude=exclude))
-    if outputs_in is not None:
-        files, uids = recorded_outputs(outputs_in)
-        entries = [
-            e
-            for e in entries
-            if not (e.kind == "dicom" and e.series_uid and e.series_uid in uids)
-            and not (e.kind != "dicom" and _norm(e.path) in files)
-        ]
+    entries = _not_outputs(list(discover_scans(root_path, exclude=exclude)), outputs_in)
     per_folder: dict[str, int] = {}
     for e in entries:
         if e.kind == "dicom" and not e.broken:
@@ -145,16 +166,21 @@ def discover_cases(
             per_folder[folder] = per_folder.get(folder, 0) + 1
     cases: list[Case] = []
     used: set[str] = set()
-    for e in sorted(entries, key=lambda e: e.key):
-        rel = e.key.split("#", 1)[0] if e.kind == "dicom" else e.key
-        if pattern and not (
+    entries.sort(key=lambda e: e.key)
+    for group in channel_groups(entries, in_channels):
+        e = group.entries[0]
+        rels = [x.key.split("#", 1)[0] if x.kind == "dicom" else x.key for x in group.entries]
+        if pattern and not any(
             fnmatch.fnmatch(rel, pattern) or fnmatch.fnmatch(os.path.basename(rel), pattern)
+            for rel in rels
         ):
             continue
-        if e.broken and e.kind == "dicom":
+        if group.stem is not None:
+            stem = group.stem
+        elif e.broken and e.kind == "dicom":
             stem = e.key
         else:
-            stem = output_stem(e, root_path, per_folder.get(rel, 1))
+            stem = output_stem(e, root_path, per_folder.get(rels[0], 1))
         if stem.lower() in used:
             tail = (
                 e.series_uid.replace(".", "")[-8:]
@@ -170,7 +196,8 @@ def discover_cases(
                 kind=e.kind,
                 stem=stem,
                 source_ext="" if e.kind == "dicom" else known_suffix(e.key, VOLUME_SUFFIXES),
-                error=e.error,
+                error=e.error or group.error,
+                channels=group.paths if group.stem is not None else (),
             )
         )
     return cases
@@ -256,14 +283,15 @@ def label_statistics(labels: np.ndarray, volume, classes) -> list[dict[str, Any]
     """Per foreground class: voxel count, volume (ml) and mean/std of the image intensity.
 
     ``volume`` is the input :class:`~napari_vnet.io.Volume` (its spacing gives the voxel
-    volume, its array the intensities - channel 0 of a multi-channel image);
+    volume, its array the intensities - channel 0 of a multi-channel image, channels
+    last or first);
     ``classes`` the card's :class:`~napari_vnet.models.ClassInfo` list. Every non-zero
     class of the card is listed, also when absent (0 voxels, mean/std None).
     """
     labels = np.asarray(labels)
     image = np.asarray(volume.array)
     if image.ndim == labels.ndim + 1:
-        image = image[0]
+        image = image[..., 0] if image.shape[:-1] == labels.shape else image[0]
     if image.shape != labels.shape:
         raise ValueError(f"image {image.shape} and labels {labels.shape} differ in shape")
     voxel_ml = float(np.prod([float(s) for s in volume.spacing[-3:]])) / 1000.0

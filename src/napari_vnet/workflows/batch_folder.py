@@ -133,7 +133,8 @@ class FolderRun:
         in_dir, out_dir = self.in_dir, self.out_dir
         exclude = [out_dir] if out_dir.is_relative_to(in_dir) and out_dir != in_dir else []
         outputs_in = in_dir if in_dir.is_relative_to(out_dir) else None
-        cases = discover_cases(in_dir, pattern=self.pattern, exclude=exclude, outputs_in=outputs_in)
+        cases = discover_cases(in_dir, pattern=self.pattern, exclude=exclude, outputs_in=outputs_in,
+                               in_channels=int(self.seg.card.in_channels))  # fmt: skip
         place_outputs(cases, in_dir, out_dir, self.fmt)
         return cases
 

@@ -103,6 +103,7 @@ def write_record(plan, case, weights: dict[str, Any], *, complete: bool, **extra
         "case": case.stem,
         "key": case.key,
         "input": case.path,
+        **({"channel_files": list(case.channels)} if len(case.channels) > 1 else {}),
         **weights,
         "outputs": [p.name for p in plan.files()],
         "complete": bool(complete),
@@ -165,7 +166,7 @@ def place_outputs(cases: Sequence, in_dir: Path, out_dir: Path, fmt: str) -> Non
 
     in_place = _norm(in_dir) == _norm(out_dir)
     ours = recorded_outputs(out_dir)[0] if in_place else set()
-    taken = {_norm(c.path) for c in cases}
+    taken = {_norm(f) for c in cases for f in c.files}
     for case in cases:
         if case.error:
             continue

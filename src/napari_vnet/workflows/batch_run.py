@@ -101,10 +101,10 @@ def _read_case(case: Case, card=None, prepare_kwargs: dict[str, Any] | None = No
     """Read one case and, given a card, run its preprocessing too (on the read-ahead
     thread, so that the segmenting thread only runs the engine). Returns
     ``(volume, read seconds, Prepared or the exception preparing raised, or None)``."""
-    from napari_vnet.io import read_volume
+    from napari_vnet.workflows.batch_channels import channels_first, read_case_channels
 
     t0 = time.perf_counter()
-    vol = read_volume(case.path)
+    vol = read_case_channels(case.files)
     if vol.array.ndim < 3:
         raise ValueError(f"{case.path}: not a 3-D volume (shape {vol.shape})")
     t_read = time.perf_counter() - t0
@@ -112,8 +112,9 @@ def _read_case(case: Case, card=None, prepare_kwargs: dict[str, Any] | None = No
     if card is not None:
         from napari_vnet.inference import prepare
 
-        try:
-            prepared = prepare(vol, card, spacing=vol.spacing, **(prepare_kwargs or {}))
+        try:  # a multi-channel image goes to the engine as (C, z, y, x)
+            prepared = prepare(channels_first(vol), card, spacing=vol.spacing,
+                               **(prepare_kwargs or {}))  # fmt: skip
         except Exception as exc:  # noqa: BLE001 - reported when the case's turn comes
             prepared = exc
     return vol, t_read, prepared
@@ -131,7 +132,7 @@ def _write_extras(case: Case, plan: OutputPlan, vol, done, card) -> list | None:
         record = {
             "case": case.stem,
             "input": case.path,
-            "shape": list(vol.shape[-3:]),
+            "shape": list(vol.shape[: len(vol.spacing)]),
             "spacing_mm": [float(s) for s in vol.spacing[-3:]],
             "voxel_volume_ml": float(np.prod(vol.spacing[-3:])) / 1000.0,
             "classes": stats,
