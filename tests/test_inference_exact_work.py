@@ -4,8 +4,6 @@ no way back to the input grid."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
@@ -15,14 +13,9 @@ from napari_vnet.inference.predict import _wanted
 from napari_vnet.models.card import ClassInfo, ModelCard
 from napari_vnet.phantoms import make_phantom
 from napari_vnet.runtime import class_argmax
+from test_foreign_nnunet import FOLDER as NNUNET  # the tiny nnU-Net folder
 
-NNUNET = (
-    Path(__file__).parent
-    / "data"
-    / "nnunet"
-    / "Dataset901_TinyPhantom"
-    / "nnUNetTrainer__nnUNetPlans__3d_fullres"
-)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # fixture in conftest.py
 
 
 @pytest.mark.parametrize("kind", ["normal", "ties", "nan"])
@@ -73,7 +66,6 @@ def test_nnunet_way_back_slice_by_slice_matches_the_whole_volume(net, out):
 def test_nnunet_computes_nothing_outside_the_non_zero_region():
     """As nnU-Net: the image is cropped to its non-zero box before anything else, so a
     zero frame around a scan adds no window and changes no label inside it."""
-    pytest.importorskip("nnunetv2")
     from napari_vnet.weights import load_weights
 
     image, _, _ = make_phantom(7, shape=(24, 48, 48))  # air is -1000 HU: non-zero
@@ -95,7 +87,6 @@ def test_no_engine_output_without_a_way_back():
     """Probabilities and the uncertainty map are computed only when the way back to the
     input grid carries them: never probabilities for an nnU-Net folder, and no map when
     its way back resamples the logits; napari-vnet's own cards carry both."""
-    pytest.importorskip("nnunetv2")
     from napari_vnet.weights import read_weights_card
 
     card = read_weights_card(NNUNET)

@@ -261,12 +261,12 @@ def predict(
     work_shape = tuple(int(s) for s in vol.shape[1:])
     if stop():
         raise PredictionCancelled("prediction cancelled before it started")
-    keep = _wanted(pre, ctx, return_probabilities, return_uncertainty)
-    vol = _padded(vol, card, dev, overlap, batch_size, keep["return_probabilities"])
+    wanted = _wanted(pre, ctx, return_probabilities, return_uncertainty)
+    vol = _padded(vol, card, dev, overlap, batch_size, wanted["return_probabilities"])
     result = _run_engine(
         vol, model, card, dev, progress, overlap=overlap, amp_dtype=amp_dtype,
         batch_size=batch_size, tta=tta, skip_uniform=skip_uniform,
-        return_scores=pre.needs_scores(ctx), should_stop=stop, **keep,
+        return_scores=pre.needs_scores(ctx), should_stop=stop, **wanted,
     )  # fmt: skip
     del vol
     # ---- 3. back to the input grid, post-process
