@@ -368,7 +368,7 @@ def test_device_and_amp_policy(monkeypatch):
         resolve_amp("fast please", cpu)
 
 
-def test_uniform_windows_run_once_and_give_the_same_result():
+def test_uniform_windows_run_once_and_give_the_same_result(caplog):
     """Air around a body: windows that hold one value are computed once, reused exactly."""
     rng = np.random.default_rng(3)
     image = np.full((40, 48, 48), -1000.0, np.float32)  # air, clipped to 0 by the window
@@ -376,9 +376,13 @@ def test_uniform_windows_run_once_and_give_the_same_result():
     card = make_card(norm={"kind": "window", "low": -200, "high": 300})
     skip_model, full_model = TinyNet(), TinyNet()
     kw = dict(spacing=(1, 1, 1), batch_size=4, return_probabilities=True)
-    fast = predict(image, skip_model, card, **kw)
+    with caplog.at_level(logging.INFO, logger="napari_vnet.inference.predict"):
+        fast = predict(image, skip_model, card, **kw)
     slow = predict(image, full_model, card, skip_uniform=False, **kw)
-    assert fast.stats["uniform_windows_reused"] > 0
+    reused = fast.stats["uniform_windows_reused"]
+    assert reused > 0 and fast.stats["windows_run"] == fast.windows - reused
+    assert slow.stats["windows_run"] == slow.windows == fast.windows
+    assert f"{fast.windows} windows: {fast.windows - reused} run through the network" in caplog.text
     assert skip_model.calls < full_model.calls
     np.testing.assert_array_equal(fast.labels, slow.labels)
     np.testing.assert_allclose(

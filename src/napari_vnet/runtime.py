@@ -10,7 +10,8 @@ One place for the facts that inference and training both need:
 * :func:`bf16_conv_guard`: works around a oneDNN defect in the CPU bf16 *weight gradient*
   of 3-D convolutions (see the function);
 * :func:`is_oom`, :func:`release_memory`: out-of-memory detection and back-off;
-* :func:`available_memory`: bytes of main memory free for new allocations.
+* :func:`available_memory`: bytes of main memory free for new allocations;
+* :func:`class_argmax`: ``torch.argmax`` along a class axis, the fast way on a CPU.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ __all__ = [
     "autocast",
     "available_memory",
     "bf16_conv_guard",
+    "class_argmax",
     "cpu_has_native_bf16",
     "is_oom",
     "release_memory",
@@ -241,3 +243,15 @@ def available_memory() -> int | None:
     from napari_vnet.io.memory import available_memory as _available
 
     return _available()
+
+
+def class_argmax(scores: torch.Tensor, dim: int = 0) -> torch.Tensor:
+    """``scores.argmax(dim)``: the index of the first largest value along ``dim`` (a NaN
+    counts as the largest), int64. On a CPU this is ``torch.max(dim).indices``, which
+    gives the same indices by the same rule (ties: the first; NaN: the first NaN) and is
+    3-12x faster than ``torch.argmax`` when ``dim`` is not the last axis (measured with
+    2 threads: 8 x 3 x 512 x 512 along dim 1, 0.38 -> 0.03 s; 5 x 48 x 200 x 200 along
+    dim 0, 0.37 -> 0.05 s). Elsewhere ``torch.argmax`` itself (not measured there)."""
+    if scores.device.type == "cpu":
+        return scores.max(dim).indices
+    return scores.argmax(dim)

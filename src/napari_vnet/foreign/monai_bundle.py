@@ -374,6 +374,7 @@ class MonaiBundlePreprocessing:
     """A bundle's preprocessing with MONAI's array transforms, and its inverse."""
 
     prepares_training = False  # fine-tuned through napari-vnet's own data pipeline
+    restores_probabilities = False  # the inverse gives labels only
 
     def __init__(self, card: ModelCard) -> None:
         require("monai", "monai", "MONAI bundles")

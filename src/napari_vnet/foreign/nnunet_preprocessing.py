@@ -62,6 +62,7 @@ class NnUNetPreprocessing:
     a :class:`napari_vnet.inference.preprocess.Preprocessing`."""
 
     prepares_training = True
+    restores_probabilities = False  # the way back gives labels only
 
     def __init__(self, card: ModelCard) -> None:
         pre = card.preprocessing
@@ -251,23 +252,30 @@ def linear_resample_argmax(scores: np.ndarray, shape: tuple[int, ...]) -> np.nda
     """Arg-max over classes of ``scores`` (C, d, h, w) resampled linearly to ``shape``
     (D, H, W) with half-voxel alignment and edge values outside (scipy's ``zoom``,
     ``grid_mode=True``, ``mode="nearest"``, order 1, as nnU-Net calls it): each plane
-    bilinear, then linear along z, a few output slices at a time (no ``C x D x H x W``
-    array). uint16 channel indices."""
+    bilinear, then linear along z, a few output slices at a time - only the source
+    planes those slices read are resampled in-plane for them, so no ``C x D x H x W``
+    array and no ``C x d x H x W`` one either. uint16 channel indices."""
     import torch
     import torch.nn.functional as F
 
+    from napari_vnet.runtime import class_argmax
+
     d, (depth, height, width) = int(scores.shape[1]), shape
     x = torch.from_numpy(np.ascontiguousarray(scores, dtype=np.float32)).transpose(0, 1)
-    if tuple(x.shape[2:]) != (height, width):
-        x = F.interpolate(x, size=(height, width), mode="bilinear", align_corners=False)
     src = ((np.arange(depth) + 0.5) * (d / depth) - 0.5).clip(0, d - 1)
     lo = np.floor(src).astype(np.int64)
+    hi = np.minimum(lo + 1, d - 1)
     frac = torch.from_numpy((src - lo).astype(np.float32))
-    lo_t, hi_t = torch.from_numpy(lo), torch.from_numpy(np.minimum(lo + 1, d - 1))
     labels = np.zeros(shape, dtype=np.uint16)
     for z0 in range(0, depth, 8):
         z = slice(z0, min(z0 + 8, depth))
+        first, last = int(lo[z].min()), int(hi[z].max())  # the source planes read here
+        planes = x[first : last + 1]
+        if tuple(planes.shape[2:]) != (height, width):  # each plane alone: same values
+            planes = F.interpolate(planes, size=(height, width), mode="bilinear",
+                                   align_corners=False)  # fmt: skip
         w = frac[z].view(-1, 1, 1, 1)
-        out = x[lo_t[z]] * (1 - w) + x[hi_t[z]] * w
-        labels[z] = out.argmax(1).numpy()
+        below, above = torch.from_numpy(lo[z] - first), torch.from_numpy(hi[z] - first)
+        out = planes[below] * (1 - w) + planes[above] * w
+        labels[z] = class_argmax(out, 1).numpy()
     return labels

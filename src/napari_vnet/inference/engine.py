@@ -316,6 +316,7 @@ def _result(stitcher: ZStitcher, runner: _WindowRunner, n_win: int, bs: int, oom
         windows=n_win,
         batch_size=bs,
         stats={
+            "windows_run": n_win - runner.uniform_reused,  # through the network
             "uniform_windows_reused": runner.uniform_reused,
             "oom_retries": oom_retries,
             "tta_passes": len(runner.flips),

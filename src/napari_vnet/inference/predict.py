@@ -9,6 +9,7 @@ gives the same result as ``predict(image, model, card)``.
 from __future__ import annotations
 
 import itertools
+import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -34,6 +35,8 @@ from napari_vnet.inference.windows import pad_to_window, window_grid
 from napari_vnet.io.volume import Volume
 from napari_vnet.models.card import ModelCard
 from napari_vnet.runtime import amp_name, available_memory, resolve_amp, resolve_device
+
+log = logging.getLogger(__name__)
 
 __all__ = ["Prediction", "Prepared", "predict", "prepare"]
 
@@ -258,12 +261,12 @@ def predict(
     work_shape = tuple(int(s) for s in vol.shape[1:])
     if stop():
         raise PredictionCancelled("prediction cancelled before it started")
-    vol = _padded(vol, card, dev, overlap, batch_size, return_probabilities)
+    wanted = _wanted(pre, ctx, return_probabilities, return_uncertainty)
+    vol = _padded(vol, card, dev, overlap, batch_size, wanted["return_probabilities"])
     result = _run_engine(
         vol, model, card, dev, progress, overlap=overlap, amp_dtype=amp_dtype,
         batch_size=batch_size, tta=tta, skip_uniform=skip_uniform,
-        return_probabilities=return_probabilities, return_scores=pre.needs_scores(ctx),
-        should_stop=stop, return_uncertainty=return_uncertainty,
+        return_scores=pre.needs_scores(ctx), should_stop=stop, **wanted,
     )  # fmt: skip
     del vol
     # ---- 3. back to the input grid, post-process
@@ -323,6 +326,16 @@ def _padded(vol: np.ndarray, card: ModelCard, dev, overlap, batch_size, probabil
     return vol
 
 
+def _wanted(pre: Preprocessing, ctx, probabilities: bool, uncertainty: bool) -> dict[str, bool]:
+    """The engine's optional outputs worth computing: those the way back to the input
+    grid carries. A producer whose way back resamples the scores (nnU-Net's, MONAI's)
+    returns no probabilities, and then no uncertainty map either."""
+    return {
+        "return_probabilities": probabilities and pre.restores_probabilities,
+        "return_uncertainty": uncertainty and not pre.needs_scores(ctx),
+    }
+
+
 def _run_engine(vol, model, card: ModelCard, dev, progress, *, tta, **settings) -> EngineResult:
     """The sliding-window engine over ``vol`` with the card's window style (its TTA axes
     when ``tta`` is True), reporting ``progress(done, total)`` after every batch."""
@@ -341,7 +354,13 @@ def _run_engine(vol, model, card: ModelCard, dev, progress, *, tta, **settings) 
         try:
             done, total = next(engine)
         except StopIteration as end:
-            return end.value
+            result: EngineResult = end.value
+            log.info(
+                "%d windows: %d run through the network, %d uniform ones reused (the "
+                "network runs once per value)", result.windows, result.stats["windows_run"],
+                result.stats["uniform_windows_reused"],
+            )  # fmt: skip
+            return result
         if progress is not None:
             progress(done, total)
 

@@ -73,6 +73,9 @@ class Preprocessing(Protocol):
     #: :meth:`prepare_training` gives a training pair as the network sees it; False: the
     #: training data pipeline prepares pairs from the card's normalisation and spacing
     prepares_training: bool
+    #: :meth:`restore` returns probabilities when given them; False: it never does (the
+    #: engine is then not asked for them)
+    restores_probabilities: bool
 
     def preprocess(
         self, channels: np.ndarray, spacing: Any, geometry: Any = None
@@ -145,6 +148,7 @@ class CardPreprocessing:
     """napari-vnet's own pre/post-processing: ``card.normalization`` and ``card.spacing``."""
 
     prepares_training = False  # the training data pipeline does the same from the card
+    restores_probabilities = True
 
     def __init__(self, card: ModelCard) -> None:
         self.card = card

@@ -20,6 +20,8 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from napari_vnet.runtime import class_argmax
+
 GAUSSIAN_SIGMA_SCALE = 0.125  # sigma = patch size * 1/8 (nnU-Net, MONAI)
 GAUSSIAN_MIN = 1e-3  # floor of the 3-D weight map so that no voxel gets zero weight
 
@@ -225,7 +227,7 @@ class ZStitcher:
         if n <= 0:
             return
         slab = self.acc[: self.n_classes, :n]
-        idx = torch.argmax(slab, dim=0).to("cpu", torch.int64).numpy()
+        idx = class_argmax(slab, 0).to("cpu", torch.int64).numpy()
         self.labels[self.base : until] = self.lut[idx]
         wanted = self.probabilities is not None or self.uncertainty is not None
         if wanted or self.scores is not None:
