@@ -475,6 +475,7 @@ def _file_summary(seg, source, written, vol, done: JobDone, settings, started) -
         "amp": done.amp,
         "windows": done.windows,
         "threads": done.threads,
+        "backend": settings.get("backend", "torch"),
         "tta": bool(settings.get("tta")),
         "postprocess": settings.get("postprocess") or [],
         "labels": {str(int(v)): int(c) for v, c in zip(values, counts, strict=True)},
