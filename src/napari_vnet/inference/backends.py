@@ -93,33 +93,38 @@ class RuntimeModule(nn.Module):
         check_backend(backend, None)
         self.backend = backend
         self.onnx = onnx
-        self._runner: Any = None
-        self._threads = 0
+        #: the ONNX Runtime session or OpenVINO compiled model (None before the first call)
+        self.runtime: Any = None
+        self.threads = 0  # the intra-op threads it was built with
 
-    def _build(self, threads: int) -> Any:
+    def _build(self, threads: int) -> None:
         if self.backend == "onnxruntime":
             ort = _import("onnxruntime")
             opts = ort.SessionOptions()
             opts.intra_op_num_threads = threads
             opts.inter_op_num_threads = 1
-            session = ort.InferenceSession(self.onnx, opts, providers=["CPUExecutionProvider"])
-            name = session.get_inputs()[0].name
-            return lambda x: session.run(None, {name: x})[0]
-        ov = _import("openvino")
-        core = ov.Core()
-        config = {"INFERENCE_NUM_THREADS": threads, "INFERENCE_PRECISION_HINT": "f32"}
-        compiled = core.compile_model(core.read_model(self.onnx), "CPU", config)
-        output = compiled.output(0)
+            self.runtime = ort.InferenceSession(self.onnx, opts, providers=["CPUExecutionProvider"])
+        else:
+            ov = _import("openvino")
+            core = ov.Core()
+            config = {"INFERENCE_NUM_THREADS": threads, "INFERENCE_PRECISION_HINT": "f32"}
+            self.runtime = core.compile_model(core.read_model(self.onnx), "CPU", config)
+        self.threads = threads
+
+    def _run(self, x: np.ndarray) -> np.ndarray:
+        if self.backend == "onnxruntime":
+            session = self.runtime
+            return session.run(None, {session.get_inputs()[0].name: x})[0]
         # share_outputs=False: a fresh array per call (the engine keeps one while it runs
         # the next flip)
-        return lambda x: compiled(x, share_inputs=True, share_outputs=False)[output]
+        return self.runtime(x, share_inputs=True, share_outputs=False)[self.runtime.output(0)]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         threads = torch.get_num_threads()
-        if self._runner is None or threads != self._threads:
-            self._runner, self._threads = self._build(threads), threads
+        if self.runtime is None or threads != self.threads:
+            self._build(threads)
         arr = np.ascontiguousarray(x.detach().to("cpu", torch.float32).numpy())
-        return torch.from_numpy(np.asarray(self._runner(arr), dtype=np.float32))
+        return torch.from_numpy(np.asarray(self._run(arr), dtype=np.float32))
 
 
 #: torch network -> (weights stamp, {backend: RuntimeModule})
