@@ -11,8 +11,9 @@ differ only by what runs the network:
   ``torch.jit.optimize_for_inference`` (oneDNN weight prepacking, conv+relu fusion);
 * ``torch-compile``: ``torch.compile`` (inductor, C++ on the CPU; opt-in with
   ``--backends``: its first call compiles for a minute or more per batch shape here);
-* ``onnxruntime`` / ``openvino``: ``predict(backend=...)`` (:mod:`napari_vnet.inference.backends`:
-  the network as ONNX, fp32, the runtime's intra-op threads = torch's).
+* ``onnxruntime`` / ``openvino``: ``predict --backend`` 's conversion
+  (:func:`napari_vnet.inference.backends.runtime_model`: the network as ONNX, fp32, the
+  runtime's intra-op threads = torch's).
 
 Networks: the shipped ``vnet-phantom``, ``unet3d-phantom``, ``vox2vox-phantom`` and
 ``unet3d-ct-starter`` and the tiny nnU-Net test folder (two folds). Volume: ``ct``
@@ -105,33 +106,33 @@ class Called:
 
 
 def prepare_backend(name: str, model, card):
-    """``(model to give predict, predict's backend argument)`` for backend ``name``."""
+    """The network as backend ``name`` runs it (a module for the engine)."""
     import torch
 
     if name in ("onnxruntime", "openvino"):
         from napari_vnet.inference.backends import runtime_model
 
-        return runtime_model(model, card, name, torch.device("cpu")), name
+        return runtime_model(model, card, name, torch.device("cpu"))
     if name == "torch-jit-frozen":
         from napari_vnet.inference.backend_export import torchscript_module
 
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)
             frozen = torch.jit.freeze(torchscript_module(model, card).eval())
-            return Called(torch.jit.optimize_for_inference(frozen)), "torch"
+            return Called(torch.jit.optimize_for_inference(frozen))
     if name == "torch-compile":
-        return torch.compile(model.eval(), dynamic=False), "torch"
-    return model, "torch"
+        return torch.compile(model.eval(), dynamic=False)
+    return model
 
 
-def run_once(name: str, runnable, backend: str, card, image, spacing) -> tuple[float, np.ndarray]:
+def run_once(name: str, runnable, card, image, spacing) -> tuple[float, np.ndarray]:
     from napari_vnet.inference import predict
 
     with channels_last(name != "torch-contiguous"), warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
         t0 = time.perf_counter()
         pred = predict(image, runnable, card, spacing=spacing or card.spacing, device="cpu",
-                       amp=False, tta=False, overlap=0.5, backend=backend)  # fmt: skip
+                       amp=False, tta=False, overlap=0.5)  # fmt: skip
         return time.perf_counter() - t0, pred.labels
 
 
@@ -151,13 +152,13 @@ def bench_network(net: str, backends, image, spacing, repeats: int) -> list[dict
     for name in backends:  # convert / build, and one run before the clock
         t0 = time.perf_counter()
         try:
-            runnable, backend = prepare_backend(name, model, card)
-            _, labels = run_once(name, runnable, backend, card, image, spacing)
+            runnable = prepare_backend(name, model, card)
+            _, labels = run_once(name, runnable, card, image, spacing)
         except Exception as exc:  # noqa: BLE001 - a backend that fails is a result
             rows[name] = {"network": net, "backend": name, "error": f"{type(exc).__name__}: {exc}"}
             print(f"  {net} {name}: failed ({exc})", file=sys.stderr)
             continue
-        ready[name] = (runnable, backend)
+        ready[name] = runnable
         rows[name] = {"network": net, "backend": name, "setup_s": time.perf_counter() - t0,
                       "seconds": [], "load": [], "labels": labels}  # fmt: skip
     order = list(ready)
@@ -165,7 +166,7 @@ def bench_network(net: str, backends, image, spacing, repeats: int) -> list[dict
         k = rep % max(1, len(order))
         for name in order[k:] + order[:k]:
             load0 = os.getloadavg()[0]
-            seconds, labels = run_once(name, *ready[name], card, image, spacing)
+            seconds, labels = run_once(name, ready[name], card, image, spacing)
             rows[name]["seconds"].append(seconds)
             rows[name]["load"].append([load0, os.getloadavg()[0]])
             rows[name]["labels"] = labels

@@ -173,12 +173,19 @@ def test_predict_backend_on_the_command_line(backend, phantom, tmp_path, capsys)
 @pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
 def test_backend_runs_an_nnunet_ensemble_mirrored(backend, phantom):
     pytest.importorskip(backend)
-    model, card = load_weights(NNUNET)
-    settings = {"device": "cpu", "amp": False, "tta": True}  # the plans' mirror axes
-    ref = predict(phantom, model, card, **settings)
-    got = predict(phantom, model, card, backend=backend, **settings)
-    assert got.amp is None and got.stats["tta_passes"] == ref.stats["tta_passes"] == 8
-    _same_labels(got.labels, ref.labels)
+    from napari_vnet.workflows.segment import JobDone, Segmenter
+
+    seg = Segmenter.load(NNUNET)
+    settings = {"device": "auto", "tta": True, "threads": 1}  # the plans' mirror axes
+    done = {}
+    # torch in fp32; the runtime is given "auto" (bf16 where native) and runs fp32 anyway
+    for name, amp in (("torch", False), (backend, "auto")):
+        outcome = seg.segment(phantom, name="phantom", spacing=phantom.spacing,
+                              settings={**settings, "backend": name, "amp": amp})  # fmt: skip
+        assert isinstance(outcome, JobDone), outcome
+        done[name] = outcome
+    assert done[backend].device == "cpu" and done[backend].amp is None  # fp32 on the CPU
+    _same_labels(done[backend].labels, done["torch"].labels)
 
 
 @pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])

@@ -1,12 +1,15 @@
 """Other runtimes for the network inside the same sliding window: ONNX Runtime, OpenVINO.
 
-``predict(..., backend="onnxruntime")`` (``napari-vnet predict --backend``) runs the
-loaded torch network through another CPU runtime: :func:`runtime_model` converts it once
-to ONNX in memory (:func:`napari_vnet.inference.backend_export.onnx_bytes`) and returns a
+``napari-vnet predict --backend onnxruntime`` (a ``"backend"`` setting of
+:meth:`napari_vnet.workflows.segment.Segmenter.segment`) runs the loaded torch network
+through another CPU runtime: :func:`runtime_model` converts it once to ONNX in memory
+(:func:`napari_vnet.inference.backend_export.onnx_bytes`) and returns a
 :class:`RuntimeModule`, an ``nn.Module`` the engine calls like the torch network (float32
 tensor ``(B, C, *patch)`` in, logits tensor out). Everything else - preprocessing, window
 positions, flips for test-time augmentation, Gaussian blending, the way back - stays
 napari-vnet's, so the labels differ from the torch backend's only by float rounding.
+From Python: ``predict(image, runtime_model(model, card, "onnxruntime", "cpu"), card,
+device="cpu", amp=False)``, or :func:`for_backend` to set ``predict``'s keywords too.
 
 * float32 only, on the CPU (a CUDA or MPS device is refused: use the torch backend there);
   OpenVINO is told ``INFERENCE_PRECISION_HINT=f32`` (it would pick bf16 on a CPU that
@@ -39,6 +42,7 @@ __all__ = [
     "RuntimeModule",
     "backend_device",
     "check_backend",
+    "for_backend",
     "runtime_model",
 ]
 
@@ -157,3 +161,16 @@ def runtime_model(model: nn.Module, card: ModelCard, backend: str, device: Any) 
     if backend not in known[1]:
         known[1][backend] = RuntimeModule(backend, onnx_bytes(model, card))
     return known[1][backend]
+
+
+def for_backend(model: nn.Module, card: ModelCard, backend: str, settings: dict) -> nn.Module:
+    """The network to give :func:`~napari_vnet.inference.predict` for ``backend``, with
+    its keyword arguments ``settings`` set for it in place (a CPU runtime: ``device``
+    "auto" -> "cpu", ``amp`` off); ``model`` itself for "torch"."""
+    if backend == "torch":
+        return model
+    from napari_vnet.runtime import resolve_device
+
+    settings["device"] = backend_device(backend, settings.get("device", "auto"))
+    settings["amp"] = False
+    return runtime_model(model, card, backend, resolve_device(settings["device"]))

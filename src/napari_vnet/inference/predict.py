@@ -17,7 +17,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from napari_vnet.inference.backends import backend_device, runtime_model
 from napari_vnet.inference.engine import (
     EngineResult,
     InferenceMemoryError,
@@ -216,7 +215,6 @@ def predict(
     return_probabilities: bool = False,
     skip_uniform: bool = True,
     return_uncertainty: bool = False,
-    backend: str = "torch",
 ) -> Prediction:
     """Segment ``image`` with ``model``; returns labels (card label values) on its grid.
 
@@ -245,13 +243,10 @@ def predict(
         skip_uniform: run the network once per distinct *uniform* window (all voxels
             equal, e.g. air after CT windowing) and reuse its output - exact, because
             such a window's output does not depend on where it lies.
-        backend: "torch", or "onnxruntime"/"openvino": the network converted and run by
-            that runtime, float32 on the CPU (:mod:`napari_vnet.inference.backends`).
     """
     t0 = time.perf_counter()
-    dev = resolve_device(backend_device(backend, device))  # bad settings fail before the work
-    amp_dtype = resolve_amp(amp, dev) if backend == "torch" else None  # the runtimes: fp32
-    model = runtime_model(model, card, backend, dev)
+    dev = resolve_device(device)  # bad run settings fail before the preprocessing
+    amp_dtype = resolve_amp(amp, dev)
     stop = should_stop or (lambda: False)
     prepared = _prepared(image, card, spacing, overlap, batch_size)
     del image
