@@ -106,7 +106,7 @@ def _legacy_onnx(model: nn.Module, x: torch.Tensor) -> bytes:
     torch.onnx.export(
         model,
         (x,),
-        buf,
+        buf,  # type: ignore[arg-type]  # the TorchScript-based exporter writes to a file object
         dynamo=False,
         opset_version=ONNX_OPSET,
         input_names=[INPUT_NAME],
