@@ -92,14 +92,15 @@ def test_extras_are_for_users_and_tests_use_a_group():
         assert not any(n.startswith("pytest") for n in names), name
         assert not names & TEST_TOOLS, (name, names & TEST_TOOLS)
     everything = _names(extras["all"])
-    for extra in ("qt", "dicom-seg", "monai", "augment"):
+    for extra in ("qt", "dicom-seg", "monai", "augment", "onnx", "openvino"):
         assert _names(extras[extra]) <= everything, extra
     # nnunetv2 pulls timm -> torchvision -> an exact torch: never inside [all]
     assert not everything & {"nnunetv2", "dynamic-network-architectures", "timm", "torchvision"}
     assert _names(extras["nnunet"]) == {"nnunetv2"}
     test = _names(_group(pyproject["dependency-groups"], "test"))
     assert {"pytest", "pytest-qt", "pytest-xvfb", "pytest-timeout", "ruff", "import-linter",
-            "build", "setuptools-scm", "highdicom", "monai", "pyqt6"} <= test  # fmt: skip
+            "build", "setuptools-scm", "highdicom", "monai", "pyqt6", "onnxruntime",
+            "openvino"} <= test  # fmt: skip
 
 
 def test_every_installer_of_the_tests_uses_the_group():

@@ -1,9 +1,13 @@
-"""`napari-vnet export-weights WEIGHTS --format nnunet|monai-bundle OUT`: hand weights back.
+"""`napari-vnet export-weights WEIGHTS --format FORMAT OUT`: hand weights on.
 
-WEIGHTS is a napari-vnet weights file (e.g. an nnU-Net model fine-tuned here) or a foreign
-folder. ``--format nnunet`` writes an nnU-Net v2 trained-model folder that
-``nnUNetv2_predict`` / ``nnUNetPredictor`` load; ``--format monai-bundle`` writes a MONAI
-bundle folder (configs/, models/model.pt).
+WEIGHTS is a napari-vnet weights file (a shipped name such as ``vnet-phantom``, an
+nnU-Net model fine-tuned here) or a foreign folder. ``--format nnunet`` writes an nnU-Net
+v2 trained-model folder that ``nnUNetv2_predict`` / ``nnUNetPredictor`` load;
+``--format monai-bundle`` writes a MONAI bundle folder (configs/, models/model.pt);
+``--format onnx`` / ``torchscript`` write the network as ``OUT/model.onnx`` /
+``OUT/model.ts`` with ``OUT/model.json`` beside it (classes, preprocessing, patch size,
+spacing, window style: :mod:`napari_vnet.inference.backend_export`). The paths written
+are printed, one a line.
 """
 
 from __future__ import annotations
@@ -11,7 +15,11 @@ from __future__ import annotations
 import argparse
 import sys
 
-HELP = "write weights back as an nnU-Net v2 model folder or a MONAI bundle"
+HELP = (
+    "write weights as an nnU-Net v2 model folder, a MONAI bundle, or an ONNX / TorchScript "
+    "model with its card as JSON"
+)
+FORMATS = ("nnunet", "monai-bundle", "onnx", "torchscript")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -20,11 +28,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "out",
         metavar="OUT",
         help="folder to write (nnunet: the <Trainer>__<Plans>__<configuration> folder, or "
-        "the folder to create it in)",
+        "the folder to create it in; onnx/torchscript: the folder for model.onnx or "
+        "model.ts and model.json)",
     )
-    parser.add_argument(
-        "--format", required=True, choices=("nnunet", "monai-bundle"), help="what to write"
-    )
+    parser.add_argument("--format", required=True, choices=FORMATS, help="what to write")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing OUT")
 
 
@@ -35,10 +42,16 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         model, card = load_weights(resolve_weights(args.weights), map_location="cpu")
-        write = export_nnunet if args.format == "nnunet" else export_monai_bundle
-        out = write(model, card, args.out, overwrite=args.overwrite)
+        if args.format in ("onnx", "torchscript"):
+            from napari_vnet.inference.backend_export import export_runtime
+
+            written = export_runtime(model, card, args.out, args.format, overwrite=args.overwrite)
+        else:
+            write = export_nnunet if args.format == "nnunet" else export_monai_bundle
+            written = (write(model, card, args.out, overwrite=args.overwrite),)
     except (CheckpointError, ExportError, OSError) as exc:
         print(f"napari-vnet export-weights: error: {exc}", file=sys.stderr)
         return 1
-    print(out)
+    for path in written:
+        print(path)
     return 0

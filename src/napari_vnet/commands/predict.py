@@ -51,6 +51,8 @@ HELP = (
     "with each input's geometry"
 )
 INPUT_HELP = "image file, DICOM folder, or a folder of scans"
+#: napari_vnet.inference.backends.BACKENDS, without importing torch to build the parser
+BACKEND_CHOICES = ("torch", "onnxruntime", "openvino")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -81,6 +83,13 @@ def _run_arguments(parser: argparse.ArgumentParser) -> None:
         help="auto (cuda > mps > cpu), cpu, cuda, cuda:N (gpu, gpu:N alike), mps",
     )
     add_threads_argument(parser)
+    parser.add_argument(
+        "--backend",
+        default="torch",
+        choices=BACKEND_CHOICES,
+        help="what runs the network: torch (default), or onnxruntime / openvino (the network "
+        "converted once, float32 on the CPU; napari-vnet[onnx] / napari-vnet[openvino])",
+    )
     parser.add_argument(
         "--overlap", type=float, default=0.5, help="window overlap in [0, 1) (default 0.5)"
     )
@@ -275,7 +284,9 @@ def _model_and_settings(args: argparse.Namespace):
     """The weights loaded and the ``predict`` settings of the options (the producer's
     defaults for foreign weights, said on stderr); raises SegmentRefused saying what is
     wrong with them."""
+    from napari_vnet.inference.backends import backend_device, check_backend
     from napari_vnet.inference.postprocess import parse_operations
+    from napari_vnet.runtime import resolve_device
     from napari_vnet.workflows.outputs import class_values
     from napari_vnet.workflows.producer import producer_defaults, run_defaults
     from napari_vnet.workflows.segment import Segmenter, SegmentRefused, WeightsUnusable
@@ -284,6 +295,7 @@ def _model_and_settings(args: argparse.Namespace):
         if args.remove_small is not None and not args.remove_small > 0:
             raise ValueError(f"--remove-small must be > 0 mm3, got {args.remove_small:g}")
         post = parse_operations(args.postprocess) if args.postprocess else None
+        check_backend(args.backend, resolve_device(backend_device(args.backend, args.device)))
         chk = _CHECKPOINTS.get(args.checkpoint) if args.checkpoint else None
         seg = Segmenter.load(args.weights, folds=args.folds, checkpoint=chk)
         keep = class_values(seg.card, args.roi_subset) if args.roi_subset else None
@@ -297,6 +309,7 @@ def _model_and_settings(args: argparse.Namespace):
         **run_defaults(seg.card, args.device, tta=args.tta, amp=amp, fast=args.fast),
         "postprocess": post,
         "threads": args.threads,
+        "backend": args.backend,
         "keep_classes": keep,
         "remove_small_mm3": args.remove_small,
     }

@@ -89,7 +89,7 @@ def _foreign_entry(dest: Path, layout: re.Pattern[str]) -> str | None:
             is_dir = name in dirs
             if path.is_symlink() or not layout.fullmatch(entry):
                 return entry
-            if is_dir == entry.endswith((".json", ".pth", ".pt")):
+            if is_dir == entry.endswith((".json", ".pth", ".pt", ".onnx", ".ts")):
                 return entry  # a folder where a file belongs, or the other way round
     return None
 
@@ -126,7 +126,9 @@ def publish(tmp: Path, dest: Path, overwrite: bool, layout: re.Pattern[str]) -> 
 
 def _check_replaceable(dest: Path, overwrite: bool, layout: re.Pattern[str]) -> None:
     if not overwrite:
-        raise ExportError(f"{dest}: already exists (choose another folder or overwrite)")
+        raise ExportError(
+            f"{dest}: already exists (choose another folder, or --overwrite to replace it)"
+        )
     if dest.is_symlink() or not dest.is_dir():
         raise ExportError(
             f"{dest}: exists and is not a folder an export wrote (a file or a link); "

@@ -186,9 +186,11 @@ class Segmenter:
         prepared input) with ``settings`` (its keyword arguments, the label options of
         :func:`napari_vnet.workflows.outputs.clean_labels`, and ``threads``: a
         :class:`~napari_vnet.runtime.ThreadChoice`, or a count, 0/None for the automatic
-        choice keeping ``reserve`` cores free: :func:`napari_vnet.workflows.threads.use_threads`).
+        choice keeping ``reserve`` cores free: :func:`napari_vnet.workflows.threads.use_threads`),
+        and ``backend`` (:func:`napari_vnet.inference.backends.for_backend`).
         ``seconds`` of the outcome: inference, pre- and post-processing included."""
         from napari_vnet.inference import PredictionCancelled, predict
+        from napari_vnet.inference.backends import for_backend
         from napari_vnet.runtime import is_oom
         from napari_vnet.workflows.outputs import clean_labels, pop_label_options
         from napari_vnet.workflows.threads import use_threads
@@ -196,6 +198,7 @@ class Segmenter:
         t0 = time.perf_counter()
         kwargs = dict(settings or {})
         threads = kwargs.pop("threads", None)
+        backend = kwargs.pop("backend", "torch")
         cleanup = pop_label_options(kwargs)
         if progress is not None:
             kwargs["progress"] = progress
@@ -203,7 +206,8 @@ class Segmenter:
             kwargs["should_stop"] = should_stop
         try:
             with use_threads(threads, reserve=reserve) as used:
-                pred = predict(image, self.model, self.card, spacing=spacing, **kwargs)
+                model = for_backend(self.model, self.card, backend, kwargs)
+                pred = predict(image, model, self.card, spacing=spacing, **kwargs)
         except PredictionCancelled:
             return JobCancelled(time.perf_counter() - t0)
         except (MemoryError, RuntimeError) as exc:  # torch.OutOfMemoryError is both
@@ -475,6 +479,7 @@ def _file_summary(seg, source, written, vol, done: JobDone, settings, started) -
         "amp": done.amp,
         "windows": done.windows,
         "threads": done.threads,
+        "backend": settings.get("backend", "torch"),
         "tta": bool(settings.get("tta")),
         "postprocess": settings.get("postprocess") or [],
         "labels": {str(int(v)): int(c) for v, c in zip(values, counts, strict=True)},
