@@ -347,13 +347,18 @@ def read_card(path: str | os.PathLike) -> ModelCard:
 
 
 def _card_from(path: Path, state: dict[str, Any]) -> ModelCard:
-    """The checkpoint's card, refused (InvalidCardError naming the file) when
-    :func:`~napari_vnet.models.card.card_problems` finds anything: nothing is built from
-    a card that is unusable or names code to run."""
-    if not isinstance(state.get("card"), dict):
+    """The checkpoint's card (see :func:`card_from_dict`)."""
+    return card_from_dict(path, state.get("card"))
+
+
+def card_from_dict(path: Path, data: Any) -> ModelCard:
+    """The card stored as ``data`` in the file ``path``, refused (InvalidCardError naming
+    the file) when :func:`~napari_vnet.models.card.card_problems` finds anything: nothing
+    is built from a card that is unusable or names code to run."""
+    if not isinstance(data, dict):
         raise CheckpointError(f"{path}: invalid model card: not an object")
     try:
-        card = ModelCard.from_dict(state["card"])
+        card = ModelCard.from_dict(data)
     except (ValueError, TypeError, KeyError, AttributeError) as exc:
         raise CheckpointError(f"{path}: invalid model card: {exc}") from None
     problems = card_problems(card)
