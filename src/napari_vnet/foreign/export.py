@@ -80,7 +80,8 @@ def export_nnunet(
     try:
         (tmp / "plans.json").write_text(json.dumps(plans, indent=2))
         (tmp / "dataset.json").write_text(json.dumps(dataset_json, indent=2))
-        mirror = tuple(int(a) for a in card.sliding_window.get("mirror_axes", (0, 1, 2)))
+        axes = card.sliding_window.get("mirror_axes", (0, 1, 2))
+        mirror = tuple(int(a) for a in axes) or None  # None: never mirrored, as nnU-Net says it
         for name, member in zip(names, members, strict=True):
             fold_dir = tmp / f"fold_{name}"
             fold_dir.mkdir()
