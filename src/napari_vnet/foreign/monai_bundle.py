@@ -364,7 +364,7 @@ def _load_native_bundle(root: Path, meta: dict, config: dict) -> tuple[torch.nn.
         inference_config,
         native_targets,
     )
-    from napari_vnet.models.checkpoint import card_from_dict, misfit
+    from napari_vnet.models.checkpoint import card_from_dict, fit_weights
     from napari_vnet.models.outputs import Probabilities
     from napari_vnet.models.registry import build_model
 
@@ -391,13 +391,7 @@ def _load_native_bundle(root: Path, meta: dict, config: dict) -> tuple[torch.nn.
     weights = root / "models" / "model.pt"
     state = _state_dict_of(safe_torch_load(weights), weights)
     net = Probabilities(build_model(card))
-    parts = misfit(net.state_dict(), state, "card")
-    if parts:
-        raise CheckpointError(
-            f"{weights}: the weights do not fit the {card.arch} network of the card: "
-            + "; ".join(parts)
-        )
-    net.load_state_dict(state)
+    fit_weights(weights, f"{card.arch} network", net, state)
     card.source = {"format": "monai_bundle", "path": str(root),
                    "name": str(meta.get("name", root.name)), "version": str(meta.get("version", ""))}  # fmt: skip
     return net.network.eval(), card
