@@ -67,3 +67,37 @@ def test_folder_button_picks_an_nnunet_folder_and_run_segments(qtbot, dock, note
     w.model.select("vnet-phantom")
     assert settings.tta.value is False and settings.amp.value == "auto"
     assert settings.producer.value == "" and w.model.fold_choice() == {}
+
+
+def test_totalsegmentator_folder_lists_its_classes_and_runs_as_nnunet(qtbot, dock, notes,
+                                                                       monkeypatch):  # fmt: skip
+    """TotalSegmentator's shape of folder: its class names in the card and on the result
+    layer, no mirroring (its checkpoint allows none), the labels of ``predict``."""
+    from qtpy.QtWidgets import QFileDialog
+
+    from napari_vnet.phantoms import make_blob_phantom
+    from test_foreign_totalseg import FOLDER as TOTALSEG
+    from test_foreign_totalseg import _names
+
+    viewer, w = dock
+    image, _, _ = make_blob_phantom(7, _names())
+    viewer.add_image(image.array, name="ct", scale=image.spacing)
+    monkeypatch.setattr(QFileDialog, "getExistingDirectory", lambda *a, **k: str(TOTALSEG))
+    w.model.browse_folder.native.click()
+    text = w.model.info.text()
+    assert "nnU-Net v2, Dataset902_TinyTotalSeg, 3d_fullres, fold 0" in text
+    assert all(n in text for n in ("spleen", "liver", "kidney_cyst_right")), text
+    settings = w._settings
+    assert settings.tta.value is False and settings.amp.value is False
+    assert settings.producer.value == "nnU-Net default: mirroring off, float32"
+    with qtbot.waitSignal(w.prediction_added, timeout=RUN_TIMEOUT_MS) as blocker:
+        assert w.run() is not None
+    wait_done(qtbot, w)
+    result = blocker.args[0]
+    assert not errors(notes)
+    model, card = load_weights(TOTALSEG)
+    expected = predict(image, model, card, tta=False, amp=False).labels
+    assert np.array_equal(np.asarray(result.data), expected)
+    names = dict(zip(result.features["index"], result.features["class"], strict=True))
+    assert names[1] == "spleen" and names[5] == "liver" and names[24] == "kidney_cyst_right"
+    assert len(names) == 25

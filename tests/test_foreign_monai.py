@@ -97,12 +97,12 @@ def _bundle(tmp_path):
     return export_monai_bundle(Wrapped(), card, tmp_path / "vnet_bundle"), net
 
 
-def test_bundle_same_labels_as_monai_bundle_inference(tmp_path):
+def monai_bundle_labels(folder, path) -> np.ndarray:
+    """The label map MONAI's own bundle machinery makes of the image file ``path``:
+    ``ConfigParser`` reads the bundle's configs/inference.json, builds ``network_def``
+    (weights: models/model.pt read with ``weights_only=True``) and runs its
+    preprocessing, inferer and postprocessing; returned in (z, y, x) order."""
     from monai.bundle import ConfigParser
-
-    folder, net = _bundle(tmp_path)
-    image, _, _ = make_phantom(5, shape=(20, 40, 40))
-    path = write_volume(image, tmp_path / "ct.nii.gz")
 
     parser = ConfigParser()
     parser.read_config(str(folder / "configs" / "inference.json"))
@@ -113,7 +113,14 @@ def test_bundle_same_labels_as_monai_bundle_inference(tmp_path):
     with torch.no_grad():
         data["pred"] = parser.get_parsed_content("inferer")(data["image"][None], network)[0]
     ref = parser.get_parsed_content("postprocessing")(data)["pred"]
-    ref = np.asarray(ref)[0].transpose(2, 1, 0)  # MONAI (x, y, z) -> (z, y, x)
+    return np.asarray(ref)[0].transpose(2, 1, 0)  # MONAI (x, y, z) -> (z, y, x)
+
+
+def test_bundle_same_labels_as_monai_bundle_inference(tmp_path):
+    folder, net = _bundle(tmp_path)
+    image, _, _ = make_phantom(5, shape=(20, 40, 40))
+    path = write_volume(image, tmp_path / "ct.nii.gz")
+    ref = monai_bundle_labels(folder, path)
 
     model, card = load_weights(folder)
     assert card.origin().startswith("MONAI bundle")

@@ -31,7 +31,12 @@ def _dice(a: np.ndarray, b: np.ndarray, value: int) -> float:
     return 2.0 * float((x & y).sum()) / max(1, int(x.sum() + y.sum()))
 
 
-def _nnunet_predict(folder: Path, image, mirror: bool, folds=None) -> np.ndarray:
+def _nnunet_predict(folder: Path, image, mirror: bool, folds=None, trainer=None) -> np.ndarray:
+    """nnU-Net's own ``nnUNetPredictor`` on ``image`` (CPU, fp32). ``trainer``: the
+    checkpoint's trainer class, imported by the caller, for a trainer that nnU-Net's search
+    by name cannot reach without optional packages (it imports every trainer module on
+    its way; the Primus ones need timm): the predictor is then set up by its
+    ``manual_initialization`` with the network that trainer builds from the plans."""
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 
     pred = nnUNetPredictor(
@@ -42,9 +47,32 @@ def _nnunet_predict(folder: Path, image, mirror: bool, folds=None) -> np.ndarray
         device=torch.device("cpu"),
         allow_tqdm=False,
     )
-    pred.initialize_from_trained_model_folder(str(folder), use_folds=folds)
+    if trainer is None:
+        pred.initialize_from_trained_model_folder(str(folder), use_folds=folds)
+    else:
+        _initialize_with(pred, folder, trainer, folds or ["0"])
     data = image.array[None].astype(np.float32)
     return pred.predict_single_npy_array(data, {"spacing": list(image.spacing)})
+
+
+def _initialize_with(pred, folder: Path, trainer, folds) -> None:
+    from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+    dataset_json = json.loads((folder / "dataset.json").read_text())
+    plans = PlansManager(json.loads((folder / "plans.json").read_text()))
+    ckpts = [torch.load(folder / f"fold_{f}" / "checkpoint_final.pth", weights_only=False)
+             for f in folds]  # fmt: skip
+    cfg = plans.get_configuration(ckpts[0]["init_args"]["configuration"])
+    network = trainer.build_network_architecture(
+        plans, cfg, determine_num_input_channels(plans, cfg, dataset_json),
+        plans.get_label_manager(dataset_json).num_segmentation_heads,
+        enable_deep_supervision=False,
+    )  # fmt: skip
+    params = [c["network_weights"] for c in ckpts]
+    network.load_state_dict(params[0])
+    pred.manual_initialization(network, plans, cfg, params, dataset_json, ckpts[0]["trainer_name"],
+                               ckpts[0].get("inference_allowed_mirroring_axes"))  # fmt: skip
 
 
 def test_folder_card_says_where_it_comes_from():

@@ -440,3 +440,55 @@ def classes_to_json(classes: Sequence[ClassInfo]) -> dict:
         "description": "napari-vnet synthetic torso CT phantom label values",
         "classes": [c.to_dict() for c in classes],
     }
+
+
+def make_blob_phantom(
+    seed: int,
+    names: Sequence[str],
+    *,
+    shape: Sequence[int] = (16, 32, 32),
+    spacing: Sequence[float] = (3.0, 3.0, 3.0),
+) -> tuple[Volume, Volume, list[ClassInfo]]:
+    """A CT-like volume (int16 HU) with one ellipsoidal blob per class of ``names``
+    (label values 1..n in that order) and its label map, deterministic per seed.
+
+    The grid is cut into 2 x 3 x k cells (as many as needed); each seed shuffles the
+    classes over the cells and draws each blob's size and position inside its cell.
+    Every class has its own attenuation: n + 1 levels evenly spaced over -950..1250 HU,
+    the middle one for the background, the others for the classes in order; Gaussian
+    noise (sd 12 HU) over all. Meant for models with many classes that must learn in a
+    few minutes (the TotalSegmentator-shaped nnU-Net test model, trained on whole
+    volumes: every window then holds every class, so a network that normalises each
+    window, as nnU-Net's does, still tells the levels apart).
+    """
+    n = len(names)
+    shape = tuple(int(s) for s in shape)
+    if n < 1 or len(shape) != 3 or min(shape) < 8:
+        raise ValueError(f"blob phantom needs >= 1 class and 3 sizes >= 8, got {n}, {shape}")
+    rng = np.random.default_rng([int(seed), 20260902])
+    levels = list(np.linspace(-950.0, 1250.0, n + 1))
+    background = levels.pop(n // 2)
+    grid = (2, 3, -(-n // 6))
+    cell = [s / g for s, g in zip(shape, grid, strict=True)]
+    cells = rng.permutation(int(np.prod(grid)))[:n]
+    zz, yy, xx = np.meshgrid(*(np.arange(s, dtype=np.float32) for s in shape), indexing="ij")
+    image = np.full(shape, background, np.float32)
+    labels = np.zeros(shape, np.uint8)
+    for value, (level, where) in enumerate(zip(levels, cells, strict=True), start=1):
+        index = np.unravel_index(int(where), grid)
+        r2 = np.zeros(shape, np.float32)
+        for coords, i, size in zip((zz, yy, xx), index, cell, strict=True):
+            radius = size * rng.uniform(0.3, 0.42)
+            centre = (i + 0.5) * size + rng.uniform(-1, 1) * (size / 2 - radius)
+            r2 += ((coords - centre) / radius) ** 2
+        image[r2 <= 1.0] = level
+        labels[r2 <= 1.0] = value
+    image += rng.normal(0.0, 12.0, shape).astype(np.float32)
+    geometry = dict(spacing=tuple(float(s) for s in spacing), origin=(0.0, 0.0, 0.0),
+                    direction=np.eye(3))  # fmt: skip
+    classes = [ClassInfo(0, "background"), *(ClassInfo(i, str(c)) for i, c in enumerate(names, 1))]
+    return (
+        Volume(np.round(image).astype(np.int16), pixel_type="16-bit signed integer", **geometry),
+        Volume(labels, pixel_type="8-bit unsigned integer", **geometry),
+        classes,
+    )

@@ -5,9 +5,9 @@
   ``nnUNetv2_predict`` load, from a network whose card came from nnU-Net (possibly
   fine-tuned here). Each ensemble member becomes one fold.
 * :func:`export_monai_bundle`: a MONAI bundle folder (``configs/metadata.json``,
-  ``configs/inference.json``, ``models/model.pt``) for a MONAI network, whose
-  preprocessing is the card's (bundle transforms, or the card's window/z-score
-  normalisation and spacing written as MONAI transforms).
+  ``configs/inference.json``, ``models/model.pt``) for a MONAI network or one of
+  napari-vnet's own, whose preprocessing is the card's
+  (:mod:`napari_vnet.foreign.bundle_export`).
 
 Both write into a temporary sibling folder and rename it into place, so a failed export
 leaves nothing half-written; an existing destination is refused unless ``overwrite``, and
@@ -21,21 +21,20 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import nn
 
+from napari_vnet.foreign.bundle_export import export_monai_bundle
 from napari_vnet.foreign.export_paths import (
-    BUNDLE_LAYOUT,
     NNUNET_LAYOUT,
     ExportError,
     check_target,
     folder_name,
     inside,
     publish,
+    tmp_beside,
 )
 from napari_vnet.models.card import ModelCard
 
@@ -49,11 +48,6 @@ EXPORT_TRAINER = "nnUNetTrainer"
 def _members(model: nn.Module) -> list[nn.Module]:
     members = getattr(model, "members", None)
     return list(members) if members is not None else [model]
-
-
-def _tmp_beside(dest: Path) -> Path:
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}."))
 
 
 def export_nnunet(
@@ -82,11 +76,12 @@ def export_nnunet(
     members = _members(model)
     names = _fold_names(card, len(members))
     check_target(out, overwrite, NNUNET_LAYOUT)
-    tmp = _tmp_beside(out)
+    tmp = tmp_beside(out)
     try:
         (tmp / "plans.json").write_text(json.dumps(plans, indent=2))
         (tmp / "dataset.json").write_text(json.dumps(dataset_json, indent=2))
-        mirror = tuple(int(a) for a in card.sliding_window.get("mirror_axes", (0, 1, 2)))
+        axes = card.sliding_window.get("mirror_axes", (0, 1, 2))
+        mirror = tuple(int(a) for a in axes) or None  # None: never mirrored, as nnU-Net says it
         for name, member in zip(names, members, strict=True):
             fold_dir = tmp / f"fold_{name}"
             fold_dir.mkdir()
@@ -125,113 +120,3 @@ def _fold_names(card: ModelCard, n: int) -> list[str]:
     for name in names:
         folder_name(f"fold_{name}", "nnU-Net fold")
     return names
-
-
-def _bundle_transforms(card: ModelCard) -> list[dict[str, Any]]:
-    pre = card.preprocessing or {}
-    if pre.get("kind") == "monai_bundle":
-        steps = pre.get("transforms", [])
-    elif pre.get("kind") not in (None, "array_order"):
-        raise ExportError(f"preprocessing {pre.get('kind')!r} has no MONAI bundle equivalent")
-    else:
-        # our engine feeds the stored (x, y, z) voxel order (no reorientation), so the
-        # bundle does too: no Orientationd, only the card's spacing and intensities
-        steps = []
-        if card.spacing:
-            steps.append(
-                {"name": "Spacing", "pixdim": list(card.spacing)[::-1], "mode": "bilinear"}
-            )
-        norm = card.normalization or {}
-        if norm.get("kind") == "window":
-            steps.append({"name": "ScaleIntensityRange", "a_min": norm["low"], "a_max": norm["high"],
-                          "b_min": 0.0, "b_max": 1.0, "clip": True})  # fmt: skip
-        elif norm.get("kind") == "zscore":
-            steps.append({"name": "NormalizeIntensity"})
-        elif norm.get("kind") not in (None, "none"):
-            raise ExportError(f"normalisation {norm} has no MONAI transform equivalent here")
-    out = []
-    for s in steps:
-        args = {k: v for k, v in s.items() if k != "name"}
-        out.append({"_target_": s["name"] + "d", "keys": "image", **args})
-    return out
-
-
-def export_monai_bundle(
-    model: nn.Module, card: ModelCard, out: str | os.PathLike, *, overwrite: bool = False
-) -> Path:
-    """Write a MONAI network as a bundle folder MONAI's ``ConfigParser`` runs."""
-    if card.arch != "monai":
-        raise ExportError(
-            f"only MONAI networks can be written as a MONAI bundle; this is {card.arch!r}"
-        )
-    out = Path(out)
-    net = getattr(model, "net", model)
-    name = card.arch_kwargs["name"]
-    network_def = {"_target_": name, "in_channels": card.in_channels,
-                   "out_channels": card.out_channels, **card.arch_kwargs.get("network_kwargs", {})}  # fmt: skip
-    network_def.setdefault("spatial_dims", 3)
-    sw = card.sliding_window or {}
-    roi = list(card.patch_size)  # a MONAI card's patch is in MONAI's (x, y, z) order
-    inference = {
-        "network_def": network_def,
-        "preprocessing": {
-            "_target_": "Compose",
-            "transforms": [
-                {"_target_": "LoadImaged", "keys": "image"},
-                {"_target_": "EnsureChannelFirstd", "keys": "image"},
-                *_bundle_transforms(card),
-                {"_target_": "EnsureTyped", "keys": "image"},
-            ],
-        },
-        "inferer": {
-            "_target_": "SlidingWindowInferer",
-            "roi_size": roi,
-            "sw_batch_size": 1,
-            "overlap": float(sw.get("overlap", 0.5)),
-            "mode": str(sw.get("mode", "gaussian")),
-        },
-        "postprocessing": {
-            "_target_": "Compose",
-            "transforms": [
-                {"_target_": "Activationsd", "keys": "pred", "softmax": True},
-                {
-                    "_target_": "Invertd",
-                    "keys": "pred",
-                    "transform": "@preprocessing",
-                    "orig_keys": "image",
-                    "nearest_interp": False,
-                    "to_tensor": True,
-                },  # fmt: skip
-                {"_target_": "AsDiscreted", "keys": "pred", "argmax": True},
-            ],
-        },
-    }
-    metadata = {
-        "schema": "https://github.com/Project-MONAI/MONAI-extra-test-data/releases/download/0.8.1/meta_schema_20220324.json",
-        "version": "0.1.0",
-        "name": card.source.get("name") or f"napari-vnet {name}",
-        "description": card.description or f"MONAI {name} exported by napari-vnet",
-        "network_data_format": {
-            "inputs": {"image": {"type": "image", "num_channels": card.in_channels}},
-            "outputs": {
-                "pred": {
-                    "type": "image",
-                    "num_channels": card.out_channels,
-                    "channel_def": {str(i): c.name for i, c in enumerate(card.classes)},
-                }
-            },
-        },
-    }
-    check_target(out, overwrite, BUNDLE_LAYOUT)
-    tmp = _tmp_beside(out)
-    try:
-        (tmp / "configs").mkdir()
-        (tmp / "models").mkdir()
-        (tmp / "configs" / "inference.json").write_text(json.dumps(inference, indent=2))
-        (tmp / "configs" / "metadata.json").write_text(json.dumps(metadata, indent=2))
-        state = {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}
-        torch.save(state, tmp / "models" / "model.pt")
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return publish(tmp, out, overwrite, BUNDLE_LAYOUT)

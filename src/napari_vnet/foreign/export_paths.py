@@ -28,6 +28,7 @@ __all__ = [
     "folder_name",
     "inside",
     "publish",
+    "tmp_beside",
 ]
 
 #: the longest name accepted (the temporary folder beside it adds a prefix and a suffix)
@@ -99,6 +100,13 @@ def check_target(dest: Path, overwrite: bool, layout: re.Pattern[str]) -> None:
     :func:`publish`, which checks again when the export is done)."""
     if os.path.lexists(dest):
         _check_replaceable(dest, overwrite, layout)
+
+
+def tmp_beside(dest: Path) -> Path:
+    """A new empty temporary folder beside ``dest`` (same file system): an export is
+    written there, then :func:`publish`-ed."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}."))
 
 
 def publish(tmp: Path, dest: Path, overwrite: bool, layout: re.Pattern[str]) -> Path:

@@ -24,6 +24,7 @@ result is brought back to the input grid with MONAI's own inverse of those trans
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from dataclasses import dataclass
@@ -259,7 +260,7 @@ def _bundle_transforms(config: dict[str, Any], where: Path) -> list[dict[str, An
     return out
 
 
-def load_monai_bundle(path: str | os.PathLike) -> tuple[MonaiNetwork, ModelCard]:
+def load_monai_bundle(path: str | os.PathLike) -> tuple[torch.nn.Module, ModelCard]:
     """``(network, card)`` of a MONAI bundle folder (see module docstring)."""
     config_path = Path(path) / "configs" / "inference.json"
     try:
@@ -279,12 +280,16 @@ def _whole(value: Any, what: str, root: Path) -> int:
     return value
 
 
-def _load_bundle(root: Path) -> tuple[MonaiNetwork, ModelCard]:
+def _load_bundle(root: Path) -> tuple[torch.nn.Module, ModelCard]:
     meta = read_json_object(root / "configs" / "metadata.json")
     config = read_json_object(root / "configs" / "inference.json")
     net_def = config.get("network_def")
     if not isinstance(net_def, dict):
         raise UnsupportedBundleError(f"{root}: configs/inference.json has no 'network_def'")
+    from napari_vnet.foreign.bundle_export import probabilities_target
+
+    if net_def.get("_target_") == probabilities_target():
+        return _load_native_bundle(root, meta, config)
     name = _target(net_def)
     if name not in MONAI_NETWORKS:
         raise UnsupportedBundleError(
@@ -346,6 +351,50 @@ def _load_bundle(root: Path) -> tuple[MonaiNetwork, ModelCard]:
         raise InvalidCardError(root / "configs" / "inference.json", problems)
     net, card = wrap_monai_state_dict(weights, card)
     return net, card
+
+
+def _load_native_bundle(root: Path, meta: dict, config: dict) -> tuple[torch.nn.Module, ModelCard]:
+    """napari-vnet's own network as :func:`~napari_vnet.foreign.bundle_export.export_monai_bundle`
+    writes it: rebuilt from the model card kept in ``metadata.json``, once the bundle's
+    ``network_def`` and ``preprocessing`` are found to be what the export writes for that
+    card (a bundle edited since runs in MONAI only: napari-vnet would not run it as MONAI
+    does)."""
+    from napari_vnet.foreign.bundle_export import (
+        NATIVE_CARD_KEY,
+        inference_config,
+        native_targets,
+    )
+    from napari_vnet.models.checkpoint import card_from_dict, fit_weights
+    from napari_vnet.models.outputs import Probabilities
+    from napari_vnet.models.registry import build_model
+
+    meta_path = root / "configs" / "metadata.json"
+    if not isinstance(meta.get(NATIVE_CARD_KEY), dict):
+        raise UnsupportedBundleError(
+            f"{meta_path}: network_def names napari-vnet's network, but there is no "
+            f"{NATIVE_CARD_KEY} (the model card napari-vnet writes beside it)"
+        )
+    card = card_from_dict(meta_path, meta[NATIVE_CARD_KEY])
+    if card.arch not in native_targets():
+        raise UnsupportedBundleError(
+            f"{meta_path}: {NATIVE_CARD_KEY} names the network {card.arch!r}, not one of "
+            f"napari-vnet's own ({', '.join(native_targets())})"
+        )
+    expected = json.loads(json.dumps(inference_config(card)))
+    for key in ("network_def", "preprocessing"):
+        if config.get(key) != expected[key]:
+            raise UnsupportedBundleError(
+                f"{root}: configs/inference.json {key} is not what napari-vnet writes for the "
+                f"model card in metadata.json; napari-vnet runs its own networks' bundles only "
+                "as exported (MONAI runs this one)"
+            )
+    weights = root / "models" / "model.pt"
+    state = _state_dict_of(safe_torch_load(weights), weights)
+    net = Probabilities(build_model(card))
+    fit_weights(weights, f"{card.arch} network", net, state)
+    card.source = {"format": "monai_bundle", "path": str(root),
+                   "name": str(meta.get("name", root.name)), "version": str(meta.get("version", ""))}  # fmt: skip
+    return net.network.eval(), card
 
 
 @dataclass

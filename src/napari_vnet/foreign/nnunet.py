@@ -212,13 +212,13 @@ class _Fold:
     mirror_axes: tuple[int, ...] | None
 
 
-def _read_fold(model_dir: Path, fold: str, checkpoint: str | None) -> _Fold:
+def _read_fold(model_dir: Path, fold: str, checkpoint: str | None, mmap: bool = False) -> _Fold:
     folder = model_dir / f"fold_{fold}"
     names = (checkpoint,) if checkpoint else CHECKPOINT_NAMES
     path = next((folder / n for n in names if (folder / n).is_file()), None)
     if path is None:
         raise CheckpointError(f"{folder}: no {' or '.join(names)}")
-    obj = safe_torch_load(path)
+    obj = safe_torch_load(path, mmap=mmap)
     if not isinstance(obj, dict) or not isinstance(obj.get("network_weights"), dict):
         raise CheckpointError(f"{path}: not an nnU-Net v2 checkpoint (no 'network_weights')")
     init = obj.get("init_args") if isinstance(obj.get("init_args"), dict) else {}
@@ -301,7 +301,11 @@ def _open(path: Path, folds, checkpoint, read_weights: bool):
         "folds": chosen,
         "checkpoint": checkpoint or (loaded[0].checkpoint.name if loaded else ""),
     }
-    card = _card(model_dir, plans, dataset_json, cfg, source, loaded)
+    # nnUNetPredictor mirrors over the first fold's axes; none when it names none
+    # (TotalSegmentator's nnUNetTrainerNoMirroring): read, weights mapped, when only the
+    # card is asked for
+    first = loaded[0] if loaded else _read_fold(model_dir, chosen[0], checkpoint, mmap=True)
+    card = _card(model_dir, plans, dataset_json, cfg, source, first.mirror_axes or ())
     _attach_postprocessing(card, model_dir, chosen)
     from napari_vnet.models.card import card_problems
     from napari_vnet.models.errors import InvalidCardError
@@ -362,9 +366,9 @@ def _chosen_folds(model_dir: Path, folds) -> list[str]:
     return chosen
 
 
-def _card(model_dir: Path, plans, dataset_json, cfg, source: dict[str, Any], loaded) -> ModelCard:
+def _card(model_dir: Path, plans, dataset_json, cfg, source: dict[str, Any], mirror) -> ModelCard:
     """The card of the configuration ``cfg`` (``source``: where it came from, completed
-    with the channel names); ``loaded``: the folds read, for their mirror axes."""
+    with the channel names); ``mirror``: the test-time mirroring axes (may be none)."""
     config_name = source["configuration"]
     classes = _classes(dataset_json, model_dir)
     channels = dataset_json.get("channel_names") or dataset_json.get("modality") or {"0": "?"}
@@ -373,7 +377,6 @@ def _card(model_dir: Path, plans, dataset_json, cfg, source: dict[str, Any], loa
         raise UnsupportedNnUNetError(
             f"{model_dir}: plans.json has no architecture entry (plans of nnU-Net < 2.3?)"
         )
-    mirror = next((f.mirror_axes for f in loaded if f.mirror_axes is not None), (0, 1, 2))
     return ModelCard(
         arch="nnunet",
         arch_kwargs={

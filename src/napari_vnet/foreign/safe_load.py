@@ -52,9 +52,10 @@ def _names(objs: list[Any]) -> str:
     return ", ".join(f"{getattr(o, '__module__', '?')}.{getattr(o, '__name__', o)}" for o in objs)
 
 
-def safe_torch_load(path: str | os.PathLike, map_location: Any = "cpu") -> Any:
+def safe_torch_load(path: str | os.PathLike, map_location: Any = "cpu", *, mmap: bool = False) -> Any:
     """``torch.load(path, weights_only=True)`` that also accepts the plain types of
-    :data:`ALLOWED_GLOBALS`. Raises :class:`UnsafeCheckpointError` naming the first
+    :data:`ALLOWED_GLOBALS` (``mmap``: tensor data mapped, not read - fast when only the
+    other entries are needed). Raises :class:`UnsafeCheckpointError` naming the first
     refused type, or :class:`CheckpointError` for a missing/unreadable file."""
     path = Path(path)
     if not path.is_file():
@@ -62,10 +63,10 @@ def safe_torch_load(path: str | os.PathLike, map_location: Any = "cpu") -> Any:
         raise CheckpointError(f"{path}: {reason}")
     from napari_vnet.models.checkpoint import _check_archive_memory
 
-    _check_archive_memory(path, mmap=False)  # a small deflated archive can unpack to GiBs
+    _check_archive_memory(path, mmap=mmap)  # a small deflated archive can unpack to GiBs
     try:
         with torch.serialization.safe_globals(ALLOWED_GLOBALS):
-            return torch.load(path, map_location=map_location, weights_only=True)
+            return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as exc:
         match = re.search(r"GLOBAL ([\w.]+)", str(exc))
         if match:

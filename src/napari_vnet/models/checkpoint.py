@@ -347,13 +347,18 @@ def read_card(path: str | os.PathLike) -> ModelCard:
 
 
 def _card_from(path: Path, state: dict[str, Any]) -> ModelCard:
-    """The checkpoint's card, refused (InvalidCardError naming the file) when
-    :func:`~napari_vnet.models.card.card_problems` finds anything: nothing is built from
-    a card that is unusable or names code to run."""
-    if not isinstance(state.get("card"), dict):
+    """The checkpoint's card (see :func:`card_from_dict`)."""
+    return card_from_dict(path, state.get("card"))
+
+
+def card_from_dict(path: Path, data: Any) -> ModelCard:
+    """The card stored as ``data`` in the file ``path``, refused (InvalidCardError naming
+    the file) when :func:`~napari_vnet.models.card.card_problems` finds anything: nothing
+    is built from a card that is unusable or names code to run."""
+    if not isinstance(data, dict):
         raise CheckpointError(f"{path}: invalid model card: not an object")
     try:
-        card = ModelCard.from_dict(state["card"])
+        card = ModelCard.from_dict(data)
     except (ValueError, TypeError, KeyError, AttributeError) as exc:
         raise CheckpointError(f"{path}: invalid model card: {exc}") from None
     problems = card_problems(card)
@@ -362,7 +367,7 @@ def _card_from(path: Path, state: dict[str, Any]) -> ModelCard:
     return card
 
 
-def _fit(path: Path, what: str, module: nn.Module, weights: dict[str, torch.Tensor]) -> None:
+def fit_weights(path: Path, what: str, module: nn.Module, weights: dict[str, torch.Tensor]) -> None:
     """Load ``weights`` into ``module``; one-line CheckpointError when they do not fit."""
     parts = misfit(module.state_dict(), weights, "card")
     if parts:
@@ -422,7 +427,7 @@ def load_checkpoint(
         raise CheckpointError(f"{path}: {exc}; is napari-vnet up to date?") from None
     except ValueError as exc:
         raise CheckpointError(f"{path}: the model card cannot be built: {exc}") from None
-    _fit(path, f"{card.arch} network", model, weights)
+    fit_weights(path, f"{card.arch} network", model, weights)
     if map_location is not None:
         model = model.to(map_location)
     model.eval()
@@ -441,5 +446,5 @@ def load_discriminator(path: str | os.PathLike, map_location: Any = None) -> nn.
         net = build_discriminator(card, **dict(disc.get("kwargs", {})))
     except ValueError as exc:
         raise CheckpointError(f"{path}: the discriminator cannot be built: {exc}") from None
-    _fit(path, "discriminator", net, disc.get("state_dict", {}))
+    fit_weights(path, "discriminator", net, disc.get("state_dict", {}))
     return net if map_location is None else net.to(map_location)
