@@ -37,8 +37,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from napari_vnet.foreign.export import _tmp_beside
-from napari_vnet.foreign.export_paths import ExportError, check_target, publish
+from napari_vnet.foreign.export_paths import ExportError, check_target, publish, tmp_beside
 from napari_vnet.inference.preprocess import blend_for
 from napari_vnet.inference.windows import GAUSSIAN_MIN, GAUSSIAN_SIGMA_SCALE
 from napari_vnet.models.card import ModelCard
@@ -272,7 +271,7 @@ def export_runtime(
         data = onnx_bytes(model, card, exporter=exporter)
     else:
         traced = torchscript_module(model, card)
-    tmp = _tmp_beside(out)
+    tmp = tmp_beside(out)
     try:
         target = tmp / MODEL_FILES[fmt]
         if fmt == "onnx":
