@@ -138,3 +138,34 @@ def test_predict_threads_option_is_applied(tmp_path, capsys, caplog):
     assert main([*argv, "0", "-o", str(tmp_path / "b.nii.gz")]) == 0  # automatic
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert summary["threads"] >= 1
+
+
+def test_a_lagging_load_average_does_not_cost_threads_when_the_cores_are_idle_now():
+    """The 1-minute load average still counts jobs that ended seconds ago; what other
+    processes use right now decides when it is lower (an idle machine after a benchmark
+    got 1 thread and ran 1.5x slower)."""
+    lagging = choose_threads(affinity=2, load=1.9, busy_now=0.05)
+    assert lagging.threads == 2 and "busy now 0.1 cores" in lagging.reason()
+    busy = choose_threads(affinity=2, load=1.9, busy_now=1.8)
+    assert busy.threads == 1
+    # a sample never raises the load: a quiet average with a burst now keeps the cores
+    assert choose_threads(affinity=2, load=0.1, busy_now=2.0).threads == 2
+
+
+def test_busy_now_sees_another_process_spinning():
+    import subprocess
+    import sys
+
+    from napari_vnet.workflows.threads import busy_now
+
+    quiet = busy_now(0.3)
+    assert quiet is not None and quiet >= 0.0
+    spin = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        import time
+
+        time.sleep(0.3)
+        assert busy_now(0.5) >= 0.5  # one core spun by the child
+    finally:
+        spin.kill()
+        spin.wait()

@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "ThreadChoice",
+    "busy_now",
     "choose_threads",
     "cpu_quota",
     "parse_cpu_max",
@@ -48,6 +49,7 @@ class ThreadChoice:
     helpers_note: str = "helper threads"
     reserve: int = 0  # cores kept free (the GUI's)
     load: float | None = None  # 1-minute load average (None: unknown)
+    busy_now: float | None = None  # cores other processes kept busy just now (None: unknown)
     own_load: float = 0.0  # this process's share of it
     ceiling: int | None = None  # torch's thread count before (OMP_NUM_THREADS, the caller's)
     share: int = 1  # processes sharing the cores (torchrun's ranks on this machine)
@@ -67,6 +69,8 @@ class ThreadChoice:
             parts.append(f"{self.reserve} kept for the GUI")
         if self.load is not None:
             parts.append(f"load {self.load:.1f} ({self.own_load:.1f} of it this process)")
+        if self.busy_now is not None:
+            parts.append(f"other processes busy now {self.busy_now:.1f} cores")
         if self.ceiling is not None:
             parts.append(f"at most {self.ceiling} (torch's setting)")
         return f"{', '.join(parts)} -> {_threads(self.threads)}"
@@ -89,6 +93,7 @@ def choose_threads(
     ceiling: int | None = None,
     share: int = 1,
     helper_weight: float = 0.5,
+    busy_now: float | None = None,
 ) -> ThreadChoice:
     """The intra-op thread count for a run (pure: every fact is an argument).
 
@@ -98,7 +103,9 @@ def choose_threads(
     the ``reserve`` (cores kept for a GUI), ``helper_weight`` of a core for each of the
     ``helpers`` (niced read-ahead and writer threads, busy part of the time) and the
     runnable threads of *other* processes (the 1-minute ``load`` less ``own_load``, this
-    process's share of it). What is left, rounded, between 1 and the usable cores less the
+    process's share of it; the 1-minute average lags, so when ``busy_now`` - the cores
+    other processes kept busy over the last fraction of a second - is known and lower, it
+    counts instead: a machine whose earlier jobs just ended is idle). What is left, rounded, between 1 and the usable cores less the
     reserve, and at most ``ceiling`` (torch's thread count before, e.g. set by
     ``OMP_NUM_THREADS``). OpenMP threads wait for each other at every layer, so one thread
     that another process preempts stalls them all: on a busy machine fewer threads win.
@@ -109,11 +116,14 @@ def choose_threads(
     cores = max(1, cores // share)
     facts: dict[str, Any] = dict(cores=cores, affinity=affinity, quota=quota, helpers=helpers,
                  helpers_note=helpers_note, reserve=reserve, load=load, own_load=own_load,
-                 ceiling=ceiling, share=share)  # fmt: skip
+                 ceiling=ceiling, share=share, busy_now=busy_now)  # fmt: skip
     if requested is not None and requested > 0:
         return ThreadChoice(threads=int(requested), requested=int(requested), **facts)
     # the other ranks' load is theirs to share, not more: each rank counts its share
-    others = max(0.0, (load or 0.0) - own_load) / share
+    others = max(0.0, (load or 0.0) - own_load)
+    if busy_now is not None:
+        others = min(others, max(0.0, busy_now))
+    others /= share
     free = cores - reserve - helper_weight * helpers - others
     threads = min(max(1, cores - reserve), int(free + 0.5))
     if ceiling is not None:
@@ -194,12 +204,46 @@ def _own_load() -> float:
     return cpu / life
 
 
+def _cpu_jiffies() -> tuple[int, int] | None:
+    """(busy, total) jiffies of all CPUs since boot, from ``/proc/stat``."""
+    line = (_read(Path("/proc/stat")) or "").split("\n", 1)[0].split()
+    if len(line) < 5 or line[0] != "cpu":
+        return None
+    try:
+        values = [int(v) for v in line[1:9]]
+    except ValueError:
+        return None
+    idle = values[3] + (values[4] if len(values) > 4 else 0)  # idle + iowait
+    return sum(values) - idle, sum(values)
+
+
+def busy_now(interval: float = 0.15) -> float | None:
+    """Cores that *other* processes kept busy over the next ``interval`` seconds (the
+    machine's busy CPU time less this process's, per second), or None where
+    ``/proc/stat`` is missing. Unlike the load average it does not lag."""
+    import time
+
+    before, own_before = _cpu_jiffies(), os.times()
+    if before is None:
+        return None
+    time.sleep(interval)
+    after, own_after = _cpu_jiffies(), os.times()
+    if after is None or after[1] <= before[1]:
+        return None
+    ncpu = os.cpu_count() or 1
+    busy = (after[0] - before[0]) / (after[1] - before[1]) * ncpu  # busy cores
+    elapsed = own_after.elapsed - own_before.elapsed
+    own_cpu = (own_after.user + own_after.system) - (own_before.user + own_before.system)
+    own = own_cpu / elapsed if elapsed > 0 else 0.0
+    return max(0.0, busy - own)
+
+
 def thread_choice(
     requested: int | None = None, *, helpers: int = 0, helpers_note: str = "helper threads",
     reserve: int = 0,
 ) -> ThreadChoice:  # fmt: skip
     """:func:`choose_threads` with this machine's facts now: the affinity mask, the cgroup
-    quota, the load average, torchrun's ranks on this machine (``LOCAL_WORLD_SIZE``) and,
+    quota, the load average and what other processes use right now, torchrun's ranks on this machine (``LOCAL_WORLD_SIZE``) and,
     once torch is imported, its current thread count as the ceiling."""
     try:
         load: float | None = os.getloadavg()[0]
@@ -214,6 +258,7 @@ def thread_choice(
         requested, affinity=_affinity(), quota=cpu_quota(), load=load, own_load=_own_load(),
         helpers=helpers, helpers_note=helpers_note, reserve=reserve, share=share,
         ceiling=torch.get_num_threads() if torch is not None else None,
+        busy_now=busy_now() if requested is None or requested <= 0 else None,
     )  # fmt: skip
 
 
