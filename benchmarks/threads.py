@@ -130,7 +130,7 @@ def main() -> int:
             "torch": torch.__version__,
             "torch_default_threads": torch.get_num_threads(),
             "load_average_at_end": [round(x, 2) for x in os.getloadavg()],
-            "note": "shared machine: other jobs ran at the same time (the loaded case)",
+            "note": os.environ.get("BENCH_NOTE", "shared machine: other jobs ran at the same time (the loaded case)"),
         },
         "per_setting": per_setting,
         "runs": runs,

@@ -217,7 +217,7 @@ def _cpu_jiffies() -> tuple[int, int] | None:
     return sum(values) - idle, sum(values)
 
 
-def busy_now(interval: float = 0.15) -> float | None:
+def busy_now(interval: float = 0.1) -> float | None:
     """Cores that *other* processes kept busy over the next ``interval`` seconds (the
     machine's busy CPU time less this process's, per second), or None where
     ``/proc/stat`` is missing. Unlike the load average it does not lag."""
