@@ -36,6 +36,7 @@ from napari_vnet.foreign.export_paths import (
     publish,
     tmp_beside,
 )
+from napari_vnet.foreign.networks import ensemble_members
 from napari_vnet.models.card import ModelCard
 
 __all__ = ["ExportError", "export_monai_bundle", "export_nnunet"]
@@ -43,11 +44,6 @@ __all__ = ["ExportError", "export_monai_bundle", "export_nnunet"]
 #: nnU-Net finds a trainer by name; the network of every plain trainer variant is the
 #: one the plans describe, which is what ``nnUNetTrainer`` builds
 EXPORT_TRAINER = "nnUNetTrainer"
-
-
-def _members(model: nn.Module) -> list[nn.Module]:
-    members = getattr(model, "members", None)
-    return list(members) if members is not None else [model]
 
 
 def export_nnunet(
@@ -73,7 +69,7 @@ def export_nnunet(
         plans_name = card.source.get("plans_name") or plans.get("plans_name") or "nnUNetPlans"
         folder_name(plans_name, "nnU-Net plans name")
         out = inside(out / folder_name(f"{EXPORT_TRAINER}__{plans_name}__{config}", "folder"), out)
-    members = _members(model)
+    members = ensemble_members(model)
     names = _fold_names(card, len(members))
     check_target(out, overwrite, NNUNET_LAYOUT)
     tmp = tmp_beside(out)

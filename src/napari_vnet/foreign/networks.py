@@ -22,7 +22,13 @@ from torch import nn
 
 from napari_vnet.models.errors import CheckpointError
 
-__all__ = ["MONAI_NETWORKS", "MissingExtraError", "MonaiNetwork", "NnUNetEnsemble"]
+__all__ = [
+    "MONAI_NETWORKS",
+    "MissingExtraError",
+    "MonaiNetwork",
+    "NnUNetEnsemble",
+    "ensemble_members",
+]
 
 
 class MissingExtraError(CheckpointError, ImportError):
@@ -67,6 +73,12 @@ def locate(dotted: str, kind: str) -> Any:
     if not isinstance(value, type):
         raise ValueError(f"{dotted!r} is not a class")
     return value
+
+
+def ensemble_members(model: nn.Module) -> list[nn.Module]:
+    """The networks of an ensemble (:class:`NnUNetEnsemble`'s folds), or ``[model]``."""
+    members = getattr(model, "members", None)
+    return list(members) if members is not None else [model]
 
 
 class NnUNetEnsemble(nn.Module):

@@ -38,6 +38,7 @@ import torch
 from torch import nn
 
 from napari_vnet.foreign.export_paths import ExportError, check_target, publish, tmp_beside
+from napari_vnet.foreign.networks import ensemble_members
 from napari_vnet.inference.preprocess import blend_for
 from napari_vnet.inference.windows import GAUSSIAN_MIN, GAUSSIAN_SIGMA_SCALE
 from napari_vnet.models.card import ModelCard
@@ -199,8 +200,7 @@ def runtime_card(card: ModelCard, fmt: str, model: nn.Module | None = None) -> d
     everything napari-vnet does around the network (with the full model card)."""
     from napari_vnet import __version__
 
-    members = getattr(model, "members", None)
-    n_members = len(members) if members is not None else 1
+    n_members = 1 if model is None else len(ensemble_members(model))
     inference = card.history.get("inference", {}) if isinstance(card.history, dict) else {}
     style = dict(card.sliding_window or {})
     window = {
