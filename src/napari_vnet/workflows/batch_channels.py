@@ -109,7 +109,7 @@ def channel_groups(entries: Sequence[Any], in_channels: int | None = None) -> li
     as cases: the channel files of a case id grouped (see the module text), every other
     entry a case of its own; in the order of each case's first entry."""
     folders: dict[str, _Folder] = {}
-    order: list[tuple[str, Any]] = []  # (folder, entry) in listing order
+    order: list[tuple[str, Any, tuple[str, int] | None]] = []  # (folder, entry, part)
     for e in entries:
         folder = e.key.rsplit("/", 1)[0] if "/" in e.key else ""
         part = None if (e.kind == "dicom" or e.broken) else channel_part(e.key)
@@ -118,14 +118,14 @@ def channel_groups(entries: Sequence[Any], in_channels: int | None = None) -> li
             slot.singles.append(e)
         else:
             slot.cases.setdefault(part[0], {})[part[1]] = e
-        order.append((folder, e))
+        order.append((folder, e, part))
+    grouped = {folder: slot.grouped(in_channels) for folder, slot in folders.items()}
     groups: dict[int, ChannelGroup] = {}
-    for folder, e in order:
-        slot = folders[folder]
-        part = None if (e.kind == "dicom" or e.broken) else channel_part(e.key)
-        if part is None or not slot.grouped(in_channels):
+    for folder, e, part in order:
+        if part is None or not grouped[folder]:
             groups[id(e)] = ChannelGroup([e])
             continue
+        slot = folders[folder]
         found = slot.cases[part[0]]
         first = found[min(found)]
         if first is not e:
