@@ -197,11 +197,7 @@ def _dicom_zip_layers(path: Path) -> list[tuple[Any, dict, str]]:
     """The layers of the DICOM folder zipped in ``path`` (checked and unpacked into a
     temporary folder: :mod:`napari_vnet.io.dicom_zip`); errors name the zip."""
     with extracted_zip(path) as folder:
-        try:
-            return _dicom_folder_layers(folder)
-        except VolumeReadError as exc:
-            problem = exc.problem.replace("this folder", "the zip")
-            raise VolumeReadError(path, problem) from exc
+        return _dicom_folder_layers(folder)
 
 
 def read_medical(path) -> list[tuple[Any, dict, str]]:

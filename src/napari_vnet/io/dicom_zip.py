@@ -128,14 +128,28 @@ def _extract(path: Path, zf: zipfile.ZipFile, info: zipfile.ZipInfo, root: Path)
             dst.write(chunk)
 
 
+def _naming_the_zip(exc: VolumeReadError, path: Path, root: Path) -> VolumeReadError:
+    """``exc`` (raised while reading the unpacked folder ``root``) as an error of the zip
+    ``path``: the temporary folder is never shown."""
+    problem = exc.problem.replace(str(root) + os.sep, "").replace(str(root), "the zip")
+    problem = problem.replace("this folder", "the zip").replace("the folder", "the zip")
+    return VolumeReadError(path, problem)
+
+
 @contextlib.contextmanager
 def extracted_zip(path: str | os.PathLike) -> Iterator[Path]:
     """``with extracted_zip("scan.zip") as folder:`` its members, checked (see the module
-    text), in a temporary folder that is removed after the block."""
+    text), in a temporary folder that is removed after the block; a
+    :class:`VolumeReadError` raised in the block names the zip, not the folder."""
     path = Path(path)
     tmp = tempfile.TemporaryDirectory(prefix="napari-vnet-zip-")
+    root = Path(tmp.name)
     try:
-        yield _unpack(path, Path(tmp.name))
+        _unpack(path, root)  # its errors name the zip already
+        try:
+            yield root
+        except VolumeReadError as exc:
+            raise _naming_the_zip(exc, path, root) from exc
     finally:
         tmp.cleanup()
 
@@ -163,13 +177,11 @@ def read_dicom_zip(path: str | os.PathLike, series=None):
     tmp = tempfile.TemporaryDirectory(prefix="napari-vnet-zip-")
     root = Path(tmp.name)
     try:
-        _unpack(path, root)
-        vol = read_volume(root, series=series)
-    except VolumeReadError as exc:
-        tmp.cleanup()
-        problem = exc.problem.replace(str(root) + os.sep, "").replace(str(root), "the zip")
-        problem = problem.replace("this folder", "the zip").replace("the folder", "the zip")
-        raise VolumeReadError(path, problem) from exc
+        _unpack(path, root)  # its errors name the zip already
+        try:
+            vol = read_volume(root, series=series)
+        except VolumeReadError as exc:
+            raise _naming_the_zip(exc, path, root) from exc
     except BaseException:
         tmp.cleanup()
         raise
