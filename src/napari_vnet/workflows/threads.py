@@ -243,8 +243,10 @@ def thread_choice(
     reserve: int = 0,
 ) -> ThreadChoice:  # fmt: skip
     """:func:`choose_threads` with this machine's facts now: the affinity mask, the cgroup
-    quota, the load average and what other processes use right now, torchrun's ranks on this machine (``LOCAL_WORLD_SIZE``) and,
-    once torch is imported, its current thread count as the ceiling."""
+    quota, the load average, torchrun's ranks on this machine (``LOCAL_WORLD_SIZE``) and,
+    once torch is imported, its current thread count as the ceiling; what other processes
+    use right now (:func:`busy_now`, a 0.1 s sample) only when the load average would cost
+    threads (it can only give some back)."""
     try:
         load: float | None = os.getloadavg()[0]
     except (AttributeError, OSError):  # pragma: no cover - not Unix
@@ -254,12 +256,15 @@ def thread_choice(
         share = int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1)
     except ValueError:
         share = 1
-    return choose_threads(
-        requested, affinity=_affinity(), quota=cpu_quota(), load=load, own_load=_own_load(),
+    facts: dict[str, Any] = dict(
+        affinity=_affinity(), quota=cpu_quota(), load=load, own_load=_own_load(),
         helpers=helpers, helpers_note=helpers_note, reserve=reserve, share=share,
         ceiling=torch.get_num_threads() if torch is not None else None,
-        busy_now=busy_now() if requested is None or requested <= 0 else None,
     )  # fmt: skip
+    choice = choose_threads(requested, **facts)
+    if choice.requested or choice.threads >= choose_threads(**{**facts, "load": None}).threads:
+        return choice  # asked for, or the load average took nothing
+    return choose_threads(requested, **facts, busy_now=busy_now())
 
 
 def _sitk_threads(n: int | None) -> int | None:
