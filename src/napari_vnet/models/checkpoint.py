@@ -343,12 +343,8 @@ def read_card(path: str | os.PathLike) -> ModelCard:
     """Only the model card of a checkpoint (no network is built; the tensor data is
     memory-mapped, not read, so this is fast even for large files). A folder of foreign
     weights is read by :func:`napari_vnet.weights.read_weights_card`."""
-    return _card_from(Path(path), load_checkpoint_state(path, map_location="cpu", mmap=True))
-
-
-def _card_from(path: Path, state: dict[str, Any]) -> ModelCard:
-    """The checkpoint's card (see :func:`card_from_dict`)."""
-    return card_from_dict(path, state.get("card"))
+    state = load_checkpoint_state(path, map_location="cpu", mmap=True)
+    return card_from_dict(Path(path), state.get("card"))
 
 
 def card_from_dict(path: Path, data: Any) -> ModelCard:
@@ -412,7 +408,7 @@ def load_checkpoint(
     """
     path = Path(path)
     state = load_checkpoint_state(path, map_location="cpu")
-    card = _card_from(path, state)
+    card = card_from_dict(path, state.get("card"))
     weights = state["state_dict"]
     head = weights.get("head.bias")
     if head is not None and head.ndim == 1 and head.shape[0] != card.out_channels:
@@ -441,7 +437,7 @@ def load_discriminator(path: str | os.PathLike, map_location: Any = None) -> nn.
     disc = state.get("discriminator")
     if not disc:
         return None
-    card = _card_from(path, state)
+    card = card_from_dict(path, state.get("card"))
     try:
         net = build_discriminator(card, **dict(disc.get("kwargs", {})))
     except ValueError as exc:
