@@ -39,6 +39,7 @@ from napari_vnet.foreign.safe_load import read_json_object, safe_torch_load
 from napari_vnet.foreign.sizing import check_bundle_grid, check_class_count
 from napari_vnet.models.card import ClassInfo, ModelCard
 from napari_vnet.models.errors import CheckpointError
+from napari_vnet.runtime import class_argmax
 
 log = logging.getLogger(__name__)
 
@@ -489,8 +490,7 @@ class MonaiBundlePreprocessing:
         )
         pred.applied_operations = list(ctx.tensor.applied_operations)
         inv = ctx.transforms.inverse(pred)
-        arr = inv.detach().cpu().numpy()
-        labels_xyz = np.argmax(arr, axis=0)
+        labels_xyz = class_argmax(inv.as_tensor().detach().cpu(), 0).numpy()
         return np.ascontiguousarray(labels_xyz.transpose(2, 1, 0)).astype(np.uint8), None
 
     def restore_uncertainty(self, ctx: BundleContext, uncertainty: np.ndarray) -> None:
